@@ -1,0 +1,45 @@
+"""Datasets by name. Loaders are imported lazily so ``import interp_ray.data`` stays cheap."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any
+
+from interp_ray.data.base import ArrayDataset, ImageDataset
+from interp_ray.errors import UnknownNameError, UserError
+
+# name -> "module:function"; each function takes (split, **options) and returns an ImageDataset.
+LOADERS: dict[str, str] = {
+    "digits": "interp_ray.data.digits:load_digits",
+    "scenes": "interp_ray.data.scenes:load_scenes",
+    "cub": "interp_ray.data.cub:load_cub",
+    "mnist_idx": "interp_ray.data.mnist_idx:load_mnist_idx",
+    "image_folder": "interp_ray.data.image_folder:load_image_folder",
+    "parquet": "interp_ray.data.parquet:load_parquet_images",
+}
+
+
+def dataset_names() -> list[str]:
+    return sorted(LOADERS)
+
+
+def get_loader(name: str):
+    if name not in LOADERS:
+        raise UnknownNameError("dataset", name, LOADERS)
+    module, func = LOADERS[name].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def load_dataset(name: str, split: str = "train", **options: Any) -> ImageDataset:
+    """Load dataset ``name`` (see ``dataset_names()``); unknown options fail with the list of valid ones."""
+    loader = get_loader(name)
+    params = inspect.signature(loader).parameters
+    valid = [p for p in params if p != "split"]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise UserError(f"unknown option(s) {', '.join(unknown)} for dataset {name!r}; valid: {', '.join(valid)}")
+    return loader(split, **options)
+
+
+__all__ = ["ArrayDataset", "ImageDataset", "LOADERS", "dataset_names", "get_loader", "load_dataset"]

@@ -1,0 +1,152 @@
+"""The one dataset shape every loader returns.
+
+A dataset is a sized, indexable collection of rows. A row holds ``id`` (str), ``image`` (float32, C×H×W, values in
+[0, 1]), ``label`` (int64) and per-dataset extras (boxes, attributes, sentences …). Access is batched —
+``get_batch(indices)`` returns a dict of numpy arrays whose first axis is the batch — because every consumer
+(DataLoader, Ray Data, the activation extractor) works in batches, and generators such as scenes make a batch far
+faster than N single rows. Nothing forces the whole dataset into memory: scenes are generated per index.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.utils.data
+
+
+class ImageDataset(torch.utils.data.Dataset, abc.ABC):
+    """Base class. Subclasses implement ``__len__`` and ``get_batch``."""
+
+    name: str
+    split: str
+    class_names: list[str]
+    image_shape: tuple[int, int, int]  # C, H, W
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @abc.abstractmethod
+    def __len__(self) -> int: ...
+
+    @abc.abstractmethod
+    def get_batch(self, indices: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
+        """Rows ``indices`` as a dict of arrays: ``id`` (str), ``image`` (float32 N×C×H×W), ``label`` (int64), extras."""
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} rows")
+        batch = self.get_batch([index % len(self)])
+        return {k: v[0] for k, v in batch.items()}
+
+    def iter_batches(self, batch_size: int, *, start: int = 0, stop: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """Consecutive batches in index order, never more than one batch in memory."""
+        stop = len(self) if stop is None else min(stop, len(self))
+        for lo in range(start, stop, batch_size):
+            yield self.get_batch(np.arange(lo, min(lo + batch_size, stop)))
+
+    def loader(self, batch_size: int, *, shuffle: bool = False, seed: int = 0, num_workers: int = 0,
+               drop_last: bool = False, sampler: torch.utils.data.Sampler | None = None) -> torch.utils.data.DataLoader:
+        """A DataLoader yielding ``(images, labels)`` tensors; one ``get_batch`` call per batch.
+
+        ``sampler`` lets Ray Train's ``prepare_data_loader`` (or a DistributedSampler) choose the indices.
+        """
+        if sampler is None:
+            gen = torch.Generator().manual_seed(seed)
+            sampler = (torch.utils.data.RandomSampler(self, generator=gen) if shuffle
+                       else torch.utils.data.SequentialSampler(self))
+        return torch.utils.data.DataLoader(
+            _IndexDataset(self), batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+            num_workers=num_workers, collate_fn=_CollateImages(self))
+
+    def to_ray(self, *, rows_per_block: int = 1024):
+        """This dataset as a lazy ``ray.data.Dataset`` of numpy batches (rows are made inside Ray tasks)."""
+        import ray.data  # Ray stays optional for the core
+
+        n = len(self)
+        ds = ray.data.range(n, override_num_blocks=max(1, math.ceil(n / rows_per_block)))
+        return ds.map_batches(_RayBatchFn(self), batch_format="numpy", batch_size=rows_per_block)
+
+    def describe(self) -> dict[str, Any]:
+        """What identifies this dataset's content (used in content hashes and checkpoints)."""
+        return {"name": self.name, "split": self.split, "rows": len(self), "image_shape": list(self.image_shape),
+                "classes": list(self.class_names)}
+
+
+class _IndexDataset(torch.utils.data.Dataset):
+    """Yields indices only, so the collate function can build a whole batch in one call."""
+
+    def __init__(self, base: ImageDataset):
+        self.n = len(base)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+class _CollateImages:
+    def __init__(self, base: ImageDataset):
+        self.base = base
+
+    def __call__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self.base.get_batch(np.asarray(indices, dtype=np.int64))
+        return torch.from_numpy(np.ascontiguousarray(batch["image"])), torch.from_numpy(batch["label"])
+
+
+class _RayBatchFn:
+    def __init__(self, base: ImageDataset):
+        self.base = base
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.base.get_batch(np.asarray(batch["id"], dtype=np.int64))
+
+
+def to_float_images(images: np.ndarray) -> np.ndarray:
+    """uint8 (0..255) or float images → float32 in [0, 1]."""
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) / 255.0
+    return images.astype(np.float32, copy=False)
+
+
+@dataclass
+class ArrayDataset(ImageDataset):
+    """An in-memory dataset: images (N×C×H×W, uint8 or float in [0, 1]), labels, ids and optional extras.
+
+    uint8 images are kept as uint8 and converted per batch, so a large set costs a quarter of the memory.
+    """
+
+    name: str
+    split: str
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    ids: np.ndarray | None = None
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.images.ndim != 4:
+            raise ValueError(f"images must be N×C×H×W, got shape {self.images.shape}")
+        n = len(self.images)
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        if self.ids is None:
+            self.ids = np.array([f"{self.name}/{self.split}/{i:07d}" for i in range(n)])
+        for key, arr in {"labels": self.labels, "ids": self.ids, **self.extras}.items():
+            if len(arr) != n:
+                raise ValueError(f"{key} has {len(arr)} rows, images have {n}")
+        self.image_shape = tuple(int(s) for s in self.images.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def get_batch(self, indices) -> dict[str, np.ndarray]:
+        idx = np.asarray(indices, dtype=np.int64)
+        out = {"id": self.ids[idx], "image": to_float_images(self.images[idx]), "label": self.labels[idx]}
+        out.update({k: v[idx] for k, v in self.extras.items()})
+        return out

@@ -1,0 +1,169 @@
+"""Checkpoints: a directory holding ``config.json`` (what to build, resolved) and ``weights.safetensors``.
+
+Loadable without Ray and without the training code, from a local path or a URI pyarrow understands (s3://, gs://,
+file://). Weights go through safetensors, which cannot run code, so a checkpoint from elsewhere is safe to open.
+Writes are atomic: the new directory is built beside the target and renamed into place, so a failure half-way never
+leaves a corrupt checkpoint where a good one stood.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from interp_ray.errors import UserError
+
+FORMAT = "interp-ray/1"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+def is_remote(uri: str | os.PathLike) -> bool:
+    return "://" in str(uri) and not str(uri).startswith("file://")
+
+
+def _local_path(uri: str | os.PathLike) -> Path:
+    s = str(uri)
+    return Path(s[len("file://"):]) if s.startswith("file://") else Path(s)
+
+
+@contextlib.contextmanager
+def local_copy(uri: str | os.PathLike) -> Iterator[Path]:
+    """A local directory with the contents of ``uri`` (downloaded to a temp dir when remote)."""
+    if not is_remote(uri):
+        yield _local_path(uri)
+        return
+    import pyarrow.fs as pafs
+
+    with tempfile.TemporaryDirectory(prefix="interp-ray-ckpt-") as tmp:
+        try:
+            fs, path = pafs.FileSystem.from_uri(str(uri))
+            pafs.copy_files(path, tmp, source_filesystem=fs)
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read checkpoint {uri}: {e}") from None
+        yield Path(tmp)
+
+
+def atomic_write_dir(target: Path, fill) -> None:
+    """Build a directory with ``fill(tmp_dir)`` and move it to ``target`` in one rename."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        fill(tmp)
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            target.rename(old)
+            tmp.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_checkpoint(path: str | os.PathLike, *, kind: str, config: dict[str, Any],
+                    state_dict: dict[str, torch.Tensor], files: dict[str, bytes] | None = None) -> str:
+    """Write a checkpoint of ``kind`` (e.g. "classifier") to a local dir or a remote URI; returns the path."""
+    from safetensors.torch import save_file
+
+    meta = {"format": FORMAT, "kind": kind, **config}
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+
+    def fill(d: Path) -> None:
+        (d / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+        save_file(tensors, str(d / WEIGHTS_FILE))
+        for name, data in (files or {}).items():
+            (d / name).write_bytes(data)
+
+    if is_remote(path):
+        import pyarrow.fs as pafs
+
+        with tempfile.TemporaryDirectory(prefix="interp-ray-save-") as tmp:
+            fill(Path(tmp))
+            fs, dest = pafs.FileSystem.from_uri(str(path))
+            pafs.copy_files(tmp, dest, destination_filesystem=fs)
+    else:
+        atomic_write_dir(_local_path(path), fill)
+    return str(path)
+
+
+@dataclass
+class LoadedCheckpoint:
+    path: str
+    config: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    files: dict[str, bytes]
+    digest: str  # sha256 of config.json + weights: identifies the content, not the location
+
+
+def read_checkpoint(path: str | os.PathLike, *, kind: str | None = None) -> LoadedCheckpoint:
+    from safetensors.torch import load_file
+
+    with local_copy(path) as d:
+        cfg_file, w_file = d / CONFIG_FILE, d / WEIGHTS_FILE
+        if not cfg_file.is_file() or not w_file.is_file():
+            raise UserError(f"no checkpoint at {path} (expected {CONFIG_FILE} and {WEIGHTS_FILE})")
+        try:
+            config = json.loads(cfg_file.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"checkpoint {path}: {CONFIG_FILE} is not valid JSON ({e.msg})") from None
+        if config.get("format") != FORMAT:
+            raise UserError(f"checkpoint {path} has format {config.get('format')!r}; expected {FORMAT!r}")
+        if kind is not None and config.get("kind") != kind:
+            raise UserError(f"checkpoint {path} holds a {config.get('kind')!r}, not a {kind!r}")
+        digest = hashlib.sha256(cfg_file.read_bytes() + w_file.read_bytes()).hexdigest()
+        try:
+            state = load_file(str(w_file))
+        except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
+            raise UserError(f"checkpoint {path}: weights cannot be read ({e})") from None
+        files = {p.name: p.read_bytes() for p in d.iterdir()
+                 if p.is_file() and p.name not in (CONFIG_FILE, WEIGHTS_FILE)}
+    return LoadedCheckpoint(str(path), config, state, files, digest)
+
+
+# --- classifiers -------------------------------------------------------------------------------------------------
+
+def save_classifier(path: str | os.PathLike, model, *, model_name: str, model_options: dict[str, Any],
+                    class_names: list[str], data: dict[str, Any] | None = None,
+                    metrics: dict[str, Any] | None = None) -> str:
+    model = getattr(model, "module", model)  # unwrap DDP
+    config = {"model": {"name": model_name, "options": model_options}, "class_names": list(class_names),
+              "data": data or {}, "metrics": metrics or {}}
+    return save_checkpoint(path, kind="classifier", config=config, state_dict=model.state_dict())
+
+
+@dataclass
+class LoadedClassifier:
+    model: Any  # interp_ray.models.Classifier, in eval mode
+    config: dict[str, Any]
+    digest: str
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.config["class_names"]
+
+
+def load_classifier(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> LoadedClassifier:
+    from interp_ray.models import build_model
+
+    ckpt = read_checkpoint(path, kind="classifier")
+    spec = ckpt.config["model"]
+    model = build_model(spec["name"], **spec.get("options", {}))
+    try:
+        model.load_state_dict(ckpt.state_dict)
+    except RuntimeError as e:
+        raise UserError(f"checkpoint {path}: weights do not fit model {spec['name']!r} ({str(e).splitlines()[0]})") from None
+    return LoadedClassifier(model.to(device).eval(), ckpt.config, ckpt.digest)

@@ -1,0 +1,97 @@
+"""Classifiers with named taps.
+
+``Classifier`` wraps any ``nn.Module`` and adds ``activations(x, layers)``: the outputs of the named sub-modules,
+captured by forward hooks that are always removed before the call returns (even when the forward raises), so a
+model never carries a stale hook into training or serving. Layer names are the module paths of ``named_modules()``
+and may be given as shell-style patterns (``"conv*"``, ``"layer4.*"``); they are resolved against the model once,
+and an unknown name fails at once with the list of valid names.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from interp_ray.errors import UserError
+
+
+class UnknownLayerError(UserError):
+    pass
+
+
+class Classifier(nn.Module):
+    """``forward(x) -> logits`` plus ``activations(x, layers) -> {name: tensor}``."""
+
+    def __init__(self, net: nn.Module, *, num_classes: int, in_channels: int, image_size: int,
+                 default_layers: Iterable[str] = ()):
+        super().__init__()
+        self.net = net
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.image_size = image_size
+        self.default_layers = list(default_layers)
+        if self.default_layers:
+            self.resolve_layers(self.default_layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.in_channels, self.image_size, self.image_size)
+
+    def layer_names(self) -> list[str]:
+        """Every tappable module path (the root excluded), in definition order."""
+        return [name for name, _ in self.net.named_modules() if name]
+
+    def resolve_layers(self, layers: Iterable[str] | str) -> list[str]:
+        """Expand names/patterns to module paths, keeping order and dropping repeats.
+
+        A pattern that matches nothing raises ``UnknownLayerError`` naming the valid layers.
+        """
+        if isinstance(layers, str):
+            layers = [layers]
+        valid = self.layer_names()
+        out: list[str] = []
+        for pattern in layers:
+            hits = [pattern] if pattern in valid else fnmatch.filter(valid, pattern)
+            if not hits:
+                raise UnknownLayerError(f"unknown layer {pattern!r}; valid: {', '.join(valid)}")
+            out.extend(h for h in hits if h not in out)
+        return out
+
+    def activations(self, x: torch.Tensor, layers: Iterable[str] | str, *,
+                    with_logits: bool = False) -> dict[str, torch.Tensor]:
+        """Run ``x`` through the model and return the outputs of ``layers`` (plus ``"logits"`` when asked)."""
+        names = self.resolve_layers(layers)
+        modules = dict(self.net.named_modules())
+        captured: dict[str, torch.Tensor] = {}
+        handles = []
+        try:
+            for name in names:
+                handles.append(modules[name].register_forward_hook(_capture(captured, name)))
+            logits = self.forward(x)
+        finally:
+            for h in handles:
+                h.remove()
+        out = {name: captured[name] for name in names}
+        if with_logits:
+            out["logits"] = logits
+        return out
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Fail clearly on an input the model cannot take (wrong rank, channels or size)."""
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
+            raise UserError(f"input has shape {tuple(x.shape)}; this model takes N×{'×'.join(map(str, self.input_shape))}")
+
+
+def _capture(store: dict[str, torch.Tensor], name: str):
+    def hook(_module, _inputs, output):
+        if isinstance(output, tuple):  # e.g. an LSTM; the first element is the sequence output
+            output = output[0]
+        store[name] = output
+
+    return hook

@@ -1,0 +1,111 @@
+"""The classifiers of the registry. Small CNNs have readable layer names; torchvision models keep theirs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from interp_ray.errors import UserError
+from interp_ray.models.base import Classifier
+from interp_ray.registry import Registry
+
+MODELS: Registry = Registry("model")
+
+
+@MODELS.register("digits_cnn")
+def digits_cnn(*, num_classes: int = 10, in_channels: int = 1, image_size: int = 8, width: int = 32,
+               hidden: int = 128, dropout: float = 0.25) -> Classifier:
+    """A small CNN for 8×8 digits: two 3×3 conv blocks, one pool, two dense layers."""
+    net = nn.Sequential()
+    net.add_module("conv1", nn.Conv2d(in_channels, width, 3, padding=1))
+    net.add_module("relu1", nn.ReLU())
+    net.add_module("conv2", nn.Conv2d(width, 2 * width, 3, padding=1))
+    net.add_module("relu2", nn.ReLU())
+    net.add_module("pool", nn.MaxPool2d(2))
+    net.add_module("flatten", nn.Flatten())
+    net.add_module("fc1", nn.Linear(2 * width * (image_size // 2) ** 2, hidden))
+    net.add_module("relu3", nn.ReLU())
+    net.add_module("dropout", nn.Dropout(dropout))
+    net.add_module("fc2", nn.Linear(hidden, num_classes))
+    return Classifier(net, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                      default_layers=["relu2", "relu3"])
+
+
+@MODELS.register("scenes_cnn")
+def scenes_cnn(*, num_classes: int = 12, in_channels: int = 3, image_size: int = 64, width: int = 16,
+               hidden: int = 256, dropout: float = 0.25) -> Classifier:
+    """A four-block CNN for 64×64 scenes; global average pooling keeps it size-agnostic beyond the checks."""
+    net = nn.Sequential()
+    channels = [in_channels, width, 2 * width, 4 * width, 8 * width]
+    for i in range(4):
+        net.add_module(f"conv{i + 1}", nn.Conv2d(channels[i], channels[i + 1], 3, padding=1))
+        net.add_module(f"bn{i + 1}", nn.BatchNorm2d(channels[i + 1]))
+        net.add_module(f"relu{i + 1}", nn.ReLU())
+        if i < 3:
+            net.add_module(f"pool{i + 1}", nn.MaxPool2d(2))
+    net.add_module("gap", nn.AdaptiveAvgPool2d(1))
+    net.add_module("flatten", nn.Flatten())
+    net.add_module("fc1", nn.Linear(channels[-1], hidden))
+    net.add_module("relu_fc", nn.ReLU())
+    net.add_module("dropout", nn.Dropout(dropout))
+    net.add_module("fc2", nn.Linear(hidden, num_classes))
+    return Classifier(net, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                      default_layers=["relu4", "relu_fc"])
+
+
+def _torchvision(builder_name: str, default_layers: list[str]):
+    def build(*, num_classes: int = 1000, in_channels: int = 3, image_size: int = 224,
+              weights_path: str | None = None) -> Classifier:
+        import torchvision.models as tvm
+
+        if in_channels != 3:
+            raise UserError(f"{builder_name} takes 3-channel images, got in_channels={in_channels}")
+        net = getattr(tvm, builder_name)(weights=None, num_classes=num_classes)
+        if weights_path:
+            load_weights_file(net, weights_path)
+        return Classifier(net, num_classes=num_classes, in_channels=3, image_size=image_size,
+                          default_layers=default_layers)
+
+    build.__name__ = builder_name
+    build.__doc__ = f"torchvision {builder_name} (weights=None unless a local weights file is given)."
+    return build
+
+
+def load_weights_file(net: nn.Module, path: str) -> None:
+    """Load a local state-dict file safely (``weights_only=True`` or safetensors); never downloads."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"weights file {path} does not exist")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(p))
+    else:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing:
+        raise UserError(f"weights file {path} lacks {len(missing)} tensors, e.g. {missing[0]!r}")
+    del unexpected  # extra keys (e.g. an aux head) are harmless
+
+
+for _name, _layers in {
+    "resnet18": ["layer3", "layer4", "avgpool"],
+    "resnet50": ["layer3", "layer4", "avgpool"],
+    "vgg16": ["features.29", "classifier.4"],
+    "vgg19": ["features.35", "classifier.4"],
+}.items():
+    MODELS.register(_name)(_torchvision(_name, _layers))
+
+
+def build_model(name: str, **options) -> Classifier:
+    """Build a registered classifier; unknown options fail with the list of valid ones."""
+    import inspect
+
+    builder = MODELS.get(name)
+    valid = list(inspect.signature(builder).parameters)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise UserError(f"unknown option(s) {', '.join(unknown)} for model {name!r}; valid: {', '.join(valid)}")
+    return builder(**options)

@@ -1,0 +1,80 @@
+"""Plain-PyTorch training helpers. Ray Train's ``train_func`` is built from these; they also run without Ray."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(use_gpu: bool | str = "auto") -> torch.device:
+    if use_gpu is True or (use_gpu == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def random_shift(images: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Translate each image by up to ``max_shift`` pixels (zero fill): cheap augmentation for small images."""
+    if max_shift <= 0:
+        return images
+    n, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, [max_shift] * 4)
+    dy = torch.randint(0, 2 * max_shift + 1, (n,)).tolist()
+    dx = torch.randint(0, 2 * max_shift + 1, (n,)).tolist()
+    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+
+
+def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, device: torch.device, *,
+                max_shift: int = 0) -> dict[str, float]:
+    """One pass over ``loader`` of (images, labels); returns mean loss, accuracy and the number of samples seen."""
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    for images, labels in loader:
+        images = random_shift(images, max_shift)
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        logits = model(images)
+        loss = F.cross_entropy(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.item() * len(labels)
+        correct += (logits.argmax(1) == labels).sum().item()
+        seen += len(labels)
+    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1), "samples": seen}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device) -> dict[str, float]:
+    model.eval()
+    total_loss, correct, seen = 0.0, 0, 0
+    for images, labels in loader:
+        images, labels = images.to(device), labels.to(device)
+        logits = model(images)
+        total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
+        correct += (logits.argmax(1) == labels).sum().item()
+        seen += len(labels)
+    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1), "samples": seen}
+
+
+def make_optimizer(model: nn.Module, *, lr: float, weight_decay: float, schedule: str, epochs: int):
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    return opt, sched
+
+
+def distributed_sampler(dataset, *, world_size: int, rank: int, shuffle: bool, seed: int):
+    """The same sampler with or without Ray: with world_size 1 it is a seeded shuffle of the whole set."""
+    return torch.utils.data.DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle,
+                                               seed=seed, drop_last=False)

@@ -1,0 +1,122 @@
+"""The explainer protocol, the explanation record and the registry every method plugs into.
+
+Adding a method is one file: subclass ``Explainer``, decorate it with ``@register("name")``, and add the module to
+``EXPLAINER_MODULES`` below. Serving (``/v1/explain/{name}``), the jobs and the conformance tests read the registry.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from interp_ray.registry import Registry
+
+EXPLAINERS: Registry = Registry("explainer")
+register = EXPLAINERS.register
+
+# Modules that register explainers; imported on first use of the registry so import stays cheap.
+EXPLAINER_MODULES: list[str] = []
+
+
+@dataclass
+class Explanation:
+    """One input's explanation; a method fills the fields it produces and leaves the rest ``None``.
+
+    label:       the class the explanation is about (the prediction, or the requested target)
+    sentence:    natural-language explanation (InterpNET, Dong et al.)
+    saliency:    H×W float map over the input, higher = more relevant (feature inversion, Grad-CAM …)
+    attributes:  attribute name → relevance (FLINT)
+    path:        the route through a meta-model (CNN-INTE), e.g. {"level1": 3, "level2": 7, "votes": {...}}
+    neurons:     neuron index → label (Dong et al.)
+    extra:       anything else a method reports (losses, probabilities …), JSON-safe
+    """
+
+    label: int
+    label_name: str | None = None
+    method: str | None = None
+    sentence: str | None = None
+    saliency: np.ndarray | None = None
+    attributes: dict[str, float] | None = None
+    path: dict[str, Any] | None = None
+    neurons: dict[str, str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-safe dict (numpy arrays become nested lists)."""
+        return _json_safe(asdict(self))
+
+
+def _json_safe(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        return float(v)
+    if isinstance(v, dict):
+        return {str(k): _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    return v
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Explainer(abc.ABC):
+    """A method that explains a classifier's predictions.
+
+    name:     registry key and HTTP route segment.
+    needs:    what ``explain`` reads from a batch: "image" (N×C×H×W float32), "activations" (layer columns of the
+              activation store), "model" (the classifier itself, given at construction or load).
+    produces: which ``Explanation`` fields it fills.
+    Params:   the per-request parameters (a pydantic model); the service validates requests against it.
+    """
+
+    name: ClassVar[str]
+    needs: ClassVar[frozenset[str]] = frozenset({"image"})
+    produces: ClassVar[frozenset[str]] = frozenset()
+    learned: ClassVar[bool] = False
+    Params: ClassVar[type[BaseModel]] = NoParams
+
+    def fit(self, data: Any, **kwargs: Any) -> "Explainer":
+        """Learn from ``data`` (learned methods); a no-op for optimisation methods."""
+        return self
+
+    @abc.abstractmethod
+    def explain(self, batch: dict[str, np.ndarray], params: BaseModel | None = None) -> list[Explanation]:
+        """One ``Explanation`` per row of ``batch``; ``batch["target"]`` (optional, -1 = predicted) picks classes."""
+
+    def save(self, path: str) -> str:
+        raise NotImplementedError(f"{self.name} has no learned state to save")
+
+    @classmethod
+    def load(cls, path: str, **kwargs: Any) -> "Explainer":
+        raise NotImplementedError(f"{cls.name} has no learned state to load")
+
+    @classmethod
+    def metadata(cls) -> dict[str, Any]:
+        return {"name": cls.name, "needs": sorted(cls.needs), "produces": sorted(cls.produces),
+                "learned": cls.learned, "params": cls.Params.model_json_schema(),
+                "doc": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""}
+
+
+def load_explainer_modules() -> None:
+    for module in EXPLAINER_MODULES:
+        importlib.import_module(module)
+
+
+def get_explainer(name: str) -> type[Explainer]:
+    load_explainer_modules()
+    return EXPLAINERS.get(name)
+
+
+def explainer_names() -> list[str]:
+    load_explainer_modules()
+    return EXPLAINERS.names()

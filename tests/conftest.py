@@ -1,0 +1,58 @@
+"""Shared fixtures. One local Ray cluster per test session, bound to 127.0.0.1, stopped at the end."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Ray reads these when first imported: a local cluster binds loopback only (no traffic leaves the machine).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_TRAIN_ENABLE_V2", "1")
+os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+
+# Logical CPUs for the test cluster: Train V2's controller takes one, two train workers take two more.
+TEST_RAY_CPUS = 4
+
+
+@pytest.fixture(scope="session")
+def ray_session(tmp_path_factory):
+    """Start the session's local Ray once. Sessions on the same machine queue on a lock so their ports never clash."""
+    import ray
+
+    lock = open(Path(tempfile.gettempdir()) / "interp-ray-tests.lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        ray.init(num_cpus=TEST_RAY_CPUS, include_dashboard=True, dashboard_host="127.0.0.1",
+                 object_store_memory=1_000_000_000, log_to_driver=False)
+        yield ray
+    finally:
+        ray.shutdown()
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+
+
+@pytest.fixture
+def ray_local(ray_session):
+    """Use in tests marked ``ray``: the session's cluster."""
+    return ray_session
+
+
+@pytest.fixture
+def digits_checkpoint(tmp_path_factory):
+    """A small untrained digits CNN checkpoint (random weights are enough for equality and plumbing tests)."""
+    import torch
+
+    from interp_ray.checkpoint import save_classifier
+    from interp_ray.models import build_model
+
+    torch.manual_seed(0)
+    opts = {"num_classes": 10, "in_channels": 1, "image_size": 8}
+    model = build_model("digits_cnn", **opts)
+    path = tmp_path_factory.mktemp("ckpt") / "digits_cnn"
+    save_classifier(path, model, model_name="digits_cnn", model_options=opts,
+                    class_names=[str(i) for i in range(10)], data={"name": "digits"})
+    return path

@@ -20,7 +20,10 @@ EXPLAINERS: Registry = Registry("explainer")
 register = EXPLAINERS.register
 
 # Modules that register explainers; imported on first use of the registry so import stays cheap.
-EXPLAINER_MODULES: list[str] = []
+EXPLAINER_MODULES: list[str] = [
+    "interp_ray.explainers.feature_inversion",
+    "interp_ray.explainers.baselines",
+]
 
 
 @dataclass

@@ -1,0 +1,97 @@
+"""The extraction callable: a batch dict of numpy arrays in, a batch dict with activations out.
+
+``ActivationExtractor`` is the one object every consumer uses — Ray Data (``map_batches(ActivationExtractor, …)``, as
+a callable class so each actor loads the checkpoint once), Ray Serve (one per replica) and plain Python (no Ray
+needed). ``__init__`` loads the checkpoint and resolves the layer names once, so a bad layer fails before any batch;
+``__call__`` is pure: same inputs, same outputs, whatever the batch size or the process.
+
+Output columns (first axis = batch):
+
+* ``id`` (str), ``label`` (int64): copied from the input; ``label`` is -1 when the input has none (serving)
+* ``prediction`` (int64): argmax of the logits
+* ``probabilities`` (float32, N×classes): softmax of the logits
+* one float32 column per layer, named by its module path, with the layer's own shape (e.g. N×128×8×8)
+* any input column named in ``passthrough`` (by default ``index`` and ``shard``, which the store uses to place rows)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from interp_ray.errors import UserError
+
+RESERVED_COLUMNS = ("index", "shard", "id", "label", "prediction", "probabilities")
+DEFAULT_PASSTHROUGH = ("index", "shard")
+
+
+def pick_device(device: str | None) -> torch.device:
+    """``None``/``"auto"``: CUDA when this process can see a GPU, else CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class ActivationExtractor:
+    """Maps ``{"image": N×C×H×W float32, "id", "label", …}`` to ids, labels, predictions, probabilities and layers.
+
+    ``layers``: names or shell patterns (``"relu*"``); ``None`` means the model's default layers. ``torch_threads``
+    caps intra-op threads (Ray sets OMP_NUM_THREADS to an actor's CPU count; a benchmark may want more).
+    """
+
+    def __init__(self, checkpoint: str | os.PathLike, layers: Iterable[str] | str | None = None, *,
+                 device: str | None = None, torch_threads: int | None = None,
+                 passthrough: Sequence[str] = DEFAULT_PASSTHROUGH):
+        from interp_ray.checkpoint import load_classifier
+
+        if torch_threads:
+            torch.set_num_threads(int(torch_threads))
+        self.device = pick_device(device)
+        loaded = load_classifier(checkpoint, device=self.device)
+        self.model = loaded.model
+        self.checkpoint = str(checkpoint)
+        self.digest = loaded.digest
+        self.model_name: str = loaded.config["model"]["name"]
+        self.class_names: list[str] = list(loaded.class_names)
+        requested = self.model.default_layers if layers is None else layers
+        self.layers: list[str] = self.model.resolve_layers(requested)
+        if not self.layers:
+            raise UserError(f"no layers to extract; the model has: {', '.join(self.model.layer_names())}")
+        clash = sorted(set(self.layers) & set(RESERVED_COLUMNS))
+        if clash:
+            raise UserError(f"layer name(s) {', '.join(clash)} clash with the store's own columns")
+        self.passthrough = tuple(passthrough)
+
+    def layer_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-row shape of each layer's output (one dry run on a zero image)."""
+        x = torch.zeros((1, *self.model.input_shape), device=self.device)
+        with torch.inference_mode():
+            acts = self.model.activations(x, self.layers)
+        return {name: tuple(int(s) for s in t.shape[1:]) for name, t in acts.items()}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # Ray Data hands out read-only, zero-copy views: copy into a fresh contiguous array torch may own.
+        images = np.array(batch["image"], dtype=np.float32, copy=True)
+        x = torch.from_numpy(images).to(self.device, non_blocking=True)
+        self.model.check_input(x)
+        with torch.inference_mode():
+            acts = self.model.activations(x, self.layers, with_logits=True)
+            logits = acts.pop("logits")
+            probs = torch.softmax(logits.float(), dim=1)
+        n = len(images)
+        out: dict[str, np.ndarray] = {
+            "id": np.asarray(batch["id"]) if "id" in batch else np.array([str(i) for i in range(n)]),
+            "label": (np.asarray(batch["label"], dtype=np.int64) if "label" in batch
+                      else np.full(n, -1, dtype=np.int64)),
+            "prediction": logits.argmax(dim=1).to("cpu").numpy().astype(np.int64),
+            "probabilities": probs.to("cpu").numpy().astype(np.float32, copy=False),
+        }
+        for name in self.layers:
+            out[name] = acts[name].float().to("cpu").numpy()
+        for key in self.passthrough:
+            if key in batch:
+                out[key] = np.asarray(batch[key])
+        return out

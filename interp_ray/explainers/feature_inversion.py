@@ -1,0 +1,416 @@
+"""Guided Feature Inversion (Du, Liu, Song, Hu — KDD 2018): a saliency mask built from the network's own channels.
+
+The mask is a non-negative weighted sum of the channels of a "base" layer l1, normalised to [0, 1] and upsampled to
+the input: m(ω) = up(norm(Σ_k ω_k f_k^{l1}(x))). Where the mask is 0 the image is replaced by a blurred copy p:
+Φ(m) = x·m + p·(1 − m), and its complement Φ_bg(m) = x·(1 − m) + p·m. The weights ω are optimised in two stages:
+
+1. inversion — Φ must reproduce the features of the inversion layer l0 with a small mask:
+   ``L1(ω) = ||f^{l0}(Φ) − f^{l0}(x)||² + γ·||ω||₁``
+2. class discrimination, started from stage 1 — raise the target class on Φ and lower it on the complement:
+   ``L2(ω) = −p_c(Φ) + λ·p_c(Φ_bg) + δ·||ω||₁`` (p_c = softmax probability of class c).
+
+After each Adam step ω is clipped to ω ≥ 0.
+
+Two variants (``variant=``):
+
+``paper`` (default)  the paper's settings: 10 stage-1 + 70 stage-2 iterations, Adam lr 1e-2 (stage 2 from a fresh
+                     Adam, its lr halved every 10 iterations), γ = 10, λ = 1, δ = 1, squared error, L1 on ω,
+                     min-max normalisation, then bilinear upsampling; VGG-19: l0 = pool5, l1 = conv5_4.
+``code``             the authors' released main.py: one Adam over 80 iterations (the first 11 are stage 1), lr 1e-2
+                     halved every 10 iterations from the start, relative squared error ||a − a₀||²/||a₀||², squared
+                     L2 on ω with weights 5 (stage 1) and 2 (stage 2), upsampling first (align_corners=True) then
+                     (m − min)/max; l1 = l0 = pool5.
+
+Batching: every image has its own row of ω (N×K). Losses are summed over images, so the gradient of row n depends on
+image n only, and Adam is elementwise, so a batch gives the same masks as one image at a time (the model runs in
+eval mode: BatchNorm in train mode would couple the rows). Gradients go to ω only (``backward(inputs=...)``): the
+model's parameters never accumulate ``.grad``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from interp_ray.errors import UserError
+from interp_ray.explainers.base import Explainer, Explanation, register
+from interp_ray.explainers.saliency_utils import (default_layers, eval_mode, get_module, normalise_maps,
+                                                  prepare_images, resolve_one_layer, resolve_targets, row_targets,
+                                                  upsample_maps)
+from interp_ray.models import Classifier
+
+Variant = Literal["paper", "code"]
+PAPER_BLUR_RADIUS = 11.0  # PIL GaussianBlur(11) in the paper's code, for 224-pixel inputs
+PAPER_INPUT_SIZE = 224
+
+
+@dataclass(frozen=True)
+class GFISettings:
+    """Every knob of the optimisation; ``GFISettings.for_variant(v)`` gives a variant's defaults."""
+
+    variant: Variant = "paper"
+    stage1_iterations: int = 10
+    stage2_iterations: int = 70
+    lr: float = 1e-2
+    lr_decay: float = 0.5
+    lr_decay_every: int = 10           # iterations between lr decays (paper: of stage 2; code: of the whole run)
+    init_weight: float = 0.1           # every ω_k starts here
+    gamma: float = 10.0                # stage-1 regulariser weight
+    lam: float = 1.0                   # weight of the complement's class probability in stage 2
+    delta: float = 1.0                 # stage-2 regulariser weight (the paper uses 10 for the VOC pointing game)
+    regulariser: Literal["l1", "l2sq"] = "l1"
+    inversion_loss: Literal["squared", "relative"] = "squared"
+    normalisation: Literal["minmax", "min_over_max"] = "minmax"
+    upsample_first: bool = False       # code: upsample (align_corners=True), then normalise
+    shared_optimizer: bool = False     # code: one Adam across both stages
+    background: Literal["blur", "mean"] = "blur"
+    blur_sigma: float | None = None    # None: 11 px at 224 px, scaled with the input side
+
+    @staticmethod
+    def for_variant(variant: str, **overrides: Any) -> "GFISettings":
+        if variant not in ("paper", "code"):
+            raise UserError(f"unknown variant {variant!r}; valid: paper, code")
+        base = {"variant": variant}
+        if variant == "code":
+            base.update(stage1_iterations=11, stage2_iterations=69, gamma=5.0, delta=2.0, regulariser="l2sq",
+                        inversion_loss="relative", normalisation="min_over_max", upsample_first=True,
+                        shared_optimizer=True)
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(GFISettings)})
+        if unknown:
+            raise UserError(f"unknown setting(s) {', '.join(unknown)} for feature_inversion; valid: "
+                            f"{', '.join(f.name for f in dataclasses.fields(GFISettings))}")
+        settings = GFISettings(**{**base, **overrides})
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if self.stage1_iterations < 0 or self.stage2_iterations < 0:
+            raise UserError("iterations must be >= 0")
+        if self.lr <= 0 or self.lr_decay_every < 1 or not 0 < self.lr_decay <= 1:
+            raise UserError("lr must be > 0, lr_decay in (0, 1], lr_decay_every >= 1")
+        if self.init_weight < 0 or min(self.gamma, self.lam, self.delta) < 0:
+            raise UserError("init_weight, gamma, lam and delta must be >= 0")
+        if self.blur_sigma is not None and self.blur_sigma <= 0:
+            raise UserError("blur_sigma must be > 0")
+
+
+@dataclass
+class GFIResult:
+    """Per-image outputs of one optimisation; tensors have N rows."""
+
+    mask: torch.Tensor             # N×H×W in [0, 1], after stage 2
+    stage1_mask: torch.Tensor      # N×H×W in [0, 1], after stage 1
+    weights: torch.Tensor          # N×K, >= 0
+    stage1_weights: torch.Tensor   # N×K, >= 0
+    targets: torch.Tensor          # N
+    p_original: torch.Tensor       # p_c(x)
+    p_masked: torch.Tensor         # p_c(Φ) with the final mask
+    p_complement: torch.Tensor     # p_c(Φ_bg) with the final mask
+    stage1_loss: torch.Tensor      # last stage-1 loss per image (nan when stage 1 ran 0 iterations)
+    stage2_loss: torch.Tensor      # last stage-2 loss per image (nan when stage 2 ran 0 iterations)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The pieces
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of N×C×H×W with reflect padding (no dark frame creeping in from the border)."""
+    radius = min(int(math.ceil(3 * sigma)), x.shape[-1] - 1, x.shape[-2] - 1)
+    if radius < 1:
+        return x.clone()
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    c = x.shape[1]
+    out = F.pad(x, [radius, radius, 0, 0], mode="reflect")
+    out = F.conv2d(out, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    out = F.pad(out, [0, 0, radius, radius], mode="reflect")
+    return F.conv2d(out, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def make_background(x: torch.Tensor, settings: GFISettings) -> torch.Tensor:
+    """The image a mask value of 0 reveals: a blurred copy (paper) or each channel's mean."""
+    if settings.background == "mean":
+        return x.mean(dim=(2, 3), keepdim=True).expand_as(x).clone()
+    sigma = settings.blur_sigma or PAPER_BLUR_RADIUS * x.shape[-1] / PAPER_INPUT_SIZE
+    return gaussian_blur(x, sigma)
+
+
+def make_mask(weights: torch.Tensor, base: torch.Tensor, size: tuple[int, int], settings: GFISettings) -> torch.Tensor:
+    """m = up(norm(Σ_k ω_k f_k)) (paper) or norm(up(Σ_k ω_k f_k)) (code): N×H×W."""
+    m = torch.einsum("nk,nkhw->nhw", weights, base)
+    if settings.upsample_first:
+        m = upsample_maps(m, size, align_corners=True)
+    m = _normalise(m, settings.normalisation)
+    if not settings.upsample_first:
+        m = upsample_maps(m, size)
+    return m
+
+
+def _normalise(m: torch.Tensor, how: str) -> torch.Tensor:
+    if how == "minmax":
+        return normalise_maps(m)
+    flat = m.reshape(len(m), -1)  # the code's (m − min) / max; max > 0 whenever any weight is
+    lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    return ((flat - lo) / hi.clamp_min(1e-12)).reshape(m.shape)
+
+
+def composites(x: torch.Tensor, p: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Φ = x·m + p·(1 − m) (the kept evidence) and Φ_bg = x·(1 − m) + p·m (everything but it)."""
+    m = m[:, None]
+    return x * m + p * (1 - m), x * (1 - m) + p * m
+
+
+def regulariser(weights: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-image ||ω||₁ (paper) or ||ω||² (code)."""
+    return weights.abs().sum(1) if kind == "l1" else (weights * weights).sum(1)
+
+
+def inversion_error(acts: torch.Tensor, ref: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-image ||a − a₀||² (paper) or ||a − a₀||²/||a₀||² (code)."""
+    err = ((acts - ref) ** 2).flatten(1).sum(1)
+    return err if kind == "squared" else err / (ref * ref).flatten(1).sum(1).clamp_min(1e-12)
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the wanted layer has run."""
+
+
+def forward_to(model: Classifier, x: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:
+    """The output of ``module`` for input ``x``; the layers after it are not run (stage 1 needs only l0)."""
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(_module, _inputs, output):
+        store["out"] = output[0] if isinstance(output, tuple) else output
+        raise _Stop
+
+    handle = module.register_forward_hook(hook)
+    try:
+        model(x)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    if "out" not in store:
+        raise UserError(f"layer {type(module).__name__} did not run in the forward pass")
+    return store["out"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The optimisation
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class _Problem:
+    """The fixed quantities of one batch and the two per-image losses as functions of ω."""
+
+    def __init__(self, model: Classifier, x: torch.Tensor, targets: torch.Tensor, base_module, inversion_module,
+                 settings: GFISettings):
+        self.model, self.x, self.targets, self.settings = model, x, targets, settings
+        self.inversion_module = inversion_module
+        self.size = (x.shape[-2], x.shape[-1])
+        with torch.no_grad():
+            # clone: a torchvision ReLU(inplace=True) further on may overwrite a captured tensor
+            self.base = forward_to(model, x, base_module).detach().clone()
+            self.ref = forward_to(model, x, inversion_module).detach().clone()
+            self.background = make_background(x, settings)
+            self.p_original = F.softmax(model(x), 1).gather(1, targets[:, None])[:, 0]
+        if self.base.ndim != 4:
+            raise UserError(f"the base layer must give N×K×h×w feature maps, got shape {tuple(self.base.shape)}")
+
+    @property
+    def channels(self) -> int:
+        return self.base.shape[1]
+
+    def mask(self, weights: torch.Tensor) -> torch.Tensor:
+        return make_mask(weights, self.base, self.size, self.settings)
+
+    def stage1_loss(self, weights: torch.Tensor) -> torch.Tensor:
+        kept, _ = composites(self.x, self.background, self.mask(weights))
+        acts = forward_to(self.model, kept, self.inversion_module)
+        s = self.settings
+        return inversion_error(acts, self.ref, s.inversion_loss) + s.gamma * regulariser(weights, s.regulariser)
+
+    def class_probabilities(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """p_c(Φ), p_c(Φ_bg) per image, from one forward pass over both composites."""
+        kept, removed = composites(self.x, self.background, self.mask(weights))
+        probs = F.softmax(self.model(torch.cat([kept, removed])), 1)
+        p = probs.gather(1, self.targets.repeat(2)[:, None])[:, 0]
+        return p[: len(self.x)], p[len(self.x):]
+
+    def stage2_loss(self, weights: torch.Tensor) -> torch.Tensor:
+        s = self.settings
+        p_kept, p_removed = self.class_probabilities(weights)
+        return -p_kept + s.lam * p_removed + s.delta * regulariser(weights, s.regulariser)
+
+
+def _step(optimizer: torch.optim.Optimizer, weights: torch.Tensor, per_image_loss: torch.Tensor) -> None:
+    """One Adam step on the summed per-image losses, then the projection ω ≥ 0."""
+    optimizer.zero_grad(set_to_none=True)
+    per_image_loss.sum().backward(inputs=[weights])
+    optimizer.step()
+    with torch.no_grad():
+        weights.clamp_(min=0.0)
+
+
+def _decay(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] *= factor
+
+
+def _adam(weights: torch.Tensor, lr: float) -> torch.optim.Optimizer:
+    # foreach=False: the same elementwise kernel whatever N, so batch and single runs take identical steps
+    return torch.optim.Adam([weights], lr=lr, foreach=False)
+
+
+def run_gfi(model: Classifier, x: torch.Tensor, targets: torch.Tensor, *, base_module: torch.nn.Module,
+            inversion_module: torch.nn.Module, settings: GFISettings) -> GFIResult:
+    """Optimise ω for a batch (model already in eval mode); see the module docstring for the two variants."""
+    prob = _Problem(model, x, targets, base_module, inversion_module, settings)
+    n, s = len(x), settings
+    weights = torch.full((n, prob.channels), s.init_weight, dtype=x.dtype, device=x.device, requires_grad=True)
+    nan = torch.full((n,), float("nan"), device=x.device)
+    loss1, loss2 = nan.clone(), nan.clone()
+    optimizer = _adam(weights, s.lr)
+    stage1_weights = weights.detach().clone()
+    for i in range(s.stage1_iterations + s.stage2_iterations):
+        in_stage1 = i < s.stage1_iterations
+        if i == s.stage1_iterations:
+            stage1_weights = weights.detach().clone()
+            if not s.shared_optimizer:
+                optimizer = _adam(weights, s.lr)  # paper: stage 2 is its own run (Algorithm 2)
+        loss = prob.stage1_loss(weights) if in_stage1 else prob.stage2_loss(weights)
+        _step(optimizer, weights, loss)
+        if in_stage1:
+            loss1 = loss.detach()
+        else:
+            loss2 = loss.detach()
+        # paper: halve every 10 iterations of stage 2; code: every 10 iterations counted from the start
+        counter = i + 1 if s.shared_optimizer else (i + 1 - s.stage1_iterations if not in_stage1 else 0)
+        if counter > 0 and counter % s.lr_decay_every == 0:
+            _decay(optimizer, s.lr_decay)
+    if s.stage2_iterations == 0:
+        stage1_weights = weights.detach().clone()
+    with torch.no_grad():
+        final = weights.detach()
+        p_kept, p_removed = prob.class_probabilities(final)
+        return GFIResult(mask=_display_mask(prob, final), stage1_mask=_display_mask(prob, stage1_weights),
+                         weights=final.clone(), stage1_weights=stage1_weights, targets=targets,
+                         p_original=prob.p_original, p_masked=p_kept, p_complement=p_removed,
+                         stage1_loss=loss1, stage2_loss=loss2)
+
+
+def _display_mask(prob: _Problem, weights: torch.Tensor) -> torch.Tensor:
+    """The mask as returned: min-max to [0, 1] (the code variant's (m − min)/max can fall short of 1)."""
+    return normalise_maps(prob.mask(weights))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The explainer
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class FeatureInversionParams(BaseModel):
+    """Per-request settings; unset fields keep the explainer's own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: int = Field(-1, ge=-1, description="class for rows without their own target; -1 = predicted")
+    variant: Variant | None = Field(None, description="'paper' (default) or 'code' (the authors' main.py)")
+    stage1_iterations: int | None = Field(None, ge=0, le=1000)
+    stage2_iterations: int | None = Field(None, ge=0, le=1000)
+    lr: float | None = Field(None, gt=0, le=10)
+    return_stage1: bool = Field(False, description="add the stage-1 mask as extra['stage1_saliency']")
+    return_weights: bool = Field(False, description="add the channel weights ω as extra['weights']")
+
+
+def parse_params(cls: type[BaseModel], params: BaseModel | dict | None) -> BaseModel:
+    """Validate a request's params (a model, a dict or None); a bad value is a UserError."""
+    if isinstance(params, cls):
+        return params
+    try:
+        return cls.model_validate(params.model_dump() if isinstance(params, BaseModel) else (params or {}))
+    except ValidationError as e:
+        raise UserError(f"invalid parameters: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from None
+
+
+@register("feature_inversion")
+class FeatureInversion(Explainer):
+    """Guided Feature Inversion (Du et al., KDD'18): a class-discriminative mask from the model's own channels."""
+
+    name = "feature_inversion"
+    needs = frozenset({"image", "model"})
+    produces = frozenset({"saliency"})
+    Params = FeatureInversionParams
+
+    def __init__(self, model: Classifier, *, variant: Variant = "paper", inversion_layer: str | None = None,
+                 base_layer: str | None = None, class_names: list[str] | None = None, max_batch: int = 32,
+                 **settings: Any):
+        self.model = model
+        self.class_names = class_names
+        if max_batch < 1:
+            raise UserError("max_batch must be >= 1")
+        self.max_batch = int(max_batch)
+        self._overrides = dict(settings)
+        self.settings = GFISettings.for_variant(variant, **settings)
+        defaults = default_layers(model) if inversion_layer is None or base_layer is None else {}
+        self.inversion_layer = resolve_one_layer(model, inversion_layer or defaults["inversion"])
+        self._explicit_base = base_layer is not None
+        self._default_base = resolve_one_layer(model, base_layer or defaults["base"])
+
+    def base_layer(self, variant: str) -> str:
+        """l1: the explicit or per-architecture layer; the code variant uses l0 unless l1 was given explicitly."""
+        if variant == "code" and not self._explicit_base:
+            return self.inversion_layer
+        return self._default_base
+
+    def request_settings(self, params: FeatureInversionParams) -> GFISettings:
+        variant = params.variant or self.settings.variant
+        overrides = {**self._overrides, **{k: getattr(params, k) for k in ("stage1_iterations", "stage2_iterations",
+                                                                           "lr") if getattr(params, k) is not None}}
+        return GFISettings.for_variant(variant, **overrides)
+
+    def explain(self, batch: dict[str, np.ndarray], params: BaseModel | dict | None = None) -> list[Explanation]:
+        p = parse_params(FeatureInversionParams, params)
+        settings = self.request_settings(p)
+        x = prepare_images(self.model, batch)
+        wanted = row_targets(batch, len(x), p.target)
+        base_name = self.base_layer(settings.variant)
+        with eval_mode(self.model):
+            targets = resolve_targets(self.model, x, wanted)
+            results = [run_gfi(self.model, x[lo:lo + self.max_batch], targets[lo:lo + self.max_batch],
+                               base_module=get_module(self.model, base_name),
+                               inversion_module=get_module(self.model, self.inversion_layer), settings=settings)
+                       for lo in range(0, len(x), self.max_batch)]
+        layers = {"inversion": self.inversion_layer, "base": base_name}
+        return [e for r in results for e in self._explanations(r, settings, layers, p)]
+
+    def _explanations(self, r: GFIResult, settings: GFISettings, layers: dict[str, str],
+                      p: FeatureInversionParams) -> list[Explanation]:
+        out = []
+        for i in range(len(r.targets)):
+            label = int(r.targets[i])
+            extra: dict[str, Any] = {
+                "variant": settings.variant, "layers": layers,
+                "iterations": [settings.stage1_iterations, settings.stage2_iterations],
+                "p_original": float(r.p_original[i]), "p_masked": float(r.p_masked[i]),
+                "p_complement": float(r.p_complement[i]), "mask_area": float(r.mask[i].mean()),
+                "stage1_loss": float(r.stage1_loss[i]), "stage2_loss": float(r.stage2_loss[i])}
+            if p.return_stage1:
+                extra["stage1_saliency"] = r.stage1_mask[i].cpu().numpy().astype(np.float32)
+            if p.return_weights:
+                extra["weights"] = r.weights[i].cpu().numpy().astype(np.float32)
+                extra["stage1_weights"] = r.stage1_weights[i].cpu().numpy().astype(np.float32)
+            out.append(Explanation(label=label, label_name=self.class_names[label] if self.class_names else None,
+                                   method=self.name, saliency=r.mask[i].cpu().numpy().astype(np.float32),
+                                   extra=extra))
+        return out

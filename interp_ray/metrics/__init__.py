@@ -1,0 +1,1 @@
+"""Metrics for explanations (saliency: pointing game, localisation error, deletion/insertion)."""

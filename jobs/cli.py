@@ -1,0 +1,35 @@
+"""``interp-ray <command> …``: one entry point over the jobs (each is also ``python -m jobs.<module>``)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Sequence
+
+from jobs.common import EXIT_USAGE, run_main
+
+# command -> job module; each module has main(argv) -> int.
+COMMANDS: dict[str, str] = {
+    "train-classifier": "jobs.train_classifier",
+    "extract": "jobs.extract_activations",
+    "pipeline": "jobs.pipeline",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    available = {c: m for c, m in COMMANDS.items() if importlib.util.find_spec(m) is not None}
+    if not args or args[0] in ("-h", "--help"):
+        print("usage: interp-ray <command> [--config cfg.yaml] [--set key=value …]\ncommands: "
+              + ", ".join(sorted(available)))
+        return 0 if args else EXIT_USAGE
+    command, rest = args[0], args[1:]
+    if command not in available:
+        print(f"error: unknown command {command!r}; valid: {', '.join(sorted(available))}", file=sys.stderr)
+        return EXIT_USAGE
+    module = importlib.import_module(available[command])
+    return run_main(module.main, rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+import subprocess
+import sys
+
+import pytest
+
+from interp_ray.checkpoint import load_classifier
+from interp_ray.config import ClassifierJobConfig, load_config
+from jobs.common import run_main
+from jobs.train_classifier import main, train
+
+
+def _cfg(tmp_path, *overrides):
+    return load_config(ClassifierJobConfig, "configs/digits.yaml", [
+        f"run.storage_path={tmp_path / 'runs'}", f"output={tmp_path / 'out'}", "train.epochs=2", *overrides])
+
+
+@pytest.mark.ray
+def test_two_workers_both_train_and_checkpoint_loads(ray_local, tmp_path):
+    cfg = _cfg(tmp_path, "scaling.num_workers=2")
+    out = train(cfg)
+    last = out["history"][-1]
+    assert last["world_size"] == 2
+    per_rank = last["samples_per_rank"]
+    assert len(per_rank) == 2 and all(n > 0 for n in per_rank)
+    assert sum(per_rank) >= 1257 and abs(per_rank[0] - per_rank[1]) <= 1  # DistributedSampler halves
+    loaded = load_classifier(tmp_path / "out")
+    assert loaded.config["model"]["name"] == "digits_cnn"
+    assert 0.0 <= out["test_accuracy"] <= 1.0
+
+
+@pytest.mark.ray
+def test_injected_failure_resumes_from_last_checkpoint(ray_local, tmp_path):
+    cfg = _cfg(tmp_path, "train.epochs=4", "train.fail_at_epoch=2", "run.max_failures=1")
+    out = train(cfg)
+    hist = out["history"]
+    assert [h["epoch"] for h in hist] == [0, 1, 2, 3]         # every epoch once, none repeated
+    assert [h["attempt"] for h in hist] == [0, 0, 1, 1]       # epochs 0-1 kept from before the failure
+
+
+def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: {name: digits\n")
+    existing = tmp_path / "out"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("precious")
+    cases = {
+        "not valid YAML": ["--config", str(bad)],
+        "unknown dataset 'mnist2'; valid:": ["--config", "configs/digits.yaml", "--set", "data.name=mnist2"],
+        "unknown model 'vit'; valid:": ["--config", "configs/digits.yaml", "--set", "model.name=vit"],
+        "does not exist": ["--config", str(tmp_path / "missing.yaml")],
+        "unknown option(s) colour for dataset 'digits'": [
+            "--config", "configs/digits.yaml", "--set", "data.options.colour=1", "--set", f"output={existing}"],
+    }
+    for expected, argv in cases.items():
+        assert run_main(main, argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], (expected, err)
+    assert (existing / "keep.txt").read_text() == "precious"
+
+
+def test_cli_process_exit_code_and_single_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "train-classifier", "--config", "configs/digits.yaml",
+                           "--set", "model.name=nope"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines == [lines[-1]] and lines[-1].startswith("error: ") and "valid: digits_cnn" in lines[-1]
+    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "frobnicate"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "valid: " in proc.stderr

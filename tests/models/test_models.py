@@ -1,0 +1,96 @@
+import pytest
+import torch
+
+from interp_ray.errors import UserError
+from interp_ray.models import MODELS, UnknownLayerError, build_model
+
+SMALL = {
+    "digits_cnn": dict(num_classes=10, in_channels=1, image_size=8),
+    "scenes_cnn": dict(num_classes=12, in_channels=3, image_size=64),
+    "resnet18": dict(num_classes=5, image_size=64),
+    "resnet50": dict(num_classes=5, image_size=64),
+    "vgg16": dict(num_classes=5, image_size=64),
+    "vgg19": dict(num_classes=5, image_size=64),
+}
+
+
+def test_registry_lists_every_model():
+    assert set(SMALL) <= set(MODELS.names())
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_forward_and_default_taps(name):
+    torch.manual_seed(0)
+    model = build_model(name, **SMALL[name]).eval()
+    x = torch.rand(2, *model.input_shape)
+    acts = model.activations(x, model.default_layers, with_logits=True)
+    assert list(acts)[:-1] == model.resolve_layers(model.default_layers)
+    assert torch.equal(acts["logits"], model(x))  # taps do not change the output
+    assert acts["logits"].shape == (2, SMALL[name]["num_classes"])
+    assert all(a.shape[0] == 2 for a in acts.values())
+
+
+def test_patterns_resolve_in_order_without_repeats():
+    m = build_model("scenes_cnn")
+    assert m.resolve_layers(["conv*", "conv1"]) == ["conv1", "conv2", "conv3", "conv4"]
+    assert m.resolve_layers("relu_fc") == ["relu_fc"]
+
+
+def test_unknown_layer_fails_listing_valid_names():
+    m = build_model("digits_cnn")
+    with pytest.raises(UnknownLayerError, match=r"unknown layer 'conv9'; valid: conv1, relu1, conv2"):
+        m.activations(torch.rand(1, 1, 8, 8), ["conv9"])
+
+
+def test_unknown_default_layer_fails_at_construction():
+    from interp_ray.models.base import Classifier
+
+    with pytest.raises(UnknownLayerError):
+        Classifier(torch.nn.Linear(2, 2), num_classes=2, in_channels=1, image_size=1, default_layers=["nope"])
+
+
+def _hook_count(model):
+    return sum(len(m._forward_hooks) for m in model.modules())
+
+
+def test_hooks_never_outlive_a_call_even_when_it_raises():
+    m = build_model("digits_cnn")
+    m.activations(torch.rand(1, 1, 8, 8), ["conv1", "fc1"])
+    assert _hook_count(m) == 0
+    with pytest.raises(RuntimeError):
+        m.activations(torch.rand(1, 3, 8, 8), ["conv1", "fc1"])  # wrong channels: conv1 raises mid-forward
+    assert _hook_count(m) == 0
+
+
+def test_activations_match_manual_forward():
+    torch.manual_seed(1)
+    m = build_model("digits_cnn").eval()
+    x = torch.rand(3, 1, 8, 8)
+    expected = m.net.relu1(m.net.conv1(x))
+    assert torch.allclose(m.activations(x, "relu1")["relu1"], expected)
+
+
+def test_unknown_model_and_option():
+    with pytest.raises(UserError, match="unknown model 'lenet'; valid: .*digits_cnn"):
+        build_model("lenet")
+    with pytest.raises(UserError, match="unknown option.*depth.*valid: num_classes"):
+        build_model("digits_cnn", depth=3)
+
+
+def test_check_input_names_expected_shape():
+    m = build_model("digits_cnn")
+    with pytest.raises(UserError, match=r"N×1×8×8"):
+        m.check_input(torch.rand(2, 3, 8, 8))
+
+
+def test_local_weights_file_is_loaded_safely(tmp_path):
+    from torchvision.models import resnet18
+
+    torch.manual_seed(3)
+    ref = resnet18(weights=None, num_classes=5)
+    torch.save(ref.state_dict(), tmp_path / "w.pth")
+    m = build_model("resnet18", num_classes=5, weights_path=str(tmp_path / "w.pth")).eval()
+    x = torch.rand(1, 3, 64, 64)
+    assert torch.equal(m(x), ref.eval()(x))
+    with pytest.raises(UserError, match="does not exist"):
+        build_model("resnet18", weights_path=str(tmp_path / "missing.pth"))

@@ -564,10 +564,22 @@ def test_kuberay_manifest(kind):
     check_kuberay(docs[0], kind)
 
 
-def test_rayjob_entrypoint_exists_in_repo():
+def test_rayjob_entrypoint_loads_its_config():
+    """The RayJob's `--config` and `--set` values make a valid pipeline config, as the job itself would load it."""
     if not (REPO / "jobs" / "pipeline.py").exists():
         pytest.skip("jobs/pipeline.py is not written yet")
-    assert (REPO / "configs" / "pipeline.yaml").exists(), "the RayJob runs configs/pipeline.yaml"
+    argv = shlex.split(load_yaml(KUBERAY["RayJob"])["spec"]["entrypoint"])
+    assert argv[:3] == ["python", "-m", "jobs.pipeline"]
+    config = argv[argv.index("--config") + 1]
+    overrides = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+    assert (REPO / config).exists(), f"the RayJob runs {config}"
+    if str(REPO) not in sys.path:  # `jobs` is importable from the repository root, as in `python -m jobs.pipeline`
+        sys.path.insert(0, str(REPO))
+    from interp_ray.config import load_config
+    from jobs.pipeline import PipelineConfig
+
+    cfg = load_config(PipelineConfig, REPO / config, overrides)
+    assert str(cfg.output_dir).startswith(BUCKET_SCHEMES), "the pipeline's output must go to the bucket"
 
 
 def test_rayservice_matches_the_projects_serve_config():

@@ -105,7 +105,18 @@ class _RayBatchFn:
         self.base = base
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.base.get_batch(np.asarray(batch["id"], dtype=np.int64))
+        out = self.base.get_batch(np.asarray(batch["id"], dtype=np.int64))
+        return {k: _arrow_friendly(v) for k, v in out.items()}
+
+
+def _arrow_friendly(arr: np.ndarray) -> np.ndarray:
+    """Rows of strings (N×K unicode) become lists: a fixed-width unicode tensor's width varies per batch, and Arrow
+    cannot unify tensor blocks of different widths; list<string> has no width."""
+    if arr.dtype.kind == "U" and arr.ndim > 1:
+        rows = np.empty(len(arr), dtype=object)
+        rows[:] = [list(r) for r in arr.tolist()]
+        return rows
+    return arr
 
 
 def to_float_images(images: np.ndarray) -> np.ndarray:

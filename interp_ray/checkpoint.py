@@ -37,6 +37,21 @@ def _local_path(uri: str | os.PathLike) -> Path:
     return Path(s[len("file://"):]) if s.startswith("file://") else Path(s)
 
 
+def join_uri(base: str | os.PathLike, *parts: str) -> str:
+    """Join path parts onto a local path or a URI (s3://bucket/a + b → s3://bucket/a/b)."""
+    if is_remote(base):
+        return "/".join([str(base).rstrip("/"), *parts])
+    return str(_local_path(base).joinpath(*parts))
+
+
+def upload_dir(local: str | os.PathLike, uri: str) -> None:
+    """Copy a local directory's files to ``uri`` (s3://, gs://) through pyarrow.fs."""
+    import pyarrow.fs as pafs
+
+    fs, dest = pafs.FileSystem.from_uri(uri)
+    pafs.copy_files(str(local), dest, destination_filesystem=fs)
+
+
 @contextlib.contextmanager
 def local_copy(uri: str | os.PathLike) -> Iterator[Path]:
     """A local directory with the contents of ``uri`` (downloaded to a temp dir when remote)."""

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from pydantic import Field
 
+from interp_ray.checkpoint import is_remote, join_uri, upload_dir
 from interp_ray.config import ClassifierJobConfig, Section, load_config
 from jobs.common import base_parser, exit_with, init_ray
 
@@ -46,14 +48,14 @@ def stage(name: str):
     return time.perf_counter()
 
 
-def train_classifiers(cfg: PipelineConfig, out: Path) -> dict[str, Any]:
+def train_classifiers(cfg: PipelineConfig, out: str) -> dict[str, Any]:
     from jobs.train_classifier import train
 
     results = {}
     for key, job in cfg.classifiers.items():
         t0 = stage(f"training classifier {key} ({job.model.name} on {job.data.name}, {job.train.epochs} epochs)")
-        job.output = str(out / "checkpoints" / key)
-        job.run.storage_path = str(out / "ray_runs")
+        job.output = join_uri(out, "checkpoints", key)
+        job.run.storage_path = join_uri(out, "ray_runs")  # shared storage when workers span nodes (s3://, gs://)
         res = train(job)
         results[key] = {"model": job.model.name, "dataset": job.data.name, "epochs": len(res["history"]),
                         "test_accuracy": res["test_accuracy"], "checkpoint": res["checkpoint"],
@@ -74,12 +76,19 @@ def write_report(out: Path, classifiers: dict[str, Any], seconds: float) -> Path
     return report
 
 
-def run(cfg: PipelineConfig) -> Path:
+def run(cfg: PipelineConfig) -> str:
+    """Run every stage; ``output_dir`` may be local or s3:// / gs:// (the report is staged locally, then uploaded)."""
     t0 = time.perf_counter()
-    out = Path(cfg.output_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    classifiers = train_classifiers(cfg, out)
-    return write_report(out, classifiers, time.perf_counter() - t0)
+    out = cfg.output_dir if is_remote(cfg.output_dir) else str(Path(cfg.output_dir).resolve())
+    with tempfile.TemporaryDirectory(prefix="interp-ray-report-") as staging:
+        local = Path(staging) if is_remote(out) else Path(out)
+        local.mkdir(parents=True, exist_ok=True)
+        classifiers = train_classifiers(cfg, out)
+        report = write_report(local, classifiers, time.perf_counter() - t0)
+        if is_remote(out):
+            upload_dir(local, out)
+            return join_uri(out, report.name)
+    return str(report)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

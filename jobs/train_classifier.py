@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Sequence
 
 import torch
 
-from interp_ray.checkpoint import is_remote, save_classifier
+from interp_ray.checkpoint import atomic_write_dir, is_remote, load_classifier, save_classifier, upload_dir
 from interp_ray.config import ClassifierJobConfig, load_config
 from interp_ray.data import load_dataset
 from interp_ray.errors import UserError
@@ -153,9 +154,6 @@ def make_trainer(cfg: ClassifierJobConfig):
 
 def train(cfg: ClassifierJobConfig) -> dict[str, Any]:
     """Fit on Ray Train, export the final classifier to ``cfg.output`` and score it on the test split."""
-    from interp_ray.checkpoint import atomic_write_dir, load_classifier
-    import shutil
-
     # Fail fast on bad names before any worker starts: building once here costs milliseconds.
     test_ds = load_dataset(cfg.data.name, "test", **cfg.data.options)
     build_model(cfg.model.name, **model_options(cfg, test_ds))
@@ -165,12 +163,7 @@ def train(cfg: ClassifierJobConfig) -> dict[str, Any]:
     with result.checkpoint.as_directory() as d:
         history = json.loads((Path(d) / HISTORY_FILE).read_text())
         if is_remote(cfg.output):
-            from interp_ray.checkpoint import read_checkpoint, save_checkpoint
-
-            ck = read_checkpoint(Path(d) / MODEL_DIR)
-            save_checkpoint(cfg.output, kind="classifier", config={k: v for k, v in ck.config.items()
-                                                                   if k not in ("format", "kind")},
-                            state_dict=ck.state_dict)
+            upload_dir(Path(d) / MODEL_DIR, cfg.output)
         else:
             atomic_write_dir(Path(cfg.output), lambda tmp: shutil.copytree(Path(d) / MODEL_DIR, tmp,
                                                                           dirs_exist_ok=True))

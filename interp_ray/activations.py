@@ -40,17 +40,23 @@ class ActivationExtractor:
 
     ``layers``: names or shell patterns (``"relu*"``); ``None`` means the model's default layers. ``torch_threads``
     caps intra-op threads (Ray sets OMP_NUM_THREADS to an actor's CPU count; a benchmark may want more).
+    ``expect_digest``: refuse a checkpoint whose content is not this one (the store key was computed from it).
     """
 
     def __init__(self, checkpoint: str | os.PathLike, layers: Iterable[str] | str | None = None, *,
                  device: str | None = None, torch_threads: int | None = None,
-                 passthrough: Sequence[str] = DEFAULT_PASSTHROUGH):
+                 passthrough: Sequence[str] = DEFAULT_PASSTHROUGH, expect_digest: str | None = None):
         from interp_ray.checkpoint import load_classifier
 
         if torch_threads:
             torch.set_num_threads(int(torch_threads))
         self.device = pick_device(device)
         loaded = load_classifier(checkpoint, device=self.device)
+        if expect_digest is not None and loaded.digest != expect_digest:
+            # The checkpoint changed after the job was planned (e.g. retrained in place): its activations would land
+            # in a store keyed by the old weights.
+            raise UserError(f"checkpoint {checkpoint} changed since this job started (digest {loaded.digest[:12]}, "
+                            f"expected {expect_digest[:12]}); rerun the job")
         self.model = loaded.model
         self.checkpoint = str(checkpoint)
         self.digest = loaded.digest

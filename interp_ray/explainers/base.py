@@ -23,6 +23,9 @@ register = EXPLAINERS.register
 EXPLAINER_MODULES: list[str] = [
     "interp_ray.explainers.feature_inversion",
     "interp_ray.explainers.baselines",
+    "interp_ray.explainers.interpnet",
+    "interp_ray.explainers.flint",
+    "interp_ray.explainers.cnn_inte",
 ]
 
 

@@ -11,6 +11,11 @@ the input: m(ω) = up(norm(Σ_k ω_k f_k^{l1}(x))). Where the mask is 0 the imag
 
 After each Adam step ω is clipped to ω ≥ 0.
 
+Two additions, both switchable: ``class_score="log_prob"`` raises log p_c(Φ) instead of p_c(Φ) (the paper's
+probability has no gradient left for a class the model gives ~1e-6), and ``fallback_to_stage1`` (on by default)
+returns the stage-1 mask where stage 2 ends with no mask or with p_c(Φ) <= p_c(Φ_bg) (``extra["fallback"]``).
+Computation is in float64 by default (``precision``), which is what makes batched and single runs agree.
+
 Two variants (``variant=``):
 
 ``paper`` (default)  the paper's settings: 10 stage-1 + 70 stage-2 iterations, Adam lr 1e-2 (stage 2 from a fresh
@@ -29,6 +34,7 @@ model's parameters never accumulate ``.grad``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -66,12 +72,25 @@ class GFISettings:
     lam: float = 1.0                   # weight of the complement's class probability in stage 2
     delta: float = 1.0                 # stage-2 regulariser weight (the paper uses 10 for the VOC pointing game)
     regulariser: Literal["l1", "l2sq"] = "l1"
+    # What stage 2 raises on Φ and lowers on Φ_bg. The paper: the softmax probability. Its gradient p(1 − p)
+    # vanishes for a class the model gives ~1e-6 (the second object of a two-object scene to a confident model),
+    # and then the regulariser alone drives ω to 0; "log_prob" (−log p_c(Φ) + λ·p_c(Φ_bg)) keeps a gradient.
+    class_score: Literal["prob", "log_prob"] = "prob"
+    # Not in the paper: when stage 2 ends with every weight at 0 (no mask is left) or with p_c(Φ) <= p_c(Φ_bg)
+    # (the mask keeps no more class evidence than its complement — e.g. the class survives the blur), stage 2 found
+    # no class-discriminative mask; return the stage-1 mask instead of a blank or arbitrary one, and say so in
+    # extra["fallback"]. False gives the paper's output unchanged.
+    fallback_to_stage1: bool = True
     inversion_loss: Literal["squared", "relative"] = "squared"
     normalisation: Literal["minmax", "min_over_max"] = "minmax"
     upsample_first: bool = False       # code: upsample (align_corners=True), then normalise
     shared_optimizer: bool = False     # code: one Adam across both stages
     background: Literal["blur", "mean"] = "blur"
     blur_sigma: float | None = None    # None: 11 px at 224 px, scaled with the input side
+    # float64: the optimisation is chaotic where the mask's max/min cell switches or a weight hits 0, so the
+    # ~1e-6 differences between batched and single-image float32 convolutions can grow to 1e-2 in a mask; in
+    # float64 they start ~1e-15 and a batch gives the same masks as one image at a time. Costs ~2× on a CPU.
+    precision: Literal["float64", "float32"] = "float64"
 
     @staticmethod
     def for_variant(variant: str, **overrides: Any) -> "GFISettings":
@@ -105,8 +124,9 @@ class GFISettings:
 class GFIResult:
     """Per-image outputs of one optimisation; tensors have N rows."""
 
-    mask: torch.Tensor             # N×H×W in [0, 1], after stage 2
+    mask: torch.Tensor             # N×H×W in [0, 1], after stage 2 (or stage 1 where ``fallback``)
     stage1_mask: torch.Tensor      # N×H×W in [0, 1], after stage 1
+    stage2_mask: torch.Tensor      # N×H×W in [0, 1], after stage 2 (whatever ``fallback`` says)
     weights: torch.Tensor          # N×K, >= 0
     stage1_weights: torch.Tensor   # N×K, >= 0
     targets: torch.Tensor          # N
@@ -115,6 +135,7 @@ class GFIResult:
     p_complement: torch.Tensor     # p_c(Φ_bg) with the final mask
     stage1_loss: torch.Tensor      # last stage-1 loss per image (nan when stage 1 ran 0 iterations)
     stage2_loss: torch.Tensor      # last stage-2 loss per image (nan when stage 2 ran 0 iterations)
+    fallback: torch.Tensor         # bool N: stage 2 found no discriminative mask, ``mask`` is the stage-1 mask
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -249,8 +270,12 @@ class _Problem:
 
     def stage2_loss(self, weights: torch.Tensor) -> torch.Tensor:
         s = self.settings
-        p_kept, p_removed = self.class_probabilities(weights)
-        return -p_kept + s.lam * p_removed + s.delta * regulariser(weights, s.regulariser)
+        kept, removed = composites(self.x, self.background, self.mask(weights))
+        logp = F.log_softmax(self.model(torch.cat([kept, removed])), 1)
+        logp = logp.gather(1, self.targets.repeat(2)[:, None])[:, 0]
+        logp_kept, p_removed = logp[: len(self.x)], logp[len(self.x):].exp()
+        raise_term = logp_kept if s.class_score == "log_prob" else logp_kept.exp()
+        return -raise_term + s.lam * p_removed + s.delta * regulariser(weights, s.regulariser)
 
 
 def _step(optimizer: torch.optim.Optimizer, weights: torch.Tensor, per_image_loss: torch.Tensor) -> None:
@@ -276,10 +301,17 @@ def run_gfi(model: Classifier, x: torch.Tensor, targets: torch.Tensor, *, base_m
             inversion_module: torch.nn.Module, settings: GFISettings) -> GFIResult:
     """Optimise ω for a batch (model already in eval mode); see the module docstring for the two variants."""
     prob = _Problem(model, x, targets, base_module, inversion_module, settings)
-    n, s = len(x), settings
-    weights = torch.full((n, prob.channels), s.init_weight, dtype=x.dtype, device=x.device, requires_grad=True)
-    nan = torch.full((n,), float("nan"), device=x.device)
-    loss1, loss2 = nan.clone(), nan.clone()
+    weights = torch.full((len(x), prob.channels), settings.init_weight, dtype=x.dtype, device=x.device,
+                         requires_grad=True)
+    stage1_weights, loss1, loss2 = _optimise(prob, weights, settings)
+    return _result(prob, weights.detach(), stage1_weights, loss1, loss2, settings)
+
+
+def _optimise(prob: _Problem, weights: torch.Tensor, s: GFISettings
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run both stages in place on ``weights``; returns the stage-1 weights and each stage's last loss."""
+    loss1 = torch.full((len(weights),), float("nan"), device=weights.device)
+    loss2 = loss1.clone()
     optimizer = _adam(weights, s.lr)
     stage1_weights = weights.detach().clone()
     for i in range(s.stage1_iterations + s.stage2_iterations):
@@ -295,18 +327,25 @@ def run_gfi(model: Classifier, x: torch.Tensor, targets: torch.Tensor, *, base_m
         else:
             loss2 = loss.detach()
         # paper: halve every 10 iterations of stage 2; code: every 10 iterations counted from the start
-        counter = i + 1 if s.shared_optimizer else (i + 1 - s.stage1_iterations if not in_stage1 else 0)
+        counter = i + 1 if s.shared_optimizer else (0 if in_stage1 else i + 1 - s.stage1_iterations)
         if counter > 0 and counter % s.lr_decay_every == 0:
             _decay(optimizer, s.lr_decay)
     if s.stage2_iterations == 0:
         stage1_weights = weights.detach().clone()
-    with torch.no_grad():
-        final = weights.detach()
-        p_kept, p_removed = prob.class_probabilities(final)
-        return GFIResult(mask=_display_mask(prob, final), stage1_mask=_display_mask(prob, stage1_weights),
-                         weights=final.clone(), stage1_weights=stage1_weights, targets=targets,
-                         p_original=prob.p_original, p_masked=p_kept, p_complement=p_removed,
-                         stage1_loss=loss1, stage2_loss=loss2)
+    return stage1_weights, loss1, loss2
+
+
+@torch.no_grad()
+def _result(prob: _Problem, final: torch.Tensor, stage1_weights: torch.Tensor, loss1: torch.Tensor,
+            loss2: torch.Tensor, s: GFISettings) -> GFIResult:
+    p_kept, p_removed = prob.class_probabilities(final)
+    stage2_mask, stage1_mask = _display_mask(prob, final), _display_mask(prob, stage1_weights)
+    failed = ((final.sum(1) == 0) | (p_kept <= p_removed)) & (s.stage2_iterations > 0) & s.fallback_to_stage1
+    mask = torch.where(failed[:, None, None], stage1_mask, stage2_mask)
+    return GFIResult(mask=mask, stage1_mask=stage1_mask, stage2_mask=stage2_mask, weights=final.clone(),
+                     stage1_weights=stage1_weights, targets=prob.targets, p_original=prob.p_original,
+                     p_masked=p_kept, p_complement=p_removed, stage1_loss=loss1, stage2_loss=loss2,
+                     fallback=failed)
 
 
 def _display_mask(prob: _Problem, weights: torch.Tensor) -> torch.Tensor:
@@ -319,6 +358,17 @@ def _display_mask(prob: _Problem, weights: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def compute_model(model: Classifier, precision: str) -> Classifier:
+    """The model to optimise against: itself for float32, else a float64 copy in eval mode (made per call, so it
+    never goes stale if the caller goes on training the original)."""
+    if precision == "float32":
+        return model
+    return copy.deepcopy(model).to(torch.float64).eval()
+
+
+_REQUEST_SETTINGS = ("stage1_iterations", "stage2_iterations", "lr", "class_score")
+
+
 class FeatureInversionParams(BaseModel):
     """Per-request settings; unset fields keep the explainer's own."""
 
@@ -329,6 +379,7 @@ class FeatureInversionParams(BaseModel):
     stage1_iterations: int | None = Field(None, ge=0, le=1000)
     stage2_iterations: int | None = Field(None, ge=0, le=1000)
     lr: float | None = Field(None, gt=0, le=10)
+    class_score: Literal["prob", "log_prob"] | None = Field(None, description="stage-2 score; 'prob' = paper")
     return_stage1: bool = Field(False, description="add the stage-1 mask as extra['stage1_saliency']")
     return_weights: bool = Field(False, description="add the channel weights ω as extra['weights']")
 
@@ -360,9 +411,11 @@ class FeatureInversion(Explainer):
         if max_batch < 1:
             raise UserError("max_batch must be >= 1")
         self.max_batch = int(max_batch)
+        defaults = default_layers(model) if inversion_layer is None or base_layer is None else {}
+        if "blur_sigma" in defaults and "blur_sigma" not in settings:
+            settings["blur_sigma"] = defaults["blur_sigma"]
         self._overrides = dict(settings)
         self.settings = GFISettings.for_variant(variant, **settings)
-        defaults = default_layers(model) if inversion_layer is None or base_layer is None else {}
         self.inversion_layer = resolve_one_layer(model, inversion_layer or defaults["inversion"])
         self._explicit_base = base_layer is not None
         self._default_base = resolve_one_layer(model, base_layer or defaults["base"])
@@ -375,8 +428,8 @@ class FeatureInversion(Explainer):
 
     def request_settings(self, params: FeatureInversionParams) -> GFISettings:
         variant = params.variant or self.settings.variant
-        overrides = {**self._overrides, **{k: getattr(params, k) for k in ("stage1_iterations", "stage2_iterations",
-                                                                           "lr") if getattr(params, k) is not None}}
+        overrides = {**self._overrides, **{k: getattr(params, k) for k in _REQUEST_SETTINGS
+                                              if getattr(params, k) is not None}}
         return GFISettings.for_variant(variant, **overrides)
 
     def explain(self, batch: dict[str, np.ndarray], params: BaseModel | dict | None = None) -> list[Explanation]:
@@ -387,9 +440,11 @@ class FeatureInversion(Explainer):
         base_name = self.base_layer(settings.variant)
         with eval_mode(self.model):
             targets = resolve_targets(self.model, x, wanted)
-            results = [run_gfi(self.model, x[lo:lo + self.max_batch], targets[lo:lo + self.max_batch],
-                               base_module=get_module(self.model, base_name),
-                               inversion_module=get_module(self.model, self.inversion_layer), settings=settings)
+            model = compute_model(self.model, settings.precision)
+            x = x.to(next(model.parameters()).dtype)
+            results = [run_gfi(model, x[lo:lo + self.max_batch], targets[lo:lo + self.max_batch],
+                               base_module=get_module(model, base_name),
+                               inversion_module=get_module(model, self.inversion_layer), settings=settings)
                        for lo in range(0, len(x), self.max_batch)]
         layers = {"inversion": self.inversion_layer, "base": base_name}
         return [e for r in results for e in self._explanations(r, settings, layers, p)]
@@ -404,9 +459,12 @@ class FeatureInversion(Explainer):
                 "iterations": [settings.stage1_iterations, settings.stage2_iterations],
                 "p_original": float(r.p_original[i]), "p_masked": float(r.p_masked[i]),
                 "p_complement": float(r.p_complement[i]), "mask_area": float(r.mask[i].mean()),
-                "stage1_loss": float(r.stage1_loss[i]), "stage2_loss": float(r.stage2_loss[i])}
+                "fallback": bool(r.fallback[i]),
+                "stage1_loss": _finite_or_none(r.stage1_loss[i]), "stage2_loss": _finite_or_none(r.stage2_loss[i])}
             if p.return_stage1:
                 extra["stage1_saliency"] = r.stage1_mask[i].cpu().numpy().astype(np.float32)
+                if bool(r.fallback[i]):  # the stage-2 mask that was set aside
+                    extra["stage2_saliency"] = r.stage2_mask[i].cpu().numpy().astype(np.float32)
             if p.return_weights:
                 extra["weights"] = r.weights[i].cpu().numpy().astype(np.float32)
                 extra["stage1_weights"] = r.stage1_weights[i].cpu().numpy().astype(np.float32)
@@ -414,3 +472,9 @@ class FeatureInversion(Explainer):
                                    method=self.name, saliency=r.mask[i].cpu().numpy().astype(np.float32),
                                    extra=extra))
         return out
+
+
+def _finite_or_none(v: torch.Tensor) -> float | None:
+    """JSON has no NaN: a stage that ran 0 iterations reports None."""
+    f = float(v)
+    return f if math.isfinite(f) else None

@@ -1,0 +1,272 @@
+"""Images/s of the Ray Data extraction job against a plain single-process PyTorch loop, side by side in one run.
+
+    python -m benchmarks.extract [--rows 8192] [--batch-size 256] [--shard-rows 1024] [--threads 2]
+    python -m benchmarks.extract --stream --rows 100000     # the streaming run: images/s and peak memory only
+
+Same data (generated 64×64 scenes), same model (the scenes CNN; random weights unless ``--checkpoint``: throughput
+does not depend on them), same layers (relu4 128×8×8 and relu_fc 256), same torch thread count. The plain loop is
+``dataset.iter_batches`` → ``model.activations`` → numpy, nothing written; it runs before and after the Ray job and
+the two are averaged, because this machine's cores are shared and its load drifts. The Ray job is the real one
+(``jobs.extract_activations.extract``: loader tasks → extractor actor pool → writer actor → Parquet store), so it also
+pays for Parquet encoding and writing the store, which the plain loop does not.
+
+Figures (``name: value`` lines):
+  plain_images_per_s            the plain loop (mean of the runs before and after the Ray job; both printed)
+  ray_steady_images_per_s       the Ray job from the first extracted rows reaching the writer to the last: throughput
+                                without start-up (worker processes, torch import, checkpoint load)
+  ray_total_images_per_s        the Ray job over its whole run after ray.init (start-up included)
+  ray_startup_s / ray_init_s    job start to the first extracted rows reaching the writer / ray.init
+  ratio_steady / ratio_total    Ray images/s over plain images/s (the goal on this CPU machine: ≥ 0.9)
+With ``--stream``: peak memory of the whole process tree (driver + every Ray daemon and worker), as the sum of PSS
+(shared pages counted once) and of RSS (shared pages counted in every process), sampled twice a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+LAYERS = ["relu4", "relu_fc"]
+
+
+# --- memory of a process tree ------------------------------------------------------------------------------------
+
+def _children_map() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        kids.setdefault(ppid, []).append(int(entry))
+    return kids
+
+
+def descendants(root: int) -> list[int]:
+    kids, out, todo = _children_map(), [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(kids.get(pid, []))
+    return out
+
+
+def _kib(path: str, field: str) -> int:
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(field):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds (user + system) used by ``root`` and its descendants: every Ray daemon and worker of a local Ray.
+
+    Live processes count their own time plus that of children they reaped (cutime/cstime), so actors that Ray Data
+    already shut down are still counted (through the raylet) and nothing is counted twice."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in descendants(root):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / tick
+
+
+class TreeMemory(threading.Thread):
+    """Samples RSS and PSS summed over ``root`` and all its descendants; keeps the peaks."""
+
+    def __init__(self, root: int, interval: float = 0.5):
+        super().__init__(daemon=True)
+        self.root, self.interval = root, interval
+        self.peak_pss = self.peak_rss = self.peak_driver_rss = self.peak_processes = 0
+        self._halt = threading.Event()
+
+    def sample(self) -> None:
+        pids = descendants(self.root)
+        rss = sum(_kib(f"/proc/{p}/status", "VmRSS:") for p in pids)
+        pss = sum(_kib(f"/proc/{p}/smaps_rollup", "Pss:") for p in pids)
+        self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
+        self.peak_driver_rss = max(self.peak_driver_rss, _kib(f"/proc/{self.root}/status", "VmRSS:"))
+        self.peak_processes = max(self.peak_processes, len(pids))
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            self.sample()
+            self._halt.wait(self.interval)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+
+# --- the two contenders ------------------------------------------------------------------------------------------
+
+def random_checkpoint(path: Path, size: int) -> str:
+    import torch
+
+    from interp_ray.checkpoint import save_classifier
+    from interp_ray.data.scenes import CLASS_NAMES
+    from interp_ray.models import build_model
+
+    torch.manual_seed(0)
+    opts = {"num_classes": len(CLASS_NAMES), "in_channels": 3, "image_size": size}
+    save_classifier(path, build_model("scenes_cnn", **opts), model_name="scenes_cnn", model_options=opts,
+                    class_names=list(CLASS_NAMES))
+    return str(path)
+
+
+def plain_loop(checkpoint: str, rows: int, size: int, batch_size: int, threads: int) -> float:
+    """Images/s of the obvious single-process loop over the same rows and model."""
+    import torch
+
+    from interp_ray.checkpoint import load_classifier
+    from interp_ray.data import load_dataset
+
+    torch.set_num_threads(threads)
+    model = load_classifier(checkpoint).model
+    dataset = load_dataset("scenes", "train", n=rows, size=size, seed=0)
+    t0, n = time.perf_counter(), 0
+    with torch.inference_mode():
+        for batch in dataset.iter_batches(batch_size):
+            acts = model.activations(torch.from_numpy(batch["image"]), LAYERS, with_logits=True)
+            probs = torch.softmax(acts.pop("logits"), dim=1).numpy()
+            outputs = {k: v.numpy() for k, v in acts.items()}  # what a consumer gets: numpy, like the extractor
+            n += len(probs)
+            del outputs
+    return n / (time.perf_counter() - t0)
+
+
+def ray_job(checkpoint: str, root: str, args) -> dict:
+    from jobs.extract_activations import ExtractJobConfig, extract
+
+    cfg = ExtractJobConfig.model_validate({
+        "checkpoint": checkpoint, "layers": LAYERS, "splits": ["train"],
+        "data": {"name": "scenes", "options": {"n": args.rows, "size": args.size, "seed": 0}},
+        "store": {"root": root, "shard_rows": args.shard_rows, "compression": "snappy"},
+        "compute": {"engine": "ray", "batch_size": args.batch_size, "actors": args.actors, "num_cpus": 1,
+                    "torch_threads": args.threads, "load_num_cpus": 0.5, "write_num_cpus": 0.25, "num_gpus": 0},
+        "progress_every": max(1, args.rows // args.shard_rows // 10)})
+    (out,) = extract(cfg)
+    return out
+
+
+def start_ray(num_cpus: int) -> float:
+    from jobs.common import init_ray
+
+    t0 = time.perf_counter()
+    init_ray(None, num_cpus=num_cpus, include_dashboard=False)
+    return time.perf_counter() - t0
+
+
+def du(path: str) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+# --- main --------------------------------------------------------------------------------------------------------
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=8192)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--shard-rows", type=int, default=1024)
+    p.add_argument("--actors", type=int, default=1)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads, both contenders")
+    p.add_argument("--checkpoint", default=None, help="a scenes CNN checkpoint (default: random weights)")
+    p.add_argument("--stream", action="store_true", help="the Ray job only, with peak-memory sampling")
+    p.add_argument("--keep", action="store_true", help="keep the written store")
+    p.add_argument("--workdir", default=None)
+    args = p.parse_args()
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # Ray starts its workers at nice 15 (so the raylet stays responsive). On a machine shared with other nice-0
+    # work that alone starves the Ray side of a side-by-side comparison; both contenders run at nice 0 here.
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("ray").setLevel(logging.WARNING)  # keep the job's own progress lines readable
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="interp-ray-extract-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    checkpoint = args.checkpoint or random_checkpoint(work / "scenes_cnn", args.size)
+    print(f"rows: {args.rows}\nimage: 3x{args.size}x{args.size}\nlayers: {','.join(LAYERS)}\n"
+          f"batch_size: {args.batch_size}\nshard_rows: {args.shard_rows}\nactors: {args.actors}\n"
+          f"torch_threads: {args.threads}\ncpus: {os.cpu_count()}\n"
+          f"ray_worker_niceness: {os.environ['RAY_worker_niceness']}", flush=True)
+    try:
+        if args.stream:
+            stream(checkpoint, str(work / "store"), args)
+        else:
+            compare(checkpoint, str(work / "store"), args)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def compare(checkpoint: str, root: str, args) -> None:
+    plain_before = plain_loop(checkpoint, args.rows, args.size, args.batch_size, args.threads)
+    print(f"plain_images_per_s_before: {plain_before:.1f}", flush=True)
+    ray_init = start_ray(os.cpu_count() or 2)
+    t0 = time.perf_counter()
+    out = ray_job(checkpoint, root, args)
+    wall = time.perf_counter() - t0
+    plain_after = plain_loop(checkpoint, args.rows, args.size, args.batch_size, args.threads)
+    print(f"plain_images_per_s_after: {plain_after:.1f}")
+    plain = (plain_before + plain_after) / 2
+    steady = out["steady_rows_per_s"] or float("nan")
+    total = out["rows"] / wall
+    print(f"plain_images_per_s: {plain:.1f}\n"
+          f"ray_steady_images_per_s: {steady:.1f}\n"
+          f"ray_total_images_per_s: {total:.1f}\n"
+          f"ray_startup_s: {out['startup_s'] or float('nan'):.1f}\nray_init_s: {ray_init:.1f}\n"
+          f"ray_job_s: {wall:.1f}\nstore_mib: {du(out['location']) / 2**20:.0f}\n"
+          f"ratio_steady: {steady / plain:.3f}\nratio_total: {total / plain:.3f}")
+
+
+def stream(checkpoint: str, root: str, args) -> None:
+    mem = TreeMemory(os.getpid())
+    mem.start()
+    t0 = time.perf_counter()
+    ray_init = start_ray(os.cpu_count() or 2)
+    c0 = tree_cpu_seconds(os.getpid())
+    out = ray_job(checkpoint, root, args)
+    cpu = tree_cpu_seconds(os.getpid()) - c0
+    wall = time.perf_counter() - t0
+    mem.stop()
+    images_gib = args.rows * 3 * args.size * args.size * 4 / 2**30
+    print(f"ray_init_s: {ray_init:.1f}\nray_startup_s: {out['startup_s'] or float('nan'):.1f}\n"
+          f"ray_job_s: {out['seconds']:.1f}\nwall_s: {wall:.1f}\n"
+          f"ray_total_images_per_s: {out['rows'] / out['seconds']:.1f}\n"
+          f"ray_steady_images_per_s: {out['steady_rows_per_s'] or float('nan'):.1f}\n"
+          f"ray_cpu_s_per_1000_images: {cpu / out['rows'] * 1000:.2f}\n"
+          f"rows_written: {out['rows']}\nstore_gib: {du(out['location']) / 2**30:.2f}\n"
+          f"dataset_images_gib_if_held: {images_gib:.2f}\n"
+          f"peak_tree_pss_gib: {mem.peak_pss / 2**20:.2f}\npeak_tree_rss_gib: {mem.peak_rss / 2**20:.2f}\n"
+          f"peak_driver_rss_gib: {mem.peak_driver_rss / 2**20:.2f}\npeak_processes: {mem.peak_processes}")
+    from interp_ray.store import ActivationStore
+
+    store = ActivationStore.open(out["location"])
+    ids = set()
+    for batch in store.iter_batches(8192, columns=["index", "id"]):
+        ids.update(batch["id"].tolist())
+    print(f"store_rows_read_back: {len(ids)} unique ids of {len(store)}")
+
+
+if __name__ == "__main__":
+    main()

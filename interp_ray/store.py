@@ -1,0 +1,667 @@
+"""The activation store: Parquet shards of activations, keyed by what produced them, written once, read back as tensors.
+
+Layout (see docs/activation_store.md)::
+
+    <root>/<model name>/<key>/
+        _manifest.json          identity, layer shapes, row/shard counts, complete flag — written first, finished last
+        part-000000.parquet     rows [0, S) of the split, sorted by row index
+        part-000001.parquet     rows [S, 2S) …  (S = shard_rows; the last part may be shorter)
+
+``key`` = the first 16 hex digits of sha256 over the store's *identity*: the checkpoint's content digest, the resolved
+layer list, the dataset's ``describe()``, the data config (name + options), the split and the store format. Two runs
+that would produce the same numbers share a key; anything that could change a number changes it, so a stale store
+can never be read as if it were fresh.
+
+Each part holds exactly the fixed row range of its shard. It is written to a hidden temp file and renamed into place
+only when complete, and never replaced once there, so a run killed at any moment leaves only whole parts behind; a
+rerun lists them and computes only the missing shards. Every part carries the store key in its schema metadata, and
+readers check it, so a part copied in from another store is refused.
+
+Columns: ``index`` (int64, row of the split), ``id`` (string), ``label``, ``prediction`` (int64), ``probabilities``
+and one column per layer, each an Arrow ``fixed_shape_tensor<float32>`` whose type carries the per-row shape — pyarrow,
+Ray Data and this module's reader all hand back N×shape arrays without being told the shape.
+
+This module is Ray-free except ``ActivationStore.to_ray``; writing happens through ``ShardAssembler``, which the Ray
+Data writer stage and the plain single-process path both use.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import posixpath
+import re
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from interp_ray.errors import UserError
+
+log = logging.getLogger("interp_ray.store")
+
+FORMAT = "interp-ray-activations/1"
+MANIFEST_FILE = "_manifest.json"
+SCHEMA_META_KEY = b"interp_ray.activations"
+PART_RE = re.compile(r"^part-(\d{6,})\.parquet$")
+TMP_MARK = ".tmp-"
+KEY_HEX = 16
+DEFAULT_SHARD_ROWS = 2048
+BASE_COLUMNS = ("index", "id", "label", "prediction", "probabilities")
+
+
+class StoreKeyMismatch(UserError):
+    """A store exists where asked, but for other inputs (checkpoint, layers, dataset or split)."""
+
+
+class InjectedFailure(RuntimeError):
+    """Raised by ``fail_after_shards`` to drill resumability (tests, drills)."""
+
+
+def part_name(shard: int) -> str:
+    return f"part-{shard:06d}.parquet"
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# --- identity and key --------------------------------------------------------------------------------------------
+
+def _jsonable(value: Any) -> Any:
+    """The JSON round trip of ``value``, so a recomputed identity compares equal to one read back from a manifest."""
+    def default(o: Any) -> Any:
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        return str(o)
+
+    return json.loads(json.dumps(value, default=default, sort_keys=True))
+
+
+def make_identity(*, checkpoint_digest: str, layers: Sequence[str], dataset: dict[str, Any], split: str,
+                  data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the store key hashes. ``data`` (the data config: name + options) is included because not every
+    ``describe()`` names every option that changes the pixels (digits' split seed, for one)."""
+    if data is not None:  # only what selects the rows: a config model may grow unrelated fields
+        data = {"name": data["name"], "options": dict(data.get("options") or {})}
+    return _jsonable({"format": FORMAT, "checkpoint_digest": checkpoint_digest, "layers": list(layers),
+                      "dataset": dataset, "split": split, "data": data})
+
+
+def store_key(identity: dict[str, Any]) -> str:
+    blob = json.dumps(_jsonable(identity), sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:KEY_HEX]
+
+
+# --- manifest ----------------------------------------------------------------------------------------------------
+
+@dataclass
+class Manifest:
+    key: str
+    identity: dict[str, Any]
+    model: dict[str, Any]                 # {"name": …, "checkpoint": path it was read from}
+    layers: dict[str, dict[str, Any]]     # layer → {"shape": [per-row shape], "dtype": "float32"}
+    class_names: list[str]
+    rows: int
+    shard_rows: int
+    complete: bool = False
+    format: str = FORMAT
+    created: str = field(default_factory=utc_now)
+    completed: str | None = None
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.rows // self.shard_rows) if self.rows else 0
+
+    def shard_range(self, shard: int) -> tuple[int, int]:
+        if not 0 <= shard < self.num_shards:
+            raise ValueError(f"shard {shard} out of range 0..{self.num_shards - 1}")
+        lo = shard * self.shard_rows
+        return lo, min(lo + self.shard_rows, self.rows)
+
+    def layer_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {name: tuple(spec["shape"]) for name, spec in self.layers.items()}
+
+    def describe_key(self) -> str:
+        ident = self.identity
+        return (f"key {self.key} (checkpoint {str(ident.get('checkpoint_digest'))[:12]}, layers "
+                f"{','.join(ident.get('layers', []))}, dataset {ident.get('dataset', {}).get('name')}, "
+                f"split {ident.get('split')})")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str) -> "Manifest":
+        try:
+            raw = json.loads(text)
+            if raw.get("format") != FORMAT:
+                raise UserError(f"{source}: format {raw.get('format')!r} is not {FORMAT!r}")
+            return cls(**raw)
+        except (json.JSONDecodeError, TypeError, AttributeError) as e:
+            raise UserError(f"{source}: not a valid activation-store manifest ({e})") from None
+
+    def check_integrity(self, source: str) -> None:
+        """The recorded key must be the hash of the recorded identity: an edited manifest is refused."""
+        if store_key(self.identity) != self.key:
+            raise UserError(f"{source}: the manifest's key {self.key} does not match its recorded identity "
+                            f"(edited or corrupt); refusing to use it")
+
+
+# --- filesystem helpers ------------------------------------------------------------------------------------------
+
+def resolve_location(location: str) -> tuple[Any, str]:
+    """(pyarrow filesystem, path inside it) for a local path or a URI (s3://, gs://, file://)."""
+    from interp_ray.data.parquet import resolve_filesystem
+
+    return resolve_filesystem(str(location))
+
+
+def _info(fs: Any, path: str):
+    return fs.get_file_info(path)
+
+
+def _exists(fs: Any, path: str) -> bool:
+    import pyarrow.fs as pafs
+
+    return _info(fs, path).type != pafs.FileType.NotFound
+
+
+def _is_dir(fs: Any, path: str) -> bool:
+    import pyarrow.fs as pafs
+
+    return _info(fs, path).type == pafs.FileType.Directory
+
+
+def list_names(fs: Any, directory: str) -> list[str]:
+    """Base names directly inside ``directory`` (empty if it does not exist)."""
+    import pyarrow.fs as pafs
+
+    if not _is_dir(fs, directory):
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(directory, recursive=False))
+    return sorted(posixpath.basename(i.path) for i in infos)
+
+
+def part_files(fs: Any, directory: str) -> dict[int, str]:
+    """shard → path of every finished part in ``directory``."""
+    out = {}
+    for name in list_names(fs, directory):
+        m = PART_RE.match(name)
+        if m:
+            out[int(m.group(1))] = posixpath.join(directory, name)
+    return out
+
+
+def atomic_write_bytes(fs: Any, path: str, data: bytes) -> None:
+    """Write beside ``path`` and rename over it, so a reader sees the old file or the new one, never half of one."""
+    tmp = _tmp_path(path)
+    with fs.open_output_stream(tmp) as out:
+        out.write(data)
+    fs.move(tmp, path)
+
+
+def _tmp_path(path: str) -> str:
+    d, base = posixpath.split(path)
+    return posixpath.join(d, f".{base}{TMP_MARK}{uuid.uuid4().hex[:12]}")
+
+
+def read_manifest(fs: Any, directory: str) -> Manifest | None:
+    path = posixpath.join(directory, MANIFEST_FILE)
+    if not _exists(fs, path):
+        return None
+    with fs.open_input_stream(path) as f:
+        text = f.read().decode("utf-8", errors="replace")
+    return Manifest.from_json(text, source=path)
+
+
+def write_manifest(fs: Any, directory: str, manifest: Manifest) -> None:
+    atomic_write_bytes(fs, posixpath.join(directory, MANIFEST_FILE), manifest.to_json().encode())
+
+
+# --- Arrow conversion --------------------------------------------------------------------------------------------
+
+def tensor_array(values: np.ndarray):
+    """N×shape float32 → an Arrow ``fixed_shape_tensor`` array (the type carries the per-row shape)."""
+    import pyarrow as pa
+
+    arr = np.ascontiguousarray(values, dtype=np.float32)
+    if arr.ndim == 1:  # a per-row scalar still gets a shape, so readers never special-case it
+        arr = arr[:, None]
+    return pa.FixedShapeTensorArray.from_numpy_ndarray(arr)
+
+
+def part_metadata(manifest: Manifest, shard: int) -> dict[str, Any]:
+    lo, hi = manifest.shard_range(shard)
+    ident = manifest.identity
+    return {"format": FORMAT, "key": manifest.key, "shard": shard, "rows": [lo, hi],
+            "checkpoint_digest": ident["checkpoint_digest"], "model": manifest.model, "layers": manifest.layers,
+            "dataset": ident["dataset"], "split": ident["split"]}
+
+
+def build_part_table(manifest: Manifest, shard: int, cols: dict[str, np.ndarray]):
+    """One shard's rows (already sorted, exactly the shard's range) as an Arrow table with the store's schema."""
+    import pyarrow as pa
+
+    arrays = {
+        "index": pa.array(np.asarray(cols["index"], dtype=np.int64)),
+        "id": pa.array([str(x) for x in cols["id"]], type=pa.string()),
+        "label": pa.array(np.asarray(cols["label"], dtype=np.int64)),
+        "prediction": pa.array(np.asarray(cols["prediction"], dtype=np.int64)),
+        "probabilities": tensor_array(cols["probabilities"]),
+    }
+    shapes = manifest.layer_shapes()
+    for name, shape in shapes.items():
+        values = np.asarray(cols[name])
+        if tuple(values.shape[1:]) != shape:
+            raise RuntimeError(f"layer {name}: rows have shape {values.shape[1:]}, the manifest says {shape}")
+        arrays[name] = tensor_array(values)
+    table = pa.table(arrays)
+    meta = {SCHEMA_META_KEY: json.dumps(part_metadata(manifest, shard), sort_keys=True).encode()}
+    return table.replace_schema_metadata(meta)
+
+
+def batch_from_arrow(record_batch) -> dict[str, np.ndarray]:
+    """An Arrow record batch of the store → dict of numpy arrays, tensor columns back in their N×shape form."""
+    import pyarrow as pa
+
+    out: dict[str, np.ndarray] = {}
+    for name, col in zip(record_batch.schema.names, record_batch.columns):
+        if isinstance(col.type, pa.FixedShapeTensorType):
+            out[name] = col.to_numpy_ndarray()
+        elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            out[name] = np.asarray(col.to_pylist(), dtype=str)
+        else:
+            out[name] = col.to_numpy(zero_copy_only=False)
+    return out
+
+
+def read_part_metadata(fs: Any, path: str) -> tuple[dict[str, Any], int]:
+    """(store metadata, row count) of a part, from its footer only."""
+    import pyarrow.parquet as pq
+
+    try:
+        with fs.open_input_file(path) as f:
+            md = pq.ParquetFile(f).metadata
+            raw = (md.metadata or {}).get(SCHEMA_META_KEY)
+            if raw is None:
+                raise UserError(f"{path} is not an activation-store part (no {SCHEMA_META_KEY.decode()} metadata)")
+            return json.loads(raw), md.num_rows
+    except UserError:
+        raise
+    except Exception as e:  # pyarrow raises ArrowInvalid/OSError for truncated or foreign files
+        raise UserError(f"{path} cannot be read as a Parquet part ({e}); delete it to recompute that shard") from None
+
+
+# --- preparing a store for writing -------------------------------------------------------------------------------
+
+def prepare_store(location: str, manifest: Manifest) -> tuple[Manifest, list[int]]:
+    """Create or reopen the store at ``location`` for ``manifest``; return (manifest in force, shards still missing).
+
+    A directory that holds another key, or anything that is not a store, is a ``UserError`` and nothing in it is
+    touched. An existing store of the same key keeps its own ``shard_rows`` (its parts were cut that way).
+    """
+    fs, directory = resolve_location(location)
+    existing = check_store(location, manifest)
+    names = list_names(fs, directory)
+    if existing is None:
+        fs.create_dir(directory, recursive=True)
+        write_manifest(fs, directory, manifest)
+        return manifest, list(range(manifest.num_shards))
+    if existing.shard_rows != manifest.shard_rows:
+        log.warning("store %s was started with shard_rows=%d; keeping that (asked for %d)", location,
+                    existing.shard_rows, manifest.shard_rows)
+    done = check_parts(fs, directory, existing)
+    _remove_stale_temps(fs, directory, names)
+    missing = [s for s in range(existing.num_shards) if s not in done]
+    if missing and existing.complete:  # a part was deleted by hand: the store is incomplete again
+        existing.complete, existing.completed = False, None
+        write_manifest(fs, directory, existing)
+    return existing, missing
+
+
+def check_store(location: str, manifest: Manifest) -> Manifest | None:
+    """Read-only: the manifest of the store already at ``location`` (None if there is none yet). Anything there that
+    is not a store of ``manifest``'s key is a ``UserError``."""
+    fs, directory = resolve_location(location)
+    existing = read_manifest(fs, directory)
+    if existing is None:
+        if list_names(fs, directory) or (_exists(fs, directory) and not _is_dir(fs, directory)):
+            raise UserError(f"{location} exists and is not an activation store (no {MANIFEST_FILE}); "
+                            f"choose another output path — nothing was touched")
+        return None
+    existing.check_integrity(posixpath.join(directory, MANIFEST_FILE))
+    if existing.key != manifest.key:
+        raise StoreKeyMismatch(f"{location} holds activations for {existing.describe_key()}, not for "
+                               f"{manifest.describe_key()}; choose another output path — nothing was touched")
+    return existing
+
+
+def check_parts(fs: Any, directory: str, manifest: Manifest) -> set[int]:
+    """The shards whose parts are present and whole; a part of another store or of the wrong size is a UserError."""
+    done = set()
+    for shard, path in part_files(fs, directory).items():
+        if shard >= manifest.num_shards:
+            raise UserError(f"{path}: shard {shard} is beyond this store's {manifest.num_shards} shards")
+        meta, num_rows = read_part_metadata(fs, path)
+        lo, hi = manifest.shard_range(shard)
+        if meta.get("key") != manifest.key:
+            raise UserError(f"{path} belongs to store {meta.get('key')}, not {manifest.key}; refusing to mix them")
+        if num_rows != hi - lo or meta.get("rows") != [lo, hi]:
+            raise UserError(f"{path} holds {num_rows} rows, expected rows [{lo}, {hi}); delete it to recompute")
+        done.add(shard)
+    return done
+
+
+def _remove_stale_temps(fs: Any, directory: str, names: Iterable[str]) -> None:
+    """Temp files are left by killed runs; they are never read, only cleaned (one writer per store at a time)."""
+    for name in names:
+        if name.startswith(".") and TMP_MARK in name:
+            try:
+                fs.delete_file(posixpath.join(directory, name))
+            except OSError:  # another process removed it first
+                pass
+
+
+def finalize_store(location: str, manifest: Manifest) -> Manifest:
+    """Mark the store complete once every shard's part is present and whole; raise if any is missing."""
+    fs, directory = resolve_location(location)
+    done = check_parts(fs, directory, manifest)
+    missing = sorted(set(range(manifest.num_shards)) - done)
+    if missing:
+        raise RuntimeError(f"store {location} is missing {len(missing)} of {manifest.num_shards} shards "
+                           f"(first: {missing[0]}); run the job again to finish it")
+    if not manifest.complete:
+        manifest.complete, manifest.completed = True, utc_now()
+        write_manifest(fs, directory, manifest)
+    return manifest
+
+
+# --- writing -----------------------------------------------------------------------------------------------------
+
+@dataclass
+class _Pending:
+    lo: int
+    seen: np.ndarray  # bool per row of the shard
+    chunks: list[dict[str, np.ndarray]] = field(default_factory=list)
+
+
+class ShardAssembler:
+    """Collects extractor output rows by shard and writes each shard's part once all its rows have arrived.
+
+    Rows may come in any order and any grouping (Ray Data does not preserve order across actors); a row seen twice
+    (a retried task) is dropped, since extraction is deterministic. ``fail_after_shards`` raises (``fail_mode="raise"``)
+    or stops forever (``"hang"``, to be killed) after that many parts were written by this assembler — a drill.
+    """
+
+    def __init__(self, location: str, manifest: Manifest | dict[str, Any], *, compression: str = "zstd",
+                 fail_after_shards: int | None = None, fail_mode: str = "raise"):
+        self.location = str(location)
+        self.fs, self.directory = resolve_location(self.location)
+        self.manifest = manifest if isinstance(manifest, Manifest) else Manifest(**manifest)
+        self.compression = compression
+        self.fail_after_shards, self.fail_mode = fail_after_shards, fail_mode
+        self.written = 0
+        self.pending: dict[int, _Pending] = {}
+
+    def add(self, batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        """Take a batch (needs ``index`` and ``shard`` columns); return one record per part written."""
+        shards = np.asarray(batch["shard"], dtype=np.int64)
+        done = []
+        for shard in np.unique(shards):
+            rows = {k: np.asarray(v)[shards == shard] for k, v in batch.items()}
+            record = self._add_rows(int(shard), rows)
+            if record is not None:
+                done.append(record)
+        return done
+
+    def _add_rows(self, shard: int, rows: dict[str, np.ndarray]) -> dict[str, Any] | None:
+        lo, hi = self.manifest.shard_range(shard)
+        pend = self.pending.setdefault(shard, _Pending(lo, np.zeros(hi - lo, dtype=bool)))
+        offsets = np.asarray(rows["index"], dtype=np.int64) - lo
+        if offsets.size and (offsets.min() < 0 or offsets.max() >= hi - lo):
+            raise RuntimeError(f"rows {offsets.min() + lo}..{offsets.max() + lo} are not in shard {shard} [{lo}, {hi})")
+        _, first = np.unique(offsets, return_index=True)
+        keep = np.zeros(len(offsets), dtype=bool)
+        keep[first] = True
+        keep &= ~pend.seen[offsets]
+        if keep.any():
+            pend.seen[offsets[keep]] = True
+            pend.chunks.append({k: v[keep] for k, v in rows.items()})
+        if not pend.seen.all():
+            return None
+        del self.pending[shard]
+        return self._write(shard, pend.chunks)
+
+    def _write(self, shard: int, chunks: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+        cols = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+        order = np.argsort(cols["index"], kind="stable")
+        cols = {k: v[order] for k, v in cols.items()}
+        table = build_part_table(self.manifest, shard, cols)
+        nbytes = write_part(self.fs, self.directory, shard, table, compression=self.compression)
+        self.written += 1
+        if self.fail_after_shards is not None and self.written >= self.fail_after_shards:
+            self._fail()
+        return {"shard": shard, "rows": table.num_rows, "bytes": nbytes or 0, "skipped": nbytes is None}
+
+    def _fail(self) -> None:
+        if self.fail_mode == "hang":  # stands still, so a test can kill -9 the job at a known point
+            log.warning("drill: writer stops after %d shard(s) and waits to be killed", self.written)
+            while True:
+                time.sleep(3600)
+        raise InjectedFailure(f"injected failure after writing {self.written} shard(s)")
+
+    def pending_rows(self) -> int:
+        return int(sum(p.seen.sum() for p in self.pending.values()))
+
+
+def write_part(fs: Any, directory: str, shard: int, table, *, compression: str = "zstd") -> int | None:
+    """Write a part atomically (temp file, then rename); never replace an existing one. Returns bytes, or None if the
+    part already existed (another run finished it first)."""
+    import pyarrow.parquet as pq
+
+    final = posixpath.join(directory, part_name(shard))
+    if _exists(fs, final):
+        return None
+    tmp = _tmp_path(final)
+    with fs.open_output_stream(tmp) as out:
+        # Dictionaries and min/max statistics only where they help (small-cardinality ints, the row index): on float
+        # tensors they are useless and cost ~40% of the encoding CPU.
+        pq.write_table(table, out, compression=compression, use_dictionary=["label", "prediction"],
+                       write_statistics=["index", "label", "prediction"])
+    size = _info(fs, tmp).size
+    if _exists(fs, final):
+        fs.delete_file(tmp)
+        return None
+    fs.move(tmp, final)
+    return int(size or 0)
+
+
+# --- reading -----------------------------------------------------------------------------------------------------
+
+class ActivationStore:
+    """A finished store, opened read-only. Batches come back as dicts of numpy arrays (or torch tensors) with every
+    layer in its own shape; ``to_ray()`` gives a ``ray.data.Dataset`` for Ray Train's ``get_dataset_shard``."""
+
+    def __init__(self, location: str, manifest: Manifest, fs: Any, directory: str):
+        self.location, self.manifest, self.fs, self.directory = str(location), manifest, fs, directory
+
+    @classmethod
+    def open(cls, location: str, *, key: str | None = None, require_complete: bool = True) -> "ActivationStore":
+        """Open the store at ``location``. ``key``: the key the caller expects (see ``expected_key``); a store of
+        any other key is refused, never read."""
+        fs, directory = resolve_location(str(location))
+        manifest = read_manifest(fs, directory)
+        if manifest is None:
+            raise UserError(f"no activation store at {location} (no {MANIFEST_FILE})")
+        manifest.check_integrity(posixpath.join(directory, MANIFEST_FILE))
+        if key is not None and manifest.key != key:
+            raise StoreKeyMismatch(f"{location} holds activations for {manifest.describe_key()}, not for key {key}")
+        if require_complete and not manifest.complete:
+            raise UserError(f"activation store {location} is incomplete (an extraction was interrupted); "
+                            f"run the extract job again to finish it")
+        return cls(str(location), manifest, fs, directory)
+
+    # what is in it
+    @property
+    def key(self) -> str:
+        return self.manifest.key
+
+    @property
+    def layers(self) -> dict[str, tuple[int, ...]]:
+        return self.manifest.layer_shapes()
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.manifest.class_names)
+
+    def __len__(self) -> int:
+        return self.manifest.rows
+
+    @property
+    def columns(self) -> list[str]:
+        return [*BASE_COLUMNS, *self.manifest.layers]
+
+    def part_paths(self) -> list[str]:
+        parts = part_files(self.fs, self.directory)
+        missing = [s for s in range(self.manifest.num_shards) if s not in parts]
+        if missing:
+            raise UserError(f"activation store {self.location} lacks part {part_name(missing[0])} "
+                            f"({len(missing)} missing); run the extract job again")
+        return [parts[s] for s in range(self.manifest.num_shards)]
+
+    def _columns(self, columns: Sequence[str] | None) -> list[str]:
+        cols = list(self.columns if columns is None else columns)
+        unknown = [c for c in cols if c not in self.columns]
+        if unknown:
+            raise UserError(f"unknown column(s) {', '.join(unknown)} in store {self.key}; valid: {', '.join(self.columns)}")
+        return cols
+
+    def iter_batches(self, batch_size: int = 1024, *, columns: Sequence[str] | None = None,
+                     format: str = "numpy", drop_last: bool = False) -> Iterator[dict[str, Any]]:
+        """Batches of exactly ``batch_size`` rows (the last may be shorter), in row order, one part in memory at a
+        time. ``format="torch"`` gives tensors for numeric columns (ids stay a numpy str array)."""
+        import pyarrow.parquet as pq
+
+        if format not in ("numpy", "torch"):
+            raise UserError(f"format must be 'numpy' or 'torch', got {format!r}")
+        cols = self._columns(columns)
+        buffer = _Rebatcher(batch_size)
+        for path in self.part_paths():
+            with self.fs.open_input_file(path) as f:
+                pf = pq.ParquetFile(f)
+                self._check_part(path, pf)
+                for rb in pf.iter_batches(batch_size=batch_size, columns=cols):
+                    for batch in buffer.push(batch_from_arrow(rb)):
+                        yield _to_format(batch, format)
+        tail = buffer.flush()
+        if tail is not None and not drop_last:
+            yield _to_format(tail, format)
+
+    def read(self, *, columns: Sequence[str] | None = None, format: str = "numpy") -> dict[str, Any]:
+        """Every row at once (small stores and tests)."""
+        batches = list(self.iter_batches(max(1, len(self)), columns=columns, format="numpy"))
+        if not batches:
+            return {}
+        return _to_format(batches[0], format)
+
+    def _check_part(self, path: str, pf) -> None:
+        raw = (pf.schema_arrow.metadata or {}).get(SCHEMA_META_KEY)
+        meta = json.loads(raw) if raw else {}
+        if meta.get("key") != self.key:
+            raise StoreKeyMismatch(f"{path} belongs to store {meta.get('key')}, not {self.key}; refusing to read it")
+
+    def to_ray(self, *, columns: Sequence[str] | None = None, **read_parquet_kwargs):
+        """The store as a ``ray.data.Dataset`` (layer columns as N×shape tensors), e.g. for ``ray.train`` datasets."""
+        import ray.data
+
+        for path in self.part_paths():  # refuse foreign parts before Ray reads anything
+            meta, _ = read_part_metadata(self.fs, path)
+            if meta.get("key") != self.key:
+                raise StoreKeyMismatch(f"{path} belongs to store {meta.get('key')}, not {self.key}")
+        return ray.data.read_parquet(self.part_paths(), filesystem=self.fs, columns=self._columns(columns),
+                                     **read_parquet_kwargs)
+
+    def describe(self) -> dict[str, Any]:
+        m = self.manifest
+        return {"location": self.location, "key": m.key, "rows": m.rows, "shards": m.num_shards,
+                "layers": {k: list(v) for k, v in self.layers.items()}, "model": m.model,
+                "dataset": m.identity["dataset"], "split": m.identity["split"], "complete": m.complete}
+
+
+def store_location(root: str, model_name: str, key: str) -> str:
+    """``<root>/<model name>/<key>`` (a URI root stays a URI)."""
+    return posixpath.join(str(root).rstrip("/"), model_name, key)
+
+
+def expected_key(checkpoint: str, *, layers: Iterable[str] | str | None = None, data: dict[str, Any] | Any,
+                 split: str) -> tuple[str, str]:
+    """(key, model name) that an extraction of ``checkpoint``/``layers`` over ``data``/``split`` would produce.
+
+    ``data`` is a ``DataConfig`` or its dict (``{"name": …, "options": {…}}``)."""
+    from interp_ray.checkpoint import load_classifier
+    from interp_ray.data import load_dataset
+
+    spec = data.model_dump() if hasattr(data, "model_dump") else dict(data)
+    loaded = load_classifier(checkpoint)
+    resolved = loaded.model.resolve_layers(loaded.model.default_layers if layers is None else layers)
+    dataset = load_dataset(spec["name"], split, **spec.get("options", {}))
+    ident = make_identity(checkpoint_digest=loaded.digest, layers=resolved, dataset=dataset.describe(),
+                          split=split, data=spec)
+    return store_key(ident), loaded.config["model"]["name"]
+
+
+def find_store(root: str, checkpoint: str, *, data: dict[str, Any] | Any, split: str,
+               layers: Iterable[str] | str | None = None) -> ActivationStore:
+    """Open the store that extracting ``checkpoint``/``layers`` over ``data``/``split`` under ``root`` produced."""
+    key, model_name = expected_key(checkpoint, layers=layers, data=data, split=split)
+    location = store_location(root, model_name, key)
+    return ActivationStore.open(location, key=key)
+
+
+class _Rebatcher:
+    """Regroups a stream of column dicts into batches of exactly ``size`` rows."""
+
+    def __init__(self, size: int):
+        if size <= 0:
+            raise UserError(f"batch_size must be positive, got {size}")
+        self.size, self.parts, self.rows = size, [], 0
+
+    def push(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        n = len(next(iter(batch.values()))) if batch else 0
+        if n:
+            self.parts.append(batch)
+            self.rows += n
+        while self.rows >= self.size:
+            merged = self._merge()
+            yield {k: v[: self.size] for k, v in merged.items()}
+            rest = {k: v[self.size:] for k, v in merged.items()}
+            self.rows -= self.size
+            self.parts = [rest] if self.rows else []
+
+    def flush(self) -> dict[str, np.ndarray] | None:
+        if not self.rows:
+            return None
+        merged = self._merge()
+        self.parts, self.rows = [], 0
+        return merged
+
+    def _merge(self) -> dict[str, np.ndarray]:
+        if len(self.parts) == 1:
+            return self.parts[0]
+        return {k: np.concatenate([p[k] for p in self.parts]) for k in self.parts[0]}
+
+
+def _to_format(batch: dict[str, np.ndarray], format: str) -> dict[str, Any]:
+    if format == "numpy":
+        return batch
+    import torch
+
+    # Arrow-backed arrays are read-only; torch wants memory it may write, so numeric columns are copied once.
+    return {k: (torch.from_numpy(np.array(v)) if v.dtype.kind in "fiub" else v) for k, v in batch.items()}

@@ -1,0 +1,375 @@
+"""Extract a classifier's activations over a dataset into a resumable, content-keyed Parquet store (Ray Data).
+
+    python -m jobs.extract_activations --config configs/extract_digits.yaml [--set compute.actors=2]
+
+Pipeline (streaming; nothing is materialised whole):
+
+    missing shard ids ─► map_batches(ShardLoader)          tasks: dataset.get_batch over each shard's row range
+                      ─► map_batches(ActivationExtractor)  actor pool: compute=ActorPoolStrategy(size=actors), num_gpus
+                      ─► map_batches(RayShardWriter)       one actor: assembles shards, writes each part atomically
+                      ─► driver: one small record per finished shard (progress log)
+
+The store lives at ``<store.root>/<model name>/<key>/`` (or ``store.path``); see ``interp_ray.store`` and
+docs/activation_store.md. A rerun computes only the shards whose parts are missing; a finished store costs no Ray
+start-up at all. ``compute.engine: local`` runs the same loader, extractor and writer in this process, without Ray.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import re
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Iterator, Literal, Sequence
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from interp_ray.activations import ActivationExtractor
+from interp_ray.config import DataConfig, Section, load_config
+from interp_ray.data import load_dataset
+from interp_ray.data.base import ImageDataset
+from interp_ray.errors import UserError
+from interp_ray.store import (DEFAULT_SHARD_ROWS, Manifest, ShardAssembler, check_store, finalize_store,
+                              make_identity, prepare_store, store_key, store_location)
+from jobs.common import base_parser, exit_with, init_ray
+
+log = logging.getLogger("interp_ray.extract")
+
+
+# --- config ------------------------------------------------------------------------------------------------------
+
+class StoreSection(Section):
+    root: str = "outputs/activations"      # stores go to <root>/<model name>/<key>/ ; local dir or s3:// / gs://
+    path: str | None = None                # an explicit store directory instead (one split only)
+    shard_rows: int = Field(DEFAULT_SHARD_ROWS, gt=0)  # rows per part = the unit of resumption
+    compression: Literal["snappy", "zstd", "lz4", "none"] = "snappy"  # snappy: cheapest CPU per MB on small boxes
+
+
+class ComputeSection(Section):
+    engine: Literal["ray", "local"] = "ray"
+    batch_size: int = Field(256, gt=0)     # rows per model call
+    actors: int = Field(1, gt=0)           # extractor actor pool size
+    num_gpus: float | Literal["auto"] = "auto"  # per actor; auto: 1 when the cluster has GPUs, else 0
+    num_cpus: float = Field(1.0, gt=0)     # per extractor actor
+    torch_threads: int | None = Field(None, gt=0)  # default: what Ray gives an actor (its CPU count)
+    device: str | None = None              # None: CUDA when the actor sees one, else CPU
+    load_num_cpus: float = Field(0.5, gt=0)   # per loader task (image decoding / scene generation)
+    write_num_cpus: float = Field(0.25, gt=0)  # the single writer actor (Parquet encoding)
+    wait_for_resources: bool = False       # autoscaling clusters: let the pipeline wait for nodes to join
+
+
+class ExtractJobConfig(Section):
+    checkpoint: str                        # a classifier checkpoint directory (local or URI)
+    layers: list[str] | None = None        # module paths or patterns; None: the model's default layers
+    data: DataConfig = Field(default_factory=DataConfig)
+    splits: list[str] = Field(default_factory=lambda: ["train"], min_length=1)
+    store: StoreSection = Field(default_factory=StoreSection)
+    compute: ComputeSection = Field(default_factory=ComputeSection)
+    progress_every: int = Field(10, gt=0)  # log a progress line every N finished shards
+    # Drill: after writing this many parts the writer raises, or hangs until killed (tests of resumability).
+    fail_after_shards: int | None = Field(None, gt=0)
+    fail_mode: Literal["raise", "hang"] = "raise"
+
+    @model_validator(mode="after")
+    def _one_split_per_path(self) -> "ExtractJobConfig":
+        if self.store.path and len(self.splits) != 1:
+            raise ValueError("store.path names one store, so splits must hold exactly one split")
+        return self
+
+
+# --- planning ----------------------------------------------------------------------------------------------------
+
+@dataclass
+class ExtractPlan:
+    split: str
+    dataset: ImageDataset
+    checkpoint: str        # absolute for local paths: Ray workers do not share the driver's working directory
+    digest: str
+    layers: list[str]
+    location: str
+    manifest: Manifest
+
+
+def absolute(path: str) -> str:
+    return path if "://" in path else os.path.abspath(os.path.expanduser(path))
+
+
+def make_plan(cfg: ExtractJobConfig, split: str) -> ExtractPlan:
+    """Everything about one split's store, checked before any work: layers exist, images fit the model."""
+    dataset = load_dataset(cfg.data.name, split, **cfg.data.options)
+    checkpoint = absolute(cfg.checkpoint)
+    extractor = ActivationExtractor(checkpoint, cfg.layers, device="cpu")
+    model_shape = tuple(extractor.model.input_shape)
+    if tuple(dataset.image_shape) != model_shape:
+        raise UserError(f"{cfg.data.name}/{split} images are {'×'.join(map(str, dataset.image_shape))} but "
+                        f"checkpoint {cfg.checkpoint} takes {'×'.join(map(str, model_shape))}")
+    identity = make_identity(checkpoint_digest=extractor.digest, layers=extractor.layers,
+                             dataset=dataset.describe(), split=split, data=cfg.data.model_dump())
+    key = store_key(identity)
+    location = absolute(cfg.store.path) if cfg.store.path else store_location(absolute(cfg.store.root),
+                                                                            extractor.model_name, key)
+    manifest = Manifest(
+        key=key, identity=identity, model={"name": extractor.model_name, "checkpoint": checkpoint},
+        layers={name: {"shape": list(shape), "dtype": "float32"} for name, shape in extractor.layer_shapes().items()},
+        class_names=extractor.class_names, rows=len(dataset), shard_rows=cfg.store.shard_rows)
+    return ExtractPlan(split, dataset, checkpoint, extractor.digest, extractor.layers, location, manifest)
+
+
+# --- the stages --------------------------------------------------------------------------------------------------
+
+class ShardLoader:
+    """Shard ids → the shard's rows (``index``, ``shard``, ``id``, ``image``, ``label``), ``chunk_rows`` at a time.
+
+    Handed to Ray Data as an instance (not a class), so it runs as tasks; Ray Data puts it (and the dataset it holds)
+    in the object store once per operator, not once per task.
+    Only the columns extraction needs are kept: extras such as masks or sentences would only cost transfer.
+    """
+
+    def __init__(self, dataset: ImageDataset, manifest: Manifest, chunk_rows: int):
+        self.dataset, self.manifest, self.chunk_rows = dataset, manifest, chunk_rows
+
+    def shard_batches(self, shard: int) -> Iterator[dict[str, np.ndarray]]:
+        lo, hi = self.manifest.shard_range(shard)
+        for a in range(lo, hi, self.chunk_rows):
+            idx = np.arange(a, min(a + self.chunk_rows, hi), dtype=np.int64)
+            rows = self.dataset.get_batch(idx)
+            yield {"index": idx, "shard": np.full(len(idx), shard, dtype=np.int64), "id": np.asarray(rows["id"]),
+                   "image": rows["image"], "label": np.asarray(rows["label"], dtype=np.int64)}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        for shard in np.asarray(batch["shard"]).tolist():
+            yield from self.shard_batches(int(shard))
+
+
+class RayShardWriter:
+    """The writer stage: one actor holding a ``ShardAssembler``. Per call it emits one record for the rows it received
+    (``shard`` = -1) and one per part written, so the driver sees progress even while every shard is still open."""
+
+    def __init__(self, location: str, manifest: dict[str, Any], compression: str, fail_after_shards: int | None,
+                 fail_mode: str = "raise"):
+        self.assembler = ShardAssembler(location, Manifest(**manifest), compression=compression,
+                                        fail_after_shards=fail_after_shards, fail_mode=fail_mode)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        received = {"shard": RECEIVED, "rows": len(batch["index"]), "bytes": 0, "skipped": False}
+        return records_batch([received, *self.assembler.add(batch)])
+
+
+RECEIVED = -1  # the shard id of a "rows received" record
+
+
+def records_batch(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    return {"shard": np.array([r["shard"] for r in records], dtype=np.int64),
+            "rows": np.array([r["rows"] for r in records], dtype=np.int64),
+            "bytes": np.array([r["bytes"] for r in records], dtype=np.int64),
+            "skipped": np.array([r["skipped"] for r in records], dtype=bool)}
+
+
+# --- progress ----------------------------------------------------------------------------------------------------
+
+class Progress:
+    """Counts rows extracted and parts written; logs a line every ``every`` parts and at the end.
+
+    ``steady_rate`` is rows/s from the first extracted batch on: the pipeline's throughput without its start-up
+    (actor creation, torch import, checkpoint load), which ``rate`` includes.
+    """
+
+    def __init__(self, split: str, total_shards: int, total_rows: int, every: int):
+        self.split, self.total_shards, self.total_rows, self.every = split, total_shards, total_rows, every
+        self.shards = self.rows = self.bytes = self.extracted = 0
+        self.start = time.perf_counter()
+        self.first_at: float | None = None  # when the first extracted rows arrived
+        self.last_at: float | None = None
+        self.first_rows = 0
+
+    def update(self, record: dict[str, Any]) -> None:
+        if int(record["shard"]) == RECEIVED:
+            self.rows_extracted(int(record["rows"]))
+            return
+        self.shards += 1
+        self.rows += int(record["rows"])
+        self.bytes += int(record["bytes"])
+        if self.shards % self.every == 0 or self.shards == self.total_shards:
+            log.info("%s", self.line())
+
+    def rows_extracted(self, n: int) -> None:
+        now = time.perf_counter()
+        if self.first_at is None:
+            self.first_at, self.first_rows = now, n
+        self.last_at = now
+        self.extracted += n
+
+    @property
+    def startup_s(self) -> float | None:
+        return None if self.first_at is None else self.first_at - self.start
+
+    @property
+    def rate(self) -> float:
+        return self.rows / max(time.perf_counter() - self.start, 1e-9)
+
+    @property
+    def steady_rate(self) -> float | None:
+        if self.first_at is None or self.last_at is None or self.last_at <= self.first_at:
+            return None
+        return (self.extracted - self.first_rows) / (self.last_at - self.first_at)
+
+    def line(self) -> str:
+        steady = self.steady_rate or self.rate
+        eta = (self.total_rows - self.rows) / steady if steady > 0 else float("nan")
+        return (f"{self.split}: {self.shards}/{self.total_shards} shards written, {self.rows}/{self.total_rows} rows "
+                f"({self.extracted} extracted), {steady:.0f} rows/s, {self.bytes / 2**20:.0f} MiB, eta {eta:.0f} s")
+
+
+# --- running -----------------------------------------------------------------------------------------------------
+
+def run_local(cfg: ExtractJobConfig, plan: ExtractPlan, missing: list[int], progress: Progress) -> None:
+    """The same stages in this process, in order: no Ray (small jobs, tests, the benchmark's comparison)."""
+    extractor = ActivationExtractor(plan.checkpoint, plan.layers, device=cfg.compute.device,
+                                    torch_threads=cfg.compute.torch_threads, expect_digest=plan.digest)
+    assembler = ShardAssembler(plan.location, plan.manifest, compression=cfg.store.compression,
+                               fail_after_shards=cfg.fail_after_shards, fail_mode=cfg.fail_mode)
+    loader = ShardLoader(plan.dataset, plan.manifest, cfg.compute.batch_size)
+    for shard in missing:
+        for chunk in loader.shard_batches(shard):
+            out = extractor(chunk)
+            progress.rows_extracted(len(out["index"]))
+            for record in assembler.add(out):
+                progress.update(record)
+
+
+def gpus_per_actor(cfg: ExtractJobConfig) -> float:
+    if cfg.compute.num_gpus != "auto":
+        return float(cfg.compute.num_gpus)
+    import ray
+
+    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def check_resources(cfg: ExtractJobConfig, num_gpus: float) -> None:
+    """A pipeline that asks for more than the cluster has waits forever (Ray Data keeps the actors pending): fail at
+    once instead, unless the cluster may grow (``compute.wait_for_resources``)."""
+    import ray
+
+    if cfg.compute.wait_for_resources:
+        return
+    c = cfg.compute
+    have = ray.cluster_resources()
+    need = {"CPU": c.actors * c.num_cpus + c.write_num_cpus + c.load_num_cpus, "GPU": c.actors * num_gpus}
+    for name, amount in need.items():
+        if amount > have.get(name, 0) + 1e-9:
+            raise UserError(f"the pipeline needs {amount:g} {name} ({c.actors} extractor actor(s) × "
+                            f"{c.num_cpus if name == 'CPU' else num_gpus:g}, plus loader and writer) but the cluster "
+                            f"has {have.get(name, 0):g}; lower compute.actors / compute.num_{name.lower()}s, or set "
+                            f"compute.wait_for_resources=true on an autoscaling cluster")
+
+
+def build_pipeline(cfg: ExtractJobConfig, plan: ExtractPlan, missing: list[int]):
+    """The lazy Ray Data pipeline whose output rows are the written shards' records."""
+    import ray.data
+
+    c = cfg.compute
+    num_gpus = gpus_per_actor(cfg)
+    shards = ray.data.from_items([{"shard": s} for s in missing], override_num_blocks=max(1, len(missing)))
+    images = shards.map_batches(ShardLoader(plan.dataset, plan.manifest, c.batch_size), batch_size=1,
+                                batch_format="numpy", num_cpus=c.load_num_cpus)
+    acts = images.map_batches(
+        ActivationExtractor, batch_size=c.batch_size, batch_format="numpy",
+        fn_constructor_kwargs={"checkpoint": plan.checkpoint, "layers": plan.layers, "device": c.device,
+                               "torch_threads": c.torch_threads, "expect_digest": plan.digest},
+        compute=ray.data.ActorPoolStrategy(size=c.actors), num_cpus=c.num_cpus, num_gpus=num_gpus)
+    # One writer: a shard's rows may arrive from any extractor actor, and only one place may assemble them.
+    return acts.map_batches(
+        RayShardWriter, batch_size=None, batch_format="numpy",
+        fn_constructor_kwargs={"location": plan.location, "manifest": asdict(plan.manifest),
+                               "compression": cfg.store.compression, "fail_after_shards": cfg.fail_after_shards,
+                               "fail_mode": cfg.fail_mode},
+        compute=ray.data.ActorPoolStrategy(size=1), num_cpus=c.write_num_cpus)
+
+
+def run_ray(cfg: ExtractJobConfig, plan: ExtractPlan, missing: list[int], progress: Progress) -> None:
+    try:
+        for record in build_pipeline(cfg, plan, missing).iter_rows():
+            progress.update(record)
+    except Exception as exc:  # a UserError inside a Ray task reaches us as text in a RayTaskError
+        user_error = user_error_in(exc)
+        if user_error is not None:
+            raise user_error from None
+        raise
+
+
+_ERROR_LINE = re.compile(r"^(?:\x1b\[[0-9;]*m)?([A-Za-z_][\w.]*\.[A-Za-z_]\w*): (.+)$", re.MULTILINE)
+
+
+def user_error_in(exc: BaseException) -> UserError | None:
+    """The ``UserError`` behind ``exc``: found in its cause chain, or — since Ray Data re-raises a task's error as a
+    ``UserCodeException`` holding only the formatted traceback — parsed from the text as ``module.Class: message``
+    where that class is a ``UserError``."""
+    seen = set()
+    node: BaseException | None = exc
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        if isinstance(node, UserError):
+            return UserError(str(node))
+        node = node.__cause__ or node.__context__
+    for qualname, message in reversed(_ERROR_LINE.findall(str(exc))):
+        module, _, name = qualname.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError, ValueError):
+            continue
+        if isinstance(cls, type) and issubclass(cls, UserError):
+            return UserError(message.strip())
+    return None
+
+
+def extract_split(cfg: ExtractJobConfig, plan: ExtractPlan, missing: list[int], *,
+                  address: str | None = None) -> dict[str, Any]:
+    """Compute the missing shards of one split's store and mark it complete."""
+    rows = sum(hi - lo for lo, hi in map(plan.manifest.shard_range, missing))
+    progress = Progress(plan.split, len(missing), rows, cfg.progress_every)
+    if missing:
+        log.info("%s: %d of %d shards to compute (%d rows) → %s", plan.split, len(missing),
+                 plan.manifest.num_shards, progress.total_rows, plan.location)
+        if cfg.compute.engine == "local":
+            run_local(cfg, plan, missing, progress)
+        else:
+            init_ray(address)
+            run_ray(cfg, plan, missing, progress)
+    manifest = finalize_store(plan.location, plan.manifest)
+    return {"split": plan.split, "location": plan.location, "key": manifest.key, "rows": manifest.rows,
+            "shards": manifest.num_shards, "computed_shards": progress.shards, "computed_rows": progress.rows,
+            "rows_per_s": progress.rate if missing else 0.0, "steady_rows_per_s": progress.steady_rate,
+            "startup_s": progress.startup_s, "seconds": time.perf_counter() - progress.start}
+
+
+def extract(cfg: ExtractJobConfig, *, address: str | None = None) -> list[dict[str, Any]]:
+    """Plan every split first (so a bad layer, dataset or output path fails before anything is written), then run."""
+    plans = [make_plan(cfg, split) for split in cfg.splits]
+    existing = [check_store(plan.location, plan.manifest) for plan in plans]
+    if cfg.compute.engine == "ray" and not all(m is not None and m.complete for m in existing):
+        init_ray(address)
+        check_resources(cfg, gpus_per_actor(cfg))
+    prepared = []
+    for plan in plans:
+        manifest, missing = prepare_store(plan.location, plan.manifest)
+        plan.manifest = manifest
+        prepared.append((plan, missing))
+    return [extract_split(cfg, plan, missing, address=address) for plan, missing in prepared]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = base_parser(__doc__.splitlines()[0]).parse_args(argv)
+    cfg = load_config(ExtractJobConfig, args.config, args.overrides)
+    for out in extract(cfg, address=args.address):
+        done = "already complete" if out["computed_shards"] == 0 else (
+            f"{out['computed_shards']} shard(s) computed at {out['rows_per_s']:.0f} rows/s")
+        print(f"{out['split']}: {out['rows']} rows in {out['shards']} shard(s), {done}; "
+              f"store {out['location']} (key {out['key']})")
+    return 0
+
+
+if __name__ == "__main__":
+    exit_with(main)

@@ -1,0 +1,281 @@
+"""The Serve deployments: thin wrappers around ``ExplainerService`` (the same explainer objects the jobs use).
+
+``Explainer``: one per replica loads the classifier once and builds every servable method; each method has its own
+``@serve.batch`` queue (made per replica at start-up from the registry, so a new method is batched with no code
+here), and predictions have one too. Batches run on one worker thread: the replica's event loop keeps accepting
+requests (so the next batch forms while one computes), and two methods never hook the same model at once.
+
+``Ingress``: the FastAPI app (``serving.app.make_api``), built per replica around a ``HandleBackend`` to the
+Explainer; asynchronous jobs go to a deployment-scoped ``JobRunner`` actor shared by every Ingress replica.
+Metrics go through ``ray.serve.metrics`` (exported for Prometheus by Ray's metrics agent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+from ray import serve
+
+from serving.service import PREDICT, ExplainerService, Outcome, Row, load_args
+
+log = logging.getLogger("interp_ray.serving")
+
+EXPLAINER = "Explainer"
+INGRESS = "Ingress"
+JOBS_ACTOR = "jobs"
+LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000]
+BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+
+
+class ServiceUnavailable(Exception):
+    """The service cannot take the request now (backpressure, no replica, job slots full): 503 + Retry-After."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+class RequestMetrics:
+    """Per-route, per-method request latency and counts, and errors by status (Ingress)."""
+
+    def __init__(self) -> None:
+        from ray.serve import metrics
+
+        tags = ("route", "method", "status")
+        self.latency = metrics.Histogram("interp_ray_request_latency_ms", description="HTTP request latency",
+                                         boundaries=LATENCY_BOUNDARIES_MS, tag_keys=tags)
+        self.requests = metrics.Counter("interp_ray_requests_total", description="HTTP requests", tag_keys=tags)
+        self.errors = metrics.Counter("interp_ray_request_errors_total", description="HTTP requests answered 4xx/5xx",
+                                      tag_keys=tags)
+
+    def observe(self, route: str, method: str, status: int, ms: float) -> None:
+        tags = {"route": route, "method": method or "-", "status": str(status)}
+        self.latency.observe(ms, tags=tags)
+        self.requests.inc(1, tags=tags)
+        if status >= 400:
+            self.errors.inc(1, tags=tags)
+
+
+class BatchMetrics:
+    """Per-method batch sizes, compute time and failed rows (Explainer)."""
+
+    def __init__(self) -> None:
+        from ray.serve import metrics
+
+        self.size = metrics.Histogram("interp_ray_batch_size", description="rows per batch",
+                                      boundaries=BATCH_BOUNDARIES, tag_keys=("method",))
+        self.compute = metrics.Histogram("interp_ray_batch_compute_ms", description="compute time of one batch",
+                                         boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("method",))
+        self.failed = metrics.Counter("interp_ray_failed_rows_total", description="rows answered with an error",
+                                      tag_keys=("method", "status"))
+        self.batches: dict[str, int] = {}  # also kept locally: stats() reports them (tests, benchmarks)
+        self.rows: dict[str, int] = {}
+
+    def observe(self, method: str, outcomes: list[Outcome], ms: float) -> None:
+        self.batches[method] = self.batches.get(method, 0) + 1
+        self.rows[method] = self.rows.get(method, 0) + len(outcomes)
+        self.size.observe(len(outcomes), tags={"method": method})
+        self.compute.observe(ms, tags={"method": method})
+        for o in outcomes:
+            if not o.ok:
+                self.failed.inc(1, tags={"method": method, "status": str(o.status)})
+
+
+# --------------------------------------------------------------------------- the Explainer deployment
+
+
+def in_replica() -> bool:
+    """Inside a Serve replica on a cluster (not local testing mode, which sets no replica context)."""
+    from ray.serve.exceptions import RayServeException
+
+    try:
+        serve.get_replica_context()
+        return True
+    except RayServeException:
+        return False
+
+
+
+@serve.deployment(name=EXPLAINER, max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
+class ExplainerDeployment:
+    def __init__(self, args: dict[str, Any]):
+        self.service = ExplainerService(args)
+        self.args = self.service.args
+        # One thread: batches never overlap (Captum methods hook the shared model), the event loop stays free.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="interp-ray-batch")
+        self._metrics = BatchMetrics()
+        self._batchers: dict[str, Callable] = {name: self._batcher(name, self._explain_fn(name))
+                                               for name in self.service.explainers}
+        self._predict = self._batcher(PREDICT, self._predict_batch)
+
+    def _batcher(self, key: str, fn: Callable) -> Callable:
+        if not in_replica():
+            # Local testing mode sets no replica context, which @serve.batch reads: run each request as its own batch.
+            async def unbatched(row: Row) -> Outcome:
+                return (await fn([row]))[0]
+
+            return unbatched
+        s = self.args.batch_settings(key)
+        return serve.batch(max_batch_size=s.max_batch_size, batch_wait_timeout_s=s.batch_wait_timeout_s)(fn)
+
+    def _explain_fn(self, method: str) -> Callable:
+        async def explain_batch(rows: list[Row]) -> list[Outcome]:
+            return await self._compute(method, self.service.explain_rows, method, rows)
+
+        return explain_batch
+
+    async def _predict_batch(self, rows: list[Row]) -> list[Outcome]:
+        return await self._compute(PREDICT, self.service.predict_rows, rows)
+
+    async def _compute(self, key: str, fn: Callable, *args: Any) -> list[Outcome]:
+        t0 = time.perf_counter()
+        outcomes = await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        self._metrics.observe(key, outcomes, (time.perf_counter() - t0) * 1000)
+        return outcomes
+
+    async def explain(self, method: str, row: Row) -> Outcome:
+        batcher = self._batchers.get(method)
+        if batcher is None:
+            return Outcome(status=404, error=self.service.unknown_method(method))
+        return await batcher(row)
+
+    async def predict(self, row: Row) -> Outcome:
+        return await self._predict(row)
+
+    def info(self) -> dict[str, Any]:
+        return self.service.info()
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """This replica's batches and rows per method since it started."""
+        return {"batches": dict(self._metrics.batches), "rows": dict(self._metrics.rows)}
+
+
+# --------------------------------------------------------------------------- calling it
+
+
+class HandleBackend:
+    """The routes' backend over a handle to the Explainer: one call per image (batched there), retried when the
+    replica it went to died (explanations are pure, so a retry is safe)."""
+
+    def __init__(self, handle: Any, *, retries: int = 3):
+        self.handle = handle
+        self.retries = retries
+        self._info: dict[str, Any] | None = None
+
+    async def info(self, refresh: bool = False) -> dict[str, Any]:
+        if self._info is None or refresh:
+            self._info = await self._call("info")
+        return self._info
+
+    async def explain(self, method: str, rows: list[Row]) -> list[Outcome]:
+        return list(await asyncio.gather(*(self._call("explain", method, row) for row in rows)))
+
+    async def predict(self, rows: list[Row]) -> list[Outcome]:
+        return list(await asyncio.gather(*(self._call("predict", row) for row in rows)))
+
+    async def _call(self, name: str, *args: Any) -> Any:
+        from ray.exceptions import ActorUnavailableError, RayActorError
+        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+        for attempt in range(self.retries + 1):
+            try:
+                return await getattr(self.handle, name).remote(*args)
+            except BackPressureError as e:
+                raise ServiceUnavailable(e.message, e.retry_after_s or 1.0) from None
+            except DeploymentUnavailableError as e:
+                raise ServiceUnavailable(e.message) from None
+            except (RayActorError, ActorUnavailableError):
+                if attempt == self.retries:
+                    raise ServiceUnavailable("the Explainer replica stopped; retry") from None
+                log.warning("Explainer replica unavailable; retrying %s (attempt %d)", name, attempt + 1)
+                await asyncio.sleep(0.1 * 2 ** attempt)
+        raise AssertionError("unreachable")
+
+
+class ActorJobs:
+    """The deployment-scoped job runner, resolved by name again whenever the controller has recreated it."""
+
+    def __init__(self) -> None:
+        self._actor: Any = None
+
+    async def submit(self, method: str, rows: list[Row]) -> dict[str, Any]:
+        return await self._call("submit", method, rows)
+
+    async def status(self, job_id: str) -> dict[str, Any] | None:
+        return await self._call("status", job_id)
+
+    async def cancel(self, job_id: str) -> dict[str, Any] | None:
+        return await self._call("cancel", job_id)
+
+    async def _call(self, name: str, *args: Any) -> Any:
+        from ray.exceptions import RayActorError, RayTaskError
+
+        from serving.jobs import JobsFull
+
+        for attempt in range(2):
+            try:
+                if self._actor is None:
+                    self._actor = serve.get_deployment_actor(JOBS_ACTOR)
+                return await getattr(self._actor, name).remote(*args)
+            except RayTaskError as e:
+                if isinstance(e.cause, JobsFull):
+                    raise ServiceUnavailable(str(e.cause), 5.0) from None
+                raise
+            except (RayActorError, ValueError):  # dead, or being recreated under the same name
+                self._actor = None
+                if attempt:
+                    raise ServiceUnavailable("the job runner is restarting; retry") from None
+                await asyncio.sleep(0.5)
+        raise AssertionError("unreachable")
+
+
+def job_client(args: Any, backend: Any) -> Any:
+    """The shared job runner actor on a cluster; an in-process runner without one (local testing mode)."""
+    import ray
+
+    from serving.jobs import JobRunner
+
+    if ray.is_initialized():
+        try:
+            serve.get_deployment_actor(JOBS_ACTOR)
+            return ActorJobs()
+        except Exception as e:  # no deployment actor configured (e.g. the deployment was bound without one)
+            log.warning("no shared job runner (%s); jobs run inside this Ingress replica", e)
+    return JobRunner(max_jobs=args.max_jobs, ttl_s=args.job_ttl_s, concurrency=args.job_concurrency, backend=backend)
+
+
+def jobs_actor_config(args: Any) -> Any:
+    """The deployment-scoped actor that runs jobs for every Ingress replica."""
+    import ray
+    from ray.serve.config import DeploymentActorConfig
+
+    from serving.jobs import JobRunner
+
+    return DeploymentActorConfig(
+        name=JOBS_ACTOR, actor_class=ray.remote(JobRunner),
+        init_kwargs={"max_jobs": args.max_jobs, "ttl_s": args.job_ttl_s, "concurrency": args.job_concurrency},
+        actor_options={"num_cpus": 0})
+
+
+# --------------------------------------------------------------------------- the Ingress deployment
+
+
+@serve.deployment(name=INGRESS, max_ongoing_requests=128, ray_actor_options={"num_cpus": 0.5})
+@serve.ingress()
+class IngressDeployment:
+    def __init__(self, explainer: Any, args: dict[str, Any]):
+        self.args = load_args(args)
+        self.backend = HandleBackend(explainer)
+        self.jobs = job_client(self.args, self.backend)
+
+    def __serve_build_asgi_app__(self) -> Any:
+        from serving.app import make_api
+
+        return make_api(self.backend, self.jobs, self.args, metrics=RequestMetrics())

@@ -1,0 +1,212 @@
+"""The extraction job: store equals a direct model call, resumes after a kill, refuses bad input with exit code 2."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from interp_ray.checkpoint import load_classifier, save_classifier
+from interp_ray.data import load_dataset
+from interp_ray.models import build_model
+from interp_ray.store import MANIFEST_FILE, ActivationStore, find_store
+from jobs.common import EXIT_USAGE, run_main
+from jobs.extract_activations import main, user_error_in
+
+REPO = Path(__file__).resolve().parents[2]
+LAYERS = ["relu2", "relu3"]
+
+
+def job(checkpoint, root, *extra, split="val", engine="local"):
+    """run_main over the job with a digits config assembled from --set overrides."""
+    args = ["--set", f"checkpoint={checkpoint}", "--set", f"store.root={root}", "--set", f"splits=[{split}]",
+            "--set", f"layers=[{','.join(LAYERS)}]", "--set", f"compute.engine={engine}"]
+    for item in extra:
+        args += ["--set", item]
+    return run_main(main, args)
+
+
+def only_store(root) -> Path:
+    (store,) = [p for p in Path(root).glob("*/*") if p.is_dir()]
+    return store
+
+
+def parts_snapshot(store: Path) -> dict[str, tuple[int, bytes]]:
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(store.glob("part-*.parquet"))}
+
+
+def assert_matches_direct_call(store: Path, checkpoint, split="val"):
+    ds = load_dataset("digits", split)
+    got = ActivationStore.open(str(store)).read()
+    assert len(got["index"]) == len(ds)
+    np.testing.assert_array_equal(got["index"], np.arange(len(ds)))  # every row exactly once, in order
+    assert len(set(got["id"])) == len(ds)
+    batch = ds.get_batch(np.arange(len(ds)))
+    np.testing.assert_array_equal(got["id"], batch["id"])
+    np.testing.assert_array_equal(got["label"], batch["label"])
+    model = load_classifier(checkpoint).model
+    with torch.inference_mode():
+        ref = model.activations(torch.from_numpy(batch["image"]), LAYERS, with_logits=True)
+    for layer in LAYERS:
+        assert got[layer].shape == (len(ds), *ref[layer].shape[1:]) and got[layer].dtype == np.float32
+        np.testing.assert_allclose(got[layer], ref[layer].numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got["probabilities"], torch.softmax(ref["logits"], 1).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got["prediction"], ref["logits"].argmax(1).numpy())
+
+
+# --- without Ray -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("batch_size,shard_rows", [(7, 40), (256, 1000)])
+def test_store_equals_direct_call_whatever_batching(digits_checkpoint, tmp_path, batch_size, shard_rows):
+    root = tmp_path / "acts"
+    assert job(digits_checkpoint, root, f"compute.batch_size={batch_size}", f"store.shard_rows={shard_rows}") == 0
+    store = only_store(root)
+    assert_matches_direct_call(store, digits_checkpoint)
+    # the reader finds it again from what produced it; the key does not depend on batching
+    found = find_store(str(root), str(digits_checkpoint), data={"name": "digits"}, split="val", layers=LAYERS)
+    assert found.location == str(store) and found.layers == {"relu2": (64, 8, 8), "relu3": (128,)}
+
+
+def test_failed_run_resumes_without_rewriting_finished_shards(digits_checkpoint, tmp_path):
+    root = tmp_path / "acts"
+    with pytest.raises(Exception, match="injected failure after writing 2 shard"):
+        job(digits_checkpoint, root, "store.shard_rows=40", "fail_after_shards=2")
+    store = only_store(root)
+    before = parts_snapshot(store)
+    assert len(before) == 2
+    with pytest.raises(Exception, match="incomplete"):
+        ActivationStore.open(str(store))
+    assert job(digits_checkpoint, root, "store.shard_rows=40", "compute.batch_size=33") == 0
+    after = parts_snapshot(store)
+    assert len(after) == 5 and {k: after[k] for k in before} == before
+    assert_matches_direct_call(store, digits_checkpoint)
+    assert job(digits_checkpoint, root) == 0  # complete: nothing to do, nothing rewritten
+    assert parts_snapshot(store) == after
+
+
+def test_unknown_layer_exits_2_with_one_line_from_the_cli(digits_checkpoint, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.extract_activations", "--config", "configs/extract_digits.yaml",
+         "--set", f"checkpoint={digits_checkpoint}", "--set", f"store.root={tmp_path / 'acts'}",
+         "--set", "layers=[relu2,fc9]"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == EXIT_USAGE, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert lines == ["error: unknown layer 'fc9'; valid: conv1, relu1, conv2, relu2, pool, flatten, fc1, relu3, "
+                     "dropout, fc2"]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "acts").exists()
+
+
+def test_output_path_of_another_key_exits_2_and_is_untouched(digits_checkpoint, tmp_path, capsys):
+    path = tmp_path / "mine"
+    assert job(digits_checkpoint, tmp_path / "unused", f"store.path={path}", "store.shard_rows=100") == 0
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in path.iterdir()}
+    capsys.readouterr()
+    rc = run_main(main, ["--set", f"checkpoint={digits_checkpoint}", "--set", f"store.path={path}",
+                         "--set", "splits=[val]", "--set", "layers=[relu3]", "--set", "compute.engine=local"])
+    assert rc == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "holds activations for key" in err and "nothing was touched" in err
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in path.iterdir()} == before
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("not a store")
+    assert job(digits_checkpoint, tmp_path, f"store.path={tmp_path / 'other'}") == EXIT_USAGE
+    assert os.listdir(tmp_path / "other") == ["keep.txt"]
+
+
+def broken_image_folder(tmp_path: Path, checkpoint_dir: Path) -> tuple[Path, Path]:
+    """A 3-class RGB ImageFolder whose second image is not an image, and a matching 3-channel checkpoint."""
+    root = tmp_path / "images"
+    for cls, colour in [("a", (255, 0, 0)), ("b", (0, 255, 0)), ("c", (0, 0, 255))]:
+        (root / cls).mkdir(parents=True)
+        Image.new("RGB", (8, 8), colour).save(root / cls / "ok.png")
+    (root / "a" / "zz_broken.png").write_bytes(b"\x89PNG but not really")
+    torch.manual_seed(0)
+    opts = {"num_classes": 3, "in_channels": 3, "image_size": 8}
+    save_classifier(checkpoint_dir, build_model("digits_cnn", **opts), model_name="digits_cnn", model_options=opts,
+                    class_names=["a", "b", "c"])
+    return root, checkpoint_dir
+
+
+def run_on_folder(root, checkpoint, out, engine):
+    return run_main(main, ["--set", f"checkpoint={checkpoint}", "--set", f"store.root={out}",
+                           "--set", "data.name=image_folder", "--set", f"data.options={{root: '{root}', image_size: 8}}",
+                           "--set", "store.shard_rows=2", "--set", f"compute.engine={engine}"])
+
+
+def test_unreadable_input_file_exits_2_naming_it(tmp_path, capsys):
+    root, ckpt = broken_image_folder(tmp_path, tmp_path / "ckpt")
+    assert run_on_folder(root, ckpt, tmp_path / "acts", "local") == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "zz_broken.png" in err and "not a decodable image" in err
+
+
+def test_user_error_is_recovered_from_ray_task_text():
+    class Wrapped(Exception):
+        pass
+
+    text = ("\x1b[36mray::MapBatches(ShardLoader)()\x1b[39m (pid=1, ip=127.0.0.1)\n  File \"x.py\", line 1\n"
+            "interp_ray.models.base.UnknownLayerError: unknown layer 'x'; valid: a\n\nThe above exception…\n"
+            "ray.exceptions.UserCodeException: UDF failed")
+    assert str(user_error_in(Wrapped(text))) == "unknown layer 'x'; valid: a"
+    assert user_error_in(Wrapped("builtins.ValueError: nope")) is None
+
+
+# --- on Ray ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.ray
+def test_ray_unreadable_input_file_exits_2(ray_local, tmp_path, capsys):
+    root, ckpt = broken_image_folder(tmp_path, tmp_path / "ckpt")
+    assert run_on_folder(root, ckpt, tmp_path / "acts", "ray") == EXIT_USAGE
+    assert "zz_broken.png" in capsys.readouterr().err
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_kill_9_midway_then_rerun_finishes_exactly_once(ray_local, digits_checkpoint, tmp_path):
+    """A real ``kill -9`` of the driver while shards are being written, then a rerun with other batching and
+    concurrency: finished parts are kept as they are, every row lands once, values equal a direct model call."""
+    root = tmp_path / "acts"
+    address = ray_local.get_runtime_context().gcs_address
+    cmd = [sys.executable, "-m", "jobs.extract_activations", "--address", address,
+           "--set", f"checkpoint={digits_checkpoint}", "--set", f"store.root={root}", "--set", "splits=[val]",
+           "--set", f"layers=[{','.join(LAYERS)}]", "--set", "store.shard_rows=20", "--set", "compute.batch_size=8",
+           "--set", "fail_after_shards=3", "--set", "fail_mode=hang"]  # the writer stops after 3 parts
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            parts = list(root.glob("*/*/part-*.parquet"))
+            if len(parts) >= 3:
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        assert len(parts) >= 3, "the job wrote no parts in time"
+        time.sleep(1.0)  # let the writer reach its hang: the kill lands with work still queued
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    store = only_store(root)
+    before = parts_snapshot(store)
+    assert len(before) == 3 and (store / MANIFEST_FILE).is_file()
+
+    assert job(digits_checkpoint, root, "store.shard_rows=20", "compute.batch_size=13", "compute.actors=2",
+               engine="ray") == 0
+    after = parts_snapshot(store)
+    assert len(after) == 9  # 180 val rows / 20
+    assert {k: after[k] for k in before} == before  # not one finished shard rewritten
+    assert_matches_direct_call(store, digits_checkpoint)
+    # the same rows through Ray Data, as Ray Train's get_dataset_shard would stream them
+    opened = ActivationStore.open(str(store))
+    rows = list(opened.to_ray(columns=["index", "relu3"]).iter_rows())
+    by_index = {int(r["index"]): np.asarray(r["relu3"]) for r in rows}
+    local = opened.read(columns=["index", "relu3"])
+    assert sorted(by_index) == list(range(180)) and by_index[17].shape == (128,)
+    np.testing.assert_array_equal(np.stack([by_index[i] for i in range(180)]), local["relu3"])

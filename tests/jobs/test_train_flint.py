@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+
+from interp_ray.config import load_config
+from interp_ray.explainers.flint import FlintExplainer, FlintJobConfig
+from jobs.common import run_main
+from jobs.train_flint import main, train
+
+
+@pytest.mark.ray
+def test_ddp_two_workers_injected_failure_resumes_and_checkpoint_explains(ray_local, tmp_path):
+    """One short Ray Train run: 2 DDP workers, a failure at epoch 1, resume from the epoch-0 checkpoint."""
+    cfg = load_config(FlintJobConfig, "configs/flint_digits.yaml", [
+        f"run.storage_path={tmp_path / 'runs'}", f"output={tmp_path / 'out'}", "train.epochs=3",
+        "train.batch_size=32", "scaling.num_workers=2", "train.fail_at_epoch=1", "run.max_failures=1",
+        "flint.relevance_samples=200", "pictures.enabled=false"])
+    out = train(cfg)
+    hist = out["history"]
+    assert [h["epoch"] for h in hist] == [0, 1, 2]            # every epoch once, none repeated
+    assert [h["attempt"] for h in hist] == [0, 1, 1]          # epoch 0 kept from before the failure
+    assert [h["weights"]["fid"] for h in hist] == [0.0, 0.0, 0.5]  # schedule follows the epoch, across the restart
+    per_rank = hist[-1]["samples_per_rank"]
+    assert hist[-1]["world_size"] == 2 and len(per_rank) == 2 and abs(per_rank[0] - per_rank[1]) <= 1
+    assert sum(per_rank) >= 1257
+    test = out["test"]
+    assert 0.0 <= test["fidelity"] <= 1.0 and "cns_2" in test and test["samples"] == 360
+    explainer = FlintExplainer.load(str(tmp_path / "out"))
+    assert explainer.flint.global_relevance.abs().sum() > 0 and explainer.mas_images.shape[:2] == (25, 3)
+    assert explainer.config["metrics"]["test"]["fidelity"] == pytest.approx(test["fidelity"])
+    from interp_ray.data import load_dataset
+
+    exps = explainer.explain(load_dataset("digits", "test").get_batch(np.arange(4)))
+    assert len(exps) == 4 and all(e.attributes for e in exps)
+
+
+def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
+    cases = {
+        "needs predictor_checkpoint": ["--config", "configs/flint_digits.yaml", "--set", "flint.mode=posthoc"],
+        "no checkpoint at": ["--config", "configs/flint_digits.yaml", "--set", "flint.mode=posthoc",
+                             "--set", f"flint.predictor_checkpoint={tmp_path / 'missing'}"],
+        "unknown layer 'conv9'": ["--config", "configs/flint_digits.yaml", "--set", "flint.layers=[conv9]"],
+        "unknown FLINT schedule": ["--config", "configs/flint_digits.yaml", "--set", "flint.schedule=svhn"],
+        "does not exist": ["--config", str(tmp_path / "missing.yaml")],
+    }
+    for expected, argv in cases.items():
+        assert run_main(main, argv) == 2, expected
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], (expected, err)
+
+
+def test_scenes_config_validates_and_builds():
+    from interp_ray.explainers.flint import build_flint, resolved_flint_spec
+    from interp_ray.models import build_model
+
+    cfg = load_config(FlintJobConfig, "configs/flint_scenes.yaml")
+    size = cfg.data.options["size"]
+    spec = resolved_flint_spec(build_model("scenes_cnn", num_classes=12, image_size=size), cfg.flint)
+    assert spec["layers"] == ["relu3", "relu4"] and spec["recon_loss"] == cfg.flint.recon_loss
+    model = build_flint(build_model("scenes_cnn", num_classes=12, image_size=size), spec)
+    assert model.n_attributes == cfg.flint.n_attributes

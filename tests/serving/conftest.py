@@ -1,0 +1,78 @@
+"""Fixtures of the serving tests: checkpoints (a random-weight digits CNN, and a FLINT over it), the service built
+once per session, and an in-process FastAPI client around it (no Ray)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from serving_helpers import asgi_client
+
+OPTS = {"num_classes": 10, "in_channels": 1, "image_size": 8}
+CLASS_NAMES = [str(i) for i in range(10)]
+
+
+def save_digits_classifier(path: Path):
+    """The same checkpoint as the suite's ``digits_checkpoint`` fixture, made once for the session."""
+    import torch
+
+    from interp_ray.checkpoint import save_classifier
+    from interp_ray.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("digits_cnn", **OPTS)
+    save_classifier(path, model, model_name="digits_cnn", model_options=OPTS, class_names=CLASS_NAMES,
+                    data={"name": "digits"})
+    return model
+
+
+def save_random_flint(path: Path, predictor) -> bool:
+    """A random-weight FLINT over ``predictor`` (plumbing only); False when the FLINT module is not there."""
+    try:
+        from interp_ray.explainers import flint as fl
+    except ImportError:
+        return False
+    import torch
+
+    torch.manual_seed(1)
+    spec = fl.resolved_flint_spec(predictor, fl.FlintSection())
+    model = fl.build_flint(predictor, spec)
+    fl.save_flint(path, model, spec=spec, predictor_spec={"name": "digits_cnn", "options": OPTS},
+                  class_names=CLASS_NAMES, mode="joint")
+    return True
+
+
+@pytest.fixture(scope="session")
+def serving_checkpoints(tmp_path_factory) -> dict[str, str]:
+    """{"checkpoint_dir", "classifier", "flint" (or None)}: the layout ServeArgs reads by default."""
+    root = tmp_path_factory.mktemp("serving_ckpts")
+    predictor = save_digits_classifier(root / "digits")
+    has_flint = save_random_flint(root / "digits_flint", predictor)
+    return {"checkpoint_dir": str(root), "classifier": str(root / "digits"),
+            "flint": str(root / "digits_flint") if has_flint else None}
+
+
+@pytest.fixture(scope="session")
+def serving_args(serving_checkpoints) -> dict:
+    return {"checkpoint_dir": serving_checkpoints["checkpoint_dir"], "classifier": "digits",
+            "token_env": "INTERP_RAY_TEST_UNSET_TOKEN", "max_body_bytes": 200_000, "max_images_per_request": 8}
+
+
+@pytest.fixture(scope="session")
+def service(serving_args):
+    from serving.service import ExplainerService
+
+    return ExplainerService(serving_args)
+
+
+@pytest.fixture(scope="session")
+def local_api(service):
+    """A TestClient over the app with the in-process backend and job runner (no Ray, no token)."""
+    from serving.app import make_api
+    from serving.jobs import JobRunner
+    from serving.service import LocalBackend
+
+    backend = LocalBackend(service)
+    with asgi_client(make_api(backend, JobRunner(backend=backend), service.args, token="")) as client:
+        yield client
+

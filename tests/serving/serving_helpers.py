@@ -1,0 +1,36 @@
+"""Helpers shared by the serving tests (images as a client sends them)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+
+def digit_images(n: int = 4) -> np.ndarray:
+    """Real 8×8 digits scaled to [0, 1], N×1×8×8 float32."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return (d.images[:n, None] / 16.0).astype(np.float32)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """A C×H×W float image in [0, 1] as PNG (8-bit: what a client would upload)."""
+    from PIL import Image
+
+    arr = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+    img = Image.fromarray(arr[0], "L") if arr.shape[0] == 1 else Image.fromarray(arr.transpose(1, 2, 0), "RGB")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def asgi_client(app, **kwargs):
+    """Starlette's TestClient, without its deprecation warning about httpx (the dev dependency we have)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from starlette.testclient import TestClient
+    return TestClient(app, **kwargs)

@@ -1,0 +1,58 @@
+"""The Serve deployments in local testing mode (no cluster): the Explainer behind a handle, the routes over it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from serving_helpers import asgi_client, digit_images
+
+from serving.service import Row
+
+
+@pytest.fixture(scope="module")
+def explainer_handle(serving_args):
+    from ray import serve
+
+    from serving.deployments import ExplainerDeployment
+
+    return serve.run(ExplainerDeployment.bind(serving_args), name="local_explainer", _local_testing_mode=True)
+
+
+def test_handle_answers_per_row(explainer_handle, service):
+    images = digit_images(4)
+    responses = [explainer_handle.explain.remote("gradient", Row(image=img, target=t))
+                 for img, t in zip(images, [-1, 3, -1, 9])]
+    out = [r.result() for r in responses]
+    assert [o.explanation.label for o in out][1::2] == [3, 9]
+    direct = service.explain_rows("gradient", [Row(image=img, target=t) for img, t in zip(images, [-1, 3, -1, 9])])
+    for a, b in zip(out, direct):
+        np.testing.assert_allclose(a.explanation.saliency, b.explanation.saliency, atol=1e-6)
+    missing = explainer_handle.explain.remote("nope", Row(image=images[0])).result()
+    assert missing.status == 404
+    assert explainer_handle.predict.remote(Row(image=images[0])).result().prediction["label"] in range(10)
+    assert set(explainer_handle.info.remote().result()["methods"]) == set(service.explainers)
+
+
+def test_routes_over_the_handle_backend(explainer_handle, serving_args):
+    from serving.app import make_api
+    from serving.deployments import HandleBackend
+    from serving.jobs import JobRunner
+
+    backend = HandleBackend(explainer_handle)
+    with asgi_client(make_api(backend, JobRunner(backend=backend), serving_args, token="")) as client:
+        body = {"tensor": digit_images(2).tolist(), "target": [1, 2]}
+        resp = client.post("/v1/explain/gradcam", json=body)
+        assert resp.status_code == 200, resp.text
+        assert [e["label"] for e in resp.json()["explanations"]] == [1, 2]
+        bad = client.post("/v1/explain/gradcam", json={**body, "target": [1, 12]})
+        assert bad.status_code == 422
+
+
+def test_whole_application_builds_in_local_testing_mode(serving_args):
+    from ray import serve
+
+    from serving.app import build_app
+
+    handle = serve.run(build_app({**serving_args, "methods": ["center"]}), name="local_app",
+                       _local_testing_mode=True)
+    assert handle is not None

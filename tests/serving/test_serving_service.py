@@ -1,0 +1,185 @@
+"""The construction adapter and the service's batches, without Ray or HTTP."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+from pydantic import BaseModel
+from serving_helpers import digit_images
+
+from interp_ray.checkpoint import load_classifier
+from interp_ray.explainers import EXPLAINERS, explainer_names
+from interp_ray.explainers.base import Explainer, Explanation
+from serving.service import ExplainerService, Row, SkipMethod, build_explainer
+
+
+def rows(images: np.ndarray, targets=None, params=None) -> list[Row]:
+    targets = [-1] * len(images) if targets is None else targets
+    return [Row(image=img, target=t, params=dict(params or {})) for img, t in zip(images, targets)]
+
+
+# --------------------------------------------------------------------------- every registered method is served
+
+
+def test_every_registered_method_is_served_or_skipped_with_a_reason(service):
+    assert set(service.explainers) | set(service.skipped) == set(explainer_names())
+    for name in service.explainers:
+        assert service.method_metadata(name)["routes"]["explain"] == f"/v1/explain/{name}"
+    for name, why in service.skipped.items():
+        assert name in why and why
+
+
+def test_model_methods_are_built_with_the_model_and_class_names(serving_checkpoints):
+    loaded = load_classifier(serving_checkpoints["classifier"])
+    for name in ("gradcam", "feature_inversion"):
+        e = build_explainer(name, loaded)
+        assert e.model is loaded.model
+        assert e.class_names == loaded.class_names
+
+
+def test_learned_method_without_checkpoint_is_skipped(serving_checkpoints):
+    loaded = load_classifier(serving_checkpoints["classifier"])
+    learned = [n for n in explainer_names() if EXPLAINERS.get(n).learned]
+    if not learned:
+        pytest.skip("no learned method registered yet")
+    with pytest.raises(SkipMethod, match="no checkpoint"):
+        build_explainer(learned[0], loaded)
+
+
+def test_flint_is_loaded_from_the_checkpoint_dir(service, serving_checkpoints):
+    if serving_checkpoints["flint"] is None or "flint" not in explainer_names():
+        pytest.skip("FLINT is not registered")
+    assert "flint" in service.explainers, service.skipped.get("flint")
+    out = service.explain_rows("flint", rows(digit_images(2)))
+    assert all(o.ok and o.explanation.attributes is not None for o in out)
+
+
+class _Probe(Explainer):
+    """A learned method that reads activation columns (registered only inside the test below)."""
+
+    name: ClassVar[str] = "serving_test_probe"
+    needs = frozenset({"activations"})
+    produces = frozenset({"attributes"})
+    learned = True
+    seen: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, layers: list[str]):
+        self.layers = layers
+
+    @classmethod
+    def load(cls, path: str, **kwargs: Any) -> "_Probe":
+        cls.seen["load"] = (path, kwargs)
+        return cls(layers=["relu3"])
+
+    def explain(self, batch: dict[str, np.ndarray], params: BaseModel | None = None) -> list[Explanation]:
+        self.seen["columns"] = sorted(batch)
+        return [Explanation(label=int(p), attributes={"mean": float(np.mean(a))})
+                for p, a in zip(batch["prediction"], batch["relu3"])]
+
+
+def test_learned_activation_method_gets_its_layers_from_the_classifier(monkeypatch, serving_checkpoints):
+    monkeypatch.setitem(EXPLAINERS._items, _Probe.name, _Probe)
+    args = {"checkpoint": serving_checkpoints["classifier"], "methods": [_Probe.name, "gradient"],
+            "explainer_checkpoints": {_Probe.name: "/probe/ckpt"}}
+    svc = ExplainerService(args)
+    path, kwargs = _Probe.seen["load"]
+    assert path == "/probe/ckpt" and kwargs["classifier"] is svc.model
+    images = digit_images(3)
+    out = svc.explain_rows(_Probe.name, rows(images))
+    assert {"relu3", "prediction", "probabilities", "image"} <= set(_Probe.seen["columns"])
+    import torch
+
+    with torch.no_grad():
+        acts = svc.model.activations(torch.from_numpy(images), ["relu3"], with_logits=True)
+    assert [o.explanation.label for o in out] == acts["logits"].argmax(1).tolist()
+    np.testing.assert_allclose([o.explanation.attributes["mean"] for o in out],
+                               acts["relu3"].mean(1).numpy(), rtol=1e-5)
+
+
+def test_a_method_that_does_not_fit_the_conventions_is_skipped(monkeypatch, serving_checkpoints):
+    class NeedsMore(_Probe):
+        name: ClassVar[str] = "serving_test_needs_more"
+        learned = False
+
+        def __init__(self, model, required_option):  # the adapter cannot know this option
+            pass
+
+    monkeypatch.setitem(EXPLAINERS._items, NeedsMore.name, NeedsMore)
+    svc = ExplainerService({"checkpoint": serving_checkpoints["classifier"], "methods": [NeedsMore.name]})
+    assert NeedsMore.name in svc.skipped and "required_option" in svc.skipped[NeedsMore.name]
+
+
+def test_activation_method_reading_a_missing_layer_is_skipped(monkeypatch, serving_checkpoints):
+    class WrongLayer(_Probe):
+        name: ClassVar[str] = "serving_test_wrong_layer"
+
+        @classmethod
+        def load(cls, path, **kwargs):
+            return cls(layers=["gap"])  # a scenes_cnn layer; the served classifier is digits_cnn
+
+    monkeypatch.setitem(EXPLAINERS._items, WrongLayer.name, WrongLayer)
+    svc = ExplainerService({"checkpoint": serving_checkpoints["classifier"], "methods": [WrongLayer.name],
+                            "explainer_checkpoints": {WrongLayer.name: "/x"}})
+    assert "gap" in svc.skipped[WrongLayer.name]
+
+
+def test_unknown_method_in_config_fails_at_start(serving_checkpoints):
+    from interp_ray.errors import UserError
+
+    with pytest.raises(UserError, match="nope"):
+        ExplainerService({"checkpoint": serving_checkpoints["classifier"], "methods": ["nope"]})
+
+
+# --------------------------------------------------------------------------- batches
+
+
+# Occlusion scores differences of probabilities over batches of perturbed copies, and a batch's composition changes
+# the float summation order inside the convolutions: measured up to 3e-4 apart on this model.
+BATCH_TOLERANCE = {"gradient": 1e-6, "gradcam": 1e-6, "center": 0.0, "occlusion": 1e-3}
+
+
+@pytest.mark.parametrize("method", sorted(BATCH_TOLERANCE))
+def test_results_do_not_depend_on_the_batch(service, method):
+    images = digit_images(6)
+    together = service.explain_rows(method, rows(images, targets=[-1, 2, -1, 5, -1, 0]))
+    alone = [service.explain_rows(method, rows(images[i:i + 1], targets=[t]))[0]
+             for i, t in enumerate([-1, 2, -1, 5, -1, 0])]
+    for a, b in zip(together, alone):
+        assert a.explanation.label == b.explanation.label
+        np.testing.assert_allclose(a.explanation.saliency, b.explanation.saliency, atol=BATCH_TOLERANCE[method])
+
+
+def test_rows_with_different_params_are_explained_with_their_own(service):
+    images = digit_images(4)
+    mixed = rows(images[:2], params={"window": 2}) + rows(images[2:], params={"window": 4})
+    out = service.explain_rows("occlusion", mixed)
+    for i, o in enumerate(out):
+        own = service.explain_rows("occlusion", rows(images[i:i + 1], params={"window": 2 if i < 2 else 4}))[0]
+        np.testing.assert_allclose(o.explanation.saliency, own.explanation.saliency, atol=1e-3)
+
+
+def test_a_bad_row_fails_alone(service):
+    images = digit_images(3)
+    batch = rows(images, params={"window": 4})
+    batch[1] = Row(image=images[1], target=-1, params={"window": 99})  # larger than the 8×8 image
+    out = service.explain_rows("occlusion", batch)
+    assert [o.ok for o in out] == [True, False, True]
+    assert out[1].status == 422 and "larger than the image" in out[1].error
+
+
+def test_unknown_method_rows_get_404(service):
+    (o,) = service.explain_rows("nope", rows(digit_images(1)))
+    assert o.status == 404 and "served:" in o.error
+
+
+def test_predict_matches_the_model(service):
+    import torch
+
+    images = digit_images(5)
+    out = service.predict_rows(rows(images))
+    with torch.no_grad():
+        probs = torch.softmax(service.model(torch.from_numpy(images)), 1).numpy()
+    assert [o.prediction["label"] for o in out] == probs.argmax(1).tolist()
+    np.testing.assert_allclose(np.stack([o.prediction["probabilities"] for o in out]), probs, rtol=1e-5)

@@ -1,0 +1,192 @@
+"""The store without Ray or models: keys, atomic shard assembly, refusing foreign stores, reading tensors back."""
+
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from interp_ray.errors import UserError
+from interp_ray.store import (MANIFEST_FILE, SCHEMA_META_KEY, ActivationStore, InjectedFailure, Manifest,
+                              ShardAssembler, StoreKeyMismatch, finalize_store, make_identity, part_name,
+                              prepare_store, store_key, write_part)
+
+SHAPES = {"conv": (2, 3, 3), "fc": (4,)}
+ROWS, SHARD = 23, 5  # five shards, the last one short
+
+
+def identity(**changes):
+    base = dict(checkpoint_digest="d" * 64, layers=list(SHAPES), dataset={"name": "toy", "rows": ROWS, "split": "train"},
+                split="train", data={"name": "toy", "options": {}})
+    return make_identity(**{**base, **changes})
+
+
+def manifest(**changes) -> Manifest:
+    ident = identity(**changes)
+    return Manifest(key=store_key(ident), identity=ident, model={"name": "toy", "checkpoint": "/x"},
+                    layers={k: {"shape": list(v), "dtype": "float32"} for k, v in SHAPES.items()},
+                    class_names=["a", "b", "c"], rows=ROWS, shard_rows=SHARD)
+
+
+def rows(index: np.ndarray) -> dict[str, np.ndarray]:
+    """Extractor-shaped output whose values encode the row index, so misplaced rows are visible."""
+    index = np.asarray(index, dtype=np.int64)
+    n = len(index)
+    probs = np.full((n, 3), 1 / 3, np.float32)
+    return {"index": index, "shard": index // SHARD, "id": np.array([f"row{i}" for i in index]),
+            "label": index % 3, "prediction": (index + 1) % 3, "probabilities": probs,
+            "conv": (index[:, None, None, None] + np.arange(18).reshape(1, 2, 3, 3) / 100).astype(np.float32),
+            "fc": (index[:, None] * np.ones((1, 4))).astype(np.float32)}
+
+
+def fill(location, m, order, chunk=4, **kwargs):
+    asm = ShardAssembler(location, m, **kwargs)
+    written = []
+    for i in range(0, len(order), chunk):
+        written += asm.add(rows(order[i:i + chunk]))
+    return written
+
+
+def snapshot(directory):
+    return {p: (os.stat(directory / p).st_mtime_ns, (directory / p).read_bytes()) for p in os.listdir(directory)}
+
+
+def test_key_is_stable_and_changes_with_every_input():
+    assert store_key(identity()) == store_key(identity()) and len(store_key(identity())) == 16
+    variants = [identity(checkpoint_digest="e" * 64), identity(layers=["fc", "conv"]), identity(split="val"),
+                identity(dataset={"name": "toy", "rows": ROWS + 1, "split": "train"}),
+                identity(data={"name": "toy", "options": {"seed": 1}})]
+    keys = {store_key(v) for v in variants}
+    assert len(keys) == len(variants) and store_key(identity()) not in keys
+
+
+def test_rows_in_any_order_with_repeats_make_each_shard_once(tmp_path):
+    loc = tmp_path / "store"
+    m, missing = prepare_store(str(loc), manifest())
+    assert missing == [0, 1, 2, 3, 4] and (loc / MANIFEST_FILE).is_file()
+    order = np.random.default_rng(0).permutation(ROWS)
+    order = np.concatenate([order[:10], order[3:8], order[10:]])  # a retried task sends rows again
+    written = fill(str(loc), m, order, chunk=3)
+    assert sorted(r["shard"] for r in written) == [0, 1, 2, 3, 4]
+    assert sorted(os.listdir(loc)) == [MANIFEST_FILE] + [part_name(i) for i in range(5)]  # no temp files left
+    table = pq.read_table(loc / part_name(4))
+    assert table.column("index").to_pylist() == [20, 21, 22]
+    assert isinstance(table.schema.field("conv").type, pa.FixedShapeTensorType)
+    assert table.schema.field("conv").type.shape == [2, 3, 3]
+    meta = json.loads(table.schema.metadata[SCHEMA_META_KEY])
+    assert meta["key"] == m.key and meta["rows"] == [20, 23] and meta["layers"]["fc"]["shape"] == [4]
+    finalize_store(str(loc), m)
+    got = ActivationStore.open(str(loc), key=m.key).read()
+    want = rows(np.arange(ROWS))
+    for k in ("index", "label", "prediction", "conv", "fc", "probabilities"):
+        np.testing.assert_array_equal(got[k], want[k])
+    np.testing.assert_array_equal(got["id"], want["id"])
+
+
+def test_batches_cross_parts_with_exact_sizes_and_torch_format(tmp_path):
+    import torch
+
+    loc = str(tmp_path / "s")
+    m, _ = prepare_store(loc, manifest())
+    fill(loc, m, np.arange(ROWS))
+    finalize_store(loc, m)
+    store = ActivationStore.open(loc)
+    sizes = [len(b["index"]) for b in store.iter_batches(7, columns=["index", "conv"])]
+    assert sizes == [7, 7, 7, 2]
+    assert [len(b["index"]) for b in store.iter_batches(7, columns=["index"], drop_last=True)] == [7, 7, 7]
+    batch = next(iter(store.iter_batches(8, columns=["conv", "id"], format="torch")))
+    assert isinstance(batch["conv"], torch.Tensor) and batch["conv"].shape == (8, 2, 3, 3)
+    assert batch["id"][0] == "row0"
+    assert store.layers == SHAPES and len(store) == ROWS
+    with pytest.raises(UserError, match="unknown column"):
+        list(store.iter_batches(4, columns=["nope"]))
+
+
+def test_existing_store_of_another_key_is_refused_and_untouched(tmp_path):
+    loc = tmp_path / "s"
+    m, _ = prepare_store(str(loc), manifest())
+    fill(str(loc), m, np.arange(12))
+    before = snapshot(loc)
+    other = manifest(layers=["fc"])
+    with pytest.raises(StoreKeyMismatch, match="choose another output path — nothing was touched"):
+        prepare_store(str(loc), other)
+    with pytest.raises(StoreKeyMismatch):
+        ActivationStore.open(str(loc), key=other.key, require_complete=False)
+    assert snapshot(loc) == before
+
+
+def test_a_directory_that_is_not_a_store_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="is not an activation store"):
+        prepare_store(str(tmp_path), manifest())
+    assert os.listdir(tmp_path) == ["notes.txt"]
+
+
+def test_rerun_keeps_finished_parts_and_cleans_temps(tmp_path):
+    loc = tmp_path / "s"
+    m, _ = prepare_store(str(loc), manifest())
+    with pytest.raises(InjectedFailure):
+        fill(str(loc), m, np.arange(ROWS), fail_after_shards=2)
+    (loc / f".{part_name(3)}.tmp-deadbeef").write_bytes(b"half a part")  # left by a kill -9
+    before = snapshot(loc)
+    m2, missing = prepare_store(str(loc), manifest())
+    assert missing == [2, 3, 4] and m2.key == m.key
+    assert not any(".tmp-" in p for p in os.listdir(loc))
+    fill(str(loc), m2, np.arange(ROWS))  # a rerun sends every row again: finished shards are not rewritten
+    finalize_store(str(loc), m2)
+    after = snapshot(loc)
+    for p in (part_name(0), part_name(1)):
+        assert after[p] == before[p]
+    got = ActivationStore.open(str(loc)).read(columns=["index", "id"])
+    np.testing.assert_array_equal(got["index"], np.arange(ROWS))
+    assert len(set(got["id"])) == ROWS
+
+
+def test_incomplete_store_and_missing_parts_are_not_read(tmp_path):
+    loc = tmp_path / "s"
+    m, _ = prepare_store(str(loc), manifest())
+    fill(str(loc), m, np.arange(10))
+    with pytest.raises(UserError, match="incomplete"):
+        ActivationStore.open(str(loc))
+    with pytest.raises(RuntimeError, match="missing 3 of 5 shards"):
+        finalize_store(str(loc), m)
+
+
+def test_edited_manifest_and_foreign_parts_are_refused(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    ma, _ = prepare_store(str(a), manifest())
+    mb, _ = prepare_store(str(b), manifest(split="val"))
+    fill(str(a), ma, np.arange(ROWS))
+    fill(str(b), mb, np.arange(ROWS))
+    finalize_store(str(a), ma)
+    # a part of store b copied into store a
+    (a / part_name(1)).write_bytes((b / part_name(1)).read_bytes())
+    with pytest.raises(StoreKeyMismatch, match="belongs to store"):
+        list(ActivationStore.open(str(a)).iter_batches(100))
+    with pytest.raises(UserError, match="belongs to store"):
+        prepare_store(str(a), manifest())
+    # a manifest whose identity was edited no longer hashes to its key
+    raw = json.loads((b / MANIFEST_FILE).read_text())
+    raw["identity"]["layers"] = ["fc"]
+    (b / MANIFEST_FILE).write_text(json.dumps(raw))
+    with pytest.raises(UserError, match="does not match its recorded identity"):
+        ActivationStore.open(str(b), require_complete=False)
+
+
+def test_write_part_never_replaces_a_finished_part(tmp_path):
+    m = manifest()
+    first = pa.table({"x": [1]})
+    assert write_part(_local_fs(), str(tmp_path), 0, first) > 0
+    stamp = os.stat(tmp_path / part_name(0)).st_mtime_ns
+    assert write_part(_local_fs(), str(tmp_path), 0, pa.table({"x": [2]})) is None
+    assert os.stat(tmp_path / part_name(0)).st_mtime_ns == stamp
+    assert pq.read_table(tmp_path / part_name(0)).column("x").to_pylist() == [1]
+    assert m.shard_range(4) == (20, 23)
+
+
+def _local_fs():
+    import pyarrow.fs as pafs
+
+    return pafs.LocalFileSystem()

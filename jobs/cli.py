@@ -13,6 +13,10 @@ COMMANDS: dict[str, str] = {
     "train-classifier": "jobs.train_classifier",
     "extract": "jobs.extract_activations",
     "pipeline": "jobs.pipeline",
+    "train-flint": "jobs.train_flint",
+    "train-interpnet": "jobs.train_interpnet",
+    "evaluate": "jobs.evaluate",
+    "explain": "jobs.explain",
 }
 
 
@@ -27,6 +31,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in available:
         print(f"error: unknown command {command!r}; valid: {', '.join(sorted(available))}", file=sys.stderr)
         return EXIT_USAGE
+    if command == "explain" and any(a == "--url" or a.startswith("--url=") for a in rest):
+        from serving import client  # a served deployment answers instead of a local model
+
+        return run_main(client.main, rest)
     module = importlib.import_module(available[command])
     return run_main(module.main, rest)
 

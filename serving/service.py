@@ -184,17 +184,21 @@ def _check_same_input(name: str, explainer: Any, model: Any) -> None:
 
 
 def explainer_layers(explainer: Any, model: Any) -> list[str]:
-    """The classifier layers a method reads from ``batch``: its ``layers``, else the layer names among its
-    activation ``columns`` (InterpNET), else the model's default layers."""
+    """The classifier layers a method reads from ``batch``: the first of its ``layers`` / ``columns`` (InterpNET) /
+    ``layer``, or of its ``config``'s (CNN-INTE: ``config.layer``), that names any; else the model's default layers.
+    Store columns that are not layers (probabilities, prediction …) are dropped."""
     from interp_ray.activations import RESERVED_COLUMNS
 
-    for attr in ("layers", "columns"):
-        value = getattr(explainer, attr, None)
-        if callable(value):
-            value = value()
-        names = [c for c in (value or []) if c not in RESERVED_COLUMNS and c != "logits"]
-        if names:
-            return model.resolve_layers(names)
+    for owner in (explainer, getattr(explainer, "config", None)):
+        for attr in ("layers", "columns", "layer"):
+            value = getattr(owner, attr, None) if owner is not None else None
+            if callable(value):
+                value = value()
+            if isinstance(value, str):
+                value = [value]
+            names = [c for c in (value or []) if c not in RESERVED_COLUMNS and c != "logits"]
+            if names:
+                return model.resolve_layers(names)
     return model.resolve_layers(model.default_layers)
 
 

@@ -183,3 +183,15 @@ def test_predict_matches_the_model(service):
         probs = torch.softmax(service.model(torch.from_numpy(images)), 1).numpy()
     assert [o.prediction["label"] for o in out] == probs.argmax(1).tolist()
     np.testing.assert_allclose(np.stack([o.prediction["probabilities"] for o in out]), probs, rtol=1e-5)
+
+
+def test_layers_are_found_where_each_learned_method_keeps_them(serving_checkpoints):
+    from types import SimpleNamespace
+
+    from serving.service import explainer_layers
+
+    model = load_classifier(serving_checkpoints["classifier"]).model
+    assert explainer_layers(SimpleNamespace(layers=["relu3"]), model) == ["relu3"]
+    assert explainer_layers(SimpleNamespace(columns=["relu2", "probabilities"]), model) == ["relu2"]  # InterpNET
+    assert explainer_layers(SimpleNamespace(config=SimpleNamespace(layer="fc1")), model) == ["fc1"]  # CNN-INTE
+    assert explainer_layers(SimpleNamespace(), model) == model.resolve_layers(model.default_layers)

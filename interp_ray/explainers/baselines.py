@@ -92,7 +92,7 @@ class Gradient(_ModelSaliency):
     def raw_maps(self, x, targets, params):
         from captum.attr import Saliency
 
-        grads = Saliency(self.model).attribute(x, target=targets, abs=True)
+        grads = Saliency(self.model).attribute(x.clone().requires_grad_(True), target=targets, abs=True)
         return grads.max(1).values
 
 

@@ -124,11 +124,12 @@ def write_local_sheet(explainer: FlintExplainer, image: np.ndarray, path: str | 
 
 def write_global_pictures(explainer: FlintExplainer, ds, out_dir: str | os.PathLike, *, tau: float | None = None,
                           am: AMSection | None = None, n_mas: int = 3, samples: int = 1020, max_pairs: int = 40,
-                          seed: int = 21, random_init: bool = True) -> list[dict[str, Any]]:
+                          seed: int = 21, random_init: bool = False) -> list[dict[str, Any]]:
     """One PNG per relevant (class, attribute) pair of the global interpretation: the pair's MAS (top ``n_mas``
-    samples of the true class by φ_j, from a random subset of ``ds``) over their AM+PI images; plus, per attribute
-    that appears, a random-initialisation AM image. Returns one record per picture. ``am`` defaults to the
-    checkpoint's AM+PI settings."""
+    samples of the true class by φ_j, from a random subset of ``ds``) over their AM+PI images. ``random_init`` adds,
+    per attribute that appears, an AM image grown from U(0, 1) noise (the code makes these for CUB only; on the
+    digits model several come out flat, as the attribute is inactive on noise). Returns one record per picture.
+    ``am`` defaults to the checkpoint's AM+PI settings."""
     am = am or explainer.am_settings()
     tau = tau or explainer.tau
     flint = explainer.flint

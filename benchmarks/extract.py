@@ -17,6 +17,12 @@ Figures (``name: value`` lines):
   ray_total_images_per_s        the Ray job over its whole run after ray.init (start-up included)
   ray_startup_s / ray_init_s    job start to the first extracted rows reaching the writer / ray.init
   ratio_steady / ratio_total    Ray images/s over plain images/s (the goal on this CPU machine: ≥ 0.9)
+  *_cpu_s_per_1000_images       CPU seconds per 1000 images: the plain process; for Ray the whole process tree
+                                (driver, daemons, workers), steady (same window as ray_steady) and total (start-up in)
+  ratio_cpu_steady / _total     plain CPU per image / Ray CPU per image. On a machine whose cores other work shares,
+                                wall-clock ratios mostly measure how much of the machine each side got (a pipeline
+                                of several processes gets more CPU-scheduler share than one process); CPU per image
+                                does not depend on that
 With ``--stream``: peak memory of the whole process tree (driver + every Ray daemon and worker), as the sum of PSS
 (shared pages counted once) and of RSS (shared pages counted in every process), sampled twice a second.
 """
@@ -73,31 +79,34 @@ def _kib(path: str, field: str) -> int:
     return 0
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds (user + system) used by ``root`` and its descendants: every Ray daemon and worker of a local Ray.
-
-    Live processes count their own time plus that of children they reaped (cutime/cstime), so actors that Ray Data
-    already shut down are still counted (through the raylet) and nothing is counted twice."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in descendants(root):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
-        except (OSError, IndexError, ValueError):
-            continue
-    return total / tick
+def _cpu_ticks(pid: int) -> tuple[int, int] | None:
+    """(start time, utime + stime) of a process, in clock ticks; None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[19]), int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
-class TreeMemory(threading.Thread):
-    """Samples RSS and PSS summed over ``root`` and all its descendants; keeps the peaks."""
+class TreeSampler(threading.Thread):
+    """Samples a process tree (``root`` and every descendant: the driver, each Ray daemon and worker) twice a second.
+
+    Memory: RSS and PSS summed over the tree; the peaks are kept. CPU: each process's own user + system time, taken
+    at its last sample — the exited ones too (Ray's raylet does not accumulate its dead workers' times), so at most
+    one interval of an exiting process is lost. ``cpu_at(t)`` reads the tree's cumulative CPU on the sample timeline.
+    """
 
     def __init__(self, root: int, interval: float = 0.5):
         super().__init__(daemon=True)
         self.root, self.interval = root, interval
+        self.tick = os.sysconf("SC_CLK_TCK")
         self.peak_pss = self.peak_rss = self.peak_driver_rss = self.peak_processes = 0
+        self.first: dict[tuple[int, int], int] = {}   # (pid, start) → CPU ticks when first seen
+        self.last: dict[tuple[int, int], int] = {}
+        self.timeline: list[tuple[float, float]] = []  # (perf_counter, cumulative CPU seconds since start)
         self._halt = threading.Event()
+        self.sample()
 
     def sample(self) -> None:
         pids = descendants(self.root)
@@ -106,15 +115,30 @@ class TreeMemory(threading.Thread):
         self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
         self.peak_driver_rss = max(self.peak_driver_rss, _kib(f"/proc/{self.root}/status", "VmRSS:"))
         self.peak_processes = max(self.peak_processes, len(pids))
+        for pid in pids:
+            got = _cpu_ticks(pid)
+            if got is not None:
+                key = (pid, got[0])
+                # a process born after the first sample counts from zero; one alive then, from its value then
+                self.first.setdefault(key, got[1] if not self.timeline else 0)
+                self.last[key] = got[1]
+        used = sum(self.last[k] - self.first[k] for k in self.last) / self.tick
+        self.timeline.append((time.perf_counter(), used))
+
+    def cpu_at(self, t: float) -> float:
+        """Cumulative tree CPU seconds at the last sample taken at or before ``t``."""
+        before = [cpu for ts, cpu in self.timeline if ts <= t]
+        return before[-1] if before else 0.0
 
     def run(self) -> None:
         while not self._halt.is_set():
-            self.sample()
             self._halt.wait(self.interval)
+            self.sample()
 
     def stop(self) -> None:
         self._halt.set()
         self.join()
+        self.sample()
 
 
 # --- the two contenders ------------------------------------------------------------------------------------------
@@ -133,8 +157,8 @@ def random_checkpoint(path: Path, size: int) -> str:
     return str(path)
 
 
-def plain_loop(checkpoint: str, rows: int, size: int, batch_size: int, threads: int) -> float:
-    """Images/s of the obvious single-process loop over the same rows and model."""
+def plain_loop(checkpoint: str, rows: int, size: int, batch_size: int, threads: int) -> tuple[float, float]:
+    """(images/s, CPU seconds per 1000 images) of the obvious single-process loop over the same rows and model."""
     import torch
 
     from interp_ray.checkpoint import load_classifier
@@ -143,7 +167,7 @@ def plain_loop(checkpoint: str, rows: int, size: int, batch_size: int, threads: 
     torch.set_num_threads(threads)
     model = load_classifier(checkpoint).model
     dataset = load_dataset("scenes", "train", n=rows, size=size, seed=0)
-    t0, n = time.perf_counter(), 0
+    t0, c0, n = time.perf_counter(), time.process_time(), 0
     with torch.inference_mode():
         for batch in dataset.iter_batches(batch_size):
             acts = model.activations(torch.from_numpy(batch["image"]), LAYERS, with_logits=True)
@@ -151,7 +175,7 @@ def plain_loop(checkpoint: str, rows: int, size: int, batch_size: int, threads: 
             outputs = {k: v.numpy() for k, v in acts.items()}  # what a consumer gets: numpy, like the extractor
             n += len(probs)
             del outputs
-    return n / (time.perf_counter() - t0)
+    return n / (time.perf_counter() - t0), (time.process_time() - c0) / n * 1000
 
 
 def ray_job(checkpoint: str, root: str, args) -> dict:
@@ -219,46 +243,61 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
 
 
+def steady_cpu_per_1000(sampler: TreeSampler, out: dict) -> float:
+    """Tree CPU seconds per 1000 images between the first and the last extracted rows reaching the writer."""
+    cpu = sampler.cpu_at(out["last_at"]) - sampler.cpu_at(out["first_at"])
+    return cpu / max(out["steady_rows"], 1) * 1000
+
+
 def compare(checkpoint: str, root: str, args) -> None:
-    plain_before = plain_loop(checkpoint, args.rows, args.size, args.batch_size, args.threads)
+    plain_before, plain_cpu_before = plain_loop(checkpoint, args.rows, args.size, args.batch_size, args.threads)
     print(f"plain_images_per_s_before: {plain_before:.1f}", flush=True)
+    sampler = TreeSampler(os.getpid())
+    sampler.start()
     ray_init = start_ray(os.cpu_count() or 2)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), sampler.timeline[-1][1]
     out = ray_job(checkpoint, root, args)
     wall = time.perf_counter() - t0
-    plain_after = plain_loop(checkpoint, args.rows, args.size, args.batch_size, args.threads)
+    sampler.stop()
+    ray_cpu_total = (sampler.timeline[-1][1] - c0) / out["rows"] * 1000
+    plain_after, plain_cpu_after = plain_loop(checkpoint, args.rows, args.size, args.batch_size, args.threads)
     print(f"plain_images_per_s_after: {plain_after:.1f}")
-    plain = (plain_before + plain_after) / 2
+    plain, plain_cpu = (plain_before + plain_after) / 2, (plain_cpu_before + plain_cpu_after) / 2
     steady = out["steady_rows_per_s"] or float("nan")
+    steady_cpu = steady_cpu_per_1000(sampler, out)
     total = out["rows"] / wall
     print(f"plain_images_per_s: {plain:.1f}\n"
           f"ray_steady_images_per_s: {steady:.1f}\n"
           f"ray_total_images_per_s: {total:.1f}\n"
           f"ray_startup_s: {out['startup_s'] or float('nan'):.1f}\nray_init_s: {ray_init:.1f}\n"
           f"ray_job_s: {wall:.1f}\nstore_mib: {du(out['location']) / 2**20:.0f}\n"
-          f"ratio_steady: {steady / plain:.3f}\nratio_total: {total / plain:.3f}")
+          f"plain_cpu_s_per_1000_images: {plain_cpu:.2f}\n"
+          f"ray_steady_cpu_s_per_1000_images: {steady_cpu:.2f}\n"
+          f"ray_total_cpu_s_per_1000_images: {ray_cpu_total:.2f}\n"
+          f"ratio_steady: {steady / plain:.3f}\nratio_total: {total / plain:.3f}\n"
+          f"ratio_cpu_steady: {plain_cpu / steady_cpu:.3f}\nratio_cpu_total: {plain_cpu / ray_cpu_total:.3f}")
 
 
 def stream(checkpoint: str, root: str, args) -> None:
-    mem = TreeMemory(os.getpid())
-    mem.start()
+    sampler = TreeSampler(os.getpid())
+    sampler.start()
     t0 = time.perf_counter()
     ray_init = start_ray(os.cpu_count() or 2)
-    c0 = tree_cpu_seconds(os.getpid())
+    c0 = sampler.timeline[-1][1]
     out = ray_job(checkpoint, root, args)
-    cpu = tree_cpu_seconds(os.getpid()) - c0
     wall = time.perf_counter() - t0
-    mem.stop()
+    sampler.stop()
     images_gib = args.rows * 3 * args.size * args.size * 4 / 2**30
     print(f"ray_init_s: {ray_init:.1f}\nray_startup_s: {out['startup_s'] or float('nan'):.1f}\n"
           f"ray_job_s: {out['seconds']:.1f}\nwall_s: {wall:.1f}\n"
           f"ray_total_images_per_s: {out['rows'] / out['seconds']:.1f}\n"
           f"ray_steady_images_per_s: {out['steady_rows_per_s'] or float('nan'):.1f}\n"
-          f"ray_cpu_s_per_1000_images: {cpu / out['rows'] * 1000:.2f}\n"
+          f"ray_steady_cpu_s_per_1000_images: {steady_cpu_per_1000(sampler, out):.2f}\n"
+          f"ray_total_cpu_s_per_1000_images: {(sampler.timeline[-1][1] - c0) / out['rows'] * 1000:.2f}\n"
           f"rows_written: {out['rows']}\nstore_gib: {du(out['location']) / 2**30:.2f}\n"
           f"dataset_images_gib_if_held: {images_gib:.2f}\n"
-          f"peak_tree_pss_gib: {mem.peak_pss / 2**20:.2f}\npeak_tree_rss_gib: {mem.peak_rss / 2**20:.2f}\n"
-          f"peak_driver_rss_gib: {mem.peak_driver_rss / 2**20:.2f}\npeak_processes: {mem.peak_processes}")
+          f"peak_tree_pss_gib: {sampler.peak_pss / 2**20:.2f}\npeak_tree_rss_gib: {sampler.peak_rss / 2**20:.2f}\n"
+          f"peak_driver_rss_gib: {sampler.peak_driver_rss / 2**20:.2f}\npeak_processes: {sampler.peak_processes}")
     from interp_ray.store import ActivationStore
 
     store = ActivationStore.open(out["location"])

@@ -540,7 +540,8 @@ class ActivationStore:
         cols = list(self.columns if columns is None else columns)
         unknown = [c for c in cols if c not in self.columns]
         if unknown:
-            raise UserError(f"unknown column(s) {', '.join(unknown)} in store {self.key}; valid: {', '.join(self.columns)}")
+            raise UserError(f"unknown column(s) {', '.join(unknown)} in store {self.key}; "
+                            f"valid: {', '.join(self.columns)}")
         return cols
 
     def iter_batches(self, batch_size: int = 1024, *, columns: Sequence[str] | None = None,
@@ -585,8 +586,9 @@ class ActivationStore:
             meta, _ = read_part_metadata(self.fs, path)
             if meta.get("key") != self.key:
                 raise StoreKeyMismatch(f"{path} belongs to store {meta.get('key')}, not {self.key}")
-        return ray.data.read_parquet(self.part_paths(), filesystem=self.fs, columns=self._columns(columns),
-                                     **read_parquet_kwargs)
+        # select_columns (not read_parquet's deprecated columns=): Ray Data pushes the projection into the read.
+        return ray.data.read_parquet(self.part_paths(), filesystem=self.fs,
+                                     **read_parquet_kwargs).select_columns(self._columns(columns))
 
     def describe(self) -> dict[str, Any]:
         m = self.manifest

@@ -342,7 +342,9 @@ def extract_split(cfg: ExtractJobConfig, plan: ExtractPlan, missing: list[int], 
     return {"split": plan.split, "location": plan.location, "key": manifest.key, "rows": manifest.rows,
             "shards": manifest.num_shards, "computed_shards": progress.shards, "computed_rows": progress.rows,
             "rows_per_s": progress.rate if missing else 0.0, "steady_rows_per_s": progress.steady_rate,
-            "startup_s": progress.startup_s, "seconds": time.perf_counter() - progress.start}
+            "startup_s": progress.startup_s, "seconds": time.perf_counter() - progress.start,
+            "first_at": progress.first_at, "last_at": progress.last_at,
+            "steady_rows": progress.extracted - progress.first_rows}
 
 
 def extract(cfg: ExtractJobConfig, *, address: str | None = None) -> list[dict[str, Any]]:

@@ -18,8 +18,8 @@ ROWS, SHARD = 23, 5  # five shards, the last one short
 
 
 def identity(**changes):
-    base = dict(checkpoint_digest="d" * 64, layers=list(SHAPES), dataset={"name": "toy", "rows": ROWS, "split": "train"},
-                split="train", data={"name": "toy", "options": {}})
+    base = dict(checkpoint_digest="d" * 64, layers=list(SHAPES), split="train", data={"name": "toy", "options": {}},
+                dataset={"name": "toy", "rows": ROWS, "split": "train"})
     return make_identity(**{**base, **changes})
 
 
@@ -190,3 +190,18 @@ def _local_fs():
     import pyarrow.fs as pafs
 
     return pafs.LocalFileSystem()
+
+
+@pytest.mark.ray
+def test_to_ray_gives_tensors_for_ray_train(ray_local, tmp_path):
+    loc = str(tmp_path / "s")
+    m, _ = prepare_store(loc, manifest())
+    fill(loc, m, np.arange(ROWS))
+    finalize_store(loc, m)
+    ds = ActivationStore.open(loc, key=m.key).to_ray(columns=["index", "conv"])
+    assert ds.columns() == ["index", "conv"]
+    batches = list(ds.iter_torch_batches(batch_size=8))  # what get_dataset_shard(...).iter_torch_batches yields
+    index = np.concatenate([b["index"].numpy() for b in batches])
+    conv = np.concatenate([b["conv"].numpy() for b in batches])
+    assert conv.shape == (ROWS, 2, 3, 3)
+    np.testing.assert_array_equal(conv[np.argsort(index)], rows(np.arange(ROWS))["conv"])

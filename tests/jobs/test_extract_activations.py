@@ -134,8 +134,9 @@ def broken_image_folder(tmp_path: Path, checkpoint_dir: Path) -> tuple[Path, Pat
 
 
 def run_on_folder(root, checkpoint, out, engine):
+    options = f"data.options={{root: '{root}', image_size: 8}}"
     return run_main(main, ["--set", f"checkpoint={checkpoint}", "--set", f"store.root={out}",
-                           "--set", "data.name=image_folder", "--set", f"data.options={{root: '{root}', image_size: 8}}",
+                           "--set", "data.name=image_folder", "--set", options,
                            "--set", "store.shard_rows=2", "--set", f"compute.engine={engine}"])
 
 

@@ -43,6 +43,7 @@ built-in scikit-learn/numpy ones skops trusts plus the decision-tree structure `
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import math
 import time
@@ -80,6 +81,9 @@ class CnnInteConfig(BaseModel):
     minibatch_above: int = Field(20_000, ge=1)
     minibatch_size: int = Field(4096, ge=16, description="MiniBatchKMeans batch size")
     n_init: int = Field(3, ge=1, description="k-means restarts (the best inertia is kept)")
+    cluster_threads: int | None = Field(
+        1, ge=1, description="OpenMP/BLAS threads for k-means and PCA (None: the libraries' default). One, because "
+                             "on a busy machine their thread barriers stall a 15k-row k-means from 4 s to minutes")
     features: Literal["distances", "pca+distances", "activations+distances", "activations"] = Field(
         "pca+distances", description="the meta-level features the forests see (see the module docstring)")
     pca_components: int = Field(32, ge=1)
@@ -212,6 +216,18 @@ def fit_kmeans(x: np.ndarray, k: int, config: CnnInteConfig, seed: int):
         return KMeans(n_clusters=k, n_init=config.n_init, random_state=seed).fit(x)
 
 
+@contextlib.contextmanager
+def _thread_limit(threads: int | None) -> Iterator[None]:
+    """Cap the OpenMP/BLAS threads of the block (scikit-learn's k-means and PCA) when ``threads`` is set."""
+    if threads is None:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=threads):
+        yield
+
+
 def fit_forest(features: np.ndarray, y: np.ndarray, config: CnnInteConfig, seed: int):
     from sklearn.ensemble import RandomForestClassifier
 
@@ -286,21 +302,40 @@ class CnnInte(Explainer):
             self.class_names = list(class_names)
         self.width = int(rows.x.shape[1])
 
+        with _thread_limit(cfg.cluster_threads):
+            features = self._fit_clusters(rows, timings)
+            a1, a2 = self._assignments(rows.x)
+
+        t = time.perf_counter()
+        if cfg.forest_scope == "global":
+            self.forests = [fit_forest(features, rows.target, cfg, cfg.seed)]
+        else:
+            self.forests = [fit_forest(features[a1 == i], rows.target[a1 == i], cfg, cfg.seed + i)
+                            if np.any(a1 == i) else None for i in range(self.level1.n_clusters)]
+        timings["forest_s"] = time.perf_counter() - t
+
+        with _thread_limit(cfg.cluster_threads):
+            self._summarise(rows, a1, a2)
+        self.info = {"rows": int(len(rows.x)), "width": self.width, "timings": timings,
+                     "meta_features": int(features.shape[1]),
+                     "classes": sorted({int(c) for c in np.unique(rows.target)}),
+                     "level1_estimator": type(self.level1).__name__}
+        return self
+
+    def _fit_clusters(self, rows: FitRows, timings: dict[str, float]) -> np.ndarray:
+        """Level 1, level 2 inside each level-1 cluster and the PCA; returns the meta-level training features."""
+        cfg = self.config
         t = time.perf_counter()
         self.level1 = fit_kmeans(rows.x, cfg.k1, cfg, cfg.seed)
         a1 = self.level1.predict(rows.x)
         timings["level1_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        a2 = np.zeros(len(rows.x), dtype=np.int64)
         self.level2 = []
         for i in range(self.level1.n_clusters):
             idx = np.flatnonzero(a1 == i)
             # Seeds differ per cluster so two clusters of the same shape never start from the same draw.
-            km = fit_kmeans(rows.x[idx], cfg.k2, cfg, cfg.seed + 1 + i) if len(idx) else None
-            if km is not None:
-                a2[idx] = km.predict(rows.x[idx])
-            self.level2.append(km)
+            self.level2.append(fit_kmeans(rows.x[idx], cfg.k2, cfg, cfg.seed + 1 + i) if len(idx) else None)
         timings["level2_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -311,21 +346,17 @@ class CnnInte(Explainer):
             self.pca = PCA(n_components=n_comp, random_state=cfg.seed).fit(rows.x)
         features = self.meta_features(rows.x)
         timings["features_s"] = time.perf_counter() - t
+        return features
 
-        t = time.perf_counter()
-        if cfg.forest_scope == "global":
-            self.forests = [fit_forest(features, rows.target, cfg, cfg.seed)]
-        else:
-            self.forests = [fit_forest(features[a1 == i], rows.target[a1 == i], cfg, cfg.seed + i)
-                            if np.any(a1 == i) else None for i in range(self.level1.n_clusters)]
-        timings["forest_s"] = time.perf_counter() - t
-
-        self._summarise(rows, a1, a2)
-        self.info = {"rows": int(len(rows.x)), "width": self.width, "timings": timings,
-                     "meta_features": int(features.shape[1]),
-                     "classes": sorted({int(c) for c in np.unique(rows.target)}),
-                     "level1_estimator": type(self.level1).__name__}
-        return self
+    def _assignments(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Level-1 and level-2 cluster of every training row, as the estimators' ``predict`` gives them."""
+        a1 = self.level1.predict(x)
+        a2 = np.zeros(len(x), dtype=np.int64)
+        for i, km in enumerate(self.level2):
+            idx = np.flatnonzero(a1 == i)
+            if km is not None and len(idx):
+                a2[idx] = km.predict(x[idx])
+        return a1, a2
 
     def _summarise(self, rows: FitRows, a1: np.ndarray, a2: np.ndarray) -> None:
         """The global interpretation: per cluster its size, class mix and representative rows (and images)."""
@@ -384,12 +415,13 @@ class CnnInte(Explainer):
         """Route every row of ``x`` (N × width) through the fitted estimators."""
         self._ready()
         x = activation_matrix({self.config.layer: x}, self.config.layer, self.width)
-        a1 = self.assign_level1(x)
-        a2 = np.zeros(len(x), dtype=np.int64)
-        for i in np.unique(a1):
-            rows = a1 == i
-            a2[rows] = self.level2[i].predict(x[rows])
-        features = self.meta_features(x)
+        with _thread_limit(self.config.cluster_threads):
+            a1 = self.assign_level1(x)
+            a2 = np.zeros(len(x), dtype=np.int64)
+            for i in np.unique(a1):
+                rows = a1 == i
+                a2[rows] = self.level2[i].predict(x[rows])
+            features = self.meta_features(x)
         which = a1 if self.config.forest_scope == "level1" else np.zeros(len(x), dtype=np.int64)
         votes: list[dict[int, float]] = [{} for _ in range(len(x))]
         label = np.zeros(len(x), dtype=np.int64)

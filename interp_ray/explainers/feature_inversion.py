@@ -11,11 +11,6 @@ the input: m(ω) = up(norm(Σ_k ω_k f_k^{l1}(x))). Where the mask is 0 the imag
 
 After each Adam step ω is clipped to ω ≥ 0.
 
-Two additions, both switchable: ``class_score="log_prob"`` raises log p_c(Φ) instead of p_c(Φ) (the paper's
-probability has no gradient left for a class the model gives ~1e-6), and ``fallback_to_stage1`` (on by default)
-returns the stage-1 mask where stage 2 ends with no mask or with p_c(Φ) <= p_c(Φ_bg) (``extra["fallback"]``).
-Computation is in float64 by default (``precision``), which is what makes batched and single runs agree.
-
 Two variants (``variant=``):
 
 ``paper`` (default)  the paper's settings: 10 stage-1 + 70 stage-2 iterations, Adam lr 1e-2 (stage 2 from a fresh
@@ -25,6 +20,13 @@ Two variants (``variant=``):
                      halved every 10 iterations from the start, relative squared error ||a − a₀||²/||a₀||², squared
                      L2 on ω with weights 5 (stage 1) and 2 (stage 2), upsampling first (align_corners=True) then
                      (m − min)/max; l1 = l0 = pool5.
+
+Additions, each switchable: ``class_score="log_prob"`` raises log p_c(Φ) instead of p_c(Φ) (the paper's
+probability has no gradient left for a class the model gives ~1e-6); ``fallback_to_stage1`` (on by default)
+returns the stage-1 mask where stage 2 ends with no mask or with p_c(Φ) <= p_c(Φ_bg) (``extra["fallback"]``);
+the blur is 11 px at 224 px scaled to the input, except where an architecture's defaults say otherwise
+(scenes_cnn: σ = 8 px, see ``saliency_utils.default_layers``). Computation is in float64 by default
+(``precision``): that is what makes batched and single runs agree (see ``GFISettings.precision``).
 
 Batching: every image has its own row of ω (N×K). Losses are summed over images, so the gradient of row n depends on
 image n only, and Adam is elementwise, so a batch gives the same masks as one image at a time (the model runs in

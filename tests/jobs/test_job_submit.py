@@ -71,11 +71,11 @@ def test_smoke_pipeline_through_ray_job_submit(ray_head, tmp_path):
     cmd = [str(BIN / "ray"), "job", "submit", "--address", ray_head, "--working-dir", str(REPO), "--",
            "python", "-m", "jobs.pipeline", "--config", "configs/pipeline.yaml", "--smoke",
            "--set", f"output_dir={out}"]
-    for _ in range(20):  # bounded: the dashboard can answer before the node's job agent has registered
+    for _ in range(60):  # bounded (5 min): the dashboard can answer before the node's job agent has registered
         proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900, cwd=REPO)
         if "No available agent to submit job" not in proc.stderr + proc.stdout:
             break
-        time.sleep(3)
+        time.sleep(5)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in proc.stdout
     report = (out / "report.md").read_text()

@@ -12,8 +12,20 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-# Ports of their own so this head never clashes with the session's local Ray.
-GCS_PORT, DASHBOARD_PORT = 6391, 8275
+
+
+def _free_ports(n):
+    """n distinct ports the OS says are free now (held open together so they differ)."""
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _env():
@@ -22,7 +34,7 @@ def _env():
     return env
 
 
-def _wait_for_dashboard(proc, timeout=120):
+def _wait_for_dashboard(proc, port, timeout=120):
     import urllib.error
     import urllib.request
 
@@ -31,7 +43,7 @@ def _wait_for_dashboard(proc, timeout=120):
         if proc.poll() is not None:
             raise RuntimeError(f"ray start exited with {proc.returncode}")
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{DASHBOARD_PORT}/api/version", timeout=2)
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=2)
             return
         except urllib.error.HTTPError:  # e.g. 401 without the token: the server is up
             return
@@ -44,17 +56,22 @@ def _wait_for_dashboard(proc, timeout=120):
 def ray_head(tmp_path):
     env = _env()
     subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
+    # Every port of its own: the session's local Ray (tests marked `ray`) already holds the defaults, and a second
+    # dashboard agent that cannot bind 52365 never registers, so job submission answers "No available agent" forever.
+    gcs, dash, agent_http, agent_grpc, metrics, runtime_env, client = _free_ports(7)
     temp_dir = Path("/tmp") / f"rjs{os.getpid()}"  # short: Ray's socket paths have a length limit
     # --block keeps every daemon a child of this process group, so the test stops exactly its own cluster
     # (a plain `ray stop` would stop every Ray on the machine).
     proc = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={GCS_PORT}",
-         f"--dashboard-port={DASHBOARD_PORT}", "--dashboard-host=127.0.0.1", "--num-cpus=3",
+        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+         f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent_http}",
+         f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
+         f"--runtime-env-agent-port={runtime_env}", f"--ray-client-server-port={client}", "--dashboard-host=127.0.0.1", "--num-cpus=3",
          "--include-dashboard=true", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        _wait_for_dashboard(proc)
-        yield f"http://127.0.0.1:{DASHBOARD_PORT}"
+        _wait_for_dashboard(proc, dash)
+        yield f"http://127.0.0.1:{dash}"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -71,7 +88,7 @@ def test_smoke_pipeline_through_ray_job_submit(ray_head, tmp_path):
     cmd = [str(BIN / "ray"), "job", "submit", "--address", ray_head, "--working-dir", str(REPO), "--",
            "python", "-m", "jobs.pipeline", "--config", "configs/pipeline.yaml", "--smoke",
            "--set", f"output_dir={out}"]
-    for _ in range(60):  # bounded (5 min): the dashboard can answer before the node's job agent has registered
+    for _ in range(24):  # bounded (2 min): the dashboard can answer before the node's job agent has registered
         proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900, cwd=REPO)
         if "No available agent to submit job" not in proc.stderr + proc.stdout:
             break

@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=32)
     ap.add_argument("--precision", choices=["float64", "float32"], default="float64")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (the CPU is shared)")
+    ap.add_argument("--max-batch", type=int, default=None, help="images optimised together (default: --n)")
     ap.add_argument("--stage1", type=int, default=10, help="stage-1 iterations (paper: 10)")
     ap.add_argument("--stage2", type=int, default=70, help="stage-2 iterations (paper: 70)")
     args = ap.parse_args(argv)
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> None:
 
     model = load_or_train(args.model).model
     images = load_dataset("scenes", "val", n=args.n).get_batch(np.arange(args.n))["image"]
-    ex = FeatureInversion(model, precision=args.precision, max_batch=args.n, stage1_iterations=args.stage1,
+    ex = FeatureInversion(model, precision=args.precision, max_batch=args.max_batch or args.n,
+                          stage1_iterations=args.stage1,
                           stage2_iterations=args.stage2)
     ex.explain({"image": images[:2]}, {"stage1_iterations": 1, "stage2_iterations": 1})  # warm-up
 
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     pass_1, pass_n = network_pass_ms(net, 1, dtype), network_pass_ms(net, args.n, dtype)
 
     print(f"device: cpu, torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
-    print(f"images: {args.n}")
+    print(f"images: {args.n}, batch: {args.max_batch or args.n}")
     print(f"precision: {args.precision}, iterations: {args.stage1} + {args.stage2}")
     print(f"loop_s_per_image: {(t_a + t_b) / args.n:.4f}")
     print(f"batched_s_per_image: {t_batch / args.n:.4f}")

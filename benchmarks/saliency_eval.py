@@ -131,12 +131,17 @@ def two_object_check(model, two: dict, class_names, out: Path | None) -> dict[st
                 covers.append(all(s1[y0:y1, x0:x1].max() >= 0.5 for x0, y0, x1, y1 in two["boxes"][i]))
             if out is not None and params and i < 6:
                 maps = [ea[i].extra["stage1_saliency"], ea[i].saliency, eb[i].saliency]
-                save_overlays(out / f"two_{name.replace(' ', '_').strip('()')}_{i}.png", two["image"][i], maps,
+                save_overlays(out / f"two_{_slug(name)}_{i}.png", two["image"][i], maps,
                               titles=["stage 1", f"stage 2: {class_names[a[i]]}", f"stage 2: {class_names[b[i]]}"],
                               boxes=two["boxes"][i])
         results[name] = {"both_peaks_in_own_box": float(np.mean(both)),
                          "stage1_covers_both": float(np.mean(covers)) if covers else float("nan")}
     return results
+
+
+def _slug(name: str) -> str:
+    """'gfi (paper), no fallback' → 'gfi_paper_no_fallback' (file names and ``name: value`` keys)."""
+    return "_".join("".join(ch if ch.isalnum() else " " for ch in name).split())
 
 
 def markdown(table: list[dict]) -> str:
@@ -185,12 +190,12 @@ def main(argv: list[str] | None = None) -> None:
     print(markdown(table))
     print()
     for r in table:
-        key = r["method"].replace(" ", "_").replace("(", "").replace(")", "").replace(",", "")
+        key = _slug(r["method"])
         print(f"{key}.pointing: {r['pointing']:.4f}")
         if "fallbacks" in r:
             print(f"{key}.fallbacks: {r['fallbacks']}")
     for name, res in two_results.items():
-        key = name.replace(" ", "_").replace("(", "").replace(")", "")
+        key = _slug(name)
         for metric, value in res.items():
             print(f"two_objects.{key}.{metric}: {value:.4f}")
     gfi = next(r for r in table if r["method"] == "gfi (paper)")

@@ -360,6 +360,13 @@ def _display_mask(prob: _Problem, weights: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def default_max_batch(device: torch.device) -> int:
+    """Images optimised together. On a CPU the network's cost per image does not fall with the batch, and beyond
+    ~8 images (scenes CNN, float64) the activations outgrow the caches and it rises (benchmarks/gfi.py); a GPU
+    is launch-bound at small batches and gains from large ones."""
+    return 32 if device.type == "cuda" else 8
+
+
 def compute_model(model: Classifier, precision: str) -> Classifier:
     """The model to optimise against: itself for float32, else a float64 copy in eval mode (made per call, so it
     never goes stale if the caller goes on training the original)."""
@@ -406,13 +413,13 @@ class FeatureInversion(Explainer):
     Params = FeatureInversionParams
 
     def __init__(self, model: Classifier, *, variant: Variant = "paper", inversion_layer: str | None = None,
-                 base_layer: str | None = None, class_names: list[str] | None = None, max_batch: int = 32,
-                 **settings: Any):
+                 base_layer: str | None = None, class_names: list[str] | None = None,
+                 max_batch: int | None = None, **settings: Any):
         self.model = model
         self.class_names = class_names
-        if max_batch < 1:
+        if max_batch is not None and max_batch < 1:
             raise UserError("max_batch must be >= 1")
-        self.max_batch = int(max_batch)
+        self.max_batch = max_batch
         defaults = default_layers(model) if inversion_layer is None or base_layer is None else {}
         if "blur_sigma" in defaults and "blur_sigma" not in settings:
             settings["blur_sigma"] = defaults["blur_sigma"]
@@ -444,10 +451,11 @@ class FeatureInversion(Explainer):
             targets = resolve_targets(self.model, x, wanted)
             model = compute_model(self.model, settings.precision)
             x = x.to(next(model.parameters()).dtype)
-            results = [run_gfi(model, x[lo:lo + self.max_batch], targets[lo:lo + self.max_batch],
+            chunk = self.max_batch or default_max_batch(x.device)
+            results = [run_gfi(model, x[lo:lo + chunk], targets[lo:lo + chunk],
                                base_module=get_module(model, base_name),
                                inversion_module=get_module(model, self.inversion_layer), settings=settings)
-                       for lo in range(0, len(x), self.max_batch)]
+                       for lo in range(0, len(x), chunk)]
         layers = {"inversion": self.inversion_layer, "base": base_name}
         return [e for r in results for e in self._explanations(r, settings, layers, p)]
 

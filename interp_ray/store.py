@@ -36,7 +36,7 @@ import re
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, ClassVar, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -103,6 +103,14 @@ def store_key(identity: dict[str, Any]) -> str:
 
 @dataclass
 class Manifest:
+    """A store's identity and layout. Subclasses (``interp_ray.saliency_store.SaliencyManifest``) reuse every
+    mechanism here — key check, atomic parts, resume — by overriding the class variables and ``build_table``."""
+
+    FORMAT_ID: ClassVar[str] = FORMAT           # what ``format`` must say for this kind of store
+    META_KEY: ClassVar[bytes] = SCHEMA_META_KEY  # the parts' schema-metadata key
+    KIND: ClassVar[str] = "activation store"    # for messages ("an …")
+    CONTENT: ClassVar[str] = "activations"      # for messages ("holds … for")
+
     key: str
     identity: dict[str, Any]
     model: dict[str, Any]                 # {"name": …, "checkpoint": path it was read from}
@@ -134,6 +142,13 @@ class Manifest:
                 f"{','.join(ident.get('layers', []))}, dataset {ident.get('dataset', {}).get('name')}, "
                 f"split {ident.get('split')})")
 
+    def column_names(self) -> list[str]:
+        return [*BASE_COLUMNS, *self.layers]
+
+    def build_table(self, shard: int, cols: dict[str, np.ndarray]):
+        """One shard's sorted rows as an Arrow table with this store's schema and metadata."""
+        return build_part_table(self, shard, cols)
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
@@ -141,11 +156,11 @@ class Manifest:
     def from_json(cls, text: str, *, source: str) -> "Manifest":
         try:
             raw = json.loads(text)
-            if raw.get("format") != FORMAT:
-                raise UserError(f"{source}: format {raw.get('format')!r} is not {FORMAT!r}")
+            if raw.get("format") != cls.FORMAT_ID:
+                raise UserError(f"{source}: format {raw.get('format')!r} is not {cls.FORMAT_ID!r}")
             return cls(**raw)
         except (json.JSONDecodeError, TypeError, AttributeError) as e:
-            raise UserError(f"{source}: not a valid activation-store manifest ({e})") from None
+            raise UserError(f"{source}: not a valid {cls.KIND} manifest ({e})") from None
 
     def check_integrity(self, source: str) -> None:
         """The recorded key must be the hash of the recorded identity: an edited manifest is refused."""
@@ -212,13 +227,13 @@ def _tmp_path(path: str) -> str:
     return posixpath.join(d, f".{base}{TMP_MARK}{uuid.uuid4().hex[:12]}")
 
 
-def read_manifest(fs: Any, directory: str) -> Manifest | None:
+def read_manifest(fs: Any, directory: str, cls: type[Manifest] = Manifest) -> Manifest | None:
     path = posixpath.join(directory, MANIFEST_FILE)
     if not _exists(fs, path):
         return None
     with fs.open_input_stream(path) as f:
         text = f.read().decode("utf-8", errors="replace")
-    return Manifest.from_json(text, source=path)
+    return cls.from_json(text, source=path)
 
 
 def write_manifest(fs: Any, directory: str, manifest: Manifest) -> None:
@@ -282,16 +297,16 @@ def batch_from_arrow(record_batch) -> dict[str, np.ndarray]:
     return out
 
 
-def read_part_metadata(fs: Any, path: str) -> tuple[dict[str, Any], int]:
+def read_part_metadata(fs: Any, path: str, meta_key: bytes = SCHEMA_META_KEY) -> tuple[dict[str, Any], int]:
     """(store metadata, row count) of a part, from its footer only."""
     import pyarrow.parquet as pq
 
     try:
         with fs.open_input_file(path) as f:
             md = pq.ParquetFile(f).metadata
-            raw = (md.metadata or {}).get(SCHEMA_META_KEY)
+            raw = (md.metadata or {}).get(meta_key)
             if raw is None:
-                raise UserError(f"{path} is not an activation-store part (no {SCHEMA_META_KEY.decode()} metadata)")
+                raise UserError(f"{path} is not a store part of this kind (no {meta_key.decode()} metadata)")
             return json.loads(raw), md.num_rows
     except UserError:
         raise
@@ -330,15 +345,15 @@ def check_store(location: str, manifest: Manifest) -> Manifest | None:
     """Read-only: the manifest of the store already at ``location`` (None if there is none yet). Anything there that
     is not a store of ``manifest``'s key is a ``UserError``."""
     fs, directory = resolve_location(location)
-    existing = read_manifest(fs, directory)
+    existing = read_manifest(fs, directory, type(manifest))
     if existing is None:
         if list_names(fs, directory) or (_exists(fs, directory) and not _is_dir(fs, directory)):
-            raise UserError(f"{location} exists and is not an activation store (no {MANIFEST_FILE}); "
+            raise UserError(f"{location} exists and is not an {manifest.KIND} (no {MANIFEST_FILE}); "
                             f"choose another output path — nothing was touched")
         return None
     existing.check_integrity(posixpath.join(directory, MANIFEST_FILE))
     if existing.key != manifest.key:
-        raise StoreKeyMismatch(f"{location} holds activations for {existing.describe_key()}, not for "
+        raise StoreKeyMismatch(f"{location} holds {manifest.CONTENT} for {existing.describe_key()}, not for "
                                f"{manifest.describe_key()}; choose another output path — nothing was touched")
     return existing
 
@@ -349,7 +364,7 @@ def check_parts(fs: Any, directory: str, manifest: Manifest) -> set[int]:
     for shard, path in part_files(fs, directory).items():
         if shard >= manifest.num_shards:
             raise UserError(f"{path}: shard {shard} is beyond this store's {manifest.num_shards} shards")
-        meta, num_rows = read_part_metadata(fs, path)
+        meta, num_rows = read_part_metadata(fs, path, manifest.META_KEY)
         lo, hi = manifest.shard_range(shard)
         if meta.get("key") != manifest.key:
             raise UserError(f"{path} belongs to store {meta.get('key')}, not {manifest.key}; refusing to mix them")
@@ -443,7 +458,7 @@ class ShardAssembler:
         cols = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
         order = np.argsort(cols["index"], kind="stable")
         cols = {k: v[order] for k, v in cols.items()}
-        table = build_part_table(self.manifest, shard, cols)
+        table = self.manifest.build_table(shard, cols)
         nbytes = write_part(self.fs, self.directory, shard, table, compression=self.compression)
         self.written += 1
         if self.fail_after_shards is not None and self.written >= self.fail_after_shards:
@@ -489,6 +504,8 @@ class ActivationStore:
     """A finished store, opened read-only. Batches come back as dicts of numpy arrays (or torch tensors) with every
     layer in its own shape; ``to_ray()`` gives a ``ray.data.Dataset`` for Ray Train's ``get_dataset_shard``."""
 
+    MANIFEST: ClassVar[type[Manifest]] = Manifest  # the kind of store this reader opens
+
     def __init__(self, location: str, manifest: Manifest, fs: Any, directory: str):
         self.location, self.manifest, self.fs, self.directory = str(location), manifest, fs, directory
 
@@ -497,15 +514,17 @@ class ActivationStore:
         """Open the store at ``location``. ``key``: the key the caller expects (see ``expected_key``); a store of
         any other key is refused, never read."""
         fs, directory = resolve_location(str(location))
-        manifest = read_manifest(fs, directory)
+        manifest = read_manifest(fs, directory, cls.MANIFEST)
+        kind = cls.MANIFEST.KIND
         if manifest is None:
-            raise UserError(f"no activation store at {location} (no {MANIFEST_FILE})")
+            raise UserError(f"no {kind} at {location} (no {MANIFEST_FILE})")
         manifest.check_integrity(posixpath.join(directory, MANIFEST_FILE))
         if key is not None and manifest.key != key:
-            raise StoreKeyMismatch(f"{location} holds activations for {manifest.describe_key()}, not for key {key}")
+            raise StoreKeyMismatch(f"{location} holds {cls.MANIFEST.CONTENT} for {manifest.describe_key()}, "
+                                   f"not for key {key}")
         if require_complete and not manifest.complete:
-            raise UserError(f"activation store {location} is incomplete (an extraction was interrupted); "
-                            f"run the extract job again to finish it")
+            raise UserError(f"{kind} {location} is incomplete (its job was interrupted); "
+                            f"run the job again to finish it")
         return cls(str(location), manifest, fs, directory)
 
     # what is in it
@@ -526,14 +545,14 @@ class ActivationStore:
 
     @property
     def columns(self) -> list[str]:
-        return [*BASE_COLUMNS, *self.manifest.layers]
+        return self.manifest.column_names()
 
     def part_paths(self) -> list[str]:
         parts = part_files(self.fs, self.directory)
         missing = [s for s in range(self.manifest.num_shards) if s not in parts]
         if missing:
-            raise UserError(f"activation store {self.location} lacks part {part_name(missing[0])} "
-                            f"({len(missing)} missing); run the extract job again")
+            raise UserError(f"{self.manifest.KIND} {self.location} lacks part {part_name(missing[0])} "
+                            f"({len(missing)} missing); run its job again")
         return [parts[s] for s in range(self.manifest.num_shards)]
 
     def _columns(self, columns: Sequence[str] | None) -> list[str]:
@@ -573,7 +592,7 @@ class ActivationStore:
         return _to_format(batches[0], format)
 
     def _check_part(self, path: str, pf) -> None:
-        raw = (pf.schema_arrow.metadata or {}).get(SCHEMA_META_KEY)
+        raw = (pf.schema_arrow.metadata or {}).get(self.manifest.META_KEY)
         meta = json.loads(raw) if raw else {}
         if meta.get("key") != self.key:
             raise StoreKeyMismatch(f"{path} belongs to store {meta.get('key')}, not {self.key}; refusing to read it")
@@ -583,7 +602,7 @@ class ActivationStore:
         import ray.data
 
         for path in self.part_paths():  # refuse foreign parts before Ray reads anything
-            meta, _ = read_part_metadata(self.fs, path)
+            meta, _ = read_part_metadata(self.fs, path, self.manifest.META_KEY)
             if meta.get("key") != self.key:
                 raise StoreKeyMismatch(f"{path} belongs to store {meta.get('key')}, not {self.key}")
         # select_columns (not read_parquet's deprecated columns=): Ray Data pushes the projection into the read.

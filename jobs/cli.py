@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "train-interpnet": "jobs.train_interpnet",
     "evaluate": "jobs.evaluate",
     "explain": "jobs.explain",
+    "explain-dataset": "jobs.explain_dataset",
 }
 
 

@@ -1,0 +1,335 @@
+"""The explanation store: one saliency mask per dataset row, in Parquet, keyed by what produced it.
+
+The activation store's machinery (``interp_ray.store``: content-hash key, manifest, atomic part files never replaced,
+resume by listing finished parts, refusal of a store or part of another key) is reused as is; this module adds what
+differs — the identity, the columns and the callable that computes them.
+
+Layout::
+
+    <root>/<model name>/<method>/<key>/
+        _manifest.json          identity (checkpoint digest, method, options, params, dataset, split, target rule),
+                                mask shape, extras, method info, row/shard counts, complete flag
+        part-000000.parquet     rows [0, S) of the split, sorted by row index …
+
+``key`` = the first 16 hex digits of sha256 over the identity: anything that could change a mask changes it.
+
+Columns: ``index`` (int64, row of the split), ``id`` (string), ``label`` (the dataset's class), ``target`` (the class
+explained), ``prediction`` (the model's class), ``saliency`` (``fixed_shape_tensor<float32>[H, W]``), then one column
+per scalar extra the method reports (``extra.p_masked``, ``extra.fallback`` … for feature inversion). Every part's
+schema metadata (``interp_ray.explanations``) records the key, method, options, params and mask shape.
+
+Ray-free: ``SaliencyMapper`` is a plain callable (batch dict in → batch dict out) that Ray Data runs in an actor
+pool and tests call directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterable, Sequence
+
+import numpy as np
+
+from interp_ray.errors import UserError
+from interp_ray.store import (ActivationStore, Manifest, _jsonable, store_key, tensor_array)
+
+SALIENCY_FORMAT = "interp-ray-explanations/1"
+SALIENCY_META_KEY = b"interp_ray.explanations"
+SALIENCY_COLUMN = "saliency"
+EXTRA_PREFIX = "extra."
+SALIENCY_BASE_COLUMNS = ("index", "id", "label", "target", "prediction", SALIENCY_COLUMN)
+DEFAULT_SHARD_ROWS = 256      # masks are cheap to store but slow to compute (GFI: seconds per image): small parts
+TARGET_RULES = ("label", "predicted")
+
+
+# --- methods -----------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MethodChoice:
+    """A registry method with its constructor options and per-request params, both validated."""
+
+    name: str
+    options: dict[str, Any]       # constructor keyword arguments (e.g. variant, layer, max_batch)
+    params: dict[str, Any]        # the explainer's ``Params``, validated and with every default filled in
+
+    def identity(self) -> dict[str, Any]:
+        return {"name": self.name, "options": self.options, "params": self.params}
+
+
+def check_method(name: str, options: dict[str, Any] | None = None, params: dict[str, Any] | None = None
+                 ) -> MethodChoice:
+    """Validate a method name and its params against the registry without building anything (no model needed).
+
+    Unknown names, methods that produce no saliency (captioners, attribute explainers), methods that need more
+    than an image and the model (learned explainers), and params their ``Params`` rejects are ``UserError``s.
+    ``target`` is not a param here: the job's target rule sets it per row."""
+    from interp_ray.explainers import explainer_names, get_explainer
+    from interp_ray.explainers.feature_inversion import parse_params
+
+    if name not in explainer_names():
+        raise UserError(f"unknown method {name!r}; valid: {', '.join(saliency_method_names())}")
+    cls = get_explainer(name)
+    if "saliency" not in cls.produces:
+        raise UserError(f"method {name!r} produces {', '.join(sorted(cls.produces)) or 'nothing'}, not saliency; "
+                        f"valid: {', '.join(saliency_method_names())}")
+    if not cls.needs <= {"image", "model"} or cls.learned:
+        raise UserError(f"method {name!r} needs {', '.join(sorted(cls.needs))} (a fitted explainer); this job "
+                        f"explains from images and the classifier only")
+    params = dict(params or {})
+    if "target" in params:
+        raise UserError(f"method {name!r}: set the class to explain with the job's `target` rule, not params.target")
+    checked = parse_params(cls.Params, params)
+    return MethodChoice(name, _jsonable(dict(options or {})), _jsonable(checked.model_dump()))
+
+
+def saliency_method_names() -> list[str]:
+    """Registry methods this job can run: they produce saliency from an image and the classifier alone."""
+    from interp_ray.explainers import explainer_names, get_explainer
+
+    out = []
+    for n in explainer_names():
+        cls = get_explainer(n)
+        if "saliency" in cls.produces and cls.needs <= {"image", "model"} and not cls.learned:
+            out.append(n)
+    return out
+
+
+def build_explainer(choice: MethodChoice, model, class_names: list[str] | None):
+    """The explainer object; a constructor option it does not take is a ``UserError``, not a ``TypeError``."""
+    from interp_ray.explainers import get_explainer
+
+    cls = get_explainer(choice.name)
+    try:
+        return cls(model, class_names=class_names, **choice.options)
+    except TypeError as e:
+        raise UserError(f"method {choice.name!r}: bad option(s) {sorted(choice.options)} ({e})") from None
+
+
+# --- identity and manifest ---------------------------------------------------------------------------------------
+
+def make_identity(*, checkpoint_digest: str, method: MethodChoice, dataset: dict[str, Any], split: str,
+                  data: dict[str, Any] | None, target: str | int) -> dict[str, Any]:
+    """What the key hashes: everything that selects the rows and everything that could change a mask."""
+    if data is not None:
+        data = {"name": data["name"], "options": dict(data.get("options") or {})}
+    return _jsonable({"format": SALIENCY_FORMAT, "checkpoint_digest": checkpoint_digest,
+                      "method": method.identity(), "dataset": dataset, "split": split, "data": data,
+                      "target": target})
+
+
+@dataclass
+class SaliencyManifest(Manifest):
+    """The activation store's manifest with a saliency store's identity and columns.
+
+    ``layers`` holds one entry, ``saliency`` → {"shape": [H, W]}; ``extras`` maps each extra column to its dtype
+    ("float64" or "bool"); ``method_info`` keeps what the method reports identically for every row (its layers,
+    variant …), taken from a dry run at planning."""
+
+    FORMAT_ID: ClassVar[str] = SALIENCY_FORMAT
+    META_KEY: ClassVar[bytes] = SALIENCY_META_KEY
+    KIND: ClassVar[str] = "explanation store"
+    CONTENT: ClassVar[str] = "saliency masks"
+
+    format: str = SALIENCY_FORMAT
+    extras: dict[str, str] = field(default_factory=dict)
+    method_info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def method(self) -> str:
+        return self.identity["method"]["name"]
+
+    @property
+    def mask_shape(self) -> tuple[int, int]:
+        return tuple(self.layers[SALIENCY_COLUMN]["shape"])  # type: ignore[return-value]
+
+    def describe_key(self) -> str:
+        ident = self.identity
+        return (f"key {self.key} (checkpoint {str(ident.get('checkpoint_digest'))[:12]}, method "
+                f"{ident.get('method', {}).get('name')}, dataset {ident.get('dataset', {}).get('name')}, "
+                f"split {ident.get('split')}, target {ident.get('target')})")
+
+    def column_names(self) -> list[str]:
+        return [*SALIENCY_BASE_COLUMNS, *(EXTRA_PREFIX + k for k in self.extras)]
+
+    def part_metadata(self, shard: int) -> dict[str, Any]:
+        lo, hi = self.shard_range(shard)
+        ident = self.identity
+        return {"format": SALIENCY_FORMAT, "key": self.key, "shard": shard, "rows": [lo, hi],
+                "checkpoint_digest": ident["checkpoint_digest"], "model": self.model,
+                "method": ident["method"]["name"], "options": ident["method"]["options"],
+                "params": ident["method"]["params"], "mask_shape": list(self.mask_shape),
+                "dataset": ident["dataset"], "split": ident["split"], "target": ident["target"]}
+
+    def build_table(self, shard: int, cols: dict[str, np.ndarray]):
+        import pyarrow as pa
+
+        masks = np.asarray(cols[SALIENCY_COLUMN])
+        if tuple(masks.shape[1:]) != self.mask_shape:
+            raise RuntimeError(f"masks have shape {masks.shape[1:]}, the manifest says {self.mask_shape}")
+        arrays = {"index": pa.array(np.asarray(cols["index"], dtype=np.int64)),
+                  "id": pa.array([str(x) for x in cols["id"]], type=pa.string()),
+                  **{c: pa.array(np.asarray(cols[c], dtype=np.int64)) for c in ("label", "target", "prediction")},
+                  SALIENCY_COLUMN: tensor_array(masks)}
+        for name, dtype in self.extras.items():
+            arrays[EXTRA_PREFIX + name] = pa.array(np.asarray(cols[EXTRA_PREFIX + name], dtype=dtype))
+        meta = {SALIENCY_META_KEY: json.dumps(self.part_metadata(shard), sort_keys=True).encode()}
+        return pa.table(arrays).replace_schema_metadata(meta)
+
+
+def store_location(root: str, model_name: str, method: str, key: str) -> str:
+    """``<root>/<model name>/<method>/<key>`` (a URI root stays a URI)."""
+    return posixpath.join(str(root).rstrip("/"), model_name, method, key)
+
+
+# --- the callable ------------------------------------------------------------------------------------------------
+
+def scalar_extras(extra: dict[str, Any]) -> dict[str, str]:
+    """Name → column dtype of the per-row scalars in an ``Explanation.extra`` (None counts as a missing float)."""
+    out = {}
+    for k, v in extra.items():
+        if isinstance(v, (bool, np.bool_)):
+            out[k] = "bool"
+        elif v is None or (isinstance(v, (int, float, np.integer, np.floating))):
+            out[k] = "float64"
+    return out
+
+
+def constant_info(extra: dict[str, Any]) -> dict[str, Any]:
+    """The non-scalar, JSON-sized parts of ``extra`` (layer names, variant, iteration counts): kept once per store."""
+    from interp_ray.explainers.base import _json_safe
+
+    return {k: _json_safe(v) for k, v in extra.items()
+            if k not in scalar_extras(extra) and not isinstance(v, np.ndarray)}
+
+
+def target_column(rule: str | int, labels: np.ndarray) -> np.ndarray:
+    """Per-row class to explain, as the explainers take it (-1 = the model's prediction)."""
+    if rule == "label":
+        return np.asarray(labels, dtype=np.int64)
+    if rule == "predicted":
+        return np.full(len(labels), -1, dtype=np.int64)
+    return np.full(len(labels), int(rule), dtype=np.int64)
+
+
+class SaliencyMapper:
+    """Maps ``{"image", "id", "label", "index", "shard"}`` to the store's columns, for one method.
+
+    Built once per Ray Data actor (loads the checkpoint, builds the explainer); ``__call__`` is pure, so results do
+    not depend on batch size, actor count or Ray vs no Ray. ``extras``: the extra columns to emit (from the
+    manifest, so every part has the same schema); ``None`` emits whatever scalars the method reports.
+    ``expect_digest``: refuse a checkpoint whose content is not the one the store key was computed from.
+    """
+
+    def __init__(self, checkpoint: str | os.PathLike, method: dict[str, Any] | MethodChoice, *,
+                 target: str | int = "label", extras: Sequence[str] | None = None, device: str | None = None,
+                 torch_threads: int | None = None, expect_digest: str | None = None):
+        import torch
+
+        from interp_ray.activations import pick_device
+        from interp_ray.checkpoint import load_classifier
+
+        if torch_threads:
+            torch.set_num_threads(int(torch_threads))
+        self.device = pick_device(device)
+        loaded = load_classifier(checkpoint, device=self.device)
+        if expect_digest is not None and loaded.digest != expect_digest:
+            raise UserError(f"checkpoint {checkpoint} changed since this job started (digest {loaded.digest[:12]}, "
+                            f"expected {expect_digest[:12]}); rerun the job")
+        self.model, self.digest = loaded.model.eval(), loaded.digest
+        self.model_name: str = loaded.config["model"]["name"]
+        self.class_names = list(loaded.class_names)
+        self.choice = method if isinstance(method, MethodChoice) else MethodChoice(**method)
+        self.explainer = build_explainer(self.choice, self.model, self.class_names)
+        self.target = target
+        self.extras = None if extras is None else list(extras)
+
+    def explain(self, batch: dict[str, np.ndarray]) -> tuple[list, np.ndarray]:
+        """(explanations, predictions) for a batch of images with the job's target rule."""
+        import torch
+
+        # Ray Data hands out read-only, zero-copy views: copy into memory torch may own.
+        images = np.array(batch["image"], dtype=np.float32, copy=True)
+        labels = np.asarray(batch["label"], dtype=np.int64) if "label" in batch else np.full(len(images), -1)
+        if self.target == "label" and (labels < 0).any():
+            raise UserError("target rule 'label' needs labelled rows; this dataset has unlabelled ones "
+                            "(use target: predicted)")
+        x = torch.from_numpy(images).to(self.device)
+        self.model.check_input(x)
+        with torch.inference_mode():
+            predictions = self.model(x).argmax(1).cpu().numpy().astype(np.int64)
+        explanations = self.explainer.explain({"image": images, "target": target_column(self.target, labels)},
+                                              self.choice.params)
+        return explanations, predictions
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        explanations, predictions = self.explain(batch)
+        n = len(explanations)
+        out: dict[str, np.ndarray] = {
+            "id": np.asarray(batch["id"]) if "id" in batch else np.array([str(i) for i in range(n)]),
+            "label": np.asarray(batch.get("label", np.full(n, -1)), dtype=np.int64),
+            "target": np.array([e.label for e in explanations], dtype=np.int64),
+            "prediction": predictions,
+            SALIENCY_COLUMN: np.stack([np.asarray(e.saliency, dtype=np.float32) for e in explanations]),
+        }
+        names = self.extras if self.extras is not None else list(scalar_extras(explanations[0].extra)) if n else []
+        for name in names:
+            values = [e.extra.get(name) for e in explanations]
+            out[EXTRA_PREFIX + name] = np.array([np.nan if v is None else v for v in values])
+        for key in ("index", "shard"):  # where the store puts the rows
+            if key in batch:
+                out[key] = np.asarray(batch[key])
+        return out
+
+
+# --- reading -----------------------------------------------------------------------------------------------------
+
+class SaliencyStore(ActivationStore):
+    """A finished explanation store, read-only: masks as N×H×W numpy arrays or torch tensors, by row or by id."""
+
+    MANIFEST = SaliencyManifest
+    manifest: SaliencyManifest
+
+    @property
+    def method(self) -> str:
+        return self.manifest.method
+
+    @property
+    def mask_shape(self) -> tuple[int, int]:
+        return self.manifest.mask_shape
+
+    def masks(self, ids: Iterable[str] | None = None, *, format: str = "numpy") -> Any:
+        """N×H×W masks, for ``ids`` in that order (all rows in row order when ``None``); an unknown id is a
+        ``UserError``."""
+        got = self.read(columns=["id", SALIENCY_COLUMN])
+        masks = got[SALIENCY_COLUMN]
+        if ids is not None:
+            position = {str(i): k for k, i in enumerate(got["id"])}
+            wanted = [str(i) for i in ids]
+            missing = [i for i in wanted if i not in position]
+            if missing:
+                raise UserError(f"id {missing[0]!r} is not in store {self.key} ({len(missing)} unknown)")
+            masks = masks[[position[i] for i in wanted]]
+        if format == "torch":
+            import torch
+
+            return torch.from_numpy(np.array(masks))
+        if format != "numpy":
+            raise UserError(f"format must be 'numpy' or 'torch', got {format!r}")
+        return masks
+
+    def describe(self) -> dict[str, Any]:
+        m = self.manifest
+        return {"location": self.location, "key": m.key, "rows": m.rows, "shards": m.num_shards,
+                "method": m.identity["method"], "mask_shape": list(m.mask_shape), "extras": m.extras,
+                "model": m.model, "dataset": m.identity["dataset"], "split": m.identity["split"],
+                "target": m.identity["target"], "complete": m.complete}
+
+
+def open_store(location: str, *, key: str | None = None) -> SaliencyStore:
+    return SaliencyStore.open(location, key=key)  # type: ignore[return-value]
+
+
+__all__ = ["SaliencyManifest", "SaliencyMapper", "SaliencyStore", "MethodChoice", "check_method", "make_identity",
+           "store_key", "store_location", "open_store", "saliency_method_names", "DEFAULT_SHARD_ROWS"]

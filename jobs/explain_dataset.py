@@ -1,0 +1,329 @@
+"""Explain a whole dataset with saliency methods on Ray Data, into resumable Parquet stores, and evaluate them.
+
+    python -m jobs.explain_dataset --config configs/explain_scenes.yaml [--set compute.actors=2]
+    interp-ray explain-dataset --config configs/explain_scenes.yaml
+
+For every method and every split (the explained ``split``, and ``evaluation.tune_split`` when α is tuned) one
+store, ``<store.root>/<model>/<method>/<key>/`` (see ``interp_ray.saliency_store``), filled by:
+
+    missing shard ids ─► map_batches(ShardLoader)       tasks: the shard's rows of the dataset
+                      ─► map_batches(SaliencyMapper)    actor pool (ActorPoolStrategy(size=actors)): explain
+                      ─► map_batches(StoreWriter)       one actor: assembles shards, writes each part atomically
+                      ─► driver: one record per finished part (a progress line each)
+
+A rerun computes only the missing parts; a finished store costs no Ray start-up. Then ``evaluation`` (on by default)
+writes ``report.md``, ``results.json`` and overlays to ``evaluation.output`` (``interp_ray.saliency_report``).
+``compute.engine: local`` runs the same loader, mapper and writer in this process, without Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+from pydantic import Field, field_validator, model_validator
+
+from interp_ray.config import DataConfig, Section, load_config
+from interp_ray.data import load_dataset
+from interp_ray.data.base import ImageDataset
+from interp_ray.errors import UserError
+from interp_ray.saliency_store import (DEFAULT_SHARD_ROWS, TARGET_RULES, MethodChoice, SaliencyManifest,
+                                       SaliencyMapper, check_method, constant_info, make_identity, scalar_extras,
+                                       store_key, store_location)
+from interp_ray.store import ShardAssembler, check_store, finalize_store, prepare_store
+from jobs.common import base_parser, exit_with, init_ray
+from jobs.extract_activations import (RECEIVED, ComputeSection, Progress, ShardLoader, absolute, check_resources,
+                                      gpus_per_actor, records_batch, user_error_in)
+
+log = logging.getLogger("interp_ray.explain_dataset")
+
+
+# --- config ------------------------------------------------------------------------------------------------------
+
+class MethodSpec(Section):
+    name: str                                               # a registry method that produces saliency
+    options: dict[str, Any] = Field(default_factory=dict)   # constructor options (variant, layer, max_batch …)
+    params: dict[str, Any] = Field(default_factory=dict)    # per-request params, checked against its Params
+
+
+class StoreSection(Section):
+    root: str = "outputs/explanations"     # stores go to <root>/<model>/<method>/<key>/ ; local dir or s3:// / gs://
+    shard_rows: int = Field(DEFAULT_SHARD_ROWS, gt=0)  # rows per part = the unit of resumption
+    compression: Literal["snappy", "zstd", "lz4", "none"] = "zstd"
+
+
+class ExplainComputeSection(ComputeSection):
+    batch_size: int = Field(32, gt=0)      # rows per explain call (GFI further splits them by its max_batch)
+
+
+class EvaluationSection(Section):
+    enabled: bool = True
+    output: str | None = None              # report directory; default <store.root>/<model>/report-<split>
+    tune_split: str | None = "val"         # α tuned per method on this split (explained too); None: use `alpha`
+    tune_rows: int | None = Field(None, gt=0)  # rows of the tuning split (data.options.n for it); None: as data
+    alpha: float | None = Field(None, ge=0)  # a fixed α for every method instead of tuning
+    tolerance: float = Field(0.0, ge=0)    # pointing-game tolerance in pixels
+    causal: bool = True                    # deletion/insertion AUC (runs the classifier again)
+    causal_steps: int = Field(32, gt=0)
+    overlays: int = Field(4, ge=0)         # overlay PNGs (first rows of the split, every method side by side)
+
+    @model_validator(mode="after")
+    def _alpha_source(self) -> "EvaluationSection":
+        if self.tune_split is None and self.alpha is None:
+            raise ValueError("give evaluation.tune_split (α tuned on it) or evaluation.alpha")
+        return self
+
+
+class ExplainDatasetConfig(Section):
+    checkpoint: str                        # a classifier checkpoint directory (local or URI)
+    data: DataConfig = Field(default_factory=DataConfig)
+    split: str = "test"
+    methods: list[MethodSpec] = Field(min_length=1)
+    target: Literal["label", "predicted"] | int = "label"  # the class explained per row
+    store: StoreSection = Field(default_factory=StoreSection)
+    compute: ExplainComputeSection = Field(default_factory=ExplainComputeSection)
+    evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
+    progress_every: int = Field(1, gt=0)   # a progress line every N finished parts
+    # Drill: after writing this many parts the writer raises, or hangs until killed (tests of resumability).
+    fail_after_shards: int | None = Field(None, gt=0)
+    fail_mode: Literal["raise", "hang"] = "raise"
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, v):
+        if isinstance(v, int) and v < 0:
+            raise ValueError(f"target must be {', '.join(TARGET_RULES)} or a class index >= 0")
+        return v
+
+    @model_validator(mode="after")
+    def _unique_methods(self) -> "ExplainDatasetConfig":
+        names = [m.name for m in self.methods]
+        if len(set(names)) != len(names):
+            raise ValueError("methods must be distinct (one store per method)")
+        return self
+
+    def splits(self) -> list[str]:
+        tune = self.evaluation.tune_split if self.evaluation.enabled and self.evaluation.alpha is None else None
+        return [self.split] + ([tune] if tune and tune != self.split else [])
+
+    def data_options(self, split: str) -> dict[str, Any]:
+        if split != self.split and self.evaluation.tune_rows is not None:
+            return {**self.data.options, "n": self.evaluation.tune_rows}
+        return dict(self.data.options)
+
+
+# --- planning ----------------------------------------------------------------------------------------------------
+
+@dataclass
+class StorePlan:
+    """One (method, split) store, checked before any work."""
+
+    method: MethodChoice
+    split: str
+    dataset: ImageDataset
+    checkpoint: str
+    digest: str
+    location: str
+    manifest: SaliencyManifest
+
+
+def check_methods(cfg: ExplainDatasetConfig) -> list[MethodChoice]:
+    """Every method name and its params, validated before the checkpoint is even read."""
+    return [check_method(m.name, m.options, m.params) for m in cfg.methods]
+
+
+def dry_run(mapper: SaliencyMapper, dataset: ImageDataset) -> tuple[tuple[int, ...], dict[str, str], dict]:
+    """(mask shape, extra columns, constant method info) from explaining the split's first row: checks the method's
+    options, layers and the image size on the driver, and fixes the schema every part will share."""
+    import numpy as np
+
+    batch = dataset.get_batch(np.arange(1))
+    explanations, _ = mapper.explain(batch)
+    e = explanations[0]
+    if e.saliency is None or np.ndim(e.saliency) != 2:
+        raise UserError(f"method {mapper.choice.name!r} gave no H×W saliency map")
+    return tuple(np.shape(e.saliency)), scalar_extras(e.extra), constant_info(e.extra)
+
+
+def make_plans(cfg: ExplainDatasetConfig) -> list[StorePlan]:
+    choices = check_methods(cfg)
+    checkpoint = absolute(cfg.checkpoint)
+    datasets = {s: load_dataset(cfg.data.name, s, **cfg.data_options(s)) for s in cfg.splits()}
+    for split, ds in datasets.items():
+        if len(ds) == 0:
+            raise UserError(f"{cfg.data.name}/{split} has no rows")
+    plans = []
+    for choice in choices:
+        mapper = SaliencyMapper(checkpoint, choice, target=cfg.target, device="cpu")
+        shape, extras, info = dry_run(mapper, datasets[cfg.split])
+        for split, ds in datasets.items():
+            data = {"name": cfg.data.name, "options": cfg.data_options(split)}
+            identity = make_identity(checkpoint_digest=mapper.digest, method=choice, dataset=ds.describe(),
+                                     split=split, data=data, target=cfg.target)
+            key = store_key(identity)
+            manifest = SaliencyManifest(
+                key=key, identity=identity, model={"name": mapper.model_name, "checkpoint": checkpoint},
+                layers={"saliency": {"shape": list(shape), "dtype": "float32"}}, class_names=mapper.class_names,
+                rows=len(ds), shard_rows=cfg.store.shard_rows, extras=extras, method_info=info)
+            location = store_location(absolute(cfg.store.root), mapper.model_name, choice.name, key)
+            plans.append(StorePlan(choice, split, ds, checkpoint, mapper.digest, location, manifest))
+    return plans
+
+
+# --- the writer stage --------------------------------------------------------------------------------------------
+
+class StoreWriter:
+    """One actor holding a ``ShardAssembler``: emits a record for the rows received and one per part written."""
+
+    def __init__(self, location: str, manifest: dict[str, Any], compression: str, fail_after_shards: int | None,
+                 fail_mode: str = "raise"):
+        self.assembler = ShardAssembler(location, SaliencyManifest(**manifest), compression=compression,
+                                        fail_after_shards=fail_after_shards, fail_mode=fail_mode)
+
+    def __call__(self, batch):
+        received = {"shard": RECEIVED, "rows": len(batch["index"]), "bytes": 0, "skipped": False}
+        return records_batch([received, *self.assembler.add(batch)])
+
+
+def mapper_kwargs(cfg: ExplainDatasetConfig, plan: StorePlan) -> dict[str, Any]:
+    return {"checkpoint": plan.checkpoint, "method": asdict(plan.method), "target": cfg.target,
+            "extras": list(plan.manifest.extras), "device": cfg.compute.device,
+            "torch_threads": cfg.compute.torch_threads, "expect_digest": plan.digest}
+
+
+# --- running -----------------------------------------------------------------------------------------------------
+
+def run_local(cfg: ExplainDatasetConfig, plan: StorePlan, missing: list[int], progress: Progress) -> None:
+    """The same stages in this process, in order: no Ray (small jobs, tests)."""
+    mapper = SaliencyMapper(**mapper_kwargs(cfg, plan))
+    assembler = ShardAssembler(plan.location, plan.manifest, compression=cfg.store.compression,
+                               fail_after_shards=cfg.fail_after_shards, fail_mode=cfg.fail_mode)
+    loader = ShardLoader(plan.dataset, plan.manifest, cfg.compute.batch_size)
+    for shard in missing:
+        for chunk in loader.shard_batches(shard):
+            out = mapper(chunk)
+            progress.rows_extracted(len(out["index"]))
+            for record in assembler.add(out):
+                progress.update(record)
+
+
+def build_pipeline(cfg: ExplainDatasetConfig, plan: StorePlan, missing: list[int]):
+    """The lazy Ray Data pipeline whose output rows are the written parts' records."""
+    import ray.data
+
+    c = cfg.compute
+    shards = ray.data.from_items([{"shard": s} for s in missing], override_num_blocks=max(1, len(missing)))
+    images = shards.map_batches(ShardLoader(plan.dataset, plan.manifest, c.batch_size), batch_size=1,
+                                batch_format="numpy", num_cpus=c.load_num_cpus)
+    masks = images.map_batches(SaliencyMapper, batch_size=c.batch_size, batch_format="numpy",
+                               fn_constructor_kwargs=mapper_kwargs(cfg, plan),
+                               compute=ray.data.ActorPoolStrategy(size=c.actors), num_cpus=c.num_cpus,
+                               num_gpus=gpus_per_actor(cfg))
+    # One writer: a shard's rows may come from any actor, and only one place may assemble them.
+    return masks.map_batches(
+        StoreWriter, batch_size=None, batch_format="numpy",
+        fn_constructor_kwargs={"location": plan.location, "manifest": asdict(plan.manifest),
+                               "compression": cfg.store.compression, "fail_after_shards": cfg.fail_after_shards,
+                               "fail_mode": cfg.fail_mode},
+        compute=ray.data.ActorPoolStrategy(size=1), num_cpus=c.write_num_cpus)
+
+
+def run_ray(cfg: ExplainDatasetConfig, plan: StorePlan, missing: list[int], progress: Progress) -> None:
+    try:
+        for record in build_pipeline(cfg, plan, missing).iter_rows():
+            progress.update(record)
+    except Exception as exc:  # a UserError inside a Ray task reaches us as text in a RayTaskError
+        user_error = user_error_in(exc)
+        if user_error is not None:
+            raise user_error from None
+        raise
+
+
+def fill_store(cfg: ExplainDatasetConfig, plan: StorePlan, missing: list[int], *,
+               address: str | None = None) -> dict[str, Any]:
+    """Compute one store's missing parts and mark it complete."""
+    rows = sum(hi - lo for lo, hi in map(plan.manifest.shard_range, missing))
+    label = f"{plan.method.name}/{plan.split}"
+    progress = Progress(label, len(missing), rows, cfg.progress_every)
+    if missing:
+        log.info("%s: %d of %d parts to compute (%d rows) → %s", label, len(missing), plan.manifest.num_shards,
+                 rows, plan.location)
+        if cfg.compute.engine == "local":
+            run_local(cfg, plan, missing, progress)
+        else:
+            init_ray(address)
+            run_ray(cfg, plan, missing, progress)
+    manifest = finalize_store(plan.location, plan.manifest)
+    return {"method": plan.method.name, "split": plan.split, "location": plan.location, "key": manifest.key,
+            "rows": manifest.rows, "parts": manifest.num_shards, "computed_parts": progress.shards,
+            "computed_rows": progress.rows, "seconds": round(progress_seconds(progress), 3)}
+
+
+def progress_seconds(progress: Progress) -> float:
+    return time.perf_counter() - progress.start
+
+
+@dataclass
+class ExplainDatasetResult:
+    """What the job produced: one store per (method, split), and the evaluation when it ran."""
+
+    stores: list[dict[str, Any]]                      # method, split, location, key, rows, computed_parts …
+    report_dir: Path | None = None
+    results: dict[str, Any] | None = None
+    locations: dict[str, dict[str, str]] = field(default_factory=dict)  # method → split → store location
+
+
+def explain_dataset(cfg: ExplainDatasetConfig, *, address: str | None = None) -> ExplainDatasetResult:
+    """Plan every store first (a bad method, option, param or output path fails before anything is written), fill
+    the missing parts, then evaluate."""
+    plans = make_plans(cfg)
+    existing = [check_store(p.location, p.manifest) for p in plans]
+    if cfg.compute.engine == "ray" and not all(m is not None and m.complete for m in existing):
+        init_ray(address)
+        check_resources(cfg, gpus_per_actor(cfg))
+    prepared = []
+    for plan in plans:
+        plan.manifest, missing = prepare_store(plan.location, plan.manifest)  # type: ignore[assignment]
+        prepared.append((plan, missing))
+    stores = [fill_store(cfg, plan, missing, address=address) for plan, missing in prepared]
+    locations: dict[str, dict[str, str]] = {}
+    for s in stores:
+        locations.setdefault(s["method"], {})[s["split"]] = s["location"]
+    result = ExplainDatasetResult(stores, locations=locations)
+    if cfg.evaluation.enabled:
+        result.report_dir, result.results = evaluate(cfg, locations, plans[0].manifest.model["name"])
+    return result
+
+
+def evaluate(cfg: ExplainDatasetConfig, locations: dict[str, dict[str, str]], model_name: str
+             ) -> tuple[Path, dict[str, Any]]:
+    from interp_ray.saliency_report import evaluate_saliency
+
+    ev = cfg.evaluation
+    out = Path(ev.output) if ev.output else Path(absolute(cfg.store.root)) / model_name / f"report-{cfg.split}"
+    stores = {m: splits[cfg.split] for m, splits in locations.items()}
+    tune = {m: splits[ev.tune_split] for m, splits in locations.items()} if ev.alpha is None else None
+    results = evaluate_saliency(stores, tune_stores=tune, alpha=ev.alpha, out_dir=out,
+                                checkpoint=absolute(cfg.checkpoint) if ev.causal else None,
+                                causal_steps=ev.causal_steps, overlays=ev.overlays, tolerance=ev.tolerance)
+    return out, results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = base_parser(__doc__.splitlines()[0]).parse_args(argv)
+    cfg = load_config(ExplainDatasetConfig, args.config, args.overrides)
+    result = explain_dataset(cfg, address=args.address)
+    for s in result.stores:
+        done = "already complete" if s["computed_parts"] == 0 else f"{s['computed_parts']} part(s) computed"
+        print(f"{s['method']}/{s['split']}: {s['rows']} rows in {s['parts']} part(s), {done}; "
+              f"store {s['location']} (key {s['key']})")
+    if result.report_dir is not None:
+        print(f"report: {result.report_dir / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    exit_with(main)

@@ -49,7 +49,7 @@ def ray_epochs(cfg: ClassifierJobConfig) -> tuple[list[float], float]:
     t0 = time.perf_counter()
     out = train(cfg)
     wall = time.perf_counter() - t0
-    return [h["epoch_wall_s"] for h in out["worker_history"]], wall
+    return out["worker_history"], wall
 
 
 def main() -> None:
@@ -59,26 +59,36 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--rows", type=int, default=3000, help="training rows (scenes only)")
     p.add_argument("--storage", default="/tmp/interp-ray-bench-runs")
+    p.add_argument("--checkpoint-every", type=int, default=1, help="run.checkpoint_every of the Ray side")
     args = p.parse_args()
     torch.set_num_threads(1)  # the Ray worker gets one CPU; give the plain loop the same
     options = {"n": args.rows} if args.dataset == "scenes" else {}
     cfg = ClassifierJobConfig.model_validate({
         "data": {"name": args.dataset, "options": options}, "model": {"name": args.model},
-        "train": {"epochs": args.epochs}, "run": {"storage_path": args.storage},
+        "train": {"epochs": args.epochs}, "run": {"storage_path": args.storage, "checkpoint_every": args.checkpoint_every},
         "output": f"{args.storage}/out"})
 
     plain = plain_epochs(cfg)
     from jobs.common import init_ray
 
     init_ray(num_cpus=2)
-    ray_times, wall = ray_epochs(cfg)
+    rows, wall = ray_epochs(cfg)
+    ray_times = [h["epoch_wall_s"] for h in rows]
     # The first epoch of each side pays warm-up (allocator, thread pools); compare the steady state.
     p_med, r_med = statistics.median(plain[1:] or plain), statistics.median(ray_times[1:] or ray_times)
+    steady = rows[1:] or rows
+    # Inside the worker, at the same moments: the epoch's own work vs. the whole epoch as Ray Train runs it. Load
+    # changes between the plain and the Ray phases do not bias this split.
+    work, report = statistics.median(h["epoch_s"] for h in steady), statistics.median(h["report_s"] for h in steady)
     print(f"machine: {torch.get_num_threads()} torch thread(s), cuda={torch.cuda.is_available()}")
     print(f"plain_epoch_s: {p_med:.3f}")
     print(f"ray_train_epoch_s: {r_med:.3f}")
     print(f"ray_train_startup_and_teardown_s: {wall - sum(ray_times):.1f}")
+    print(f"checkpoint_every: {args.checkpoint_every}")
+    print(f"worker_epoch_work_s: {work:.3f}")
+    print(f"worker_report_s (median): {report:.3f}")
     print(f"overhead_ratio (ray/plain): {r_med / p_med:.3f}")
+    print(f"in_worker_ratio (epoch wall / epoch work): {r_med / work:.3f}")
 
 
 if __name__ == "__main__":

@@ -72,6 +72,14 @@ class RunSection(Section):
     name: str | None = None                # reuse a name to resume that run (Ray Train restores it)
     max_failures: int = Field(2, ge=0)
     checkpoints_to_keep: int = Field(2, gt=0)
+    # Write a checkpoint every k epochs (and always after the last). A checkpoint costs a state_dict copy, a
+    # torch.save and Ray Train's upload to storage_path; on a short epoch that is a visible share of the time, while
+    # a failure then repeats at most k - 1 epochs.
+    checkpoint_every: int = Field(1, gt=0)
+
+    def checkpoint_due(self, epoch: int, epochs: int) -> bool:
+        """Whether epoch ``epoch`` (0-based) of ``epochs`` ends with a checkpoint."""
+        return (epoch + 1) % self.checkpoint_every == 0 or epoch + 1 >= epochs
 
 
 class ClassifierJobConfig(Section):

@@ -95,9 +95,11 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
                "val_loss": va["loss"], "val_accuracy": va["accuracy"], "epoch_s": time.perf_counter() - t0,
                "world_size": world, "samples_per_rank": samples}
         history.append(row)
+        t_report = time.perf_counter()
         _report(row, history, model, opt, sched, epoch, cfg, options, train_ds, rank)
         # Wall time of the whole epoch as Ray Train runs it, report and checkpoint upload included.
         now = time.perf_counter()
+        row["report_s"] = now - t_report
         row["epoch_wall_s"] = now - last_return
         last_return = now
     return {"history": history}
@@ -115,7 +117,8 @@ def _gather(value: int, world: int) -> list[int]:
 def _report(row, history, model, opt, sched, epoch, cfg, options, train_ds, rank) -> None:
     import ray.train
 
-    if rank != 0:  # every rank reports; only rank 0 writes the checkpoint
+    # Every rank reports; rank 0 adds the checkpoint when one is due (run.checkpoint_every).
+    if rank != 0 or not cfg.run.checkpoint_due(epoch, cfg.train.epochs):
         ray.train.report(row)
         return
     with tempfile.TemporaryDirectory() as d:

@@ -97,7 +97,8 @@ def _gather(value: int, world: int) -> list[int]:
 def _report(row, history, inner, opt, sched, epoch, cfg: FlintJobConfig, st, rank) -> None:
     import ray.train
 
-    if rank != 0:  # every rank reports; only rank 0 writes the checkpoint
+    # Every rank reports; rank 0 adds the checkpoint when one is due (run.checkpoint_every).
+    if rank != 0 or not cfg.run.checkpoint_due(epoch, cfg.train.epochs):
         ray.train.report(row)
         return
     with tempfile.TemporaryDirectory() as d:

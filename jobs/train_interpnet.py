@@ -228,7 +228,8 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         row.update({"attempt": attempt, "epoch_s": time.perf_counter() - t0, "world_size": world,
                     "pairs_per_rank": _gather(row["pairs_seen"], world)})
         history.append(row)
-        _report(row, history, trainer, explainer, epoch, rank)
+        _report(row, history, trainer, explainer, epoch,
+                checkpoint=rank == 0 and cfg.run.checkpoint_due(epoch, cfg.train.epochs))
     return {"history": history}
 
 
@@ -240,10 +241,11 @@ def _gather(value: int, world: int) -> list[int]:
     return out
 
 
-def _report(row, history, trainer, explainer: InterpNET, epoch: int, rank: int) -> None:
+def _report(row, history, trainer, explainer: InterpNET, epoch: int, *, checkpoint: bool) -> None:
+    """Every rank reports the metrics; rank 0 adds a checkpoint when one is due."""
     import ray.train
 
-    if rank != 0:
+    if not checkpoint:
         ray.train.report(row)
         return
     with tempfile.TemporaryDirectory() as d:

@@ -51,3 +51,10 @@ def test_overrides_nest_and_parse_scalars():
 def test_missing_config_file():
     with pytest.raises(UserError, match="does not exist"):
         load_config(ClassifierJobConfig, "nope.yaml")
+
+
+def test_checkpoint_due_every_k_and_always_the_last_epoch():
+    from interp_ray.config import RunSection
+
+    assert [e for e in range(7) if RunSection(checkpoint_every=3).checkpoint_due(e, 7)] == [2, 5, 6]
+    assert [e for e in range(3) if RunSection().checkpoint_due(e, 3)] == [0, 1, 2]

@@ -37,6 +37,21 @@ def test_injected_failure_resumes_from_last_checkpoint(ray_local, tmp_path):
     assert [h["attempt"] for h in hist] == [0, 0, 1, 1]       # epochs 0-1 kept from before the failure
 
 
+@pytest.mark.ray
+def test_checkpoint_every_k_epochs_and_resume_repeats_only_the_unsaved_epoch(ray_local, tmp_path):
+    from pathlib import Path
+
+    cfg = _cfg(tmp_path, "train.epochs=4", "run.checkpoint_every=2", "run.checkpoints_to_keep=10",
+               "train.fail_at_epoch=3", "run.max_failures=1")
+    out = train(cfg)
+    hist = out["history"]
+    # Checkpoints after epochs 1 and 3 only; the failure at epoch 3 resumes from epoch 1's, so epoch 2 runs again.
+    assert [h["epoch"] for h in hist] == [0, 1, 2, 3]
+    assert [h["attempt"] for h in hist] == [0, 0, 1, 1]
+    assert len([p for p in Path(out["run_path"]).glob("checkpoint_*") if p.is_dir()]) == 2
+    assert load_classifier(tmp_path / "out").config["metrics"]["epoch"] == 3
+
+
 def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: {name: digits\n")

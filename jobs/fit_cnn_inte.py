@@ -1,0 +1,115 @@
+"""Fit a CNN-INTE meta-model on a classifier's activations from the store; report fidelity and accuracy; draw routes.
+
+    python -m jobs.fit_cnn_inte --config configs/cnn_inte_digits.yaml [--set cnn_inte.k1=12]
+
+The layer's activations come from the activation store (``jobs.extract_activations`` runs first and only computes
+the shards that are missing, so a second run reads what the first wrote). The fit streams the store's batches, joined
+with the dataset's images by row index so the clusters keep representative pictures. The meta-model is saved as an
+interp-ray explainer checkpoint (config.json + weights.safetensors + estimators.skops) at ``output``; beside it
+``report.json`` (fidelity and accuracy per evaluated split), ``global.png`` (every cluster) and one route diagram
+per explained test row (``route_<i>.png``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+from pydantic import Field
+
+from interp_ray.config import DataConfig, Section, load_config
+from interp_ray.errors import UserError
+from interp_ray.explainers.cnn_inte import CnnInte, CnnInteConfig, global_figure, route_diagram
+from jobs.common import base_parser, exit_with
+from jobs.extract_activations import ComputeSection, ExtractJobConfig, StoreSection, extract
+
+
+class CnnInteJobConfig(Section):
+    checkpoint: str = "outputs/digits_cnn"          # the classifier whose layer is explained
+    data: DataConfig = Field(default_factory=lambda: DataConfig(name="digits"))
+    fit_split: str = "train"
+    eval_splits: list[str] = Field(default_factory=lambda: ["test"])
+    cnn_inte: CnnInteConfig = Field(default_factory=CnnInteConfig)
+    store: StoreSection = Field(default_factory=StoreSection)
+    compute: ComputeSection = Field(default_factory=lambda: ComputeSection(actors=1))
+    batch_rows: int = Field(4096, gt=0)              # rows per batch read from the store
+    diagrams: int = Field(3, ge=0)                   # route diagrams for the first rows of the first eval split
+    output: str = "outputs/cnn_inte_digits"
+
+
+def extract_config(cfg: CnnInteJobConfig) -> ExtractJobConfig:
+    splits = list(dict.fromkeys([cfg.fit_split, *cfg.eval_splits]))
+    return ExtractJobConfig(checkpoint=cfg.checkpoint, layers=[cfg.cnn_inte.layer], data=cfg.data, splits=splits,
+                            store=cfg.store, compute=cfg.compute)
+
+
+def with_images(store, dataset, batch_rows: int) -> Iterator[dict[str, np.ndarray]]:
+    """The store's batches plus each row's image from the dataset (the store keeps activations, not pixels)."""
+    for batch in store.iter_batches(batch_rows):
+        out = dict(batch)
+        out["image"] = dataset.get_batch(np.asarray(batch["index"]))["image"]
+        yield out
+
+
+def fit(cfg: CnnInteJobConfig, *, address: str | None = None) -> dict[str, Any]:
+    """Extract (or reuse) the activations, fit, report, save and draw. Returns the report."""
+    from interp_ray.data import load_dataset
+    from interp_ray.store import ActivationStore
+
+    if cfg.cnn_inte.target == "prediction" and not cfg.eval_splits:
+        raise UserError("eval_splits is empty: name at least one split to measure fidelity on")
+    t0 = time.perf_counter()
+    stores = {s["split"]: ActivationStore.open(s["location"]) for s in extract(extract_config(cfg), address=address)}
+    extract_s = time.perf_counter() - t0
+    datasets = {split: load_dataset(cfg.data.name, split, **cfg.data.options) for split in stores}
+    model = CnnInte(cfg.cnn_inte, class_names=stores[cfg.fit_split].class_names)
+    t1 = time.perf_counter()
+    model.fit(with_images(stores[cfg.fit_split], datasets[cfg.fit_split], cfg.batch_rows))
+    fit_s = time.perf_counter() - t1
+    model.info.update({"checkpoint": cfg.checkpoint, "data": cfg.data.model_dump(), "fit_split": cfg.fit_split,
+                       "store_key": stores[cfg.fit_split].key})
+    reports = {split: model.report(stores[split].iter_batches(cfg.batch_rows)) for split in cfg.eval_splits}
+    out = Path(cfg.output)
+    model.save(str(out))
+    pictures = [str(out / "global.png")]
+    global_figure(model, path=pictures[0])
+    pictures += draw_routes(model, stores[cfg.eval_splits[0]], datasets[cfg.eval_splits[0]], out, cfg.diagrams)
+    result = {"layer": cfg.cnn_inte.layer, "fit_rows": len(stores[cfg.fit_split]), "extract_s": extract_s,
+              "fit_s": fit_s, "timings": model.info.get("timings"), "splits": reports, "checkpoint": str(out),
+              "stores": {split: store.location for split, store in stores.items()},
+              "pictures": pictures}
+    (out / "report.json").write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+def draw_routes(model: CnnInte, store, dataset, out: Path, n: int) -> list[str]:
+    """Route diagrams for the first ``n`` rows: the explanation's own route, drawn with the input image."""
+    if n == 0:
+        return []
+    batch = next(iter(with_images(store, dataset, n)))
+    paths = []
+    for i, e in enumerate(model.explain(batch)):
+        path = out / f"route_{i}.png"
+        route_diagram(model, e, image=batch["image"][i], path=str(path))
+        paths.append(str(path))
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = base_parser(__doc__.splitlines()[0]).parse_args(argv)
+    cfg = load_config(CnnInteJobConfig, args.config, args.overrides)
+    r = fit(cfg, address=args.address)
+    for split, rep in r["splits"].items():
+        acc = (f", meta accuracy {rep['meta_accuracy']:.4f} vs CNN {rep['cnn_accuracy']:.4f}"
+               if "meta_accuracy" in rep else "")
+        print(f"CNN-INTE ({r['layer']}, {r['fit_rows']} fit rows, fit {r['fit_s']:.1f} s) on {split}: "
+              f"fidelity {rep['fidelity']:.4f}{acc}")
+    print(f"checkpoint and pictures: {r['checkpoint']}")
+    return 0
+
+
+if __name__ == "__main__":
+    exit_with(main)

@@ -15,6 +15,8 @@ COMMANDS: dict[str, str] = {
     "pipeline": "jobs.pipeline",
     "train-flint": "jobs.train_flint",
     "train-interpnet": "jobs.train_interpnet",
+    "train-semantic": "jobs.train_semantic",
+    "revise-caption": "jobs.revise_caption",
     "evaluate": "jobs.evaluate",
     "explain": "jobs.explain",
     "explain-dataset": "jobs.explain_dataset",

@@ -26,6 +26,7 @@ EXPLAINER_MODULES: list[str] = [
     "interp_ray.explainers.interpnet",
     "interp_ray.explainers.flint",
     "interp_ray.explainers.cnn_inte",
+    "interp_ray.explainers.semantic",
 ]
 
 

@@ -1,62 +1,110 @@
-"""The main job: everything end to end on the embedded default, then a Markdown report.
+"""The main job: classifiers, activations, every explainer, their evaluations, and one Markdown report.
 
-    python -m jobs.pipeline [--config configs/pipeline.yaml] [--smoke]
+    python -m jobs.pipeline [--config configs/pipeline.yaml] [--smoke] [--only classifiers,cnn_inte]
 
-Stages run in order and each prints its progress; a stage's output is reused by the ones after it (the classifier
-is trained once; activations are extracted once). ``--smoke`` shrinks every budget for tests.
+Each stage is one of the project's jobs, configured by that job's own YAML file (``config:``) with the pipeline's
+overrides on top (``set:``, and ``smoke:`` with ``--smoke``), so ``python -m jobs.<name> --config <file>`` and the
+pipeline stage run the same thing. Stages run in order and print their progress; a stage that needs a classifier
+names it (``classifier: scenes``) and gets the checkpoint the first stage wrote. The report (``report.md``, with
+its tables and PNG pictures, and ``results.json``) lands in ``output_dir``, local or s3:// / gs://.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from interp_ray.checkpoint import is_remote, join_uri, upload_dir
-from interp_ray.config import ClassifierJobConfig, Section, load_config
+from interp_ray.config import (ClassifierJobConfig, Section, deep_merge, load_config, parse_overrides, read_yaml,
+                               validate)
+from interp_ray.errors import UserError
 from jobs.common import base_parser, exit_with, init_ray
 
 log = logging.getLogger("interp_ray.pipeline")
+C = TypeVar("C", bound=BaseModel)
+
+
+class JobRef(Section):
+    """One job's config file plus the pipeline's overrides (dotted keys, as ``--set`` takes them)."""
+
+    config: str
+    set: dict[str, Any] = Field(default_factory=dict)
+    smoke: dict[str, Any] = Field(default_factory=dict)   # applied on top with --smoke
+    enabled: bool = True
+
+    def load(self, cls: type[C], *, smoke: bool, forced: dict[str, Any] | None = None) -> C:
+        """The job's config: file, then ``set``, then ``smoke`` (with --smoke), then what the pipeline decides."""
+        raw = read_yaml(self.config)
+        for layer in (self.set, self.smoke if smoke else {}, forced or {}):
+            raw = deep_merge(raw, parse_overrides([f"{k}={json.dumps(v)}" for k, v in layer.items()]))
+        return validate(cls, raw, source=f"{self.config} with the pipeline's overrides")
+
+
+class StageRef(JobRef):
+    classifier: str   # key in ``classifiers`` whose checkpoint the stage explains
+
+
+def _default_classifiers() -> dict[str, JobRef]:
+    return {"digits": JobRef(config="configs/digits.yaml"),
+            "scenes": JobRef(config="configs/scenes.yaml")}
 
 
 class PipelineConfig(Section):
     output_dir: str = "outputs/pipeline"
-    classifiers: dict[str, ClassifierJobConfig] = Field(default_factory=lambda: {
-        "digits": ClassifierJobConfig.model_validate({
-            "data": {"name": "digits"},
-            "model": {"name": "digits_cnn", "options": {"hidden": 256}},
-            "train": {"epochs": 40, "lr": 0.003, "weight_decay": 1e-4, "augment_shift": 1},
-        }),
-    })
-    smoke_epochs: int = Field(2, gt=0)
+    classifiers: dict[str, JobRef] = Field(default_factory=_default_classifiers)
+    cnn_inte: StageRef = Field(default_factory=lambda: StageRef(config="configs/cnn_inte_digits.yaml",
+                                                                classifier="digits"))
+    flint: JobRef = Field(default_factory=lambda: JobRef(config="configs/flint_digits.yaml"))
+    interpnet: StageRef = Field(default_factory=lambda: StageRef(config="configs/interpnet_scenes.yaml",
+                                                                 classifier="scenes"))
 
 
-def apply_smoke(cfg: PipelineConfig) -> PipelineConfig:
-    """Tiny budgets everywhere: for tests and a quick look, not for numbers."""
-    for job in cfg.classifiers.values():
-        job.train.epochs = min(job.train.epochs, cfg.smoke_epochs)
-    return cfg
+STAGES = ("classifiers", "cnn_inte", "flint", "interpnet")
 
 
-def stage(name: str):
+class Context:
+    """What stages share: where results go (``out``: final, maybe remote; ``local``: where files are written
+    before upload), the classifiers' checkpoints, and the smoke flag."""
+
+    def __init__(self, out: str, local: Path, smoke: bool):
+        self.out, self.local, self.smoke = out, local, smoke
+        self.checkpoints: dict[str, str] = {}
+
+    def checkpoint(self, key: str) -> str:
+        if key not in self.checkpoints:
+            raise UserError(f"no classifier {key!r} was trained in this run; classifiers: "
+                            f"{', '.join(self.checkpoints) or 'none'}")
+        return self.checkpoints[key]
+
+
+def stage(name: str) -> float:
     print(f"[pipeline] {name} …", flush=True)
     return time.perf_counter()
 
 
-def train_classifiers(cfg: PipelineConfig, out: str) -> dict[str, Any]:
+# --- the stages ----------------------------------------------------------------------------------------------------
+
+def train_classifiers(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
     from jobs.train_classifier import train
 
     results = {}
-    for key, job in cfg.classifiers.items():
+    for key, ref in cfg.classifiers.items():
+        if not ref.enabled:
+            continue
+        job = ref.load(ClassifierJobConfig, smoke=ctx.smoke, forced={
+            "output": join_uri(ctx.out, "checkpoints", key),
+            # shared storage when workers span nodes (s3://, gs://)
+            "run.storage_path": join_uri(ctx.out, "ray_runs")})
         t0 = stage(f"training classifier {key} ({job.model.name} on {job.data.name}, {job.train.epochs} epochs)")
-        job.output = join_uri(out, "checkpoints", key)
-        job.run.storage_path = join_uri(out, "ray_runs")  # shared storage when workers span nodes (s3://, gs://)
         res = train(job)
+        ctx.checkpoints[key] = res["checkpoint"]
         results[key] = {"model": job.model.name, "dataset": job.data.name, "epochs": len(res["history"]),
                         "test_accuracy": res["test_accuracy"], "checkpoint": res["checkpoint"],
                         "seconds": time.perf_counter() - t0}
@@ -64,27 +112,190 @@ def train_classifiers(cfg: PipelineConfig, out: str) -> dict[str, Any]:
     return results
 
 
-def write_report(out: Path, classifiers: dict[str, Any], seconds: float) -> Path:
-    lines = ["# interp-ray pipeline report", "", f"Run time: {seconds:.0f} s", "", "## Classifiers", "",
-             "| name | model | dataset | epochs | test accuracy | train time (s) |", "|---|---|---|---|---|---|"]
-    for key, r in classifiers.items():
-        lines.append(f"| {key} | {r['model']} | {r['dataset']} | {r['epochs']} | {r['test_accuracy']:.4f} "
-                     f"| {r['seconds']:.0f} |")
-    report = out / "report.md"
-    report.write_text("\n".join(lines) + "\n")
-    (out / "results.json").write_text(json.dumps({"classifiers": classifiers, "seconds": seconds}, indent=2))
+def run_cnn_inte(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
+    from jobs.fit_cnn_inte import CnnInteJobConfig, fit
+
+    ref = cfg.cnn_inte
+    job = ref.load(CnnInteJobConfig, smoke=ctx.smoke, forced={
+        "checkpoint": ctx.checkpoint(ref.classifier), "store.root": join_uri(ctx.out, "activations"),
+        "output": str(ctx.local / "cnn_inte")})
+    t0 = stage(f"CNN-INTE on {job.data.name} ({ref.classifier} classifier, layer {job.cnn_inte.layer}): "
+               f"extracting activations into the store, then fitting")
+    r = fit(job)
+    r["seconds"] = time.perf_counter() - t0
+    test = r["splits"][job.eval_splits[0]]
+    print(f"[pipeline] CNN-INTE: fidelity {test['fidelity']:.4f} on {job.eval_splits[0]}", flush=True)
+    return r
+
+
+def run_flint(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
+    from interp_ray.explainers.flint import FlintJobConfig
+    from jobs.train_flint import prepare, train
+
+    job = cfg.flint.load(FlintJobConfig, smoke=ctx.smoke, forced={
+        "output": str(ctx.local / "flint"), "pictures.dir": str(ctx.local / "flint" / "pictures"),
+        "run.storage_path": join_uri(ctx.out, "ray_runs")})
+    t0 = stage(f"FLINT ({job.flint.mode}) on {job.data.name}, {job.train.epochs} epochs on Ray Train")
+    job, prepared = prepare(job)
+    r = train(job, prepared)
+    t = r["test"]
+    print(f"[pipeline] FLINT: accuracy f {t['accuracy_f']:.4f}, g {t['accuracy_g']:.4f}, fidelity "
+          f"{t['fidelity']:.4f}", flush=True)
+    return {"mode": job.flint.mode, "dataset": job.data.name, "epochs": len(r["history"]), "test": t,
+            "tau": job.flint.tau, "global": r["global"], "pictures": [p["path"] for p in r.get("pictures") or []],
+            "checkpoint": r["checkpoint"], "seconds": time.perf_counter() - t0}
+
+
+def run_interpnet(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
+    from jobs.evaluate import evaluate, format_table
+    from jobs.train_interpnet import InterpNETJobConfig
+
+    ref = cfg.interpnet
+    job = ref.load(InterpNETJobConfig, smoke=ctx.smoke, forced={
+        "features.checkpoint": ctx.checkpoint(ref.classifier), "features.cache_dir": str(ctx.local / "cache"),
+        "evaluate.output_dir": str(ctx.local / "interpnet"), "run.storage_path": join_uri(ctx.out, "ray_runs")})
+    t0 = stage(f"InterpNET on {job.data.name} ({', '.join(job.evaluate.variants)}): training on Ray Train, "
+               f"then scoring with pycocoevalcap")
+    r = evaluate(job)
+    shutil.rmtree(ctx.local / "cache", ignore_errors=True)  # pooled activations: cheap to recompute, not a result
+    scores = [f"{row['variant']} METEOR {row.get('meteor_segment_mean', float('nan')) * 100:.1f}" for row in r["rows"]]
+    print(f"[pipeline] InterpNET: {'; '.join(scores)}", flush=True)
+    return {"table": format_table(r), "rows": [{k: v for k, v in row.items() if not isinstance(v, (dict, list))}
+                                                for row in r["rows"]],
+            "samples": r["samples"], "test_images": r["test_images"], "seconds": time.perf_counter() - t0}
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[PipelineConfig, Context], dict[str, Any]]] = {
+    "classifiers": train_classifiers, "cnn_inte": run_cnn_inte, "flint": run_flint, "interpnet": run_interpnet}
+
+
+# --- the report ----------------------------------------------------------------------------------------------------
+
+def _rel(path: str, root: Path) -> str:
+    try:
+        return Path(path).resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return path
+
+
+def report_classifiers(r: dict[str, Any], root: Path) -> list[str]:
+    lines = ["## Classifiers (Ray Train)", "", "| name | model | dataset | epochs | test accuracy | time (s) |",
+             "|---|---|---|---|---|---|"]
+    for key, c in r.items():
+        lines.append(f"| {key} | {c['model']} | {c['dataset']} | {c['epochs']} | {c['test_accuracy']:.4f} "
+                     f"| {c['seconds']:.0f} |")
+    return lines
+
+
+def report_cnn_inte(r: dict[str, Any], root: Path) -> list[str]:
+    lines = ["## CNN-INTE (activations from the store, two-level clustering + random forest)", "",
+             f"Layer `{r['layer']}`, {r['fit_rows']} fit rows; fit {r['fit_s']:.1f} s, extraction "
+             f"{r['extract_s']:.1f} s.", "",
+             "| split | fidelity to the CNN | meta accuracy | CNN accuracy | gap (points) |", "|---|---|---|---|---|"]
+    for split, s in r["splits"].items():
+        lines.append(f"| {split} | {s['fidelity']:.4f} | {s.get('meta_accuracy', float('nan')):.4f} | "
+                     f"{s.get('cnn_accuracy', float('nan')):.4f} | {s.get('accuracy_gap_points', float('nan')):+.2f} |")
+    lines += [""] + [f"![{Path(p).stem}]({_rel(p, root)})" for p in r["pictures"]]
+    return lines
+
+
+def report_flint(r: dict[str, Any], root: Path) -> list[str]:
+    t, tau = r["test"], r["tau"]
+    lines = [f"## FLINT ({r['mode']}, {r['dataset']}, {r['epochs']} epochs on Ray Train)", "",
+             "| accuracy f | accuracy g | fidelity | CNS (τ = {:g}) |".format(tau), "|---|---|---|---|",
+             f"| {t['accuracy_f']:.4f} | {t['accuracy_g']:.4f} | {t['fidelity']:.4f} | "
+             f"{t.get(f'cns_{tau:g}', float('nan')):.3f} |", "", "Relevant attributes per class (τ = {:g}):".format(tau),
+             ""]
+    lines += [f"- class {c}: " + ", ".join(f"{a} ({rel:.2f})" for a, rel in attrs) for c, attrs in r["global"].items()]
+    pics = r["pictures"][:6] + r["pictures"][-1:] if len(r["pictures"]) > 7 else r["pictures"]
+    lines += [""] + [f"![{Path(p).stem}]({_rel(p, root)})" for p in pics]
+    if len(r["pictures"]) > len(pics):
+        lines.append(f"\n({len(r['pictures'])} pictures in `{_rel(str(Path(r['pictures'][0]).parent), root)}/`.)")
+    return lines
+
+
+def report_interpnet(r: dict[str, Any], root: Path) -> list[str]:
+    lines = [f"## InterpNET ({r['test_images']} test images)", "", r["table"], "", "Sample explanations:", ""]
+    for variant, items in r["samples"].items():
+        lines += [f"- {variant}, `{s['id']}` (class {s['label']}): {s['sentence']}" for s in items[:4]]
+    return lines
+
+
+REPORTERS = {"classifiers": report_classifiers, "cnn_inte": report_cnn_inte, "flint": report_flint,
+             "interpnet": report_interpnet}
+
+
+def write_report(local: Path, results: dict[str, Any], seconds: float, smoke: bool) -> Path:
+    size = "smoke (tiny budgets: plumbing, not numbers)" if smoke else "full"
+    per_stage = ", ".join(f"{name} {stage_seconds(r):.0f} s" for name, r in results.items())
+    lines = ["# interp-ray pipeline report", "", f"Size: {size}. Run time: {seconds:.0f} s ({per_stage}).", ""]
+    for name, r in results.items():
+        lines += REPORTERS[name](r, local) + [""]
+    report = local / "report.md"
+    report.write_text("\n".join(lines))
+    (local / "results.json").write_text(json.dumps({"stages": results, "seconds": seconds, "smoke": smoke},
+                                                   indent=2, default=str))
     return report
 
 
-def run(cfg: PipelineConfig) -> str:
-    """Run every stage; ``output_dir`` may be local or s3:// / gs:// (the report is staged locally, then uploaded)."""
+def stage_seconds(r: dict[str, Any]) -> float:
+    """A stage's wall time; the classifiers stage holds one result per classifier."""
+    return float(r["seconds"]) if "seconds" in r else sum(float(c["seconds"]) for c in r.values())
+
+
+# --- driver --------------------------------------------------------------------------------------------------------
+
+def job_class(name: str) -> type[BaseModel]:
+    if name == "cnn_inte":
+        from jobs.fit_cnn_inte import CnnInteJobConfig
+        return CnnInteJobConfig
+    if name == "flint":
+        from interp_ray.explainers.flint import FlintJobConfig
+        return FlintJobConfig
+    if name == "interpnet":
+        from jobs.train_interpnet import InterpNETJobConfig
+        return InterpNETJobConfig
+    raise KeyError(name)
+
+
+def check(cfg: PipelineConfig, stages: Sequence[str], smoke: bool) -> None:
+    """Load every stage's config now, so a typo in any of them fails before an hour of training, not after."""
+    if "classifiers" not in stages and any(isinstance(getattr(cfg, s), StageRef) for s in stages):
+        raise UserError("the explainer stages need the classifiers stage in the same run (add it to --only)")
+    for ref in cfg.classifiers.values():
+        if ref.enabled:
+            ref.load(ClassifierJobConfig, smoke=smoke)
+    trained = [k for k, ref in cfg.classifiers.items() if ref.enabled]
+    for name in stages:
+        if name == "classifiers":
+            continue
+        ref = getattr(cfg, name)
+        ref.load(job_class(name), smoke=smoke)
+        if isinstance(ref, StageRef) and ref.classifier not in trained:
+            raise UserError(f"{name}.classifier: {ref.classifier!r} is not an enabled classifier "
+                            f"(enabled: {', '.join(trained) or 'none'})")
+
+
+def selected_stages(cfg: PipelineConfig, only: Sequence[str] | None) -> list[str]:
+    unknown = [s for s in only or [] if s not in STAGES]
+    if unknown:
+        raise UserError(f"unknown stage {unknown[0]!r}; stages: {', '.join(STAGES)}")
+    chosen = [s for s in STAGES if (not only or s in only)]
+    return [s for s in chosen if s == "classifiers" or getattr(cfg, s).enabled]
+
+
+def run(cfg: PipelineConfig, *, smoke: bool = False, only: Sequence[str] | None = None) -> str:
+    """Run the stages; ``output_dir`` may be local or s3:// / gs:// (files are staged locally, then uploaded)."""
     t0 = time.perf_counter()
+    stages = selected_stages(cfg, only)
+    check(cfg, stages, smoke)
     out = cfg.output_dir if is_remote(cfg.output_dir) else str(Path(cfg.output_dir).resolve())
     with tempfile.TemporaryDirectory(prefix="interp-ray-report-") as staging:
         local = Path(staging) if is_remote(out) else Path(out)
         local.mkdir(parents=True, exist_ok=True)
-        classifiers = train_classifiers(cfg, out)
-        report = write_report(local, classifiers, time.perf_counter() - t0)
+        ctx = Context(out, local, smoke)
+        results = {name: STAGE_FUNCTIONS[name](cfg, ctx) for name in stages}
+        report = write_report(local, results, time.perf_counter() - t0, smoke)
         if is_remote(out):
             upload_dir(local, out)
             return join_uri(out, report.name)
@@ -94,12 +305,15 @@ def run(cfg: PipelineConfig) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="tiny budgets (tests, a quick look)")
+    p.add_argument("--only", help=f"comma-separated stages to run (default: all enabled): {', '.join(STAGES)}")
     args = p.parse_args(argv)
     cfg = load_config(PipelineConfig, args.config, args.overrides)
-    if args.smoke:
-        cfg = apply_smoke(cfg)
+    only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
+    stages = selected_stages(cfg, only)
+    check(cfg, stages, args.smoke)
     init_ray(args.address)
-    report = run(cfg)
+    print(f"[pipeline] stages: {', '.join(stages)}", flush=True)
+    report = run(cfg, smoke=args.smoke, only=only)
     print(f"[pipeline] report: {report}")
     return 0
 

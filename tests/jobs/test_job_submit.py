@@ -1,6 +1,7 @@
 """The real `ray start --head` + `ray job submit` path, on 127.0.0.1 only."""
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -96,5 +97,11 @@ def test_smoke_pipeline_through_ray_job_submit(ray_head, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in proc.stdout
     report = (out / "report.md").read_text()
-    assert "| digits | digits_cnn | digits |" in report
+    assert "| digits | digits_cnn | digits |" in report and "| scenes | scenes_cnn | scenes |" in report
+    for section in ("## CNN-INTE", "## FLINT", "## InterpNET"):
+        assert section in report
+    # Every picture the report shows was written next to it.
+    pictures = re.findall(r"!\[[^]]*\]\(([^)]+)\)", report)
+    assert "cnn_inte/route_0.png" in pictures and any(p.startswith("flint/") for p in pictures)
+    assert all((out / p).read_bytes()[:4] == b"\x89PNG" for p in pictures)
     assert (out / "checkpoints" / "digits" / "weights.safetensors").is_file()

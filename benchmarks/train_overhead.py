@@ -2,14 +2,18 @@
 
     python -m benchmarks.train_overhead [--dataset scenes --model scenes_cnn --epochs 4 --rows 3000]
 
-Both sides run the same ``interp_ray.training.train_epoch`` on the same data, model and seed, one after the other in
-this run. The Ray side's per-epoch time is measured inside the worker (the epoch's work, the report and its
-checkpoint), from the previous report's return to the next report's return; start-up is printed apart.
+Both sides run the same ``interp_ray.training.train_epoch`` on the same data, model and seed in this run. The plain
+loop runs twice, before and after the Ray Train run, so a load change during the run shows up as a gap between the
+two plain figures instead of silently biasing the ratio. The Ray side's per-epoch time is measured inside the worker
+(the epoch's work, the report and its checkpoint), from the previous report's return to the next report's return;
+start-up is printed apart. The in-worker split (the epoch's own work vs. the whole epoch) is measured at the same
+moments, so no load change can bias it.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -65,22 +69,32 @@ def main() -> None:
     options = {"n": args.rows} if args.dataset == "scenes" else {}
     cfg = ClassifierJobConfig.model_validate({
         "data": {"name": args.dataset, "options": options}, "model": {"name": args.model},
-        "train": {"epochs": args.epochs}, "run": {"storage_path": args.storage, "checkpoint_every": args.checkpoint_every},
+        "train": {"epochs": args.epochs},
+        "run": {"storage_path": args.storage, "checkpoint_every": args.checkpoint_every},
         "output": f"{args.storage}/out"})
 
-    plain = plain_epochs(cfg)
+    load_before = os.getloadavg()[0]
+    plain_before = plain_epochs(cfg)
     from jobs.common import init_ray
 
     init_ray(num_cpus=2)
     rows, wall = ray_epochs(cfg)
+    import ray
+
+    ray.shutdown()  # the second plain phase runs without Ray's daemons, like the first
+    plain_after = plain_epochs(cfg)
+    plain = plain_before[1:] + plain_after[1:]
     ray_times = [h["epoch_wall_s"] for h in rows]
     # The first epoch of each side pays warm-up (allocator, thread pools); compare the steady state.
-    p_med, r_med = statistics.median(plain[1:] or plain), statistics.median(ray_times[1:] or ray_times)
+    p_med, r_med = statistics.median(plain), statistics.median(ray_times[1:] or ray_times)
     steady = rows[1:] or rows
     # Inside the worker, at the same moments: the epoch's own work vs. the whole epoch as Ray Train runs it. Load
     # changes between the plain and the Ray phases do not bias this split.
     work, report = statistics.median(h["epoch_s"] for h in steady), statistics.median(h["report_s"] for h in steady)
     print(f"machine: {torch.get_num_threads()} torch thread(s), cuda={torch.cuda.is_available()}")
+    print(f"load_average_before_after: {load_before:.1f} {os.getloadavg()[0]:.1f}")
+    print(f"plain_epoch_s_before_after: {statistics.median(plain_before[1:] or plain_before):.3f} "
+          f"{statistics.median(plain_after[1:] or plain_after):.3f}")
     print(f"plain_epoch_s: {p_med:.3f}")
     print(f"ray_train_epoch_s: {r_med:.3f}")
     print(f"ray_train_startup_and_teardown_s: {wall - sum(ray_times):.1f}")

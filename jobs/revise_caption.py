@@ -61,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--suppress", action="append", default=[], help="neuron ids or label words (comma-separated)")
     p.add_argument("--boost", action="append", default=[], help="neuron ids or label words (comma-separated)")
     p.add_argument("--boost-scale", type=float, default=1.0)
+    p.add_argument("--match", choices=["label", "words"], default="label",
+                   help="a word selects the neurons confidently labelled with it, or those with it among their "
+                        "top-m words")
     p.add_argument("--json", action="store_true", help="print one JSON line")
     args = p.parse_args(argv)
 
@@ -73,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     frames = int((explainer.info.get("data") or {}).get("frames", 8))
     feats, mask, meta = clip_features(explainer.info, args.clip) if args.clip else \
         file_features(args.features, frames)
-    edit = explainer.make_edit(suppress, boost, boost_scale=args.boost_scale)
+    edit = explainer.make_edit(suppress, boost, boost_scale=args.boost_scale, match=args.match)
     if not edit:
         raise UserError(f"no neuron matches {', '.join(suppress + boost)} (labels: "
                         f"{', '.join(sorted({n.label for n in explainer.neurons if n.confident}))})")

@@ -100,6 +100,7 @@ class LabelConfig(Section):
     replace: Literal["zero", "mean"] = "zero"
     level: Literal["word", "topic"] = "word"
     margin: float = Field(0.2, ge=0)             # relative margin of a confident label
+    top_words: int = Field(4, ge=1)              # also keep each neuron's top-m words with a positive score
     concepts: list[str] | None = None            # word level: only these words can be labels (None: all words)
     eps: float = Field(1e-3, gt=0)               # log form: ŝ is clamped to at least eps
 
@@ -114,6 +115,8 @@ class SemanticParams(BaseModel):
     suppress: list[str] = Field(default_factory=list, description="neuron ids or label words to set to 0")
     boost: list[str] = Field(default_factory=list, description="neuron ids or label words to set to their "
                                                                "typical top activation")
+    match: Literal["label", "words"] = Field("label", description="a word selects neurons by their label or by "
+                                                                  "their top-m words")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -424,6 +427,7 @@ class NeuronLabel:
     confident: bool
     top_items: list[int]       # indices of V_d
     typical: float             # mean a_d over V_d: the value "boost" sets
+    words: list[str] = field(default_factory=list)   # the top-m words (or topics) with a positive score
 
 
 @torch.no_grad()
@@ -482,9 +486,10 @@ def label_neurons(pd: np.ndarray, tops: Sequence[np.ndarray], acts: np.ndarray, 
         top = float(scores[d, order[0]])
         second = float(scores[d, order[1]]) if len(order) > 1 else 0.0
         margin = (top - second) / top if top > 0 else 0.0
+        top_m = [names[j] for j in order[:cfg.top_words] if scores[d, j] > 0]
         labels.append(NeuronLabel(d, names[order[0]], best_topic, words, top, margin,
                                   bool(top > 0 and margin >= cfg.margin), top_items,
-                                  float(acts[top_items, d].mean())))
+                                  float(acts[top_items, d].mean()), top_m))
     return labels
 
 
@@ -646,8 +651,10 @@ class SemanticExplainer(Explainer):
         self.label_config = cfg
         return self.neurons
 
-    def neurons_for(self, words_or_ids: Iterable[str | int], *, confident_only: bool = True) -> list[int]:
-        """Neuron ids named directly (integers / digit strings) or through their label word."""
+    def neurons_for(self, words_or_ids: Iterable[str | int], *, match: str = "label") -> list[int]:
+        """Neuron ids named directly (integers / digit strings) or through a word: ``match="label"`` selects the
+        neurons confidently labelled with it, ``"words"`` those that have it among their top-m words (a neuron of a
+        red striped circle is labelled with one word but encodes all three)."""
         out: list[int] = []
         for x in words_or_ids:
             s = str(x).strip()
@@ -660,26 +667,29 @@ class SemanticExplainer(Explainer):
                 continue
             if not self.neurons:
                 raise UserError("this checkpoint has no neuron labels: label the neurons first (label())")
-            match = [n.neuron for n in self.neurons if n.label == s.lower() and (n.confident or not confident_only)]
-            out.extend(match)
+            w = s.lower()
+            out.extend(n.neuron for n in self.neurons
+                       if ((n.label == w and n.confident) if match == "label" else (w in n.words)))
         return sorted(set(out))
 
     def make_edit(self, suppress: Iterable[str | int] = (), boost: Iterable[str | int] = (), *,
-                  boost_scale: float = 1.0) -> NeuronEdit:
-        """Suppressed neurons → 0; boosted neurons → ``boost_scale`` × their typical activation on V_d."""
-        sup = self.neurons_for(suppress)
+                  boost_scale: float = 1.0, match: str = "label") -> NeuronEdit:
+        """Suppressed neurons → 0; boosted neurons → ``boost_scale`` × their typical activation on V_d (a boost wins
+        over a suppression of the same neuron)."""
+        sup = self.neurons_for(suppress, match=match)
         typical = {n.neuron: n.typical for n in self.neurons}
-        boosted = {d: boost_scale * typical.get(d, 1.0) for d in self.neurons_for(boost)}
+        boosted = {d: boost_scale * typical.get(d, 1.0) for d in self.neurons_for(boost, match=match)}
         return NeuronEdit([d for d in sup if d not in boosted], boosted)
 
     def revise(self, feats: Any, mask: Any = None, *, wrong: Iterable[str] = (), right: Iterable[str] = (),
-               base_edit: NeuronEdit | None = None, boost_scale: float = 1.0) -> tuple[list[str], list[str]]:
+               base_edit: NeuronEdit | None = None, boost_scale: float = 1.0, match: str = "label"
+               ) -> tuple[list[str], list[str]]:
         """Human-in-the-loop revision: suppress the neurons labelled with ``wrong`` words, boost those labelled with
         ``right`` words, and decode again; returns (captions before, captions after). ``base_edit`` is an edit
         already in force (e.g. a planted error) that the revision is applied on top of."""
         base = base_edit or NeuronEdit()
         before = self.caption(feats, mask, edit=base if base else None)
-        fix = self.make_edit(wrong, right, boost_scale=boost_scale)
+        fix = self.make_edit(wrong, right, boost_scale=boost_scale, match=match)
         merged = NeuronEdit(sorted((set(base.suppress) | set(fix.suppress)) - set(fix.boost)),
                             {**{d: v for d, v in base.boost.items() if d not in fix.suppress}, **fix.boost})
         return before, self.caption(feats, mask, edit=merged)
@@ -693,7 +703,7 @@ class SemanticExplainer(Explainer):
         self._ready()
         if "features" not in batch:
             raise UserError("the semantic explainer reads 'features' (N × K × D frame features) and optional 'mask'")
-        edit = self.make_edit(p.suppress, p.boost) if (p.suppress or p.boost) else None
+        edit = self.make_edit(p.suppress, p.boost, match=p.match) if (p.suppress or p.boost) else None
         sentences = self.caption(batch["features"], batch.get("mask"), edit=edit, max_len=p.max_len)
         f, m = self._tensors(batch["features"], batch.get("mask"))
         with torch.no_grad():

@@ -140,8 +140,24 @@ def test_labels_follow_the_largest_word_score_and_the_margin_rule():
     assert labels[0].label == "red" and labels[0].confident and labels[0].typical == pytest.approx(1.5)
     assert labels[1].label == "red" and not labels[1].confident   # 0.45 vs 0.405: margin 0.1 < 0.2
     assert labels[2].label is None and not labels[2].confident
+    assert labels[0].words == ["red"]                     # blue scores 0: only positive words are kept
+    assert labels[1].words == ["red", "blue"]
     topic_level = label_neurons(pd, tops, acts, phi, ["red", "ball", "blue"], LabelConfig(level="topic"))
     assert topic_level[0].label == "topic 0"
+
+
+def test_words_select_neurons_by_label_or_by_top_words():
+    from interp_ray.explainers.semantic import NeuronLabel
+
+    ex = SemanticExplainer(SemanticConfig(**SMALL))
+    ex.neurons = [NeuronLabel(0, "red", 0, [], 1.0, 0.5, True, [1], 1.0, ["red", "circle"]),
+                  NeuronLabel(1, "circle", 0, [], 1.0, 0.5, True, [1], 2.0, ["circle", "red"]),
+                  NeuronLabel(2, "red", 0, [], 1.0, 0.1, False, [1], 1.0, ["red"])]
+    assert ex.neurons_for(["red"]) == [0]                       # confident labels only
+    assert ex.neurons_for(["red"], match="words") == [0, 1, 2]
+    assert ex.neurons_for(["2", "circle"]) == [1, 2]
+    edit = ex.make_edit(["red"], ["circle"], boost_scale=2.0)
+    assert edit.suppress == [0] and edit.boost == {1: 4.0}
 
 
 def test_topic_head_refit_recovers_a_linear_map():

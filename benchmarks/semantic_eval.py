@@ -1,0 +1,221 @@
+"""Dong et al. (issue #8) acceptance on generated scene clips, λ = 0.1 against λ = 0 with the same budget.
+
+    python -m benchmarks.semantic_eval [--train 1200 --epochs 10 --lambdas 0.1,0 --json outputs/semantic_eval.json]
+
+Both captioners share everything but λ: the clips and their frame features (scenes CNN ``gap`` per frame), the LDA
+topics, the vocabulary, the initial weights (same seed), the epochs and batches. Trained in this process with the
+same ``SemanticTrainer`` the Ray job uses (no Ray: the budget is one core). For each λ it measures
+
+(a) caption quality on the test clips: coco-caption METEOR (and BLEU-4, CIDEr), plus the share of captions that
+    name every true discriminative attribute and no wrong attribute;
+(b) neuron labels: prediction-difference labels restricted to the attribute words; the share of confidently labelled
+    neurons whose label is an attribute of at least half of their top-activating training clips (V_d). The λ = 0
+    model's topic head never received a gradient, so it is refitted by ridge regression on its frozen activations
+    first (otherwise its labels would measure a random head, not its features);
+(c) planted errors: on test clips whose caption names the true colour (or shape), suppress the neurons labelled with
+    that word; where the caption then names a wrong colour (shape), run the revision — suppress the neurons labelled
+    with the wrong word(s), boost those labelled with the right word — and count the captions that name the right
+    word and no wrong one of that kind again;
+(d) transfer: a logistic-regression probe of the class on frozen v̄ (train clips → test clips).
+Prints ``name: value`` lines and a markdown table; ``--json`` writes everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from interp_ray.data.scenes import (ATTRIBUTE_KINDS, ATTRIBUTE_VALUES, ATTRIBUTE_VOCAB, attribute_mentions,
+                                    discriminative_attributes)
+from interp_ray.explainers.semantic import (LabelConfig, NeuronEdit, SemanticConfig, SemanticExplainer,
+                                            SemanticTrainConfig, fit_topic_head, linear_probe)
+from interp_ray.topics import TopicConfig, fit_topics
+
+
+def clip_attributes(items) -> list[dict[str, str]]:
+    return [{k: ATTRIBUTE_VALUES[k][int(v)] for k, v in zip(ATTRIBUTE_KINDS, row)} for row in items.attributes]
+
+
+def caption_faithfulness(captions, items) -> float:
+    """Share of captions naming every discriminative attribute of the clip's class and nothing untrue."""
+    ok = 0
+    for cap, label, attrs in zip(captions, items.labels, clip_attributes(items)):
+        named = attribute_mentions(cap)
+        ok += set(discriminative_attributes(int(label))) <= named and named <= set(attrs.values())
+    return ok / max(len(captions), 1)
+
+
+def label_precision(ex: SemanticExplainer, train, presence: float) -> dict:
+    """(b): confident labels that are attributes of ≥ ``presence`` of their top-activating clips."""
+    attrs = clip_attributes(train)
+    confident = [n for n in ex.neurons if n.confident]
+    correct = [n for n in confident
+               if np.mean([n.label in attrs[i].values() for i in n.top_items]) >= presence]
+    return {"neurons": len(ex.neurons), "alive": sum(bool(n.top_items) for n in ex.neurons),
+            "confident": len(confident), "correct": len(correct),
+            "share": len(correct) / len(confident) if confident else float("nan"),
+            "labels": sorted({n.label for n in confident})}
+
+
+def planted_errors(ex: SemanticExplainer, test, kinds=("colour", "shape"), boost_scale: float = 1.0,
+                   match: str = "words") -> dict:
+    """(c): plant a wrong colour/shape by suppressing the right word's neurons, then revise; count restorations."""
+    attrs = clip_attributes(test)
+    base = ex.caption(test.features, test.mask)
+    tried = no_neuron = planted = restored = 0
+    examples = []
+    for kind in kinds:
+        values = set(ATTRIBUTE_VALUES[kind])
+        for i, cap in enumerate(base):
+            right = attrs[i][kind]
+            if right not in attribute_mentions(cap):
+                continue                                   # the caption is already wrong: nothing to plant
+            tried += 1
+            right_neurons = ex.neurons_for([right], match=match)
+            if not right_neurons:
+                no_neuron += 1
+                continue
+            plant = NeuronEdit(suppress=right_neurons)
+            f, m = test.features[i:i + 1], test.mask[i:i + 1]
+            wrong_cap = ex.caption(f, m, edit=plant)[0]
+            wrong = sorted((attribute_mentions(wrong_cap) & values) - {right})
+            if not wrong:
+                continue                                   # the plant did not produce a wrong word
+            planted += 1
+            _, after = ex.revise(f, m, wrong=wrong, right=[right], base_edit=plant, boost_scale=boost_scale,
+                                 match=match)
+            named = attribute_mentions(after[0]) & values
+            ok = right in named and not (named - {right})
+            restored += ok
+            if len(examples) < 6:
+                examples.append({"kind": kind, "truth": right, "original": cap, "planted": wrong_cap,
+                                 "revised": after[0], "restored": bool(ok)})
+    return {"tried": tried, "no_neuron": no_neuron, "planted": planted, "restored": restored,
+            "share": restored / planted if planted else float("nan"), "examples": examples}
+
+
+def run(args) -> dict:
+    from jobs.train_semantic import VideoDataSection, load_items
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    data = VideoDataSection(rows={"train": args.train, "val": args.val, "test": args.test},
+                            checkpoint=args.checkpoint, frames=args.frames, cache_dir=args.cache_dir)
+    train, val, test = (load_items(data, r) for r in ("train", "val", "test"))
+    load_s = time.perf_counter() - t0
+    topics, train_topics = fit_topics(train.sentences, TopicConfig(num_topics=args.topics, seed=args.seed))
+    labels_cfg = LabelConfig(top_n=args.top_n, margin=args.margin, concepts=list(ATTRIBUTE_VOCAB))
+    settings = SemanticTrainConfig(epochs=args.epochs, batch_size=64, lr=2e-3, seed=args.seed)
+    results: dict = {"setup": {**vars(args), "load_s": load_s, "topic_words": topics.top_words(6)}, "runs": {}}
+    from interp_ray.metrics.captions import CaptionScorer
+
+    with CaptionScorer() as scorer:
+        for lam in args.lambdas:
+            t1 = time.perf_counter()
+            cfg = SemanticConfig(interp_weight=lam, decoder_reads=args.decoder_reads)
+            ex = SemanticExplainer(cfg).setup(train, topics, seed=args.seed)
+            ex.fit(train, val, settings=settings)
+            train_s = time.perf_counter() - t1
+            enc_train = ex.encode(train.features, train.mask)
+            if lam == 0:
+                fit_topic_head(ex.model.topic, enc_train["a"], ex.topics.transform(train.sentences))
+            ex.label(train, cfg=labels_cfg)
+            captions = ex.caption(test.features, test.mask)
+            scores = scorer.score(captions, test.sentences)
+            enc_test = ex.encode(test.features, test.mask)
+            row = {
+                "train_s": train_s, "best_epoch": min(ex.history, key=lambda h: h["val_nll"])["epoch"],
+                "val_nll": min(h["val_nll"] for h in ex.history),
+                "meteor": scores["meteor"], "bleu4": scores["bleu4"], "cider": scores["cider"],
+                "faithful": caption_faithfulness(captions, test),
+                "topic_mse_test": float(((enc_test["s_hat"] - ex.topics.transform(test.sentences)) ** 2).sum(1).mean()),
+                "labels": label_precision(ex, train, args.presence),
+                "revision": planted_errors(ex, test, boost_scale=args.boost_scale, match=args.match)
+                if cfg.decoder_reads == "a"
+                else None,
+                "probe": linear_probe(enc_train["vbar"], train.labels, enc_test["vbar"], test.labels),
+                "samples": [{"caption": c, "reference": r[0]} for c, r in zip(captions[:4], test.sentences[:4])],
+            }
+            results["runs"][str(lam)] = row
+            if args.save_dir:
+                ex.info = {"data": data.model_dump(), "benchmark": "semantic_eval"}
+                ex.save(str(Path(args.save_dir) / f"lambda_{lam}"))
+            print(f"lambda={lam}: trained in {train_s:.0f} s, METEOR {100 * row['meteor']:.2f}, "
+                  f"labels {row['labels']['correct']}/{row['labels']['confident']}, probe {row['probe']:.3f}",
+                  flush=True)
+    results["total_s"] = time.perf_counter() - t0
+    return results
+
+
+def report(results: dict) -> None:
+    runs = results["runs"]
+    keys = list(runs)
+    print("\n| measure | " + " | ".join(f"λ = {k}" for k in keys) + " |")
+    print("|---|" + "---|" * len(keys))
+
+    def line(name, fn):
+        print(f"| {name} | " + " | ".join(fn(runs[k]) for k in keys) + " |")
+
+    line("METEOR ×100 (coco-caption)", lambda r: f"{100 * r['meteor']:.2f}")
+    line("BLEU-4 ×100", lambda r: f"{100 * r['bleu4']:.2f}")
+    line("CIDEr", lambda r: f"{r['cider']:.3f}")
+    line("captions naming the right attributes", lambda r: f"{100 * r['faithful']:.1f}%")
+    line("best val NLL (per sentence)", lambda r: f"{r['val_nll']:.3f}")
+    line("topic MSE on test (L_I)", lambda r: f"{r['topic_mse_test']:.4f}")
+    line("neurons alive / total", lambda r: f"{r['labels']['alive']}/{r['labels']['neurons']}")
+    line("confident labels correct", lambda r: f"{r['labels']['correct']}/{r['labels']['confident']} = "
+                                               f"{100 * r['labels']['share']:.1f}%")
+    line("planted errors restored", lambda r: "n/a" if r["revision"] is None else
+         f"{r['revision']['restored']}/{r['revision']['planted']} = {100 * r['revision']['share']:.1f}% "
+         f"(tried {r['revision']['tried']}, no neuron {r['revision']['no_neuron']})")
+    line("linear probe accuracy on v̄", lambda r: f"{100 * r['probe']:.1f}%")
+    line("train time (s)", lambda r: f"{r['train_s']:.0f}")
+    if "0.1" in runs and "0.0" in runs:
+        a, b = runs["0.1"], runs["0.0"]
+        print()
+        print(f"meteor_cost_points: {100 * (b['meteor'] - a['meteor']):.2f}  (goal <= 1.0)")
+        print(f"label_share_lambda_0.1: {a['labels']['share']:.3f}  (goal >= 0.80)")
+        print(f"label_share_lambda_0: {b['labels']['share']:.3f}  (goal: lower than λ = 0.1)")
+        if a["revision"] is not None:
+            print(f"restored_share_lambda_0.1: {a['revision']['share']:.3f}  (goal >= 0.50)")
+        print(f"probe_ratio_0.1_over_0: {a['probe'] / b['probe']:.3f}  (goal >= 1.0)")
+    print(f"total_s: {results['total_s']:.0f}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--train", type=int, default=1200)
+    p.add_argument("--val", type=int, default=240)
+    p.add_argument("--test", type=int, default=240)
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--topics", type=int, default=12)
+    p.add_argument("--lambdas", type=lambda s: [float(x) for x in s.split(",")], default=[0.1, 0.0])
+    p.add_argument("--decoder-reads", choices=["a", "v"], default="a")
+    p.add_argument("--top-n", type=int, default=20)
+    p.add_argument("--margin", type=float, default=0.2)
+    p.add_argument("--presence", type=float, default=0.5, help="a label is correct when this share of V_d has it")
+    p.add_argument("--boost-scale", type=float, default=1.0)
+    p.add_argument("--match", choices=["label", "words"], default="words",
+                   help="(c): a word selects neurons by their confident label or by their top-m words")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", default="/tmp/interp-ray-scenes-cnn", help="the scenes CNN (frame features)")
+    p.add_argument("--cache-dir", default="/tmp/interp-ray-cache/semantic")
+    p.add_argument("--save-dir", default=None, help="save each captioner here (lambda_<λ>/)")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    results = run(args)
+    report(results)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -462,6 +462,14 @@ def check_serve_config(cfg: dict) -> None:
             auto = dep["autoscaling_config"]
             known_keys(auto, set(AutoscalingConfig.model_fields), f"{dw}.autoscaling_config")
             AutoscalingConfig.model_validate(auto)
+            if dep["name"] == "Explainer":
+                # A replica can only fill a batch while another computes if it admits two batches' worth.
+                from serving.service import BatchSettings, ServeArgs
+
+                args = ServeArgs.model_validate(app.get("args") or {})
+                largest = max([b.max_batch_size for b in args.batching.values()] or
+                              [BatchSettings().max_batch_size])
+                assert dep["max_ongoing_requests"] >= 2 * largest, f"{dw}: max_ongoing_requests < 2 × batch {largest}"
             for key in ("min_replicas", "max_replicas", "target_ongoing_requests"):
                 assert key in auto, f"{dw}.autoscaling_config: missing {key}"
             assert auto["max_replicas"] >= 1

@@ -26,6 +26,7 @@ from typing import Any, Literal, Sequence
 
 from pydantic import Field, field_validator, model_validator
 
+from interp_ray.checkpoint import load_classifier
 from interp_ray.config import DataConfig, Section, load_config
 from interp_ray.data import load_dataset
 from interp_ray.data.base import ImageDataset
@@ -149,27 +150,39 @@ def dry_run(mapper: SaliencyMapper, dataset: ImageDataset) -> tuple[tuple[int, .
 
 
 def make_plans(cfg: ExplainDatasetConfig) -> list[StorePlan]:
+    """One plan per (method, split). A method's mask shape and extras come from its existing store's manifest, or
+    from a dry run on the driver when a store is still to be made (which also checks its options and layers)."""
     choices = check_methods(cfg)
     checkpoint = absolute(cfg.checkpoint)
     datasets = {s: load_dataset(cfg.data.name, s, **cfg.data_options(s)) for s in cfg.splits()}
     for split, ds in datasets.items():
         if len(ds) == 0:
             raise UserError(f"{cfg.data.name}/{split} has no rows")
+    loaded = load_classifier(checkpoint)
+    model_name = loaded.config["model"]["name"]
     plans = []
     for choice in choices:
-        mapper = SaliencyMapper(checkpoint, choice, target=cfg.target, device="cpu")
-        shape, extras, info = dry_run(mapper, datasets[cfg.split])
+        schema: tuple[tuple[int, ...], dict[str, str], dict] | None = None
         for split, ds in datasets.items():
             data = {"name": cfg.data.name, "options": cfg.data_options(split)}
-            identity = make_identity(checkpoint_digest=mapper.digest, method=choice, dataset=ds.describe(),
+            identity = make_identity(checkpoint_digest=loaded.digest, method=choice, dataset=ds.describe(),
                                      split=split, data=data, target=cfg.target)
             key = store_key(identity)
-            manifest = SaliencyManifest(
-                key=key, identity=identity, model={"name": mapper.model_name, "checkpoint": checkpoint},
-                layers={"saliency": {"shape": list(shape), "dtype": "float32"}}, class_names=mapper.class_names,
-                rows=len(ds), shard_rows=cfg.store.shard_rows, extras=extras, method_info=info)
-            location = store_location(absolute(cfg.store.root), mapper.model_name, choice.name, key)
-            plans.append(StorePlan(choice, split, ds, checkpoint, mapper.digest, location, manifest))
+            location = store_location(absolute(cfg.store.root), model_name, choice.name, key)
+            manifest = SaliencyManifest(key=key, identity=identity, layers={},
+                                        model={"name": model_name, "checkpoint": checkpoint},
+                                        class_names=list(loaded.class_names), rows=len(ds),
+                                        shard_rows=cfg.store.shard_rows)
+            existing = check_store(location, manifest)  # another key there: UserError before any work
+            if existing is not None:
+                shape, extras, info = existing.mask_shape, existing.extras, existing.method_info
+            else:
+                schema = schema or dry_run(SaliencyMapper(checkpoint, choice, target=cfg.target, device="cpu"),
+                                           datasets[cfg.split])
+                shape, extras, info = schema
+            manifest.layers = {"saliency": {"shape": list(shape), "dtype": "float32"}}
+            manifest.extras, manifest.method_info = dict(extras), dict(info)
+            plans.append(StorePlan(choice, split, ds, checkpoint, loaded.digest, location, manifest))
     return plans
 
 

@@ -11,6 +11,7 @@ its tables and PNG pictures, and ``results.json``) lands in ``output_dir``, loca
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -225,16 +226,20 @@ REPORTERS = {"classifiers": report_classifiers, "cnn_inte": report_cnn_inte, "fl
              "interpnet": report_interpnet}
 
 
-def write_report(local: Path, results: dict[str, Any], seconds: float, smoke: bool) -> Path:
+def write_report(local: Path, results: dict[str, Any], seconds: float, smoke: bool,
+                 reused: Sequence[str] = ()) -> Path:
     size = "smoke (tiny budgets: plumbing, not numbers)" if smoke else "full"
-    per_stage = ", ".join(f"{name} {stage_seconds(r):.0f} s" for name, r in results.items())
-    lines = ["# interp-ray pipeline report", "", f"Size: {size}. Run time: {seconds:.0f} s ({per_stage}).", ""]
+    per_stage = ", ".join(f"{name} {stage_seconds(r):.0f} s" + (" in an earlier run" if name in reused else "")
+                          for name, r in results.items())
+    total = seconds + sum(stage_seconds(results[name]) for name in reused)
+    lines = ["# interp-ray pipeline report", "",
+             f"Size: {size}. Run time: {total:.0f} s ({per_stage}).", ""]
     for name, r in results.items():
         lines += REPORTERS[name](r, local) + [""]
     report = local / "report.md"
     report.write_text("\n".join(lines))
-    (local / "results.json").write_text(json.dumps({"stages": results, "seconds": seconds, "smoke": smoke},
-                                                   indent=2, default=str))
+    (local / "results.json").write_text(json.dumps({"stages": results, "seconds": total, "this_run_seconds": seconds,
+                                                    "reused": list(reused), "smoke": smoke}, indent=2, default=str))
     return report
 
 
@@ -284,8 +289,75 @@ def selected_stages(cfg: PipelineConfig, only: Sequence[str] | None) -> list[str
     return [s for s in chosen if s == "classifiers" or getattr(cfg, s).enabled]
 
 
-def run(cfg: PipelineConfig, *, smoke: bool = False, only: Sequence[str] | None = None) -> str:
-    """Run the stages; ``output_dir`` may be local or s3:// / gs:// (files are staged locally, then uploaded)."""
+# --- reuse of finished stages --------------------------------------------------------------------------------------
+
+STAGE_FORMAT = 1
+
+
+def stage_key(cfg: PipelineConfig, name: str, smoke: bool, classifiers_key: str | None) -> str:
+    """What a stage's result depends on: its resolved job config(s), the size, and for the explainer stages the
+    classifiers they explain (so retraining a classifier reruns everything built on it)."""
+    if name == "classifiers":
+        job: Any = {k: ref.load(ClassifierJobConfig, smoke=smoke).model_dump()
+                    for k, ref in cfg.classifiers.items() if ref.enabled}
+    else:
+        ref = getattr(cfg, name)
+        job = {"job": ref.load(job_class(name), smoke=smoke).model_dump(),
+               "classifier": [ref.classifier, classifiers_key] if isinstance(ref, StageRef) else None}
+    payload = {"format": STAGE_FORMAT, "stage": name, "smoke": smoke, "config": job}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def load_stage(local: Path, name: str, key: str) -> dict[str, Any] | None:
+    """A finished stage's result from an earlier run into the same output_dir, if its key matches."""
+    path = local / "stages" / f"{name}.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return saved["result"] if saved.get("key") == key else None
+
+
+def save_stage(local: Path, name: str, key: str, result: dict[str, Any]) -> None:
+    """Written only after the stage finished, atomically: a killed run leaves either nothing or the whole result."""
+    path = local / "stages" / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"key": key, "result": result}, indent=2, default=str))
+    tmp.replace(path)
+
+
+def reusable_classifiers(result: dict[str, Any]) -> bool:
+    return all(Path(c["checkpoint"], "config.json").is_file() for c in result.values())
+
+
+def run_stages(cfg: PipelineConfig, ctx: Context, stages: Sequence[str], *, fresh: bool
+               ) -> tuple[dict[str, Any], list[str]]:
+    """Each stage's result, and the names of those reused from an earlier run."""
+    results: dict[str, Any] = {}
+    reused: list[str] = []
+    classifiers_key = None
+    reuse = not fresh and not is_remote(ctx.out)  # remote runs stage files in a temp dir: nothing to reuse
+    for name in stages:
+        key = stage_key(cfg, name, ctx.smoke, classifiers_key)
+        old = load_stage(ctx.local, name, key) if reuse else None
+        if old is not None and (name != "classifiers" or reusable_classifiers(old)):
+            print(f"[pipeline] {name}: reusing the finished result of an earlier run (key {key}; --fresh redoes it)",
+                  flush=True)
+            results[name] = old
+            reused.append(name)
+        else:
+            results[name] = STAGE_FUNCTIONS[name](cfg, ctx)
+            save_stage(ctx.local, name, key, results[name])
+        if name == "classifiers":
+            classifiers_key = key
+            ctx.checkpoints.update({k: c["checkpoint"] for k, c in results[name].items()})
+    return results, reused
+
+
+def run(cfg: PipelineConfig, *, smoke: bool = False, only: Sequence[str] | None = None, fresh: bool = False) -> str:
+    """Run the stages; ``output_dir`` may be local or s3:// / gs:// (files are staged locally, then uploaded). A rerun
+    into the same local output_dir reuses every stage whose config (and classifiers) did not change."""
     t0 = time.perf_counter()
     stages = selected_stages(cfg, only)
     check(cfg, stages, smoke)
@@ -294,8 +366,8 @@ def run(cfg: PipelineConfig, *, smoke: bool = False, only: Sequence[str] | None 
         local = Path(staging) if is_remote(out) else Path(out)
         local.mkdir(parents=True, exist_ok=True)
         ctx = Context(out, local, smoke)
-        results = {name: STAGE_FUNCTIONS[name](cfg, ctx) for name in stages}
-        report = write_report(local, results, time.perf_counter() - t0, smoke)
+        results, reused = run_stages(cfg, ctx, stages, fresh=fresh)
+        report = write_report(local, results, time.perf_counter() - t0, smoke, reused)
         if is_remote(out):
             upload_dir(local, out)
             return join_uri(out, report.name)
@@ -306,6 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="tiny budgets (tests, a quick look)")
     p.add_argument("--only", help=f"comma-separated stages to run (default: all enabled): {', '.join(STAGES)}")
+    p.add_argument("--fresh", action="store_true", help="redo every stage, even those an earlier run finished")
     args = p.parse_args(argv)
     cfg = load_config(PipelineConfig, args.config, args.overrides)
     only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
@@ -313,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check(cfg, stages, args.smoke)
     init_ray(args.address)
     print(f"[pipeline] stages: {', '.join(stages)}", flush=True)
-    report = run(cfg, smoke=args.smoke, only=only)
+    report = run(cfg, smoke=args.smoke, only=only, fresh=args.fresh)
     print(f"[pipeline] report: {report}")
     return 0
 

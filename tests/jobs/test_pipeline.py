@@ -43,3 +43,50 @@ def test_mistakes_exit_2_with_one_line_before_ray_starts(args, needle, tmp_path,
 def test_stage_seconds_sums_the_classifiers():
     assert stage_seconds({"seconds": 3.0}) == 3.0
     assert stage_seconds({"a": {"seconds": 1.0}, "b": {"seconds": 2.5}}) == 3.5
+
+
+def test_a_rerun_reuses_finished_stages_and_redoes_what_changed(tmp_path, monkeypatch):
+    """The driver's bookkeeping, with stand-in stage bodies (the real ones train for minutes; the smoke pipeline
+    test runs them)."""
+    import jobs.pipeline as pipeline
+    from interp_ray.config import load_config
+
+    calls = []
+
+    def fake(name):
+        def body(cfg, ctx):
+            calls.append(name)
+            if name == "classifiers":
+                out = {}
+                for key in ("digits", "scenes"):
+                    ckpt = tmp_path / "ckpt" / key
+                    ckpt.mkdir(parents=True, exist_ok=True)
+                    (ckpt / "config.json").write_text("{}")
+                    out[key] = {"checkpoint": str(ckpt), "seconds": 1.0}
+                return out
+            assert ctx.checkpoints.keys() == {"digits", "scenes"}  # filled in even when classifiers were reused
+            return {"seconds": 2.0}
+        return body
+
+    monkeypatch.setattr(pipeline, "STAGE_FUNCTIONS", {n: fake(n) for n in pipeline.STAGES})
+    base = load_config(PipelineConfig, "configs/pipeline.yaml")
+
+    def run(cfg, **kw):
+        calls.clear()
+        ctx = pipeline.Context(str(tmp_path), tmp_path, smoke=True)
+        results, reused = pipeline.run_stages(cfg, ctx, pipeline.STAGES, **kw)
+        return list(calls), reused
+
+    assert run(base, fresh=False) == (list(pipeline.STAGES), [])
+    assert run(base, fresh=False) == ([], list(pipeline.STAGES))
+    assert run(base, fresh=True)[0] == list(pipeline.STAGES)
+    # A FLINT setting changes only FLINT; a classifier setting reruns the classifiers and the stages that explain them.
+    flint = base.model_copy(deep=True)
+    flint.flint.set["train.lr"] = 0.002
+    assert run(flint, fresh=False)[0] == ["flint"]
+    clf = flint.model_copy(deep=True)
+    clf.classifiers["digits"].set["train.lr"] = 0.01
+    assert run(clf, fresh=False)[0] == ["classifiers", "cnn_inte", "interpnet"]
+    # A half-written stage file (a run killed while saving) is not trusted.
+    (tmp_path / "stages" / "cnn_inte.json").write_text('{"key": ')
+    assert run(clf, fresh=False)[0] == ["cnn_inte"]

@@ -90,7 +90,7 @@ class CnnInteConfig(BaseModel):
     forest_scope: Literal["global", "level1"] = Field(
         "global", description="one random forest for all rows, or one per level-1 cluster")
     n_estimators: int = Field(100, ge=1, description="trees per forest [R]")
-    max_features: Literal["sqrt", "log2"] | float = Field("sqrt", description="features tried per split [R]")
+    max_features: Literal["sqrt", "log2"] | float = Field("log2", description="features tried per split [R]")
     max_samples: float | None = Field(
         0.5, gt=0, le=1, description="fraction of the rows in each tree's bootstrap (None: all); half the cost of "
                                      "all, no fidelity lost on digits")

@@ -12,6 +12,7 @@ from jobs.common import EXIT_USAGE, run_main
 COMMANDS: dict[str, str] = {
     "train-classifier": "jobs.train_classifier",
     "extract": "jobs.extract_activations",
+    "fit-cnn-inte": "jobs.fit_cnn_inte",
     "pipeline": "jobs.pipeline",
     "train-flint": "jobs.train_flint",
     "train-interpnet": "jobs.train_interpnet",

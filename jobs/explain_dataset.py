@@ -4,12 +4,13 @@
     interp-ray explain-dataset --config configs/explain_scenes.yaml
 
 For every method and every split (the explained ``split``, and ``evaluation.tune_split`` when α is tuned) one
-store, ``<store.root>/<model>/<method>/<key>/`` (see ``interp_ray.saliency_store``), filled by:
+store, ``<store.root>/<model>/<method>/<key>/`` (see ``interp_ray.saliency_store``); one pipeline fills them all:
 
-    missing shard ids ─► map_batches(ShardLoader)       tasks: the shard's rows of the dataset
-                      ─► map_batches(SaliencyMapper)    actor pool (ActorPoolStrategy(size=actors)): explain
-                      ─► map_batches(StoreWriter)       one actor: assembles shards, writes each part atomically
-                      ─► driver: one record per finished part (a progress line each)
+    missing (store, shard) ─► map_batches(PlanLoader)     tasks: the shard's rows of the store's dataset split
+                           ─► map_batches(RoutedMapper)   actor pool (ActorPoolStrategy(size=actors)): every
+                                                          method's explainer built once per actor; rows routed by store
+                           ─► map_batches(RoutedWriter)   one actor: assembles shards, writes each part atomically
+                           ─► driver: one record per finished part (a progress line each)
 
 A rerun computes only the missing parts; a finished store costs no Ray start-up. Then ``evaluation`` (on by default)
 writes ``report.md``, ``results.json`` and overlays to ``evaluation.output`` (``interp_ray.saliency_report``).
@@ -22,8 +23,9 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
+import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from interp_ray.checkpoint import load_classifier
@@ -31,13 +33,13 @@ from interp_ray.config import DataConfig, Section, load_config
 from interp_ray.data import load_dataset
 from interp_ray.data.base import ImageDataset
 from interp_ray.errors import UserError
-from interp_ray.saliency_store import (DEFAULT_SHARD_ROWS, TARGET_RULES, MethodChoice, SaliencyManifest,
-                                       SaliencyMapper, check_method, constant_info, make_identity, scalar_extras,
-                                       store_key, store_location)
-from interp_ray.store import ShardAssembler, check_store, finalize_store, prepare_store
+from interp_ray.saliency_store import (DEFAULT_SHARD_ROWS, EXTRA_PREFIX, TARGET_RULES, MethodChoice,
+                                       SaliencyManifest, SaliencyMapper, check_method, constant_info, make_identity,
+                                       scalar_extras, store_key, store_location)
+from interp_ray.store import InjectedFailure, ShardAssembler, check_store, finalize_store, prepare_store
 from jobs.common import base_parser, exit_with, init_ray
 from jobs.extract_activations import (RECEIVED, ComputeSection, Progress, ShardLoader, absolute, check_resources,
-                                      gpus_per_actor, records_batch, user_error_in)
+                                      gpus_per_actor, user_error_in)
 
 log = logging.getLogger("interp_ray.explain_dataset")
 
@@ -139,8 +141,6 @@ def check_methods(cfg: ExplainDatasetConfig) -> list[MethodChoice]:
 def dry_run(mapper: SaliencyMapper, dataset: ImageDataset) -> tuple[tuple[int, ...], dict[str, str], dict]:
     """(mask shape, extra columns, constant method info) from explaining the split's first row: checks the method's
     options, layers and the image size on the driver, and fixes the schema every part will share."""
-    import numpy as np
-
     batch = dataset.get_batch(np.arange(1))
     explanations, _ = mapper.explain(batch)
     e = explanations[0]
@@ -186,68 +186,148 @@ def make_plans(cfg: ExplainDatasetConfig) -> list[StorePlan]:
     return plans
 
 
-# --- the writer stage --------------------------------------------------------------------------------------------
+# --- the stages ---------------------------------------------------------------------------------------------------
+#
+# One pipeline fills every store of the job: with a few seconds of actor start-up per pipeline (torch import,
+# checkpoint load), one per (method, split) cost more than the explaining itself for the cheap methods. Rows carry
+# a ``store`` column (the plan's position) that routes them to their method and to their store's writer.
 
-class StoreWriter:
-    """One actor holding a ``ShardAssembler``: emits a record for the rows received and one per part written."""
+STORE = "store"
 
-    def __init__(self, location: str, manifest: dict[str, Any], compression: str, fail_after_shards: int | None,
+
+class PlanLoader:
+    """Items ``{"store", "shard"}`` → that store's shard rows (``ShardLoader``), tagged with ``store``."""
+
+    def __init__(self, sources: list[tuple[ImageDataset, SaliencyManifest]], chunk_rows: int):
+        self.loaders = [ShardLoader(ds, manifest, chunk_rows) for ds, manifest in sources]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        for sid, shard in zip(np.asarray(batch[STORE]).tolist(), np.asarray(batch["shard"]).tolist()):
+            for rows in self.loaders[sid].shard_batches(int(shard)):
+                rows[STORE] = np.full(len(rows["index"]), sid, dtype=np.int64)
+                yield rows
+
+
+class RoutedMapper:
+    """One ``SaliencyMapper`` per method (built once per actor); each row goes to its store's method.
+
+    Every output batch has the same columns whatever methods it mixes — the union of all stores' extras, as float64
+    with NaN where a method has no such value — because Ray Data blocks of one stage must share a schema; the writer
+    keeps only its store's extras and casts them back (bool stays bool)."""
+
+    def __init__(self, checkpoint: str, methods: list[dict[str, Any]], method_extras: list[list[str]],
+                 store_method: list[int], target: str | int, device: str | None, torch_threads: int | None,
+                 expect_digest: str):
+        self.mappers = [SaliencyMapper(checkpoint, m, target=target, extras=x, device=device,
+                                       torch_threads=torch_threads, expect_digest=expect_digest)
+                        for m, x in zip(methods, method_extras)]
+        self.store_method = np.asarray(store_method, dtype=np.int64)
+        self.extra_columns = sorted({EXTRA_PREFIX + x for xs in method_extras for x in xs})
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        method_of_row = self.store_method[np.asarray(batch[STORE], dtype=np.int64)]
+        parts = []
+        for m in np.unique(method_of_row):
+            sel = method_of_row == m
+            sub = {k: np.asarray(v)[sel] for k, v in batch.items()}
+            out = self.mappers[int(m)](sub)
+            out[STORE] = sub[STORE]
+            n = len(out[STORE])
+            for col in self.extra_columns:
+                out[col] = np.asarray(out[col], dtype=np.float64) if col in out else np.full(n, np.nan)
+            parts.append(out)
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+class RoutedWriter:
+    """The writer stage: one actor, one ``ShardAssembler`` per store. Emits, per store in the batch, a record for
+    the rows received (``shard`` = -1) and one per part written. ``fail_after_shards``: the drill, counted over
+    all stores."""
+
+    def __init__(self, stores: list[tuple[str, dict[str, Any]]], compression: str, fail_after_shards: int | None,
                  fail_mode: str = "raise"):
-        self.assembler = ShardAssembler(location, SaliencyManifest(**manifest), compression=compression,
-                                        fail_after_shards=fail_after_shards, fail_mode=fail_mode)
+        self.assemblers = [ShardAssembler(loc, SaliencyManifest(**m), compression=compression)
+                           for loc, m in stores]
+        self.fail_after_shards, self.fail_mode, self.written = fail_after_shards, fail_mode, 0
 
-    def __call__(self, batch):
-        received = {"shard": RECEIVED, "rows": len(batch["index"]), "bytes": 0, "skipped": False}
-        return records_batch([received, *self.assembler.add(batch)])
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        sids = np.asarray(batch[STORE], dtype=np.int64)
+        records = []
+        for sid in np.unique(sids).tolist():
+            assembler = self.assemblers[sid]
+            keep = set(assembler.manifest.column_names()) | {"index", "shard"}
+            sel = sids == sid
+            rows = {k: np.asarray(v)[sel] for k, v in batch.items() if k in keep}
+            records.append({STORE: sid, "shard": RECEIVED, "rows": int(sel.sum()), "bytes": 0, "skipped": False})
+            for record in assembler.add(rows):
+                records.append({STORE: sid, **record})
+                self.written += 1
+                self._drill()
+        return {k: np.array([r[k] for r in records]) for k in (STORE, "shard", "rows", "bytes", "skipped")}
+
+    def _drill(self) -> None:
+        if self.fail_after_shards is None or self.written < self.fail_after_shards:
+            return
+        if self.fail_mode == "hang":  # stands still, so a test can kill -9 the job at a known point
+            log.warning("drill: writer stops after %d part(s) and waits to be killed", self.written)
+            while True:
+                time.sleep(3600)
+        raise InjectedFailure(f"injected failure after writing {self.written} shard(s)")
 
 
-def mapper_kwargs(cfg: ExplainDatasetConfig, plan: StorePlan) -> dict[str, Any]:
-    return {"checkpoint": plan.checkpoint, "method": asdict(plan.method), "target": cfg.target,
-            "extras": list(plan.manifest.extras), "device": cfg.compute.device,
-            "torch_threads": cfg.compute.torch_threads, "expect_digest": plan.digest}
+def loader_of(cfg: ExplainDatasetConfig, plans: list[StorePlan]) -> PlanLoader:
+    return PlanLoader([(p.dataset, p.manifest) for p in plans], cfg.compute.batch_size)
+
+
+def mapper_kwargs(cfg: ExplainDatasetConfig, plans: list[StorePlan]) -> dict[str, Any]:
+    methods = list(dict.fromkeys(p.method.name for p in plans))
+    first = {p.method.name: p for p in reversed(plans)}  # any plan of a method: its stores share the schema
+    return {"checkpoint": plans[0].checkpoint, "methods": [asdict(first[m].method) for m in methods],
+            "method_extras": [list(first[m].manifest.extras) for m in methods],
+            "store_method": [methods.index(p.method.name) for p in plans], "target": cfg.target,
+            "device": cfg.compute.device, "torch_threads": cfg.compute.torch_threads,
+            "expect_digest": plans[0].digest}
+
+
+def writer_kwargs(cfg: ExplainDatasetConfig, plans: list[StorePlan]) -> dict[str, Any]:
+    return {"stores": [(p.location, asdict(p.manifest)) for p in plans], "compression": cfg.store.compression,
+            "fail_after_shards": cfg.fail_after_shards, "fail_mode": cfg.fail_mode}
 
 
 # --- running -----------------------------------------------------------------------------------------------------
 
-def run_local(cfg: ExplainDatasetConfig, plan: StorePlan, missing: list[int], progress: Progress) -> None:
+def run_local(cfg: ExplainDatasetConfig, plans: list[StorePlan], items: list[dict[str, int]]
+              ) -> Iterator[dict[str, Any]]:
     """The same stages in this process, in order: no Ray (small jobs, tests)."""
-    mapper = SaliencyMapper(**mapper_kwargs(cfg, plan))
-    assembler = ShardAssembler(plan.location, plan.manifest, compression=cfg.store.compression,
-                               fail_after_shards=cfg.fail_after_shards, fail_mode=cfg.fail_mode)
-    loader = ShardLoader(plan.dataset, plan.manifest, cfg.compute.batch_size)
-    for shard in missing:
-        for chunk in loader.shard_batches(shard):
-            out = mapper(chunk)
-            progress.rows_extracted(len(out["index"]))
-            for record in assembler.add(out):
-                progress.update(record)
+    loader, mapper = loader_of(cfg, plans), RoutedMapper(**mapper_kwargs(cfg, plans))
+    writer = RoutedWriter(**writer_kwargs(cfg, plans))
+    for item in items:
+        for rows in loader({STORE: np.array([item[STORE]]), "shard": np.array([item["shard"]])}):
+            records = writer(mapper(rows))
+            yield from ({k: v[i] for k, v in records.items()} for i in range(len(records[STORE])))
 
 
-def build_pipeline(cfg: ExplainDatasetConfig, plan: StorePlan, missing: list[int]):
-    """The lazy Ray Data pipeline whose output rows are the written parts' records."""
+def build_pipeline(cfg: ExplainDatasetConfig, plans: list[StorePlan], items: list[dict[str, int]]):
+    """The lazy Ray Data pipeline whose output rows are the records of rows received and parts written."""
     import ray.data
 
     c = cfg.compute
-    shards = ray.data.from_items([{"shard": s} for s in missing], override_num_blocks=max(1, len(missing)))
-    images = shards.map_batches(ShardLoader(plan.dataset, plan.manifest, c.batch_size), batch_size=1,
-                                batch_format="numpy", num_cpus=c.load_num_cpus)
-    masks = images.map_batches(SaliencyMapper, batch_size=c.batch_size, batch_format="numpy",
-                               fn_constructor_kwargs=mapper_kwargs(cfg, plan),
+    shards = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    images = shards.map_batches(loader_of(cfg, plans), batch_size=1, batch_format="numpy", num_cpus=c.load_num_cpus)
+    masks = images.map_batches(RoutedMapper, batch_size=c.batch_size, batch_format="numpy",
+                               fn_constructor_kwargs=mapper_kwargs(cfg, plans),
                                compute=ray.data.ActorPoolStrategy(size=c.actors), num_cpus=c.num_cpus,
                                num_gpus=gpus_per_actor(cfg))
     # One writer: a shard's rows may come from any actor, and only one place may assemble them.
-    return masks.map_batches(
-        StoreWriter, batch_size=None, batch_format="numpy",
-        fn_constructor_kwargs={"location": plan.location, "manifest": asdict(plan.manifest),
-                               "compression": cfg.store.compression, "fail_after_shards": cfg.fail_after_shards,
-                               "fail_mode": cfg.fail_mode},
-        compute=ray.data.ActorPoolStrategy(size=1), num_cpus=c.write_num_cpus)
+    return masks.map_batches(RoutedWriter, batch_size=None, batch_format="numpy",
+                             fn_constructor_kwargs=writer_kwargs(cfg, plans),
+                             compute=ray.data.ActorPoolStrategy(size=1), num_cpus=c.write_num_cpus)
 
 
-def run_ray(cfg: ExplainDatasetConfig, plan: StorePlan, missing: list[int], progress: Progress) -> None:
+def run_ray(cfg: ExplainDatasetConfig, plans: list[StorePlan], items: list[dict[str, int]]
+            ) -> Iterator[dict[str, Any]]:
     try:
-        for record in build_pipeline(cfg, plan, missing).iter_rows():
-            progress.update(record)
+        yield from build_pipeline(cfg, plans, items).iter_rows()
     except Exception as exc:  # a UserError inside a Ray task reaches us as text in a RayTaskError
         user_error = user_error_in(exc)
         if user_error is not None:
@@ -255,28 +335,32 @@ def run_ray(cfg: ExplainDatasetConfig, plan: StorePlan, missing: list[int], prog
         raise
 
 
-def fill_store(cfg: ExplainDatasetConfig, plan: StorePlan, missing: list[int], *,
-               address: str | None = None) -> dict[str, Any]:
-    """Compute one store's missing parts and mark it complete."""
-    rows = sum(hi - lo for lo, hi in map(plan.manifest.shard_range, missing))
-    label = f"{plan.method.name}/{plan.split}"
-    progress = Progress(label, len(missing), rows, cfg.progress_every)
-    if missing:
-        log.info("%s: %d of %d parts to compute (%d rows) → %s", label, len(missing), plan.manifest.num_shards,
-                 rows, plan.location)
-        if cfg.compute.engine == "local":
-            run_local(cfg, plan, missing, progress)
-        else:
+def fill_stores(cfg: ExplainDatasetConfig, prepared: list[tuple[StorePlan, list[int]]], *,
+                address: str | None = None) -> list[dict[str, Any]]:
+    """Compute every store's missing parts in one pipeline, then mark each store complete."""
+    plans = [plan for plan, _ in prepared]
+    items = [{STORE: sid, "shard": s} for sid, (_, missing) in enumerate(prepared) for s in missing]
+    progress = []
+    for plan, missing in prepared:
+        rows = sum(hi - lo for lo, hi in map(plan.manifest.shard_range, missing))
+        label = f"{plan.method.name}/{plan.split}"
+        progress.append(Progress(label, len(missing), rows, cfg.progress_every))
+        if missing:
+            log.info("%s: %d of %d parts to compute (%d rows) → %s", label, len(missing),
+                     plan.manifest.num_shards, rows, plan.location)
+    if items:
+        if cfg.compute.engine == "ray":
             init_ray(address)
-            run_ray(cfg, plan, missing, progress)
-    manifest = finalize_store(plan.location, plan.manifest)
-    return {"method": plan.method.name, "split": plan.split, "location": plan.location, "key": manifest.key,
-            "rows": manifest.rows, "parts": manifest.num_shards, "computed_parts": progress.shards,
-            "computed_rows": progress.rows, "seconds": round(progress_seconds(progress), 3)}
-
-
-def progress_seconds(progress: Progress) -> float:
-    return time.perf_counter() - progress.start
+        records = run_local(cfg, plans, items) if cfg.compute.engine == "local" else run_ray(cfg, plans, items)
+        for record in records:
+            progress[int(record[STORE])].update(record)
+    out = []
+    for (plan, _), prog in zip(prepared, progress):
+        manifest = finalize_store(plan.location, plan.manifest)
+        out.append({"method": plan.method.name, "split": plan.split, "location": plan.location, "key": manifest.key,
+                    "rows": manifest.rows, "parts": manifest.num_shards, "computed_parts": prog.shards,
+                    "computed_rows": prog.rows, "seconds": round(time.perf_counter() - prog.start, 3)})
+    return out
 
 
 @dataclass
@@ -301,7 +385,7 @@ def explain_dataset(cfg: ExplainDatasetConfig, *, address: str | None = None) ->
     for plan in plans:
         plan.manifest, missing = prepare_store(plan.location, plan.manifest)  # type: ignore[assignment]
         prepared.append((plan, missing))
-    stores = [fill_store(cfg, plan, missing, address=address) for plan, missing in prepared]
+    stores = fill_stores(cfg, prepared, address=address)
     locations: dict[str, dict[str, str]] = {}
     for s in stores:
         locations.setdefault(s["method"], {})[s["split"]] = s["location"]

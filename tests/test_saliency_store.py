@@ -212,3 +212,39 @@ def test_report_matches_the_metrics_on_the_same_maps(scenes_checkpoint, tmp_path
     fixed = evaluate_saliency(stores, alpha=2.0)
     assert fixed["methods"]["gradient"]["alpha"] == 2.0 and "deletion_auc" not in fixed["methods"]["gradient"]
     assert fixed["methods"]["gradient"]["pointing"] == res["methods"]["gradient"]["pointing"]
+
+
+def test_one_shuffled_batch_mixing_methods_and_splits_lands_in_each_store(scenes_checkpoint, tmp_path):
+    """The routed stages as Ray Data may feed them: one batch holding rows of every store, in any order."""
+    from interp_ray.config import load_config
+    from interp_ray.store import finalize_store, prepare_store
+    from jobs.explain_dataset import (ExplainDatasetConfig, RoutedMapper, RoutedWriter, loader_of, make_plans,
+                                      mapper_kwargs, writer_kwargs)
+
+    sets = job_args(scenes_checkpoint, tmp_path, "store.shard_rows=8", "evaluation.enabled=true",
+                    "evaluation.tune_rows=12", methods=(("gradient", {}), ("feature_inversion", GFI_FAST)))[1::2]
+    cfg = load_config(ExplainDatasetConfig, None, sets)
+    plans = make_plans(cfg)
+    assert sorted((p.method.name, p.split) for p in plans) == [
+        ("feature_inversion", "test"), ("feature_inversion", "val"), ("gradient", "test"), ("gradient", "val")]
+    missing = [prepare_store(p.location, p.manifest)[1] for p in plans]
+    loader = loader_of(cfg, plans)
+    chunks = [rows for sid, shards in enumerate(missing) for s in shards
+              for rows in loader({"store": np.array([sid]), "shard": np.array([s])})]
+    batch = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+    order = np.random.default_rng(0).permutation(len(batch["index"]))
+    records = RoutedWriter(**writer_kwargs(cfg, plans))(RoutedMapper(**mapper_kwargs(cfg, plans))(
+        {k: v[order] for k, v in batch.items()}))
+    assert (records["shard"] >= 0).sum() == sum(len(m) for m in missing)  # every part written from the one batch
+    for plan in plans:
+        finalize_store(plan.location, plan.manifest)
+        got = SaliencyStore.open(plan.location).read()
+        n = len(plan.dataset)
+        np.testing.assert_array_equal(got["index"], np.arange(n))
+        ref, targets = direct_masks(scenes_checkpoint, plan.method.name, plan.method.params, plan.split, n)
+        np.testing.assert_allclose(got["saliency"], ref, atol=1e-5)
+        np.testing.assert_array_equal(got["target"], targets)
+        extras = {c for c in got if c.startswith("extra.")}
+        assert extras == ({"extra.p_masked", "extra.fallback", "extra.mask_area", "extra.p_original",
+                           "extra.p_complement", "extra.stage1_loss", "extra.stage2_loss"}
+                          if plan.method.name == "feature_inversion" else set())

@@ -160,13 +160,15 @@ def evaluate_saliency(stores: Mapping[str, str], *, tune_stores: Mapping[str, st
     Returns the ``results.json`` content."""
     import torch
 
-    if alpha is None and not tune_stores:
-        raise UserError("give tune_stores (α tuned per method on them) or a fixed alpha")
     stored = read_stores(stores)
-    alphas = tune_alphas({m: tune_stores[m] for m in stored}) if alpha is None else {m: alpha for m in stored}
     first = next(iter(stored.values()))
     dataset = dataset_of(first.store)
     truth = ground_truth(dataset, first.index, images=checkpoint is not None)
+    alphas: dict[str, float] = {}
+    if "boxes" in truth:  # datasets without boxes get deletion/insertion only
+        if alpha is None and not tune_stores:
+            raise UserError("give tune_stores (α tuned per method on them) or a fixed alpha")
+        alphas = tune_alphas({m: tune_stores[m] for m in stored}) if alpha is None else {m: alpha for m in stored}
     model = load_model_for(checkpoint, stored) if checkpoint is not None else None
     methods: dict[str, Any] = {}
     for name, m in stored.items():
@@ -182,7 +184,8 @@ def evaluate_saliency(stores: Mapping[str, str], *, tune_stores: Mapping[str, st
     ident = first.store.manifest.identity
     results = {"dataset": ident["data"], "split": ident["split"], "rows": int(len(first.index)),
                "target": ident["target"], "checkpoint_digest": ident["checkpoint_digest"],
-               "alpha_source": "given" if alpha is not None else "tuned", "tolerance": tolerance,
+               "alpha_source": ("given" if alpha is not None else "tuned") if alphas else None,
+               "tolerance": tolerance,
                "causal_steps": causal_steps if model is not None else None, "methods": methods}
     if out_dir is not None:
         write_report(Path(out_dir), results, stored, dataset, overlays)
@@ -233,7 +236,8 @@ def write_report(out: Path, results: dict[str, Any], stored: dict[str, StoredMas
     data = results["dataset"]
     lines = [f"# Saliency evaluation: {data['name']} / {results['split']}", "",
              f"{results['rows']} rows, explaining the {results['target']} class; checkpoint digest "
-             f"{results['checkpoint_digest'][:12]}; α {results['alpha_source']}"
+             f"{results['checkpoint_digest'][:12]}; "
+             + (f"α {results['alpha_source']}" if results["alpha_source"] else "no boxes")
              + (f", deletion/insertion over {results['causal_steps']} steps" if results["causal_steps"] else
                 ", no deletion/insertion (no checkpoint given)") + ".", "", markdown_table(results), ""]
     extras = {n: r["extras"] for n, r in results["methods"].items() if r["extras"]}

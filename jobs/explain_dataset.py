@@ -149,6 +149,10 @@ def dry_run(mapper: SaliencyMapper, dataset: ImageDataset) -> tuple[tuple[int, .
     return tuple(np.shape(e.saliency)), scalar_extras(e.extra), constant_info(e.extra)
 
 
+def has_boxes(dataset: ImageDataset) -> bool:
+    return "boxes" in dataset.get_batch(np.arange(1))
+
+
 def make_plans(cfg: ExplainDatasetConfig) -> list[StorePlan]:
     """One plan per (method, split). A method's mask shape and extras come from its existing store's manifest, or
     from a dry run on the driver when a store is still to be made (which also checks its options and layers)."""
@@ -158,6 +162,10 @@ def make_plans(cfg: ExplainDatasetConfig) -> list[StorePlan]:
     for split, ds in datasets.items():
         if len(ds) == 0:
             raise UserError(f"{cfg.data.name}/{split} has no rows")
+    if len(datasets) > 1 and not has_boxes(datasets[cfg.split]):  # nothing to tune α on, nor to score it with
+        log.info("%s has no boxes: no α tuning, pointing game or localisation error; deletion/insertion only",
+                 cfg.data.name)
+        datasets = {cfg.split: datasets[cfg.split]}
     loaded = load_classifier(checkpoint)
     model_name = loaded.config["model"]["name"]
     plans = []
@@ -402,7 +410,8 @@ def evaluate(cfg: ExplainDatasetConfig, locations: dict[str, dict[str, str]], mo
     ev = cfg.evaluation
     out = Path(ev.output) if ev.output else Path(absolute(cfg.store.root)) / model_name / f"report-{cfg.split}"
     stores = {m: splits[cfg.split] for m, splits in locations.items()}
-    tune = {m: splits[ev.tune_split] for m, splits in locations.items()} if ev.alpha is None else None
+    tuned = ev.alpha is None and all(ev.tune_split in splits for splits in locations.values())
+    tune = {m: splits[ev.tune_split] for m, splits in locations.items()} if tuned else None
     results = evaluate_saliency(stores, tune_stores=tune, alpha=ev.alpha, out_dir=out,
                                 checkpoint=absolute(cfg.checkpoint) if ev.causal else None,
                                 causal_steps=ev.causal_steps, overlays=ev.overlays, tolerance=ev.tolerance)

@@ -75,7 +75,8 @@ def assert_store_equals_direct(location, checkpoint, method, params):
     assert got["saliency"].shape == (ROWS, SIZE, SIZE) and got["saliency"].dtype == np.float32
     np.testing.assert_allclose(got["saliency"], ref, atol=1e-5)
     np.testing.assert_array_equal(got["target"], targets)
-    np.testing.assert_array_equal(got["label"], load_scenes("test", n=ROWS, size=SIZE).get_batch(np.arange(ROWS))["label"])
+    labels = load_scenes("test", n=ROWS, size=SIZE).get_batch(np.arange(ROWS))["label"]
+    np.testing.assert_array_equal(got["label"], labels)
 
 
 def snapshot(store: Path) -> dict[str, tuple[int, int]]:
@@ -248,3 +249,16 @@ def test_one_shuffled_batch_mixing_methods_and_splits_lands_in_each_store(scenes
         assert extras == ({"extra.p_masked", "extra.fallback", "extra.mask_area", "extra.p_original",
                            "extra.p_complement", "extra.stage1_loss", "extra.stage2_loss"}
                           if plan.method.name == "feature_inversion" else set())
+
+
+def test_dataset_without_boxes_gets_deletion_insertion_only(digits_checkpoint, tmp_path):
+    """digits has no boxes: no α tuning (no val stores made), no pointing game; deletion/insertion still scored."""
+    sets = [f"checkpoint={digits_checkpoint}", "data.name=digits", "split=test", "methods=[{name: gradient}]",
+            f"store.root={tmp_path}", "compute.engine=local", "evaluation.causal_steps=4",
+            f"evaluation.output={tmp_path / 'report'}"]
+    assert run_main(main, [a for s in sets for a in ("--set", s)]) == 0
+    assert len(list((tmp_path / "digits_cnn" / "gradient").iterdir())) == 1  # the test split only
+    res = json.loads((tmp_path / "report" / "results.json").read_text())
+    row = res["methods"]["gradient"]
+    assert "pointing" not in row and 0 <= row["deletion_auc"] <= 1 and res["alpha_source"] is None
+    assert "| gradient | – | – | – | – |" in (tmp_path / "report" / "report.md").read_text()

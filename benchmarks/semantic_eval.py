@@ -56,10 +56,26 @@ def label_precision(ex: SemanticExplainer, train, presence: float) -> dict:
     confident = [n for n in ex.neurons if n.confident]
     correct = [n for n in confident
                if np.mean([n.label in attrs[i].values() for i in n.top_items]) >= presence]
+
+    def present_share(n) -> float:   # share of the attribute words that would count as correct for this neuron
+        return np.mean([np.mean([w in attrs[i].values() for i in n.top_items]) >= presence for w in ATTRIBUTE_VOCAB])
+
     return {"neurons": len(ex.neurons), "alive": sum(bool(n.top_items) for n in ex.neurons),
             "confident": len(confident), "correct": len(correct),
             "share": len(correct) / len(confident) if confident else float("nan"),
+            "chance": float(np.mean([present_share(n) for n in confident])) if confident else float("nan"),
             "labels": sorted({n.label for n in confident})}
+
+
+def few_shot_probe(train_x, train_y, test_x, test_y, *, per_class: int, draws: int = 5, seed: int = 0) -> float:
+    """Mean probe accuracy from ``per_class`` training clips per class (the full probe saturates on scenes)."""
+    rng = np.random.default_rng(seed)
+    accs = []
+    for _ in range(draws):
+        idx = np.concatenate([rng.choice(np.flatnonzero(train_y == c), per_class, replace=False)
+                              for c in np.unique(train_y)])
+        accs.append(linear_probe(train_x[idx], train_y[idx], test_x, test_y))
+    return float(np.mean(accs))
 
 
 def planted_errors(ex: SemanticExplainer, test, kinds=("colour", "shape"), boost_scale: float = 1.0,
@@ -99,6 +115,38 @@ def planted_errors(ex: SemanticExplainer, test, kinds=("colour", "shape"), boost
             "share": restored / planted if planted else float("nan"), "examples": examples}
 
 
+def blend_plants(ex: SemanticExplainer, test, kind: str = "colour", weights=(0.4, 0.5, 0.6, 0.7),
+                 match: str = "words", boost_scale: float = 1.0) -> dict:
+    """(c), a plant that does not go through the labels: blend a clip's frame features with those of a clip whose
+    class has another ``kind`` value (the same shape when one exists), at the smallest weight that makes the caption
+    name that wrong value; then revise (wrong value → suppress, true value → boost) and count restorations."""
+    attrs = clip_attributes(test)
+    base = ex.caption(test.features, test.mask)
+    values = set(ATTRIBUTE_VALUES[kind])
+    tried = planted = restored = 0
+    for i, cap in enumerate(base):
+        right = attrs[i][kind]
+        if right not in attribute_mentions(cap):
+            continue
+        others = [j for j in range(len(test)) if attrs[j][kind] != right]
+        same_shape = [j for j in others if attrs[j]["shape"] == attrs[i]["shape"]]
+        j = (same_shape or others)[i % len(same_shape or others)]
+        tried += 1
+        for w in weights:
+            f = ((1 - w) * test.features[i] + w * test.features[j])[None]
+            wrong_cap = ex.caption(f, test.mask[i:i + 1])[0]
+            wrong = sorted((attribute_mentions(wrong_cap) & values) - {right})
+            if wrong:
+                planted += 1
+                _, after = ex.revise(f, test.mask[i:i + 1], wrong=wrong, right=[right], match=match,
+                                     boost_scale=boost_scale)
+                named = attribute_mentions(after[0]) & values
+                restored += right in named and not (named - {right})
+                break
+    return {"tried": tried, "planted": planted, "restored": restored,
+            "share": restored / planted if planted else float("nan")}
+
+
 def run(args) -> dict:
     from jobs.train_semantic import VideoDataSection, load_items
 
@@ -118,8 +166,13 @@ def run(args) -> dict:
         for lam in args.lambdas:
             t1 = time.perf_counter()
             cfg = SemanticConfig(interp_weight=lam, decoder_reads=args.decoder_reads)
-            ex = SemanticExplainer(cfg).setup(train, topics, seed=args.seed)
-            ex.fit(train, val, settings=settings)
+            saved = Path(args.load_dir) / f"lambda_{lam}" if args.load_dir else None
+            if saved is not None and saved.is_dir():
+                ex = SemanticExplainer.load(str(saved))      # reuse a captioner this benchmark saved before
+                topics = ex.topics
+            else:
+                ex = SemanticExplainer(cfg).setup(train, topics, seed=args.seed)
+                ex.fit(train, val, settings=settings)
             train_s = time.perf_counter() - t1
             enc_train = ex.encode(train.features, train.mask)
             if lam == 0:
@@ -138,7 +191,13 @@ def run(args) -> dict:
                 "revision": planted_errors(ex, test, boost_scale=args.boost_scale, match=args.match)
                 if cfg.decoder_reads == "a"
                 else None,
+                "revision_label_match": planted_errors(ex, test, boost_scale=args.boost_scale, match="label")
+                if cfg.decoder_reads == "a" else None,
+                "revision_blend": {k: blend_plants(ex, test, k, match=args.match, boost_scale=args.boost_scale)
+                                   for k in ("colour", "shape")} if cfg.decoder_reads == "a" else None,
                 "probe": linear_probe(enc_train["vbar"], train.labels, enc_test["vbar"], test.labels),
+                "probe_few_shot": few_shot_probe(enc_train["vbar"], train.labels, enc_test["vbar"], test.labels,
+                                                 per_class=args.probe_shots, seed=args.seed),
                 "samples": [{"caption": c, "reference": r[0]} for c, r in zip(captions[:4], test.sentences[:4])],
             }
             results["runs"][str(lam)] = row
@@ -173,7 +232,17 @@ def report(results: dict) -> None:
     line("planted errors restored", lambda r: "n/a" if r["revision"] is None else
          f"{r['revision']['restored']}/{r['revision']['planted']} = {100 * r['revision']['share']:.1f}% "
          f"(tried {r['revision']['tried']}, no neuron {r['revision']['no_neuron']})")
+    line("planted errors restored, neurons by confident label", lambda r: "n/a" if not r["revision_label_match"]
+         else f"{r['revision_label_match']['restored']}/{r['revision_label_match']['planted']} (tried "
+              f"{r['revision_label_match']['tried']}, no neuron {r['revision_label_match']['no_neuron']})")
+    for kind in ("colour", "shape"):
+        line(f"blend-planted wrong {kind} restored", lambda r, k=kind: "n/a" if not r["revision_blend"] else
+             f"{r['revision_blend'][k]['restored']}/{r['revision_blend'][k]['planted']} = "
+             f"{100 * r['revision_blend'][k]['share']:.1f}% (tried {r['revision_blend'][k]['tried']})")
+    line("chance share for those neurons' labels", lambda r: f"{100 * r['labels']['chance']:.1f}%")
     line("linear probe accuracy on v̄", lambda r: f"{100 * r['probe']:.1f}%")
+    line(f"few-shot probe ({results['setup']['probe_shots']}/class, 5 draws)",
+         lambda r: f"{100 * r['probe_few_shot']:.1f}%")
     line("train time (s)", lambda r: f"{r['train_s']:.0f}")
     if "0.1" in runs and "0.0" in runs:
         a, b = runs["0.1"], runs["0.0"]
@@ -184,6 +253,7 @@ def report(results: dict) -> None:
         if a["revision"] is not None:
             print(f"restored_share_lambda_0.1: {a['revision']['share']:.3f}  (goal >= 0.50)")
         print(f"probe_ratio_0.1_over_0: {a['probe'] / b['probe']:.3f}  (goal >= 1.0)")
+        print(f"few_shot_probe_ratio_0.1_over_0: {a['probe_few_shot'] / b['probe_few_shot']:.3f}")
     print(f"total_s: {results['total_s']:.0f}")
 
 
@@ -203,10 +273,13 @@ def main(argv=None) -> int:
     p.add_argument("--boost-scale", type=float, default=1.0)
     p.add_argument("--match", choices=["label", "words"], default="words",
                    help="(c): a word selects neurons by their confident label or by their top-m words")
+    p.add_argument("--probe-shots", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", default="/tmp/interp-ray-scenes-cnn", help="the scenes CNN (frame features)")
     p.add_argument("--cache-dir", default="/tmp/interp-ray-cache/semantic")
     p.add_argument("--save-dir", default=None, help="save each captioner here (lambda_<λ>/)")
+    p.add_argument("--load-dir", default=None, help="load lambda_<λ>/ captioners saved by --save-dir instead of "
+                                                    "training them")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     results = run(args)

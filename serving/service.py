@@ -146,6 +146,10 @@ def build_explainer(name: str, classifier: Any, checkpoint: str | None = None, *
     cls = get_explainer(name)
     model = getattr(classifier, "model", classifier)
     class_names = getattr(classifier, "class_names", None)
+    if "features" in cls.needs:
+        # The routes take images; a video captioner reads per-frame features of whole clips (jobs.revise_caption).
+        raise SkipMethod(f"{name} explains video clips from per-frame features, not images; use "
+                         f"'interp-ray revise-caption' or the library")
     try:
         if cls.learned:
             if not checkpoint:

@@ -31,6 +31,12 @@ def test_every_registered_method_is_served_or_skipped_with_a_reason(service):
         assert name in why and why
 
 
+def test_the_video_captioner_is_skipped_with_the_reason_even_with_a_checkpoint(serving_checkpoints, tmp_path):
+    loaded = load_classifier(serving_checkpoints["classifier"])
+    with pytest.raises(SkipMethod, match="per-frame features, not images"):
+        build_explainer("semantic", loaded, checkpoint=str(tmp_path))
+
+
 def test_model_methods_are_built_with_the_model_and_class_names(serving_checkpoints):
     loaded = load_classifier(serving_checkpoints["classifier"])
     for name in ("gradcam", "feature_inversion"):

@@ -65,9 +65,11 @@ class PipelineConfig(Section):
     flint: JobRef = Field(default_factory=lambda: JobRef(config="configs/flint_digits.yaml"))
     interpnet: StageRef = Field(default_factory=lambda: StageRef(config="configs/interpnet_scenes.yaml",
                                                                  classifier="scenes"))
+    saliency: StageRef = Field(default_factory=lambda: StageRef(config="configs/explain_scenes.yaml",
+                                                                classifier="scenes"))
 
 
-STAGES = ("classifiers", "cnn_inte", "flint", "interpnet")
+STAGES = ("classifiers", "cnn_inte", "flint", "interpnet", "saliency")
 
 
 class Context:
@@ -166,8 +168,33 @@ def run_interpnet(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
             "samples": r["samples"], "test_images": r["test_images"], "seconds": time.perf_counter() - t0}
 
 
+def run_saliency(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
+    from interp_ray.saliency_report import markdown_table
+    from jobs.explain_dataset import ExplainDatasetConfig, explain_dataset
+
+    ref = cfg.saliency
+    out = ctx.local / "saliency"
+    job = ref.load(ExplainDatasetConfig, smoke=ctx.smoke, forced={
+        "checkpoint": ctx.checkpoint(ref.classifier), "store.root": join_uri(ctx.out, "explanations"),
+        "evaluation.output": str(out)})
+    names = ", ".join(m.name for m in job.methods)
+    t0 = stage(f"saliency ({names}) over {job.data.name}/{job.split} on Ray Data into Parquet, then evaluated")
+    r = explain_dataset(job)
+    if r.results is None:
+        raise UserError("saliency: the stage needs evaluation.enabled (its table is the stage's result)")
+    for name, m in r.results["methods"].items():
+        print(f"[pipeline] saliency {name}: pointing game {m.get('pointing', float('nan')):.3f}", flush=True)
+    return {"table": markdown_table(r.results), "rows": r.results["rows"], "split": r.results["split"],
+            "target": r.results["target"], "alpha_source": r.results["alpha_source"],
+            "methods": {n: {k: v for k, v in m.items() if not isinstance(v, dict)}
+                        for n, m in r.results["methods"].items()},
+            "overlays": [str(out / p) for p in r.results.get("overlays", [])],
+            "stores": r.stores, "seconds": time.perf_counter() - t0}
+
+
 STAGE_FUNCTIONS: dict[str, Callable[[PipelineConfig, Context], dict[str, Any]]] = {
-    "classifiers": train_classifiers, "cnn_inte": run_cnn_inte, "flint": run_flint, "interpnet": run_interpnet}
+    "classifiers": train_classifiers, "cnn_inte": run_cnn_inte, "flint": run_flint, "interpnet": run_interpnet,
+    "saliency": run_saliency}
 
 
 # --- the report ----------------------------------------------------------------------------------------------------
@@ -222,8 +249,18 @@ def report_interpnet(r: dict[str, Any], root: Path) -> list[str]:
     return lines
 
 
+def report_saliency(r: dict[str, Any], root: Path) -> list[str]:
+    computed = sum(s["computed_rows"] for s in r["stores"])
+    lines = [f"## Saliency: Guided Feature Inversion and baselines ({r['rows']} {r['split']} images, "
+             f"{r['target']} class)", "",
+             f"Masks computed on Ray Data into Parquet explanation stores ({computed} rows computed in this run; "
+             f"α {r['alpha_source'] or '—'}).", "", r["table"], ""]
+    lines += [f"![{Path(p).stem}]({_rel(p, root)})" for p in r["overlays"]]
+    return lines
+
+
 REPORTERS = {"classifiers": report_classifiers, "cnn_inte": report_cnn_inte, "flint": report_flint,
-             "interpnet": report_interpnet}
+             "interpnet": report_interpnet, "saliency": report_saliency}
 
 
 def write_report(local: Path, results: dict[str, Any], seconds: float, smoke: bool,
@@ -260,6 +297,9 @@ def job_class(name: str) -> type[BaseModel]:
     if name == "interpnet":
         from jobs.train_interpnet import InterpNETJobConfig
         return InterpNETJobConfig
+    if name == "saliency":
+        from jobs.explain_dataset import ExplainDatasetConfig
+        return ExplainDatasetConfig
     raise KeyError(name)
 
 

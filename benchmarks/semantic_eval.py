@@ -30,41 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from interp_ray.data.scenes import (ATTRIBUTE_KINDS, ATTRIBUTE_VALUES, ATTRIBUTE_VOCAB, attribute_mentions,
-                                    discriminative_attributes)
+from interp_ray.data.scenes import ATTRIBUTE_VALUES, ATTRIBUTE_VOCAB, attribute_mentions
 from interp_ray.explainers.semantic import (LabelConfig, NeuronEdit, SemanticConfig, SemanticExplainer,
                                             SemanticTrainConfig, fit_topic_head, linear_probe)
+from interp_ray.metrics.semantic import caption_faithfulness, clip_attributes, label_precision
 from interp_ray.topics import TopicConfig, fit_topics
-
-
-def clip_attributes(items) -> list[dict[str, str]]:
-    return [{k: ATTRIBUTE_VALUES[k][int(v)] for k, v in zip(ATTRIBUTE_KINDS, row)} for row in items.attributes]
-
-
-def caption_faithfulness(captions, items) -> float:
-    """Share of captions naming every discriminative attribute of the clip's class and nothing untrue."""
-    ok = 0
-    for cap, label, attrs in zip(captions, items.labels, clip_attributes(items)):
-        named = attribute_mentions(cap)
-        ok += set(discriminative_attributes(int(label))) <= named and named <= set(attrs.values())
-    return ok / max(len(captions), 1)
-
-
-def label_precision(ex: SemanticExplainer, train, presence: float) -> dict:
-    """(b): confident labels that are attributes of ≥ ``presence`` of their top-activating clips."""
-    attrs = clip_attributes(train)
-    confident = [n for n in ex.neurons if n.confident]
-    correct = [n for n in confident
-               if np.mean([n.label in attrs[i].values() for i in n.top_items]) >= presence]
-
-    def present_share(n) -> float:   # share of the attribute words that would count as correct for this neuron
-        return np.mean([np.mean([w in attrs[i].values() for i in n.top_items]) >= presence for w in ATTRIBUTE_VOCAB])
-
-    return {"neurons": len(ex.neurons), "alive": sum(bool(n.top_items) for n in ex.neurons),
-            "confident": len(confident), "correct": len(correct),
-            "share": len(correct) / len(confident) if confident else float("nan"),
-            "chance": float(np.mean([present_share(n) for n in confident])) if confident else float("nan"),
-            "labels": sorted({n.label for n in confident})}
 
 
 def few_shot_probe(train_x, train_y, test_x, test_y, *, per_class: int, draws: int = 5, seed: int = 0) -> float:

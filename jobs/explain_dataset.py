@@ -289,9 +289,12 @@ def loader_of(cfg: ExplainDatasetConfig, plans: list[StorePlan]) -> PlanLoader:
 
 def mapper_kwargs(cfg: ExplainDatasetConfig, plans: list[StorePlan]) -> dict[str, Any]:
     methods = list(dict.fromkeys(p.method.name for p in plans))
-    first = {p.method.name: p for p in reversed(plans)}  # any plan of a method: its stores share the schema
-    return {"checkpoint": plans[0].checkpoint, "methods": [asdict(first[m].method) for m in methods],
-            "method_extras": [list(first[m].manifest.extras) for m in methods],
+    choice = {p.method.name: p.method for p in plans}
+    # the union over a method's stores: a store made by an older version may list other extras than a new one
+    extras = {m: list(dict.fromkeys(x for p in plans if p.method.name == m for x in p.manifest.extras))
+              for m in methods}
+    return {"checkpoint": plans[0].checkpoint, "methods": [asdict(choice[m]) for m in methods],
+            "method_extras": [extras[m] for m in methods],
             "store_method": [methods.index(p.method.name) for p in plans], "target": cfg.target,
             "device": cfg.compute.device, "torch_threads": cfg.compute.torch_threads,
             "expect_digest": plans[0].digest}

@@ -67,9 +67,11 @@ class PipelineConfig(Section):
                                                                  classifier="scenes"))
     saliency: StageRef = Field(default_factory=lambda: StageRef(config="configs/explain_scenes.yaml",
                                                                 classifier="scenes"))
+    semantic: StageRef = Field(default_factory=lambda: StageRef(config="configs/semantic_scenes.yaml",
+                                                                classifier="scenes"))
 
 
-STAGES = ("classifiers", "cnn_inte", "flint", "interpnet", "saliency")
+STAGES = ("classifiers", "cnn_inte", "flint", "interpnet", "saliency", "semantic")
 
 
 class Context:
@@ -192,9 +194,64 @@ def run_saliency(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
             "stores": r.stores, "seconds": time.perf_counter() - t0}
 
 
+def run_semantic(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
+    from interp_ray.explainers.semantic import SemanticExplainer
+    from interp_ray.metrics.captions import CaptionScorer
+    from interp_ray.metrics.semantic import caption_faithfulness, label_precision
+    from jobs.train_semantic import SemanticJobConfig, load_items, train
+
+    ref = cfg.semantic
+    job = ref.load(SemanticJobConfig, smoke=ctx.smoke, forced={
+        "data.checkpoint": ctx.checkpoint(ref.classifier), "data.cache_dir": str(ctx.local / "cache"),
+        "output": str(ctx.local / "semantic"), "run.storage_path": join_uri(ctx.out, "ray_runs")})
+    t0 = stage(f"semantic captioner (Dong et al., λ = {job.explainer.interp_weight}) on {job.data.source} clips: "
+               f"topics, Ray Train, neuron labels, scoring")
+    items = {role: load_items(job.data, role) for role in ("train", "val", "test")}
+    r = train(job, {"train": items["train"], "val": items["val"]})
+    ex = SemanticExplainer.load(r["checkpoint"])
+    test = items["test"]
+    captions = ex.caption(test.features, test.mask)
+    with CaptionScorer() as scorer:
+        scores = scorer.score(captions, test.sentences)
+    shutil.rmtree(ctx.local / "cache", ignore_errors=True)  # frame features: cheap to recompute, not a result
+    out = {"lambda": job.explainer.interp_weight, "epochs": len(r["history"]), "best_epoch": r["best_epoch"],
+           "test_clips": len(test), "scores": scores, "seconds": 0.0,
+           "samples": [{"id": str(i), "caption": c, "reference": refs[0]}
+                       for i, c, refs in list(zip(test.ids, captions, test.sentences))[:4]],
+           "neurons": [{"neuron": n.neuron, "label": n.label, "words": n.words[:4], "margin": n.margin}
+                       for n in ex.neurons if n.confident][:12]}
+    if test.attributes is not None:
+        out["faithful_captions"] = caption_faithfulness(captions, test)
+        precision = label_precision(ex, items["train"])
+        out["label_precision"] = {k: v for k, v in precision.items() if k != "labels"}
+        out["revision"] = revision_example(ex, test)
+    out["seconds"] = time.perf_counter() - t0
+    print(f"[pipeline] semantic: METEOR {scores.get('meteor_segment_mean', float('nan')) * 100:.1f}, "
+          f"{len(out['neurons'])} confident neuron labels shown", flush=True)
+    return out
+
+
+def revision_example(ex: Any, test: Any) -> dict[str, Any] | None:
+    """The human-in-the-loop edit on the first test clip whose caption names a colour that has confidently labelled
+    neurons, while another colour has some too: suppress the named colour's neurons, boost the other's, decode."""
+    from interp_ray.data.scenes import ATTRIBUTE_VALUES, attribute_mentions
+
+    labelled = {n.label for n in ex.neurons if n.confident}
+    colours = [c for c in ATTRIBUTE_VALUES["colour"] if c in labelled]
+    for i in range(len(test)):
+        caption = ex.caption(test.features[i:i + 1], test.mask[i:i + 1])[0]
+        named = [c for c in colours if c in attribute_mentions(caption)]
+        others = [c for c in colours if c not in named]
+        if named and others:
+            before, after = ex.revise(test.features[i:i + 1], test.mask[i:i + 1], wrong=named[:1], right=others[:1])
+            return {"id": str(test.ids[i]), "suppress": named[0], "boost": others[0], "before": before[0],
+                    "after": after[0]}
+    return None
+
+
 STAGE_FUNCTIONS: dict[str, Callable[[PipelineConfig, Context], dict[str, Any]]] = {
     "classifiers": train_classifiers, "cnn_inte": run_cnn_inte, "flint": run_flint, "interpnet": run_interpnet,
-    "saliency": run_saliency}
+    "saliency": run_saliency, "semantic": run_semantic}
 
 
 # --- the report ----------------------------------------------------------------------------------------------------
@@ -259,8 +316,32 @@ def report_saliency(r: dict[str, Any], root: Path) -> list[str]:
     return lines
 
 
+def report_semantic(r: dict[str, Any], root: Path) -> list[str]:
+    sc = r["scores"]
+    lines = [f"## Semantic captioner (Dong et al.; λ = {r['lambda']:g}, {r['epochs']} epochs on Ray Train, best "
+             f"{r['best_epoch']})", "",
+             "| test clips | METEOR (paper protocol) | BLEU-4 | CIDEr-D | faithful captions | confident labels present "
+             "in their top clips |", "|---|---|---|---|---|---|"]
+    lp = r.get("label_precision") or {}
+    share = (f"{lp['share'] * 100:.1f}% ({lp['correct']} of {lp['confident']}; chance "
+             f"{lp['chance'] * 100:.0f}%)" if lp.get("confident") else "–")
+    faithful = f"{r['faithful_captions'] * 100:.1f}%" if "faithful_captions" in r else "–"
+    lines.append(f"| {r['test_clips']} | {sc.get('meteor_segment_mean', float('nan')) * 100:.1f} | "
+                 f"{sc.get('bleu4', float('nan')) * 100:.1f} | {sc.get('cider', float('nan')) * 100:.1f} | "
+                 f"{faithful} | {share} |")
+    lines += ["", "Confidently labelled neurons of the interpretable layer (label; top words):", ""]
+    lines += [f"- neuron {n['neuron']}: **{n['label']}** ({', '.join(n['words'])})" for n in r["neurons"]] or ["- none"]
+    lines += ["", "Captions:", ""] + [f"- `{s['id']}`: {s['caption']} (a reference: {s['reference']})"
+                                      for s in r["samples"]]
+    rev = r.get("revision")
+    if rev:
+        lines += ["", f"Human-in-the-loop edit on `{rev['id']}` (suppress the neurons labelled *{rev['suppress']}*, "
+                      f"boost those labelled *{rev['boost']}*): “{rev['before']}” → “{rev['after']}”"]
+    return lines
+
+
 REPORTERS = {"classifiers": report_classifiers, "cnn_inte": report_cnn_inte, "flint": report_flint,
-             "interpnet": report_interpnet, "saliency": report_saliency}
+             "interpnet": report_interpnet, "saliency": report_saliency, "semantic": report_semantic}
 
 
 def write_report(local: Path, results: dict[str, Any], seconds: float, smoke: bool,
@@ -300,6 +381,9 @@ def job_class(name: str) -> type[BaseModel]:
     if name == "saliency":
         from jobs.explain_dataset import ExplainDatasetConfig
         return ExplainDatasetConfig
+    if name == "semantic":
+        from jobs.train_semantic import SemanticJobConfig
+        return SemanticJobConfig
     raise KeyError(name)
 
 

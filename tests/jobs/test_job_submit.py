@@ -90,7 +90,7 @@ def test_smoke_pipeline_through_ray_job_submit(ray_head, tmp_path):
            "python", "-m", "jobs.pipeline", "--config", "configs/pipeline.yaml", "--smoke",
            "--set", f"output_dir={out}"]
     for _ in range(24):  # bounded (2 min): the dashboard can answer before the node's job agent has registered
-        proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900, cwd=REPO)
+        proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=1800, cwd=REPO)
         if "No available agent to submit job" not in proc.stderr + proc.stdout:
             break
         time.sleep(5)
@@ -98,10 +98,11 @@ def test_smoke_pipeline_through_ray_job_submit(ray_head, tmp_path):
     assert "succeeded" in proc.stdout
     report = (out / "report.md").read_text()
     assert "| digits | digits_cnn | digits |" in report and "| scenes | scenes_cnn | scenes |" in report
-    for section in ("## CNN-INTE", "## FLINT", "## InterpNET"):
+    for section in ("## CNN-INTE", "## FLINT", "## InterpNET", "## Saliency", "## Semantic captioner"):
         assert section in report
     # Every picture the report shows was written next to it.
     pictures = re.findall(r"!\[[^]]*\]\(([^)]+)\)", report)
-    assert "cnn_inte/route_0.png" in pictures and any(p.startswith("flint/") for p in pictures)
+    assert "cnn_inte/route_0.png" in pictures and "saliency/overlay_00.png" in pictures
+    assert any(p.startswith("flint/") for p in pictures)
     assert all((out / p).read_bytes()[:4] == b"\x89PNG" for p in pictures)
     assert (out / "checkpoints" / "digits" / "weights.safetensors").is_file()

@@ -21,7 +21,7 @@ def test_the_shipped_config_is_valid_in_both_sizes():
 
     cfg = load_config(PipelineConfig, "configs/pipeline.yaml")
     stages = selected_stages(cfg, None)
-    assert stages == ["classifiers", "cnn_inte", "flint", "interpnet", "saliency"]
+    assert stages == ["classifiers", "cnn_inte", "flint", "interpnet", "saliency", "semantic"]
     check(cfg, stages, smoke=False)
     check(cfg, stages, smoke=True)
 
@@ -86,7 +86,7 @@ def test_a_rerun_reuses_finished_stages_and_redoes_what_changed(tmp_path, monkey
     assert run(flint, fresh=False)[0] == ["flint"]
     clf = flint.model_copy(deep=True)
     clf.classifiers["digits"].set["train.lr"] = 0.01
-    assert run(clf, fresh=False)[0] == ["classifiers", "cnn_inte", "interpnet", "saliency"]
+    assert run(clf, fresh=False)[0] == ["classifiers", "cnn_inte", "interpnet", "saliency", "semantic"]
     # A half-written stage file (a run killed while saving) is not trusted.
     (tmp_path / "stages" / "cnn_inte.json").write_text('{"key": ')
     assert run(clf, fresh=False)[0] == ["cnn_inte"]

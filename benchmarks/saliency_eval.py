@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-two", type=int, default=60)
     ap.add_argument("--out", default="outputs/saliency")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (the CPU is shared)")
+    ap.add_argument("--two-only", action="store_true", help="only the two-object class-discrimination check")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     loaded = load_or_train(args.model)
@@ -181,6 +182,11 @@ def main(argv: list[str] | None = None) -> None:
     test = load_dataset("scenes", "test", n=args.n_test).get_batch(np.arange(args.n_test))
     tune = load_dataset("scenes", "val", n=args.n_tune).get_batch(np.arange(args.n_tune))
     two = load_dataset("scenes", "test", n=args.n_two, two_objects=True).get_batch(np.arange(args.n_two))
+    if args.two_only:
+        for name, res in two_object_check(model, two, names, out).items():
+            for metric, value in res.items():
+                print(f"two_objects.{_slug(name)}.{metric}: {value:.4f}")
+        return
     rows = collect_maps(build_methods(model, names), tune, test)
     table = score(model, rows, tune, test)
     save_examples(rows, test, out)

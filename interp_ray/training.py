@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,3 +79,12 @@ def distributed_sampler(dataset, *, world_size: int, rank: int, shuffle: bool, s
     """The same sampler with or without Ray: with world_size 1 it is a seeded shuffle of the whole set."""
     return torch.utils.data.DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle,
                                                seed=seed, drop_last=False)
+
+
+def gather_from_ranks(value: Any, world: int) -> list[Any]:
+    """Each rank's ``value``, in rank order (the jobs record it to prove every rank trained); [value] alone."""
+    if world == 1 or not torch.distributed.is_initialized():
+        return [value]
+    out: list[Any] = [None] * world
+    torch.distributed.all_gather_object(out, value)
+    return out

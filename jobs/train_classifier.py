@@ -23,8 +23,8 @@ from interp_ray.config import ClassifierJobConfig, load_config
 from interp_ray.data import load_dataset
 from interp_ray.errors import UserError
 from interp_ray.models import build_model
-from interp_ray.training import (distributed_sampler, evaluate, make_optimizer, pick_device, seed_everything,
-                                 train_epoch)
+from interp_ray.training import (distributed_sampler, evaluate, gather_from_ranks, make_optimizer, pick_device,
+                                 seed_everything, train_epoch)
 from jobs.common import base_parser, exit_with, init_ray
 
 log = logging.getLogger("interp_ray.train_classifier")
@@ -90,7 +90,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         tr = train_epoch(model, train_loader, opt, device, max_shift=cfg.train.augment_shift)
         sched.step()
         va = evaluate(model, val_loader, device)
-        samples = _gather(tr["samples"], world)
+        samples = gather_from_ranks(tr["samples"], world)
         row = {"epoch": epoch, "attempt": attempt, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
                "val_loss": va["loss"], "val_accuracy": va["accuracy"], "epoch_s": time.perf_counter() - t0,
                "world_size": world, "samples_per_rank": samples}
@@ -104,14 +104,6 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         last_return = now
     return {"history": history}
 
-
-def _gather(value: int, world: int) -> list[int]:
-    """Each rank's value, in rank order (proves every rank trained)."""
-    if world == 1 or not torch.distributed.is_initialized():
-        return [value]
-    out: list[Any] = [None] * world
-    torch.distributed.all_gather_object(out, value)
-    return out
 
 
 def _report(row, history, model, opt, sched, epoch, cfg, options, train_ds, rank) -> None:

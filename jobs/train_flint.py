@@ -23,7 +23,7 @@ from interp_ray.config import load_config
 from interp_ray.explainers.flint import (FlintExplainer, FlintJobConfig, FlintSetup, epoch_row, evaluate_explainer, finalize,
                                          flint_evaluate, flint_train_epoch, make_flint_optimizer, save_flint,
                                          scenes_attribute_table, setup)
-from interp_ray.training import distributed_sampler
+from interp_ray.training import distributed_sampler, gather_from_ranks
 from jobs.common import base_parser, exit_with, init_ray
 
 log = logging.getLogger("interp_ray.train_flint")
@@ -79,19 +79,11 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         sched.step()
         va = flint_evaluate(inner, val_loader, device, recon_loss=recon, weights=weights)
         row = epoch_row(epoch, attempt, tr, va, weights, time.perf_counter() - t0, world)
-        row["samples_per_rank"] = _gather(tr["samples"], world)
+        row["samples_per_rank"] = gather_from_ranks(tr["samples"], world)
         history.append(row)
         _report(row, history, inner, opt, sched, epoch, cfg, st, rank)
     return {"history": history}
 
-
-def _gather(value: int, world: int) -> list[int]:
-    """Each rank's value, in rank order (proves every rank trained)."""
-    if world == 1 or not torch.distributed.is_initialized():
-        return [value]
-    out: list[Any] = [None] * world
-    torch.distributed.all_gather_object(out, value)
-    return out
 
 
 def _report(row, history, inner, opt, sched, epoch, cfg: FlintJobConfig, st, rank) -> None:

@@ -187,7 +187,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     import ray.train.torch
 
     from interp_ray.explainers.interpnet import DecoderTrainer
-    from interp_ray.training import seed_everything
+    from interp_ray.training import gather_from_ranks, seed_everything
 
     cfg = InterpNETJobConfig.model_validate(config["job"])
     ctx = ray.train.get_context()
@@ -226,19 +226,12 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         row = trainer.run_epoch(epoch)
         row.update({"attempt": attempt, "epoch_s": time.perf_counter() - t0, "world_size": world,
-                    "pairs_per_rank": _gather(row["pairs_seen"], world)})
+                    "pairs_per_rank": gather_from_ranks(row["pairs_seen"], world)})
         history.append(row)
         _report(row, history, trainer, explainer, epoch,
                 checkpoint=rank == 0 and cfg.run.checkpoint_due(epoch, cfg.train.epochs))
     return {"history": history}
 
-
-def _gather(value: int, world: int) -> list[int]:
-    if world == 1 or not torch.distributed.is_initialized():
-        return [value]
-    out: list[Any] = [None] * world
-    torch.distributed.all_gather_object(out, value)
-    return out
 
 
 def _report(row, history, trainer, explainer: InterpNET, epoch: int, *, checkpoint: bool) -> None:

@@ -2,31 +2,16 @@
 
 import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from ray_head import ray_head
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-
-def _free_ports(n):
-    """n distinct ports the OS says are free now (held open together so they differ)."""
-    import socket
-
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _env():
@@ -35,58 +20,18 @@ def _env():
     return env
 
 
-def _wait_for_dashboard(proc, port, timeout=120):
-    import urllib.error
-    import urllib.request
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"ray start exited with {proc.returncode}")
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=2)
-            return
-        except urllib.error.HTTPError:  # e.g. 401 without the token: the server is up
-            return
-        except OSError:
-            time.sleep(1)
-    raise TimeoutError("the head's dashboard did not come up")
-
-
 @pytest.fixture
-def ray_head(tmp_path):
-    env = _env()
-    subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
-    # Every port of its own: the session's local Ray (tests marked `ray`) already holds the defaults, and a second
-    # dashboard agent that cannot bind 52365 never registers, so job submission answers "No available agent" forever.
-    gcs, dash, agent_http, agent_grpc, metrics, runtime_env, client = _free_ports(7)
-    temp_dir = Path("/tmp") / f"rjs{os.getpid()}"  # short: Ray's socket paths have a length limit
-    # --block keeps every daemon a child of this process group, so the test stops exactly its own cluster
-    # (a plain `ray stop` would stop every Ray on the machine).
-    proc = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-         f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent_http}",
-         f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
-         f"--runtime-env-agent-port={runtime_env}", f"--ray-client-server-port={client}", "--dashboard-host=127.0.0.1", "--num-cpus=3",
-         "--include-dashboard=true", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        _wait_for_dashboard(proc, dash)
-        yield f"http://127.0.0.1:{dash}"
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+def head_url():
+    """A head of its own on free ports of 127.0.0.1 (tests/ray_head.py), beside the session's Ray."""
+    with ray_head(_env()) as (url, _):
+        yield url
 
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_smoke_pipeline_through_ray_job_submit(ray_head, tmp_path):
+def test_smoke_pipeline_through_ray_job_submit(head_url, tmp_path):
     out = tmp_path / "pipeline"
-    cmd = [str(BIN / "ray"), "job", "submit", "--address", ray_head, "--working-dir", str(REPO), "--",
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", head_url, "--working-dir", str(REPO), "--",
            "python", "-m", "jobs.pipeline", "--config", "configs/pipeline.yaml", "--smoke",
            "--set", f"output_dir={out}"]
     for _ in range(24):  # bounded (2 min): the dashboard can answer before the node's job agent has registered

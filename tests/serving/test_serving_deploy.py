@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from ray_head import ray_head
 from serving_helpers import digit_images, png_bytes
 
 from serving.client import ExplainClient, ServiceError
@@ -33,17 +31,6 @@ START_TIMEOUT_S = 120
 DEPLOY_TIMEOUT_S = 300
 
 
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def cluster_env() -> dict[str, str]:
     env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="token",
                INTERP_RAY_SERVE_TOKEN=TOKEN, PATH=f"{BIN}:{os.environ['PATH']}")
@@ -52,11 +39,9 @@ def cluster_env() -> dict[str, str]:
     return env
 
 
-def wait_until(check, timeout: float, what: str, proc: subprocess.Popen | None = None):
+def wait_until(check, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what}: ray start exited with {proc.returncode}")
         try:
             result = check()
             if result:
@@ -74,40 +59,10 @@ def head(tmp_path, serving_checkpoints):
     ckpts = workdir / "outputs" / "pipeline" / "checkpoints"
     ckpts.mkdir(parents=True)
     shutil.copytree(serving_checkpoints["classifier"], ckpts / "digits")
-    gcs, dash, agent, agent_grpc, metrics, runtime_env, client, serve_port = free_ports(8)
-    env = cluster_env()
-    subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
-    temp_dir = Path(tempfile.mkdtemp(prefix="rsd", dir="/tmp"))  # short: Ray's socket paths have a length limit
-    log = open(tmp_path / "ray_start.log", "w")
-    proc = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-         f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
-         f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
-         f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}",
-         f"--ray-client-server-port={client}", "--num-cpus=3", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-        cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        import urllib.error
-        import urllib.request
-
-        def dashboard_up() -> bool:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{dash}/api/version", timeout=2)
-            except urllib.error.HTTPError:  # 401 without the token: it is up
-                pass
-            return True
-
-        wait_until(dashboard_up, START_TIMEOUT_S, "the head's dashboard did not come up", proc)
-        yield {"dashboard": f"http://127.0.0.1:{dash}", "serve_port": serve_port, "workdir": workdir}
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # this cluster's processes only
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    with open(tmp_path / "ray_start.log", "w") as log, \
+            ray_head(cluster_env(), cwd=workdir, log=log, extra_ports=1, start_timeout=START_TIMEOUT_S,
+                     stop_timeout=30) as (dashboard, (serve_port,)):
+        yield {"dashboard": dashboard, "serve_port": serve_port, "workdir": workdir}
 
 
 def config_copy(head: dict, path: Path) -> Path:

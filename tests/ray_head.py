@@ -1,0 +1,80 @@
+"""A second, real Ray cluster for the tests of the CLI paths (`ray job submit`, `serve deploy`): `ray start --head`
+on 127.0.0.1, beside the session's local Ray, stopped with exactly its own processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Iterator
+
+BIN = Path(sys.executable).parent
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct ports the OS says are free now (held open together so they differ)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _wait_for_dashboard(proc: subprocess.Popen, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ray start exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=2)
+            return
+        except urllib.error.HTTPError:  # e.g. 401 without the token: the server is up
+            return
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError(f"the head's dashboard did not come up within {timeout} s")
+
+
+@contextmanager
+def ray_head(env: dict[str, str], *, cwd: Path | None = None, log: IO | None = None, extra_ports: int = 0,
+             start_timeout: float = 120, stop_timeout: float = 60) -> Iterator[tuple[str, list[int]]]:
+    """Yields the dashboard URL and ``extra_ports`` more free ports (e.g. for Serve's HTTP proxy).
+
+    Every port comes from the OS: the session's local Ray already holds the defaults, and a second dashboard agent
+    that cannot bind 52365 never registers, so job submission would answer "No available agent" forever.
+    ``--block`` keeps every daemon in this process group, so stopping it never touches another Ray on the machine
+    (a plain `ray stop` would)."""
+    gcs, dash, agent, agent_grpc, metrics, runtime_env, client, *extra = free_ports(7 + extra_ports)
+    subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
+    temp_dir = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # short: Ray's socket paths have a length limit
+    proc = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+         f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
+         f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+         f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}",
+         f"--ray-client-server-port={client}", "--num-cpus=3", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+        cwd=cwd, env=env, stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
+        start_new_session=True)
+    try:
+        _wait_for_dashboard(proc, dash, start_timeout)
+        yield f"http://127.0.0.1:{dash}", extra
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=stop_timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -35,6 +35,18 @@ def ray_session(tmp_path_factory):
         lock.close()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module, restored after it: small LSTMs on a shared 2-core box gain nothing from more
+    intra-op threads and lose a lot to contention (30× slower seen)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def ray_local(ray_session):
     """Use in tests marked ``ray``: the session's cluster."""

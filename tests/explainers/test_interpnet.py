@@ -41,17 +41,12 @@ def as_batches(t: ActivationTable, size: int):
                "sentences": np.array(t.sentences[lo:lo + size], dtype=str)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small LSTMs on a shared 2-core box: more intra-op threads only add contention (30× slower seen)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Small LSTMs on a shared 2-core box: one torch thread for the whole module (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def trained(one_thread):
+def trained(one_torch_thread):
     """interpnet_2 (small sizes) trained in stages, with the classifier's digest taken between them."""
     torch.manual_seed(0)
     train, val, test = synthetic(360, 0), synthetic(96, 1), synthetic(48, 2)

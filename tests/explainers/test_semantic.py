@@ -18,12 +18,8 @@ D, K, T = 6, 5, 3
 SMALL = dict(enc_hidden=4, interp_dim=5, word_dim=6, dec_hidden=8, att_dim=4, dropout=0.0, max_len=8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Small LSTMs on a shared 2-core box: one torch thread for the whole module (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def toy_items(n: int = 24, seed: int = 0) -> VideoItems:

@@ -20,12 +20,8 @@ from jobs.train_interpnet import INIT_DIR, InterpNETJobConfig, load_table
 DIM = 16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Small LSTMs on a shared 2-core box: one torch thread for the whole module (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def synthetic(n: int, seed: int, k: int = 3) -> ActivationTable:

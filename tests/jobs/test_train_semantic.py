@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from interp_ray.config import load_config
 from interp_ray.data.video_features import VideoItems, write_video_features
@@ -19,12 +18,8 @@ from jobs.train_semantic import INIT_DIR, SemanticJobConfig
 D, K = 6, 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Small LSTMs on a shared 2-core box: one torch thread for the whole module (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ its tables and PNG pictures, and ``results.json``) lands in ``output_dir``, loca
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import shutil
@@ -368,23 +369,17 @@ def stage_seconds(r: dict[str, Any]) -> float:
 
 # --- driver --------------------------------------------------------------------------------------------------------
 
+# Each explainer stage's job config class, imported only when needed (the job modules import torch and Ray).
+JOB_CONFIGS = {"cnn_inte": "jobs.fit_cnn_inte:CnnInteJobConfig",
+               "flint": "interp_ray.explainers.flint:FlintJobConfig",
+               "interpnet": "jobs.train_interpnet:InterpNETJobConfig",
+               "saliency": "jobs.explain_dataset:ExplainDatasetConfig",
+               "semantic": "jobs.train_semantic:SemanticJobConfig"}
+
+
 def job_class(name: str) -> type[BaseModel]:
-    if name == "cnn_inte":
-        from jobs.fit_cnn_inte import CnnInteJobConfig
-        return CnnInteJobConfig
-    if name == "flint":
-        from interp_ray.explainers.flint import FlintJobConfig
-        return FlintJobConfig
-    if name == "interpnet":
-        from jobs.train_interpnet import InterpNETJobConfig
-        return InterpNETJobConfig
-    if name == "saliency":
-        from jobs.explain_dataset import ExplainDatasetConfig
-        return ExplainDatasetConfig
-    if name == "semantic":
-        from jobs.train_semantic import SemanticJobConfig
-        return SemanticJobConfig
-    raise KeyError(name)
+    module, cls = JOB_CONFIGS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def check(cfg: PipelineConfig, stages: Sequence[str], smoke: bool) -> None:

@@ -9,14 +9,10 @@ without Ray. A rerun with the same ``run.name`` and ``run.storage_path`` resumes
 
 from __future__ import annotations
 
-import json
 import logging
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
-
-import torch
 
 from interp_ray.checkpoint import is_remote
 from interp_ray.config import load_config
@@ -25,40 +21,25 @@ from interp_ray.explainers.flint import (FlintExplainer, FlintJobConfig, FlintSe
                                          scenes_attribute_table, setup)
 from interp_ray.training import distributed_sampler, gather_from_ranks
 from jobs.common import base_parser, exit_with, init_ray
+from jobs.train_loop import (epochs, final_checkpoint, load_training_state, make_trainer, rank_and_world, report_epoch,
+                             resolve_use_gpu, resume, training_state, worker_history)
 
 log = logging.getLogger("interp_ray.train_flint")
 MODEL_DIR = "flint"          # inside each Ray checkpoint: a complete interp-ray FLINT checkpoint (no relevance yet)
-STATE_FILE = "train_state.pt"
-HISTORY_FILE = "history.json"
-
-
-class InjectedFailure(RuntimeError):
-    """Raised once by ``train.fail_at_epoch`` to drill fault tolerance."""
 
 
 def train_func(config: dict[str, Any]) -> dict[str, Any]:
     """Runs on every Ray Train worker."""
-    import ray.train
     import ray.train.torch
 
     cfg = FlintJobConfig.model_validate(config)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world = rank_and_world()
     st = setup(cfg)  # seeds, data, predictor (built or loaded frozen), Ψ/h/d
     model = st.model
     opt, sched = make_flint_optimizer(model, cfg.train)
-
-    start_epoch, history, restored = 0, [], False
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
-            history = json.loads((Path(d) / HISTORY_FILE).read_text())
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start_epoch, restored = state["epoch"] + 1, True
-    attempt = 1 + max((h["attempt"] for h in history), default=-1) if restored else 0
+    start = resume()
+    load_training_state(start, model, opt, sched)
+    history = start.history
 
     device = ray.train.torch.get_device()
     model = ray.train.torch.prepare_model(model)
@@ -68,9 +49,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     val_loader = st.val_ds.loader(512)
     recon = st.spec["recon_loss"]
 
-    for epoch in range(start_epoch, cfg.train.epochs):
-        if cfg.train.fail_at_epoch == epoch and not restored and rank == 0:
-            raise InjectedFailure(f"injected failure at epoch {epoch}")
+    for epoch in epochs(start, cfg.train.epochs, fail_at=cfg.train.fail_at_epoch, rank=rank):
         sampler.set_epoch(epoch)
         weights = st.schedule.weights(epoch + 1)  # the authors' epochs count from 1
         t0 = time.perf_counter()
@@ -78,53 +57,22 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
                                max_shift=cfg.train.augment_shift)
         sched.step()
         va = flint_evaluate(inner, val_loader, device, recon_loss=recon, weights=weights)
-        row = epoch_row(epoch, attempt, tr, va, weights, time.perf_counter() - t0, world)
+        row = epoch_row(epoch, start.attempt, tr, va, weights, time.perf_counter() - t0, world)
         row["samples_per_rank"] = gather_from_ranks(tr["samples"], world)
         history.append(row)
-        _report(row, history, inner, opt, sched, epoch, cfg, st, rank)
+        report_epoch(row, history, checkpoint=rank == 0 and cfg.run.checkpoint_due(epoch, cfg.train.epochs),
+                     state=lambda: training_state(inner, opt, sched, epoch),
+                     save_model=lambda d: save_flint(
+                         d / MODEL_DIR, inner, spec=st.spec, predictor_spec=st.predictor_spec,
+                         class_names=st.train_ds.class_names, mode=cfg.flint.mode, tau=cfg.flint.tau,
+                         data=cfg.data.model_dump(), predictor_digest=st.predictor_digest,
+                         metrics={k: row[k] for k in ("epoch", "val_accuracy_f", "val_fidelity")}))
     return {"history": history}
 
 
-
-def _report(row, history, inner, opt, sched, epoch, cfg: FlintJobConfig, st, rank) -> None:
-    import ray.train
-
-    # Every rank reports; rank 0 adds the checkpoint when one is due (run.checkpoint_every).
-    if rank != 0 or not cfg.run.checkpoint_due(epoch, cfg.train.epochs):
-        ray.train.report(row)
-        return
-    with tempfile.TemporaryDirectory() as d:
-        torch.save({"model": inner.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "epoch": epoch}, Path(d) / STATE_FILE)
-        (Path(d) / HISTORY_FILE).write_text(json.dumps(history))
-        save_flint(Path(d) / MODEL_DIR, inner, spec=st.spec, predictor_spec=st.predictor_spec,
-                   class_names=st.train_ds.class_names, mode=cfg.flint.mode, tau=cfg.flint.tau,
-                   data=cfg.data.model_dump(), predictor_digest=st.predictor_digest,
-                   metrics={k: row[k] for k in ("epoch", "val_accuracy_f", "val_fidelity")})
-        ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))
-
-
-def make_trainer(cfg: FlintJobConfig):
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    use_gpu = cfg.scaling.use_gpu
-    if use_gpu == "auto":
-        import ray
-
-        use_gpu = ray.cluster_resources().get("GPU", 0) > 0
-    storage = cfg.run.storage_path if is_remote(cfg.run.storage_path) else str(Path(cfg.run.storage_path).resolve())
-    name = cfg.run.name or f"flint-{cfg.flint.mode}-{time.strftime('%Y%m%d-%H%M%S')}-{int(time.time() * 1e3) % 1000:03d}"
-    return TorchTrainer(
-        train_func,
-        train_loop_config=cfg.model_dump(mode="json"),
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=bool(use_gpu),
-                                               resources_per_worker=dict(cfg.scaling.resources_per_worker)),
-        run_config=ray.train.RunConfig(
-            name=name, storage_path=storage,
-            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.checkpoints_to_keep)),
-    )
+def run_name(cfg: FlintJobConfig) -> str:
+    return cfg.run.name or (f"flint-{cfg.flint.mode}-{time.strftime('%Y%m%d-%H%M%S')}-"
+                            f"{int(time.time() * 1e3) % 1000:03d}")
 
 
 def prepare(cfg: FlintJobConfig) -> tuple[FlintJobConfig, FlintSetup]:
@@ -148,12 +96,10 @@ def train(cfg: FlintJobConfig, prepared: FlintSetup | None = None) -> dict[str, 
         cfg, prepared = prepare(cfg)
     st = prepared
     test_ds = materialize(load_dataset(cfg.data.name, "test", **cfg.data.options), cfg.materialize_rows)
-    result = make_trainer(cfg).fit()
-    if result.checkpoint is None:
-        raise RuntimeError("training finished without a checkpoint")
-    with result.checkpoint.as_directory() as d:
-        history = json.loads((Path(d) / HISTORY_FILE).read_text())
-        explainer = FlintExplainer.load(str(Path(d) / MODEL_DIR))
+    result = make_trainer(train_func, cfg.model_dump(mode="json"), name=run_name(cfg), scaling=cfg.scaling,
+                          run=cfg.run, use_gpu=resolve_use_gpu(cfg.scaling.use_gpu, driver_cuda=False)).fit()
+    with final_checkpoint(result) as (d, history):
+        explainer = FlintExplainer.load(str(d / MODEL_DIR))
     extra = finalize(explainer.flint, st.train_ds, cfg.flint, seed=21)
     explainer.mas_images = extra["mas_images"]
     test = evaluate_explainer(explainer, test_ds, taus=cfg.flint.taus)
@@ -166,7 +112,7 @@ def train(cfg: FlintJobConfig, prepared: FlintSetup | None = None) -> dict[str, 
     explainer.save(cfg.output)
     out = {"test": test, "history": history, "checkpoint": str(cfg.output), "run_path": result.path,
            "attribute_matches": matches, "global": explainer.global_interpretation(cfg.flint.tau),
-           "worker_history": (getattr(result, "return_value", None) or {}).get("history", [])}
+           "worker_history": worker_history(result)}
     if cfg.pictures.enabled:
         from interp_ray.explainers.flint_plots import write_global_pictures, write_local_sheet
 

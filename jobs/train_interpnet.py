@@ -17,32 +17,26 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
-import torch
 from pydantic import Field
 
-from interp_ray.checkpoint import atomic_write_dir, is_remote, read_checkpoint, save_checkpoint
+from interp_ray.checkpoint import read_checkpoint, save_checkpoint
 from interp_ray.config import DataConfig, RunSection, ScalingSection, Section, load_config
 from interp_ray.errors import UserError
 from interp_ray.explainers.interpnet import (ActivationTable, ClassifierTrainConfig, DecoderTrainConfig, InterpNET,
                                              InterpNETConfig, collect, extract_in_process, state_digest)
 from jobs.common import base_parser, exit_with, init_ray
+from jobs.train_loop import (epochs, export_dir, final_checkpoint, make_trainer, rank_and_world, report_epoch,
+                             resolve_use_gpu, resume, run_path, weights_swapped, worker_history)
 
 log = logging.getLogger("interp_ray.train_interpnet")
 MODEL_DIR = "model"          # inside each Ray checkpoint: a complete explainer checkpoint (best epoch so far)
-STATE_FILE = "train_state.pt"
-HISTORY_FILE = "history.json"
 INIT_DIR = "interpnet_init"  # beside the Ray run: vocabulary + frozen classifier + initial decoder
 CACHE_VERSION = 1
-
-
-class InjectedFailure(RuntimeError):
-    """Raised once by ``train.fail_at_epoch`` to drill fault tolerance."""
 
 
 # --- config ------------------------------------------------------------------------------------------------------
@@ -183,15 +177,13 @@ def class_names_of(cfg: InterpNETJobConfig) -> list[str]:
 def train_func(config: dict[str, Any]) -> dict[str, Any]:
     """Runs on every Ray Train worker: the explainer network's epochs, with DDP over the (r, sentence) pairs."""
     import ray
-    import ray.train
     import ray.train.torch
 
     from interp_ray.explainers.interpnet import DecoderTrainer
     from interp_ray.training import gather_from_ranks, seed_everything
 
     cfg = InterpNETJobConfig.model_validate(config["job"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world = rank_and_world()
     seed_everything(cfg.train.seed)
     explainer = InterpNET.load(config["init"])
     pairs = ray.get(config["pairs"])
@@ -199,58 +191,39 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
 
     device = ray.train.torch.get_device()
     decoder = explainer.decoder.to(device)
-    start_epoch, history, restored = 0, [], False
-    trainer_state = None
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            trainer_state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
-            history = json.loads((Path(d) / HISTORY_FILE).read_text())
-        if trainer_state["vocab_digest"] != explainer.vocab.digest:
+    start = resume()
+    if start.restored:
+        if start.state["vocab_digest"] != explainer.vocab.digest:
             raise UserError("vocabulary mismatch: the run's checkpoint was trained with another vocabulary than the "
                             "data gives now; use a new run.name")
-        if trainer_state["classifier_digest"] != state_digest(explainer.classifier_state()):
+        if start.state["classifier_digest"] != state_digest(explainer.classifier_state()):
             raise UserError("the frozen classifier differs from the one this run started with; use a new run.name")
-        start_epoch, restored = trainer_state["epoch"] + 1, True
-    attempt = 1 + max((h["attempt"] for h in history), default=-1) if restored else 0
+    history = start.history
 
     model = ray.train.torch.prepare_model(decoder)
     trainer = DecoderTrainer(decoder, train_pairs, val_pairs, cfg.train, model=model, rank=rank, world=world,
                              device=device)
-    if trainer_state is not None:
-        trainer.load_state_dict(trainer_state["trainer"])
+    if start.restored:
+        trainer.load_state_dict(start.state["trainer"])
 
-    for epoch in range(start_epoch, cfg.train.epochs):
-        if cfg.train.fail_at_epoch == epoch and not restored and rank == 0:
-            raise InjectedFailure(f"injected failure at epoch {epoch}")
+    for epoch in epochs(start, cfg.train.epochs, fail_at=cfg.train.fail_at_epoch, rank=rank):
         t0 = time.perf_counter()
         row = trainer.run_epoch(epoch)
-        row.update({"attempt": attempt, "epoch_s": time.perf_counter() - t0, "world_size": world,
+        row.update({"attempt": start.attempt, "epoch_s": time.perf_counter() - t0, "world_size": world,
                     "pairs_per_rank": gather_from_ranks(row["pairs_seen"], world)})
         history.append(row)
-        _report(row, history, trainer, explainer, epoch,
-                checkpoint=rank == 0 and cfg.run.checkpoint_due(epoch, cfg.train.epochs))
+        report_epoch(row, history, checkpoint=rank == 0 and cfg.run.checkpoint_due(epoch, cfg.train.epochs),
+                     state=lambda: {"trainer": trainer.state_dict(), "epoch": epoch,
+                                    "vocab_digest": explainer.vocab.digest,
+                                    "classifier_digest": state_digest(explainer.classifier_state())},
+                     save_model=lambda d: _save_best(explainer, trainer, history, d / MODEL_DIR))
     return {"history": history}
 
 
-
-def _report(row, history, trainer, explainer: InterpNET, epoch: int, *, checkpoint: bool) -> None:
-    """Every rank reports the metrics; rank 0 adds a checkpoint when one is due."""
-    import ray.train
-
-    if not checkpoint:
-        ray.train.report(row)
-        return
-    with tempfile.TemporaryDirectory() as d:
-        torch.save({"trainer": trainer.state_dict(), "epoch": epoch, "vocab_digest": explainer.vocab.digest,
-                    "classifier_digest": state_digest(explainer.classifier_state())}, Path(d) / STATE_FILE)
-        (Path(d) / HISTORY_FILE).write_text(json.dumps(history))
-        current = {k: v.detach().clone() for k, v in explainer.decoder.state_dict().items()}
-        explainer.decoder.load_state_dict(trainer.best_state)      # export the best epoch so far …
+def _save_best(explainer: InterpNET, trainer, history: list[dict[str, Any]], path: Path) -> None:
+    with weights_swapped(explainer.decoder, trainer.best_state):
         explainer.history["explainer"] = list(history)
-        explainer.save(str(Path(d) / MODEL_DIR))
-        explainer.decoder.load_state_dict(current)                  # … and keep training the current one
-        ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))
+        explainer.save(str(path))
 
 
 # --- the driver ----------------------------------------------------------------------------------------------------
@@ -258,10 +231,6 @@ def _report(row, history, trainer, explainer: InterpNET, epoch: int, *, checkpoi
 def run_name(cfg: InterpNETJobConfig) -> str:
     return cfg.run.name or (f"interpnet-{cfg.explainer.variant}-{time.strftime('%Y%m%d-%H%M%S')}-"
                             f"{time.time_ns() % 1000:03d}")
-
-
-def _join(root: str, *parts: str) -> str:
-    return "/".join([root.rstrip("/"), *parts]) if is_remote(root) else str(Path(root).resolve().joinpath(*parts))
 
 
 def prepare(cfg: InterpNETJobConfig, tables: dict[str, ActivationTable] | None, init_path: str
@@ -290,56 +259,31 @@ def prepare(cfg: InterpNETJobConfig, tables: dict[str, ActivationTable] | None, 
     return explainer, pairs
 
 
-def make_trainer(cfg: InterpNETJobConfig, name: str, loop_config: dict[str, Any]):
-    import ray
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    use_gpu = cfg.scaling.use_gpu
-    if use_gpu == "auto":
-        use_gpu = torch.cuda.is_available() and ray.cluster_resources().get("GPU", 0) > 0
-    storage = cfg.run.storage_path if is_remote(cfg.run.storage_path) else str(Path(cfg.run.storage_path).resolve())
-    return TorchTrainer(
-        train_func,
-        train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=bool(use_gpu),
-                                               resources_per_worker=dict(cfg.scaling.resources_per_worker)),
-        run_config=ray.train.RunConfig(
-            name=name, storage_path=storage,
-            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.checkpoints_to_keep)),
-    )
+def _resave(src: Path, uri: str) -> None:
+    ck = read_checkpoint(src)
+    save_checkpoint(uri, kind=ck.config["kind"],
+                    config={k: v for k, v in ck.config.items() if k not in ("format", "kind")},
+                    state_dict=ck.state_dict, files=ck.files)
 
 
 def train(cfg: InterpNETJobConfig, tables: dict[str, ActivationTable] | None = None) -> dict[str, Any]:
     """Fit on Ray Train and export the best epoch to ``cfg.output``. ``tables``: pre-loaded train/val activations."""
-    import shutil
-
     import ray
 
     name = run_name(cfg)
-    init_path = _join(cfg.run.storage_path, name, INIT_DIR)
+    init_path = run_path(cfg.run, name, INIT_DIR)
     explainer, pairs = prepare(cfg, tables, init_path)
     loop_config = {"job": cfg.model_dump(), "init": init_path, "pairs": ray.put(pairs)}
-    result = make_trainer(cfg, name, loop_config).fit()
-    if result.checkpoint is None:
-        raise RuntimeError("training finished without a checkpoint")
-    with result.checkpoint.as_directory() as d:
-        history = json.loads((Path(d) / HISTORY_FILE).read_text())
-        if is_remote(cfg.output):
-            ck = read_checkpoint(Path(d) / MODEL_DIR)
-            save_checkpoint(cfg.output, kind=ck.config["kind"],
-                            config={k: v for k, v in ck.config.items() if k not in ("format", "kind")},
-                            state_dict=ck.state_dict, files=ck.files)
-        else:
-            atomic_write_dir(Path(cfg.output), lambda tmp: shutil.copytree(Path(d) / MODEL_DIR, tmp,
-                                                                          dirs_exist_ok=True))
+    result = make_trainer(train_func, loop_config, name=name, scaling=cfg.scaling, run=cfg.run,
+                          use_gpu=resolve_use_gpu(cfg.scaling.use_gpu)).fit()
+    with final_checkpoint(result) as (d, history):
+        export_dir(d / MODEL_DIR, cfg.output, upload=_resave)
     trained = InterpNET.load(cfg.output)
     return {"history": history, "checkpoint": str(cfg.output), "run_path": result.path, "init": init_path,
             "classifier_digest_before": state_digest(explainer.classifier_state()),
             "classifier_digest_after": state_digest(trained.classifier_state()),
             "best_epoch": min(history, key=lambda h: h["val_loss"])["epoch"],
-            "worker_history": (getattr(result, "return_value", None) or {}).get("history", [])}
+            "worker_history": worker_history(result)}
 
 
 def train_local(cfg: InterpNETJobConfig, tables: dict[str, ActivationTable] | None = None) -> dict[str, Any]:

@@ -18,16 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
-import torch
 from pydantic import Field
 
-from interp_ray.checkpoint import is_remote, read_checkpoint
+from interp_ray.checkpoint import read_checkpoint
 from interp_ray.config import RunSection, ScalingSection, Section, load_config
 from interp_ray.data.video_features import VideoItems, read_video_features, scene_clip_items
 from interp_ray.errors import UserError
@@ -35,18 +33,14 @@ from interp_ray.explainers.semantic import (LabelConfig, SemanticConfig, Semanti
                                             SemanticTrainer)
 from interp_ray.topics import TopicConfig, fit_topics
 from jobs.common import base_parser, exit_with, init_ray
+from jobs.train_loop import (epochs, final_checkpoint, make_trainer, rank_and_world, report_epoch, resolve_use_gpu,
+                             resume, run_path, weights_swapped, worker_history)
 
 log = logging.getLogger("interp_ray.train_semantic")
 MODEL_DIR = "model"
-STATE_FILE = "train_state.pt"
-HISTORY_FILE = "history.json"
 INIT_DIR = "semantic_init"
 CACHE_VERSION = 1
 ATTRIBUTE_CONCEPTS = "attributes"   # labels.concepts shorthand: the scenes' attribute words
-
-
-class InjectedFailure(RuntimeError):
-    """Raised once by ``train.fail_at_epoch`` to drill fault tolerance."""
 
 
 # --- config ------------------------------------------------------------------------------------------------------
@@ -150,72 +144,50 @@ def label_config(cfg: SemanticJobConfig) -> LabelConfig:
 def train_func(config: dict[str, Any]) -> dict[str, Any]:
     """Runs on every Ray Train worker: the captioner's epochs, with DDP over the (video, sentence) pairs."""
     import ray
-    import ray.train
     import ray.train.torch
 
     from interp_ray.training import seed_everything
 
     cfg = SemanticJobConfig.model_validate(config["job"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world = rank_and_world()
     seed_everything(cfg.train.seed)
     explainer = SemanticExplainer.load(config["init"])
     data = ray.get(config["data"])
     device = ray.train.torch.get_device()
     captioner = explainer.model.to(device)
-    start_epoch, history, restored, state = 0, [], False, None
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
-            history = json.loads((Path(d) / HISTORY_FILE).read_text())
-        if state["vocab_digest"] != explainer.vocab.digest:
-            raise UserError("vocabulary mismatch: the run's checkpoint was trained with another vocabulary; use a "
-                            "new run.name")
-        start_epoch, restored = state["epoch"] + 1, True
-    attempt = 1 + max((h["attempt"] for h in history), default=-1) if restored else 0
+    start = resume()
+    if start.restored and start.state["vocab_digest"] != explainer.vocab.digest:
+        raise UserError("vocabulary mismatch: the run's checkpoint was trained with another vocabulary; use a "
+                        "new run.name")
+    history = start.history
     model = ray.train.torch.prepare_model(captioner)
     trainer = SemanticTrainer(captioner, data["train"], data["val"], cfg.train, model=model, rank=rank, world=world,
                               device=device)
-    if state is not None:
-        trainer.load_state_dict(state["trainer"])
-    for epoch in range(start_epoch, cfg.train.epochs):
-        if cfg.train.fail_at_epoch == epoch and not restored and rank == 0:
-            raise InjectedFailure(f"injected failure at epoch {epoch}")
+    if start.restored:
+        trainer.load_state_dict(start.state["trainer"])
+    for epoch in epochs(start, cfg.train.epochs, fail_at=cfg.train.fail_at_epoch, rank=rank):
         t0 = time.perf_counter()
         row = trainer.run_epoch(epoch)
-        row.update({"attempt": attempt, "epoch_s": time.perf_counter() - t0, "world_size": world})
+        row.update({"attempt": start.attempt, "epoch_s": time.perf_counter() - t0, "world_size": world})
         history.append(row)
-        _report(row, history, trainer, explainer, epoch, rank)
+        report_epoch(row, history, checkpoint=rank == 0,
+                     state=lambda: {"trainer": trainer.state_dict(), "epoch": epoch,
+                                    "vocab_digest": explainer.vocab.digest},
+                     save_model=lambda d: _save_best(explainer, trainer, history, d / MODEL_DIR))
     return {"history": history}
 
 
-def _report(row, history, trainer: SemanticTrainer, explainer: SemanticExplainer, epoch: int, rank: int) -> None:
-    import ray.train
-
-    if rank != 0:
-        ray.train.report(row)
-        return
-    with tempfile.TemporaryDirectory() as d:
-        torch.save({"trainer": trainer.state_dict(), "epoch": epoch, "vocab_digest": explainer.vocab.digest},
-                   Path(d) / STATE_FILE)
-        (Path(d) / HISTORY_FILE).write_text(json.dumps(history))
-        current = {k: v.detach().clone() for k, v in explainer.model.state_dict().items()}
-        explainer.model.load_state_dict(trainer.best_state)      # export the best epoch so far …
+def _save_best(explainer: SemanticExplainer, trainer: SemanticTrainer, history: list[dict[str, Any]],
+               path: Path) -> None:
+    with weights_swapped(explainer.model, trainer.best_state):
         explainer.history = list(history)
-        explainer.save(str(Path(d) / MODEL_DIR))
-        explainer.model.load_state_dict(current)                  # … and keep training the current one
-        ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))
+        explainer.save(str(path))
 
 
 # --- the driver ----------------------------------------------------------------------------------------------------
 
 def run_name(cfg: SemanticJobConfig) -> str:
     return cfg.run.name or f"semantic-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 1000:03d}"
-
-
-def _join(root: str, *parts: str) -> str:
-    return "/".join([root.rstrip("/"), *parts]) if is_remote(root) else str(Path(root).resolve().joinpath(*parts))
 
 
 def new_explainer(cfg: SemanticJobConfig, train_items: VideoItems) -> SemanticExplainer:
@@ -242,25 +214,6 @@ def prepare(cfg: SemanticJobConfig, items: dict[str, VideoItems], init_path: str
     return explainer
 
 
-def make_trainer(cfg: SemanticJobConfig, name: str, loop_config: dict[str, Any]):
-    import ray
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    use_gpu = cfg.scaling.use_gpu
-    if use_gpu == "auto":
-        use_gpu = torch.cuda.is_available() and ray.cluster_resources().get("GPU", 0) > 0
-    storage = cfg.run.storage_path if is_remote(cfg.run.storage_path) else str(Path(cfg.run.storage_path).resolve())
-    return TorchTrainer(
-        train_func, train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=bool(use_gpu),
-                                               resources_per_worker=dict(cfg.scaling.resources_per_worker)),
-        run_config=ray.train.RunConfig(
-            name=name, storage_path=storage,
-            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.checkpoints_to_keep)))
-
-
 def finish(cfg: SemanticJobConfig, explainer: SemanticExplainer, train_items: VideoItems) -> SemanticExplainer:
     """Label the neurons of the trained captioner on the training videos and write it to ``output``."""
     explainer.label(train_items, cfg=label_config(cfg))
@@ -274,19 +227,18 @@ def train(cfg: SemanticJobConfig, items: dict[str, VideoItems] | None = None) ->
 
     items = items or {role: load_items(cfg.data, role) for role in ("train", "val")}
     name = run_name(cfg)
-    init_path = _join(cfg.run.storage_path, name, INIT_DIR)
+    init_path = run_path(cfg.run, name, INIT_DIR)
     explainer = prepare(cfg, items, init_path)
     data = {"train": explainer.caption_data(items["train"]), "val": explainer.caption_data(items["val"])}
-    result = make_trainer(cfg, name, {"job": cfg.model_dump(), "init": init_path, "data": ray.put(data)}).fit()
-    if result.checkpoint is None:
-        raise RuntimeError("training finished without a checkpoint")
-    with result.checkpoint.as_directory() as d:
-        history = json.loads((Path(d) / HISTORY_FILE).read_text())
-        trained = SemanticExplainer.load(str(Path(d) / MODEL_DIR))
+    loop_config = {"job": cfg.model_dump(), "init": init_path, "data": ray.put(data)}
+    result = make_trainer(train_func, loop_config, name=name, scaling=cfg.scaling, run=cfg.run,
+                          use_gpu=resolve_use_gpu(cfg.scaling.use_gpu)).fit()
+    with final_checkpoint(result) as (d, history):
+        trained = SemanticExplainer.load(str(d / MODEL_DIR))
     finish(cfg, trained, items["train"])
     return {"history": history, "checkpoint": str(cfg.output), "run_path": result.path, "init": init_path,
             "best_epoch": min(history, key=lambda h: h["val_nll"])["epoch"],
-            "worker_history": (getattr(result, "return_value", None) or {}).get("history", [])}
+            "worker_history": worker_history(result)}
 
 
 def train_local(cfg: SemanticJobConfig, items: dict[str, VideoItems] | None = None) -> dict[str, Any]:

@@ -1,0 +1,203 @@
+"""The Ray Train plumbing the training jobs share: a worker's resume from the run's last checkpoint, the drilled
+failure, the per-epoch report with its checkpoint, and on the driver the TorchTrainer and the finished run.
+
+Each job keeps what is its own: the model, the epoch, what its checkpoint's model directory holds and how the result
+is exported. Every Ray Train checkpoint of these jobs holds ``STATE_FILE`` (what a worker needs to go on),
+``HISTORY_FILE`` (one row per epoch, the record that survives restarts) and the job's model directory.
+Ray is imported inside the functions that need it: the CLI and the tests import the jobs without starting it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal
+
+import torch
+from torch import nn
+
+from interp_ray.checkpoint import atomic_write_dir, is_remote, upload_dir
+from interp_ray.config import RunSection, ScalingSection
+
+STATE_FILE = "train_state.pt"
+HISTORY_FILE = "history.json"
+
+Row = dict[str, Any]
+
+
+class InjectedFailure(RuntimeError):
+    """Raised once by ``train.fail_at_epoch`` to drill fault tolerance."""
+
+
+# --- the worker ------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a worker starts: from scratch, or after the epoch its run's last checkpoint saved."""
+
+    state: dict[str, Any] | None   # that checkpoint's STATE_FILE; None on a fresh start
+    history: list[Row]
+    start_epoch: int
+    attempt: int                   # 0, then one more for each restore: the history shows which epochs were redone
+
+    @property
+    def restored(self) -> bool:
+        return self.state is not None
+
+
+def read_resume(directory: Path | None) -> Resume:
+    """The starting point a checkpoint directory gives (``None``: no checkpoint, a fresh start)."""
+    if directory is None:
+        return Resume(None, [], 0, 0)
+    state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+    history = read_history(directory)
+    return Resume(state, history, state["epoch"] + 1, 1 + max((h["attempt"] for h in history), default=-1))
+
+
+def read_history(directory: Path) -> list[Row]:
+    return json.loads((Path(directory) / HISTORY_FILE).read_text())
+
+
+def resume() -> Resume:
+    """This worker's starting point: Ray Train hands back the run's last checkpoint after a failure or a rerun."""
+    import ray.train
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return read_resume(None)
+    with ckpt.as_directory() as d:
+        return read_resume(Path(d))
+
+
+def rank_and_world() -> tuple[int, int]:
+    import ray.train
+
+    ctx = ray.train.get_context()
+    return ctx.get_world_rank(), ctx.get_world_size()
+
+
+def epochs(start: Resume, total: int, *, fail_at: int | None, rank: int) -> Iterator[int]:
+    """The epochs left to train. Rank 0 raises ``InjectedFailure`` at the start of epoch ``fail_at``, never after a
+    restore, so the drill fails once and the restored attempt finishes."""
+    for epoch in range(start.start_epoch, total):
+        if fail_at == epoch and not start.restored and rank == 0:
+            raise InjectedFailure(f"injected failure at epoch {epoch}")
+        yield epoch
+
+
+def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, epoch: int) -> dict[str, Any]:
+    """The ``STATE_FILE`` of a job that trains one module with one optimiser and lr schedule."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "epoch": epoch}
+
+
+def load_training_state(start: Resume, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> None:
+    """Put a ``training_state`` back after a restore; nothing on a fresh start."""
+    if start.state is None:
+        return
+    model.load_state_dict(start.state["model"])
+    optimizer.load_state_dict(start.state["optimizer"])
+    scheduler.load_state_dict(start.state["scheduler"])
+
+
+def write_checkpoint(directory: Path, state: dict[str, Any], history: list[Row],
+                     save_model: Callable[[Path], None]) -> None:
+    """Fill ``directory`` as one checkpoint; ``save_model(directory)`` writes the job's model directory in it."""
+    torch.save(state, Path(directory) / STATE_FILE)
+    (Path(directory) / HISTORY_FILE).write_text(json.dumps(history))
+    save_model(Path(directory))
+
+
+def report_epoch(row: Row, history: list[Row], *, checkpoint: bool, state: Callable[[], dict[str, Any]],
+                 save_model: Callable[[Path], None]) -> None:
+    """Every rank reports ``row``; with ``checkpoint`` (rank 0, when one is due) the report carries a checkpoint.
+    ``state`` is a callable so that epochs without a checkpoint skip copying the weights."""
+    import ray.train
+
+    if not checkpoint:
+        ray.train.report(row)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        write_checkpoint(Path(d), state(), history, save_model)
+        ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+@contextlib.contextmanager
+def weights_swapped(module: nn.Module, state: dict[str, torch.Tensor]) -> Iterator[nn.Module]:
+    """``module`` holds ``state`` inside the block (to export the best epoch so far) and its own weights after it,
+    so training goes on from the current epoch."""
+    current = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    module.load_state_dict(state)
+    try:
+        yield module
+    finally:
+        module.load_state_dict(current)
+
+
+# --- the driver ------------------------------------------------------------------------------------------------------
+
+def resolve_use_gpu(setting: bool | Literal["auto"], *, driver_cuda: bool = True) -> bool:
+    """``scaling.use_gpu``; "auto" means the cluster has a GPU (and, with ``driver_cuda``, so does this process)."""
+    if setting != "auto":
+        return bool(setting)
+    if driver_cuda and not torch.cuda.is_available():
+        return False
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def storage_root(run: RunSection) -> str:
+    """``run.storage_path`` as the workers must see it: absolute when local, since they may run elsewhere."""
+    return run.storage_path if is_remote(run.storage_path) else str(Path(run.storage_path).resolve())
+
+
+def run_path(run: RunSection, *parts: str) -> str:
+    """A path below ``run.storage_path`` (the run's own files beside Ray's, e.g. ``<name>/<init dir>``)."""
+    root = run.storage_path
+    return "/".join([root.rstrip("/"), *parts]) if is_remote(root) else str(Path(root).resolve().joinpath(*parts))
+
+
+def make_trainer(train_func: Callable[[dict[str, Any]], dict[str, Any]], loop_config: dict[str, Any], *, name: str,
+                 scaling: ScalingSection, run: RunSection, use_gpu: bool):
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
+        train_func,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=use_gpu,
+                                               resources_per_worker=dict(scaling.resources_per_worker)),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage_root(run),
+            failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=run.checkpoints_to_keep)),
+    )
+
+
+@contextlib.contextmanager
+def final_checkpoint(result) -> Iterator[tuple[Path, list[Row]]]:
+    """The finished run's last checkpoint as a local directory, with its history."""
+    if result.checkpoint is None:
+        raise RuntimeError("training finished without a checkpoint")
+    with result.checkpoint.as_directory() as d:
+        yield Path(d), read_history(Path(d))
+
+
+def worker_history(result) -> list[Row]:
+    """Rank 0's own history (its return value): beside the checkpoint's rows it holds what a job measured after
+    each report."""
+    return (getattr(result, "return_value", None) or {}).get("history", [])
+
+
+def export_dir(src: Path, output: str, *, upload: Callable[[Path, str], None] = upload_dir) -> None:
+    """Copy a checkpoint's model directory to ``output``: locally in one rename, so a reader never sees half of it;
+    ``upload`` when ``output`` is remote."""
+    if is_remote(output):
+        upload(src, output)
+    else:
+        atomic_write_dir(Path(output), lambda tmp: shutil.copytree(src, tmp, dirs_exist_ok=True))

@@ -17,9 +17,8 @@ import torch
 from interp_ray.checkpoint import load_classifier, save_classifier
 from interp_ray.config import ClassifierJobConfig, load_config
 from interp_ray.data import load_dataset
-from interp_ray.errors import UserError
 from interp_ray.models import build_model
-from interp_ray.training import (distributed_sampler, evaluate, gather_from_ranks, make_optimizer, pick_device,
+from interp_ray.training import (distributed_sampler, evaluate, gather_from_ranks, make_optimizer,
                                  seed_everything, train_epoch)
 from jobs.common import base_parser, exit_with, init_ray
 from jobs.train_loop import (epochs, export_dir, final_checkpoint, load_training_state, make_trainer, rank_and_world,

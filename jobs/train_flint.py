@@ -97,7 +97,7 @@ def train(cfg: FlintJobConfig, prepared: FlintSetup | None = None) -> dict[str, 
     st = prepared
     test_ds = materialize(load_dataset(cfg.data.name, "test", **cfg.data.options), cfg.materialize_rows)
     result = make_trainer(train_func, cfg.model_dump(mode="json"), name=run_name(cfg), scaling=cfg.scaling,
-                          run=cfg.run, use_gpu=resolve_use_gpu(cfg.scaling.use_gpu, driver_cuda=False)).fit()
+                          run=cfg.run, use_gpu=resolve_use_gpu(cfg.scaling.use_gpu)).fit()
     with final_checkpoint(result) as (d, history):
         explainer = FlintExplainer.load(str(d / MODEL_DIR))
     extra = finalize(explainer.flint, st.train_ds, cfg.flint, seed=21)

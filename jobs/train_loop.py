@@ -140,12 +140,11 @@ def weights_swapped(module: nn.Module, state: dict[str, torch.Tensor]) -> Iterat
 
 # --- the driver ------------------------------------------------------------------------------------------------------
 
-def resolve_use_gpu(setting: bool | Literal["auto"], *, driver_cuda: bool = True) -> bool:
-    """``scaling.use_gpu``; "auto" means the cluster has a GPU (and, with ``driver_cuda``, so does this process)."""
+def resolve_use_gpu(setting: bool | Literal["auto"]) -> bool:
+    """``scaling.use_gpu``; "auto" means the cluster has a GPU. The workers train, not this driver: a CPU-only head
+    node with GPU workers (the usual cloud layout) must still train on the GPUs."""
     if setting != "auto":
         return bool(setting)
-    if driver_cuda and not torch.cuda.is_available():
-        return False
     import ray
 
     return ray.cluster_resources().get("GPU", 0) > 0

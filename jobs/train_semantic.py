@@ -170,7 +170,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         row = trainer.run_epoch(epoch)
         row.update({"attempt": start.attempt, "epoch_s": time.perf_counter() - t0, "world_size": world})
         history.append(row)
-        report_epoch(row, history, checkpoint=rank == 0,
+        report_epoch(row, history, checkpoint=rank == 0 and cfg.run.checkpoint_due(epoch, cfg.train.epochs),
                      state=lambda: {"trainer": trainer.state_dict(), "epoch": epoch,
                                     "vocab_digest": explainer.vocab.digest},
                      save_model=lambda d: _save_best(explainer, trainer, history, d / MODEL_DIR))

@@ -89,7 +89,7 @@ def test_paths_below_the_storage_path(tmp_path, monkeypatch):
 
 def test_explicit_use_gpu_needs_no_cluster():
     assert resolve_use_gpu(False) is False
-    assert resolve_use_gpu(True, driver_cuda=False) is True
+    assert resolve_use_gpu(True) is True
 
 
 def test_export_dir_replaces_a_local_output_and_uploads_a_remote_one(tmp_path):

@@ -1,12 +1,14 @@
 """The Serve deployments: thin wrappers around ``ExplainerService`` (the same explainer objects the jobs use).
 
 ``Explainer``: one per replica loads the classifier once and builds every servable method; each method has its own
-``@serve.batch`` queue (made per replica at start-up from the registry, so a new method is batched with no code
-here), and predictions have one too. Batches run on one worker thread: the replica's event loop keeps accepting
-requests (so the next batch forms while one computes), and two methods never hook the same model at once.
+batch queue (``serving.batching.Batcher``, made per replica at start-up from the registry, so a new method is
+batched with no code here), and predictions have one too. Batches run on one worker thread: the replica's event
+loop keeps accepting requests (so the next batch forms while one computes), and two methods never hook the same
+model at once.
 
 ``Ingress``: the FastAPI app (``serving.app.make_api``), built per replica around a ``HandleBackend`` to the
-Explainer; asynchronous jobs go to a deployment-scoped ``JobRunner`` actor shared by every Ingress replica.
+Explainer, which groups the images waiting for a method into one Explainer call (``forwarding`` in the args);
+asynchronous jobs go to a deployment-scoped ``JobRunner`` actor shared by every Ingress replica.
 Metrics go through ``ray.serve.metrics`` (exported for Prometheus by Ray's metrics agent).
 """
 
@@ -20,7 +22,8 @@ from typing import Any, Callable
 
 from ray import serve
 
-from serving.service import PREDICT, ExplainerService, Outcome, Row, load_args
+from serving.batching import Batcher
+from serving.service import PREDICT, ExplainerService, Outcome, Row, ServeArgs, load_args
 
 log = logging.getLogger("interp_ray.serving")
 
@@ -91,18 +94,6 @@ class BatchMetrics:
 # --------------------------------------------------------------------------- the Explainer deployment
 
 
-def in_replica() -> bool:
-    """Inside a Serve replica on a cluster (not local testing mode, which sets no replica context)."""
-    from ray.serve.exceptions import RayServeException
-
-    try:
-        serve.get_replica_context()
-        return True
-    except RayServeException:
-        return False
-
-
-
 @serve.deployment(name=EXPLAINER, max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
 class ExplainerDeployment:
     def __init__(self, args: dict[str, Any]):
@@ -111,19 +102,14 @@ class ExplainerDeployment:
         # One thread: batches never overlap (Captum methods hook the shared model), the event loop stays free.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="interp-ray-batch")
         self._metrics = BatchMetrics()
+        self._calls: dict[str, int] = {}
         self._batchers: dict[str, Callable] = {name: self._batcher(name, self._explain_fn(name))
                                                for name in self.service.explainers}
         self._predict = self._batcher(PREDICT, self._predict_batch)
 
-    def _batcher(self, key: str, fn: Callable) -> Callable:
-        if not in_replica():
-            # Local testing mode sets no replica context, which @serve.batch reads: run each request as its own batch.
-            async def unbatched(row: Row) -> Outcome:
-                return (await fn([row]))[0]
-
-            return unbatched
+    def _batcher(self, key: str, fn: Callable) -> Batcher:
         s = self.args.batch_settings(key)
-        return serve.batch(max_batch_size=s.max_batch_size, batch_wait_timeout_s=s.batch_wait_timeout_s)(fn)
+        return Batcher(fn, max_size=s.max_batch_size, wait_s=s.batch_wait_timeout_s)
 
     def _explain_fn(self, method: str) -> Callable:
         async def explain_batch(rows: list[Row]) -> list[Outcome]:
@@ -141,33 +127,63 @@ class ExplainerDeployment:
         return outcomes
 
     async def explain(self, method: str, row: Row) -> Outcome:
+        self._count_call(method)
+        return await self._explain_one(method, row)
+
+    async def predict(self, row: Row) -> Outcome:
+        self._count_call(PREDICT)
+        return await self._predict(row)
+
+    async def explain_many(self, method: str, rows: list[Row]) -> list[Outcome]:
+        """Images an Ingress grouped into one call. Each still joins this replica's batch queue, so images from
+        several Ingress replicas share batches and ``max_batch_size`` bounds every batch."""
+        self._count_call(method)
+        return list(await asyncio.gather(*(self._explain_one(method, row) for row in rows)))
+
+    async def predict_many(self, rows: list[Row]) -> list[Outcome]:
+        self._count_call(PREDICT)
+        return list(await asyncio.gather(*(self._predict(row) for row in rows)))
+
+    async def _explain_one(self, method: str, row: Row) -> Outcome:
         batcher = self._batchers.get(method)
         if batcher is None:
             return Outcome(status=404, error=self.service.unknown_method(method))
         return await batcher(row)
 
-    async def predict(self, row: Row) -> Outcome:
-        return await self._predict(row)
+    def _count_call(self, key: str) -> None:
+        self._calls[key] = self._calls.get(key, 0) + 1
 
     def info(self) -> dict[str, Any]:
         return self.service.info()
 
     def stats(self) -> dict[str, dict[str, int]]:
-        """This replica's batches and rows per method since it started."""
-        return {"batches": dict(self._metrics.batches), "rows": dict(self._metrics.rows)}
+        """This replica's calls received (one per image, or one per Ingress group), batches and rows per method
+        since it started."""
+        return {"calls": dict(self._calls), "batches": dict(self._metrics.batches), "rows": dict(self._metrics.rows)}
 
 
 # --------------------------------------------------------------------------- calling it
 
 
 class HandleBackend:
-    """The routes' backend over a handle to the Explainer: one call per image (batched there), retried when the
-    replica it went to died (explanations are pure, so a retry is safe)."""
+    """The routes' backend over a handle to the Explainer, retried when the replica a call went to died
+    (explanations are pure, so a retry is safe).
 
-    def __init__(self, handle: Any, *, retries: int = 3):
+    With ``args.forwarding.coalesce``, the images waiting for one method go to the Explainer as one call (a
+    ``Batcher`` per method: up to the method's ``max_batch_size``, ``max_concurrent`` calls in flight, no waiting), so
+    the handle hop is paid per group, not per image. Without ``args`` or with ``coalesce: false``, one call per image.
+    """
+
+    def __init__(self, handle: Any, args: ServeArgs | None = None, *, retries: int = 3):
         self.handle = handle
+        self.args = args
         self.retries = retries
         self._info: dict[str, Any] | None = None
+        self._forwarders: dict[str, Batcher] = {}
+
+    @property
+    def coalesce(self) -> bool:
+        return self.args is not None and self.args.forwarding.coalesce
 
     async def info(self, refresh: bool = False) -> dict[str, Any]:
         if self._info is None or refresh:
@@ -175,10 +191,27 @@ class HandleBackend:
         return self._info
 
     async def explain(self, method: str, rows: list[Row]) -> list[Outcome]:
+        if self.coalesce:
+            return await self._forward(method, rows, "explain_many", method)
         return list(await asyncio.gather(*(self._call("explain", method, row) for row in rows)))
 
     async def predict(self, rows: list[Row]) -> list[Outcome]:
+        if self.coalesce:
+            return await self._forward(PREDICT, rows, "predict_many")
         return list(await asyncio.gather(*(self._call("predict", row) for row in rows)))
+
+    async def _forward(self, key: str, rows: list[Row], call: str, *lead: Any) -> list[Outcome]:
+        forwarder = self._forwarders.get(key)
+        if forwarder is None:  # made on first use; the routes pass only served methods
+            assert self.args is not None
+
+            async def forward(group: list[Row]) -> list[Outcome]:
+                return await self._call(call, *lead, group)
+
+            forwarder = Batcher(forward, max_size=self.args.batch_settings(key).max_batch_size,
+                                max_concurrent=self.args.forwarding.max_concurrent)
+            self._forwarders[key] = forwarder
+        return list(await asyncio.gather(*(forwarder(row) for row in rows)))
 
     async def _call(self, name: str, *args: Any) -> Any:
         from ray.exceptions import ActorUnavailableError, RayActorError
@@ -272,7 +305,7 @@ def jobs_actor_config(args: Any) -> Any:
 class IngressDeployment:
     def __init__(self, explainer: Any, args: dict[str, Any]):
         self.args = load_args(args)
-        self.backend = HandleBackend(explainer)
+        self.backend = HandleBackend(explainer, self.args)
         self.jobs = job_client(self.args, self.backend)
 
     def __serve_build_asgi_app__(self) -> Any:

@@ -31,14 +31,31 @@ PREDICT = "predict"  # the batching key of /v1/predict
 
 
 class BatchSettings(BaseModel):
-    """``@serve.batch`` settings of one method."""
+    """Dynamic-batching settings of one method (``serving.batching.Batcher`` in each Explainer replica)."""
 
     model_config = ConfigDict(extra="forbid")
 
     max_batch_size: int = Field(16, ge=1, le=1024)
-    # Short: a lone request waits this long for company. Under load batches fill anyway, because requests queue
-    # while the previous batch computes (one batch at a time per replica).
-    batch_wait_timeout_s: float = Field(0.002, ge=0, le=10)
+    # 0 by default: under load batches fill anyway, because requests queue while the previous batch computes (one
+    # batch at a time per replica), and a lone request should not wait for company that is not coming. A slow
+    # method (feature inversion: ~1 s an image) can afford to wait a little.
+    batch_wait_timeout_s: float = Field(0.0, ge=0, le=10)
+
+
+class ForwardSettings(BaseModel):
+    """How an Ingress replica hands images to the Explainer.
+
+    A Serve handle call costs several milliseconds of CPU on each side, often more than explaining one image with a
+    learned method. So an Ingress replica coalesces the images that wait for the same method into one call (at most
+    the method's ``max_batch_size``, no waiting: images join while earlier calls are in flight) and keeps at most
+    ``max_concurrent`` calls per method in flight. Each call then counts as one ongoing request at the Explainer, so
+    its ``target_ongoing_requests`` counts forwarded batches, not images.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    coalesce: bool = Field(True, description="one Explainer call per group of waiting images; false: one per image")
+    max_concurrent: int = Field(4, ge=1, le=256, description="Explainer calls in flight per method and Ingress replica")
 
 
 class ServeArgs(BaseModel):
@@ -58,6 +75,8 @@ class ServeArgs(BaseModel):
                                                       description="method → constructor keyword arguments")
     batching: dict[str, BatchSettings] = Field(default_factory=dict,
                                                description="'default', 'predict' or a method → batch settings")
+    forwarding: ForwardSettings = Field(default_factory=ForwardSettings,
+                                        description="how the Ingress groups images into Explainer calls")
     slow_methods: list[str] = Field(list(DEFAULT_SLOW_METHODS),
                                     description="methods flagged for the asynchronous /v1/jobs route")
     max_body_bytes: int = Field(16 * 2**20, ge=1024, description="larger request bodies get 413")

@@ -56,3 +56,30 @@ def test_whole_application_builds_in_local_testing_mode(serving_args):
     handle = serve.run(build_app({**serving_args, "methods": ["center"]}), name="local_app",
                        _local_testing_mode=True)
     assert handle is not None
+
+
+@pytest.mark.parametrize("coalesce", [True, False])
+def test_ingress_groups_waiting_images_into_one_explainer_call(explainer_handle, serving_args, service, coalesce):
+    """Eight single-image requests at once: grouped, the Explainer receives 2 calls (the first image goes alone,
+    the other seven wait for it and leave together); ungrouped, 8. The answers are the same either way."""
+    import asyncio
+
+    from serving.deployments import HandleBackend
+    from serving.service import load_args
+
+    args = load_args({**serving_args, "forwarding": {"coalesce": coalesce, "max_concurrent": 1}})
+    backend = HandleBackend(explainer_handle, args)
+    images, targets = digit_images(8), [-1, 3, -1, 9, 0, -1, 2, 5]
+
+    async def eight_requests():
+        return await asyncio.gather(*(backend.explain("gradient", [Row(image=img, target=t)])
+                                      for img, t in zip(images, targets)))
+
+    calls_before = explainer_handle.stats.remote().result()["calls"].get("gradient", 0)
+    out = [o for (o,) in asyncio.run(eight_requests())]
+    calls = explainer_handle.stats.remote().result()["calls"]["gradient"] - calls_before
+    assert calls == (2 if coalesce else 8)
+    direct = service.explain_rows("gradient", [Row(image=img, target=t) for img, t in zip(images, targets)])
+    for a, b in zip(out, direct):
+        assert a.explanation.label == b.explanation.label
+        np.testing.assert_allclose(a.explanation.saliency, b.explanation.saliency, atol=1e-6)

@@ -42,12 +42,52 @@ def save_random_flint(path: Path, predictor) -> bool:
     return True
 
 
+def digits_activations(classifier: Path, layer: str, rows: int = 120):
+    """The first ``rows`` digits training images through the classifier: an InterpNET activation table."""
+    from interp_ray.data import load_dataset
+    from interp_ray.explainers.interpnet import collect, extract_in_process
+
+    ds = load_dataset("digits", "train")
+    return collect(extract_in_process(ds, str(classifier), [layer], rows=rows, batch_size=rows), [layer])
+
+
+def save_small_interpnet(path: Path, classifier: Path) -> None:
+    """A small InterpNET (1 epoch) over the classifier's mean-pooled ``relu2``, on one sentence per digit."""
+    import torch
+
+    from interp_ray.explainers.interpnet import ClassifierTrainConfig, DecoderTrainConfig, InterpNET
+
+    table = digits_activations(classifier, "relu2")
+    table.sentences = [[f"this is a {CLASS_NAMES[int(c)]} ."] for c in table.labels]
+    torch.manual_seed(2)
+    ex = InterpNET({"feature_layer": "relu2", "variant": "interpnet_1", "hidden": [16], "embed_dim": 8,
+                    "hidden_dim": 16, "max_len": 8}, class_names=CLASS_NAMES)
+    ex.fit(table, table, classifier_train=ClassifierTrainConfig(epochs=1), train=DecoderTrainConfig(epochs=1))
+    ex.save(str(path))
+
+
+def save_small_cnn_inte(path: Path, classifier: Path) -> None:
+    """A small CNN-INTE over the classifier's ``relu3`` (the batch dict the activation store would hold)."""
+    import numpy as np
+
+    from interp_ray.activations import ActivationExtractor
+    from interp_ray.data import load_dataset
+    from interp_ray.explainers.cnn_inte import CnnInte
+
+    batch = load_dataset("digits", "train").get_batch(np.arange(120))
+    batch = {**ActivationExtractor(classifier, ["relu3"])(batch), "image": batch["image"]}
+    CnnInte({"layer": "relu3", "k1": 3, "k2": 2, "n_estimators": 5}, class_names=CLASS_NAMES).fit(batch).save(str(path))
+
+
 @pytest.fixture(scope="session")
 def serving_checkpoints(tmp_path_factory) -> dict[str, str]:
-    """{"checkpoint_dir", "classifier", "flint" (or None)}: the layout ServeArgs reads by default."""
+    """{"checkpoint_dir", "classifier", "flint" (or None)}: the layout ServeArgs reads by default, with a checkpoint
+    for every learned method that explains images (FLINT, InterpNET, CNN-INTE)."""
     root = tmp_path_factory.mktemp("serving_ckpts")
     predictor = save_digits_classifier(root / "digits")
     has_flint = save_random_flint(root / "digits_flint", predictor)
+    save_small_interpnet(root / "digits_interpnet", root / "digits")
+    save_small_cnn_inte(root / "digits_cnn_inte", root / "digits")
     return {"checkpoint_dir": str(root), "classifier": str(root / "digits"),
             "flint": str(root / "digits_flint") if has_flint else None}
 

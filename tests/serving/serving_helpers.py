@@ -34,3 +34,16 @@ def asgi_client(app, **kwargs):
         warnings.simplefilter("ignore", DeprecationWarning)
         from starlette.testclient import TestClient
     return TestClient(app, **kwargs)
+
+
+def library_explanation(service, method: str, image: np.ndarray, target: int = -1, params=None) -> dict:
+    """What a user of the library gets: the method built by the same adapter, called on one image, with the
+    activations (for the methods that read them) from ``ActivationExtractor``, as the activation store has them."""
+    from interp_ray.activations import ActivationExtractor
+    from serving.service import build_explainer
+
+    explainer = build_explainer(method, service.classifier, service.args.explainer_checkpoint(method))
+    batch = {"image": image[None], "target": np.array([target])}
+    if "activations" in explainer.needs:
+        batch.update(ActivationExtractor(service.args.classifier_path())({"image": image[None]}))
+    return explainer.explain(batch, params or {})[0].to_json()

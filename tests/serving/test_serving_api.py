@@ -8,10 +8,9 @@ import time
 
 import numpy as np
 import pytest
-from serving_helpers import asgi_client, digit_images, png_bytes
+from serving_helpers import asgi_client, digit_images, library_explanation, png_bytes
 
 from interp_ray.data.images import decode_image
-from serving.service import build_explainer
 
 PNG = {"content-type": "image/png"}
 
@@ -42,13 +41,6 @@ def test_health_and_methods(local_api, service):
 
 
 # --------------------------------------------------------------------------- every method, and the library's answer
-
-
-def library_explanation(service, method: str, image: np.ndarray, target: int = -1, params=None):
-    """What a user of the library gets: the method built by the same adapter, called on one image."""
-    explainer = build_explainer(method, service.classifier, service.args.explainer_checkpoint(method))
-    batch = {"image": image[None], "target": np.array([target])}
-    return explainer.explain(batch, params or {})[0].to_json()
 
 
 def assert_same(http: dict, lib: dict) -> None:

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from serving_helpers import digit_images, png_bytes
+from serving_helpers import digit_images, library_explanation, png_bytes
 
 from interp_ray.data.images import decode_image
 from serving.client import ExplainClient, ServiceError
@@ -79,16 +79,13 @@ def test_health_and_methods(served, client, service):
 
 
 def test_each_method_over_http_equals_the_library(client, service):
-    from serving.service import build_explainer
-
     png = png_bytes(digit_images(1)[0])
     pixels = decode_image(png, None, "L")
     for method in sorted(service.explainers):
         params = {"stage2_iterations": 5} if method == "feature_inversion" else {}
         body = client.explain(png, method, params=params)
         (http,) = body["explanations"]
-        explainer = build_explainer(method, service.classifier, service.args.explainer_checkpoint(method))
-        lib = explainer.explain({"image": pixels[None], "target": np.array([-1])}, params)[0].to_json()
+        lib = library_explanation(service, method, pixels, params=params)
         assert http["label"] == lib["label"] and http["method"] == lib["method"], method
         for key in ("saliency", "attributes", "sentence", "path", "neurons"):
             if lib[key] is None:

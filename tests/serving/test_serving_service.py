@@ -25,6 +25,10 @@ def rows(images: np.ndarray, targets=None, params=None) -> list[Row]:
 
 def test_every_registered_method_is_served_or_skipped_with_a_reason(service):
     assert set(service.explainers) | set(service.skipped) == set(explainer_names())
+    # Every method that explains images is served, the learned ones from their checkpoints; only the video
+    # captioner (frame features, not images) is skipped.
+    assert {"flint", "interpnet", "cnn_inte", "feature_inversion", "gradcam"} <= set(service.explainers)
+    assert set(service.skipped) == {"semantic"}, service.skipped
     for name in service.explainers:
         assert service.method_metadata(name)["routes"]["explain"] == f"/v1/explain/{name}"
     for name, why in service.skipped.items():

@@ -17,7 +17,7 @@ Output columns (first axis = batch):
 from __future__ import annotations
 
 import os
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +35,27 @@ def pick_device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
+def load_worker_classifier(checkpoint: str | os.PathLike, *, device: str | None = None,
+                           torch_threads: int | None = None, expect_digest: str | None = None
+                           ) -> tuple[Any, torch.device]:
+    """The classifier a batch worker runs (a ``LoadedClassifier``) and the device it is on (``pick_device``).
+
+    ``torch_threads`` caps intra-op threads (Ray sets OMP_NUM_THREADS to an actor's CPU count; a benchmark may want
+    more). ``expect_digest``: the checkpoint must still be the one the job was planned with — retrained in place, its
+    outputs would land in a store keyed by the old weights.
+    """
+    from interp_ray.checkpoint import load_classifier
+
+    if torch_threads:
+        torch.set_num_threads(int(torch_threads))
+    where = pick_device(device)
+    loaded = load_classifier(checkpoint, device=where)
+    if expect_digest is not None and loaded.digest != expect_digest:
+        raise UserError(f"checkpoint {checkpoint} changed since this job started (digest {loaded.digest[:12]}, "
+                        f"expected {expect_digest[:12]}); rerun the job")
+    return loaded, where
+
+
 class ActivationExtractor:
     """Maps ``{"image": N×C×H×W float32, "id", "label", …}`` to ids, labels, predictions, probabilities and layers.
 
@@ -46,17 +67,8 @@ class ActivationExtractor:
     def __init__(self, checkpoint: str | os.PathLike, layers: Iterable[str] | str | None = None, *,
                  device: str | None = None, torch_threads: int | None = None,
                  passthrough: Sequence[str] = DEFAULT_PASSTHROUGH, expect_digest: str | None = None):
-        from interp_ray.checkpoint import load_classifier
-
-        if torch_threads:
-            torch.set_num_threads(int(torch_threads))
-        self.device = pick_device(device)
-        loaded = load_classifier(checkpoint, device=self.device)
-        if expect_digest is not None and loaded.digest != expect_digest:
-            # The checkpoint changed after the job was planned (e.g. retrained in place): its activations would land
-            # in a store keyed by the old weights.
-            raise UserError(f"checkpoint {checkpoint} changed since this job started (digest {loaded.digest[:12]}, "
-                            f"expected {expect_digest[:12]}); rerun the job")
+        loaded, self.device = load_worker_classifier(checkpoint, device=device, torch_threads=torch_threads,
+                                                     expect_digest=expect_digest)
         self.model = loaded.model
         self.checkpoint = str(checkpoint)
         self.digest = loaded.digest

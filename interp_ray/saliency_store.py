@@ -225,18 +225,10 @@ class SaliencyMapper:
     def __init__(self, checkpoint: str | os.PathLike, method: dict[str, Any] | MethodChoice, *,
                  target: str | int = "label", extras: Sequence[str] | None = None, device: str | None = None,
                  torch_threads: int | None = None, expect_digest: str | None = None):
-        import torch
+        from interp_ray.activations import load_worker_classifier
 
-        from interp_ray.activations import pick_device
-        from interp_ray.checkpoint import load_classifier
-
-        if torch_threads:
-            torch.set_num_threads(int(torch_threads))
-        self.device = pick_device(device)
-        loaded = load_classifier(checkpoint, device=self.device)
-        if expect_digest is not None and loaded.digest != expect_digest:
-            raise UserError(f"checkpoint {checkpoint} changed since this job started (digest {loaded.digest[:12]}, "
-                            f"expected {expect_digest[:12]}); rerun the job")
+        loaded, self.device = load_worker_classifier(checkpoint, device=device, torch_threads=torch_threads,
+                                                     expect_digest=expect_digest)
         self.model, self.digest = loaded.model.eval(), loaded.digest
         self.model_name: str = loaded.config["model"]["name"]
         self.class_names = list(loaded.class_names)

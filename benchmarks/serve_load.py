@@ -1,25 +1,32 @@
 """Load on the explanation service over loopback: batched vs unbatched, and HTTP vs the in-process call.
 
     python -m benchmarks.serve_load [--model scenes|digits] [--method flint] [--clients 32] [--duration 60]
+    python -m benchmarks.serve_load --method interpnet --classifier-checkpoint outputs/pipeline/checkpoints/scenes \
+        --explainer-checkpoint outputs/pipeline/interpnet/interpnet_2        # after scripts/run.sh
 
 Phases, one after the other in this run, on one local Ray (127.0.0.1) and one Explainer replica (1 CPU):
 
   (b) inprocess_seq    one client: the library call (decode the PNG, build the batch, explain) in this process;
       handle_seq       one client: the Explainer deployment through a DeploymentHandle (the Ray hop, no HTTP);
       http_seq         one client: the same upload over HTTP (proxy → Ingress → Explainer, batching on);
-                       goal: http_seq p50 − inprocess_seq p50 ≤ 3 ms.
-  (a) http_batched     --clients concurrent clients, max_batch_size 32;
-      http_unbatched   the same with max_batch_size 1 (the application redeployed); goal: batched ≥ 4× requests/s;
+                       goal: http_seq p50 − inprocess_seq p50 ≤ 3 ms;
+      http_noop_seq    one client: the same upload to a do-nothing deployment behind the same proxy (Serve's floor).
+  (a) http_batched     --clients concurrent clients, max_batch_size 32, the Ingress coalescing waiting images into
+                       one Explainer call (the shipped default, ``forwarding.coalesce``);
+      http_batched_per_image   the same with one Explainer call per image (``coalesce: false``);
+      http_unbatched_before / _after   max_batch_size 1 everywhere (the application redeployed), measured first
+                       and last; goal: batched ≥ 4× requests/s of their mean;
       handle_batched / handle_unbatched   the same load through a DeploymentHandle from the driver: the Explainer's
                        own batching gain, without the HTTP front.
 
-Each phase runs --duration s after a short warm-up. Every request explains one PNG with --method (default FLINT, a
-learned explainer, random weights: the cost of a request does not depend on what was learned) over a random-weight
-classifier: ``scenes`` (64×64 RGB, the default: its compute is not negligible next to the per-request overhead) or
-``digits`` (8×8). Clients run in a separate process (one keep-alive connection per thread). Prints ``name: value``
-lines and the ratios. (Ray Serve's HAProxy front, RAY_SERVE_ENABLE_HA_PROXY, is not offered: it makes replicas
-bind all interfaces.) Takes the test suite's machine-wide lock so it never runs beside a test
-session's Ray (``--no-lock`` to skip).
+Each phase runs --duration s after a short warm-up. Every request explains one PNG (the first test image of the
+model's dataset) with --method. By default that is FLINT with random weights over a random-weight classifier (a
+forward pass costs the same whatever was learned): ``scenes`` (64×64 RGB, the default) or ``digits`` (8×8). A method
+whose cost depends on what it learned (InterpNET: the sentence length) is benchmarked on trained checkpoints.
+Clients run in a separate process (one keep-alive connection per thread). Prints ``name: value`` lines and the
+ratios. (Ray Serve's HAProxy front, RAY_SERVE_ENABLE_HA_PROXY, is not offered: it makes replicas bind all
+interfaces.) Takes the test suite's machine-wide lock so it never runs beside a test session's Ray (``--no-lock`` to
+skip).
 """
 
 from __future__ import annotations
@@ -45,19 +52,15 @@ APP = "serve_load"
 # --------------------------------------------------------------------------- what is explained
 
 
-def make_checkpoints(root: Path, model: str) -> tuple[dict[str, Any], bytes]:
-    """A random-weight classifier (+ FLINT over it) under ``root``, and one PNG it takes."""
-    import io
-
+def make_checkpoints(root: Path, model: str) -> dict[str, Any]:
+    """A random-weight classifier (+ FLINT over it) under ``root``: the application's ``args``."""
     import torch
-    from PIL import Image
 
     from interp_ray.checkpoint import save_classifier
     from interp_ray.explainers import flint as fl
     from interp_ray.models import build_model
 
-    opts = {"digits": {"num_classes": 10, "in_channels": 1, "image_size": 8},
-            "scenes": {"num_classes": 12, "in_channels": 3, "image_size": 64}}[model]
+    opts = MODEL_OPTIONS[model]
     name = f"{model}_cnn"
     torch.manual_seed(0)
     predictor = build_model(name, **opts)
@@ -66,12 +69,33 @@ def make_checkpoints(root: Path, model: str) -> tuple[dict[str, Any], bytes]:
     spec = fl.resolved_flint_spec(predictor, fl.FlintSection())
     fl.save_flint(root / f"{model}_flint", fl.build_flint(predictor, spec), spec=spec,
                   predictor_spec={"name": name, "options": opts}, class_names=classes, mode="joint")
-    rng = np.random.default_rng(0)
-    side, channels = opts["image_size"], opts["in_channels"]
-    pixels = (rng.random((side, side, channels)) * 255).astype(np.uint8)
+    return {"checkpoint_dir": str(root), "classifier": model}
+
+
+def trained_args(classifier: str, method: str, checkpoint: str) -> dict[str, Any]:
+    """``args`` serving a trained method (e.g. the pipeline's InterpNET: its cost depends on what it learned — the
+    sentences' length — so random weights would not do)."""
+    return {"checkpoint": str(Path(classifier).resolve()),
+            "explainer_checkpoints": {method: str(Path(checkpoint).resolve())}}
+
+
+def request_body(model: str) -> bytes:
+    """A PNG of the first test image of the model's dataset (generated scenes or scikit-learn digits)."""
+    import io
+
+    from PIL import Image
+
+    from interp_ray.data import load_dataset
+
+    image = load_dataset(model, "test").get_batch(np.arange(1))["image"][0]  # C×H×W in [0, 1]
+    pixels = np.clip(np.rint(np.moveaxis(image, 0, -1) * 255), 0, 255).astype(np.uint8)
     buf = io.BytesIO()
-    Image.fromarray(pixels[..., 0] if channels == 1 else pixels, "L" if channels == 1 else "RGB").save(buf, "PNG")
-    return {"checkpoint_dir": str(root), "classifier": model}, buf.getvalue()
+    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(buf, "PNG")
+    return buf.getvalue()
+
+
+MODEL_OPTIONS = {"digits": {"num_classes": 10, "in_channels": 1, "image_size": 8},
+                 "scenes": {"num_classes": 12, "in_channels": 3, "image_size": 64}}
 
 
 # --------------------------------------------------------------------------- load generation (its own process)
@@ -168,16 +192,38 @@ def machine_lock(enabled: bool) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def deploy(args: dict[str, Any], max_batch_size: int, port: int) -> None:
+def deploy(args: dict[str, Any], max_batch_size: int, coalesce: bool = True) -> None:
     from ray import serve
 
     from serving.app import build_app
 
-    cfg = {**args, "batching": {"default": {"max_batch_size": max_batch_size, "batch_wait_timeout_s": 0.002}}}
+    cfg = {**args, "batching": {"default": {"max_batch_size": max_batch_size, "batch_wait_timeout_s": 0.0}},
+           "forwarding": {"coalesce": coalesce}}
     app = build_app(cfg, ingress_options={"ray_actor_options": {"num_cpus": 0.5}, "max_ongoing_requests": 256},
                     explainer_options={"num_replicas": 1, "ray_actor_options": {"num_cpus": 1},
                                        "max_ongoing_requests": 64})
     serve.run(app, name=APP, route_prefix="/")
+
+
+def noop_floor(url: str, body: bytes, duration: float) -> dict[str, float]:
+    """One client uploading the same body to a do-nothing Serve deployment behind the same proxy: what any Serve
+    HTTP request costs here, before the application does anything."""
+    from ray import serve
+
+    @serve.deployment(name="Noop", ray_actor_options={"num_cpus": 0})
+    class Noop:
+        async def __call__(self, request: Any) -> str:
+            await request.body()
+            return "ok"
+
+    serve.run(Noop.bind(), name="noop", route_prefix="/noop")
+    try:
+        http_load(url, "/noop", body, 1, 2.0)  # warm-up
+        result = http_load(url, "/noop", body, 1, duration)
+    finally:
+        serve.delete("noop")
+    report("http_noop_seq", result)
+    return result
 
 
 def batch_stats(method: str) -> tuple[int, int]:
@@ -272,20 +318,30 @@ def report(name: str, r: dict[str, float]) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", choices=["digits", "scenes"], default="scenes")
+    p.add_argument("--model", choices=sorted(MODEL_OPTIONS), default="scenes")
     p.add_argument("--method", default="flint")
+    p.add_argument("--classifier-checkpoint", help="a trained classifier (default: random weights)")
+    p.add_argument("--explainer-checkpoint", help="the trained --method over it (needed for methods other than flint)")
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--duration", type=float, default=60.0, help="seconds per phase")
     p.add_argument("--port", type=int, default=8129)
     p.add_argument("--no-lock", dest="lock", action="store_false")
     opts = p.parse_args()
+    if bool(opts.classifier_checkpoint) != bool(opts.explainer_checkpoint):
+        p.error("give --classifier-checkpoint and --explainer-checkpoint together")
+    if opts.method != "flint" and not opts.explainer_checkpoint:
+        p.error(f"--method {opts.method} needs --classifier-checkpoint and --explainer-checkpoint")
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a local Ray on 127.0.0.1 only
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp, machine_lock(opts.lock):
-        args, body = make_checkpoints(Path(tmp), opts.model)
-        args["token_env"] = "INTERP_RAY_SERVE_LOAD_NO_TOKEN"
+        if opts.explainer_checkpoint:
+            args = trained_args(opts.classifier_checkpoint, opts.method, opts.explainer_checkpoint)
+        else:
+            args = make_checkpoints(Path(tmp), opts.model)
+        args.update(token_env="INTERP_RAY_SERVE_LOAD_NO_TOKEN", methods=[opts.method])
+        body = request_body(opts.model)
         print(f"model: {opts.model}_cnn  method: {opts.method}  clients: {opts.clients}  duration_s: {opts.duration}  "
-              "front: serve-proxy", flush=True)
+              f"weights: {'trained' if opts.explainer_checkpoint else 'random'}  front: serve-proxy", flush=True)
         seq = inprocess_load(args, opts.method, body, opts.duration)
         report("inprocess_seq", seq)
 
@@ -297,22 +353,35 @@ def main() -> None:
         serve.start(http_options={"host": "127.0.0.1", "port": opts.port})
         url = f"http://127.0.0.1:{opts.port}"
         try:
-            deploy(args, 32, opts.port)
+            # The unbatched service is measured before and after the batched one, so a change of load on the
+            # machine during the run shows as a gap between the two instead of biasing the ratio.
+            deploy(args, 1)
             print(f"startup_s: {time.perf_counter() - t0:.1f}", flush=True)
+            before = http_phase("http_unbatched_before", url, opts.method, body, opts.clients, opts.duration)
+            h_unbatched = handle_load_phase("handle_unbatched", opts.method, body, opts.clients, opts.duration)
+            deploy(args, 32)
             handle_phase("handle_seq", opts.method, body, opts.duration)
             http_seq = http_phase("http_seq", url, opts.method, body, 1, opts.duration)
+            floor = noop_floor(url, body, opts.duration)
             h_batched = handle_load_phase("handle_batched", opts.method, body, opts.clients, opts.duration)
             batched = http_phase("http_batched", url, opts.method, body, opts.clients, opts.duration)
-            deploy(args, 1, opts.port)
-            h_unbatched = handle_load_phase("handle_unbatched", opts.method, body, opts.clients, opts.duration)
-            unbatched = http_phase("http_unbatched", url, opts.method, body, opts.clients, opts.duration)
+            deploy(args, 32, coalesce=False)
+            per_image = http_phase("http_batched_per_image", url, opts.method, body, opts.clients, opts.duration)
+            deploy(args, 1)
+            after = http_phase("http_unbatched_after", url, opts.method, body, opts.clients, opts.duration)
         finally:
             serve.shutdown()
             ray.shutdown()
-        print(f"batched_vs_unbatched_rps: {batched['rps'] / max(unbatched['rps'], 1e-9):.2f}x (goal >= 4)")
+        unbatched = {"rps": (before["rps"] + after["rps"]) / 2}
+        print(f"http_unbatched_before_after_rps: {before['rps']:.2f} / {after['rps']:.2f}")
+        print(f"batched_vs_unbatched_rps: {batched['rps'] / max(unbatched['rps'], 1e-9):.2f}x (goal >= 4; "
+              "unbatched = the mean of before and after)")
+        print(f"batched_per_image_vs_unbatched_rps: {per_image['rps'] / max(unbatched['rps'], 1e-9):.2f}x "
+              "(the Explainer batches, the Ingress sends one call per image)")
         print(f"handle_batched_vs_unbatched_rps: {h_batched['rps'] / max(h_unbatched['rps'], 1e-9):.2f}x "
               "(the Explainer alone, without the HTTP front)")
         print(f"http_added_p50_ms: {http_seq['p50_ms'] - seq['p50_ms']:.2f} (goal <= 3)")
+        print(f"serve_http_floor_p50_ms: {floor['p50_ms']:.2f} (a do-nothing deployment behind the same proxy)")
 
 
 if __name__ == "__main__":

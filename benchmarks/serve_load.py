@@ -210,13 +210,9 @@ def noop_floor(url: str, body: bytes, duration: float) -> dict[str, float]:
     HTTP request costs here, before the application does anything."""
     from ray import serve
 
-    @serve.deployment(name="Noop", ray_actor_options={"num_cpus": 0})
-    class Noop:
-        async def __call__(self, request: Any) -> str:
-            await request.body()
-            return "ok"
+    from benchmarks.serve_floor import plain_app
 
-    serve.run(Noop.bind(), name="noop", route_prefix="/noop")
+    serve.run(plain_app(read_body=True), name="noop", route_prefix="/noop")
     try:
         http_load(url, "/noop", body, 1, 2.0)  # warm-up
         result = http_load(url, "/noop", body, 1, duration)

@@ -157,8 +157,8 @@ def storage_root(run: RunSection) -> str:
 
 def run_path(run: RunSection, *parts: str) -> str:
     """A path below ``run.storage_path`` (the run's own files beside Ray's, e.g. ``<name>/<init dir>``)."""
-    root = run.storage_path
-    return "/".join([root.rstrip("/"), *parts]) if is_remote(root) else str(Path(root).resolve().joinpath(*parts))
+    root = storage_root(run)
+    return "/".join([root.rstrip("/"), *parts]) if is_remote(root) else str(Path(root).joinpath(*parts))
 
 
 def make_trainer(train_func: Callable[[dict[str, Any]], dict[str, Any]], loop_config: dict[str, Any], *, name: str,

@@ -43,11 +43,6 @@ class Batcher(Generic[T, R]):
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task] = set()  # strong references: the loop keeps only weak ones
 
-    @property
-    def running(self) -> int:
-        """Batches computing now."""
-        return self._running
-
     async def __call__(self, item: T) -> R:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
@@ -81,8 +76,6 @@ class Batcher(Generic[T, R]):
         self._dispatch()
 
     def _drop_cancelled(self) -> None:
-        while self._waiting and self._waiting[0][1].done():
-            self._waiting.popleft()
         if any(f.done() for _, f in self._waiting):
             self._waiting = deque((i, f) for i, f in self._waiting if not f.done())
 

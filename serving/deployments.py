@@ -67,7 +67,7 @@ class RequestMetrics:
 
 
 class BatchMetrics:
-    """Per-method batch sizes, compute time and failed rows (Explainer)."""
+    """Per-method calls, batch sizes, compute time and failed rows (Explainer)."""
 
     def __init__(self) -> None:
         from ray.serve import metrics
@@ -78,8 +78,13 @@ class BatchMetrics:
                                          boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("method",))
         self.failed = metrics.Counter("interp_ray_failed_rows_total", description="rows answered with an error",
                                       tag_keys=("method", "status"))
-        self.batches: dict[str, int] = {}  # also kept locally: stats() reports them (tests, benchmarks)
+        self.calls: dict[str, int] = {}    # also kept locally: stats() reports them (tests, benchmarks)
+        self.batches: dict[str, int] = {}
         self.rows: dict[str, int] = {}
+
+    def call(self, method: str) -> None:
+        """One call received: one image, or one group from an Ingress."""
+        self.calls[method] = self.calls.get(method, 0) + 1
 
     def observe(self, method: str, outcomes: list[Outcome], ms: float) -> None:
         self.batches[method] = self.batches.get(method, 0) + 1
@@ -102,7 +107,6 @@ class ExplainerDeployment:
         # One thread: batches never overlap (Captum methods hook the shared model), the event loop stays free.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="interp-ray-batch")
         self._metrics = BatchMetrics()
-        self._calls: dict[str, int] = {}
         self._batchers: dict[str, Callable] = {name: self._batcher(name, self._explain_fn(name))
                                                for name in self.service.explainers}
         self._predict = self._batcher(PREDICT, self._predict_batch)
@@ -127,21 +131,21 @@ class ExplainerDeployment:
         return outcomes
 
     async def explain(self, method: str, row: Row) -> Outcome:
-        self._count_call(method)
+        self._metrics.call(method)
         return await self._explain_one(method, row)
 
     async def predict(self, row: Row) -> Outcome:
-        self._count_call(PREDICT)
+        self._metrics.call(PREDICT)
         return await self._predict(row)
 
     async def explain_many(self, method: str, rows: list[Row]) -> list[Outcome]:
         """Images an Ingress grouped into one call. Each still joins this replica's batch queue, so images from
         several Ingress replicas share batches and ``max_batch_size`` bounds every batch."""
-        self._count_call(method)
+        self._metrics.call(method)
         return list(await asyncio.gather(*(self._explain_one(method, row) for row in rows)))
 
     async def predict_many(self, rows: list[Row]) -> list[Outcome]:
-        self._count_call(PREDICT)
+        self._metrics.call(PREDICT)
         return list(await asyncio.gather(*(self._predict(row) for row in rows)))
 
     async def _explain_one(self, method: str, row: Row) -> Outcome:
@@ -150,16 +154,14 @@ class ExplainerDeployment:
             return Outcome(status=404, error=self.service.unknown_method(method))
         return await batcher(row)
 
-    def _count_call(self, key: str) -> None:
-        self._calls[key] = self._calls.get(key, 0) + 1
-
     def info(self) -> dict[str, Any]:
         return self.service.info()
 
     def stats(self) -> dict[str, dict[str, int]]:
         """This replica's calls received (one per image, or one per Ingress group), batches and rows per method
         since it started."""
-        return {"calls": dict(self._calls), "batches": dict(self._metrics.batches), "rows": dict(self._metrics.rows)}
+        m = self._metrics
+        return {"calls": dict(m.calls), "batches": dict(m.batches), "rows": dict(m.rows)}
 
 
 # --------------------------------------------------------------------------- calling it

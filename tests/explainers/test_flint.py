@@ -175,16 +175,15 @@ def test_architectures_shapes_and_gradient_paths(name, options, layers, shape):
 
 # --- a real (short) training run ------------------------------------------------------------------------------------
 
-def _cfg(**flint):
+def _cfg(seed: int = 0, **flint):
     return FlintJobConfig.model_validate({
         "flint": {"relevance_samples": 300, **flint},
-        "train": {"epochs": 6, "batch_size": 32, "lr": 0.003, "seed": 0}, "scaling": {"use_gpu": False}})
+        "train": {"epochs": 6, "batch_size": 32, "lr": 0.003, "seed": seed}, "scaling": {"use_gpu": False}})
 
 
 @pytest.fixture(scope="module")
-def trained():
-    torch.set_num_threads(1)
-    explainer, history = train_explainer(_cfg())
+def trained(pinned_torch_threads, fixture_seed):
+    explainer, history = train_explainer(_cfg(fixture_seed))
     return explainer, history
 
 
@@ -206,7 +205,7 @@ def test_joint_training_reaches_high_fidelity(trained, digits_test):
     assert explainer.mas_images.shape == (25, 3, 1, 8, 8)
 
 
-def test_posthoc_freezes_f_and_base_leaves_g_untouched(trained, digits_test, tmp_path):
+def test_posthoc_freezes_f_and_base_leaves_g_untouched(trained, digits_test, tmp_path, fixture_seed):
     from interp_ray.checkpoint import load_classifier, save_classifier
 
     explainer, _ = trained
@@ -216,7 +215,7 @@ def test_posthoc_freezes_f_and_base_leaves_g_untouched(trained, digits_test, tmp
                     class_names=[str(i) for i in range(10)])
     before = {k: v.clone() for k, v in load_classifier(tmp_path / "f").model.state_dict().items()}
     # A custom schedule (fidelity from the first epoch) keeps the run to 2 epochs.
-    cfg = _cfg(mode="posthoc", predictor_checkpoint=str(tmp_path / "f"),
+    cfg = _cfg(fixture_seed, mode="posthoc", predictor_checkpoint=str(tmp_path / "f"),
                schedule={"rec": [[1, 0.8]], "fid": [[1, 0.5]], "l1": [[1, 0.1]], "ent": [[2, 0.2]]})
     cfg.train.epochs = 2
     post, _ = train_explainer(cfg)

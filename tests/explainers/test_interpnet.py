@@ -42,14 +42,15 @@ def as_batches(t: ActivationTable, size: int):
 
 
 # Small LSTMs on a shared 2-core box: one torch thread for the whole module (tests/conftest.py).
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("pinned_torch_threads")
 
 
 @pytest.fixture(scope="module")
-def trained(one_torch_thread):
+def trained(pinned_torch_threads, fixture_seed):
     """interpnet_2 (small sizes) trained in stages, with the classifier's digest taken between them."""
-    torch.manual_seed(0)
-    train, val, test = synthetic(360, 0), synthetic(96, 1), synthetic(48, 2)
+    torch.manual_seed(fixture_seed)
+    base = 3 * fixture_seed   # new draws of the three splits (and of the model) for each fixture seed
+    train, val, test = synthetic(360, base), synthetic(96, base + 1), synthetic(48, base + 2)
     ex = InterpNET({**SMALL, "variant": "interpnet_2"}, class_names=[f"c{i}" for i in range(12)])
     ex.fit_classifier(as_batches(train, 100), val, ClassifierTrainConfig(epochs=15))
     head_before = state_digest(ex.head.state_dict())

@@ -19,7 +19,7 @@ SMALL = dict(enc_hidden=4, interp_dim=5, word_dim=6, dec_hidden=8, att_dim=4, dr
 
 
 # Small LSTMs on a shared 2-core box: one torch thread for the whole module (tests/conftest.py).
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("pinned_torch_threads")
 
 
 def toy_items(n: int = 24, seed: int = 0) -> VideoItems:

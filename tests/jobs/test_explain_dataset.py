@@ -17,6 +17,9 @@ from interp_ray.store import MANIFEST_FILE
 from jobs.common import EXIT_USAGE, run_main
 from jobs.explain_dataset import main
 
+# The in-process side computes with the one thread Ray gives each 1-CPU worker: float32 sums depend on it.
+pytestmark = pytest.mark.usefixtures("ray_worker_torch_threads")
+
 REPO = Path(__file__).resolve().parents[2]
 ROWS, SIZE = 24, 32
 GFI_FAST = {"stage1_iterations": 1, "stage2_iterations": 1}

@@ -21,7 +21,7 @@ DIM = 16
 
 
 # Small LSTMs on a shared 2-core box: one torch thread for the whole module (tests/conftest.py).
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("pinned_torch_threads")
 
 
 def synthetic(n: int, seed: int, k: int = 3) -> ActivationTable:

@@ -19,7 +19,7 @@ D, K = 6, 4
 
 
 # Small LSTMs on a shared 2-core box: one torch thread for the whole module (tests/conftest.py).
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("pinned_torch_threads")
 
 
 @pytest.fixture(scope="module")

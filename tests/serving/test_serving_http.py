@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 from serving_helpers import digit_images, library_explanation, png_bytes
+from torch_settings import torch_threads
 
 from interp_ray.data.images import decode_image
 from serving.client import ExplainClient, ServiceError
@@ -21,6 +22,9 @@ APP = "interp_ray_test"
 TOKEN_ENV = "INTERP_RAY_HTTP_TEST_TOKEN"
 TOKEN = "http-test-token"
 PNG = "image/png"
+# float32 sums change with the thread count (occlusion's normalised map amplifies that to ~3e-4), so both sides of
+# an equality test compute with the same count, whatever the test process or an earlier test left set.
+REPLICA_THREADS = 1
 
 
 def free_port() -> int:
@@ -38,7 +42,9 @@ def served(ray_session, serving_checkpoints):
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 60})
+    # torch_threads: the replicas compute with the thread count the library side of the equality test uses.
     args = {"checkpoint_dir": serving_checkpoints["checkpoint_dir"], "classifier": "digits", "token_env": TOKEN_ENV,
+            "torch_threads": REPLICA_THREADS,
             "max_body_bytes": 100_000, "max_images_per_request": 8,
             "batching": {"default": {"max_batch_size": 16, "batch_wait_timeout_s": 0.005}}}
     replica = {"num_cpus": 0.1}
@@ -85,7 +91,8 @@ def test_each_method_over_http_equals_the_library(client, service):
         params = {"stage2_iterations": 5} if method == "feature_inversion" else {}
         body = client.explain(png, method, params=params)
         (http,) = body["explanations"]
-        lib = library_explanation(service, method, pixels, params=params)
+        with torch_threads(REPLICA_THREADS):
+            lib = library_explanation(service, method, pixels, params=params)
         assert http["label"] == lib["label"] and http["method"] == lib["method"], method
         for key in ("saliency", "attributes", "sentence", "path", "neurons"):
             if lib[key] is None:

@@ -27,8 +27,10 @@ def ray_session(tmp_path_factory):
     lock = open(Path(tempfile.gettempdir()) / "interp-ray-tests.lock", "w")
     fcntl.flock(lock, fcntl.LOCK_EX)
     try:
-        ray.init(num_cpus=TEST_RAY_CPUS, include_dashboard=True, dashboard_host="127.0.0.1",
-                 object_store_memory=1_000_000_000, log_to_driver=False)
+        # No dashboard: no test of this cluster uses it (the Jobs and `serve deploy` tests start their own head,
+        # tests/ray_head.py), and on a loaded machine its start-up can outlast ray.init's timeout.
+        ray.init(num_cpus=TEST_RAY_CPUS, include_dashboard=False, object_store_memory=1_000_000_000,
+                 log_to_driver=False)
         yield ray
     finally:
         ray.shutdown()

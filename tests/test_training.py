@@ -6,12 +6,14 @@ from interp_ray.training import (distributed_sampler, evaluate, make_optimizer, 
                                  train_epoch)
 
 
-def test_plain_loop_learns_digits():
-    seed_everything(0)
+def test_plain_loop_learns_digits(fixture_seed, pinned_torch_threads):
+    # 3 epochs reach 0.944-0.950 on the 180 val digits (seeds 0-2; seed 0 also with 2 threads); untrained: chance.
+    seed = fixture_seed
+    seed_everything(seed)
     train, val = load_dataset("digits", "train"), load_dataset("digits", "val")
     model = build_model("digits_cnn")
     opt, sched = make_optimizer(model, lr=3e-3, weight_decay=0, schedule="cosine", epochs=3)
-    sampler = distributed_sampler(train, world_size=1, rank=0, shuffle=True, seed=0)
+    sampler = distributed_sampler(train, world_size=1, rank=0, shuffle=True, seed=seed)
     before = evaluate(model, val.loader(256), torch.device("cpu"))["accuracy"]
     for epoch in range(3):
         sampler.set_epoch(epoch)

@@ -47,7 +47,7 @@ from serving.service import Row, ServeArgs, load_args, params_model
 log = logging.getLogger("interp_ray.serving")
 
 API_VERSION = "v1"
-OPEN_PATHS = frozenset({f"/{API_VERSION}/health", "/", "/index.html"})
+OPEN_PATHS = frozenset({f"/{API_VERSION}/health", "/"})
 OPEN_PREFIXES = ("/static/",)   # the page and its files: it asks for the token itself
 WEB_DIR = Path(__file__).resolve().parent / "web"
 HEALTH_TIMEOUT_S = 5.0

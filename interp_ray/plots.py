@@ -67,3 +67,25 @@ def save_overlay(path: str | os.PathLike, image: np.ndarray, saliency: np.ndarra
                  boxes: np.ndarray | None = None, alpha: float = 0.5) -> str:
     """The image and one saliency map over it, as a PNG."""
     return save_overlays(path, image, [saliency], titles=[title], boxes=boxes, alpha=alpha)
+
+
+def save_captioned(path: str | os.PathLike, image: np.ndarray, text: str, *, title: str = "", dpi: int = 100) -> str:
+    """The image with a sentence under it (InterpNET's explanation), as a PNG. Returns its path."""
+    import textwrap
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    img = _image_hwc(image)
+    fig = Figure(figsize=(3.6, 3.4), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.2, 0.3, 0.6, 0.6))
+    ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=8)
+    fig.text(0.5, 0.14, "\n".join(textwrap.wrap(text, 48)), ha="center", va="center", fontsize=8, wrap=True)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(str(path), format="png")
+    return str(path)

@@ -33,5 +33,16 @@ if ! command -v java >/dev/null 2>&1; then
   fi
 fi
 
+# The web page's browser tests drive Debian's Chromium through Playwright (its own browser download needs internet).
+if [ ! -x /usr/bin/chromium ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "[setup] installing Chromium for the web page's browser tests (chromium)" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
+      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
+  else
+    echo "[setup] warning: no /usr/bin/chromium; the browser tests will be skipped (install chromium)" >&2
+  fi
+fi
+
 export PATH="$VENV/bin:$PATH"
 export PYTHONUNBUFFERED=1

@@ -9,9 +9,12 @@ Routes (all under /v1; every one but health needs ``Authorization: Bearer <token
     GET    /v1/methods/{method}       one method's metadata
     POST   /v1/predict                classify images
     POST   /v1/explain/{method}       explain images with a method (synchronous, batched per method)
+    POST   /v1/explain/{method}/picture   one image's explanation drawn as a PNG (the reports' plotting code)
     POST   /v1/jobs/{method}          the same as an asynchronous job: 202 + id
     GET    /v1/jobs/{id}              the job's status, and its result once it has succeeded
     DELETE /v1/jobs/{id}              cancel a job
+    GET    /                          the web page (static files from serving/web; no token needed to load it)
+    GET    /openapi.json, /docs       the OpenAPI, with request bodies sized for the served classifier
 
 Errors are JSON ``{"error": {"status", "code", "message"}}``: 400 undecodable body/image, 401 missing or wrong token,
 404 unknown method/job/route, 413 body over ``max_body_bytes``, 415 unsupported content type, 422 a well-formed
@@ -28,6 +31,7 @@ import logging
 import math
 import os
 import time
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Protocol
 
 from fastapi import FastAPI, Request
@@ -43,7 +47,9 @@ from serving.service import Row, ServeArgs, load_args, params_model
 log = logging.getLogger("interp_ray.serving")
 
 API_VERSION = "v1"
-OPEN_PATHS = frozenset({f"/{API_VERSION}/health"})
+OPEN_PATHS = frozenset({f"/{API_VERSION}/health", "/"})
+OPEN_PREFIXES = ("/static/",)   # the page and its files: it asks for the token itself
+WEB_DIR = Path(__file__).resolve().parent / "web"
 HEALTH_TIMEOUT_S = 5.0
 
 
@@ -53,6 +59,7 @@ class Backend(Protocol):
     async def info(self, refresh: bool = False) -> dict[str, Any]: ...
     async def explain(self, method: str, rows: list[Row]) -> list[Any]: ...
     async def predict(self, rows: list[Row]) -> list[Any]: ...
+    async def picture(self, method: str, row: Row) -> Any: ...
 
 
 class Jobs(Protocol):
@@ -158,7 +165,7 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        if self.token and scope.get("path") not in self.open_paths and not self._authorised(headers):
+        if self.token and not self._open(scope) and not self._authorised(headers):
             return await error_response(401, "unauthorized", "missing or wrong bearer token (Authorization: Bearer …)",
                                         headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
         length = headers.get("content-length")
@@ -168,6 +175,12 @@ class Guard:
             if int(length) > self.max_body_bytes:
                 return await self._too_large(int(length))(scope, receive, send)
         return await self.app(scope, self._counting(receive), send)
+
+    def _open(self, scope: dict) -> bool:
+        path, root = scope.get("path", ""), scope.get("root_path", "")
+        if root and path.startswith(root):  # an application under a route prefix (e.g. /scenes)
+            path = path[len(root):] or "/"
+        return path in self.open_paths or path.startswith(OPEN_PREFIXES)
 
     def _authorised(self, headers: dict[str, str]) -> bool:
         scheme, _, given = headers.get("authorization", "").partition(" ")
@@ -230,19 +243,46 @@ def read_token(env_name: str) -> str | None:
 # --------------------------------------------------------------------------- the API
 
 
-def body_doc(model: type) -> dict[str, Any]:
-    """OpenAPI for routes that read the body themselves: JSON, multipart or a raw image."""
+def body_doc(spec: ModelSpec, *, max_images: int, explain: bool) -> dict[str, Any]:
+    """The request body of an image route as it is checked: JSON with exactly one of ``image``, ``images`` or
+    ``tensor`` (sized for the served classifier), multipart with ``image`` files, or a raw image."""
+    c, h, w = spec.input_shape
+    colour = {1: "greyscale", 3: "RGB"}.get(c, f"{c}-channel")
+
+    def exactly(n: int, items: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "array", "minItems": n, "maxItems": n, "items": items}
+
+    chw = exactly(c, exactly(h, exactly(w, {"type": "number"})))
     binary = {"type": "string", "format": "binary"}
-    form = {"type": "object", "properties": {
-        "image": {"type": "array", "items": binary, "description": "one or more image files"},
-        "target": {"type": "string", "description": "an integer, or one per image, comma-separated"},
-        "params": {"type": "string", "description": "the method's parameters as a JSON object"},
-        "resize": {"type": "boolean"}}, "required": ["image"]}
-    return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": model.model_json_schema()},
-        "multipart/form-data": {"schema": form},
-        "image/png": {"schema": binary}, "image/jpeg": {"schema": binary},
-        "application/octet-stream": {"schema": binary}}}}
+    image = {"type": "string", "minLength": 1,
+             "description": f"{schemas.IMAGE_DOC}; {w}×{h} pixels ({colour}), other sizes only with resize=true"}
+    props: dict[str, Any] = {
+        "image": image,
+        "images": {"type": "array", "items": image, "minItems": 1, "maxItems": max_images},
+        "tensor": {"description": f"{c}×{h}×{w} or N×{c}×{h}×{w} floats in the model's input space",
+                   "oneOf": [chw, {"type": "array", "minItems": 1, "maxItems": max_images, "items": chw}]},
+        "resize": {"type": "boolean", "default": False,
+                   "description": f"resize images to {w}×{h} (else another size is a 422)"}}
+    form: dict[str, Any] = {
+        "image": {"type": "array", "items": binary, "minItems": 1, "maxItems": max_images,
+                  "description": f"{'one image file' if max_images == 1 else f'1 to {max_images} image files'}, "
+                                 f"{w}×{h} ({colour}) unless resize=true"},
+        "resize": {"type": "boolean"}}
+    if explain:
+        one = {"type": "integer", "minimum": -1, "maximum": spec.num_classes - 1}
+        props["target"] = {"description": "class to explain (-1 = the predicted one): one for every image or one "
+                                          "per image", "oneOf": [one, {"type": "array", "items": one, "minItems": 1}]}
+        props["params"] = {"type": "object", "description": "the method's parameters, checked against its JSON "
+                                                            "schema (GET /v1/methods/{method} → params)"}
+        form["target"] = {"type": "string", "description": "an integer, or one per image, comma-separated"}
+        form["params"] = {"type": "string", "description": "the method's parameters as a JSON object"}
+    body = {"type": "object", "properties": props, "additionalProperties": False,
+            "oneOf": [{"required": ["image"]}, {"required": ["images"]}, {"required": ["tensor"]}]}
+    raw = {**binary, "description": f"one image, {w}×{h} ({colour}); target, params, resize as query parameters"}
+    return {"required": True, "content": {
+        "application/json": {"schema": body},
+        "multipart/form-data": {"schema": {"type": "object", "properties": form, "required": ["image"]}},
+        "image/png": {"schema": raw}, "image/jpeg": {"schema": raw}, "application/octet-stream": {"schema": raw}}}
 
 
 def error_doc(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -253,8 +293,10 @@ def make_api(backend: Backend, jobs: Jobs, args: ServeArgs | dict[str, Any] | No
              metrics: Any = None, token: str | None = None) -> FastAPI:
     """The FastAPI app over ``backend`` and ``jobs``; the token defaults to ``$args.token_env``."""
     cfg = load_args(args) if not isinstance(args, ServeArgs) else args
-    api = FastAPI(title="interp-ray explanations", version=API_VERSION, docs_url="/docs", redoc_url=None,
-                  description=(__doc__ or "").split("\n\n", 1)[0],
+    # /openapi.json and /docs are routes of ours: the request bodies are sized from the served classifier,
+    # which only the backend knows (asynchronously).
+    api = FastAPI(title="interp-ray explanations", version=API_VERSION, docs_url=None, redoc_url=None,
+                  openapi_url=None, description=(__doc__ or "").split("\n\n", 1)[0],
                   openapi_tags=[{"name": "service"}, {"name": "explain"}, {"name": "jobs"}])
     install_error_handlers(api)
     api.add_middleware(Guard, token=token if token is not None else read_token(cfg.token_env),
@@ -262,6 +304,9 @@ def make_api(backend: Backend, jobs: Jobs, args: ServeArgs | dict[str, Any] | No
     api.add_middleware(Timing, metrics=metrics or NoMetrics())  # added last = outermost: 401/413 are counted too
     routes = Routes(backend, jobs, cfg)
     routes.register(api)
+    from starlette.staticfiles import StaticFiles
+
+    api.mount("/static", StaticFiles(directory=WEB_DIR, follow_symlink=False), name="static")
     return api
 
 
@@ -281,18 +326,80 @@ class Routes:
         add(f"{v}/methods/{{method}}", self.method, methods=["GET"], tags=["service"],
             response_model=schemas.MethodInfo, responses=error_doc(401, 404), summary="One method's metadata")
         add(f"{v}/predict", self.predict, methods=["POST"], tags=["explain"], response_model=schemas.PredictResponse,
-            openapi_extra=body_doc(schemas.PredictRequest), responses=error_doc(400, 401, 413, 415, 422, 503),
-            summary="Classify images")
+            responses=error_doc(400, 401, 413, 415, 422, 503), summary="Classify images")
         add(f"{v}/explain/{{method}}", self.explain, methods=["POST"], tags=["explain"],
-            response_model=schemas.ExplainResponse, openapi_extra=body_doc(schemas.ExplainRequest),
+            response_model=schemas.ExplainResponse,
             responses=error_doc(400, 401, 404, 408, 413, 415, 422, 503), summary="Explain images with a method")
+        add(f"{v}/explain/{{method}}/picture", self.picture, methods=["POST"], tags=["explain"],
+            response_class=Response, responses={200: {"content": {"image/png": {}},
+                                                       "description": "the explanation drawn as a PNG"},
+                                                  **error_doc(400, 401, 404, 408, 413, 415, 422, 503)},
+            summary="Explain one image and draw it (saliency overlay, FLINT sheet, CNN-INTE route, sentence)")
         add(f"{v}/jobs/{{method}}", self.submit, methods=["POST"], tags=["jobs"], status_code=202,
-            response_model=schemas.JobStatus, openapi_extra=body_doc(schemas.ExplainRequest),
+            response_model=schemas.JobStatus,
             responses=error_doc(400, 401, 404, 413, 415, 422, 503), summary="Explain images as an asynchronous job")
         add(f"{v}/jobs/{{job_id}}", self.job, methods=["GET"], tags=["jobs"], response_model=schemas.JobStatus,
             responses=error_doc(401, 404), summary="A job's status, and its result once it has succeeded")
         add(f"{v}/jobs/{{job_id}}", self.cancel, methods=["DELETE"], tags=["jobs"], response_model=schemas.JobStatus,
             responses=error_doc(401, 404), summary="Cancel a job")
+        # Last, so the routes above match first: one URL template serves POST (a method) and GET/DELETE (a job id),
+        # and Starlette would answer OPTIONS or PUT with the first route's Allow (POST) alone.
+        add(f"{v}/jobs/{{job_id}}", self.job_options, methods=["OPTIONS", "PUT", "PATCH"], include_in_schema=False)
+        add("/openapi.json", self.openapi, methods=["GET"], include_in_schema=False)
+        add("/docs", self.docs, methods=["GET"], include_in_schema=False)
+        add("/", self.page, methods=["GET"], include_in_schema=False)
+        self.api = api
+        self._openapi: tuple[str, dict[str, Any]] | None = None
+
+    # ---- the page and the OpenAPI
+
+    async def page(self, request: Request) -> Response:
+        """index.html with the application's base path (its route prefix), so its relative calls reach this app."""
+        html = (WEB_DIR / "index.html").read_text(encoding="utf-8")
+        base = request.scope.get("root_path", "").rstrip("/") + "/"
+        meta = json.dumps({"base": base, "title": self.cfg.title, "links": self.cfg.links})
+        html = html.replace("{{CONFIG}}", meta.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;"))
+        return Response(html, media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-cache"})
+
+    async def openapi(self, request: Request) -> Response:
+        info = await self.info()
+        if self._openapi is None or self._openapi[0] != info["model"]["digest"]:
+            self._openapi = (info["model"]["digest"], self.openapi_schema(info))
+        schema = dict(self._openapi[1])
+        root = request.scope.get("root_path", "").rstrip("/")
+        if root:
+            schema["servers"] = [{"url": root}]
+        return json_response(schema)
+
+    def openapi_schema(self, info: dict[str, Any]) -> dict[str, Any]:
+        from fastapi.openapi.utils import get_openapi
+
+        api = self.api
+        schema = get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes,
+                             tags=api.openapi_tags)
+        spec = ModelSpec.from_info(info)
+        v = f"/{API_VERSION}"
+        for path, max_images, explain in ((f"{v}/predict", self.cfg.max_images_per_request, False),
+                                          (f"{v}/explain/{{method}}", self.cfg.max_images_per_request, True),
+                                          (f"{v}/explain/{{method}}/picture", 1, True),
+                                          (f"{v}/jobs/{{method}}", self.cfg.max_images_per_job, True)):
+            schema["paths"][path]["post"]["requestBody"] = body_doc(spec, max_images=max_images, explain=explain)
+        return schema
+
+    async def docs(self, request: Request) -> Response:
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title=f"{self.api.title} - docs")
+
+    async def job_options(self, job_id: str, request: Request) -> Response:
+        info = await self.info()
+        allow = ", ".join((["POST"] if job_id in info["methods"] else []) + ["GET", "DELETE", "OPTIONS"])
+        if request.method == "OPTIONS":
+            return Response(status_code=204, headers={"Allow": allow})
+        return error_response(405, "method_not_allowed", f"{request.method} is not allowed on "
+                                                         f"/{API_VERSION}/jobs/{{job_id}}; allowed: {allow}",
+                              headers={"Allow": allow})
 
     # ---- service
 
@@ -354,6 +461,13 @@ class Routes:
         raise_first_error(outcomes)
         info = await self.info()
         return json_response(schemas.explain_body(method, info["model"]["digest"], [o.explanation for o in outcomes]))
+
+    async def picture(self, method: str, request: Request) -> Response:
+        await self.served(method)
+        (row,) = await self.read_rows(request, method, 1)
+        outcome = await self.backend.picture(method, row)
+        raise_first_error([outcome])
+        return Response(outcome.picture, media_type="image/png")
 
     # ---- jobs
 

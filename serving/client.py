@@ -75,6 +75,12 @@ class ExplainClient:
             return self.wait(job["id"], timeout=wait_timeout)["result"]
         return self._images(f"/v1/explain/{_quote(method)}", images, target=target, params=params, resize=resize)
 
+    def picture(self, image: Any, method: str, *, target: int | None = None, params: dict[str, Any] | None = None,
+                resize: bool = False) -> bytes:
+        """One image's explanation drawn as the reports draw it: PNG bytes."""
+        return self._images(f"/v1/explain/{_quote(method)}/picture", image, target=target, params=params,
+                            resize=resize, raw=True)
+
     def submit(self, images: Any, method: str, *, target: int | list[int] | None = None,
                params: dict[str, Any] | None = None, resize: bool = False) -> dict[str, Any]:
         return self._images(f"/v1/jobs/{_quote(method)}", images, target=target, params=params, resize=resize)
@@ -103,7 +109,7 @@ class ExplainClient:
     # ---- bodies
 
     def _images(self, path: str, images: Any, *, target: Any = None, params: dict[str, Any] | None = None,
-                resize: bool = False) -> dict[str, Any]:
+                resize: bool = False, raw: bool = False) -> Any:
         explain = not path.startswith("/v1/predict")
         single = _single_encoded(images)
         if single is not None:  # one encoded image: send its bytes as they are, options in the query
@@ -113,18 +119,19 @@ class ExplainClient:
                 query["target"] = ",".join(map(str, target)) if isinstance(target, list) else str(target)
             if explain and params:
                 query["params"] = json.dumps(params)
-            return self.request("POST", path, body=data, content_type=ctype, query=query)
+            return self.request("POST", path, body=data, content_type=ctype, query=query, raw=raw)
         payload: dict[str, Any] = {"resize": resize, **_image_payload(images)}
         if explain:
             payload["params"] = params or {}
             if target is not None:
                 payload["target"] = target
-        return self.request("POST", path, body=json.dumps(payload).encode(), content_type="application/json")
+        return self.request("POST", path, body=json.dumps(payload).encode(), content_type="application/json", raw=raw)
 
     # ---- HTTP
 
     def request(self, method: str, path: str, *, body: bytes | None = None, content_type: str | None = None,
-                query: dict[str, str] | None = None) -> dict[str, Any]:
+                query: dict[str, str] | None = None, raw: bool = False) -> Any:
+        """The decoded JSON answer (``raw``: the body's bytes); a 4xx/5xx raises ``ServiceError``."""
         url = self.prefix + path + (f"?{urllib.parse.urlencode(query)}" if query else "")
         headers = {"Accept": "application/json"}
         if content_type:
@@ -136,6 +143,8 @@ class ExplainClient:
             if status == 503 and attempt < self.retries_on_busy:
                 time.sleep(_retry_after(resp_headers) or 1.0)
                 continue
+            if raw and 200 <= status < 300:
+                return data
             return _decode(status, resp_headers, data)
         raise AssertionError("unreachable")
 

@@ -154,6 +154,13 @@ class ExplainerDeployment:
             return Outcome(status=404, error=self.service.unknown_method(method))
         return await batcher(row)
 
+    async def picture(self, method: str, row: Row) -> Outcome:
+        """One image explained and drawn (not batched: drawing costs far more than the explanation)."""
+        self._metrics.call(f"{method}.picture")
+        if method not in self.service.explainers:
+            return Outcome(status=404, error=self.service.unknown_method(method))
+        return (await self._compute(f"{method}.picture", self.service.picture_rows, method, [row]))[0]
+
     def info(self) -> dict[str, Any]:
         return self.service.info()
 
@@ -201,6 +208,9 @@ class HandleBackend:
         if self.coalesce:
             return await self._forward(PREDICT, rows, "predict_many")
         return list(await asyncio.gather(*(self._call("predict", row) for row in rows)))
+
+    async def picture(self, method: str, row: Row) -> Outcome:
+        return await self._call("picture", method, row)
 
     async def _forward(self, key: str, rows: list[Row], call: str, *lead: Any) -> list[Outcome]:
         forwarder = self._forwarders.get(key)

@@ -12,6 +12,7 @@ import inspect
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -90,6 +91,9 @@ class ServeArgs(BaseModel):
     job_ttl_s: float = Field(3600.0, gt=0, description="finished jobs are forgotten after this long")
     job_concurrency: int = Field(8, ge=1, description="images of one job in flight at once")
     root: str | None = Field(None, description=f"base of relative paths; default ${ROOT_ENV}, else the cwd")
+    title: str | None = Field(None, description="what the web page at / calls this application (e.g. 'digits')")
+    links: dict[str, str] = Field(default_factory=dict,
+                                  description="other applications' pages the web page links to: name → URL path")
 
     @model_validator(mode="after")
     def _has_checkpoint(self) -> "ServeArgs":
@@ -187,7 +191,15 @@ def build_explainer(name: str, classifier: Any, checkpoint: str | None = None, *
     except SkipMethod:
         raise
     except (UserError, NotImplementedError, TypeError, OSError) as e:
-        raise SkipMethod(f"{name} cannot be built for serving: {e}") from None
+        log.warning("%s cannot be built from %s: %s", name, checkpoint, e)  # the operator's log keeps the path
+        if cls.learned and checkpoint and not is_remote(checkpoint) \
+                and not Path(checkpoint.removeprefix("file://"), "config.json").is_file():
+            raise SkipMethod(f"{name} is learned and its checkpoint (explainer_checkpoints.{name}) has not been "
+                             f"written: run the main job (python -m jobs.pipeline) first, or point "
+                             f"explainer_checkpoints.{name} at a trained {name}") from None
+        raise SkipMethod(f"{name} cannot be built for serving: "
+                         f"{redact(str(e), {checkpoint: f'explainer_checkpoints.{name}'} if checkpoint else {})}"
+                         ) from None
     _check_same_input(name, explainer, model)
     if "activations" in cls.needs:
         try:  # a layer the served classifier lacks would fail every request: skip the method instead
@@ -195,6 +207,17 @@ def build_explainer(name: str, classifier: Any, checkpoint: str | None = None, *
         except UserError as e:
             raise SkipMethod(f"{name} reads activations the served classifier does not have: {e}") from None
     return explainer
+
+
+PATH_RE = re.compile(r"(?:(?:file|s3|gs)://[^\s'\"]+|(?<![\w.])/(?:[^\s'\"/]+/)+[^\s'\"]*)")
+
+
+def redact(message: str, names: dict[str, str] | None = None) -> str:
+    """``message`` without the server's file paths or bucket URIs: a path in ``names`` becomes its config key, any
+    other becomes ``<path>``. Reasons and errors reach API clients, which have no business seeing the layout."""
+    for path, name in sorted((names or {}).items(), key=lambda kv: -len(kv[0])):
+        message = message.replace(path, name)
+    return PATH_RE.sub("<path>", message)
 
 
 def _check_same_input(name: str, explainer: Any, model: Any) -> None:
@@ -233,6 +256,7 @@ class Outcome:
     """The answer for one image: a result, or an HTTP status and a message naming the problem."""
 
     explanation: Any = None          # an Explanation (explain)
+    picture: bytes | None = None     # the explanation drawn as a PNG (picture)
     prediction: dict[str, Any] | None = None  # {label, label_name, probabilities} (predict)
     status: int = 200
     error: str | None = None
@@ -377,6 +401,51 @@ class ExplainerService:
         cols["probabilities"] = torch.softmax(logits, 1).cpu().numpy().astype(np.float32)
         return cols
 
+    def picture_rows(self, method: str, rows: list[Row]) -> list[Outcome]:
+        """Each row explained and drawn as a PNG by the plotting code the reports use: the saliency overlay
+        (``interp_ray.plots``), FLINT's local interpretation sheet (its relevant attributes, each with the AM+PI
+        picture grown from the input), CNN-INTE's route diagram, the image captioned with the sentence."""
+        out = []
+        for row in rows:
+            o = self.explain_rows(method, [row])[0]
+            if o.ok:
+                try:
+                    o.picture = self._picture(method, row, o.explanation)
+                except UserError as e:
+                    o = Outcome(status=422, error=str(e))
+                except Exception as e:
+                    log.exception("drawing %s failed", method)
+                    o = Outcome(status=500, error=f"drawing {method}'s explanation failed: {type(e).__name__}")
+            out.append(o)
+        return out
+
+    def _picture(self, method: str, row: Row, exp: Any) -> bytes:
+        import tempfile
+
+        explainer = self.explainers[method]
+        name = exp.label_name or str(exp.label)
+        if exp.path is not None and hasattr(explainer, "representative_images"):
+            from interp_ray.explainers.cnn_inte import route_diagram
+
+            return route_diagram(explainer, exp, row.image)
+        with tempfile.TemporaryDirectory(prefix="interp-ray-picture-") as tmp:
+            path = Path(tmp) / "picture.png"
+            if exp.attributes is not None and hasattr(explainer, "attribute_names"):
+                from interp_ray.explainers.flint_plots import write_local_sheet
+
+                write_local_sheet(explainer, row.image, path, tau=row.params.get("tau"), target=row.target)
+            elif exp.saliency is not None:
+                from interp_ray.plots import save_overlay
+
+                save_overlay(path, row.image, np.asarray(exp.saliency), title=f"{method}: class {name}")
+            elif exp.sentence is not None:
+                from interp_ray.plots import save_captioned
+
+                save_captioned(path, row.image, exp.sentence, title=f"{method}: class {name}")
+            else:
+                raise UserError(f"{method}'s explanation has nothing to draw")
+            return path.read_bytes()
+
     def predict_rows(self, rows: list[Row]) -> list[Outcome]:
         import torch
 
@@ -427,6 +496,9 @@ class LocalBackend:
 
     async def predict(self, rows: list[Row]) -> list[Outcome]:
         return await self._run(self.service.predict_rows, rows)
+
+    async def picture(self, method: str, row: Row) -> Outcome:
+        return (await self._run(self.service.picture_rows, method, [row]))[0]
 
     async def _run(self, fn: Any, *args: Any) -> list[Outcome]:
         import asyncio

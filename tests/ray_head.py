@@ -49,8 +49,10 @@ def _wait_for_dashboard(proc: subprocess.Popen, port: int, timeout: float) -> No
 
 @contextmanager
 def ray_head(env: dict[str, str], *, cwd: Path | None = None, log: IO | None = None, extra_ports: int = 0,
-             start_timeout: float = 120, stop_timeout: float = 60) -> Iterator[tuple[str, list[int]]]:
-    """Yields the dashboard URL and ``extra_ports`` more free ports (e.g. for Serve's HTTP proxy).
+             start_timeout: float = 120, stop_timeout: float = 60,
+             info: dict | None = None) -> Iterator[tuple[str, list[int]]]:
+    """Yields the dashboard URL and ``extra_ports`` more free ports (e.g. for Serve's HTTP proxy); ``info``, when
+    given, gets the GCS address (``gcs``: what ``ray.init(address=…)`` and ``serve run --address`` take).
 
     Every port comes from the OS: the session's local Ray already holds the defaults, and a second dashboard agent
     that cannot bind 52365 never registers, so job submission would answer "No available agent" forever.
@@ -67,6 +69,8 @@ def ray_head(env: dict[str, str], *, cwd: Path | None = None, log: IO | None = N
          f"--ray-client-server-port={client}", "--num-cpus=3", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
         cwd=cwd, env=env, stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
         start_new_session=True)
+    if info is not None:
+        info["gcs"] = f"127.0.0.1:{gcs}"
     try:
         _wait_for_dashboard(proc, dash, start_timeout)
         yield f"http://127.0.0.1:{dash}", extra

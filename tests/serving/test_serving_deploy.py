@@ -68,7 +68,9 @@ def head(tmp_path, serving_checkpoints):
 def config_copy(head: dict, path: Path) -> Path:
     cfg = yaml.safe_load((REPO / "serving" / "serve_config.yaml").read_text())
     cfg["http_options"]["port"] = head["serve_port"]
-    (app,) = cfg["applications"]
+    # The digits application (the one this head's working directory has a checkpoint for); test_serving_pipeline.py
+    # serves both applications over a real main job's output.
+    (app,) = cfg["applications"] = [a for a in cfg["applications"] if a["name"] == "interp_ray"]
     for dep in app["deployments"]:  # a 3-CPU test cluster: small shares, one replica each
         dep["ray_actor_options"]["num_cpus"] = 0.2
         dep["autoscaling_config"].update(min_replicas=1, max_replicas=1)

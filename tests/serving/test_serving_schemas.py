@@ -54,16 +54,20 @@ def test_serve_config_is_valid_for_serve_deploy():
     ServeDeploySchema.model_validate(cfg)
     assert cfg["http_options"]["host"] == "127.0.0.1"
     assert cfg["http_options"]["request_timeout_s"] > 0
-    (app,) = cfg["applications"]
-    assert app["import_path"] == "serving.app:app"
-    deps = {d["name"]: d for d in app["deployments"]}
-    assert set(deps) == {"Ingress", "Explainer"}
-    for d in deps.values():
-        for key in ("autoscaling_config", "max_ongoing_requests", "max_queued_requests"):
-            assert key in d, (d["name"], key)
-    # a replica can only fill a batch it can hold
-    biggest = max(b["max_batch_size"] for b in app["args"]["batching"].values())
-    assert deps["Explainer"]["max_ongoing_requests"] >= biggest
+    apps = {a["name"]: a for a in cfg["applications"]}
+    assert {a["route_prefix"] for a in apps.values()} == {"/", "/scenes"}
+    for app in apps.values():
+        assert app["import_path"] == "serving.app:app"
+        deps = {d["name"]: d for d in app["deployments"]}
+        assert set(deps) == {"Ingress", "Explainer"}
+        for d in deps.values():
+            for key in ("autoscaling_config", "max_ongoing_requests", "max_queued_requests"):
+                assert key in d, (d["name"], key)
+        # a replica can only fill a batch it can hold
+        biggest = max(b["max_batch_size"] for b in app["args"]["batching"].values())
+        assert deps["Explainer"]["max_ongoing_requests"] >= biggest
+    # Both applications' replicas fit the 2 CPUs of a small machine (`serve run` starts a local Ray of that size).
+    assert sum(d["ray_actor_options"]["num_cpus"] for a in apps.values() for d in a["deployments"]) <= 2
 
 
 def test_serve_config_args_build_the_application():
@@ -74,16 +78,47 @@ def test_serve_config_args_build_the_application():
     from serving.service import ServeArgs
 
     cfg = yaml.safe_load(CONFIG.read_text())
-    (entry,) = cfg["applications"]
-    module, attr = entry["import_path"].split(":")
-    assert module == app_module.__name__
-    args = entry["args"]
-    parsed = ServeArgs.model_validate(args)
-    assert parsed.classifier_path().endswith("outputs/pipeline/checkpoints/digits")
-    # what `serve run/deploy` does with the import path and args (binding needs no cluster and loads nothing)
-    application = call_user_app_builder_with_args_if_necessary(getattr(app_module, attr), args)
-    names = {application._bound_deployment.name, application._bound_deployment.init_args[0]._bound_deployment.name}
-    assert names == {"Ingress", "Explainer"}
+    for entry in cfg["applications"]:
+        module, attr = entry["import_path"].split(":")
+        assert module == app_module.__name__
+        args = entry["args"]
+        ServeArgs.model_validate(args)
+        # what `serve run/deploy` does with the import path and args (binding needs no cluster and loads nothing)
+        application = call_user_app_builder_with_args_if_necessary(getattr(app_module, attr), args)
+        names = {application._bound_deployment.name,
+                 application._bound_deployment.init_args[0]._bound_deployment.name}
+        assert names == {"Ingress", "Explainer"}
+
+
+def test_serve_config_serves_what_the_main_job_writes(monkeypatch, tmp_path):
+    """Each application's classifier and learned methods are where configs/pipeline.yaml's stages write them, over
+    the classifier each stage was trained on: no path to edit after the main job."""
+    from interp_ray.config import load_config
+    from jobs.pipeline import PipelineConfig
+    from serving.service import ServeArgs
+
+    monkeypatch.setenv("INTERP_RAY_ROOT", str(tmp_path))
+    pipe = load_config(PipelineConfig, str(REPO / "configs" / "pipeline.yaml"))
+    out = tmp_path / pipe.output_dir
+    variant = pipe.interpnet.set["evaluate.variants"][0]
+    trained = {  # method → (classifier it explains, where the main job writes it)
+        "cnn_inte": (pipe.cnn_inte.classifier, out / "cnn_inte"),
+        "flint": ("digits", out / "flint"),           # FLINT trains its own predictor on digits (configs/flint_digits)
+        "interpnet": (pipe.interpnet.classifier, out / "interpnet" / variant)}
+    apps = {}
+    for entry in yaml.safe_load(CONFIG.read_text())["applications"]:
+        args = ServeArgs.model_validate(entry["args"])
+        name = Path(args.classifier_path()).name
+        assert args.classifier_path() == str(out / "checkpoints" / name)
+        apps[name] = args
+    assert set(apps) == set(pipe.classifiers)
+    for method, (classifier, path) in trained.items():
+        assert method in apps[classifier].methods, (method, classifier)
+        assert apps[classifier].explainer_checkpoint(method) == str(path)
+    # every stage that explains the scenes classifier's images is served there (saliency), and the captioner is
+    # listed so that /v1/methods says why it is not served
+    assert {m["name"] for m in pipe.saliency.set["methods"]} <= set(apps[pipe.saliency.classifier].methods)
+    assert "semantic" in apps["scenes"].methods
 
 
 @pytest.mark.parametrize("args,fragment", [

@@ -105,7 +105,7 @@ def test_fidelity_and_accuracy_on_digits_meet_the_acceptance(fitted, digits_acts
     boundary, differ between machines and seeds). So the bound is the one-sided 99% test of "fidelity ≥ 0.99":
     0.99 − 2.33·SE ≈ 0.980 (≤ 10 of 540 rows). Seen: 0.987–0.993 over 3 seeds × 1 and 2 threads; a broken meta-model
     (wrong layer, untrained forests, labels shuffled) is far below. "About as accurate" means within 1 point
-    (5 rows of 540); seen: gaps of 0.0 to −0.3 points."""
+    (5 rows of 540); seen: gaps of −0.2 to −0.6 points."""
     held_out = {k: np.concatenate([digits_acts["val"][k], digits_acts["test"][k]]) for k in digits_acts["test"]}
     n = len(held_out["id"])
     report = fitted.report(_batches(held_out, 64))

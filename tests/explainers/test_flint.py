@@ -198,11 +198,11 @@ def test_joint_training_reaches_high_fidelity(trained, digits_test):
     explainer, history = trained
     assert [h["weights"]["fid"] for h in history[:3]] == [0.0, 0.0, 0.5]   # warm-up as scheduled
     m = evaluate_explainer(explainer, digits_test, taus=[2.0])
-    # Bounds: the lowest of what 6 epochs reach on the 360 test digits over fixture seeds 0-2 (accuracy_f
-    # 0.975-0.981, fidelity 0.967-0.975, CNS 1.30-1.53), less 2.5 standard errors of that proportion on 360 rows
-    # (0.8-0.9 points). An untrained g agrees with f on ~10%, a g that ignores Φ on the class prior.
+    # Bounds: the lowest of what 6 epochs reach on the 360 test digits over fixture seeds 0-2 and 1-2 torch threads
+    # (accuracy_f 0.975-0.981, fidelity 0.944-0.975, CNS 1.30-1.53), less 2.5 standard errors of that proportion on
+    # 360 rows (0.8 points for accuracy, 3.0 for fidelity). An untrained g agrees with f on ~10%.
     assert m["accuracy_f"] >= 0.95, m
-    assert m["fidelity"] >= 0.94, m       # g agrees with f
+    assert m["fidelity"] >= 0.91, m       # g agrees with f
     assert 1.0 <= m["cns_2"] < 3.0, m     # one to a few relevant attributes per sample, not a spread over all 25
     assert explainer.flint.global_relevance.abs().sum() > 0
     assert explainer.mas_images.shape == (25, 3, 1, 8, 8)
@@ -225,8 +225,8 @@ def test_posthoc_freezes_f_and_base_leaves_g_untouched(trained, digits_test, tmp
     after = post.flint.predictor.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)   # f unchanged, accuracy unchanged
     m = evaluate_explainer(post, digits_test, taus=[2.0])
-    # Post hoc, 2 epochs: 0.944-0.978 over fixture seeds 0-2; the same margin below the lowest (2.5 SE, 1.2 points).
-    assert m["fidelity"] >= 0.92, m
+    # Post hoc, 2 epochs: 0.944-0.978 over the same seeds and threads; the same margin below the lowest (3.0 points).
+    assert m["fidelity"] >= 0.91, m
 
     cfg = _cfg(mode="base")
     cfg.train.epochs = 1

@@ -33,5 +33,18 @@ if ! command -v java >/dev/null 2>&1; then
   fi
 fi
 
+# Fashion-MNIST (the real-size dataset, configs/fashion_mnist.yaml) comes from Debian's package, never a download.
+FASHION_MNIST_DIR=/usr/share/datasets/fashion-mnist
+if [ ! -f "$FASHION_MNIST_DIR/t10k-labels-idx1-ubyte.gz" ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "[setup] installing Fashion-MNIST (dataset-fashion-mnist) into $FASHION_MNIST_DIR" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null \
+      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null; }
+  else
+    echo "[setup] warning: $FASHION_MNIST_DIR is missing; the Fashion-MNIST configs need it" \
+         "(apt-get install dataset-fashion-mnist, as root)" >&2
+  fi
+fi
+
 export PATH="$VENV/bin:$PATH"
 export PYTHONUNBUFFERED=1

@@ -7,6 +7,10 @@ f is the FLINT checkpoint's predictor (joint FLINT: FLINT-f; post hoc: the froze
 at the image = argmax f; ``interp_ray.metrics.fidelity``), and FLINT-g fidelity over the whole test split for scale.
 LIME costs ``--num-samples`` forward passes of f per image, which is why it runs on a subset. Prints ``name: value``
 lines; ``--out`` also writes them as JSON.
+
+``--lime-cache FILE`` keeps LIME's classes in an .npz keyed by a digest of f's weights and the LIME settings, and
+reuses them when they match: post hoc FLINT's f is the classifier checkpoint, so LIME can run on it (``--classifier
+DIR``, LIME only) while FLINT trains.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import numpy as np
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--flint", default="outputs/flint_fashion_mnist", help="a FLINT checkpoint (jobs.train_flint)")
+    p.add_argument("--classifier", default=None, help="LIME only, on this classifier checkpoint (fills --lime-cache)")
+    p.add_argument("--lime-cache", default=None, help=".npz of LIME classes, reused when f and settings match")
     p.add_argument("--images", type=int, default=500, help="first N test images")
     p.add_argument("--num-samples", type=int, default=1000, help="LIME perturbations per image (LIME's default)")
     p.add_argument("--seed", type=int, default=0)
@@ -33,9 +39,20 @@ def main(argv=None) -> dict:
 
     from interp_ray.data import load_dataset
     from interp_ray.explainers.flint import FlintExplainer, collect, interpretation_metrics
-    from interp_ray.metrics.fidelity import LimeSettings, lime_predictions, torch_proba
 
     torch.set_num_threads(args.threads)
+    if args.classifier:
+        from interp_ray.checkpoint import load_classifier
+
+        loaded = load_classifier(args.classifier)
+        data = loaded.config.get("data") or {"name": "fashion_mnist"}
+        test = load_dataset(data["name"], "test", **data.get("options", {}))
+        n = min(args.images, len(test))
+        t0 = time.perf_counter()
+        lime = cached_lime(loaded.model, test, n, args)
+        out = {"classifier": args.classifier, "images": n, "lime_s": time.perf_counter() - t0}
+        print("\n".join(f"{k}: {v}" for k, v in out.items()))
+        return out
     explainer = FlintExplainer.load(args.flint)
     flint = explainer.flint.eval()
     data = explainer.config.get("data") or {"name": "fashion_mnist"}
@@ -44,10 +61,8 @@ def main(argv=None) -> dict:
     full = interpretation_metrics(whole, explainer.weight, taus=[])
     n = min(args.images, len(test))
     pf, pg = whole["logits"].argmax(1)[:n], whole["interp_logits"].argmax(1)[:n]
-    images = test.get_batch(np.arange(n))["image"]
     t0 = time.perf_counter()
-    lime = lime_predictions(torch_proba(flint.predictor), images, test.num_classes,
-                            settings=LimeSettings(num_samples=args.num_samples), seed=args.seed)
+    lime = cached_lime(flint.predictor, test, n, args)
     lime_s = time.perf_counter() - t0
     out = {"flint_checkpoint": args.flint, "images": n, "num_samples": args.num_samples,
            "flint_g_fidelity_subset": float((pg == pf).mean()), "lime_fidelity_subset": float((lime == pf).mean()),
@@ -61,6 +76,34 @@ def main(argv=None) -> dict:
         with open(args.out, "w") as f:
             json.dump(out, f, indent=2)
     return out
+
+
+def weights_digest(model) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def cached_lime(model, test, n: int, args) -> np.ndarray:
+    """LIME's classes on the first ``n`` test images for ``model``, from ``args.lime_cache`` when it matches."""
+    from interp_ray.metrics.fidelity import LimeSettings, lime_predictions, torch_proba
+
+    key = f"{weights_digest(model)}:{n}:{args.num_samples}:{args.seed}"
+    if args.lime_cache and os.path.exists(args.lime_cache):
+        cached = np.load(args.lime_cache)
+        if str(cached["key"]) == key:
+            print(f"lime_cache: reused {args.lime_cache}")
+            return cached["lime"]
+    images = test.get_batch(np.arange(n))["image"]
+    lime = lime_predictions(torch_proba(model), images, test.num_classes,
+                            settings=LimeSettings(num_samples=args.num_samples), seed=args.seed)
+    if args.lime_cache:
+        np.savez(args.lime_cache, key=key, lime=lime)
+    return lime
 
 
 if __name__ == "__main__":

@@ -10,11 +10,14 @@ from tests.data.test_fashion_mnist import write_gz
 
 def test_summarise_ratios_and_row_check():
     plain = {"rows": 100, "wall_s": 2.0, "cpu_s": 1.0}
-    outs = [{"rows": 60, "steady_rows": 50, "first_at": 1.0, "last_at": 2.0},
-            {"rows": 40, "steady_rows": 30, "first_at": 5.0, "last_at": 6.0}]
+    outs = [{"split": "train", "rows": 60, "steady_rows": 50, "first_at": 1.0, "last_at": 2.25, "startup_s": 1.0},
+            {"split": "test", "rows": 40, "steady_rows": 30, "first_at": 5.0, "last_at": 5.001, "startup_s": 2.0}]
     f = summarise(plain, {**plain, "wall_s": 4.0}, outs, store_wall=5.0, store_cpu=4.0)
     assert f["plain_rows_per_s"] == pytest.approx((50 + 25) / 2)
-    assert f["store_rows_per_s"] == pytest.approx(20.0) and f["store_steady_rows_per_s"] == pytest.approx(40.0)
+    assert f["store_rows_per_s"] == pytest.approx(20.0)
+    # steady comes from the largest split only: the small split's near-zero window would make it absurd
+    assert f["store_steady_rows_per_s"] == pytest.approx(40.0) and f["steady_split"] == "train"
+    assert f["store_startup_s"] == pytest.approx(3.0)
     assert f["ratio_total"] == pytest.approx(20 / 37.5) and f["ratio_cpu"] == pytest.approx(10 / 40)
     with pytest.raises(RuntimeError, match="different rows"):
         summarise(plain, {**plain, "rows": 99}, outs, store_wall=5.0, store_cpu=4.0)

@@ -24,7 +24,8 @@ def test_classifier_config_trains_the_papers_net_on_the_full_split():
 
 def test_flint_config_has_the_papers_settings():
     cfg = load_config(FlintJobConfig, CONFIGS / "flint_fashion_mnist.yaml")
-    assert (cfg.train.batch_size, cfg.train.lr, cfg.train.schedule, cfg.train.seed) == (16, 1e-4, "constant", 121)
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.lr, cfg.train.schedule, cfg.train.seed) == (
+        12, 16, 1e-4, "constant", 121)
     assert cfg.flint.schedule == "mnist" and cfg.flint.n_attributes == 25 and 1 / cfg.flint.tau == pytest.approx(0.1)
     # every loss term of the warm-up is on by the last epoch
     assert all(w > 0 for w in cfg.flint.resolved_schedule().weights(cfg.train.epochs).values())

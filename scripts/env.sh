@@ -22,27 +22,26 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
+# Debian packages the project needs beside the venv; never a download of their own. apt_need FILE PACKAGE WHY:
+# install PACKAGE when FILE is missing (as root with apt-get), else say what will not work.
+apt_need() {
+  local file="$1" package="$2" why="$3"
+  [ -e "$file" ] && return 0
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "[setup] installing $package ($why)" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$package" >/dev/null \
+      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$package" >/dev/null; } \
+      || echo "[setup] warning: could not install $package; $why will not work" >&2
+  else
+    echo "[setup] warning: $file is missing: $why will not work (apt-get install $package, as root)" >&2
+  fi
+}
 # METEOR (pycocoevalcap) runs a Java jar.
-if ! command -v java >/dev/null 2>&1; then
-  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    echo "[setup] installing a Java runtime for METEOR (default-jre-headless)" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q default-jre-headless >/dev/null \
-      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q default-jre-headless >/dev/null; }
-  else
-    echo "[setup] warning: no java on PATH; METEOR scores will be unavailable (install a JRE)" >&2
-  fi
-fi
-
+command -v java >/dev/null 2>&1 || apt_need /usr/bin/java default-jre-headless "METEOR scores"
+# Fashion-MNIST, the real-size dataset (configs/fashion_mnist.yaml), is Debian's package.
+apt_need /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz dataset-fashion-mnist "the Fashion-MNIST configs"
 # The web page's browser tests drive Debian's Chromium through Playwright (its own browser download needs internet).
-if [ ! -x /usr/bin/chromium ]; then
-  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    echo "[setup] installing Chromium for the web page's browser tests (chromium)" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
-      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
-  else
-    echo "[setup] warning: no /usr/bin/chromium; the browser tests will be skipped (install chromium)" >&2
-  fi
-fi
+apt_need /usr/bin/chromium chromium "the web page's browser tests"
 
 export PATH="$VENV/bin:$PATH"
 export PYTHONUNBUFFERED=1

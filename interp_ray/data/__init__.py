@@ -15,6 +15,7 @@ LOADERS: dict[str, str] = {
     "scenes": "interp_ray.data.scenes:load_scenes",
     "cub": "interp_ray.data.cub:load_cub",
     "mnist_idx": "interp_ray.data.mnist_idx:load_mnist_idx",
+    "fashion_mnist": "interp_ray.data.fashion_mnist:load_fashion_mnist",
     "image_folder": "interp_ray.data.image_folder:load_image_folder",
     "parquet": "interp_ray.data.parquet:load_parquet_images",
 }

@@ -434,7 +434,8 @@ class FlintJobConfig(Section):
 # ---------------------------------------------------------------------------------------------------------------
 
 def default_architecture(predictor: Classifier) -> dict[str, Any]:
-    """Taps, Ψ activation and decoder for the registry's predictors (recognised by structure, like saliency_utils).
+    """Taps, Ψ activation and decoder for the registry's predictors: what the model declares in
+    ``explainer_defaults["flint"]`` (flint_mnist), else recognised by structure, like saliency_utils.
 
     digits_cnn: the conv block after pooling (``pool``, 2w×4×4), as the MNIST net's 32×14×14 feature block.
     scenes_cnn: ``relu3`` and ``relu4`` (the two last conv maps, sizes 2:1), the RN18-multi pattern.
@@ -442,6 +443,11 @@ def default_architecture(predictor: Classifier) -> dict[str, Any]:
     """
     import torchvision.models as tvm
 
+    declared = getattr(predictor, "explainer_defaults", {}).get("flint")
+    if declared:  # the model's own declaration (e.g. flint_mnist) wins over recognising it by structure
+        return {"layers": list(declared["layers"]), "psi_activation": declared.get("psi_activation", "leaky_relu"),
+                "decoder": declared.get("decoder", "convt"),
+                "decoder_channels": list(declared.get("decoder_channels", [8, 16]))}
     names = set(predictor.layer_names())
     if isinstance(predictor.net, tvm.ResNet):
         return {"layers": ["layer3", "layer4.0"], "psi_activation": "relu", "decoder": "upsample",

@@ -10,7 +10,7 @@ and an unknown name fails at once with the list of valid names.
 from __future__ import annotations
 
 import fnmatch
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 from torch import nn
@@ -26,7 +26,7 @@ class Classifier(nn.Module):
     """``forward(x) -> logits`` plus ``activations(x, layers) -> {name: tensor}``."""
 
     def __init__(self, net: nn.Module, *, num_classes: int, in_channels: int, image_size: int,
-                 default_layers: Iterable[str] = ()):
+                 default_layers: Iterable[str] = (), explainer_defaults: dict[str, dict[str, Any]] | None = None):
         super().__init__()
         self.net = net
         self.num_classes = num_classes
@@ -35,6 +35,13 @@ class Classifier(nn.Module):
         self.default_layers = list(default_layers)
         if self.default_layers:
             self.resolve_layers(self.default_layers)
+        # Per-explainer settings declared with the architecture (e.g. ``{"flint": {"layers": [...], ...}}``), so an
+        # explainer need not recognise the model by its structure; their layer names are checked here, once.
+        self.explainer_defaults = {k: dict(v) for k, v in (explainer_defaults or {}).items()}
+        for settings in self.explainer_defaults.values():
+            for key in ("layers", "layer"):
+                if key in settings:
+                    self.resolve_layers(settings[key])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -33,6 +33,36 @@ def digits_cnn(*, num_classes: int = 10, in_channels: int = 1, image_size: int =
                       default_layers=["relu2", "relu3"])
 
 
+@MODELS.register("flint_mnist")
+def flint_mnist(*, num_classes: int = 10, in_channels: int = 1, image_size: int = 28, dropout: float = 0.5,
+                hidden: int = 128) -> Classifier:
+    """The FLINT paper's MNIST / FashionMNIST predictor (``networks.py`` of the official code, PAPERS.md §3).
+
+    conv3×3(1→16)–ReLU–conv3×3(16→32)–MaxPool2–Dropout(0.5)–ReLU gives ``relu2``, the 32×14×14 feature block FLINT's
+    Ψ reads; then FC(6272→128)–ReLU (``relu3``, the dense hidden layer CNN-INTE explains)–Dropout–FC(128→10).
+    """
+    if image_size % 2:
+        raise UserError(f"flint_mnist pools once by 2, so image_size must be even; got {image_size}")
+    net = nn.Sequential()
+    net.add_module("conv1", nn.Conv2d(in_channels, 16, 3, padding=1))
+    net.add_module("relu1", nn.ReLU())
+    net.add_module("conv2", nn.Conv2d(16, 32, 3, padding=1))
+    net.add_module("pool", nn.MaxPool2d(2))
+    net.add_module("dropout1", nn.Dropout(dropout))
+    net.add_module("relu2", nn.ReLU())
+    net.add_module("flatten", nn.Flatten())
+    net.add_module("fc1", nn.Linear(32 * (image_size // 2) ** 2, hidden))
+    net.add_module("relu3", nn.ReLU())
+    net.add_module("dropout2", nn.Dropout(dropout))
+    net.add_module("fc2", nn.Linear(hidden, num_classes))
+    # FLINT (the code's MNIST setting): Ψ = attr_MNIST (conv 64 + LeakyReLU) on the feature block after the last
+    # ReLU; d = decode_MNIST, FC(J→2·7·7) → ConvT(2→8)+ReLU → ConvT(8→1)+ReLU.
+    flint = {"layers": ["relu2"], "psi_activation": "leaky_relu", "decoder": "convt", "decoder_channels": [2, 8]}
+    return Classifier(net, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                      default_layers=["relu2", "relu3"],
+                      explainer_defaults={"flint": flint})
+
+
 @MODELS.register("scenes_cnn")
 def scenes_cnn(*, num_classes: int = 12, in_channels: int = 3, image_size: int = 64, width: int = 16,
                hidden: int = 256, dropout: float = 0.25) -> Classifier:

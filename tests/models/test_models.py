@@ -6,6 +6,7 @@ from interp_ray.models import MODELS, UnknownLayerError, build_model
 
 SMALL = {
     "digits_cnn": dict(num_classes=10, in_channels=1, image_size=8),
+    "flint_mnist": dict(num_classes=10, in_channels=1, image_size=28),
     "scenes_cnn": dict(num_classes=12, in_channels=3, image_size=64),
     "resnet18": dict(num_classes=5, image_size=64),
     "resnet50": dict(num_classes=5, image_size=64),
@@ -94,3 +95,40 @@ def test_local_weights_file_is_loaded_safely(tmp_path):
     assert torch.equal(m(x), ref.eval()(x))
     with pytest.raises(UserError, match="does not exist"):
         build_model("resnet18", weights_path=str(tmp_path / "missing.pth"))
+
+
+def test_flint_mnist_is_the_papers_network():
+    """FLINT's MNIST/FashionMNIST f (PAPERS.md §3): 16 and 32 3×3 filters, the 32×14×14 block, FC 6272→128→10."""
+    m = build_model("flint_mnist").eval()
+    acts = m.activations(torch.rand(3, 1, 28, 28), ["relu1", "relu2", "flatten", "relu3"], with_logits=True)
+    assert {k: tuple(v.shape[1:]) for k, v in acts.items()} == {
+        "relu1": (16, 28, 28), "relu2": (32, 14, 14), "flatten": (6272,), "relu3": (128,), "logits": (10,)}
+    convs = [mod for mod in m.net if isinstance(mod, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in convs] == [
+        (1, 16, (3, 3), (1, 1)), (16, 32, (3, 3), (1, 1))]
+    assert [mod.p for mod in m.net if isinstance(mod, torch.nn.Dropout)] == [0.5, 0.5]
+    assert sum(p.numel() for p in m.parameters()) == (16 * 9 + 16) + (32 * 16 * 9 + 32) + (6272 * 128 + 128) + 1290
+    # dropout is active in training only: two training passes differ, two eval passes do not
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.equal(m(x), m(x))
+    m.train()
+    assert not torch.equal(m(x), m(x))
+
+
+def test_flint_mnist_declares_flints_taps_and_decoder():
+    """FLINT reads the model's own declaration: Ψ on relu2 (after the last ReLU, not ``pool``), d = decode_MNIST."""
+    from interp_ray.explainers.flint import FlintSection, build_flint, resolved_flint_spec
+
+    m = build_model("flint_mnist")
+    spec = resolved_flint_spec(m, FlintSection())
+    assert spec["layers"] == ["relu2"] and spec["psi_activation"] == "leaky_relu"
+    assert spec["decoder"] == "convt" and spec["decoder_channels"] == [2, 8]
+    flint = build_flint(m, spec).eval()
+    out = flint(torch.rand(2, 1, 28, 28))
+    assert out.phi.shape == (2, 25) and out.recon.shape == (2, 1, 28, 28)
+    assert flint.decoder.fc.out_features == 98  # FC(J → 2×7×7)
+    # a declaration naming a layer the network lacks fails when the model is built, not in the explainer
+    from interp_ray.models.base import Classifier
+
+    with pytest.raises(UnknownLayerError):
+        Classifier(m.net, num_classes=10, in_channels=1, image_size=28, explainer_defaults={"flint": {"layers": ["x"]}})

@@ -169,10 +169,6 @@ def build_explainer(name: str, classifier: Any, checkpoint: str | None = None, *
     cls = get_explainer(name)
     model = getattr(classifier, "model", classifier)
     class_names = getattr(classifier, "class_names", None)
-    if "features" in cls.needs:
-        # The routes take images; a video captioner reads per-frame features of whole clips (jobs.revise_caption).
-        raise SkipMethod(f"{name} explains video clips from per-frame features, not images; use "
-                         f"'interp-ray revise-caption' or the library")
     try:
         if cls.learned:
             if not checkpoint:
@@ -180,7 +176,8 @@ def build_explainer(name: str, classifier: Any, checkpoint: str | None = None, *
                                  f"(set explainer_checkpoints.{name} or checkpoint_dir)")
             kwargs = {"classifier": model, **options}
             if _accepts(cls.load, "device"):
-                kwargs.setdefault("device", str(model_device(model)))
+                # The captioner decodes from the CPU tensors it makes of its features; the others follow the model.
+                kwargs.setdefault("device", "cpu" if "features" in cls.needs else str(model_device(model)))
             explainer = cls.load(checkpoint, **kwargs)
         else:
             kwargs = dict(options)
@@ -201,6 +198,13 @@ def build_explainer(name: str, classifier: Any, checkpoint: str | None = None, *
                          f"{redact(str(e), {checkpoint: f'explainer_checkpoints.{name}'} if checkpoint else {})}"
                          ) from None
     _check_same_input(name, explainer, model)
+    if "features" in cls.needs:
+        layer = frame_layer(name, explainer)
+        try:
+            model.resolve_layers([layer])
+        except UserError as e:
+            raise SkipMethod(f"{name} reads frame features from layer {layer!r}, which the served classifier does "
+                             f"not have: {e}") from None
     if "activations" in cls.needs:
         try:  # a layer the served classifier lacks would fail every request: skip the method instead
             explainer_layers(explainer, model)
@@ -227,6 +231,19 @@ def _check_same_input(name: str, explainer: Any, model: Any) -> None:
             and tuple(own.input_shape) != tuple(model.input_shape):
         raise SkipMethod(f"{name}'s checkpoint explains a model taking {tuple(own.input_shape)}; the served "
                          f"classifier takes {tuple(model.input_shape)}")
+
+
+def frame_layer(name: str, explainer: Any) -> str:
+    """The classifier layer a video captioner's frame features were taken from (``data.layer`` of its training job,
+    ``jobs.train_semantic``): a still image is served as a one-frame clip of that layer's pooled features."""
+    data = (getattr(explainer, "info", None) or {}).get("data") or {}
+    if data.get("source", "scenes") != "scenes":
+        raise SkipMethod(f"{name} was trained on frame features of another CNN (data.source {data['source']!r}), "
+                         f"not on the served classifier's")
+    if not data.get("layer"):
+        raise SkipMethod(f"{name}'s checkpoint does not record the classifier layer of its frame features "
+                         f"(data.layer); train it with jobs.train_semantic")
+    return str(data["layer"])
 
 
 def explainer_layers(explainer: Any, model: Any) -> list[str]:
@@ -310,16 +327,39 @@ class ExplainerService:
             raise UserError(f"unknown method(s) {', '.join(unknown)} in 'methods'; registered: {', '.join(registered)}")
         self.explainers: dict[str, Any] = {}
         self.skipped: dict[str, str] = {}
+        self.frame_extractors: dict[str, Any] = {}  # video captioners: method → ActivationExtractor of its layer
         for name in wanted:
             self._add(name)
 
     def _add(self, name: str) -> None:
         try:
-            self.explainers[name] = build_explainer(name, self.classifier, self.args.explainer_checkpoint(name),
-                                                    **self.args.method_options.get(name, {}))
+            explainer = build_explainer(name, self.classifier, self.args.explainer_checkpoint(name),
+                                        **self.args.method_options.get(name, {}))
+            if "features" in explainer.needs:
+                self.frame_extractors[name] = self._frame_extractor(name, explainer)
+            self.explainers[name] = explainer
         except SkipMethod as e:
             self.skipped[name] = str(e)
             log.warning("not serving %s: %s", name, e)
+
+    def _frame_extractor(self, name: str, explainer: Any) -> Any:
+        """The extraction path the captioner's clips went through (``interp_ray.data.video_features``), on the
+        served classifier, for its frame layer; a layer of another width than the captioner's is a skip."""
+        from interp_ray.activations import ActivationExtractor
+        from interp_ray.explainers.saliency_utils import model_device
+
+        layer = frame_layer(name, explainer)
+        try:
+            extractor = ActivationExtractor(self.args.classifier_path(), [layer],
+                                            device=str(model_device(self.model)), expect_digest=self.classifier.digest)
+        except (UserError, OSError) as e:
+            log.warning("%s: no frame extractor: %s", name, e)
+            raise SkipMethod(f"{name}'s frame features cannot be extracted: {redact(str(e))}") from None
+        width = extractor.layer_shapes()[extractor.layers[0]][0]
+        if width != explainer.frame_dim:
+            raise SkipMethod(f"{name} was trained on {explainer.frame_dim}-value frame features; the served "
+                             f"classifier's layer {layer!r} has {width} channels")
+        return extractor
 
     # ---- what the ingress needs to validate requests before they are queued
 
@@ -382,9 +422,22 @@ class ExplainerService:
     def batch_for(self, explainer: Any, images: np.ndarray, targets: Iterable[int]) -> dict[str, np.ndarray]:
         """The batch a method reads: images and targets, plus activation columns when it needs them."""
         batch = {"image": images.astype(np.float32, copy=False), "target": np.asarray(list(targets), dtype=np.int64)}
+        if "features" in explainer.needs:
+            batch.update(self.one_frame_clips(explainer.name, images, batch["target"]))
         if "activations" in explainer.needs:
             batch.update(self.activation_columns(images, explainer_layers(explainer, self.model)))
         return batch
+
+    def one_frame_clips(self, method: str, images: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
+        """Each image as a one-frame clip: ``features`` N × 1 × D (its frame feature, pooled as the captioner's
+        training clips were), an all-true ``mask`` N × 1, and ``label`` (the target, else the prediction)."""
+        from interp_ray.data.video_features import pool_frame_features
+
+        extractor = self.frame_extractors[method]
+        cols = extractor({"image": images})
+        feats = pool_frame_features(cols[extractor.layers[0]]).astype(np.float32, copy=False)
+        return {"features": feats[:, None, :], "mask": np.ones((len(images), 1), dtype=bool),
+                "label": np.where(targets >= 0, targets, cols["prediction"]).astype(np.int64)}
 
     def activation_columns(self, images: np.ndarray, layers: list[str]) -> dict[str, np.ndarray]:
         """The activation store's columns for these images (as ``interp_ray.activations`` writes them)."""

@@ -171,6 +171,11 @@ def write_video_features(root: str | Path, items: VideoItems, split: str = "trai
     (root / CAPTIONS_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
 
 
+def pool_frame_features(act):
+    """One feature row per frame: a layer's output (N × C × … , torch or numpy) averaged over its spatial axes."""
+    return act.reshape(act.shape[0], act.shape[1], -1).mean(2) if act.ndim > 2 else act
+
+
 def frame_features(model, clips: np.ndarray, layer: str = "gap", *, batch_size: int = 256) -> np.ndarray:
     """N × T × D: ``layer`` of ``model`` on every frame of ``clips`` (N × T × 3 × H × W), spatially averaged."""
     import torch
@@ -182,8 +187,7 @@ def frame_features(model, clips: np.ndarray, layer: str = "gap", *, batch_size: 
     with torch.no_grad():
         for lo in range(0, len(flat), batch_size):
             act = model.activations(torch.as_tensor(flat[lo:lo + batch_size]), [layer])[layer]
-            act = act.reshape(act.shape[0], act.shape[1], -1).mean(2) if act.ndim > 2 else act
-            out.append(act.numpy().astype(np.float32))
+            out.append(pool_frame_features(act).numpy().astype(np.float32))
     feats = np.concatenate(out)
     return feats.reshape(n, t, -1)
 

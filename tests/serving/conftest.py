@@ -116,3 +116,47 @@ def local_api(service):
     with asgi_client(make_api(backend, JobRunner(backend=backend), service.args, token="")) as client:
         yield client
 
+
+
+SCENES_OPTS = {"num_classes": 12, "in_channels": 3, "image_size": 32, "width": 4, "hidden": 8}
+
+
+def save_small_scenes_classifier(path: Path) -> None:
+    """A random-weight scenes CNN on 32×32 images: its ``gap`` layer gives 32-value frame features."""
+    import torch
+
+    from interp_ray.checkpoint import save_classifier
+    from interp_ray.data.scenes import CLASS_NAMES as SCENE_CLASSES
+    from interp_ray.models import build_model
+
+    torch.manual_seed(3)
+    model = build_model("scenes_cnn", **SCENES_OPTS)
+    save_classifier(path, model, model_name="scenes_cnn", model_options=SCENES_OPTS,
+                    class_names=SCENE_CLASSES, data={"name": "scenes"})
+
+
+def save_small_semantic(path: Path, classifier: Path) -> None:
+    """A small Dong et al. captioner (1 epoch) on 2-frame scene clips, with frame features from the classifier's
+    ``gap`` layer, recorded in its checkpoint as ``jobs.train_semantic`` records it."""
+    import torch
+
+    from interp_ray.data.video_features import scene_clip_items
+    from interp_ray.explainers.semantic import LabelConfig, SemanticExplainer, SemanticTrainConfig
+
+    items = scene_clip_items("train", 40, str(classifier), frames=2, layer="gap", size=32, sentences_per_clip=2)
+    torch.manual_seed(4)
+    ex = SemanticExplainer({"enc_hidden": 8, "interp_dim": 8, "word_dim": 8, "dec_hidden": 16, "att_dim": 8,
+                            "max_len": 10})
+    ex.fit(items, settings=SemanticTrainConfig(epochs=1, batch_size=16))
+    ex.info = {"data": {"source": "scenes", "layer": "gap", "frames": 2, "size": 32}}
+    ex.label(items, cfg=LabelConfig(top_n=5, margin=0.0))
+    ex.save(str(path))
+
+
+@pytest.fixture(scope="session")
+def semantic_checkpoints(tmp_path_factory) -> dict[str, str]:
+    """{"checkpoint_dir", "classifier", "semantic"}: a small scenes classifier and a captioner over its ``gap``."""
+    root = tmp_path_factory.mktemp("semantic_ckpts")
+    save_small_scenes_classifier(root / "scenes")
+    save_small_semantic(root / "scenes_semantic", root / "scenes")
+    return {"checkpoint_dir": str(root), "classifier": str(root / "scenes"), "semantic": str(root / "scenes_semantic")}

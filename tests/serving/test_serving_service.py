@@ -25,20 +25,86 @@ def rows(images: np.ndarray, targets=None, params=None) -> list[Row]:
 
 def test_every_registered_method_is_served_or_skipped_with_a_reason(service):
     assert set(service.explainers) | set(service.skipped) == set(explainer_names())
-    # Every method that explains images is served, the learned ones from their checkpoints; only the video
-    # captioner (frame features, not images) is skipped.
+    # Every method is served, the learned ones from their checkpoints, but the video captioner: this digits
+    # layout has no captioner checkpoint (one over a scenes classifier is served below).
     assert {"flint", "interpnet", "cnn_inte", "feature_inversion", "gradcam"} <= set(service.explainers)
     assert set(service.skipped) == {"semantic"}, service.skipped
+    assert "checkpoint" in service.skipped["semantic"] and "explainer_checkpoints.semantic" in service.skipped["semantic"]
     for name in service.explainers:
         assert service.method_metadata(name)["routes"]["explain"] == f"/v1/explain/{name}"
     for name, why in service.skipped.items():
         assert name in why and why
 
 
-def test_the_video_captioner_is_skipped_with_the_reason_even_with_a_checkpoint(serving_checkpoints, tmp_path):
-    loaded = load_classifier(serving_checkpoints["classifier"])
-    with pytest.raises(SkipMethod, match="per-frame features, not images"):
-        build_explainer("semantic", loaded, checkpoint=str(tmp_path))
+# --------------------------------------------------------------------------- the video captioner over an image
+
+
+@pytest.fixture(scope="module")
+def scenes_service(semantic_checkpoints):
+    return ExplainerService({"checkpoint_dir": semantic_checkpoints["checkpoint_dir"], "classifier": "scenes",
+                             "methods": ["semantic", "gradcam"]})
+
+
+def scene_frames(n: int = 3) -> np.ndarray:
+    """The frames of ``n`` one-frame scene clips (N × 3 × 32 × 32), as the captioner's clips are generated."""
+    from interp_ray.data.scenes import load_scene_clips
+
+    return load_scene_clips("test", n=n, frames=1, size=32).get_batch(np.arange(n))["clip"][:, 0]
+
+
+def test_the_captioner_captions_an_image_as_a_one_frame_clip(scenes_service, semantic_checkpoints):
+    from interp_ray.activations import ActivationExtractor
+    from interp_ray.data.video_features import scene_clip_items
+    from interp_ray.explainers.semantic import SemanticExplainer
+
+    assert "semantic" in scenes_service.explainers, scenes_service.skipped
+    images = scene_frames(3)
+    served = scenes_service.explain_rows("semantic", rows(images))
+    assert all(o.ok for o in served), [o.error for o in served]
+    # The library on the same images as one-frame clips: the gap layer through ActivationExtractor, spatially
+    # averaged (N × 1 × D), an all-true mask, exactly the features the captioner's training clips had.
+    gap = ActivationExtractor(semantic_checkpoints["classifier"], ["gap"])({"image": images})
+    feats = gap["gap"].reshape(len(images), -1)[:, None, :]
+    clips = scene_clip_items("test", 3, semantic_checkpoints["classifier"], frames=1, layer="gap", size=32)
+    np.testing.assert_allclose(feats, clips.features, rtol=1e-5, atol=1e-6)
+    lib = SemanticExplainer.load(semantic_checkpoints["semantic"]).explain(
+        {"features": feats, "mask": np.ones((3, 1), dtype=bool), "label": gap["prediction"]}, {})
+    assert [o.explanation.sentence for o in served] == [e.sentence for e in lib]
+    assert all(e.sentence.strip() for e in lib)
+    assert [o.explanation.neurons for o in served] == [e.neurons for e in lib]
+    assert [o.explanation.label for o in served] == gap["prediction"].tolist()  # the class it was shown as
+    # A batch of images gets the captions each image gets alone.
+    alone = [scenes_service.explain_rows("semantic", rows(images[i:i + 1]))[0].explanation.sentence for i in range(3)]
+    assert alone == [e.sentence for e in lib]
+    # An edit (the revision parameters) reaches the captioner.
+    edited = scenes_service.explain_rows("semantic", rows(images[:1], params={"suppress": list("01234567")}))[0]
+    assert edited.ok and edited.explanation.extra["edit"]["suppress"] == list(range(8))
+
+
+def test_the_captioner_over_a_classifier_without_its_layer_is_skipped(semantic_checkpoints, serving_checkpoints):
+    svc = ExplainerService({"checkpoint": serving_checkpoints["classifier"], "methods": ["semantic"],
+                            "explainer_checkpoints": {"semantic": semantic_checkpoints["semantic"]}})
+    assert "semantic" not in svc.explainers
+    why = svc.skipped["semantic"]
+    assert "'gap'" in why and "frame features" in why and semantic_checkpoints["semantic"] not in why
+
+
+def test_the_captioner_from_another_layer_width_or_cnn_is_skipped(semantic_checkpoints, tmp_path):
+    from interp_ray.explainers.semantic import SemanticExplainer
+
+    ex = SemanticExplainer.load(semantic_checkpoints["semantic"])
+    cases = {"relu3": ({"source": "scenes", "layer": "relu3"}, "32-value frame features"),  # relu3: 16 channels
+             "msrvtt": ({"source": "video_features", "layer": "gap"}, "another CNN"),
+             "unrecorded": ({}, "data.layer")}
+    for name, (data, expected) in cases.items():
+        ex.info = {"data": data} if data else {}
+        ex.save(str(tmp_path / name))
+        svc = ExplainerService({"checkpoint": semantic_checkpoints["classifier"], "methods": ["semantic"],
+                                "explainer_checkpoints": {"semantic": str(tmp_path / name)}})
+        assert "semantic" not in svc.explainers and expected in svc.skipped["semantic"], (name, svc.skipped)
+    loaded = load_classifier(semantic_checkpoints["classifier"])
+    with pytest.raises(SkipMethod, match="no checkpoint"):
+        build_explainer("semantic", loaded)
 
 
 def test_model_methods_are_built_with_the_model_and_class_names(serving_checkpoints):

@@ -44,6 +44,14 @@ def library_explanation(service, method: str, image: np.ndarray, target: int = -
 
     explainer = build_explainer(method, service.classifier, service.args.explainer_checkpoint(method))
     batch = {"image": image[None], "target": np.array([target])}
+    if "features" in explainer.needs:  # a video captioner: the image as a one-frame clip of its frame layer
+        from interp_ray.data.video_features import pool_frame_features
+        from serving.service import frame_layer
+
+        layer = frame_layer(method, explainer)
+        cols = ActivationExtractor(service.args.classifier_path(), [layer])({"image": image[None]})
+        batch.update(features=pool_frame_features(cols[layer])[:, None, :], mask=np.ones((1, 1), dtype=bool),
+                     label=np.array([target if target >= 0 else int(cols["prediction"][0])]))
     if "activations" in explainer.needs:
         batch.update(ActivationExtractor(service.args.classifier_path())({"image": image[None]}))
     return explainer.explain(batch, params or {})[0].to_json()

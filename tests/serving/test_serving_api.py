@@ -68,6 +68,31 @@ def test_each_method_answers_as_the_library_does(local_api, service):
         assert_same(http, library_explanation(service, method, pixels, params=params))
 
 
+def test_the_captioner_answers_an_uploaded_image_as_the_library_does(semantic_checkpoints):
+    """semantic over a scenes classifier: an uploaded image is captioned as a one-frame clip."""
+    from interp_ray.data.scenes import load_scene_clips
+    from serving.app import make_api
+    from serving.jobs import JobRunner
+    from serving.service import ExplainerService, LocalBackend
+
+    service = ExplainerService({"checkpoint_dir": semantic_checkpoints["checkpoint_dir"], "classifier": "scenes",
+                                "methods": ["semantic"], "token_env": "INTERP_RAY_TEST_UNSET_TOKEN"})
+    backend = LocalBackend(service)
+    frame = load_scene_clips("test", n=1, frames=1, size=32).get_batch(np.arange(1))["clip"][0, 0]
+    png = png_bytes(frame)
+    pixels = decode_image(png, None, "RGB")
+    with asgi_client(make_api(backend, JobRunner(backend=backend), service.args, token="")) as api:
+        assert [m["name"] for m in api.get("/v1/methods").json()["methods"]] == ["semantic"]
+        resp = api.post("/v1/explain/semantic", content=png, headers=PNG)
+        assert resp.status_code == 200, resp.text
+        (http,) = resp.json()["explanations"]
+        lib = library_explanation(service, "semantic", pixels)
+        assert_same(http, lib)
+        assert http["sentence"] and http["neurons"] == lib["neurons"]
+        picture = api.post("/v1/explain/semantic/picture", content=png, headers=PNG)
+        assert picture.status_code == 200 and picture.content[:8] == b"\x89PNG\r\n\x1a\n", picture.text[:200]
+
+
 def test_three_ways_to_send_an_image_agree(local_api):
     image = digit_images(1)[0]
     png = png_bytes(image)

@@ -111,12 +111,10 @@ def test_every_method_the_main_job_trained_is_served(served):
     digits, scenes = served["health"]["digits"], served["health"]["scenes"]
     assert {"flint", "cnn_inte", "gradcam", "gradient", "occlusion", "feature_inversion", "center"} <= \
         set(digits["methods"]), digits
-    assert {"interpnet", "gradcam", "feature_inversion"} <= set(scenes["methods"]), scenes
+    assert {"interpnet", "semantic", "gradcam", "feature_inversion"} <= set(scenes["methods"]), scenes
     assert (digits["model"], scenes["model"]) == ("digits_cnn", "scenes_cnn")
-    skipped = served["clients"]["scenes"].methods()["skipped"]
-    assert "video clips" in skipped["semantic"]
     for client in served["clients"].values():  # nothing the main job wrote is reported missing
-        assert not client.methods()["skipped"].keys() - {"semantic"}
+        assert not client.methods()["skipped"], client.methods()["skipped"]
 
 
 @pytest.mark.parametrize("app", ["digits", "scenes"])
@@ -147,6 +145,8 @@ def test_an_explanation_from_every_served_method_over_http(served, app):
             assert votes[exp["label"]] == max(votes.values()) and sum(votes.values()) == pytest.approx(1.0)
         if name == "interpnet":
             assert isinstance(exp["sentence"], str) and exp["sentence"].strip()
+        if name == "semantic":  # the image as a one-frame clip (a 1-epoch smoke captioner may say nothing)
+            assert isinstance(exp["sentence"], str) and isinstance(exp["neurons"], dict)
         seen[name] = exp
     assert seen.keys() == methods.keys()
     picture = client.picture(png, "cnn_inte" if app == "digits" else "interpnet")
@@ -156,8 +156,8 @@ def test_an_explanation_from_every_served_method_over_http(served, app):
 def test_errors_name_the_method_never_a_server_path(served):
     scenes = served["clients"]["scenes"]
     with pytest.raises(ServiceError) as e:
-        scenes.explain(sample("scenes"), "semantic")
-    assert e.value.status == 404 and "semantic" in e.value.message and "video clips" in e.value.message
+        scenes.explain(sample("scenes"), "no_such_method")
+    assert e.value.status == 404 and "no_such_method" in e.value.message
     with pytest.raises(ServiceError) as e:
         served["clients"]["digits"].explain(sample("scenes"), "gradcam")  # a 64×64 RGB image to the 8×8 model
     assert e.value.status == 422 and "8" in e.value.message

@@ -104,7 +104,8 @@ def test_serve_config_serves_what_the_main_job_writes(monkeypatch, tmp_path):
     trained = {  # method → (classifier it explains, where the main job writes it)
         "cnn_inte": (pipe.cnn_inte.classifier, out / "cnn_inte"),
         "flint": ("digits", out / "flint"),           # FLINT trains its own predictor on digits (configs/flint_digits)
-        "interpnet": (pipe.interpnet.classifier, out / "interpnet" / variant)}
+        "interpnet": (pipe.interpnet.classifier, out / "interpnet" / variant),
+        "semantic": (pipe.semantic.classifier, out / "semantic")}  # its frame CNN; images served as one-frame clips
     apps = {}
     for entry in yaml.safe_load(CONFIG.read_text())["applications"]:
         args = ServeArgs.model_validate(entry["args"])
@@ -115,8 +116,7 @@ def test_serve_config_serves_what_the_main_job_writes(monkeypatch, tmp_path):
     for method, (classifier, path) in trained.items():
         assert method in apps[classifier].methods, (method, classifier)
         assert apps[classifier].explainer_checkpoint(method) == str(path)
-    # every stage that explains the scenes classifier's images is served there (saliency), and the captioner is
-    # listed so that /v1/methods says why it is not served
+    # every stage that explains the scenes classifier's images is served there (saliency), and the captioner
     assert {m["name"] for m in pipe.saliency.set["methods"]} <= set(apps[pipe.saliency.classifier].methods)
     assert "semantic" in apps["scenes"].methods
 

@@ -6,8 +6,8 @@ runs both: the pipeline's driver connects to it, then `serve run --address` depl
 `serve run` start in a working directory laid out like the repository after the main job (outputs/pipeline/ from
 `--set output_dir=…`), so the config's relative paths are resolved as a user's would be. Only the HTTP port is
 changed in the copy of the config. The pipeline runs the stages that write what the service loads (the classifiers,
-CNN-INTE, FLINT, InterpNET); saliency and the captioner train nothing servable over images (the captioner's reason is
-checked below).
+CNN-INTE, FLINT, InterpNET, the Dong et al. captioner, served over an image as a one-frame clip); the saliency stage
+trains nothing.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def served(tmp_path_factory):
         t0 = time.monotonic()
         pipeline = subprocess.run(
             [sys.executable, "-m", "jobs.pipeline", "--config", "configs/pipeline.yaml", "--smoke",
-             "--only", "classifiers,cnn_inte,flint,interpnet", "--set", f"output_dir={out}",
+             "--only", "classifiers,cnn_inte,flint,interpnet,semantic", "--set", f"output_dir={out}",
              "--address", info["gcs"]], cwd=REPO, env=env(), capture_output=True, text=True,
             timeout=PIPELINE_TIMEOUT_S)
         pipeline_s = time.monotonic() - t0

@@ -105,9 +105,8 @@ class LocalCluster:
             "RAY_TRAIN_ENABLE_V2": "1",
             "RAY_TMPDIR": root, "TMPDIR": root,
             "RAY_USAGE_STATS_ENABLED": "0",
-            # A loaded machine (2 shared cores) starts a node's agents slowly; Ray's defaults then abort the raylet
-            # ("Timed out waiting for file …dashboard_agent_listen_port…").
-            "RAY_agent_register_timeout_ms": "300000", "RAY_raylet_start_wait_time_s": "300",
+            # A loaded machine (2 shared cores) starts a node's agents slowly.
+            "RAY_agent_register_timeout_ms": "300000",
             "PYTHONPATH": str(REPO),                  # workers import this checkout's code
             "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
             **({"INTERP_RAY_S3_ENDPOINT": f"http://127.0.0.1:{s3_port}", **S3_CREDENTIALS} if s3 else {}),
@@ -118,11 +117,21 @@ class LocalCluster:
         try:
             if s3:
                 c._start_s3(timeout)
-            c._start_head(timeout)
+            for attempt in range(1, 4):  # a raylet can abort at start on a loaded machine (see add_node)
+                try:
+                    c._start_head(timeout)
+                    break
+                except RuntimeError:
+                    if attempt == 3:
+                        raise
+                    _killpg(c.head.pid, signal.SIGKILL)
+                    c.gcs_port, c.dashboard_port = free_ports(2)
             for node in workers:
                 c.add_node(node, timeout=timeout)
         except BaseException:
             c.stop()
+            if not os.environ.get("INTERP_RAY_KEEP_CLUSTER_LOGS"):
+                shutil.rmtree(root, ignore_errors=True)
             raise
         return c
 
@@ -134,6 +143,8 @@ class LocalCluster:
             yield c
         finally:
             c.stop()
+            if not os.environ.get("INTERP_RAY_KEEP_CLUSTER_LOGS"):
+                shutil.rmtree(c.root, ignore_errors=True)
 
     def _spawn(self, args: list[str], log_name: str) -> int:
         log = open(Path(self.root) / f"{log_name}.log", "ab")
@@ -159,7 +170,7 @@ class LocalCluster:
         _wait(lambda: _http_ok(f"{self.dashboard}/api/version"), timeout, "the head's dashboard", self.head.pid)
         _wait(lambda: len(self.alive_nodes()) >= 1, timeout, "the head node", self.head.pid)
 
-    def add_node(self, node: Node, *, timeout: float = 180, attempts: int = 3) -> Node:
+    def add_node(self, node: Node, *, timeout: float = 180, attempts: int = 4) -> Node:
         """Start a worker node and wait until the cluster lists it alive. On a loaded machine a raylet can abort at
         start (it waits a fixed ~15 s for its dashboard agent, whose imports may take longer): then it is retried."""
         for attempt in range(1, attempts + 1):
@@ -171,11 +182,21 @@ class LocalCluster:
             node.pid = self._spawn(
                 [sys.executable, str(Path(__file__).resolve()), "node", f"--address={self.address}",
                  f"--agent-ports={agent},{agent_grpc},{metrics},{runtime_env}", f"--cpus={node.cpus}",
-                 f"--resources={json.dumps(node.resources)}", f"--name={node.name}"], f"node-{node.name}")
+                 f"--resources={json.dumps(node.resources)}", f"--name={node.name}",
+                 f"--temp-dir={Path(self.root) / node.name}"], f"node-{node.name}")
+            started = time.monotonic()
+
+            def up() -> bool:
+                if {n["node_id"] for n in self.alive_nodes()} - before:
+                    return True
+                if time.monotonic() - started > 30 and not any(c == "raylet" for _, c, st in
+                                                                _group_members(node.pid) if st != "Z"):
+                    raise RuntimeError(f"node {node.name}: its raylet died at start")
+                return False
+
             try:
-                _wait(lambda: {n["node_id"] for n in self.alive_nodes()} - before, timeout, f"node {node.name}",
-                      node.pid)
-            except RuntimeError:
+                _wait(up, timeout, f"node {node.name}", node.pid)
+            except (RuntimeError, TimeoutError):
                 if attempt == attempts:
                     raise
                 _killpg(node.pid, signal.SIGKILL)
@@ -322,7 +343,10 @@ def run_worker_node(args: argparse.Namespace) -> int:
         node_ip_address="127.0.0.1", node_name=args.name, gcs_address=args.address, num_cpus=args.cpus,
         resources=json.loads(args.resources), object_store_memory=OBJECT_STORE_BYTES,
         dashboard_agent_listen_port=agent, metrics_agent_port=agent_grpc, metrics_export_port=metrics,
-        runtime_env_agent_port=runtime_env, include_log_monitor=False)
+        runtime_env_agent_port=runtime_env, include_log_monitor=False,
+        # A disk of its own, as a real node has: nodes sharing one session dir unpack a job's working_dir into the
+        # same folder, and one node's runtime-env agent replaces the folder another node's driver runs in.
+        temp_dir=args.temp_dir)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # atexit then stops the node's processes
     node = ray._private.node.Node(params, head=False, shutdown_at_exit=True, spawn_reaper=True)
     print(f"node {args.name} up: raylet {node.raylet_socket_name}", flush=True)
@@ -342,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     node.add_argument("--cpus", type=float, required=True)
     node.add_argument("--resources", default="{}")
     node.add_argument("--name", required=True)
+    node.add_argument("--temp-dir", required=True)
     up = sub.add_parser("up", help="start the head, the workers and the S3 server; print the exports")
     up.add_argument("--workers", type=int, default=2)
     up.add_argument("--cpus", type=float, default=1, help="logical CPUs per worker node")

@@ -29,7 +29,6 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -328,7 +327,9 @@ def _reap(pid: int) -> None:
 
 def exports(c: LocalCluster) -> str:
     keys = ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_AUTH_MODE", "INTERP_RAY_S3_ENDPOINT", *S3_CREDENTIALS]
-    lines = [f"export RAY_ADDRESS={c.address}"] + [f"export {k}={c.env[k]}" for k in keys if k in c.env]
+    # RAY_ADDRESS for drivers (a job's CLI), RAY_API_SERVER_ADDRESS for `ray job submit` / `serve deploy`.
+    lines = [f"export RAY_ADDRESS={c.address}", f"export RAY_API_SERVER_ADDRESS={c.dashboard}"]
+    lines += [f"export {k}={c.env[k]}" for k in keys if k in c.env]
     lines.append(f"# dashboard / Jobs API: {c.dashboard}   logs: {c.root}")
     return "\n".join(lines)
 
@@ -412,10 +413,6 @@ def make_bucket(endpoint: str, bucket: str) -> None:
 
     pafs.S3FileSystem(endpoint_override=endpoint.split("://", 1)[1], scheme="http", access_key="testing",
                       secret_key="testing", region="us-east-1", allow_bucket_creation=True).create_dir(bucket)
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
 if __name__ == "__main__":

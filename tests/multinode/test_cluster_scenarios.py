@@ -1,7 +1,7 @@
 """Scenarios on a real multi-node Ray cluster (tests/multinode/conftest.py): the main job submitted with its outputs
 on S3, and Ray Train DDP across two nodes that loses one of them mid-run.
 
-They run in the default suite (about 5 min on the shared 2-core machine, cluster start included); on their own,
+They run in the default suite (5–9 min on the shared 2-core machine, cluster start included); on their own,
 with the measured figures printed:
 
     python -m pytest tests/multinode -q -s

@@ -22,14 +22,11 @@ from typing import Any, Iterator
 import torch
 
 from interp_ray.errors import UserError
+from interp_ray.storage import filesystem, is_remote, join
 
 FORMAT = "interp-ray/1"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
-
-
-def is_remote(uri: str | os.PathLike) -> bool:
-    return "://" in str(uri) and not str(uri).startswith("file://")
 
 
 def _local_path(uri: str | os.PathLike) -> Path:
@@ -38,9 +35,9 @@ def _local_path(uri: str | os.PathLike) -> Path:
 
 
 def join_uri(base: str | os.PathLike, *parts: str) -> str:
-    """Join path parts onto a local path or a URI (s3://bucket/a + b → s3://bucket/a/b)."""
+    """Join path parts onto a local path or a URI (s3://bucket/a + b → s3://bucket/a/b; a query stays last)."""
     if is_remote(base):
-        return "/".join([str(base).rstrip("/"), *parts])
+        return join(base, *parts)
     return str(_local_path(base).joinpath(*parts))
 
 
@@ -48,8 +45,11 @@ def upload_dir(local: str | os.PathLike, uri: str) -> None:
     """Copy a local directory's files to ``uri`` (s3://, gs://) through pyarrow.fs."""
     import pyarrow.fs as pafs
 
-    fs, dest = pafs.FileSystem.from_uri(uri)
-    pafs.copy_files(str(local), dest, destination_filesystem=fs)
+    fs, dest = filesystem(uri)
+    try:
+        pafs.copy_files(str(local), dest, destination_filesystem=fs)
+    except OSError as e:
+        raise UserError(f"cannot write {uri}: {e}") from None
 
 
 @contextlib.contextmanager
@@ -61,8 +61,8 @@ def local_copy(uri: str | os.PathLike) -> Iterator[Path]:
     import pyarrow.fs as pafs
 
     with tempfile.TemporaryDirectory(prefix="interp-ray-ckpt-") as tmp:
+        fs, path = filesystem(uri)
         try:
-            fs, path = pafs.FileSystem.from_uri(str(uri))
             pafs.copy_files(path, tmp, source_filesystem=fs)
         except (OSError, ValueError) as e:
             raise UserError(f"cannot read checkpoint {uri}: {e}") from None
@@ -104,12 +104,9 @@ def save_checkpoint(path: str | os.PathLike, *, kind: str, config: dict[str, Any
             (d / name).write_bytes(data)
 
     if is_remote(path):
-        import pyarrow.fs as pafs
-
         with tempfile.TemporaryDirectory(prefix="interp-ray-save-") as tmp:
             fill(Path(tmp))
-            fs, dest = pafs.FileSystem.from_uri(str(path))
-            pafs.copy_files(tmp, dest, destination_filesystem=fs)
+            upload_dir(tmp, str(path))
     else:
         atomic_write_dir(_local_path(path), fill)
     return str(path)

@@ -180,6 +180,10 @@ class SaliencyManifest(Manifest):
 
 def store_location(root: str, model_name: str, method: str, key: str) -> str:
     """``<root>/<model name>/<method>/<key>`` (a URI root stays a URI)."""
+    from interp_ray.storage import is_remote, join
+
+    if is_remote(root):
+        return join(root, model_name, method, key)
     return posixpath.join(str(root).rstrip("/"), model_name, method, key)
 
 

@@ -617,7 +617,11 @@ class ActivationStore:
 
 
 def store_location(root: str, model_name: str, key: str) -> str:
-    """``<root>/<model name>/<key>`` (a URI root stays a URI)."""
+    """``<root>/<model name>/<key>`` (a URI root stays a URI, its query last)."""
+    from interp_ray.storage import is_remote, join
+
+    if is_remote(root):
+        return join(root, model_name, key)
     return posixpath.join(str(root).rstrip("/"), model_name, key)
 
 

@@ -14,6 +14,15 @@ EXIT_USAGE = 2
 log = logging.getLogger("interp_ray")
 
 
+def check_storage_paths(**paths: str | None) -> None:
+    """Refuse, before any Ray work, an object-storage path the job could not write (keyword: the config field)."""
+    from interp_ray.storage import check_storage
+
+    for what, path in paths.items():
+        if path:
+            check_storage(path, what=what.replace("__", "."))
+
+
 def base_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config", help="YAML config file (see configs/)")

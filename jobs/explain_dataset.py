@@ -37,7 +37,7 @@ from interp_ray.saliency_store import (DEFAULT_SHARD_ROWS, EXTRA_PREFIX, TARGET_
                                        SaliencyManifest, SaliencyMapper, check_method, constant_info, make_identity,
                                        scalar_extras, store_key, store_location)
 from interp_ray.store import InjectedFailure, ShardAssembler, check_store, finalize_store, prepare_store
-from jobs.common import base_parser, exit_with, init_ray
+from jobs.common import base_parser, check_storage_paths, exit_with, init_ray
 from jobs.extract_activations import (RECEIVED, ComputeSection, Progress, ShardLoader, absolute, check_resources,
                                       gpus_per_actor, user_error_in)
 
@@ -388,6 +388,7 @@ def explain_dataset(cfg: ExplainDatasetConfig, *, address: str | None = None) ->
     """Plan every store first (a bad method, option, param or output path fails before anything is written), fill
     the missing parts, then evaluate."""
     plans = make_plans(cfg)
+    check_storage_paths(store=plans[0].location if plans else None)
     existing = [check_store(p.location, p.manifest) for p in plans]
     if cfg.compute.engine == "ray" and not all(m is not None and m.complete for m in existing):
         init_ray(address)

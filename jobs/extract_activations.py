@@ -34,7 +34,7 @@ from interp_ray.data.base import ImageDataset
 from interp_ray.errors import UserError
 from interp_ray.store import (DEFAULT_SHARD_ROWS, Manifest, ShardAssembler, check_store, finalize_store,
                               make_identity, prepare_store, store_key, store_location)
-from jobs.common import base_parser, exit_with, init_ray
+from jobs.common import base_parser, check_storage_paths, exit_with, init_ray
 
 log = logging.getLogger("interp_ray.extract")
 
@@ -350,6 +350,7 @@ def extract_split(cfg: ExtractJobConfig, plan: ExtractPlan, missing: list[int], 
 def extract(cfg: ExtractJobConfig, *, address: str | None = None) -> list[dict[str, Any]]:
     """Plan every split first (so a bad layer, dataset or output path fails before anything is written), then run."""
     plans = [make_plan(cfg, split) for split in cfg.splits]
+    check_storage_paths(store=plans[0].location if plans else None)
     existing = [check_store(plan.location, plan.manifest) for plan in plans]
     if cfg.compute.engine == "ray" and not all(m is not None and m.complete for m in existing):
         init_ray(address)

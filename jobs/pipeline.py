@@ -27,7 +27,7 @@ from interp_ray.checkpoint import is_remote, join_uri, upload_dir
 from interp_ray.config import (ClassifierJobConfig, Section, deep_merge, load_config, parse_overrides, read_yaml,
                                validate)
 from interp_ray.errors import UserError
-from jobs.common import base_parser, exit_with, init_ray
+from jobs.common import base_parser, check_storage_paths, exit_with, init_ray
 
 log = logging.getLogger("interp_ray.pipeline")
 C = TypeVar("C", bound=BaseModel)
@@ -503,6 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
     stages = selected_stages(cfg, only)
     check(cfg, stages, args.smoke)
+    check_storage_paths(output_dir=cfg.output_dir)
     init_ray(args.address)
     print(f"[pipeline] stages: {', '.join(stages)}", flush=True)
     report = run(cfg, smoke=args.smoke, only=only, fresh=args.fresh)

@@ -20,7 +20,7 @@ from interp_ray.data import load_dataset
 from interp_ray.models import build_model
 from interp_ray.training import (distributed_sampler, evaluate, gather_from_ranks, make_optimizer,
                                  seed_everything, train_epoch)
-from jobs.common import base_parser, exit_with, init_ray
+from jobs.common import base_parser, check_storage_paths, exit_with, init_ray
 from jobs.train_loop import (epochs, export_dir, final_checkpoint, load_training_state, make_trainer, rank_and_world,
                              report_epoch, resolve_use_gpu, resume, training_state, worker_history)
 
@@ -113,6 +113,7 @@ def train(cfg: ClassifierJobConfig) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = base_parser(__doc__.splitlines()[0]).parse_args(argv)
     cfg = load_config(ClassifierJobConfig, args.config, args.overrides)
+    check_storage_paths(run__storage_path=cfg.run.storage_path, output=cfg.output)
     init_ray(args.address)
     out = train(cfg)
     last = out["history"][-1]

@@ -20,7 +20,7 @@ from interp_ray.explainers.flint import (FlintExplainer, FlintJobConfig, FlintSe
                                          flint_evaluate, flint_train_epoch, make_flint_optimizer, save_flint,
                                          scenes_attribute_table, setup)
 from interp_ray.training import distributed_sampler, gather_from_ranks
-from jobs.common import base_parser, exit_with, init_ray
+from jobs.common import base_parser, check_storage_paths, exit_with, init_ray
 from jobs.train_loop import (epochs, final_checkpoint, load_training_state, make_trainer, rank_and_world, report_epoch,
                              resolve_use_gpu, resume, training_state, worker_history)
 
@@ -130,6 +130,7 @@ def train(cfg: FlintJobConfig, prepared: FlintSetup | None = None) -> dict[str, 
 def main(argv: Sequence[str] | None = None) -> int:
     args = base_parser(__doc__.splitlines()[0]).parse_args(argv)
     cfg, prepared = prepare(load_config(FlintJobConfig, args.config, args.overrides))
+    check_storage_paths(run__storage_path=cfg.run.storage_path, output=cfg.output)
     init_ray(args.address)
     out = train(cfg, prepared)
     t = out["test"]

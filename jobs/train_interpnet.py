@@ -29,7 +29,7 @@ from interp_ray.config import DataConfig, RunSection, ScalingSection, Section, l
 from interp_ray.errors import UserError
 from interp_ray.explainers.interpnet import (ActivationTable, ClassifierTrainConfig, DecoderTrainConfig, InterpNET,
                                              InterpNETConfig, collect, extract_in_process, state_digest)
-from jobs.common import base_parser, exit_with, init_ray
+from jobs.common import base_parser, check_storage_paths, exit_with, init_ray
 from jobs.train_loop import (epochs, export_dir, final_checkpoint, make_trainer, rank_and_world, report_epoch,
                              resolve_use_gpu, resume, run_path, weights_swapped, worker_history)
 
@@ -309,6 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.local:
         out = train_local(cfg)
     else:
+        check_storage_paths(run__storage_path=cfg.run.storage_path)
         init_ray(args.address)
         out = train(cfg)
     best = min(out["history"], key=lambda h: h["val_loss"])

@@ -22,6 +22,7 @@ from torch import nn
 
 from interp_ray.checkpoint import atomic_write_dir, is_remote, upload_dir
 from interp_ray.config import RunSection, ScalingSection
+from interp_ray.storage import check_storage, join, ray_storage
 
 STATE_FILE = "train_state.pt"
 HISTORY_FILE = "history.json"
@@ -158,7 +159,7 @@ def storage_root(run: RunSection) -> str:
 def run_path(run: RunSection, *parts: str) -> str:
     """A path below ``run.storage_path`` (the run's own files beside Ray's, e.g. ``<name>/<init dir>``)."""
     root = storage_root(run)
-    return "/".join([root.rstrip("/"), *parts]) if is_remote(root) else str(Path(root).joinpath(*parts))
+    return join(root, *parts) if is_remote(root) else str(Path(root).joinpath(*parts))
 
 
 def make_trainer(train_func: Callable[[dict[str, Any]], dict[str, Any]], loop_config: dict[str, Any], *, name: str,
@@ -166,13 +167,16 @@ def make_trainer(train_func: Callable[[dict[str, Any]], dict[str, Any]], loop_co
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    # A bucket that is missing or refuses us fails here in one line, not inside Ray Train's controller.
+    check_storage(run.storage_path, what="run.storage_path")
+    storage_path, storage_fs = ray_storage(storage_root(run))
     return TorchTrainer(
         train_func,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=use_gpu,
                                                resources_per_worker=dict(scaling.resources_per_worker)),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=storage_root(run),
+            name=name, storage_path=storage_path, storage_filesystem=storage_fs,
             failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=run.checkpoints_to_keep)),
     )

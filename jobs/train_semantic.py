@@ -32,7 +32,7 @@ from interp_ray.errors import UserError
 from interp_ray.explainers.semantic import (LabelConfig, SemanticConfig, SemanticExplainer, SemanticTrainConfig,
                                             SemanticTrainer)
 from interp_ray.topics import TopicConfig, fit_topics
-from jobs.common import base_parser, exit_with, init_ray
+from jobs.common import base_parser, check_storage_paths, exit_with, init_ray
 from jobs.train_loop import (epochs, final_checkpoint, make_trainer, rank_and_world, report_epoch, resolve_use_gpu,
                              resume, run_path, weights_swapped, worker_history)
 
@@ -261,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.local:
         out = train_local(cfg)
     else:
+        check_storage_paths(run__storage_path=cfg.run.storage_path)
         init_ray(args.address)
         out = train(cfg)
     best = min(out["history"], key=lambda h: h["val_nll"])

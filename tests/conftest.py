@@ -96,3 +96,27 @@ def digits_checkpoint(tmp_path_factory):
     save_classifier(path, model, model_name="digits_cnn", model_options=opts,
                     class_names=[str(i) for i in range(10)], data={"name": "digits"})
     return path
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on a free 127.0.0.1 port for the whole session (started only when a test asks)."""
+    from moto_s3 import moto_server
+
+    with moto_server() as url:
+        yield url
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """``(endpoint, bucket)``: a fresh bucket, with ``INTERP_RAY_S3_ENDPOINT`` and moto's credentials set."""
+    import uuid
+
+    from moto_s3 import CREDENTIALS, create_bucket
+
+    bucket = f"t-{uuid.uuid4().hex[:12]}"
+    create_bucket(s3_server, bucket)
+    monkeypatch.setenv("INTERP_RAY_S3_ENDPOINT", s3_server)
+    for k, v in CREDENTIALS.items():
+        monkeypatch.setenv(k, v)
+    return s3_server, bucket

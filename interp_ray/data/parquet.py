@@ -54,15 +54,9 @@ class RowGroup:
 
 def resolve_filesystem(location: str) -> tuple[Any, str]:
     """(filesystem, path inside it) for a local path or a URI; an unusable URI is a UserError."""
-    import pyarrow as pa
-    import pyarrow.fs as pafs
+    from interp_ray.storage import filesystem
 
-    if "://" not in location:
-        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(location))
-    try:
-        return pafs.FileSystem.from_uri(location)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, ValueError) as exc:
-        raise UserError(f"cannot open {location}: {exc}") from None
+    return filesystem(location)
 
 
 def is_data_file(path: str) -> bool:

@@ -1,0 +1,205 @@
+"""Scenarios on a real multi-node Ray cluster (tests/multinode/conftest.py): the main job submitted with its outputs
+on S3, and Ray Train DDP across two nodes that loses one of them mid-run.
+
+They run in the default suite (5–9 min on the shared 2-core machine, cluster start included); on their own,
+with the measured figures printed:
+
+    python -m pytest tests/multinode -q -s
+
+``-m "not multinode"`` leaves them out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from interp_ray.checkpoint import load_classifier
+from local_cluster import Node
+from moto_s3 import list_keys
+
+pytestmark = [pytest.mark.multinode, pytest.mark.slow, pytest.mark.ray]
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _s3_env(monkeypatch, cluster):
+    for k in ("INTERP_RAY_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        monkeypatch.setenv(k, cluster.env[k])
+
+
+def _read(cluster, key: str) -> bytes:
+    from interp_ray.storage import filesystem
+
+    os.environ.setdefault("INTERP_RAY_S3_ENDPOINT", cluster.env["INTERP_RAY_S3_ENDPOINT"])
+    fs, path = filesystem(f"s3://{key}")
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def test_main_job_submitted_with_outputs_on_s3(cluster, bucket, monkeypatch):
+    """Scenario 5: `ray job submit` of the smoke pipeline (classifiers and CNN-INTE: Ray Train, Ray Data into the
+    activation store, the report) with output_dir, hence every run.storage_path and store, on the local S3."""
+    _s3_env(monkeypatch, cluster)
+    out = f"s3://{bucket}/pipeline"
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", cluster.dashboard, "--working-dir", str(REPO), "--",
+           "python", "-m", "jobs.pipeline", "--config", "configs/pipeline.yaml", "--smoke",
+           "--only", "classifiers,cnn_inte", "--set", f"output_dir={out}"]
+    t0 = time.monotonic()
+    for _ in range(24):  # bounded (2 min): the dashboard can answer before the head's job agent has registered
+        proc = subprocess.run(cmd, env=cluster.driver_env(), capture_output=True, text=True, timeout=1500, cwd=REPO)
+        if "No available agent to submit job" not in proc.stderr + proc.stdout:
+            break
+        time.sleep(5)
+    print(f"\n[multinode] smoke pipeline (classifiers,cnn_inte) via ray job submit: {time.monotonic() - t0:.0f} s")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    keys = list_keys(cluster.s3_endpoint, f"{bucket}/pipeline")
+    rel = {k.removeprefix(f"{bucket}/pipeline/") for k in keys}
+    assert {"report.md", "results.json"} <= rel
+    for name in ("digits", "scenes"):
+        assert {f"checkpoints/{name}/config.json", f"checkpoints/{name}/weights.safetensors"} <= rel
+        loaded = load_classifier(f"{out}/checkpoints/{name}")
+        assert loaded.config["model"]["name"] == f"{name}_cnn"
+    # Ray Train's own run directories (every checkpoint it kept) are in the bucket too, not on a node's disk.
+    ray_ckpts = {k.rsplit("/", 1)[0] for k in rel if k.startswith("ray_runs/") and k.endswith("/history.json")}
+    assert len(ray_ckpts) >= 2 and all("/checkpoint_" in c for c in ray_ckpts)
+    for ckpt in ray_ckpts:
+        assert f"{ckpt}/model/weights.safetensors" in rel and f"{ckpt}/train_state.pt" in rel
+    assert any(k.startswith("activations/digits_cnn/") and k.endswith(".parquet") for k in rel)
+    report = _read(cluster, f"{bucket}/pipeline/report.md").decode()
+    assert "| digits | digits_cnn | digits |" in report and "## CNN-INTE" in report
+    pictures = re.findall(r"!\[[^]]*\]\(([^)]+)\)", report)
+    assert pictures and all(p in rel for p in pictures)
+
+
+def _checkpoints(cluster, prefix: str) -> list[str]:
+    keys = list_keys(cluster.s3_endpoint, prefix)
+    return sorted({k.rsplit("/", 1)[0] for k in keys if k.endswith("/history.json")})
+
+
+def test_train_ddp_across_two_nodes_survives_losing_one(cluster, bucket, monkeypatch):
+    """Scenario 1: 2 DDP workers on 2 nodes (one "trainer" resource each), checkpoints on S3; SIGKILL the raylet of
+    one worker's node mid-run, a replacement node joins; the run goes on from its last checkpoint and its history
+    holds every epoch exactly once."""
+    _s3_env(monkeypatch, cluster)
+    # Enough steps that the kill lands mid-run on a quiet machine too (10 epochs of batch 64 once saw no restore).
+    epochs, name = 20, f"ddp-{uuid.uuid4().hex[:8]}"
+    cmd = [sys.executable, "-m", "jobs.train_classifier", "--config", "configs/digits.yaml",
+           "--set", f"train.epochs={epochs}", "--set", "train.batch_size=16",
+           "--set", "scaling.num_workers=2", "--set", "scaling.use_gpu=false",
+           "--set", "scaling.resources_per_worker={CPU: 1, trainer: 1}", "--set", "run.max_failures=3",
+           "--set", f"run.storage_path=s3://{bucket}/runs", "--set", f"run.name={name}",
+           "--set", f"output=s3://{bucket}/out/digits", "--address", cluster.address]
+    log = open(Path(cluster.root) / f"{name}.log", "w")
+    driver = subprocess.Popen(cmd, env=cluster.driver_env(), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        prefix = f"{bucket}/runs/{name}"
+        deadline = time.monotonic() + 600
+        # Two checkpoints in the bucket: the first is then surely registered with Train's controller too (a kill
+        # between a checkpoint's upload and its report restarts the run from scratch, with nothing to restore).
+        while len(_checkpoints(cluster, prefix)) < 2:
+            assert driver.poll() is None, Path(log.name).read_text()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint within 10 min"
+            time.sleep(1)
+        killed_at = cluster.kill_node("w2")
+        done_before_kill = len(json.loads(_read(cluster, _checkpoints(cluster, prefix)[-1] + "/history.json")))
+        assert driver.poll() is None and done_before_kill <= epochs - 5, "the kill came too late to test a restore"
+        cluster.add_node(Node("w2b", 1, {"trainer": 1, "w2": 1}), timeout=300)
+        recovered_at = None
+        while driver.poll() is None:
+            assert time.monotonic() < deadline + 600, "the run did not finish within 20 min"
+            if recovered_at is None:
+                for ckpt in _checkpoints(cluster, prefix):
+                    try:
+                        rows = json.loads(_read(cluster, ckpt + "/history.json"))
+                    except FileNotFoundError:  # Train removed it meanwhile (checkpoints_to_keep)
+                        continue
+                    if rows and rows[-1]["attempt"] >= 1:
+                        recovered_at = time.time()
+            time.sleep(1)
+        assert driver.returncode == 0, Path(log.name).read_text()[-4000:]
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, 9)
+            driver.wait(timeout=30)
+        log.close()
+    history = json.loads(_read(cluster, _checkpoints(cluster, prefix)[-1] + "/history.json"))
+    assert [h["epoch"] for h in history] == list(range(epochs))  # every epoch once, in order
+    assert {h["world_size"] for h in history} == {2}
+    assert max(h["attempt"] for h in history) >= 1  # a restore from a checkpoint happened
+    loaded = load_classifier(f"s3://{bucket}/out/digits")
+    assert loaded.config["metrics"]["epoch"] == epochs - 1
+    if recovered_at is not None:
+        print(f"\n[multinode] lost Train node: first checkpoint after the restore {recovered_at - killed_at:.1f} s "
+              f"after the SIGKILL (replacement node joined meanwhile); {done_before_kill} of {epochs} epochs were "
+              f"checkpointed before it")
+
+
+def test_extraction_over_three_nodes_into_s3_survives_losing_one(cluster, bucket, monkeypatch, tmp_path):
+    """Scenario 2: activation extraction (Ray Data, 2 extractor actors) over the head and two worker nodes into an
+    s3:// store, reading an s3:// checkpoint on every node; a worker node is lost (raylet SIGKILL) once parts are
+    written; whether Ray's retries finish the run or not, the rerun leaves every row exactly once, equal to a
+    single-process extraction, and the store opens with ActivationStore."""
+    import numpy as np
+    import torch
+
+    from interp_ray.checkpoint import save_classifier
+    from interp_ray.models import build_model
+    from interp_ray.store import ActivationStore, find_store
+    from jobs.common import run_main
+    from jobs.extract_activations import main as extract_main
+
+    _s3_env(monkeypatch, cluster)
+    torch.manual_seed(0)
+    opts = {"num_classes": 10, "in_channels": 1, "image_size": 8}
+    ckpt = f"s3://{bucket}/ckpt/digits"
+    save_classifier(ckpt, build_model("digits_cnn", **opts), model_name="digits_cnn", model_options=opts,
+                    class_names=[str(i) for i in range(10)], data={"name": "digits"})
+    args = ["--set", f"checkpoint={ckpt}", "--set", "splits=[train]", "--set", "layers=[relu3]",
+            "--set", "store.shard_rows=32", "--set", "compute.batch_size=8"]
+    cmd = [sys.executable, "-m", "jobs.extract_activations", *args, "--set", f"store.root=s3://{bucket}/acts",
+           "--set", "compute.actors=2", "--address", cluster.address]
+    log = open(Path(cluster.root) / "extract.log", "w")
+    driver = subprocess.Popen(cmd, env=cluster.driver_env(), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    victim = next(n.name for n in cluster.workers)
+    try:
+        deadline = time.monotonic() + 600
+        parts = []
+        while len(parts) < 2:
+            assert driver.poll() is None, Path(log.name).read_text()[-3000:]
+            assert time.monotonic() < deadline, "no parts within 10 min"
+            parts = [k for k in list_keys(cluster.s3_endpoint, f"{bucket}/acts") if k.endswith(".parquet")]
+            time.sleep(0.5)
+        cluster.kill_node(victim)
+        try:
+            first_rc = driver.wait(timeout=150)
+        except subprocess.TimeoutExpired:
+            first_rc = None  # still waiting for the lost node's work: end it as an operator would
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, 9)
+            driver.wait(timeout=30)
+        log.close()
+    print(f"\n[multinode] extraction: {len(parts)} parts written when node {victim} was lost; first run "
+          f"{'ended with ' + str(first_rc) if first_rc is not None else 'was stopped after 150 s'}")
+    cluster.add_node(Node(f"{victim}b", 1, {"trainer": 1}), timeout=300)
+    rerun = subprocess.run(cmd, env=cluster.driver_env(), cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    print(f"[multinode] extraction rerun: {rerun.stdout.strip().splitlines()[-1]}")
+    assert run_main(extract_main, [*args, "--set", f"store.root={tmp_path}", "--set", "compute.engine=local"]) == 0
+    remote = find_store(f"s3://{bucket}/acts", ckpt, data={"name": "digits"}, split="train", layers=["relu3"])
+    local = find_store(str(tmp_path), ckpt, data={"name": "digits"}, split="train", layers=["relu3"])
+    got, want = remote.read(), local.read()
+    np.testing.assert_array_equal(got["index"], np.arange(len(local)))  # every row once, in order
+    np.testing.assert_array_equal(got["relu3"], want["relu3"])
+    assert isinstance(ActivationStore.open(remote.location), ActivationStore)

@@ -1,12 +1,11 @@
 """Scenarios on a real multi-node Ray cluster (tests/multinode/conftest.py): the main job submitted with its outputs
 on S3, and Ray Train DDP across two nodes that loses one of them mid-run.
 
-They run in the default suite (5–9 min on the shared 2-core machine, cluster start included); on their own,
-with the measured figures printed:
+They are left out of the default run (pyproject's addopts: ``-m 'not multinode'``) until all three hold in full runs on
+the 2-core CI machine (the Train scenario failed in two of its full runs, see docs/cluster.md); they take 5–9 min
+here, cluster start included. Run them, with the measured figures printed:
 
-    python -m pytest tests/multinode -q -s
-
-``-m "not multinode"`` leaves them out.
+    python -m pytest tests/multinode -m multinode -q -s
 """
 
 from __future__ import annotations

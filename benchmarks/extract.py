@@ -157,6 +157,24 @@ def random_checkpoint(path: Path, size: int) -> str:
     return str(path)
 
 
+def timed_plain_loop(model, datasets, layers: list[str], batch_size: int) -> dict[str, float]:
+    """Rows, wall seconds and CPU seconds of the obvious single-process loop: every batch of every dataset through
+    ``model``, the layers and probabilities turned into numpy as the extractor hands them on. The comparison every
+    extraction benchmark names (this one and benchmarks/extract_fashion_mnist.py)."""
+    import torch
+
+    t0, c0, n = time.perf_counter(), time.process_time(), 0
+    with torch.inference_mode():
+        for ds in datasets:
+            for batch in ds.iter_batches(batch_size):
+                acts = model.activations(torch.from_numpy(batch["image"]), layers, with_logits=True)
+                probs = torch.softmax(acts.pop("logits"), dim=1).numpy()
+                outputs = {k: v.numpy() for k, v in acts.items()}  # what a consumer gets: numpy, like the extractor
+                n += len(probs)
+                del outputs
+    return {"rows": n, "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
+
+
 def plain_loop(checkpoint: str, rows: int, size: int, batch_size: int, threads: int) -> tuple[float, float]:
     """(images/s, CPU seconds per 1000 images) of the obvious single-process loop over the same rows and model."""
     import torch
@@ -167,15 +185,8 @@ def plain_loop(checkpoint: str, rows: int, size: int, batch_size: int, threads: 
     torch.set_num_threads(threads)
     model = load_classifier(checkpoint).model
     dataset = load_dataset("scenes", "train", n=rows, size=size, seed=0)
-    t0, c0, n = time.perf_counter(), time.process_time(), 0
-    with torch.inference_mode():
-        for batch in dataset.iter_batches(batch_size):
-            acts = model.activations(torch.from_numpy(batch["image"]), LAYERS, with_logits=True)
-            probs = torch.softmax(acts.pop("logits"), dim=1).numpy()
-            outputs = {k: v.numpy() for k, v in acts.items()}  # what a consumer gets: numpy, like the extractor
-            n += len(probs)
-            del outputs
-    return n / (time.perf_counter() - t0), (time.process_time() - c0) / n * 1000
+    t = timed_plain_loop(model, [dataset], LAYERS, batch_size)
+    return t["rows"] / t["wall_s"], t["cpu_s"] / t["rows"] * 1000
 
 
 def ray_job(checkpoint: str, root: str, args) -> dict:

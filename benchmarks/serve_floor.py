@@ -24,7 +24,7 @@ import os
 import time
 from typing import Any, Callable
 
-from benchmarks.serve_load import machine_lock, summarise
+from benchmarks.serve_common import machine_lock, summarise
 
 
 def timed(call: Callable[[], None], n: int, warmup: int = 20) -> dict[str, float]:

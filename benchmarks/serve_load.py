@@ -32,20 +32,19 @@ skip).
 from __future__ import annotations
 
 import argparse
-import fcntl
 import multiprocessing
 import os
-import statistics
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
-LOCK_FILE = Path(tempfile.gettempdir()) / "interp-ray-tests.lock"
+from benchmarks.serve_common import machine_lock, summarise
+from benchmarks.serve_floor import plain_app
+
 APP = "serve_load"
 
 
@@ -143,13 +142,6 @@ def http_load(url: str, path: str, body: bytes, clients: int, duration: float) -
     return summarise(latencies, len(errors), wall)
 
 
-def summarise(latencies: list[float], errors: int, wall: float) -> dict[str, float]:
-    ms = sorted(x * 1000 for x in latencies)
-    pick = (lambda q: ms[min(len(ms) - 1, int(q * len(ms)))]) if ms else (lambda q: float("nan"))
-    return {"requests": len(ms), "errors": errors, "rps": len(ms) / wall, "p50_ms": pick(0.50),
-            "p99_ms": pick(0.99), "mean_ms": statistics.fmean(ms) if ms else float("nan")}
-
-
 # --------------------------------------------------------------------------- the in-process call
 
 
@@ -162,7 +154,7 @@ def inprocess_load(args: dict[str, Any], method: str, body: bytes, duration: flo
 
     torch.set_num_threads(1)  # as in the Explainer replica (Ray sets OMP_NUM_THREADS to its 1 CPU)
     service = ExplainerService({**args, "methods": [method]})
-    explainer = service.explainers[method]
+    session = service.sessions[method]
     c = service.model.input_shape[0]
     mode = "L" if c == 1 else "RGB"
     latencies = []
@@ -170,26 +162,12 @@ def inprocess_load(args: dict[str, Any], method: str, body: bytes, duration: flo
     while time.perf_counter() - start < duration:
         t0 = time.perf_counter()
         image = decode_image(body, None, mode)
-        explainer.explain(service.batch_for(explainer, image[None], [-1]), {})
+        session.explain(image[None], [-1], {})
         latencies.append(time.perf_counter() - t0)
     return summarise(latencies, 0, time.perf_counter() - start)
 
 
 # --------------------------------------------------------------------------- the service
-
-
-@contextmanager
-def machine_lock(enabled: bool) -> Iterator[None]:
-    if not enabled:
-        yield
-        return
-    with open(LOCK_FILE, "w") as f:
-        print(f"[serve_load] waiting for {LOCK_FILE} …", flush=True)
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def deploy(args: dict[str, Any], max_batch_size: int, coalesce: bool = True) -> None:
@@ -210,7 +188,6 @@ def noop_floor(url: str, body: bytes, duration: float) -> dict[str, float]:
     HTTP request costs here, before the application does anything."""
     from ray import serve
 
-    from benchmarks.serve_floor import plain_app
 
     serve.run(plain_app(read_body=True), name="noop", route_prefix="/noop")
     try:

@@ -22,17 +22,11 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
+from interp_ray.devices import pick_device
 from interp_ray.errors import UserError
 
 RESERVED_COLUMNS = ("index", "shard", "id", "label", "prediction", "probabilities")
 DEFAULT_PASSTHROUGH = ("index", "shard")
-
-
-def pick_device(device: str | None) -> torch.device:
-    """``None``/``"auto"``: CUDA when this process can see a GPU, else CPU."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def load_worker_classifier(checkpoint: str | os.PathLike, *, device: str | None = None,
@@ -67,10 +61,25 @@ class ActivationExtractor:
     def __init__(self, checkpoint: str | os.PathLike, layers: Iterable[str] | str | None = None, *,
                  device: str | None = None, torch_threads: int | None = None,
                  passthrough: Sequence[str] = DEFAULT_PASSTHROUGH, expect_digest: str | None = None):
-        loaded, self.device = load_worker_classifier(checkpoint, device=device, torch_threads=torch_threads,
-                                                     expect_digest=expect_digest)
+        loaded, device = load_worker_classifier(checkpoint, device=device, torch_threads=torch_threads,
+                                                expect_digest=expect_digest)
+        self._bind(loaded, device, layers, passthrough, checkpoint=str(checkpoint))
+
+    @classmethod
+    def around(cls, loaded: Any, layers: Iterable[str] | str | None = None, *,
+               passthrough: Sequence[str] = DEFAULT_PASSTHROUGH) -> "ActivationExtractor":
+        """An extractor over an already loaded classifier (a ``LoadedClassifier``), on the device its weights are
+        on: a serving replica or the CLI holds one model and shares it between the methods it runs."""
+        self = cls.__new__(cls)
+        device = next(loaded.model.parameters()).device
+        self._bind(loaded, device, layers, passthrough, checkpoint=str(getattr(loaded, "path", "") or ""))
+        return self
+
+    def _bind(self, loaded: Any, device: torch.device, layers: Iterable[str] | str | None,
+              passthrough: Sequence[str], *, checkpoint: str) -> None:
+        self.device = device
         self.model = loaded.model
-        self.checkpoint = str(checkpoint)
+        self.checkpoint = checkpoint
         self.digest = loaded.digest
         self.model_name: str = loaded.config["model"]["name"]
         self.class_names: list[str] = list(loaded.class_names)

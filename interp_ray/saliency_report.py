@@ -72,12 +72,12 @@ def read_stores(stores: Mapping[str, str]) -> dict[str, StoredMasks]:
 def dataset_of(store: SaliencyStore):
     """The dataset split the store was computed over, checked against its recorded description."""
     from interp_ray.data import load_dataset
-    from interp_ray.store import _jsonable
+    from interp_ray.jsonsafe import json_round_trip
 
     ident = store.manifest.identity
     data = ident.get("data") or {}
     ds = load_dataset(data["name"], ident["split"], **data.get("options", {}))
-    if _jsonable(ds.describe()) != ident["dataset"]:
+    if json_round_trip(ds.describe()) != ident["dataset"]:
         raise UserError(f"{data['name']}/{ident['split']} no longer matches what store {store.key} was computed "
                         f"over (its description changed); recompute the store")
     return ds

@@ -33,7 +33,8 @@ from typing import Any, ClassVar, Iterable, Sequence
 import numpy as np
 
 from interp_ray.errors import UserError
-from interp_ray.store import (ActivationStore, Manifest, _jsonable, store_key, tensor_array)
+from interp_ray.jsonsafe import json_round_trip, json_safe
+from interp_ray.store import ActivationStore, Manifest, store_key, tensor_array
 
 SALIENCY_FORMAT = "interp-ray-explanations/1"
 SALIENCY_META_KEY = b"interp_ray.explanations"
@@ -66,7 +67,6 @@ def check_method(name: str, options: dict[str, Any] | None = None, params: dict[
     than an image and the model (learned explainers), and params their ``Params`` rejects are ``UserError``s.
     ``target`` is not a param here: the job's target rule sets it per row."""
     from interp_ray.explainers import explainer_names, get_explainer
-    from interp_ray.explainers.feature_inversion import parse_params
 
     if name not in explainer_names():
         raise UserError(f"unknown method {name!r}; valid: {', '.join(saliency_method_names())}")
@@ -80,8 +80,8 @@ def check_method(name: str, options: dict[str, Any] | None = None, params: dict[
     params = dict(params or {})
     if "target" in params:
         raise UserError(f"method {name!r}: set the class to explain with the job's `target` rule, not params.target")
-    checked = parse_params(cls.Params, params)
-    return MethodChoice(name, _jsonable(dict(options or {})), _jsonable(checked.model_dump()))
+    checked = cls.parse_params(params)
+    return MethodChoice(name, json_round_trip(dict(options or {})), json_round_trip(checked.model_dump()))
 
 
 def saliency_method_names() -> list[str]:
@@ -96,17 +96,6 @@ def saliency_method_names() -> list[str]:
     return out
 
 
-def build_explainer(choice: MethodChoice, model, class_names: list[str] | None):
-    """The explainer object; a constructor option it does not take is a ``UserError``, not a ``TypeError``."""
-    from interp_ray.explainers import get_explainer
-
-    cls = get_explainer(choice.name)
-    try:
-        return cls(model, class_names=class_names, **choice.options)
-    except TypeError as e:
-        raise UserError(f"method {choice.name!r}: bad option(s) {sorted(choice.options)} ({e})") from None
-
-
 # --- identity and manifest ---------------------------------------------------------------------------------------
 
 def make_identity(*, checkpoint_digest: str, method: MethodChoice, dataset: dict[str, Any], split: str,
@@ -114,7 +103,7 @@ def make_identity(*, checkpoint_digest: str, method: MethodChoice, dataset: dict
     """What the key hashes: everything that selects the rows and everything that could change a mask."""
     if data is not None:
         data = {"name": data["name"], "options": dict(data.get("options") or {})}
-    return _jsonable({"format": SALIENCY_FORMAT, "checkpoint_digest": checkpoint_digest,
+    return json_round_trip({"format": SALIENCY_FORMAT, "checkpoint_digest": checkpoint_digest,
                       "method": method.identity(), "dataset": dataset, "split": split, "data": data,
                       "target": target})
 
@@ -202,9 +191,7 @@ def scalar_extras(extra: dict[str, Any]) -> dict[str, str]:
 
 def constant_info(extra: dict[str, Any]) -> dict[str, Any]:
     """The non-scalar, JSON-sized parts of ``extra`` (layer names, variant, iteration counts): kept once per store."""
-    from interp_ray.explainers.base import _json_safe
-
-    return {k: _json_safe(v) for k, v in extra.items()
+    return {k: json_safe(v) for k, v in extra.items()
             if k not in scalar_extras(extra) and not isinstance(v, np.ndarray)}
 
 
@@ -230,6 +217,7 @@ class SaliencyMapper:
                  target: str | int = "label", extras: Sequence[str] | None = None, device: str | None = None,
                  torch_threads: int | None = None, expect_digest: str | None = None):
         from interp_ray.activations import load_worker_classifier
+        from interp_ray.explainers.base import build_explainer
 
         loaded, self.device = load_worker_classifier(checkpoint, device=device, torch_threads=torch_threads,
                                                      expect_digest=expect_digest)
@@ -237,7 +225,8 @@ class SaliencyMapper:
         self.model_name: str = loaded.config["model"]["name"]
         self.class_names = list(loaded.class_names)
         self.choice = method if isinstance(method, MethodChoice) else MethodChoice(**method)
-        self.explainer = build_explainer(self.choice, self.model, self.class_names)
+        # Built as every consumer builds it (the protocol's from_classifier): a bad option is a UserError.
+        self.explainer = build_explainer(self.choice.name, loaded, None, **self.choice.options)
         self.target = target
         self.extras = None if extras is None else list(extras)
 

@@ -40,6 +40,7 @@ from typing import Any, ClassVar, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from interp_ray.jsonsafe import json_round_trip
 from interp_ray.errors import UserError
 
 log = logging.getLogger("interp_ray.store")
@@ -72,30 +73,18 @@ def utc_now() -> str:
 
 # --- identity and key --------------------------------------------------------------------------------------------
 
-def _jsonable(value: Any) -> Any:
-    """The JSON round trip of ``value``, so a recomputed identity compares equal to one read back from a manifest."""
-    def default(o: Any) -> Any:
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        return str(o)
-
-    return json.loads(json.dumps(value, default=default, sort_keys=True))
-
-
 def make_identity(*, checkpoint_digest: str, layers: Sequence[str], dataset: dict[str, Any], split: str,
                   data: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the store key hashes. ``data`` (the data config: name + options) is included because not every
     ``describe()`` names every option that changes the pixels (digits' split seed, for one)."""
     if data is not None:  # only what selects the rows: a config model may grow unrelated fields
         data = {"name": data["name"], "options": dict(data.get("options") or {})}
-    return _jsonable({"format": FORMAT, "checkpoint_digest": checkpoint_digest, "layers": list(layers),
+    return json_round_trip({"format": FORMAT, "checkpoint_digest": checkpoint_digest, "layers": list(layers),
                       "dataset": dataset, "split": split, "data": data})
 
 
 def store_key(identity: dict[str, Any]) -> str:
-    blob = json.dumps(_jsonable(identity), sort_keys=True, separators=(",", ":")).encode()
+    blob = json.dumps(json_round_trip(identity), sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:KEY_HEX]
 
 

@@ -10,17 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from interp_ray.devices import pick_device  # noqa: F401  (the jobs import it from here)
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def pick_device(use_gpu: bool | str = "auto") -> torch.device:
-    if use_gpu is True or (use_gpu == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 def random_shift(images: torch.Tensor, max_shift: int) -> torch.Tensor:

@@ -4,11 +4,13 @@
     interp-ray explain flint --checkpoint outputs/flint_digits digit.png --tau 3 --json
     interp-ray explain gradcam --checkpoint outputs/scenes_cnn scene.png --picture cam.png
 
-The method is looked up in the explainer registry. A learned method (``learned = True``, e.g. flint) loads its own
-checkpoint with ``cls.load(DIR)``; any other is built around the classifier checkpoint ``DIR`` as
-``cls(model, class_names=…)``. Each image is decoded once (``interp_ray.data.images.decode_image``) and resized to
-the model's input (grey-scale for 1-channel models). ``--param key=value`` passes any field of the method's
-``Params``; ``--tau`` and ``--target`` are shorthands. Bad input (unknown method, unreadable image, missing
+The method is looked up in the explainer registry and built as every consumer builds it
+(``interp_ray.session.ExplainSession``): a learned method (``learned = True``: flint, cnn_inte, interpnet, semantic)
+loads its own checkpoint ``DIR``; any other is built around the classifier checkpoint ``DIR``. A learned method that
+reads the classifier's activations (cnn_inte, interpnet, semantic) also needs that classifier: ``--classifier``,
+by default the checkpoint its training recorded. Each image is decoded once (``interp_ray.data.images.decode_image``)
+and resized to the model's input (grey-scale for 1-channel models). ``--param key=value`` passes any field of the
+method's ``Params``; ``--tau`` and ``--target`` are shorthands. Bad input (unknown method, unreadable image, missing
 checkpoint, bad parameter) is a ``UserError``: one line on stderr, exit code 2.
 """
 
@@ -36,6 +38,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, …)")
     p.add_argument("--checkpoint", required=True,
                    help="the method's checkpoint (learned methods) or the classifier checkpoint to explain")
+    p.add_argument("--classifier", default=None, metavar="DIR",
+                   help="learned methods that read activations (cnn_inte, interpnet, semantic): the classifier "
+                        "checkpoint (default: the one the method was trained over)")
     p.add_argument("--param", dest="params", action="append", default=[], metavar="KEY=VALUE",
                    help="a field of the method's parameters, value parsed as YAML (repeatable)")
     p.add_argument("--tau", type=float, default=None, help="relevance threshold 1/tau (methods with a tau parameter)")
@@ -66,8 +71,6 @@ def parse_am(pairs: Sequence[str], explainer) -> Any:
 
 def parse_params(cls, pairs: Sequence[str], tau: float | None, target: int | None) -> dict[str, Any]:
     """``--param`` pairs and shorthands → a dict the method's ``Params`` model accepts (checked here)."""
-    from interp_ray.explainers.feature_inversion import parse_params as validate
-
     params: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
@@ -86,25 +89,44 @@ def parse_params(cls, pairs: Sequence[str], tau: float | None, target: int | Non
     if unknown:
         raise UserError(f"unknown parameter(s) {', '.join(unknown)} for method {cls.name!r}; valid: "
                         f"{', '.join(sorted(fields)) or 'none'}")
-    validate(cls.Params, params)  # a bad value is a UserError now, before any image is read
+    cls.parse_params(params)  # a bad value is a UserError now, before any image is read
     return params
 
 
-def build_explainer(method: str, checkpoint: str):
-    """The explainer ``method`` (registry name) ready to explain, from ``checkpoint``."""
-    from interp_ray.checkpoint import CONFIG_FILE, is_remote, load_classifier
+def _check_checkpoint(path: str, what: str) -> None:
+    from interp_ray.checkpoint import CONFIG_FILE, is_remote
+
+    if not is_remote(path) and not (Path(path.removeprefix("file://")) / CONFIG_FILE).is_file():
+        raise UserError(f"{what} {path} does not exist (expected a directory holding {CONFIG_FILE})")
+
+
+def build_session(method: str, checkpoint: str, classifier: str | None = None):
+    """The method ``method`` (registry name) ready to explain images, from ``checkpoint`` (and ``classifier``)."""
+    from interp_ray.checkpoint import load_classifier
     from interp_ray.explainers import get_explainer
+    from interp_ray.explainers.base import build_explainer, check_fits
+    from interp_ray.session import ExplainSession
 
     cls = get_explainer(method)  # UnknownNameError (a UserError) lists the valid names
-    if not is_remote(checkpoint) and not (Path(checkpoint.removeprefix("file://")) / CONFIG_FILE).is_file():
-        raise UserError(f"checkpoint {checkpoint} does not exist (expected a directory holding {CONFIG_FILE})")
-    if cls.learned:
-        return cls, cls.load(checkpoint)
-    loaded = load_classifier(checkpoint)
-    try:
-        return cls, cls(loaded.model, class_names=loaded.class_names)
-    except TypeError as e:
-        raise UserError(f"method {method!r} cannot be built from a classifier checkpoint ({e})") from None
+    _check_checkpoint(checkpoint, "checkpoint")
+    if not cls.learned:
+        if classifier is not None:
+            raise UserError(f"--classifier is for learned methods; {method} explains the classifier --checkpoint")
+        return ExplainSession.build(method, load_classifier(checkpoint), None)
+    explainer = build_explainer(method, None, checkpoint)
+    source = None
+    if explainer.layers():
+        source = classifier or explainer.trained_on()
+        if not source:
+            raise UserError(f"{method} reads the classifier's activations and its checkpoint does not record which "
+                            f"classifier: pass --classifier DIR")
+        _check_checkpoint(source, "classifier checkpoint")
+    elif classifier is not None:
+        raise UserError(f"{method} carries its own predictor; --classifier is not used")
+    loaded = load_classifier(source) if source else None
+    if loaded is not None:
+        check_fits(explainer, loaded)
+    return ExplainSession.around(explainer, loaded)
 
 
 def read_image(path: str, model) -> np.ndarray:
@@ -186,13 +208,14 @@ def write_picture(explainer, image: np.ndarray, explanation, path: str, params: 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    cls, explainer = build_explainer(args.method, args.checkpoint)
-    params = parse_params(cls, args.params, args.tau, args.target)
+    session = build_session(args.method, args.checkpoint, args.classifier)
+    explainer = session.explainer
+    params = parse_params(type(explainer), args.params, args.tau, args.target)
     am = parse_am(args.am, explainer)
-    images = [read_image(p, explainer.model) for p in args.images]  # every image checked before any work
+    images = [read_image(p, session.model) for p in args.images]  # every image checked before any work
     results = []
     for i, (path, image) in enumerate(zip(args.images, images)):
-        e = explainer.explain({"image": image[None]}, params)[0]
+        e = session.explain(image[None], [params.get("target", -1)], params)[0]
         pic = write_picture(explainer, image, e, picture_path(args.picture, i, len(images)), params, am) \
             if args.picture else None
         results.append((path, e, pic))

@@ -6,7 +6,7 @@ batched with no code here), and predictions have one too. Batches run on one wor
 loop keeps accepting requests (so the next batch forms while one computes), and two methods never hook the same
 model at once.
 
-``Ingress``: the FastAPI app (``serving.app.make_api``), built per replica around a ``HandleBackend`` to the
+``Ingress``: the FastAPI app (``serving.api.make_api``), built per replica around a ``HandleBackend`` to the
 Explainer, which groups the images waiting for a method into one Explainer call (``forwarding`` in the args);
 asynchronous jobs go to a deployment-scoped ``JobRunner`` actor shared by every Ingress replica.
 Metrics go through ``ray.serve.metrics`` (exported for Prometheus by Ray's metrics agent).
@@ -22,7 +22,10 @@ from typing import Any, Callable
 
 from ray import serve
 
+from serving.api import make_api
 from serving.batching import Batcher
+from serving.errors import JobsFull, ServiceUnavailable
+from serving.jobs import JobRunner
 from serving.service import PREDICT, ExplainerService, Outcome, Row, ServeArgs, load_args
 
 log = logging.getLogger("interp_ray.serving")
@@ -32,14 +35,6 @@ INGRESS = "Ingress"
 JOBS_ACTOR = "jobs"
 LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000]
 BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
-
-
-class ServiceUnavailable(Exception):
-    """The service cannot take the request now (backpressure, no replica, job slots full): 503 + Retry-After."""
-
-    def __init__(self, message: str, retry_after_s: float = 1.0):
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
 
 
 # --------------------------------------------------------------------------- metrics
@@ -108,7 +103,7 @@ class ExplainerDeployment:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="interp-ray-batch")
         self._metrics = BatchMetrics()
         self._batchers: dict[str, Callable] = {name: self._batcher(name, self._explain_fn(name))
-                                               for name in self.service.explainers}
+                                               for name in self.service.sessions}
         self._predict = self._batcher(PREDICT, self._predict_batch)
 
     def _batcher(self, key: str, fn: Callable) -> Batcher:
@@ -157,7 +152,7 @@ class ExplainerDeployment:
     async def picture(self, method: str, row: Row) -> Outcome:
         """One image explained and drawn (not batched: drawing costs far more than the explanation)."""
         self._metrics.call(f"{method}.picture")
-        if method not in self.service.explainers:
+        if method not in self.service.sessions:
             return Outcome(status=404, error=self.service.unknown_method(method))
         return (await self._compute(f"{method}.picture", self.service.picture_rows, method, [row]))[0]
 
@@ -262,7 +257,6 @@ class ActorJobs:
     async def _call(self, name: str, *args: Any) -> Any:
         from ray.exceptions import RayActorError, RayTaskError
 
-        from serving.jobs import JobsFull
 
         for attempt in range(2):
             try:
@@ -285,7 +279,6 @@ def job_client(args: Any, backend: Any) -> Any:
     """The shared job runner actor on a cluster; an in-process runner without one (local testing mode)."""
     import ray
 
-    from serving.jobs import JobRunner
 
     if ray.is_initialized():
         try:
@@ -301,12 +294,17 @@ def jobs_actor_config(args: Any) -> Any:
     import ray
     from ray.serve.config import DeploymentActorConfig
 
-    from serving.jobs import JobRunner
-
     return DeploymentActorConfig(
         name=JOBS_ACTOR, actor_class=ray.remote(JobRunner),
-        init_kwargs={"max_jobs": args.max_jobs, "ttl_s": args.job_ttl_s, "concurrency": args.job_concurrency},
+        init_kwargs={"max_jobs": args.max_jobs, "ttl_s": args.job_ttl_s, "concurrency": args.job_concurrency,
+                     "backend_factory": explainer_backend},
         actor_options={"num_cpus": 0})
+
+
+def explainer_backend() -> Any:
+    """Inside the deployment-scoped job actor: a handle backend to this application's Explainer deployment."""
+    ctx = serve.get_deployment_actor_context()
+    return HandleBackend(serve.get_deployment_handle(EXPLAINER, app_name=ctx.app_name))
 
 
 # --------------------------------------------------------------------------- the Ingress deployment
@@ -321,6 +319,4 @@ class IngressDeployment:
         self.jobs = job_client(self.args, self.backend)
 
     def __serve_build_asgi_app__(self) -> Any:
-        from serving.app import make_api
-
         return make_api(self.backend, self.jobs, self.args, metrics=RequestMetrics())

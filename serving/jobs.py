@@ -16,14 +16,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from serving.errors import JobsFull
 from serving.service import Outcome, Row
 
 ACTIVE = ("queued", "running")
 BUSY_RETRIES = 30
-
-
-class JobsFull(Exception):
-    """Every job slot holds a job still running: the client should retry later (503)."""
 
 
 @dataclass
@@ -53,7 +50,9 @@ class JobRunner:
                  backend: Any = None, backend_factory: Callable[[], Any] | None = None):
         self.max_jobs, self.ttl_s, self.concurrency = int(max_jobs), float(ttl_s), int(concurrency)
         self._backend = backend
-        self._backend_factory = backend_factory or _explainer_backend
+        if backend is None and backend_factory is None:
+            raise ValueError("JobRunner needs a backend or a backend_factory")
+        self._backend_factory = backend_factory
         self._jobs: dict[str, Job] = {}
 
     def backend(self) -> Any:
@@ -137,13 +136,3 @@ class JobRunner:
         finished = [j.id for j in self._jobs.values() if j.status not in ACTIVE]
         while len(self._jobs) >= self.max_jobs and finished:
             del self._jobs[finished.pop(0)]
-
-
-def _explainer_backend() -> Any:
-    """Inside the deployment-scoped actor: a handle backend to this application's Explainer deployment."""
-    from ray import serve
-
-    from serving.deployments import EXPLAINER, HandleBackend
-
-    ctx = serve.get_deployment_actor_context()
-    return HandleBackend(serve.get_deployment_handle(EXPLAINER, app_name=ctx.app_name))

@@ -1,21 +1,21 @@
-"""The Ray-free core of the explanation service: settings, the one construction adapter, and the service object.
+"""The Ray-free core of the explanation service: settings, and the service object.
 
-``ExplainerService`` loads the classifier once, builds every registered method through ``build_explainer`` (the
-single place that knows how a method is constructed for serving) and runs batches. The Serve deployments in
+``ExplainerService`` loads the classifier once, builds every registered method around it as every consumer does
+(``interp_ray.session.ExplainSession``: the explainer protocol's ``from_classifier``, and ``ActivationExtractor``
+for the layers a method reads) and runs batches. The Serve deployments in
 ``serving.deployments`` are thin wrappers around it, and ``LocalBackend`` runs it in-process behind the same
 interface the HTTP routes use, so the routes can be tested without a cluster.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -146,71 +146,31 @@ class SkipMethod(Exception):
     """A registered method that cannot be served with this configuration; the message says why."""
 
 
-def _accepts(fn: Any, name: str) -> bool:
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-
-
-def build_explainer(name: str, classifier: Any, checkpoint: str | None = None, **options: Any):
-    """Build registered method ``name`` for serving around ``classifier`` (a ``LoadedClassifier`` or a model).
-
-    Conventions: a ``learned`` method is ``cls.load(checkpoint, classifier=model)`` (plus ``device`` when its
-    ``load`` takes one); a method that needs the model (or whose constructor takes one) is ``cls(model, …)``; any
-    other is ``cls(…)``. ``class_names`` is passed when the constructor takes it; ``options`` are the config's
-    ``method_options[name]``. A method that cannot be built, or whose own predictor takes other inputs than the
-    served classifier, raises ``SkipMethod`` with the reason.
-    """
+def build_session(name: str, classifier: Any, checkpoint: str | None = None, **options: Any):
+    """Registered method ``name`` as serving runs it around ``classifier`` (a ``LoadedClassifier``): built and checked
+    the way every consumer builds it (``interp_ray.session.ExplainSession``); ``options`` are the config's
+    ``method_options[name]``. A method that cannot be served with this configuration raises ``SkipMethod`` with the
+    reason, with the server's paths replaced by the config keys that name them."""
     from interp_ray.explainers import get_explainer
-    from interp_ray.explainers.saliency_utils import model_device
+    from interp_ray.session import ExplainSession
 
     cls = get_explainer(name)
-    model = getattr(classifier, "model", classifier)
-    class_names = getattr(classifier, "class_names", None)
+    if cls.learned and not checkpoint:
+        raise SkipMethod(f"{name} is learned and no checkpoint is configured "
+                         f"(set explainer_checkpoints.{name} or checkpoint_dir)")
+    if cls.learned and not is_remote(checkpoint) \
+            and not Path(checkpoint.removeprefix("file://"), "config.json").is_file():
+        log.warning("%s: no checkpoint at %s", name, checkpoint)  # the operator's log keeps the path
+        raise SkipMethod(f"{name} is learned and its checkpoint (explainer_checkpoints.{name}) has not been "
+                         f"written: run the main job (python -m jobs.pipeline) first, or point "
+                         f"explainer_checkpoints.{name} at a trained {name}")
     try:
-        if cls.learned:
-            if not checkpoint:
-                raise SkipMethod(f"{name} is learned and no checkpoint is configured "
-                                 f"(set explainer_checkpoints.{name} or checkpoint_dir)")
-            kwargs = {"classifier": model, **options}
-            if _accepts(cls.load, "device"):
-                # The captioner decodes from the CPU tensors it makes of its features; the others follow the model.
-                kwargs.setdefault("device", "cpu" if "features" in cls.needs else str(model_device(model)))
-            explainer = cls.load(checkpoint, **kwargs)
-        else:
-            kwargs = dict(options)
-            if class_names is not None and _accepts(cls.__init__, "class_names"):
-                kwargs.setdefault("class_names", list(class_names))
-            explainer = cls(model, **kwargs) if "model" in cls.needs or _accepts(cls.__init__, "model") \
-                else cls(**kwargs)
-    except SkipMethod:
-        raise
-    except (UserError, NotImplementedError, TypeError, OSError) as e:
-        log.warning("%s cannot be built from %s: %s", name, checkpoint, e)  # the operator's log keeps the path
-        if cls.learned and checkpoint and not is_remote(checkpoint) \
-                and not Path(checkpoint.removeprefix("file://"), "config.json").is_file():
-            raise SkipMethod(f"{name} is learned and its checkpoint (explainer_checkpoints.{name}) has not been "
-                             f"written: run the main job (python -m jobs.pipeline) first, or point "
-                             f"explainer_checkpoints.{name} at a trained {name}") from None
-        raise SkipMethod(f"{name} cannot be built for serving: "
+        return ExplainSession.build(name, classifier, checkpoint, **options)
+    except (UserError, NotImplementedError, OSError) as e:
+        log.warning("%s cannot be built from %s: %s", name, checkpoint, e)
+        raise SkipMethod(f"{name} cannot be served: "
                          f"{redact(str(e), {checkpoint: f'explainer_checkpoints.{name}'} if checkpoint else {})}"
                          ) from None
-    _check_same_input(name, explainer, model)
-    if "features" in cls.needs:
-        layer = frame_layer(name, explainer)
-        try:
-            model.resolve_layers([layer])
-        except UserError as e:
-            raise SkipMethod(f"{name} reads frame features from layer {layer!r}, which the served classifier does "
-                             f"not have: {e}") from None
-    if "activations" in cls.needs:
-        try:  # a layer the served classifier lacks would fail every request: skip the method instead
-            explainer_layers(explainer, model)
-        except UserError as e:
-            raise SkipMethod(f"{name} reads activations the served classifier does not have: {e}") from None
-    return explainer
 
 
 PATH_RE = re.compile(r"(?:(?:file|s3|gs)://[^\s'\"]+|(?<![\w.])/(?:[^\s'\"/]+/)+[^\s'\"]*)")
@@ -222,47 +182,6 @@ def redact(message: str, names: dict[str, str] | None = None) -> str:
     for path, name in sorted((names or {}).items(), key=lambda kv: -len(kv[0])):
         message = message.replace(path, name)
     return PATH_RE.sub("<path>", message)
-
-
-def _check_same_input(name: str, explainer: Any, model: Any) -> None:
-    """A learned method that carries its own predictor (FLINT) must take the served classifier's inputs."""
-    own = getattr(explainer, "model", None)
-    if own is not None and own is not model and hasattr(own, "input_shape") \
-            and tuple(own.input_shape) != tuple(model.input_shape):
-        raise SkipMethod(f"{name}'s checkpoint explains a model taking {tuple(own.input_shape)}; the served "
-                         f"classifier takes {tuple(model.input_shape)}")
-
-
-def frame_layer(name: str, explainer: Any) -> str:
-    """The classifier layer a video captioner's frame features were taken from (``data.layer`` of its training job,
-    ``jobs.train_semantic``): a still image is served as a one-frame clip of that layer's pooled features."""
-    data = (getattr(explainer, "info", None) or {}).get("data") or {}
-    if data.get("source", "scenes") != "scenes":
-        raise SkipMethod(f"{name} was trained on frame features of another CNN (data.source {data['source']!r}), "
-                         f"not on the served classifier's")
-    if not data.get("layer"):
-        raise SkipMethod(f"{name}'s checkpoint does not record the classifier layer of its frame features "
-                         f"(data.layer); train it with jobs.train_semantic")
-    return str(data["layer"])
-
-
-def explainer_layers(explainer: Any, model: Any) -> list[str]:
-    """The classifier layers a method reads from ``batch``: the first of its ``layers`` / ``columns`` (InterpNET) /
-    ``layer``, or of its ``config``'s (CNN-INTE: ``config.layer``), that names any; else the model's default layers.
-    Store columns that are not layers (probabilities, prediction …) are dropped."""
-    from interp_ray.activations import RESERVED_COLUMNS
-
-    for owner in (explainer, getattr(explainer, "config", None)):
-        for attr in ("layers", "columns", "layer"):
-            value = getattr(owner, attr, None) if owner is not None else None
-            if callable(value):
-                value = value()
-            if isinstance(value, str):
-                value = [value]
-            names = [c for c in (value or []) if c not in RESERVED_COLUMNS and c != "logits"]
-            if names:
-                return model.resolve_layers(names)
-    return model.resolve_layers(model.default_layers)
 
 
 # --------------------------------------------------------------------------- the service
@@ -298,11 +217,7 @@ class Row:
 
 def params_model(method_cls: Any, params: dict[str, Any] | None) -> BaseModel:
     """Validate request parameters against a method's declared schema; a bad one is a UserError."""
-    try:
-        return method_cls.Params.model_validate(params or {})
-    except ValidationError as e:
-        msgs = "; ".join(f"{'.'.join(str(x) for x in err['loc']) or 'params'}: {err['msg']}" for err in e.errors())
-        raise UserError(f"invalid parameters for {method_cls.name}: {msgs}") from None
+    return method_cls.parse_params(params)
 
 
 class ExplainerService:
@@ -311,7 +226,7 @@ class ExplainerService:
     def __init__(self, args: ServeArgs | dict[str, Any]):
         import torch
 
-        from interp_ray.activations import pick_device
+        from interp_ray.devices import pick_device
         from interp_ray.checkpoint import load_classifier
         from interp_ray.explainers import explainer_names
 
@@ -325,41 +240,22 @@ class ExplainerService:
         unknown = sorted(set(wanted) - set(registered))
         if unknown:
             raise UserError(f"unknown method(s) {', '.join(unknown)} in 'methods'; registered: {', '.join(registered)}")
-        self.explainers: dict[str, Any] = {}
+        self.sessions: dict[str, Any] = {}  # method → interp_ray.session.ExplainSession
         self.skipped: dict[str, str] = {}
-        self.frame_extractors: dict[str, Any] = {}  # video captioners: method → ActivationExtractor of its layer
         for name in wanted:
             self._add(name)
 
+    @property
+    def explainers(self) -> dict[str, Any]:
+        return {name: session.explainer for name, session in self.sessions.items()}
+
     def _add(self, name: str) -> None:
         try:
-            explainer = build_explainer(name, self.classifier, self.args.explainer_checkpoint(name),
-                                        **self.args.method_options.get(name, {}))
-            if "features" in explainer.needs:
-                self.frame_extractors[name] = self._frame_extractor(name, explainer)
-            self.explainers[name] = explainer
+            self.sessions[name] = build_session(name, self.classifier, self.args.explainer_checkpoint(name),
+                                                **self.args.method_options.get(name, {}))
         except SkipMethod as e:
             self.skipped[name] = str(e)
             log.warning("not serving %s: %s", name, e)
-
-    def _frame_extractor(self, name: str, explainer: Any) -> Any:
-        """The extraction path the captioner's clips went through (``interp_ray.data.video_features``), on the
-        served classifier, for its frame layer; a layer of another width than the captioner's is a skip."""
-        from interp_ray.activations import ActivationExtractor
-        from interp_ray.explainers.saliency_utils import model_device
-
-        layer = frame_layer(name, explainer)
-        try:
-            extractor = ActivationExtractor(self.args.classifier_path(), [layer],
-                                            device=str(model_device(self.model)), expect_digest=self.classifier.digest)
-        except (UserError, OSError) as e:
-            log.warning("%s: no frame extractor: %s", name, e)
-            raise SkipMethod(f"{name}'s frame features cannot be extracted: {redact(str(e))}") from None
-        width = extractor.layer_shapes()[extractor.layers[0]][0]
-        if width != explainer.frame_dim:
-            raise SkipMethod(f"{name} was trained on {explainer.frame_dim}-value frame features; the served "
-                             f"classifier's layer {layer!r} has {width} channels")
-        return extractor
 
     # ---- what the ingress needs to validate requests before they are queued
 
@@ -369,12 +265,12 @@ class ExplainerService:
             "model": {"name": self.classifier.config["model"]["name"], "digest": self.classifier.digest,
                       "input_shape": list(m.input_shape), "num_classes": int(m.num_classes),
                       "class_names": list(self.classifier.class_names)},
-            "methods": {name: self.method_metadata(name) for name in sorted(self.explainers)},
+            "methods": {name: self.method_metadata(name) for name in sorted(self.sessions)},
             "skipped": dict(sorted(self.skipped.items())),
         }
 
     def method_metadata(self, name: str) -> dict[str, Any]:
-        meta = type(self.explainers[name]).metadata()
+        meta = type(self.sessions[name].explainer).metadata()
         meta["slow"] = name in self.args.slow_methods
         meta["batching"] = self.args.batch_settings(name).model_dump()
         meta["routes"] = {"explain": f"/v1/explain/{name}", "job": f"/v1/jobs/{name}"}
@@ -385,7 +281,7 @@ class ExplainerService:
     def explain_rows(self, method: str, rows: list[Row]) -> list[Outcome]:
         """One Outcome per row. Rows are grouped by parameters (one ``explain`` call per group); when a group fails
         with a user error, its rows are retried one by one so the error lands on the row that caused it."""
-        if method not in self.explainers:
+        if method not in self.sessions:
             return [Outcome(status=404, error=self.unknown_method(method)) for _ in rows]
         out: list[Outcome | None] = [None] * len(rows)
         for idx in _groups(rows):
@@ -411,48 +307,8 @@ class ExplainerService:
             return Outcome(status=500, error=f"{method} failed: {type(e).__name__}")
 
     def _explain(self, method: str, rows: list[Row]) -> list[Any]:
-        explainer = self.explainers[method]
-        params = params_model(type(explainer), rows[0].params)
-        batch = self.batch_for(explainer, np.stack([r.image for r in rows]), [r.target for r in rows])
-        explanations = explainer.explain(batch, params)
-        if len(explanations) != len(rows):
-            raise RuntimeError(f"{method} returned {len(explanations)} explanations for {len(rows)} images")
-        return explanations
-
-    def batch_for(self, explainer: Any, images: np.ndarray, targets: Iterable[int]) -> dict[str, np.ndarray]:
-        """The batch a method reads: images and targets, plus activation columns when it needs them."""
-        batch = {"image": images.astype(np.float32, copy=False), "target": np.asarray(list(targets), dtype=np.int64)}
-        if "features" in explainer.needs:
-            batch.update(self.one_frame_clips(explainer.name, images, batch["target"]))
-        if "activations" in explainer.needs:
-            batch.update(self.activation_columns(images, explainer_layers(explainer, self.model)))
-        return batch
-
-    def one_frame_clips(self, method: str, images: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
-        """Each image as a one-frame clip: ``features`` N × 1 × D (its frame feature, pooled as the captioner's
-        training clips were), an all-true ``mask`` N × 1, and ``label`` (the target, else the prediction)."""
-        from interp_ray.data.video_features import pool_frame_features
-
-        extractor = self.frame_extractors[method]
-        cols = extractor({"image": images})
-        feats = pool_frame_features(cols[extractor.layers[0]]).astype(np.float32, copy=False)
-        return {"features": feats[:, None, :], "mask": np.ones((len(images), 1), dtype=bool),
-                "label": np.where(targets >= 0, targets, cols["prediction"]).astype(np.int64)}
-
-    def activation_columns(self, images: np.ndarray, layers: list[str]) -> dict[str, np.ndarray]:
-        """The activation store's columns for these images (as ``interp_ray.activations`` writes them)."""
-        import torch
-
-        from interp_ray.explainers.saliency_utils import eval_mode, model_device
-
-        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(model_device(self.model))
-        with torch.inference_mode(), eval_mode(self.model):
-            acts = self.model.activations(x, layers, with_logits=True)
-        logits = acts.pop("logits").float()
-        cols = {name: t.float().cpu().numpy() for name, t in acts.items()}
-        cols["prediction"] = logits.argmax(1).cpu().numpy().astype(np.int64)
-        cols["probabilities"] = torch.softmax(logits, 1).cpu().numpy().astype(np.float32)
-        return cols
+        return self.sessions[method].explain(np.stack([r.image for r in rows]), [r.target for r in rows],
+                                             rows[0].params)
 
     def picture_rows(self, method: str, rows: list[Row]) -> list[Outcome]:
         """Each row explained and drawn as a PNG by the plotting code the reports use: the saliency overlay
@@ -475,7 +331,7 @@ class ExplainerService:
     def _picture(self, method: str, row: Row, exp: Any) -> bytes:
         import tempfile
 
-        explainer = self.explainers[method]
+        explainer = self.sessions[method].explainer
         name = exp.label_name or str(exp.label)
         if exp.path is not None and hasattr(explainer, "representative_images"):
             from interp_ray.explainers.cnn_inte import route_diagram
@@ -514,7 +370,7 @@ class ExplainerService:
     def unknown_method(self, method: str) -> str:
         if method in self.skipped:
             return f"method {method!r} is registered but not served here: {self.skipped[method]}"
-        return f"unknown method {method!r}; served: {', '.join(sorted(self.explainers)) or 'none'}"
+        return f"unknown method {method!r}; served: {', '.join(sorted(self.sessions)) or 'none'}"
 
 
 def _groups(rows: list[Row]) -> list[list[int]]:
@@ -526,7 +382,7 @@ def _groups(rows: list[Row]) -> list[list[int]]:
 
 
 class LocalBackend:
-    """The service in-process, behind the interface the routes call (``serving.app.Backend``): no Ray needed.
+    """The service in-process, behind the interface the routes call (``serving.api.Backend``): no Ray needed.
 
     Batches run on one worker thread, as in the Explainer deployment: the event loop stays free for other requests
     and two methods never hook the model at once.

@@ -1,7 +1,17 @@
 """The explainer protocol, the explanation record and the registry every method plugs into.
 
-Adding a method is one file: subclass ``Explainer``, decorate it with ``@register("name")``, and add the module to
-``EXPLAINER_MODULES`` below. Serving (``/v1/explain/{name}``), the jobs and the conformance tests read the registry.
+Adding a method is one file: subclass ``Explainer`` and decorate it with ``@register("name")`` in a module of the
+``interp_ray.explainers`` package (found by scanning the package), or in any installed package that names the module
+under the ``interp_ray.explainers`` entry-point group. Serving (``/v1/explain/{name}``), the CLI, the jobs and the
+conformance tests read the registry and construct every method the same way: ``build_explainer`` below.
+
+The protocol declares what consumers would otherwise guess:
+
+* how a method is built around a classifier checkpoint (``from_classifier``: ``cls(model, class_names=…)`` for
+  optimisation methods, ``cls.load(checkpoint, classifier=…, device=…)`` for learned ones);
+* which classifier layers it reads (``layers``), which ``ActivationExtractor`` — the one code path that runs a
+  classifier for activations — computes, and how those columns become its batch (``batch_from``);
+* its request parameters (``Params``, validated by ``parse_params``).
 """
 
 from __future__ import annotations
@@ -12,22 +22,19 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
+from interp_ray.errors import UserError
+from interp_ray.jsonsafe import json_safe
 from interp_ray.registry import Registry
 
 EXPLAINERS: Registry = Registry("explainer")
 register = EXPLAINERS.register
 
-# Modules that register explainers; imported on first use of the registry so import stays cheap.
-EXPLAINER_MODULES: list[str] = [
-    "interp_ray.explainers.feature_inversion",
-    "interp_ray.explainers.baselines",
-    "interp_ray.explainers.interpnet",
-    "interp_ray.explainers.flint",
-    "interp_ray.explainers.cnn_inte",
-    "interp_ray.explainers.semantic",
-]
+# Third-party packages add methods under this entry-point group (``module = "pkg.my_method"``).
+ENTRY_POINT_GROUP = "interp_ray.explainers"
+# Modules of this package that are not methods (the protocol, shared helpers): not imported by the scan.
+_NOT_METHODS = frozenset({"base"})
 
 
 @dataclass
@@ -55,21 +62,7 @@ class Explanation:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-safe dict (numpy arrays become nested lists)."""
-        return _json_safe(asdict(self))
-
-
-def _json_safe(v: Any) -> Any:
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (np.floating,)):
-        return float(v)
-    if isinstance(v, dict):
-        return {str(k): _json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
-    return v
+        return json_safe(asdict(self))
 
 
 class NoParams(BaseModel):
@@ -81,9 +74,11 @@ class Explainer(abc.ABC):
 
     name:     registry key and HTTP route segment.
     needs:    what ``explain`` reads from a batch: "image" (N×C×H×W float32), "activations" (layer columns of the
-              activation store), "model" (the classifier itself, given at construction or load).
+              activation store), "features" (clips of per-frame features: N×T×D ``features`` and N×T ``mask``),
+              "model" (the classifier itself, given at construction or load).
     produces: which ``Explanation`` fields it fills.
-    Params:   the per-request parameters (a pydantic model); the service validates requests against it.
+    learned:  has state learned from data, saved with ``save`` and read back with ``load``.
+    Params:   the per-request parameters (a pydantic model); every consumer validates them with ``parse_params``.
     """
 
     name: ClassVar[str]
@@ -91,6 +86,60 @@ class Explainer(abc.ABC):
     produces: ClassVar[frozenset[str]] = frozenset()
     learned: ClassVar[bool] = False
     Params: ClassVar[type[BaseModel]] = NoParams
+
+    # -- construction ---------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_classifier(cls, classifier: Any, checkpoint: str | None = None, *, device: str | None = None,
+                        **options: Any) -> "Explainer":
+        """This method around ``classifier`` (a ``LoadedClassifier``; None for a learned method that carries its own
+        predictor, FLINT): the one way every consumer builds it.
+
+        An optimisation method is ``cls(model, class_names=…, **options)``; a learned one is read from its own
+        ``checkpoint`` with ``cls.load(checkpoint, classifier=model, device=…, **options)`` (``device`` defaults to
+        the classifier's). A method constructed differently overrides this.
+        """
+        model = classifier.model if classifier is not None else None
+        if cls.learned:
+            if not checkpoint:
+                raise UserError(f"{cls.name} is learned: give the checkpoint it was trained into")
+            return cls.load(checkpoint, classifier=model,
+                            device=device or (str(_model_device(model)) if model is not None else "cpu"), **options)
+        if classifier is None:
+            raise UserError(f"{cls.name} explains a classifier: give the classifier checkpoint")
+        return cls(model, class_names=list(classifier.class_names or []) or None, **options)
+
+    def trained_on(self) -> str | None:
+        """The classifier checkpoint a learned method was trained over, when its checkpoint records one (the CLI's
+        default ``--classifier``)."""
+        return (getattr(self, "info", None) or {}).get("checkpoint")
+
+    def layers(self) -> list[str]:
+        """The classifier layers whose activations ``explain`` reads from its batch ("activations" / "features"
+        methods); empty for methods that read the image (and run the model themselves, if they need it)."""
+        return []
+
+    def batch_from(self, images: np.ndarray, targets: np.ndarray,
+                   activations: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """The batch ``explain`` reads for ``images`` (N×C×H×W float32) and ``targets`` (-1 = the prediction), given
+        the ``ActivationExtractor`` columns of ``layers()`` when it has any. A method whose batch is not the images
+        plus those columns (a captioner of clips) overrides this."""
+        batch = {"image": images, "target": np.asarray(targets, dtype=np.int64)}
+        batch.update(activations or {})
+        return batch
+
+    @classmethod
+    def takes_target(cls) -> bool:
+        """Whether a request may name the class to explain (``target``); a method that always explains the
+        prediction (a captioner of the predicted class, a meta-model's route) refuses one rather than ignore it."""
+        return "target" in cls.Params.model_fields
+
+    @classmethod
+    def parse_params(cls, params: BaseModel | dict[str, Any] | None) -> BaseModel:
+        """The request parameters as ``Params``; a bad one is a UserError naming each bad field."""
+        return parse_params(cls.Params, params, method=getattr(cls, "name", None))
+
+    # -- learning and persistence ---------------------------------------------------------------------------------
 
     def fit(self, data: Any, **kwargs: Any) -> "Explainer":
         """Learn from ``data`` (learned methods); a no-op for optimisation methods."""
@@ -114,9 +163,46 @@ class Explainer(abc.ABC):
                 "doc": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""}
 
 
+def parse_params(schema: type[BaseModel], params: BaseModel | dict[str, Any] | None, *,
+                 method: str | None = None) -> BaseModel:
+    """Validate request parameters (a model, a dict or None) against ``schema``; a bad one is a UserError."""
+    if isinstance(params, schema):
+        return params
+    try:
+        return schema.model_validate(params.model_dump() if isinstance(params, BaseModel) else (params or {}))
+    except ValidationError as e:
+        fields = "; ".join(f"{'.'.join(str(x) for x in err['loc']) or 'params'}: {err['msg']}" for err in e.errors())
+        raise UserError(f"invalid parameters{f' for {method}' if method else ''}: {fields}") from None
+
+
+def _model_device(model: Any) -> Any:
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return "cpu"
+
+
+# --------------------------------------------------------------------------- the registry
+
+
 def load_explainer_modules() -> None:
-    for module in EXPLAINER_MODULES:
-        importlib.import_module(module)
+    """Import every module that may register a method: this package's modules, then entry-point plugins."""
+    global _loaded
+    if _loaded:
+        return
+    import pkgutil
+    from importlib.metadata import entry_points
+
+    package = importlib.import_module("interp_ray.explainers")
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        if not info.ispkg and info.name not in _NOT_METHODS and not info.name.startswith("_"):
+            importlib.import_module(f"{package.__name__}.{info.name}")
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        importlib.import_module(ep.value.split(":")[0])
+    _loaded = True
+
+
+_loaded = False
 
 
 def get_explainer(name: str) -> type[Explainer]:
@@ -127,3 +213,38 @@ def get_explainer(name: str) -> type[Explainer]:
 def explainer_names() -> list[str]:
     load_explainer_modules()
     return EXPLAINERS.names()
+
+
+# --------------------------------------------------------------------------- building one for a classifier
+
+
+def build_explainer(name: str, classifier: Any, checkpoint: str | None = None, *, device: str | None = None,
+                    **options: Any) -> Explainer:
+    """Registered method ``name`` ready to explain ``classifier``'s inputs (a ``LoadedClassifier``, or None for a
+    learned method whose classifier is found later), checked by ``check_fits`` when the classifier is given: the
+    checks every consumer needs before the first request. Anything wrong is a UserError.
+    """
+    cls = get_explainer(name)  # UnknownNameError (a UserError) lists the valid names
+    try:
+        explainer = cls.from_classifier(classifier, checkpoint, device=device, **options)
+    except TypeError as e:  # an option the method does not take
+        raise UserError(f"{name} cannot be built with options {sorted(options)}: {e}") from None
+    if classifier is not None:
+        check_fits(explainer, classifier)
+    return explainer
+
+
+def check_fits(explainer: Explainer, classifier: Any) -> None:
+    """The layers ``explainer`` reads exist in ``classifier``, and a predictor it carries takes the same inputs."""
+    name, model, layers = explainer.name, classifier.model, explainer.layers()
+    if layers:
+        try:
+            model.resolve_layers(layers)
+        except UserError as e:
+            raise UserError(f"{name} reads layer(s) {', '.join(layers)}, which the classifier does not have: {e}"
+                            ) from None
+    own = getattr(explainer, "model", None)
+    if own is not None and own is not model and hasattr(own, "input_shape") \
+            and tuple(own.input_shape) != tuple(model.input_shape):
+        raise UserError(f"{name}'s checkpoint explains a model taking {tuple(own.input_shape)}; the classifier "
+                        f"takes {tuple(model.input_shape)}")

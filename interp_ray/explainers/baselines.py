@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from interp_ray.errors import UserError
 from interp_ray.explainers.base import Explainer, Explanation, register
-from interp_ray.explainers.feature_inversion import gaussian_blur, parse_params
+from interp_ray.explainers.feature_inversion import gaussian_blur
 from interp_ray.explainers.saliency_utils import (default_layers, eval_mode, get_module, normalise_maps,
                                                   prepare_images, resolve_one_layer, resolve_targets, row_targets,
                                                   upsample_maps)
@@ -43,7 +43,7 @@ class _ModelSaliency(Explainer):
         self.class_names = class_names
 
     def explain(self, batch: dict[str, np.ndarray], params: BaseModel | dict | None = None) -> list[Explanation]:
-        p = parse_params(self.Params, params)
+        p = self.parse_params(params)
         x = prepare_images(self.model, batch)
         with eval_mode(self.model):
             targets = resolve_targets(self.model, x, row_targets(batch, len(x), p.target))
@@ -157,7 +157,7 @@ class CenterBaseline(Explainer):
         self.class_names = class_names
 
     def explain(self, batch: dict[str, np.ndarray], params: BaseModel | dict | None = None) -> list[Explanation]:
-        p = parse_params(self.Params, params)
+        p = self.parse_params(params)
         if self.model is not None:
             x = prepare_images(self.model, batch)
             with eval_mode(self.model):

@@ -441,9 +441,11 @@ class CnnInte(Explainer):
 
     # -- local interpretation ---------------------------------------------------------------------------------------
 
+    def layers(self) -> list[str]:
+        return [self.config.layer]
+
     def explain(self, batch: Mapping[str, Any], params: BaseModel | None = None) -> list[Explanation]:
-        p = params if isinstance(params, CnnInteParams) else CnnInteParams.model_validate(
-            params.model_dump() if isinstance(params, BaseModel) else {})
+        p = self.parse_params(params)
         self._ready()
         x = activation_matrix(batch, self.config.layer, self.width)
         route = self.route(x)

@@ -45,7 +45,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from interp_ray.errors import UserError
 from interp_ray.explainers.base import Explainer, Explanation, register
@@ -393,16 +393,6 @@ class FeatureInversionParams(BaseModel):
     return_weights: bool = Field(False, description="add the channel weights ω as extra['weights']")
 
 
-def parse_params(cls: type[BaseModel], params: BaseModel | dict | None) -> BaseModel:
-    """Validate a request's params (a model, a dict or None); a bad value is a UserError."""
-    if isinstance(params, cls):
-        return params
-    try:
-        return cls.model_validate(params.model_dump() if isinstance(params, BaseModel) else (params or {}))
-    except ValidationError as e:
-        raise UserError(f"invalid parameters: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from None
-
-
 @register("feature_inversion")
 class FeatureInversion(Explainer):
     """Guided Feature Inversion (Du et al., KDD'18): a class-discriminative mask from the model's own channels."""
@@ -442,7 +432,7 @@ class FeatureInversion(Explainer):
         return GFISettings.for_variant(variant, **overrides)
 
     def explain(self, batch: dict[str, np.ndarray], params: BaseModel | dict | None = None) -> list[Explanation]:
-        p = parse_params(FeatureInversionParams, params)
+        p = self.parse_params(params)
         settings = self.request_settings(p)
         x = prepare_images(self.model, batch)
         wanted = row_targets(batch, len(x), p.target)

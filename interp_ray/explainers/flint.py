@@ -1038,10 +1038,9 @@ class FlintExplainer(Explainer):
         return {"phi": phi, "prob_f": pf, "prob_g": pg, "classes": classes, "alpha": alpha, "r": relevance(alpha)}
 
     def explain(self, batch: dict[str, np.ndarray], params: BaseModel | dict | None = None) -> list[Explanation]:
-        from interp_ray.explainers.feature_inversion import parse_params
         from interp_ray.explainers.saliency_utils import prepare_images, row_targets
 
-        p = parse_params(FlintParams, params)
+        p = self.parse_params(params)
         tau = p.tau or self.tau
         x = prepare_images(self.model, batch)
         res = self.interpret(x, row_targets(batch, len(x), p.target))

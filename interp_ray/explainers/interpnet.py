@@ -664,6 +664,11 @@ class InterpNET(Explainer):
     def columns(self) -> list[str]:
         return self.config.columns()
 
+    def layers(self) -> list[str]:
+        from interp_ray.activations import RESERVED_COLUMNS
+
+        return [c for c in self.columns if c not in RESERVED_COLUMNS]
+
     def table(self, data: Any, *, need_sentences: bool = False) -> ActivationTable:
         return collect(data, self.columns, pool=self.config.feature_pool, need_sentences=need_sentences)
 
@@ -828,9 +833,7 @@ class InterpNET(Explainer):
         return [self.vocab.decode(s) for s in ids], scores
 
     def explain(self, batch: Mapping[str, Any], params: BaseModel | dict | None = None) -> list[Explanation]:
-        from interp_ray.explainers.feature_inversion import parse_params
-
-        p = parse_params(InterpNETParams, params)
+        p = self.parse_params(params)
         self._ready()
         r, probs = self.introspect(batch)
         sentences, scores = self.generate(r, beam_width=p.beam_width, max_len=p.max_len)

@@ -696,10 +696,48 @@ class SemanticExplainer(Explainer):
 
     # -- the explainer protocol ------------------------------------------------------------------------------
 
-    def explain(self, batch: Mapping[str, Any], params: BaseModel | dict | None = None) -> list[Explanation]:
-        from interp_ray.explainers.feature_inversion import parse_params
+    @classmethod
+    def from_classifier(cls, classifier: Any, checkpoint: str | None = None, *, device: str | None = None,
+                        **options: Any) -> "SemanticExplainer":
+        # The captioner decodes step by step on the CPU tensors it makes of its (small) features, whatever device
+        # the classifier that computed them runs on.
+        return super().from_classifier(classifier, checkpoint, device=device or "cpu", **options)
 
-        p = parse_params(SemanticParams, params)
+    @classmethod
+    def takes_target(cls) -> bool:
+        return True  # an image is captioned as a clip of the target class (else of the prediction)
+
+    def layers(self) -> list[str]:
+        """The classifier layer its frame features were taken from (``data.layer`` of its training job): a still
+        image is explained as a one-frame clip of that layer's pooled features."""
+        data = (self.info or {}).get("data") or {}
+        if data.get("source", "scenes") != "scenes":
+            raise UserError(f"{self.name} was trained on frame features of another CNN (data.source "
+                            f"{data['source']!r}), not on a classifier checkpoint's")
+        if not data.get("layer"):
+            raise UserError(f"{self.name}'s checkpoint does not record the classifier layer of its frame features "
+                            f"(data.layer); train it with jobs.train_semantic")
+        return [str(data["layer"])]
+
+    def batch_from(self, images: np.ndarray, targets: np.ndarray,
+                   activations: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Each image as a one-frame clip: ``features`` N × 1 × D (its frame feature, pooled as the training clips'
+        frames were), an all-true ``mask`` N × 1, and ``label`` (the target, else the classifier's prediction)."""
+        from interp_ray.data.video_features import pool_frame_features
+
+        if activations is None:
+            raise UserError(f"{self.name} explains images through their frame features: give the activations of "
+                            f"{self.layers()[0]!r}")
+        feats = pool_frame_features(np.asarray(activations[self.layers()[0]])).astype(np.float32, copy=False)
+        if self.frame_dim is not None and feats.shape[1] != self.frame_dim:
+            raise UserError(f"{self.name} was trained on {self.frame_dim}-value frame features; layer "
+                            f"{self.layers()[0]!r} gives {feats.shape[1]}")
+        targets = np.asarray(targets, dtype=np.int64)
+        return {"features": feats[:, None, :], "mask": np.ones((len(feats), 1), dtype=bool),
+                "label": np.where(targets >= 0, targets, activations["prediction"]).astype(np.int64)}
+
+    def explain(self, batch: Mapping[str, Any], params: BaseModel | dict | None = None) -> list[Explanation]:
+        p = self.parse_params(params)
         self._ready()
         if "features" not in batch:
             raise UserError("the semantic explainer reads 'features' (N × K × D frame features) and optional 'mask'")

@@ -108,7 +108,7 @@ def service(serving_args):
 @pytest.fixture(scope="session")
 def local_api(service):
     """A TestClient over the app with the in-process backend and job runner (no Ray, no token)."""
-    from serving.app import make_api
+    from serving.api import make_api
     from serving.jobs import JobRunner
     from serving.service import LocalBackend
 

@@ -37,21 +37,14 @@ def asgi_client(app, **kwargs):
 
 
 def library_explanation(service, method: str, image: np.ndarray, target: int = -1, params=None) -> dict:
-    """What a user of the library gets: the method built by the same adapter, called on one image, with the
-    activations (for the methods that read them) from ``ActivationExtractor``, as the activation store has them."""
+    """What a user of the library gets: the method built by the protocol (``build_explainer``), its layers' columns
+    computed by an ``ActivationExtractor`` of its own over the checkpoint, as the activation store has them, and the
+    batch the method asks for (``batch_from``), explained once."""
     from interp_ray.activations import ActivationExtractor
-    from serving.service import build_explainer
+    from interp_ray.explainers.base import build_explainer
 
     explainer = build_explainer(method, service.classifier, service.args.explainer_checkpoint(method))
-    batch = {"image": image[None], "target": np.array([target])}
-    if "features" in explainer.needs:  # a video captioner: the image as a one-frame clip of its frame layer
-        from interp_ray.data.video_features import pool_frame_features
-        from serving.service import frame_layer
-
-        layer = frame_layer(method, explainer)
-        cols = ActivationExtractor(service.args.classifier_path(), [layer])({"image": image[None]})
-        batch.update(features=pool_frame_features(cols[layer])[:, None, :], mask=np.ones((1, 1), dtype=bool),
-                     label=np.array([target if target >= 0 else int(cols["prediction"][0])]))
-    if "activations" in explainer.needs:
-        batch.update(ActivationExtractor(service.args.classifier_path())({"image": image[None]}))
+    layers = explainer.layers()
+    cols = ActivationExtractor(service.args.classifier_path(), layers)({"image": image[None]}) if layers else None
+    batch = explainer.batch_from(image[None], np.array([target]), cols)
     return explainer.explain(batch, params or {})[0].to_json()

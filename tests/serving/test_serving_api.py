@@ -71,7 +71,7 @@ def test_each_method_answers_as_the_library_does(local_api, service):
 def test_the_captioner_answers_an_uploaded_image_as_the_library_does(semantic_checkpoints):
     """semantic over a scenes classifier: an uploaded image is captioned as a one-frame clip."""
     from interp_ray.data.scenes import load_scene_clips
-    from serving.app import make_api
+    from serving.api import make_api
     from serving.jobs import JobRunner
     from serving.service import ExplainerService, LocalBackend
 
@@ -213,7 +213,7 @@ def test_predict_takes_no_explain_fields(local_api):
 
 @pytest.fixture(scope="module")
 def guarded(service):
-    from serving.app import make_api
+    from serving.api import make_api
     from serving.jobs import JobRunner
     from serving.service import LocalBackend
 
@@ -237,7 +237,7 @@ def test_token_is_required_on_every_route_but_health(guarded):
 
 
 def test_the_token_is_read_from_the_configured_variable(monkeypatch, service):
-    from serving.app import make_api
+    from serving.api import make_api
     from serving.jobs import JobRunner
     from serving.service import LocalBackend
 
@@ -341,7 +341,7 @@ class _Busy:
                           "class_names": []}, "methods": {"gradient": {}}, "skipped": {}}
 
     async def explain(self, method, rows):
-        from serving.deployments import ServiceUnavailable
+        from serving.errors import ServiceUnavailable
 
         raise ServiceUnavailable("Request dropped due to backpressure", retry_after_s=2.0)
 
@@ -349,7 +349,7 @@ class _Busy:
 
 
 def test_backpressure_is_503_with_retry_after(service):
-    from serving.app import make_api
+    from serving.api import make_api
     from serving.jobs import JobRunner
 
     client = asgi_client(make_api(_Busy(), JobRunner(backend=_Busy()), service.args, token=""))
@@ -359,7 +359,7 @@ def test_backpressure_is_503_with_retry_after(service):
 
 
 def test_jobs_full_is_503(service):
-    from serving.app import make_api
+    from serving.api import make_api
     from serving.jobs import JobRunner
     from serving.service import LocalBackend
 
@@ -387,7 +387,7 @@ class _Recorder:
 
 
 def test_every_request_is_measured_by_route_method_and_status(service):
-    from serving.app import make_api
+    from serving.api import make_api
     from serving.jobs import JobRunner
     from serving.service import LocalBackend
 
@@ -418,7 +418,7 @@ def test_serve_metrics_objects_record_without_a_cluster():
 def test_jobs_wait_out_backpressure():
     import asyncio
 
-    from serving.deployments import ServiceUnavailable
+    from serving.errors import ServiceUnavailable
     from serving.jobs import JobRunner
     from serving.service import Outcome, Row
 

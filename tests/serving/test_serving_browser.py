@@ -68,7 +68,7 @@ class Server:
 
 
 def app_over(service, token: str = ""):
-    from serving.app import make_api
+    from serving.api import make_api
     from serving.jobs import JobRunner
     from serving.service import LocalBackend
 

@@ -20,7 +20,7 @@ TOKEN = "client-test-token"
 def server_url(service):
     import uvicorn
 
-    from serving.app import make_api
+    from serving.api import make_api
     from serving.jobs import JobRunner
     from serving.service import LocalBackend
 

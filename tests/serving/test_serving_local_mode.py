@@ -34,7 +34,7 @@ def test_handle_answers_per_row(explainer_handle, service):
 
 
 def test_routes_over_the_handle_backend(explainer_handle, serving_args):
-    from serving.app import make_api
+    from serving.api import make_api
     from serving.deployments import HandleBackend
     from serving.jobs import JobRunner
 

@@ -28,7 +28,7 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 
 def test_the_page_and_its_files_need_no_token(service):
-    from serving.app import make_api
+    from serving.api import make_api
     from serving.jobs import JobRunner
     from serving.service import LocalBackend
 

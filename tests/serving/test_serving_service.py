@@ -12,7 +12,7 @@ from serving_helpers import digit_images
 from interp_ray.checkpoint import load_classifier
 from interp_ray.explainers import EXPLAINERS, explainer_names
 from interp_ray.explainers.base import Explainer, Explanation
-from serving.service import ExplainerService, Row, SkipMethod, build_explainer
+from serving.service import ExplainerService, Row, SkipMethod, build_session
 
 
 def rows(images: np.ndarray, targets=None, params=None) -> list[Row]:
@@ -86,7 +86,7 @@ def test_the_captioner_over_a_classifier_without_its_layer_is_skipped(semantic_c
                             "explainer_checkpoints": {"semantic": semantic_checkpoints["semantic"]}})
     assert "semantic" not in svc.explainers
     why = svc.skipped["semantic"]
-    assert "'gap'" in why and "frame features" in why and semantic_checkpoints["semantic"] not in why
+    assert "'gap'" in why and "does not have" in why and semantic_checkpoints["semantic"] not in why
 
 
 def test_the_captioner_from_another_layer_width_or_cnn_is_skipped(semantic_checkpoints, tmp_path):
@@ -104,13 +104,13 @@ def test_the_captioner_from_another_layer_width_or_cnn_is_skipped(semantic_check
         assert "semantic" not in svc.explainers and expected in svc.skipped["semantic"], (name, svc.skipped)
     loaded = load_classifier(semantic_checkpoints["classifier"])
     with pytest.raises(SkipMethod, match="no checkpoint"):
-        build_explainer("semantic", loaded)
+        build_session("semantic", loaded)
 
 
 def test_model_methods_are_built_with_the_model_and_class_names(serving_checkpoints):
     loaded = load_classifier(serving_checkpoints["classifier"])
     for name in ("gradcam", "feature_inversion"):
-        e = build_explainer(name, loaded)
+        e = build_session(name, loaded).explainer
         assert e.model is loaded.model
         assert e.class_names == loaded.class_names
 
@@ -121,7 +121,7 @@ def test_learned_method_without_checkpoint_is_skipped(serving_checkpoints):
     if not learned:
         pytest.skip("no learned method registered yet")
     with pytest.raises(SkipMethod, match="no checkpoint"):
-        build_explainer(learned[0], loaded)
+        build_session(learned[0], loaded)
 
 
 def test_flint_is_loaded_from_the_checkpoint_dir(service, serving_checkpoints):
@@ -142,7 +142,10 @@ class _Probe(Explainer):
     seen: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, layers: list[str]):
-        self.layers = layers
+        self._layers = layers
+
+    def layers(self) -> list[str]:
+        return self._layers
 
     @classmethod
     def load(cls, path: str, **kwargs: Any) -> "_Probe":
@@ -155,13 +158,15 @@ class _Probe(Explainer):
                 for p, a in zip(batch["prediction"], batch["relu3"])]
 
 
-def test_learned_activation_method_gets_its_layers_from_the_classifier(monkeypatch, serving_checkpoints):
+def test_learned_activation_method_gets_its_layers_from_the_classifier(monkeypatch, serving_checkpoints, tmp_path):
     monkeypatch.setitem(EXPLAINERS._items, _Probe.name, _Probe)
+    (tmp_path / "probe").mkdir()
+    (tmp_path / "probe" / "config.json").write_text("{}")  # _Probe.load reads nothing; serving checks it exists
     args = {"checkpoint": serving_checkpoints["classifier"], "methods": [_Probe.name, "gradient"],
-            "explainer_checkpoints": {_Probe.name: "/probe/ckpt"}}
+            "explainer_checkpoints": {_Probe.name: str(tmp_path / "probe")}}
     svc = ExplainerService(args)
     path, kwargs = _Probe.seen["load"]
-    assert path == "/probe/ckpt" and kwargs["classifier"] is svc.model
+    assert path == str(tmp_path / "probe") and kwargs["classifier"] is svc.model
     images = digit_images(3)
     out = svc.explain_rows(_Probe.name, rows(images))
     assert {"relu3", "prediction", "probabilities", "image"} <= set(_Probe.seen["columns"])
@@ -179,7 +184,7 @@ def test_a_method_that_does_not_fit_the_conventions_is_skipped(monkeypatch, serv
         name: ClassVar[str] = "serving_test_needs_more"
         learned = False
 
-        def __init__(self, model, required_option):  # the adapter cannot know this option
+        def __init__(self, model, *, required_option, class_names=None):  # method_options must give it
             pass
 
     monkeypatch.setitem(EXPLAINERS._items, NeedsMore.name, NeedsMore)
@@ -187,7 +192,7 @@ def test_a_method_that_does_not_fit_the_conventions_is_skipped(monkeypatch, serv
     assert NeedsMore.name in svc.skipped and "required_option" in svc.skipped[NeedsMore.name]
 
 
-def test_activation_method_reading_a_missing_layer_is_skipped(monkeypatch, serving_checkpoints):
+def test_activation_method_reading_a_missing_layer_is_skipped(monkeypatch, serving_checkpoints, tmp_path):
     class WrongLayer(_Probe):
         name: ClassVar[str] = "serving_test_wrong_layer"
 
@@ -196,8 +201,10 @@ def test_activation_method_reading_a_missing_layer_is_skipped(monkeypatch, servi
             return cls(layers=["gap"])  # a scenes_cnn layer; the served classifier is digits_cnn
 
     monkeypatch.setitem(EXPLAINERS._items, WrongLayer.name, WrongLayer)
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "config.json").write_text("{}")  # WrongLayer.load reads nothing; serving checks it exists
     svc = ExplainerService({"checkpoint": serving_checkpoints["classifier"], "methods": [WrongLayer.name],
-                            "explainer_checkpoints": {WrongLayer.name: "/x"}})
+                            "explainer_checkpoints": {WrongLayer.name: str(tmp_path / "x")}})
     assert "gap" in svc.skipped[WrongLayer.name]
 
 
@@ -261,13 +268,3 @@ def test_predict_matches_the_model(service):
     np.testing.assert_allclose(np.stack([o.prediction["probabilities"] for o in out]), probs, rtol=1e-5)
 
 
-def test_layers_are_found_where_each_learned_method_keeps_them(serving_checkpoints):
-    from types import SimpleNamespace
-
-    from serving.service import explainer_layers
-
-    model = load_classifier(serving_checkpoints["classifier"]).model
-    assert explainer_layers(SimpleNamespace(layers=["relu3"]), model) == ["relu3"]
-    assert explainer_layers(SimpleNamespace(columns=["relu2", "probabilities"]), model) == ["relu2"]  # InterpNET
-    assert explainer_layers(SimpleNamespace(config=SimpleNamespace(layer="fc1")), model) == ["fc1"]  # CNN-INTE
-    assert explainer_layers(SimpleNamespace(), model) == model.resolve_layers(model.default_layers)

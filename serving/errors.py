@@ -1,0 +1,16 @@
+"""The service's own exceptions, which the routes (``serving.api``) turn into 503s and the deployments and the job
+runner raise: a leaf module, so that neither has to import the other."""
+
+from __future__ import annotations
+
+
+class ServiceUnavailable(Exception):
+    """The service cannot take the request now (backpressure, no replica, job slots full): 503 + Retry-After."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class JobsFull(Exception):
+    """Every job slot holds a job still running: the client should retry later (503)."""

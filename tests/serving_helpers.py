@@ -1,4 +1,5 @@
-"""Helpers shared by the serving tests (images as a client sends them)."""
+"""Helpers shared by the serving tests and the conformance suite (images as a client sends them, the in-process
+HTTP client, the library-side explanation)."""
 
 from __future__ import annotations
 

@@ -30,8 +30,11 @@ from typing import Any
 import torch
 
 from interp_ray.config import load_config
-from interp_ray.explainers.flint import (FlintJobConfig, evaluate_explainer, materialize, scenes_attribute_table,
-                                         train_explainer)
+from interp_ray.explainers.flint import train_explainer
+from interp_ray.explainers.flint_config import FlintJobConfig
+from interp_ray.explainers.flint_interpretation import evaluate_explainer
+from interp_ray.explainers.flint_scenes import scenes_attribute_table
+from interp_ray.explainers.flint_training import materialize
 
 
 def run(cfg: FlintJobConfig, mode: str, seed: int, **flint: Any):

@@ -56,7 +56,9 @@ def make_checkpoints(root: Path, model: str) -> dict[str, Any]:
     import torch
 
     from interp_ray.checkpoint import save_classifier
-    from interp_ray.explainers import flint as fl
+    from interp_ray.explainers.flint import save_flint
+    from interp_ray.explainers.flint_config import FlintSection
+    from interp_ray.explainers.flint_model import build_flint, resolved_flint_spec
     from interp_ray.models import build_model
 
     opts = MODEL_OPTIONS[model]
@@ -65,9 +67,9 @@ def make_checkpoints(root: Path, model: str) -> dict[str, Any]:
     predictor = build_model(name, **opts)
     classes = [str(i) for i in range(opts["num_classes"])]
     save_classifier(root / model, predictor, model_name=name, model_options=opts, class_names=classes)
-    spec = fl.resolved_flint_spec(predictor, fl.FlintSection())
-    fl.save_flint(root / f"{model}_flint", fl.build_flint(predictor, spec), spec=spec,
-                  predictor_spec={"name": name, "options": opts}, class_names=classes, mode="joint")
+    spec = resolved_flint_spec(predictor, FlintSection())
+    save_flint(root / f"{model}_flint", build_flint(predictor, spec), spec=spec,
+               predictor_spec={"name": name, "options": opts}, class_names=classes, mode="joint")
     return {"checkpoint_dir": str(root), "classifier": model}
 
 

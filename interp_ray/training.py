@@ -10,8 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from interp_ray.devices import pick_device  # noqa: F401  (the jobs import it from here)
-
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)

@@ -135,7 +135,7 @@ def run_cnn_inte(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
 
 
 def run_flint(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
-    from interp_ray.explainers.flint import FlintJobConfig
+    from interp_ray.explainers.flint_config import FlintJobConfig
     from jobs.train_flint import prepare, train
 
     job = cfg.flint.load(FlintJobConfig, smoke=ctx.smoke, forced={
@@ -371,7 +371,7 @@ def stage_seconds(r: dict[str, Any]) -> float:
 
 # Each explainer stage's job config class, imported only when needed (the job modules import torch and Ray).
 JOB_CONFIGS = {"cnn_inte": "jobs.fit_cnn_inte:CnnInteJobConfig",
-               "flint": "interp_ray.explainers.flint:FlintJobConfig",
+               "flint": "interp_ray.explainers.flint_config:FlintJobConfig",
                "interpnet": "jobs.train_interpnet:InterpNETJobConfig",
                "saliency": "jobs.explain_dataset:ExplainDatasetConfig",
                "semantic": "jobs.train_semantic:SemanticJobConfig"}

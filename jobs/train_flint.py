@@ -3,7 +3,7 @@ resumable; then compute global relevance, MAS, test metrics (and pictures) and w
 
     python -m jobs.train_flint --config configs/flint_digits.yaml [--set flint.mode=posthoc --set flint.predictor_checkpoint=DIR]
 
-The per-epoch work is ``interp_ray.explainers.flint.flint_train_epoch`` — the same function ``train_local`` runs
+The per-epoch work is ``interp_ray.explainers.flint_training.flint_train_epoch`` — the same function ``train_local`` runs
 without Ray. A rerun with the same ``run.name`` and ``run.storage_path`` resumes that run from its last checkpoint.
 """
 
@@ -16,9 +16,12 @@ from typing import Any, Sequence
 
 from interp_ray.checkpoint import is_remote
 from interp_ray.config import load_config
-from interp_ray.explainers.flint import (FlintExplainer, FlintJobConfig, FlintSetup, epoch_row, evaluate_explainer, finalize,
-                                         flint_evaluate, flint_train_epoch, make_flint_optimizer, save_flint,
-                                         scenes_attribute_table, setup)
+from interp_ray.explainers.flint import FlintExplainer, save_flint
+from interp_ray.explainers.flint_config import FlintJobConfig
+from interp_ray.explainers.flint_interpretation import evaluate_explainer
+from interp_ray.explainers.flint_scenes import scenes_attribute_table
+from interp_ray.explainers.flint_training import (FlintSetup, epoch_row, finalize, flint_evaluate, flint_train_epoch,
+                                                  make_flint_optimizer, setup)
 from interp_ray.training import distributed_sampler, gather_from_ranks
 from jobs.common import base_parser, check_storage_paths, exit_with, init_ray
 from jobs.train_loop import (epochs, final_checkpoint, load_training_state, make_trainer, rank_and_world, report_epoch,
@@ -90,7 +93,7 @@ def train(cfg: FlintJobConfig, prepared: FlintSetup | None = None) -> dict[str, 
     """Fit on Ray Train; then, in this process: global relevance + MAS on the training split, test metrics, the
     ground-truth attribute matches (scenes), the final checkpoint at ``cfg.output`` and, if enabled, the pictures."""
     from interp_ray.data import load_dataset
-    from interp_ray.explainers.flint import materialize
+    from interp_ray.explainers.flint_training import materialize
 
     if prepared is None:
         cfg, prepared = prepare(cfg)

@@ -12,8 +12,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from interp_ray.explainers.flint import (AMSection, FlintExplainer, activation_maximisation, collect,
-                                         compute_global_relevance, global_interpretation, max_activating)
+from interp_ray.explainers.flint import FlintExplainer
+from interp_ray.explainers.flint_am import AMSection, activation_maximisation
+from interp_ray.explainers.flint_interpretation import (collect, compute_global_relevance, global_interpretation,
+                                                        max_activating)
 
 
 def _display(image: np.ndarray, bounds: Sequence[float] = (0.0, 1.0)) -> np.ndarray:

@@ -11,12 +11,15 @@ import torch
 
 from interp_ray.errors import UserError
 from interp_ray.explainers import get_explainer
-from interp_ray.explainers.flint import (AMSection, FlintExplainer, FlintJobConfig, FlintOutput, FlintSection,
-                                         ScheduleSection, activation_maximisation, build_flint, conciseness,
-                                         contributions, entropy, evaluate_explainer, flint_losses, global_interpretation,
-                                         global_relevance, ground_truth_indicators, local_interpretation,
-                                         match_attributes, relevance, resolved_flint_spec, schedule_preset,
-                                         total_loss, train_explainer)
+from interp_ray.explainers.flint import FlintExplainer, train_explainer
+from interp_ray.explainers.flint_am import AMSection, activation_maximisation
+from interp_ray.explainers.flint_config import FlintJobConfig, FlintSection
+from interp_ray.explainers.flint_interpretation import (conciseness, contributions, evaluate_explainer,
+                                                        global_interpretation, global_relevance, local_interpretation,
+                                                        relevance)
+from interp_ray.explainers.flint_losses import ScheduleSection, entropy, flint_losses, schedule_preset, total_loss
+from interp_ray.explainers.flint_model import FlintOutput, build_flint, resolved_flint_spec
+from interp_ray.explainers.flint_scenes import ground_truth_indicators, match_attributes
 from interp_ray.models import build_model
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
@@ -88,7 +91,8 @@ def test_mnist_and_quickdraw_schedules_at_given_epochs():
 
 
 def test_learning_rate_steps_count_epochs_from_one():
-    from interp_ray.explainers.flint import FlintOptimConfig, make_flint_optimizer
+    from interp_ray.explainers.flint_config import FlintOptimConfig
+    from interp_ray.explainers.flint_training import make_flint_optimizer
 
     opt, sched = make_flint_optimizer(torch.nn.Linear(2, 2), FlintOptimConfig(lr=1e-4, lr_steps=[(3, 4e-5)]))
     lrs = []
@@ -232,7 +236,7 @@ def test_posthoc_freezes_f_and_base_leaves_g_untouched(trained, digits_test, tmp
     cfg.train.epochs = 1
     torch.manual_seed(0)
     base, _ = train_explainer(cfg)
-    from interp_ray.explainers.flint import setup
+    from interp_ray.explainers.flint_training import setup
 
     fresh = setup(cfg).model   # same seed → same initial Ψ, h, d
     for name in ("psi", "interpreter", "decoder"):
@@ -263,7 +267,7 @@ def test_explain_save_load_and_registry(trained, digits_test, tmp_path):
 
 
 def test_am_pi_raises_the_attribute_and_batches_are_independent(trained, digits_test):
-    from interp_ray.explainers.flint import total_variation
+    from interp_ray.explainers.flint_am import total_variation
 
     explainer, _ = trained
     x = torch.from_numpy(digits_test.get_batch([0, 1])["image"])

@@ -18,7 +18,8 @@ from jobs.explain import main
 @pytest.fixture(scope="module")
 def flint_checkpoint(tmp_path_factory, pinned_torch_threads, fixture_seed):
     """A briefly trained FLINT on digits (3 epochs, plain PyTorch), saved as an interp-ray checkpoint."""
-    from interp_ray.explainers.flint import FlintJobConfig, train_explainer
+    from interp_ray.explainers.flint import train_explainer
+    from interp_ray.explainers.flint_config import FlintJobConfig
 
     cfg = FlintJobConfig.model_validate({"flint": {"relevance_samples": 200},
                                          "train": {"epochs": 3, "batch_size": 32, "lr": 0.002, "seed": fixture_seed},

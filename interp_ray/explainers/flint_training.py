@@ -1,0 +1,227 @@
+"""FLINT's training driver: the optimiser, one epoch, evaluation, and the Ray-free loop (``train_local``).
+
+Everything here is plain PyTorch; ``jobs/train_flint.py`` runs ``flint_train_epoch`` inside Ray Train.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from interp_ray.errors import UserError
+from interp_ray.explainers.flint_config import FlintJobConfig, FlintOptimConfig, FlintSection
+from interp_ray.explainers.flint_interpretation import compute_global_relevance, max_activating
+from interp_ray.explainers.flint_losses import TERMS, ScheduleSection, flint_losses, total_loss
+from interp_ray.explainers.flint_model import FlintModel, build_flint, resolved_flint_spec
+from interp_ray.models import Classifier
+
+
+def make_flint_optimizer(model: nn.Module, opt_cfg: FlintOptimConfig):
+    """Adam over every trainable parameter (f, Ψ, h, d jointly; Ψ, h, d post-hoc), optional cosine / step lr."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay)
+    steps = sorted(opt_cfg.lr_steps)
+
+    def factor(epoch_index: int) -> float:  # LambdaLR's argument is the number of scheduler steps taken (0-based)
+        f = 0.5 * (1 + math.cos(math.pi * epoch_index / opt_cfg.epochs)) if opt_cfg.schedule == "cosine" else 1.0
+        for first, lr in steps:
+            if epoch_index + 1 >= first:
+                f = lr / opt_cfg.lr
+        return f
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def materialize(ds, limit: int):
+    """A generated dataset of at most ``limit`` rows as an in-memory ArrayDataset (images, labels, attributes), so
+    epochs do not regenerate it; other datasets (and larger ones) are returned as they are."""
+    from interp_ray.data.base import ArrayDataset
+
+    if isinstance(ds, ArrayDataset) or len(ds) > limit:
+        return ds
+    batch = ds.get_batch(np.arange(len(ds)))
+    extras = {k: batch[k] for k in ("attributes",) if k in batch}
+    return ArrayDataset(name=ds.name, split=ds.split, images=batch["image"], labels=batch["label"],
+                        class_names=list(ds.class_names), ids=batch["id"], extras=extras)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One epoch, evaluation — plain PyTorch, used by Ray Train workers and by ``train_local``
+# ---------------------------------------------------------------------------------------------------------------
+
+def flint_train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, device: torch.device,
+                      weights: dict[str, float], *, recon_loss: str = "mse", max_shift: int = 0) -> dict[str, float]:
+    """One pass over ``loader`` of (images, labels), minimising Σ weights·terms. ``model`` may be DDP-wrapped."""
+    from interp_ray.training import random_shift
+
+    model.train()
+    sums = {t: 0.0 for t in (*TERMS, "loss")}
+    correct_f = correct_g = agree = seen = 0
+    for images, labels in loader:
+        images = random_shift(images, max_shift)
+        x, y = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        out = model(x)
+        terms = flint_losses(out, x, y, recon_loss=recon_loss)
+        loss = total_loss(terms, weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = len(y)
+        for t in TERMS:
+            sums[t] += terms[t].item() * n
+        sums["loss"] += loss.item() * n
+        pf, pg = out.logits.argmax(1), out.interp_logits.argmax(1)
+        correct_f += (pf == y).sum().item()
+        correct_g += (pg == y).sum().item()
+        agree += (pf == pg).sum().item()
+        seen += n
+    s = max(seen, 1)
+    return {**{k: v / s for k, v in sums.items()}, "accuracy_f": correct_f / s, "accuracy_g": correct_g / s,
+            "fidelity": agree / s, "samples": seen}
+
+
+@torch.no_grad()
+def flint_evaluate(model: FlintModel, loader, device: torch.device | str = "cpu", *, recon_loss: str = "mse",
+                   weights: dict[str, float] | None = None) -> dict[str, float]:
+    """Accuracy of f and g, fidelity (argmax g = argmax f), top-5 fidelity and the mean of each loss term."""
+    was = model.training
+    model.eval()
+    sums = {t: 0.0 for t in TERMS}
+    cf = cg = agree = top5 = seen = 0
+    try:
+        for images, labels in loader:
+            x, y = images.to(device), labels.to(device)
+            out = model(x)
+            terms = flint_losses(out, x, y, recon_loss=recon_loss)
+            n = len(y)
+            for t in TERMS:
+                sums[t] += terms[t].item() * n
+            pf, pg = out.logits.argmax(1), out.interp_logits.argmax(1)
+            k = min(5, out.interp_logits.shape[1])
+            top5 += (out.interp_logits.topk(k, 1).indices == pf[:, None]).any(1).sum().item()
+            cf += (pf == y).sum().item()
+            cg += (pg == y).sum().item()
+            agree += (pf == pg).sum().item()
+            seen += n
+    finally:
+        model.train(was)
+    s = max(seen, 1)
+    res = {**{t: v / s for t, v in sums.items()}, "accuracy_f": cf / s, "accuracy_g": cg / s, "fidelity": agree / s,
+           "fidelity_top5": top5 / s, "samples": seen}
+    if weights is not None:
+        res["loss"] = sum(weights.get(t, 0.0) * res[t] for t in TERMS)
+    return res
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ray-free training
+# ---------------------------------------------------------------------------------------------------------------
+
+def load_predictor(cfg: FlintJobConfig, train_ds) -> tuple[Classifier, dict[str, Any], str | None]:
+    """The predictor to train (joint/base: built from ``cfg.model``) or to freeze (post-hoc: the checkpoint).
+
+    Returns the module, its model spec ``{"name", "options"}`` and (post-hoc) the checkpoint digest.
+    """
+    from interp_ray.checkpoint import load_classifier
+    from interp_ray.models import build_model
+
+    if cfg.flint.mode == "posthoc":
+        loaded = load_classifier(cfg.flint.predictor_checkpoint)
+        spec = loaded.config["model"]
+        if loaded.model.num_classes != train_ds.num_classes or loaded.model.input_shape != tuple(train_ds.image_shape):
+            raise UserError(f"predictor {cfg.flint.predictor_checkpoint} takes {loaded.model.input_shape} with "
+                            f"{loaded.model.num_classes} classes; the data is {tuple(train_ds.image_shape)} with "
+                            f"{train_ds.num_classes}")
+        return loaded.model, {"name": spec["name"], "options": spec.get("options", {})}, loaded.digest
+    c, h, _ = train_ds.image_shape
+    options = {"num_classes": train_ds.num_classes, "in_channels": c, "image_size": h, **cfg.model.options}
+    return build_model(cfg.model.name, **options), {"name": cfg.model.name, "options": options}, None
+
+
+def load_splits(cfg: FlintJobConfig, splits: Sequence[str] = ("train", "val")) -> list:
+    from interp_ray.data import load_dataset
+
+    return [materialize(load_dataset(cfg.data.name, s, **cfg.data.options), cfg.materialize_rows) for s in splits]
+
+
+@dataclass
+class FlintSetup:
+    """Everything a training loop needs, built the same way with or without Ray."""
+
+    model: FlintModel
+    spec: dict[str, Any]             # resolved FLINT architecture
+    predictor_spec: dict[str, Any]   # {"name", "options"} of f
+    predictor_digest: str | None
+    schedule: ScheduleSection
+    train_ds: Any
+    val_ds: Any
+
+
+def setup(cfg: FlintJobConfig) -> FlintSetup:
+    from interp_ray.training import seed_everything
+
+    seed_everything(cfg.train.seed)
+    train_ds, val_ds = load_splits(cfg)
+    predictor, pspec, digest = load_predictor(cfg, train_ds)
+    spec = resolved_flint_spec(predictor, cfg.flint)
+    return FlintSetup(build_flint(predictor, spec), spec, pspec, digest, cfg.flint.resolved_schedule(), train_ds,
+                      val_ds)
+
+
+def train_local(cfg: FlintJobConfig, *, device: torch.device | str | None = None,
+                log=None) -> tuple[FlintSetup, list[dict[str, Any]]]:
+    """Train without Ray: the same ``flint_train_epoch`` and sampler as a 1-worker Ray Train run."""
+    from interp_ray.devices import pick_device
+    from interp_ray.training import distributed_sampler
+
+    dev = torch.device(device) if device is not None else pick_device(cfg.scaling.use_gpu)
+    st = setup(cfg)
+    model = st.model.to(dev)
+    opt, sched = make_flint_optimizer(model, cfg.train)
+    sampler = distributed_sampler(st.train_ds, world_size=1, rank=0, shuffle=True, seed=cfg.train.seed)
+    loader, val_loader = st.train_ds.loader(cfg.train.batch_size, sampler=sampler), st.val_ds.loader(512)
+    history = []
+    for epoch in range(cfg.train.epochs):
+        sampler.set_epoch(epoch)
+        weights = st.schedule.weights(epoch + 1)
+        t0 = time.perf_counter()
+        tr = flint_train_epoch(model, loader, opt, dev, weights, recon_loss=st.spec["recon_loss"],
+                               max_shift=cfg.train.augment_shift)
+        sched.step()
+        va = flint_evaluate(model, val_loader, dev, recon_loss=st.spec["recon_loss"], weights=weights)
+        row = epoch_row(epoch, 0, tr, va, weights, time.perf_counter() - t0, 1)
+        history.append(row)
+        if log:
+            log(row)
+    return st, history
+
+
+def epoch_row(epoch: int, attempt: int, tr: dict, va: dict, weights: dict, seconds: float,
+              world: int) -> dict[str, Any]:
+    return {"epoch": epoch, "attempt": attempt, "weights": dict(weights),
+            "train_loss": tr["loss"], **{f"train_{t}": tr[t] for t in TERMS},
+            "train_accuracy_f": tr["accuracy_f"], "train_fidelity": tr["fidelity"],
+            "val_loss": va["loss"], **{f"val_{t}": va[t] for t in TERMS},
+            "val_accuracy_f": va["accuracy_f"], "val_accuracy_g": va["accuracy_g"], "val_fidelity": va["fidelity"],
+            "epoch_s": seconds, "world_size": world}
+
+
+def finalize(model: FlintModel, train_ds, section: FlintSection, *, seed: int = 21,
+             device: torch.device | str = "cpu") -> dict[str, Any]:
+    """After training: global relevance (into the model's buffer) and each attribute's maximum-activating samples,
+    both on the same random training subset, as the code does. Returns the MAS (indices into ``train_ds`` and
+    images, J×l[×C×H×W]) for the checkpoint."""
+    rel, idx, data = compute_global_relevance(model, train_ds, samples=section.relevance_samples, seed=seed,
+                                              device=device)
+    mas_idx = np.stack([idx[max_activating(data["phi"], None, j, count=section.n_mas)]
+                        for j in range(model.n_attributes)])  # J×l rows of train_ds
+    images = train_ds.get_batch(mas_idx.reshape(-1))["image"]
+    mas = images.reshape(*mas_idx.shape, *images.shape[1:])
+    extra: dict[str, Any] = {"mas_indices": mas_idx, "mas_images": mas}
+    return extra

@@ -209,29 +209,13 @@ class FlintModel(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 
 def default_architecture(predictor: Classifier) -> dict[str, Any]:
-    """Taps, Ψ activation and decoder for the registry's predictors: what the model declares in
-    ``explainer_defaults["flint"]`` (flint_mnist), else recognised by structure, like saliency_utils.
-
-    digits_cnn: the conv block after pooling (``pool``, 2w×4×4), as the MNIST net's 32×14×14 feature block.
-    scenes_cnn: ``relu3`` and ``relu4`` (the two last conv maps, sizes 2:1), the RN18-multi pattern.
-    torchvision ResNet: ``layer3`` and the first block of ``layer4`` (``layer4.0``), as the code's ResNet-18.
-    """
-    import torchvision.models as tvm
-
+    """Taps, Ψ activation and decoder: what the model declares in ``explainer_defaults["flint"]`` (every registry
+    model, ``interp_ray.models.zoo``), else Ψ on its first default layer."""
     declared = getattr(predictor, "explainer_defaults", {}).get("flint")
-    if declared:  # the model's own declaration (e.g. flint_mnist) wins over recognising it by structure
+    if declared:
         return {"layers": list(declared["layers"]), "psi_activation": declared.get("psi_activation", "leaky_relu"),
                 "decoder": declared.get("decoder", "convt"),
                 "decoder_channels": list(declared.get("decoder_channels", [8, 16]))}
-    names = set(predictor.layer_names())
-    if isinstance(predictor.net, tvm.ResNet):
-        return {"layers": ["layer3", "layer4.0"], "psi_activation": "relu", "decoder": "upsample",
-                "decoder_channels": [128, 128, 128, 64]}
-    if {"relu4", "gap"} <= names:
-        return {"layers": ["relu3", "relu4"], "psi_activation": "relu", "decoder": "convt",
-                "decoder_channels": [10, 24]}
-    if {"relu2", "pool", "fc1"} <= names:
-        return {"layers": ["pool"], "psi_activation": "leaky_relu", "decoder": "convt", "decoder_channels": [8, 16]}
     return {"layers": predictor.default_layers[:1], "psi_activation": "leaky_relu",
             "decoder": "convt" if predictor.image_size % 4 == 0 else "upsample", "decoder_channels": [8, 16]}
 

@@ -107,39 +107,19 @@ def upsample_maps(maps: torch.Tensor, size: Sequence[int], *, align_corners: boo
 # convolutional feature map (VGG-19: pool5 / conv5_4; ResNet-18: "pool5" = layer4 / the next-to-last block).
 
 
-def _small_cnn_layers(names: set[str]) -> dict[str, str] | None:
-    if {"relu4", "gap"} <= names:  # scenes_cnn: 64×64 input, relu3 16×16×4w, relu4 8×8×8w, then global pooling
-        # l1 = relu3 (16×16) rather than relu4 (8×8): an object of the scenes is 10–20 px wide, and an 8×8 grid
-        # puts a whole object into one or two cells. GAP (1×1) keeps no layout to invert, so l0 = relu4, the last
-        # map with spatial extent — the role pool5 (7×7) plays in VGG. Chosen on the val split (docs/saliency.md).
-        # Blur σ = 8 px: with the paper's blur scaled to 64 px (σ ≈ 3) the blurred scene alone is still classified
-        # correctly 20% of the time (the objects are small blobs of one colour), and then stage 2 has nothing to
-        # find; at σ = 8 the blurred image is at chance (8.7% vs 8.3%).
-        return {"inversion": "relu4", "base": "relu3", "gradcam": "relu4", "blur_sigma": 8.0}
-    if {"relu2", "pool", "fc1"} <= names:  # digits_cnn: relu2 8×8×2w, pool 4×4×2w, then the dense head
-        return {"inversion": "pool", "base": "relu2", "gradcam": "relu2", "blur_sigma": 2.0}
-    return None
-
-
 def default_layers(model: Classifier) -> dict:
-    """``{"inversion": l0, "base": l1, "gradcam": layer}`` (plus ``blur_sigma`` where the paper's blur does not
-    suit the data) for a registry architecture, else UserError."""
-    import torchvision.models as tvm
-
-    net = model.net
-    if isinstance(net, tvm.VGG):
-        pools = [i for i, m in enumerate(net.features) if isinstance(m, nn.MaxPool2d)]
-        last_pool = pools[-1]  # pool5
-        last_relu = max(i for i, m in enumerate(net.features[:last_pool]) if isinstance(m, nn.ReLU))  # conv5_x relu
-        return {"inversion": f"features.{last_pool}", "base": f"features.{last_relu}",
-                "gradcam": f"features.{last_relu}"}
-    if isinstance(net, tvm.ResNet):
-        return {"inversion": "layer4", "base": f"layer4.{len(net.layer4) - 2}", "gradcam": "layer4"}
-    layers = _small_cnn_layers(set(model.layer_names()))
-    if layers is None:
-        raise UserError("no default layers for this architecture; pass the layer names explicitly "
-                        f"(valid: {', '.join(model.layer_names())})")
-    return layers
+    """``{"inversion": l0, "base": l1, "gradcam": layer}`` (plus ``blur_sigma`` where the paper's blur does not suit
+    the data), as the model declares them (``explainer_defaults``, set in ``interp_ray.models.zoo``), else a
+    UserError asking for the layer names."""
+    declared = getattr(model, "explainer_defaults", {})
+    fi, cam = declared.get("feature_inversion") or {}, declared.get("gradcam") or {}
+    if not fi or not cam:
+        raise UserError("this model declares no default layers for the saliency methods; pass the layer names "
+                        f"explicitly (valid: {', '.join(model.layer_names())})")
+    out = {"inversion": fi["inversion_layer"], "base": fi["base_layer"], "gradcam": cam["layer"]}
+    if "blur_sigma" in fi:
+        out["blur_sigma"] = fi["blur_sigma"]
+    return out
 
 
 def resolve_one_layer(model: Classifier, name: str) -> str:

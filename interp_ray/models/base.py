@@ -39,7 +39,7 @@ class Classifier(nn.Module):
         # explainer need not recognise the model by its structure; their layer names are checked here, once.
         self.explainer_defaults = {k: dict(v) for k, v in (explainer_defaults or {}).items()}
         for settings in self.explainer_defaults.values():
-            for key in ("layers", "layer"):
+            for key in ("layers", "layer", "inversion_layer", "base_layer"):
                 if key in settings:
                     self.resolve_layers(settings[key])
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from jobs.common import EXIT_USAGE, run_main
@@ -24,12 +27,30 @@ COMMANDS: dict[str, str] = {
 }
 
 
+def summary(module: str) -> str:
+    """A command's few words: its module docstring's first sentence, read without importing the module (the jobs
+    import torch and Ray, which would make ``--help`` take seconds)."""
+    spec = importlib.util.find_spec(module)
+    doc = ast.get_docstring(ast.parse(Path(spec.origin).read_text())) if spec and spec.origin else None
+    line = (doc or "").strip().splitlines()[0] if doc else ""
+    for stop in (": ``", " (", "; ", ", one checkpoint", ", into"):
+        line = line.split(stop)[0]
+    return line.rstrip(".:")
+
+
+def usage(available: dict[str, str]) -> str:
+    width = max(map(len, available), default=0)
+    lines = ["usage: interp-ray <command> [--config cfg.yaml] [--set key=value …]", "",
+             "commands (interp-ray <command> --help for its options):"]
+    lines += [f"  {c:<{width}}  {summary(m)}" for c, m in sorted(available.items())]
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     available = {c: m for c, m in COMMANDS.items() if importlib.util.find_spec(m) is not None}
     if not args or args[0] in ("-h", "--help"):
-        print("usage: interp-ray <command> [--config cfg.yaml] [--set key=value …]\ncommands: "
-              + ", ".join(sorted(available)))
+        print(usage(available))
         return 0 if args else EXIT_USAGE
     command, rest = args[0], args[1:]
     if command not in available:

@@ -18,10 +18,11 @@ import logging
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from interp_ray.checkpoint import is_remote, join_uri, upload_dir
 from interp_ray.config import (ClassifierJobConfig, Section, deep_merge, load_config, parse_overrides, read_yaml,
@@ -58,21 +59,77 @@ def _default_classifiers() -> dict[str, JobRef]:
             "scenes": JobRef(config="configs/scenes.yaml")}
 
 
+@dataclass
+class Stage:
+    """A step of the main job: ``run(cfg, ctx)`` returns its result (JSON-safe), ``report(result, root)`` its
+    report lines. ``job`` ("module:Class") is its job's config class, imported only when needed (the job modules
+    import torch and Ray); ``default`` is its entry when the pipeline config has none (``StageRef`` when it explains
+    a classifier)."""
+
+    name: str
+    run: Callable[["PipelineConfig", "Context"], dict[str, Any]]
+    job: str | None = None
+    default: JobRef | None = None
+    report: Callable[[dict[str, Any], Path], list[str]] | None = None
+
+
+# Registered in run order; a stage defined anywhere (a plug-in, a test) joins with @pipeline_stage and @reports.
+PIPELINE_STAGES: dict[str, Stage] = {}
+
+
+def pipeline_stage(name: str, *, job: str | None = None, default: JobRef | None = None) -> Callable:
+    """Register the decorated ``run(cfg, ctx)`` as stage ``name``."""
+    def deco(fn: Callable[["PipelineConfig", "Context"], dict[str, Any]]) -> Callable:
+        if name in PIPELINE_STAGES:
+            raise ValueError(f"pipeline stage {name!r} registered twice")
+        PIPELINE_STAGES[name] = Stage(name, fn, job, default)
+        return fn
+
+    return deco
+
+
+def reports(name: str) -> Callable:
+    """Register the decorated ``report(result, root) -> lines`` as stage ``name``'s part of report.md."""
+    def deco(fn: Callable[[dict[str, Any], Path], list[str]]) -> Callable:
+        PIPELINE_STAGES[name].report = fn
+        return fn
+
+    return deco
+
+
+def stage_names() -> list[str]:
+    return list(PIPELINE_STAGES)
+
+
 class PipelineConfig(Section):
+    """``output_dir``, the ``classifiers`` and one entry per registered stage (top-level keys of the YAML file); a
+    stage the file does not mention runs with its registered default."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
     output_dir: str = "outputs/pipeline"
     classifiers: dict[str, JobRef] = Field(default_factory=_default_classifiers)
-    cnn_inte: StageRef = Field(default_factory=lambda: StageRef(config="configs/cnn_inte_digits.yaml",
-                                                                classifier="digits"))
-    flint: JobRef = Field(default_factory=lambda: JobRef(config="configs/flint_digits.yaml"))
-    interpnet: StageRef = Field(default_factory=lambda: StageRef(config="configs/interpnet_scenes.yaml",
-                                                                 classifier="scenes"))
-    saliency: StageRef = Field(default_factory=lambda: StageRef(config="configs/explain_scenes.yaml",
-                                                                classifier="scenes"))
-    semantic: StageRef = Field(default_factory=lambda: StageRef(config="configs/semantic_scenes.yaml",
-                                                                classifier="scenes"))
 
+    @model_validator(mode="after")
+    def _stages(self) -> "PipelineConfig":
+        extra = dict(self.__pydantic_extra__ or {})
+        unknown = sorted(set(extra) - set(PIPELINE_STAGES))
+        if unknown:
+            raise ValueError(f"unknown stage {unknown[0]!r}; stages: {', '.join(s for s in PIPELINE_STAGES)}")
+        refs: dict[str, JobRef] = {}
+        for name, st in PIPELINE_STAGES.items():
+            if st.default is None:
+                continue
+            kind = type(st.default)
+            given = extra.get(name)
+            refs[name] = st.default if given is None else (given if isinstance(given, kind)
+                                                           else kind.model_validate(given))
+        self.__pydantic_extra__ = refs
+        return self
 
-STAGES = ("classifiers", "cnn_inte", "flint", "interpnet", "saliency", "semantic")
+    def ref(self, name: str) -> JobRef:
+        """The config entry of stage ``name`` (not the classifiers stage)."""
+        return (self.__pydantic_extra__ or {})[name]
 
 
 class Context:
@@ -97,6 +154,7 @@ def stage(name: str) -> float:
 
 # --- the stages ----------------------------------------------------------------------------------------------------
 
+@pipeline_stage("classifiers")
 def train_classifiers(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
     from jobs.train_classifier import train
 
@@ -118,10 +176,12 @@ def train_classifiers(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
     return results
 
 
+@pipeline_stage("cnn_inte", job="jobs.fit_cnn_inte:CnnInteJobConfig",
+                default=StageRef(config="configs/cnn_inte_digits.yaml", classifier="digits"))
 def run_cnn_inte(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
     from jobs.fit_cnn_inte import CnnInteJobConfig, fit
 
-    ref = cfg.cnn_inte
+    ref = cfg.ref("cnn_inte")
     job = ref.load(CnnInteJobConfig, smoke=ctx.smoke, forced={
         "checkpoint": ctx.checkpoint(ref.classifier), "store.root": join_uri(ctx.out, "activations"),
         "output": str(ctx.local / "cnn_inte")})
@@ -134,11 +194,13 @@ def run_cnn_inte(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
     return r
 
 
+@pipeline_stage("flint", job="interp_ray.explainers.flint_config:FlintJobConfig",
+                default=JobRef(config="configs/flint_digits.yaml"))
 def run_flint(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
     from interp_ray.explainers.flint_config import FlintJobConfig
     from jobs.train_flint import prepare, train
 
-    job = cfg.flint.load(FlintJobConfig, smoke=ctx.smoke, forced={
+    job = cfg.ref("flint").load(FlintJobConfig, smoke=ctx.smoke, forced={
         "output": str(ctx.local / "flint"), "pictures.dir": str(ctx.local / "flint" / "pictures"),
         "run.storage_path": join_uri(ctx.out, "ray_runs")})
     t0 = stage(f"FLINT ({job.flint.mode}) on {job.data.name}, {job.train.epochs} epochs on Ray Train")
@@ -152,11 +214,13 @@ def run_flint(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
             "checkpoint": r["checkpoint"], "seconds": time.perf_counter() - t0}
 
 
+@pipeline_stage("interpnet", job="jobs.train_interpnet:InterpNETJobConfig",
+                default=StageRef(config="configs/interpnet_scenes.yaml", classifier="scenes"))
 def run_interpnet(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
     from jobs.evaluate import evaluate, format_table
     from jobs.train_interpnet import InterpNETJobConfig
 
-    ref = cfg.interpnet
+    ref = cfg.ref("interpnet")
     job = ref.load(InterpNETJobConfig, smoke=ctx.smoke, forced={
         "features.checkpoint": ctx.checkpoint(ref.classifier), "features.cache_dir": str(ctx.local / "cache"),
         "evaluate.output_dir": str(ctx.local / "interpnet"), "run.storage_path": join_uri(ctx.out, "ray_runs")})
@@ -171,11 +235,13 @@ def run_interpnet(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
             "samples": r["samples"], "test_images": r["test_images"], "seconds": time.perf_counter() - t0}
 
 
+@pipeline_stage("saliency", job="jobs.explain_dataset:ExplainDatasetConfig",
+                default=StageRef(config="configs/explain_scenes.yaml", classifier="scenes"))
 def run_saliency(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
     from interp_ray.saliency_report import markdown_table
     from jobs.explain_dataset import ExplainDatasetConfig, explain_dataset
 
-    ref = cfg.saliency
+    ref = cfg.ref("saliency")
     out = ctx.local / "saliency"
     job = ref.load(ExplainDatasetConfig, smoke=ctx.smoke, forced={
         "checkpoint": ctx.checkpoint(ref.classifier), "store.root": join_uri(ctx.out, "explanations"),
@@ -195,13 +261,15 @@ def run_saliency(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
             "stores": r.stores, "seconds": time.perf_counter() - t0}
 
 
+@pipeline_stage("semantic", job="jobs.train_semantic:SemanticJobConfig",
+                default=StageRef(config="configs/semantic_scenes.yaml", classifier="scenes"))
 def run_semantic(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
     from interp_ray.explainers.semantic import SemanticExplainer
     from interp_ray.metrics.captions import CaptionScorer
     from interp_ray.metrics.semantic import caption_faithfulness, label_precision
     from jobs.train_semantic import SemanticJobConfig, load_items, train
 
-    ref = cfg.semantic
+    ref = cfg.ref("semantic")
     job = ref.load(SemanticJobConfig, smoke=ctx.smoke, forced={
         "data.checkpoint": ctx.checkpoint(ref.classifier), "data.cache_dir": str(ctx.local / "cache"),
         "output": str(ctx.local / "semantic"), "run.storage_path": join_uri(ctx.out, "ray_runs")})
@@ -250,11 +318,6 @@ def revision_example(ex: Any, test: Any) -> dict[str, Any] | None:
     return None
 
 
-STAGE_FUNCTIONS: dict[str, Callable[[PipelineConfig, Context], dict[str, Any]]] = {
-    "classifiers": train_classifiers, "cnn_inte": run_cnn_inte, "flint": run_flint, "interpnet": run_interpnet,
-    "saliency": run_saliency, "semantic": run_semantic}
-
-
 # --- the report ----------------------------------------------------------------------------------------------------
 
 def _rel(path: str, root: Path) -> str:
@@ -264,6 +327,7 @@ def _rel(path: str, root: Path) -> str:
         return path
 
 
+@reports("classifiers")
 def report_classifiers(r: dict[str, Any], root: Path) -> list[str]:
     lines = ["## Classifiers (Ray Train)", "", "| name | model | dataset | epochs | test accuracy | time (s) |",
              "|---|---|---|---|---|---|"]
@@ -273,6 +337,7 @@ def report_classifiers(r: dict[str, Any], root: Path) -> list[str]:
     return lines
 
 
+@reports("cnn_inte")
 def report_cnn_inte(r: dict[str, Any], root: Path) -> list[str]:
     lines = ["## CNN-INTE (activations from the store, two-level clustering + random forest)", "",
              f"Layer `{r['layer']}`, {r['fit_rows']} fit rows; fit {r['fit_s']:.1f} s, extraction "
@@ -285,6 +350,7 @@ def report_cnn_inte(r: dict[str, Any], root: Path) -> list[str]:
     return lines
 
 
+@reports("flint")
 def report_flint(r: dict[str, Any], root: Path) -> list[str]:
     t, tau = r["test"], r["tau"]
     lines = [f"## FLINT ({r['mode']}, {r['dataset']}, {r['epochs']} epochs on Ray Train)", "",
@@ -300,6 +366,7 @@ def report_flint(r: dict[str, Any], root: Path) -> list[str]:
     return lines
 
 
+@reports("interpnet")
 def report_interpnet(r: dict[str, Any], root: Path) -> list[str]:
     lines = [f"## InterpNET ({r['test_images']} test images)", "", r["table"], "", "Sample explanations:", ""]
     for variant, items in r["samples"].items():
@@ -307,6 +374,7 @@ def report_interpnet(r: dict[str, Any], root: Path) -> list[str]:
     return lines
 
 
+@reports("saliency")
 def report_saliency(r: dict[str, Any], root: Path) -> list[str]:
     computed = sum(s["computed_rows"] for s in r["stores"])
     lines = [f"## Saliency: Guided Feature Inversion and baselines ({r['rows']} {r['split']} images, "
@@ -317,6 +385,7 @@ def report_saliency(r: dict[str, Any], root: Path) -> list[str]:
     return lines
 
 
+@reports("semantic")
 def report_semantic(r: dict[str, Any], root: Path) -> list[str]:
     sc = r["scores"]
     lines = [f"## Semantic captioner (Dong et al.; λ = {r['lambda']:g}, {r['epochs']} epochs on Ray Train, best "
@@ -341,10 +410,6 @@ def report_semantic(r: dict[str, Any], root: Path) -> list[str]:
     return lines
 
 
-REPORTERS = {"classifiers": report_classifiers, "cnn_inte": report_cnn_inte, "flint": report_flint,
-             "interpnet": report_interpnet, "saliency": report_saliency, "semantic": report_semantic}
-
-
 def write_report(local: Path, results: dict[str, Any], seconds: float, smoke: bool,
                  reused: Sequence[str] = ()) -> Path:
     size = "smoke (tiny budgets: plumbing, not numbers)" if smoke else "full"
@@ -354,7 +419,7 @@ def write_report(local: Path, results: dict[str, Any], seconds: float, smoke: bo
     lines = ["# interp-ray pipeline report", "",
              f"Size: {size}. Run time: {total:.0f} s ({per_stage}).", ""]
     for name, r in results.items():
-        lines += REPORTERS[name](r, local) + [""]
+        lines += PIPELINE_STAGES[name].report(r, local) + [""]
     report = local / "report.md"
     report.write_text("\n".join(lines))
     (local / "results.json").write_text(json.dumps({"stages": results, "seconds": total, "this_run_seconds": seconds,
@@ -369,22 +434,14 @@ def stage_seconds(r: dict[str, Any]) -> float:
 
 # --- driver --------------------------------------------------------------------------------------------------------
 
-# Each explainer stage's job config class, imported only when needed (the job modules import torch and Ray).
-JOB_CONFIGS = {"cnn_inte": "jobs.fit_cnn_inte:CnnInteJobConfig",
-               "flint": "interp_ray.explainers.flint_config:FlintJobConfig",
-               "interpnet": "jobs.train_interpnet:InterpNETJobConfig",
-               "saliency": "jobs.explain_dataset:ExplainDatasetConfig",
-               "semantic": "jobs.train_semantic:SemanticJobConfig"}
-
-
 def job_class(name: str) -> type[BaseModel]:
-    module, cls = JOB_CONFIGS[name].split(":")
+    module, cls = PIPELINE_STAGES[name].job.split(":")
     return getattr(importlib.import_module(module), cls)
 
 
 def check(cfg: PipelineConfig, stages: Sequence[str], smoke: bool) -> None:
     """Load every stage's config now, so a typo in any of them fails before an hour of training, not after."""
-    if "classifiers" not in stages and any(isinstance(getattr(cfg, s), StageRef) for s in stages):
+    if "classifiers" not in stages and any(isinstance(cfg.ref(s), StageRef) for s in stages):
         raise UserError("the explainer stages need the classifiers stage in the same run (add it to --only)")
     for ref in cfg.classifiers.values():
         if ref.enabled:
@@ -393,7 +450,7 @@ def check(cfg: PipelineConfig, stages: Sequence[str], smoke: bool) -> None:
     for name in stages:
         if name == "classifiers":
             continue
-        ref = getattr(cfg, name)
+        ref = cfg.ref(name)
         ref.load(job_class(name), smoke=smoke)
         if isinstance(ref, StageRef) and ref.classifier not in trained:
             raise UserError(f"{name}.classifier: {ref.classifier!r} is not an enabled classifier "
@@ -401,11 +458,11 @@ def check(cfg: PipelineConfig, stages: Sequence[str], smoke: bool) -> None:
 
 
 def selected_stages(cfg: PipelineConfig, only: Sequence[str] | None) -> list[str]:
-    unknown = [s for s in only or [] if s not in STAGES]
+    unknown = [s for s in only or [] if s not in PIPELINE_STAGES]
     if unknown:
-        raise UserError(f"unknown stage {unknown[0]!r}; stages: {', '.join(STAGES)}")
-    chosen = [s for s in STAGES if (not only or s in only)]
-    return [s for s in chosen if s == "classifiers" or getattr(cfg, s).enabled]
+        raise UserError(f"unknown stage {unknown[0]!r}; stages: {', '.join(PIPELINE_STAGES)}")
+    chosen = [s for s in PIPELINE_STAGES if (not only or s in only)]
+    return [s for s in chosen if s == "classifiers" or cfg.ref(s).enabled]
 
 
 # --- reuse of finished stages --------------------------------------------------------------------------------------
@@ -420,7 +477,7 @@ def stage_key(cfg: PipelineConfig, name: str, smoke: bool, classifiers_key: str 
         job: Any = {k: ref.load(ClassifierJobConfig, smoke=smoke).model_dump()
                     for k, ref in cfg.classifiers.items() if ref.enabled}
     else:
-        ref = getattr(cfg, name)
+        ref = cfg.ref(name)
         job = {"job": ref.load(job_class(name), smoke=smoke).model_dump(),
                "classifier": [ref.classifier, classifiers_key] if isinstance(ref, StageRef) else None}
     payload = {"format": STAGE_FORMAT, "stage": name, "smoke": smoke, "config": job}
@@ -466,7 +523,7 @@ def run_stages(cfg: PipelineConfig, ctx: Context, stages: Sequence[str], *, fres
             results[name] = old
             reused.append(name)
         else:
-            results[name] = STAGE_FUNCTIONS[name](cfg, ctx)
+            results[name] = PIPELINE_STAGES[name].run(cfg, ctx)
             save_stage(ctx.local, name, key, results[name])
         if name == "classifiers":
             classifiers_key = key
@@ -496,7 +553,8 @@ def run(cfg: PipelineConfig, *, smoke: bool = False, only: Sequence[str] | None 
 def main(argv: Sequence[str] | None = None) -> int:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="tiny budgets (tests, a quick look)")
-    p.add_argument("--only", help=f"comma-separated stages to run (default: all enabled): {', '.join(STAGES)}")
+    p.add_argument("--only", help=f"comma-separated stages to run (default: all enabled): "
+                                  f"{', '.join(PIPELINE_STAGES)}")
     p.add_argument("--fresh", action="store_true", help="redo every stage, even those an earlier run finished")
     args = p.parse_args(argv)
     cfg = load_config(PipelineConfig, args.config, args.overrides)

@@ -1,6 +1,7 @@
-"""Adding a method is one class: a method defined and registered here, in the test module, and nowhere else, is
-explained in-process, through the CLI and through the HTTP API, and holds to the conformance suite's clauses —
-with no edit to any other file (no module list, no table of methods, no constructor convention to teach)."""
+"""Adding a method is one class (plus its config): a method defined and registered here, in the test module, and
+nowhere else, is explained in-process, through the CLI and through the HTTP API, holds to the conformance suite's
+clauses, and runs as a stage of the main job (registered here with its own YAML config) — with no edit to any
+other file (no module list, no table of methods or stages, no constructor convention to teach)."""
 
 from __future__ import annotations
 
@@ -76,3 +77,55 @@ def test_the_plugin_holds_to_the_conformance_clauses(plugin, tmp_path, capsys):
     check_bad_input(plugin)
     check_cli(plugin, tmp_path, capsys)
     check_http(plugin)
+
+
+# --------------------------------------------------------------------------- and a stage of the main job
+
+
+class StrongestUnitsJob(BaseModel):
+    """The plug-in stage's job config (its own YAML file, as every stage has)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: int = Field(4, ge=1)
+    top: int = Field(2, ge=1)
+
+
+def test_the_plugin_runs_as_a_stage_of_the_main_job(plugin, tmp_path, monkeypatch):
+    import yaml
+
+    from jobs import pipeline
+
+    def run(cfg, ctx):
+        from interp_ray.checkpoint import load_classifier
+        from interp_ray.session import ExplainSession
+
+        ref = cfg.ref(StrongestUnits.name)
+        job = ref.load(StrongestUnitsJob, smoke=ctx.smoke)
+        session = ExplainSession.build(StrongestUnits.name, load_classifier(ctx.checkpoint(ref.classifier)))
+        got = session.explain(plugin.images[:job.images], params={"top": job.top})
+        return {"rows": [{"label": e.label, "units": list(e.attributes)} for e in got], "seconds": 0.0}
+
+    def report(result, root):
+        return ["## Strongest units", ""] + [f"- class {r['label']}: {', '.join(r['units'])}" for r in result["rows"]]
+
+    monkeypatch.setattr(pipeline, "PIPELINE_STAGES", dict(pipeline.PIPELINE_STAGES))
+    config = tmp_path / "strongest_units.yaml"
+    config.write_text(yaml.safe_dump({"images": 3, "top": 2}))
+    pipeline.pipeline_stage(StrongestUnits.name, job="test_plugin_method:StrongestUnitsJob",
+                            default=pipeline.StageRef(config=str(config), classifier="digits"))(run)
+    pipeline.reports(StrongestUnits.name)(report)
+
+    cfg = pipeline.PipelineConfig.model_validate({"output_dir": str(tmp_path / "out"),
+                                                  StrongestUnits.name: {"config": str(config), "classifier": "digits",
+                                                                        "set": {"top": 3}}})
+    assert StrongestUnits.name in pipeline.selected_stages(cfg, None)
+    ctx = pipeline.Context(str(tmp_path / "out"), tmp_path / "out", smoke=False)
+    ctx.checkpoints["digits"] = str(plugin.classifier_path)
+    results, reused = pipeline.run_stages(cfg, ctx, [StrongestUnits.name], fresh=True)
+    rows = results[StrongestUnits.name]["rows"]
+    assert len(rows) == 3 and all(len(r["units"]) == 3 for r in rows) and not reused  # file, then the set: top 3
+    want = plugin.session.explain(plugin.images[:3], params={"top": 3})
+    assert [r["label"] for r in rows] == [e.label for e in want]
+    report = pipeline.write_report(tmp_path / "out", results, 1.0, smoke=False).read_text()
+    assert "## Strongest units" in report and f"- class {want[0].label}: {', '.join(want[0].attributes)}" in report

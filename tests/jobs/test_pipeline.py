@@ -1,5 +1,7 @@
 """The main job's configuration: stage configs compose the jobs' own files, and mistakes fail before any work."""
 
+import dataclasses
+
 import pytest
 
 from interp_ray.config import ClassifierJobConfig
@@ -68,18 +70,20 @@ def test_a_rerun_reuses_finished_stages_and_redoes_what_changed(tmp_path, monkey
             return {"seconds": 2.0}
         return body
 
-    monkeypatch.setattr(pipeline, "STAGE_FUNCTIONS", {n: fake(n) for n in pipeline.STAGES})
+    monkeypatch.setattr(pipeline, "PIPELINE_STAGES", {n: dataclasses.replace(st, run=fake(n))
+                                                      for n, st in pipeline.PIPELINE_STAGES.items()})
+    stages = pipeline.stage_names()
     base = load_config(PipelineConfig, "configs/pipeline.yaml")
 
     def run(cfg, **kw):
         calls.clear()
         ctx = pipeline.Context(str(tmp_path), tmp_path, smoke=True)
-        results, reused = pipeline.run_stages(cfg, ctx, pipeline.STAGES, **kw)
+        results, reused = pipeline.run_stages(cfg, ctx, stages, **kw)
         return list(calls), reused
 
-    assert run(base, fresh=False) == (list(pipeline.STAGES), [])
-    assert run(base, fresh=False) == ([], list(pipeline.STAGES))
-    assert run(base, fresh=True)[0] == list(pipeline.STAGES)
+    assert run(base, fresh=False) == (stages, [])
+    assert run(base, fresh=False) == ([], stages)
+    assert run(base, fresh=True)[0] == stages
     # A FLINT setting changes only FLINT; a classifier setting reruns the classifiers and the stages that explain them.
     flint = base.model_copy(deep=True)
     flint.flint.set["train.lr"] = 0.002

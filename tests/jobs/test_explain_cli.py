@@ -116,3 +116,40 @@ def test_module_entry_point_exit_code(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "jobs.explain", "flint", "--checkpoint", str(tmp_path / "no"),
                            str(tmp_path / "x.png")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: checkpoint")
+
+
+def test_cnn_inte_finds_the_classifier_its_training_recorded(digits_checkpoint, digit_png, tmp_path, capsys):
+    """After the main job, ``interp-ray explain cnn_inte --checkpoint outputs/pipeline/cnn_inte digit.png`` works:
+    the meta-model reads the classifier's activations, and its checkpoint records which classifier (as
+    jobs.fit_cnn_inte writes it); without that record, one line asks for --classifier."""
+    from specimens import save_small_cnn_inte
+
+    from interp_ray.activations import ActivationExtractor
+    from interp_ray.explainers.cnn_inte import CnnInte
+    from jobs.explain import read_image
+
+    png, image = digit_png
+    bare = tmp_path / "bare"
+    save_small_cnn_inte(bare, digits_checkpoint)
+    recorded = CnnInte.load(str(bare))
+    recorded.info["checkpoint"] = str(digits_checkpoint)
+    recorded.save(str(tmp_path / "recorded"))
+    assert run_main(main, ["cnn_inte", "--checkpoint", str(tmp_path / "recorded"), str(png), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    pixels = read_image(str(png), recorded_model(digits_checkpoint))[None]
+    want = recorded.explain(ActivationExtractor(digits_checkpoint, ["relu3"])({"image": pixels}))[0]
+    assert row["explanation"]["path"]["level1"] == want.path["level1"]
+    assert row["explanation"]["label"] == want.label
+    assert row["explanation"]["extra"]["cnn_prediction"] == want.extra["cnn_prediction"]
+    assert run_main(main, ["cnn_inte", "--checkpoint", str(bare), str(png)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pass --classifier" in err[0], err
+    assert run_main(main, ["cnn_inte", "--checkpoint", str(bare), "--classifier", str(digits_checkpoint),
+                           str(png), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["explanation"] == row["explanation"]
+
+
+def recorded_model(checkpoint):
+    from interp_ray.checkpoint import load_classifier
+
+    return load_classifier(checkpoint).model

@@ -26,22 +26,19 @@ def save_digits_classifier(path: Path):
     return model
 
 
-def save_random_flint(path: Path, predictor) -> bool:
-    """A random-weight FLINT over ``predictor`` (plumbing only); False when the FLINT module is not there."""
-    try:
-        from interp_ray.explainers.flint import save_flint
-        from interp_ray.explainers.flint_config import FlintSection
-        from interp_ray.explainers.flint_model import build_flint, resolved_flint_spec
-    except ImportError:
-        return False
+def save_random_flint(path: Path, predictor) -> None:
+    """A random-weight FLINT over ``predictor`` (plumbing only)."""
     import torch
+
+    from interp_ray.explainers.flint import save_flint
+    from interp_ray.explainers.flint_config import FlintSection
+    from interp_ray.explainers.flint_model import build_flint, resolved_flint_spec
 
     torch.manual_seed(1)
     spec = resolved_flint_spec(predictor, FlintSection())
     model = build_flint(predictor, spec)
     save_flint(path, model, spec=spec, predictor_spec={"name": "digits_cnn", "options": OPTS},
                class_names=CLASS_NAMES, mode="joint")
-    return True
 
 
 def digits_activations(classifier: Path, layer: str, rows: int = 120):
@@ -83,15 +80,15 @@ def save_small_cnn_inte(path: Path, classifier: Path) -> None:
 
 @pytest.fixture(scope="session")
 def serving_checkpoints(tmp_path_factory) -> dict[str, str]:
-    """{"checkpoint_dir", "classifier", "flint" (or None)}: the layout ServeArgs reads by default, with a checkpoint
+    """{"checkpoint_dir", "classifier", "flint"}: the layout ServeArgs reads by default, with a checkpoint
     for every learned method that explains images (FLINT, InterpNET, CNN-INTE)."""
     root = tmp_path_factory.mktemp("serving_ckpts")
     predictor = save_digits_classifier(root / "digits")
-    has_flint = save_random_flint(root / "digits_flint", predictor)
+    save_random_flint(root / "digits_flint", predictor)
     save_small_interpnet(root / "digits_interpnet", root / "digits")
     save_small_cnn_inte(root / "digits_cnn_inte", root / "digits")
     return {"checkpoint_dir": str(root), "classifier": str(root / "digits"),
-            "flint": str(root / "digits_flint") if has_flint else None}
+            "flint": str(root / "digits_flint")}
 
 
 @pytest.fixture(scope="session")

@@ -30,22 +30,19 @@ def save_digits_classifier(path: Path):
     return model
 
 
-def save_random_flint(path: Path, predictor) -> bool:
-    """A random-weight FLINT over ``predictor`` (plumbing only); False when the FLINT module is not there."""
-    try:
-        from interp_ray.explainers.flint import save_flint
-        from interp_ray.explainers.flint_config import FlintSection
-        from interp_ray.explainers.flint_model import build_flint, resolved_flint_spec
-    except ImportError:
-        return False
+def save_random_flint(path: Path, predictor) -> None:
+    """A random-weight FLINT over ``predictor`` (plumbing only)."""
     import torch
+
+    from interp_ray.explainers.flint import save_flint
+    from interp_ray.explainers.flint_config import FlintSection
+    from interp_ray.explainers.flint_model import build_flint, resolved_flint_spec
 
     torch.manual_seed(1)
     spec = resolved_flint_spec(predictor, FlintSection())
     model = build_flint(predictor, spec)
     save_flint(path, model, spec=spec, predictor_spec={"name": "digits_cnn", "options": OPTS},
                class_names=CLASS_NAMES, mode="joint")
-    return True
 
 
 def digits_activations(classifier: Path, layer: str, rows: int = 120):

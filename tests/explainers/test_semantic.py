@@ -12,7 +12,7 @@ from interp_ray.explainers.semantic import (LabelConfig, NeuronEdit, SemanticCap
                                             SemanticExplainer, SemanticTrainConfig, batch_tensors, batch_losses,
                                             fit_topic_head, label_neurons, linear_probe, masked_mean,
                                             prediction_difference)
-from interp_ray.topics import TopicConfig, fit_topics
+from interp_ray.topics import TopicConfig, TopicModel, fit_topics
 
 D, K, T = 6, 5, 3
 SMALL = dict(enc_hidden=4, interp_dim=5, word_dim=6, dec_hidden=8, att_dim=4, dropout=0.0, max_len=8)
@@ -173,11 +173,12 @@ def test_linear_probe_separates_separable_features():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    items, val = toy_items(24), toy_items(8, seed=1)
-    topics, _ = fit_topics(items.sentences, TopicConfig(num_topics=2, max_iter=10))
+def trained(tmp_path_factory, fixture_seed):
+    items, val = toy_items(24, seed=fixture_seed), toy_items(8, seed=100 + fixture_seed)
+    topics, _ = fit_topics(items.sentences, TopicConfig(num_topics=2, max_iter=10, seed=fixture_seed))
     ex = SemanticExplainer(SemanticConfig(**SMALL))
-    ex.fit(items, val, topic_model=topics, settings=SemanticTrainConfig(epochs=6, batch_size=8, lr=0.02))
+    ex.fit(items, val, topic_model=topics,
+           settings=SemanticTrainConfig(epochs=6, batch_size=8, lr=0.02, seed=fixture_seed))
     ex.label(items, cfg=LabelConfig(top_n=5, margin=0.0))
     path = tmp_path_factory.mktemp("semantic") / "ckpt"
     ex.save(str(path))
@@ -225,6 +226,71 @@ def test_suppressing_every_live_neuron_changes_the_caption(trained):
     before, after = ex.revise(items.features[:4], items.mask[:4], wrong=[str(d) for d in alive])
     assert before == ex.caption(items.features[:4], items.mask[:4])
     assert len(set(after)) == 1            # nothing of the video is left for the decoder: one caption for all
+
+
+# Three independent binary factors per video: a colour, a shape and the bird (the class, ``labels``); frame feature
+# j (j < 3) is +2 for the first value of factor j and −2 for the second, the other three features are noise.
+FACTORS = (("red", "blue"), ("ball", "cube"), ("finch", "wren"))
+FACTOR_WORDS = [w for pair in FACTORS for w in pair]
+
+
+def factor_items(n: int, seed: int) -> tuple[VideoItems, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    combos = np.array([(c, s, b) for c in range(2) for s in range(2) for b in range(2)])
+    values = combos[rng.permutation(n) % len(combos)]           # every combination equally often
+    feats = rng.normal(size=(n, K, D)).astype(np.float32) * 0.3
+    for j in range(len(FACTORS)):
+        feats[:, :, j] += np.where(values[:, j] == 0, 2.0, -2.0)[:, None]
+    mask = np.ones((n, K), bool)
+    mask[::3, 3:] = False
+    feats[~mask] = 0
+    words = [[FACTORS[j][v] for j, v in enumerate(row)] for row in values]
+    sentences = [[f"a {b} with a {c} {s}", f"the {b} has a {c} {s}"] for c, s, b in words]
+    return VideoItems(np.array([f"f{i}" for i in range(n)]), feats, mask, values[:, 2].astype(np.int64),
+                      sentences), values
+
+
+@pytest.fixture(scope="module")
+def factor_captioner(fixture_seed):
+    """A captioner whose interpretable layer is disentangled by construction — unit j = ReLU(feature_j − 0.5),
+    i.e. "the first value of factor j is present" — and frozen; the encoder's LSTM, the topic head and the decoder
+    are trained (λ = 1, a topic per word). The human-in-the-loop premise is such a layer; what is tested is the
+    rest: prediction-difference labels, word → neuron selection, the edit of a and of every a_i, and decoding."""
+    items, values = factor_items(48, fixture_seed)
+    val, _ = factor_items(16, 100 + fixture_seed)
+    topics = TopicModel(FACTOR_WORDS, np.where(np.eye(len(FACTOR_WORDS)) > 0, 100.0, 0.01), 0.5, 0.01)
+    ex = SemanticExplainer(SemanticConfig(**{**SMALL, "interp_dim": len(FACTORS), "interp_weight": 1.0}))
+    ex.setup(items, topics, seed=fixture_seed)
+    with torch.no_grad():
+        ex.model.interp.weight.zero_()
+        ex.model.interp.weight[:, :len(FACTORS)] = torch.eye(len(FACTORS))
+        ex.model.interp.bias.fill_(-0.5)
+    ex.model.interp.requires_grad_(False)
+    ex.fit(items, val, settings=SemanticTrainConfig(epochs=20, batch_size=8, lr=0.02, seed=fixture_seed))
+    ex.label(items, cfg=LabelConfig(top_n=20))
+    return ex, items, values
+
+
+def content(caption: str) -> set[str]:
+    return set(caption.split()) & set(FACTOR_WORDS)
+
+
+def test_a_word_to_neuron_edit_changes_that_attribute_only(factor_captioner):
+    ex, items, values = factor_captioner
+    truth = [{FACTORS[j][v] for j, v in enumerate(row)} for row in values]
+    assert [content(c) for c in ex.caption(items.features, items.mask)] == truth
+    # Each unit gets the word of the value it encodes, confidently.
+    assert [(n.label, n.confident) for n in ex.neurons] == [("red", True), ("ball", True), ("finch", True)]
+    for j, (first, second) in enumerate(FACTORS):
+        assert ex.neurons_for([first]) == [j]
+        for value, edit in ((0, {"wrong": [first]}), (1, {"right": [first]})):
+            rows = np.flatnonzero(values[:, j] == value)[:8]
+            before, after = ex.revise(items.features[rows], items.mask[rows], **edit)
+            assert [content(c) for c in before] == [truth[i] for i in rows]
+            # The named attribute flips (suppressing "red" makes the ball blue, boosting it makes it red); the
+            # other attribute and the bird, the class, stay.
+            gone, new = (first, second) if value == 0 else (second, first)
+            assert [content(c) for c in after] == [truth[i] - {gone} | {new} for i in rows], (edit, after)
 
 
 def test_bad_input_is_a_user_error(trained):

@@ -1,5 +1,6 @@
 """The real `ray start --head` + `ray job submit` path, on 127.0.0.1 only."""
 
+import json
 import os
 import re
 import subprocess
@@ -27,13 +28,102 @@ def head_url():
         yield url
 
 
+# The stages that train, whose seeds --fixture-seed shifts (tests/conftest.py; README "Tests that train a model").
+SEEDED_STAGES = ("classifiers.digits", "classifiers.scenes", "flint", "interpnet", "semantic")
+
+
+def is_count(share: float, n: int) -> bool:
+    """``share`` is k/n for a whole k: a figure measured on n items."""
+    return abs(share * n - round(share * n)) < 1e-6
+
+
+def table_row(report: str, heading: str, first_cell: str | None = None) -> list[str]:
+    """The cells of the first table row of section ``heading`` (or of the row starting with ``first_cell``)."""
+    section = report.split(heading, 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("|---")][1:]
+    row = next(r for r in rows if first_cell is None or r.startswith(f"| {first_cell} |"))
+    return [c.strip() for c in row.strip("|").split("|")]
+
+
+def check_figures(report: str, results: dict) -> None:
+    """The figures the report states are results.json's, and each is what its definition allows at smoke size:
+    shares of n items are k/n, accuracies that agree on a share of rows differ by at most the rest, CNS grows with
+    τ, the classifier has learnt something. Smoke budgets make most figures poor; none may be impossible."""
+    st = results["stages"]
+    assert results["smoke"] is True and list(st) == ["classifiers", "cnn_inte", "flint", "interpnet", "saliency",
+                                                     "semantic"]
+    per_stage = {name: sum(c["seconds"] for c in r.values()) if name == "classifiers" else r["seconds"]
+                 for name, r in st.items()}
+    assert f"Run time: {results['seconds']:.0f} s (" in report
+    assert sum(per_stage.values()) <= results["seconds"] + 1e-6  # stages run inside the run's clock
+    for name, seconds in per_stage.items():
+        assert f"{name} {seconds:.0f} s" in report
+
+    digits_test = 360  # the digits test split (tests/data); FLINT and CNN-INTE are scored on all of it
+    for key, c in st["classifiers"].items():
+        assert table_row(report, "## Classifiers", key) == [key, c["model"], c["dataset"], str(c["epochs"]),
+                                                              f"{c['test_accuracy']:.4f}", f"{c['seconds']:.0f}"]
+        assert 0.0 <= c["test_accuracy"] <= 1.0
+    assert [c["epochs"] for c in st["classifiers"].values()] == [2, 1]  # configs/pipeline.yaml's smoke epochs
+    # Two epochs on 8×8 digits reach 0.87 (seed 0); 0.5 is five times chance (0.1) and far below any seed seen.
+    assert st["classifiers"]["digits"]["test_accuracy"] >= 0.5
+    assert is_count(st["classifiers"]["digits"]["test_accuracy"], digits_test)
+
+    s = st["cnn_inte"]["splits"]["test"]
+    assert s["rows"] == digits_test and all(is_count(s[k], digits_test)
+                                            for k in ("fidelity", "meta_accuracy", "cnn_accuracy"))
+    assert s["cnn_accuracy"] == pytest.approx(st["classifiers"]["digits"]["test_accuracy"])  # the same CNN, rows
+    assert abs(s["meta_accuracy"] - s["cnn_accuracy"]) <= 1 - s["fidelity"] + 1e-9  # disagreement bounds the gap
+    assert s["accuracy_gap_points"] == pytest.approx(100 * (s["meta_accuracy"] - s["cnn_accuracy"]))
+    assert sum(v["rows"] for v in s["per_level1"].values()) == s["rows"]
+    assert table_row(report, "## CNN-INTE", "test") == [
+        "test", f"{s['fidelity']:.4f}", f"{s['meta_accuracy']:.4f}", f"{s['cnn_accuracy']:.4f}",
+        f"{s['accuracy_gap_points']:+.2f}"]
+
+    f, t = st["flint"], st["flint"]["test"]
+    assert t["samples"] == digits_test and f["epochs"] == 1
+    assert all(is_count(t[k], digits_test) for k in ("accuracy_f", "accuracy_g", "fidelity"))
+    assert abs(t["accuracy_f"] - t["accuracy_g"]) <= 1 - t["fidelity"] + 1e-9  # g agrees with f on `fidelity`
+    cns = [t[f"cns_{tau:g}"] for tau in (1.5, 2, 2.5, 3, 4, 5)]
+    assert cns == sorted(cns) and 1.0 <= cns[0] and cns[-1] <= t["active_attributes"] <= 25
+    cns_tau = t["cns_{:g}".format(f["tau"])]
+    assert table_row(report, "## FLINT") == [f"{t['accuracy_f']:.4f}", f"{t['accuracy_g']:.4f}",
+                                             f"{t['fidelity']:.4f}", f"{cns_tau:.3f}"]
+    for c, attrs in f["global"].items():  # the global interpretation keeps r_{j,c} > 1/τ, and r ≤ 1
+        assert attrs and all(1 / f["tau"] < rel <= 1 + 1e-6 for _, rel in attrs)
+        assert f"- class {c}: " + ", ".join(f"{a} ({rel:.2f})" for a, rel in attrs) in report
+
+    (row,) = st["interpnet"]["rows"]
+    n = st["interpnet"]["test_images"]
+    assert n == 32 and is_count(row["accuracy"], n) and 0 <= row["meteor_segment_mean"] <= 1
+    assert row["attributes_named"] <= row["attributes_wanted"]
+
+    sal = st["saliency"]
+    assert sal["rows"] == 8 and set(sal["methods"]) == {"feature_inversion", "gradcam"}
+    for name, m in sal["methods"].items():
+        assert is_count(m["pointing"], sal["rows"]) and 0 <= m["loc_error"] <= 1
+        assert 0 <= m["deletion_auc"] <= 1 and 0 <= m["insertion_auc"] <= 1
+        assert f"| {name} | {m['pointing']:.3f} |" in report
+
+    sem = st["semantic"]
+    lp = sem["label_precision"]
+    assert lp["correct"] <= lp["confident"] <= lp["alive"] <= lp["neurons"]
+    assert is_count(sem["faithful_captions"], sem["test_clips"]) and 0 <= sem["scores"]["meteor_segment_mean"] <= 1
+    share = f"{lp['share'] * 100:.1f}% ({lp['correct']} of {lp['confident']}" if lp["confident"] else "–"
+    assert table_row(report, "## Semantic captioner")[:2] == [str(sem["test_clips"]),
+                                                             f"{sem['scores']['meteor_segment_mean'] * 100:.1f}"]
+    assert share in report and len(sem["neurons"]) <= lp["confident"]
+
+
 @pytest.mark.ray
 @pytest.mark.slow
-def test_smoke_pipeline_through_ray_job_submit(head_url, tmp_path):
+def test_smoke_pipeline_through_ray_job_submit(head_url, tmp_path, fixture_seed):
     out = tmp_path / "pipeline"
+    seeds = [a for key in SEEDED_STAGES for a in ("--set", f"{key}.set.train.seed={fixture_seed}")] \
+        if fixture_seed else []
     cmd = [str(BIN / "ray"), "job", "submit", "--address", head_url, "--working-dir", str(REPO), "--",
            "python", "-m", "jobs.pipeline", "--config", "configs/pipeline.yaml", "--smoke",
-           "--set", f"output_dir={out}"]
+           "--set", f"output_dir={out}", *seeds]
     for _ in range(24):  # bounded (2 min): the dashboard can answer before the node's job agent has registered
         proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=1800, cwd=REPO)
         if "No available agent to submit job" not in proc.stderr + proc.stdout:
@@ -45,6 +135,7 @@ def test_smoke_pipeline_through_ray_job_submit(head_url, tmp_path):
     assert "| digits | digits_cnn | digits |" in report and "| scenes | scenes_cnn | scenes |" in report
     for section in ("## CNN-INTE", "## FLINT", "## InterpNET", "## Saliency", "## Semantic captioner"):
         assert section in report
+    check_figures(report, json.loads((out / "results.json").read_text()))
     # Every picture the report shows was written next to it.
     pictures = re.findall(r"!\[[^]]*\]\(([^)]+)\)", report)
     assert "cnn_inte/route_0.png" in pictures and "saliency/overlay_00.png" in pictures

@@ -11,15 +11,15 @@ from specimens import (save_digits_classifier, save_random_flint, save_small_cnn
 
 @pytest.fixture(scope="session")
 def serving_checkpoints(tmp_path_factory) -> dict[str, str]:
-    """{"checkpoint_dir", "classifier", "flint" (or None)}: the layout ServeArgs reads by default, with a checkpoint
+    """{"checkpoint_dir", "classifier", "flint"}: the layout ServeArgs reads by default, with a checkpoint
     for every learned method that explains images (FLINT, InterpNET, CNN-INTE)."""
     root = tmp_path_factory.mktemp("serving_ckpts")
     predictor = save_digits_classifier(root / "digits")
-    has_flint = save_random_flint(root / "digits_flint", predictor)
+    save_random_flint(root / "digits_flint", predictor)
     save_small_interpnet(root / "digits_interpnet", root / "digits")
     save_small_cnn_inte(root / "digits_cnn_inte", root / "digits")
     return {"checkpoint_dir": str(root), "classifier": str(root / "digits"),
-            "flint": str(root / "digits_flint") if has_flint else None}
+            "flint": str(root / "digits_flint")}
 
 
 @pytest.fixture(scope="session")

@@ -48,14 +48,31 @@ def test_routes_over_the_handle_backend(explainer_handle, serving_args):
         assert bad.status_code == 422
 
 
-def test_whole_application_builds_in_local_testing_mode(serving_args):
+def test_whole_application_serves_only_its_methods_in_local_testing_mode(serving_args, service):
+    """build_app wires the Ingress to its own Explainer deployment with the app's args: the API the Ingress builds
+    (what its handle's ``__serve_build_asgi_app__`` returns) serves exactly ``methods`` and answers through the
+    Explainer handle with the in-process service's numbers."""
     from ray import serve
 
     from serving.app import build_app
 
-    handle = serve.run(build_app({**serving_args, "methods": ["center"]}), name="local_app",
+    handle = serve.run(build_app({**serving_args, "methods": ["gradient"]}), name="local_app",
                        _local_testing_mode=True)
-    assert handle is not None
+    api = handle.__serve_build_asgi_app__.remote().result()
+    image = digit_images(1)
+    with asgi_client(api) as client:
+        listed = client.get("/v1/methods")
+        assert listed.status_code == 200, listed.text
+        assert [m["name"] for m in listed.json()["methods"]] == ["gradient"]
+        resp = client.post("/v1/explain/gradient", json={"tensor": image.tolist(), "target": [4]})
+        assert resp.status_code == 200, resp.text
+        (got,) = resp.json()["explanations"]
+        (want,) = service.explain_rows("gradient", [Row(image=image[0], target=4)])
+        assert got["label"] == 4 == want.explanation.label
+        # the image and the weights shape a gradient: equal maps mean the app loaded the same checkpoint
+        np.testing.assert_allclose(np.asarray(got["saliency"]), want.explanation.saliency, atol=1e-6)
+        other = client.post("/v1/explain/center", json={"tensor": image.tolist()})
+        assert other.status_code == 404 and "center" in other.text   # the session's service has it, this app not
 
 
 @pytest.mark.parametrize("coalesce", [True, False])

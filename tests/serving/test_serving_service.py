@@ -117,19 +117,25 @@ def test_model_methods_are_built_with_the_model_and_class_names(serving_checkpoi
 
 def test_learned_method_without_checkpoint_is_skipped(serving_checkpoints):
     loaded = load_classifier(serving_checkpoints["classifier"])
-    learned = [n for n in explainer_names() if EXPLAINERS.get(n).learned]
-    if not learned:
-        pytest.skip("no learned method registered yet")
-    with pytest.raises(SkipMethod, match="no checkpoint"):
-        build_session(learned[0], loaded)
+    learned = sorted(n for n in explainer_names() if EXPLAINERS.get(n).learned)
+    assert {"cnn_inte", "flint", "interpnet", "semantic"} <= set(learned)
+    for name in learned:
+        with pytest.raises(SkipMethod, match=f"{name} is learned and no checkpoint"):
+            build_session(name, loaded)
 
 
 def test_flint_is_loaded_from_the_checkpoint_dir(service, serving_checkpoints):
-    if serving_checkpoints["flint"] is None or "flint" not in explainer_names():
-        pytest.skip("FLINT is not registered")
+    """The served FLINT is the checkpoint's: its answers are those of the same checkpoint loaded by the library."""
+    from interp_ray.explainers.flint import FlintExplainer
+
     assert "flint" in service.explainers, service.skipped.get("flint")
-    out = service.explain_rows("flint", rows(digit_images(2)))
-    assert all(o.ok and o.explanation.attributes is not None for o in out)
+    images = digit_images(3)
+    out = service.explain_rows("flint", rows(images))
+    assert all(o.ok for o in out)
+    direct = FlintExplainer.load(serving_checkpoints["flint"]).explain({"image": images})
+    for served, lib in zip(out, direct):
+        assert (served.explanation.label, served.explanation.attributes) == (lib.label, lib.attributes)
+        np.testing.assert_allclose(served.explanation.extra["phi"], lib.extra["phi"], atol=1e-6)
 
 
 class _Probe(Explainer):

@@ -28,11 +28,11 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from interp_ray.activations import DEFAULT_PASSTHROUGH, ActivationExtractor
-from interp_ray.config import DataConfig, Section, load_config
+from interp_ray.config import ComputeSection, DataConfig, Section, StoreSection, load_config
 from interp_ray.data import load_dataset
 from interp_ray.data.base import ImageDataset
 from interp_ray.errors import UserError
-from interp_ray.store import (DEFAULT_SHARD_ROWS, Manifest, ShardAssembler, check_store, extra_spec, finalize_store,
+from interp_ray.store import (Manifest, ShardAssembler, check_store, extra_spec, finalize_store,
                               make_identity, prepare_store, store_key, store_location)
 from jobs.common import base_parser, check_storage_paths, exit_with, init_ray
 
@@ -40,26 +40,6 @@ log = logging.getLogger("interp_ray.extract")
 
 
 # --- config ------------------------------------------------------------------------------------------------------
-
-class StoreSection(Section):
-    root: str = "outputs/activations"      # stores go to <root>/<model name>/<key>/ ; local dir or s3:// / gs://
-    path: str | None = None                # an explicit store directory instead (one split only)
-    shard_rows: int = Field(DEFAULT_SHARD_ROWS, gt=0)  # rows per part = the unit of resumption
-    compression: Literal["snappy", "zstd", "lz4", "none"] = "snappy"  # snappy: cheapest CPU per MB on small boxes
-
-
-class ComputeSection(Section):
-    engine: Literal["ray", "local"] = "ray"
-    batch_size: int = Field(256, gt=0)     # rows per model call
-    actors: int = Field(1, gt=0)           # extractor actor pool size
-    num_gpus: float | Literal["auto"] = "auto"  # per actor; auto: 1 when the cluster has GPUs, else 0
-    num_cpus: float = Field(1.0, gt=0)     # per extractor actor
-    torch_threads: int | None = Field(None, gt=0)  # default: what Ray gives an actor (its CPU count)
-    device: str | None = None              # None: CUDA when the actor sees one, else CPU
-    load_num_cpus: float = Field(0.5, gt=0)   # per loader task (image decoding / scene generation)
-    write_num_cpus: float = Field(0.25, gt=0)  # the single writer actor (Parquet encoding)
-    wait_for_resources: bool = False       # autoscaling clusters: let the pipeline wait for nodes to join
-
 
 class ExtractJobConfig(Section):
     checkpoint: str                        # a classifier checkpoint directory (local or URI)

@@ -127,3 +127,72 @@ def get_explainer(name: str) -> type[Explainer]:
 def explainer_names() -> list[str]:
     load_explainer_modules()
     return EXPLAINERS.names()
+
+
+# ======================================================================================================================
+# Learned explainers: the epoch trainer one Ray Train job drives (jobs/train_explainer.py)
+#
+# A learned explainer that learns from store rows also subclasses ``Trainable``. The job streams each Ray Train
+# worker's shard of the rows (``ray.train.get_dataset_shard``) into ``run_epoch``; nothing holds the whole table.
+# ======================================================================================================================
+
+from typing import Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable  # noqa: E402  (this section's own)
+
+Batch = Mapping[str, Any]   # one batch of rows: column name → N×… array (the store's columns, as Ray Data gives them)
+
+
+@runtime_checkable
+class EpochTrainer(Protocol):
+    """One learned explainer's training, an epoch at a time — the same object in plain Python and on a worker.
+
+    epochs:      how many epochs the whole run has (the job runs those left after its last checkpoint)
+    run_epoch:   one pass over ``train`` (this worker's shard, in row batches), then an evaluation over ``val`` (every
+                 validation row); returns the epoch's metrics (JSON-safe scalars; ``select`` names the one that
+                 chooses the best epoch, lower is better)
+    best_state:  the explainer's weights at its best epoch so far: what is exported
+    state_dict / load_state_dict: everything a restarted worker needs to go on (weights, optimiser, lr, best)
+    """
+
+    epochs: int
+    select: str
+    best_state: dict[str, Any]
+
+    def run_epoch(self, epoch: int, train: Iterable[Batch], val: Iterable[Batch]) -> dict[str, Any]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+class Trainable(abc.ABC):
+    """What a learned explainer adds to ``Explainer`` to be trained by ``jobs/train_explainer.py`` from the store.
+
+    TrainJob:   its training job's typed config (a ``interp_ray.config.LearnedJobConfig``: where the rows come from,
+                how they stream, scaling, run, output, plus the method's own sections)
+    """
+
+    TrainJob: ClassVar[type[BaseModel]]
+
+    @classmethod
+    @abc.abstractmethod
+    def from_rows(cls, job: BaseModel, rows: Callable[[], Iterable[Batch]], *, class_names: Sequence[str] | None
+                  ) -> "Trainable":
+        """The untrained explainer, fixed by streaming passes over the training rows on the driver (``rows()`` starts
+        one): vocabulary, input widths, standardisation, topics — statistics of the rows, never the rows."""
+
+    @abc.abstractmethod
+    def train_columns(self) -> list[str]:
+        """The row columns the trainer reads (store layers and kept columns)."""
+
+    @abc.abstractmethod
+    def trainer(self, job: BaseModel, *, device: Any = "cpu", wrap: Callable[[Any], Any] | None = None
+                ) -> EpochTrainer:
+        """The epoch trainer. ``wrap`` is applied to each module it trains (Ray Train's ``prepare_model``: DDP)."""
+
+    @abc.abstractmethod
+    def use_state(self, state: Mapping[str, Any]) -> None:
+        """Put a trainer's ``best_state`` into this explainer (before it is saved)."""
+
+    def finish(self, job: BaseModel, rows: Callable[[], Iterable[Batch]]) -> dict[str, Any]:
+        """After training, on the driver, with the best state in place (e.g. label neurons); returns a report."""
+        return {}

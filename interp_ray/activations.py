@@ -126,3 +126,20 @@ class ActivationExtractor:
             if key in batch:
                 out[key] = np.asarray(batch[key])
         return out
+
+
+def clip_items(checkpoint: str | os.PathLike, dataset: Any, layer: str = "gap", *, rows: Sequence[int] | None = None,
+               batch_size: int = 64, device: str | None = None):
+    """``VideoItems`` of clips (``dataset``: the ``scene_clips`` dataset, ``image`` = T frames) with ``layer`` of every
+    frame, in process — what the extraction job stores, for a handful of clips (a CLI edit, a test fixture)."""
+    from interp_ray.data.video_features import items_from_rows
+
+    extractor = ActivationExtractor(checkpoint, [layer], device=device, passthrough=("sentences", "attributes"))
+    idx = np.arange(len(dataset)) if rows is None else np.asarray(rows, dtype=np.int64)
+
+    def batches():
+        for lo in range(0, len(idx), batch_size):
+            yield extractor(dataset.get_batch(idx[lo:lo + batch_size]))
+
+    return items_from_rows(batches(), extractor.layers[0],
+                           info={"source": "scene_clips", "checkpoint": str(checkpoint), "layer": layer})

@@ -178,6 +178,11 @@ class InterpNETTrainJob(LearnedJobConfig):
     output: str = "outputs/interpnet"
     evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
 
+    def store_layers(self) -> list[str]:
+        """The layers to extract: ``source.layers``, else the explainer's columns (``probabilities`` is a store
+        column of its own)."""
+        return self.source.layers or [c for c in self.explainer.columns() if c != "probabilities"]
+
 
 class InterpNETParams(BaseModel):
     """Per-request decoding settings."""

@@ -134,6 +134,8 @@ class StreamSection(Section):
 
     batch_rows: int = Field(256, gt=0)           # rows per batch from the shard (the trainer cuts its own steps)
     shuffle_buffer: int = Field(2048, ge=0)      # rows in each worker's local shuffle buffer; 0 = store order
+    # tests and drills: each rank reports the store row indices it read in each epoch (``indices_per_rank``)
+    record_indices: bool = False
 
 
 class LearnedJobConfig(Section):

@@ -161,15 +161,26 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
             batch_size=stream.batch_rows, batch_format="numpy",
             local_shuffle_buffer_size=stream.shuffle_buffer or None,
             local_shuffle_seed=(seed * 7919 + epoch * 104_729 + rank) if stream.shuffle_buffer else None)
-        row = trainer.run_epoch(epoch, train_batches, val.iter_batches(batch_size=stream.batch_rows,
-                                                                        batch_format="numpy"))
+        seen: list[np.ndarray] = []
+        row = trainer.run_epoch(epoch, tapped(train_batches, seen), val.iter_batches(batch_size=stream.batch_rows,
+                                                                                    batch_format="numpy"))
+        rows_read = int(sum(len(s) for s in seen))
         row.update({"attempt": start.attempt, "epoch_s": time.perf_counter() - t0, "world_size": world,
-                    "rows_per_rank": gather_from_ranks(row.get("rows_seen", 0), world)})
+                    "rows_per_rank": gather_from_ranks(rows_read, world)})
+        if stream.record_indices:
+            row["indices_per_rank"] = gather_from_ranks(np.concatenate(seen).tolist() if seen else [], world)
         history.append(row)
         report_epoch(row, history, checkpoint=rank == 0 and job.run.checkpoint_due(epoch, trainer.epochs),
                      state=lambda: {"trainer": trainer.state_dict(), "epoch": epoch},
                      save_model=lambda d: save_best(cls, config["init"], trainer, history, d / MODEL_DIR))
     return {"history": history}
+
+
+def tapped(batches: Iterable[dict[str, np.ndarray]], seen: list[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+    """The batches unchanged; the store row index of every row read is noted in ``seen``."""
+    for b in batches:
+        seen.append(np.asarray(b["index"], dtype=np.int64))
+        yield b
 
 
 def save_best(cls: type, init: str, trainer: Any, history: list[dict[str, Any]], path: Path) -> None:
@@ -222,7 +233,7 @@ def train(job: LearnedJobConfig, *, address: str | None = None) -> dict[str, Any
     name = run_name(job)
     init_path = run_path(job.run, name, INIT_DIR)
     explainer = starting_point(cls, job, stores["train"], init_path)
-    columns = list(dict.fromkeys(explainer.train_columns()))
+    columns = list(dict.fromkeys(["index", *explainer.train_columns()]))
     datasets = {role: stores[role].to_ray(columns=columns) for role in ("train", "val")}
     loop_config = {"method": job.method, "job": job.model_dump(), "init": init_path}
     # Only "train" is split between workers; each reads every val row, so all ranks pick the same best epoch.

@@ -988,6 +988,9 @@ class InterpNET(Explainer, Trainable):
             raise UserError(f"checkpoint {path}: weights do not fit the configured explainer "
                             f"({str(e).splitlines()[0]})") from None
         self.classifier_trained = bool(cfg.get("classifier_trained", True))
-        self.freeze_classifier()
+        if self.classifier_trained:  # a run's starting point holds an untrained head: its first phase trains it
+            self.freeze_classifier()
+        elif self.head is not None:
+            self.head.eval()
         self.decoder.to(self.device).eval()
         return self

@@ -136,6 +136,8 @@ class StreamSection(Section):
     shuffle_buffer: int = Field(2048, ge=0)      # rows in each worker's local shuffle buffer; 0 = store order
     # tests and drills: each rank reports the store row indices it read in each epoch (``indices_per_rank``)
     record_indices: bool = False
+    # benchmarks: end each epoch after this many batches of the shard (the same work at any store size)
+    max_batches: int | None = Field(None, gt=0)
 
 
 class LearnedJobConfig(Section):

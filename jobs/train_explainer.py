@@ -26,6 +26,7 @@ The config's ``method`` names a registered explainer that is ``Trainable`` (inte
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
 import time
 from pathlib import Path
@@ -162,11 +163,15 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
             local_shuffle_buffer_size=stream.shuffle_buffer or None,
             local_shuffle_seed=(seed * 7919 + epoch * 104_729 + rank) if stream.shuffle_buffer else None)
         seen: list[np.ndarray] = []
+        if stream.max_batches:
+            train_batches = itertools.islice(train_batches, stream.max_batches)
         row = trainer.run_epoch(epoch, tapped(train_batches, seen), val.iter_batches(batch_size=stream.batch_rows,
                                                                                     batch_format="numpy"))
         rows_read = int(sum(len(s) for s in seen))
         row.update({"attempt": start.attempt, "epoch_s": time.perf_counter() - t0, "world_size": world,
-                    "rows_per_rank": gather_from_ranks(rows_read, world)})
+                    "rows_per_rank": gather_from_ranks(rows_read, world),
+                    # this worker process's peak resident memory so far: flat in the store's size when streaming
+                    "peak_rss_mib_per_rank": gather_from_ranks(peak_rss_mib(), world)})
         if stream.record_indices:
             row["indices_per_rank"] = gather_from_ranks(np.concatenate(seen).tolist() if seen else [], world)
         history.append(row)
@@ -174,6 +179,13 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
                      state=lambda: {"trainer": trainer.state_dict(), "epoch": epoch},
                      save_model=lambda d: save_best(cls, config["init"], trainer, history, d / MODEL_DIR))
     return {"history": history}
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def tapped(batches: Iterable[dict[str, np.ndarray]], seen: list[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:

@@ -167,8 +167,9 @@ class EpochTrainer(Protocol):
 class Trainable(abc.ABC):
     """What a learned explainer adds to ``Explainer`` to be trained by ``jobs/train_explainer.py`` from the store.
 
-    TrainJob:   its training job's typed config (a ``interp_ray.config.LearnedJobConfig``: where the rows come from,
-                how they stream, scaling, run, output, plus the method's own sections)
+    TrainJob:   its training job's typed config (an ``interp_ray.config.LearnedJobConfig``: where the rows come
+                from, how they stream, scaling, run, output, plus the method's own sections; its ``train`` section
+                carries ``seed`` and the drill's ``fail_at_epoch``)
     """
 
     TrainJob: ClassVar[type[BaseModel]]
@@ -190,8 +191,8 @@ class Trainable(abc.ABC):
         """The epoch trainer. ``wrap`` is applied to each module it trains (Ray Train's ``prepare_model``: DDP)."""
 
     @abc.abstractmethod
-    def use_state(self, state: Mapping[str, Any]) -> None:
-        """Put a trainer's ``best_state`` into this explainer (before it is saved)."""
+    def use_state(self, state: Mapping[str, Any], history: Sequence[Mapping[str, Any]] = ()) -> None:
+        """Put a trainer's ``best_state`` (and the run's per-epoch ``history``) into this explainer, to be saved."""
 
     def finish(self, job: BaseModel, rows: Callable[[], Iterable[Batch]]) -> dict[str, Any]:
         """After training, on the driver, with the best state in place (e.g. label neurons); returns a report."""

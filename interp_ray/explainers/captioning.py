@@ -123,21 +123,20 @@ class CaptionTrainer:
 
     ``module``: the model whose weights are trained and kept; ``model``: what runs the steps (``module`` or its DDP
     wrapper). ``prepare(batch) -> PairBatch``; ``loss(model, pair_batch, idx) -> {"loss": …, other metrics}`` for
-    pair indices ``idx``. ``metrics``: the loss keys reported (``select`` among them).
+    pair indices ``idx``. ``metrics``: the loss keys reported; ``select`` (one of them) picks the best epoch.
     """
 
     def __init__(self, module: nn.Module, *, prepare: Callable[[Batch], PairBatch],
                  loss: Callable[[nn.Module, PairBatch, np.ndarray], dict[str, torch.Tensor]], epochs: int,
                  batch_size: int, lr: float, weight_decay: float = 0.0, grad_clip: float | None = None,
                  halve_on_plateau: bool = False, seed: int = 0, select: str = "loss",
-                 metrics: Sequence[str] = ("loss",), model: nn.Module | None = None, eval_pairs: int = 1024,
-                 first_epoch: int = 0):
+                 metrics: Sequence[str] = ("loss",), model: nn.Module | None = None, eval_pairs: int = 1024):
         self.module, self.model = module, model if model is not None else module
         self.prepare, self.loss = prepare, loss
         self.epochs, self.batch_size, self.seed = int(epochs), int(batch_size), int(seed)
         self.grad_clip, self.halve_on_plateau = grad_clip, halve_on_plateau
-        self.select, self.metrics, self.eval_pairs = select, tuple(metrics), int(eval_pairs)
-        self.first_epoch = int(first_epoch)   # a later phase of a longer run numbers its epochs from here
+        self.metric, self.metrics, self.eval_pairs = select, tuple(metrics), int(eval_pairs)
+        self.select = f"val_{select}"   # the metrics row's key that picks the best epoch
         self.lr = float(lr)
         self.opt = torch.optim.Adam(module.parameters(), lr=self.lr, weight_decay=weight_decay)
         self.best_value, self.best_epoch = math.inf, -1
@@ -172,7 +171,7 @@ class CaptionTrainer:
                     seen += len(idx)
         val_metrics = self.evaluate(val)
         lr_used = self.lr
-        value = val_metrics[self.select]
+        value = val_metrics[self.metric]
         if value < self.best_value:
             self.best_value, self.best_epoch = value, epoch
             self.best_state = copy.deepcopy(self.module.state_dict())
@@ -182,7 +181,7 @@ class CaptionTrainer:
                 g["lr"] = self.lr
         return {"epoch": epoch, **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
                 **{f"val_{k}": val_metrics[k] for k in self.metrics}, "lr": lr_used, "best_epoch": self.best_epoch,
-                f"best_val_{self.select}": self.best_value, "pairs_seen": seen, "rows_seen": rows}
+                f"best_val_{self.metric}": self.best_value, "pairs_seen": seen, "rows_seen": rows}
 
     @torch.no_grad()
     def evaluate(self, batches: Iterable[Batch]) -> dict[str, float]:

@@ -494,8 +494,7 @@ class InterpNETTrainer:
         self.decoder = CaptionTrainer(
             ex.decoder, prepare=lambda b: ex.pair_batch(b, self.device), loss=_pair_loss, epochs=train.epochs,
             batch_size=train.batch_size, lr=train.lr, grad_clip=train.grad_clip,
-            halve_on_plateau=train.halve_on_plateau, seed=train.seed, select="loss", model=wrap(ex.decoder),
-            first_epoch=self.head_epochs)
+            halve_on_plateau=train.halve_on_plateau, seed=train.seed, select="loss", model=wrap(ex.decoder))
 
     def run_epoch(self, epoch: int, train: Iterable[Batch], val: Iterable[Batch]) -> dict[str, Any]:
         if epoch < self.head_epochs:

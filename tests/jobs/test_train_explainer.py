@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from interp_ray.checkpoint import read_checkpoint, save_classifier
+from interp_ray.explainers.base import EpochTrainer, Trainable
 from interp_ray.explainers.interpnet import InterpNET, state_digest
 from interp_ray.explainers.semantic import SemanticExplainer
 from interp_ray.models import build_model
@@ -103,6 +104,9 @@ def test_local_training_reads_the_store_and_matches_its_config(tmp_path, tiny_cn
     assert len(store) == 96 and "sentences" in store.columns      # the sentences travel in the store's rows
     ex = InterpNET.load(str(tmp_path / "out"))
     assert ex.dims == {"gap": 32} and ex.info["store"]["train"] == store.key
+    trainer = ex.trainer(job)      # the protocol the job drives (interp_ray/explainers/base.py)
+    assert isinstance(ex, Trainable) and isinstance(trainer, EpochTrainer) and trainer.select == "val_loss"
+    assert trainer.epochs == 2     # a trained head is not trained again: only the explainer network's epochs
 
 
 def test_semantic_captioner_trains_on_clip_rows_of_the_store(tmp_path, tiny_cnn, store_root):
@@ -118,6 +122,8 @@ def test_semantic_captioner_trains_on_clip_rows_of_the_store(tmp_path, tiny_cnn,
     ex = SemanticExplainer.load(str(tmp_path / "out"))
     assert ex.frame_dim == 32 and len(ex.neurons) == 6 and out["finish"]["neurons"] == 6
     assert ex.info["data"]["layer"] == "gap" and ex.info["data"]["source"] == "scenes"   # what serving reads
+    trainer = ex.trainer(job)
+    assert isinstance(ex, Trainable) and isinstance(trainer, EpochTrainer) and trainer.select == "val_nll"
 
 
 @pytest.mark.ray

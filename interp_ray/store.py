@@ -303,12 +303,28 @@ def extra_spec(values: np.ndarray) -> dict[str, Any]:
     raise UserError(f"a kept column must hold strings or integers, got {arr.dtype}; keep activations as layers")
 
 
+def pack_strings(values: np.ndarray) -> np.ndarray:
+    """N×K… strings as N JSON strings, for transport through Ray Data: numpy's fixed-width str arrays become Arrow
+    tensors whose width differs from batch to batch, which Ray Data cannot concatenate."""
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "US" or arr.ndim < 2:
+        return arr
+    return np.array([json.dumps(row.tolist()) for row in arr], dtype=object)
+
+
+def unpack_strings(values: np.ndarray) -> np.ndarray:
+    """The inverse of ``pack_strings``."""
+    return np.array([json.loads(str(v)) for v in values], dtype=str)
+
+
 def extra_array(name: str, values: np.ndarray, spec: dict[str, Any]):
     """A kept column as Arrow: a flat string/int64 array, nested in fixed-size lists for each per-row axis."""
     import pyarrow as pa
 
     shape = tuple(spec["shape"])
     arr = np.asarray(values)
+    if spec["dtype"] == "string" and shape and arr.ndim == 1:
+        arr = unpack_strings(arr)
     if tuple(arr.shape[1:]) != shape:
         raise RuntimeError(f"kept column {name}: rows have shape {arr.shape[1:]}, the manifest says {shape}")
     flat = arr.reshape(-1)

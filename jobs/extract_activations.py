@@ -32,8 +32,8 @@ from interp_ray.config import ComputeSection, DataConfig, Section, StoreSection,
 from interp_ray.data import load_dataset
 from interp_ray.data.base import ImageDataset
 from interp_ray.errors import UserError
-from interp_ray.store import (Manifest, ShardAssembler, check_store, extra_spec, finalize_store,
-                              make_identity, prepare_store, store_key, store_location)
+from interp_ray.store import (Manifest, ShardAssembler, check_store, extra_spec, finalize_store, make_identity,
+                              pack_strings, prepare_store, store_key, store_location)
 from jobs.common import base_parser, check_storage_paths, exit_with, init_ray
 
 log = logging.getLogger("interp_ray.extract")
@@ -143,7 +143,7 @@ class ShardLoader:
             rows = self.dataset.get_batch(idx)
             yield {"index": idx, "shard": np.full(len(idx), shard, dtype=np.int64), "id": np.asarray(rows["id"]),
                    "image": rows["image"], "label": np.asarray(rows["label"], dtype=np.int64),
-                   **{c: rows[c] for c in self.keep}}
+                   **{c: pack_strings(rows[c]) for c in self.keep}}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         for shard in np.asarray(batch["shard"]).tolist():

@@ -245,3 +245,23 @@ def test_kept_columns_and_clips_are_stored_beside_the_activations(tmp_path):
     assert run(clips, ["sentences"]).key != store.key and run(clips, []).key not in (store.key,)
     with pytest.raises(Exception, match="no column nope"):
         run(clips, ["nope"])
+
+
+@pytest.mark.ray
+def test_kept_sentences_cross_ray_data_whatever_their_width(ray_local, tmp_path):
+    """Sentences of different lengths in different batches (numpy str arrays of different widths) reach the store
+    through the Ray Data pipeline intact."""
+    from jobs.extract_activations import ExtractJobConfig, extract
+
+    torch.manual_seed(0)
+    opts = {"num_classes": 12, "in_channels": 3, "image_size": 32, "width": 4, "hidden": 8}
+    save_classifier(tmp_path / "cnn", build_model("scenes_cnn", **opts), model_name="scenes_cnn",
+                    model_options=opts, class_names=[str(i) for i in range(12)])
+    data = {"name": "scenes", "options": {"n": 24, "size": 32}}
+    cfg = ExtractJobConfig.model_validate({
+        "checkpoint": str(tmp_path / "cnn"), "layers": ["gap"], "data": data, "splits": ["train"],
+        "keep": ["sentences"], "store": {"root": str(tmp_path / "store"), "shard_rows": 8},
+        "compute": {"engine": "ray", "batch_size": 4, "load_num_cpus": 0.25}})
+    got = ActivationStore.open(extract(cfg)[0]["location"]).read()
+    truth = load_dataset("scenes", "train", n=24, size=32).get_batch(np.arange(24))["sentences"]
+    assert got["sentences"].tolist() == truth.tolist()

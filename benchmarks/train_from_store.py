@@ -50,10 +50,11 @@ def job_for(size: int, args: argparse.Namespace, *, run_name: str | None = None)
                    "rows": {"train": size, "val": VAL_ROWS}, "keep": ["sentences"],
                    "layers": ["gap", "relu_fc"], "store": {"root": str(work / "stores"), "shard_rows": 2048},
                    "compute": {"engine": "local", "batch_size": 500}},
-        "stream": {"batch_rows": 256, "shuffle_buffer": 2048, "max_batches": args.batches},
+        "stream": {"batch_rows": 256, "shuffle_buffer": 2048, "max_batches": args.batches or None},
         "explainer": {"variant": "interpnet_2", "classifier": "store", "feature_layer": "gap",
-                      "layers": ["relu_fc"], "embed_dim": 64, "hidden_dim": 128, "max_len": 30},
-        "train": {"epochs": args.epochs, "batch_size": 32, "lr": 5e-4, "seed": 0},
+                      "layers": ["relu_fc"], "embed_dim": args.embed_dim, "hidden_dim": args.hidden_dim,
+                      "max_len": 30},
+        "train": {"epochs": args.epochs, "batch_size": args.pair_batch, "lr": 5e-4, "seed": 0},
         "scaling": {"num_workers": 1, "use_gpu": False, "resources_per_worker": {"CPU": 1}},
         "run": {"storage_path": str(work / "runs"), "name": run_name, "checkpoints_to_keep": 1},
         "output": str(work / "out" / f"interpnet_{size}")})
@@ -94,7 +95,11 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="10000,40000,160000", help="train rows of each store (comma-separated)")
-    p.add_argument("--batches", type=int, default=20, help="batches of 256 rows per epoch, at every size")
+    p.add_argument("--batches", type=int, default=20, help="batches of 256 rows per epoch, at every size (0: whole "
+                                                           "epochs, every row of the store)")
+    p.add_argument("--embed-dim", type=int, default=64)
+    p.add_argument("--hidden-dim", type=int, default=128)
+    p.add_argument("--pair-batch", type=int, default=32, help="(image, sentence) pairs per optimiser step")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--workdir", default="outputs/bench_train_from_store", help="classifier, stores, runs")
     p.add_argument("--num-cpus", type=int, default=None, help="each driver's ray.init(num_cpus=…)")
@@ -121,7 +126,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     rows = []
     for size in sizes:
         cmd = [sys.executable, "-m", "benchmarks.train_from_store", "--child", str(size), "--batches",
-               str(args.batches), "--epochs", str(args.epochs), "--workdir", str(args.workdir)]
+               str(args.batches), "--epochs", str(args.epochs), "--workdir", str(args.workdir), "--embed-dim",
+               str(args.embed_dim), "--hidden-dim", str(args.hidden_dim), "--pair-batch", str(args.pair_batch)]
         if args.num_cpus:
             cmd += ["--num-cpus", str(args.num_cpus)]
         proc = subprocess.run(cmd, capture_output=True, text=True)

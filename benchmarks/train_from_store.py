@@ -50,7 +50,8 @@ def job_for(size: int, args: argparse.Namespace, *, run_name: str | None = None)
                    "rows": {"train": size, "val": VAL_ROWS}, "keep": ["sentences"],
                    "layers": ["gap", "relu_fc"], "store": {"root": str(work / "stores"), "shard_rows": 2048},
                    "compute": {"engine": "local", "batch_size": 500}},
-        "stream": {"batch_rows": 256, "shuffle_buffer": 2048, "max_batches": args.batches or None},
+        "stream": {"batch_rows": 256, "shuffle_buffer": 2048, "max_batches": args.batches or None,
+                   "read_ahead_mib": args.read_ahead_mib},
         "explainer": {"variant": "interpnet_2", "classifier": "store", "feature_layer": "gap",
                       "layers": ["relu_fc"], "embed_dim": args.embed_dim, "hidden_dim": args.hidden_dim,
                       "max_len": 30},
@@ -97,6 +98,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--sizes", default="10000,40000,160000", help="train rows of each store (comma-separated)")
     p.add_argument("--batches", type=int, default=20, help="batches of 256 rows per epoch, at every size (0: whole "
                                                            "epochs, every row of the store)")
+    p.add_argument("--read-ahead-mib", type=int, default=None, help="stream.read_ahead_mib (None: Ray's default)")
     p.add_argument("--embed-dim", type=int, default=64)
     p.add_argument("--hidden-dim", type=int, default=128)
     p.add_argument("--pair-batch", type=int, default=32, help="(image, sentence) pairs per optimiser step")
@@ -128,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         cmd = [sys.executable, "-m", "benchmarks.train_from_store", "--child", str(size), "--batches",
                str(args.batches), "--epochs", str(args.epochs), "--workdir", str(args.workdir), "--embed-dim",
                str(args.embed_dim), "--hidden-dim", str(args.hidden_dim), "--pair-batch", str(args.pair_batch)]
+        if args.read_ahead_mib:
+            cmd += ["--read-ahead-mib", str(args.read_ahead_mib)]
         if args.num_cpus:
             cmd += ["--num-cpus", str(args.num_cpus)]
         proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -138,6 +138,8 @@ class StreamSection(Section):
     record_indices: bool = False
     # benchmarks: end each epoch after this many batches of the shard (the same work at any store size)
     max_batches: int | None = Field(None, gt=0)
+    # the object-store memory Ray Data's read pipeline may fill ahead of the workers (None: Ray's default budget)
+    read_ahead_mib: int | None = Field(None, gt=0)
 
 
 class LearnedJobConfig(Section):

@@ -249,9 +249,13 @@ def train(job: LearnedJobConfig, *, address: str | None = None) -> dict[str, Any
     datasets = {role: stores[role].to_ray(columns=columns) for role in ("train", "val")}
     loop_config = {"method": job.method, "job": job.model_dump(), "init": init_path}
     # Only "train" is split between workers; each reads every val row, so all ranks pick the same best epoch.
+    options = ray.train.DataConfig.default_ingest_options()
+    if job.stream.read_ahead_mib:
+        options.resource_limits = options.resource_limits.copy(object_store_memory=job.stream.read_ahead_mib * 2**20)
     result = make_trainer(train_func, loop_config, name=name, scaling=job.scaling, run=job.run,
                           use_gpu=resolve_use_gpu(job.scaling.use_gpu), datasets=datasets,
-                          dataset_config=ray.train.DataConfig(datasets_to_split=["train"])).fit()
+                          dataset_config=ray.train.DataConfig(datasets_to_split=["train"],
+                                                              execution_options=options)).fit()
     with final_checkpoint(result) as (d, history):
         trained = cls.load(str(d / MODEL_DIR))
     finished = trained.finish(job, rows(job, stores["train"], columns))

@@ -163,12 +163,16 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
             local_shuffle_buffer_size=stream.shuffle_buffer or None,
             local_shuffle_seed=(seed * 7919 + epoch * 104_729 + rank) if stream.shuffle_buffer else None)
         seen: list[np.ndarray] = []
+        marks: dict[str, float] = {}
         if stream.max_batches:
             train_batches = itertools.islice(train_batches, stream.max_batches)
-        row = trainer.run_epoch(epoch, tapped(train_batches, seen), val.iter_batches(batch_size=stream.batch_rows,
-                                                                                    batch_format="numpy"))
+        row = trainer.run_epoch(epoch, tapped(train_batches, seen, marks),
+                                val.iter_batches(batch_size=stream.batch_rows, batch_format="numpy"))
         rows_read = int(sum(len(s) for s in seen))
         row.update({"attempt": start.attempt, "epoch_s": time.perf_counter() - t0, "world_size": world,
+                    # the shard's start-up (until its first batch) apart from the streaming itself
+                    "first_batch_s": marks.get("first", t0) - t0,
+                    "stream_s": marks.get("end", t0) - marks.get("first", t0),
                     "rows_per_rank": gather_from_ranks(rows_read, world),
                     # this worker process's peak resident memory so far: flat in the store's size when streaming
                     "peak_rss_mib_per_rank": gather_from_ranks(peak_rss_mib(), world)})
@@ -188,11 +192,15 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def tapped(batches: Iterable[dict[str, np.ndarray]], seen: list[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-    """The batches unchanged; the store row index of every row read is noted in ``seen``."""
+def tapped(batches: Iterable[dict[str, np.ndarray]], seen: list[np.ndarray], marks: dict[str, float]
+           ) -> Iterator[dict[str, np.ndarray]]:
+    """The batches unchanged; the store row index of every row read is noted in ``seen``, and in ``marks`` when the
+    first batch arrived and when the shard was exhausted (the trainer has stepped on every batch by then)."""
     for b in batches:
+        marks.setdefault("first", time.perf_counter())
         seen.append(np.asarray(b["index"], dtype=np.int64))
         yield b
+    marks["end"] = time.perf_counter()
 
 
 def save_best(cls: type, init: str, trainer: Any, history: list[dict[str, Any]], path: Path) -> None:

@@ -4,7 +4,7 @@
 
 Both captioners share everything but λ: the clips and their frame features (scenes CNN ``gap`` per frame), the LDA
 topics, the vocabulary, the initial weights (same seed), the epochs and batches. Trained in this process with the
-same ``SemanticTrainer`` the Ray job uses (no Ray: the budget is one core). For each λ it measures
+same ``CaptionTrainer`` a Ray Train worker runs (jobs/train_explainer.py) (no Ray: the budget is one core). For each λ it measures
 
 (a) caption quality on the test clips: coco-caption METEOR (and BLEU-4, CIDEr), plus the share of captions that
     name every true discriminative attribute and no wrong attribute;
@@ -118,13 +118,19 @@ def blend_plants(ex: SemanticExplainer, test, kind: str = "colour", weights=(0.4
 
 
 def run(args) -> dict:
-    from jobs.train_semantic import VideoDataSection, load_items
+    from interp_ray.data.video_features import items_from_rows
+    from interp_ray.explainers.semantic import SemanticTrainJob
+    from jobs.train_explainer import role_stores
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    data = VideoDataSection(rows={"train": args.train, "val": args.val, "test": args.test},
-                            checkpoint=args.checkpoint, frames=args.frames, cache_dir=args.cache_dir)
-    train, val, test = (load_items(data, r) for r in ("train", "val", "test"))
+    # The clips' frame features come from the activation store (extracted once by the extraction job, reused).
+    job = SemanticTrainJob.model_validate({"source": {
+        "checkpoint": args.checkpoint, "data": {"name": "scene_clips", "options": {"frames": args.frames}},
+        "rows": {"train": args.train, "val": args.val, "test": args.test}, "layers": ["gap"],
+        "keep": ["sentences", "attributes"], "store": {"root": args.store_root}, "compute": {"engine": "local"}}})
+    stores = role_stores(job, ("train", "val", "test"))
+    train, val, test = (items_from_rows(stores[r].iter_batches(256), "gap") for r in ("train", "val", "test"))
     load_s = time.perf_counter() - t0
     topics, train_topics = fit_topics(train.sentences, TopicConfig(num_topics=args.topics, seed=args.seed))
     labels_cfg = LabelConfig(top_n=args.top_n, margin=args.margin, concepts=list(ATTRIBUTE_VOCAB))
@@ -245,8 +251,8 @@ def main(argv=None) -> int:
                    help="(c): a word selects neurons by their confident label or by their top-m words")
     p.add_argument("--probe-shots", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint", default="/tmp/interp-ray-scenes-cnn", help="the scenes CNN (frame features)")
-    p.add_argument("--cache-dir", default="/tmp/interp-ray-cache/semantic")
+    p.add_argument("--checkpoint", default="outputs/scenes_cnn", help="the scenes CNN (frame features)")
+    p.add_argument("--store-root", default="outputs/activations", help="activation stores (the clips' features)")
     p.add_argument("--save-dir", default=None, help="save each captioner here (lambda_<λ>/)")
     p.add_argument("--load-dir", default=None, help="load lambda_<λ>/ captioners saved by --save-dir instead of "
                                                     "training them")

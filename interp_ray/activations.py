@@ -12,6 +12,11 @@ Output columns (first axis = batch):
 * ``probabilities`` (float32, N×classes): softmax of the logits
 * one float32 column per layer, named by its module path, with the layer's own shape (e.g. N×128×8×8)
 * any input column named in ``passthrough`` (by default ``index`` and ``shard``, which the store uses to place rows)
+
+Clips: an ``image`` column with one more axis than the model takes (N×T×C×H×W) is a batch of T-frame clips. Every
+frame goes through the same forward pass (the frames are folded into the batch axis), each layer column comes back
+per clip as N×T×(layer shape), and ``probabilities``/``prediction`` are those of the frames' mean probabilities. One
+store row is then one clip, so a shard or a Ray Train split never cuts a clip in two.
 """
 
 from __future__ import annotations
@@ -92,23 +97,31 @@ class ActivationExtractor:
             raise UserError(f"layer name(s) {', '.join(clash)} clash with the store's own columns")
         self.passthrough = tuple(passthrough)
 
-    def layer_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Per-row shape of each layer's output (one dry run on a zero image)."""
+    def layer_shapes(self, frames: int | None = None) -> dict[str, tuple[int, ...]]:
+        """Per-row shape of each layer's output (one dry run on a zero image); with ``frames``, per clip."""
         x = torch.zeros((1, *self.model.input_shape), device=self.device)
         with torch.inference_mode():
             acts = self.model.activations(x, self.layers)
-        return {name: tuple(int(s) for s in t.shape[1:]) for name, t in acts.items()}
+        lead = () if frames is None else (int(frames),)
+        return {name: (*lead, *(int(s) for s in t.shape[1:])) for name, t in acts.items()}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # Ray Data hands out read-only, zero-copy views: copy into a fresh contiguous array torch may own.
         images = np.array(batch["image"], dtype=np.float32, copy=True)
+        n = len(images)
+        frames = images.shape[1] if images.ndim == len(self.model.input_shape) + 2 else None
+        if frames is not None:
+            images = images.reshape(n * frames, *images.shape[2:])
         x = torch.from_numpy(images).to(self.device, non_blocking=True)
         self.model.check_input(x)
         with torch.inference_mode():
             acts = self.model.activations(x, self.layers, with_logits=True)
             logits = acts.pop("logits")
             probs = torch.softmax(logits.float(), dim=1)
-        n = len(images)
+            if frames is not None:
+                probs = probs.view(n, frames, -1).mean(1)
+                logits = probs  # the clip's class: argmax of the frames' mean probabilities
+                acts = {k: v.reshape(n, frames, *v.shape[1:]) for k, v in acts.items()}
         out: dict[str, np.ndarray] = {
             "id": np.asarray(batch["id"]) if "id" in batch else np.array([str(i) for i in range(n)]),
             "label": (np.asarray(batch["label"], dtype=np.int64) if "label" in batch
@@ -122,3 +135,20 @@ class ActivationExtractor:
             if key in batch:
                 out[key] = np.asarray(batch[key])
         return out
+
+
+def clip_items(checkpoint: str | os.PathLike, dataset: Any, layer: str = "gap", *, rows: Sequence[int] | None = None,
+               batch_size: int = 64, device: str | None = None):
+    """``VideoItems`` of clips (``dataset``: the ``scene_clips`` dataset, ``image`` = T frames) with ``layer`` of every
+    frame, in process — what the extraction job stores, for a handful of clips (a CLI edit, a test fixture)."""
+    from interp_ray.data.video_features import items_from_rows
+
+    extractor = ActivationExtractor(checkpoint, [layer], device=device, passthrough=("sentences", "attributes"))
+    idx = np.arange(len(dataset)) if rows is None else np.asarray(rows, dtype=np.int64)
+
+    def batches():
+        for lo in range(0, len(idx), batch_size):
+            yield extractor(dataset.get_batch(idx[lo:lo + batch_size]))
+
+    return items_from_rows(batches(), extractor.layers[0],
+                           info={"source": "scene_clips", "checkpoint": str(checkpoint), "layer": layer})

@@ -91,6 +91,68 @@ class ClassifierJobConfig(Section):
     output: str = "outputs/digits_cnn"     # where the final classifier checkpoint is written
 
 
+class StoreSection(Section):
+    root: str = "outputs/activations"      # stores go to <root>/<model name>/<key>/ ; local dir or s3:// / gs://
+    path: str | None = None                # an explicit store directory instead (one split only)
+    shard_rows: int = Field(2048, gt=0)    # rows per part = the unit of resumption (interp_ray.store.DEFAULT_SHARD_ROWS)
+    compression: Literal["snappy", "zstd", "lz4", "none"] = "snappy"  # snappy: cheapest CPU per MB on small boxes
+
+
+class ComputeSection(Section):
+    engine: Literal["ray", "local"] = "ray"
+    batch_size: int = Field(256, gt=0)     # rows per model call
+    actors: int = Field(1, gt=0)           # extractor actor pool size
+    num_gpus: float | Literal["auto"] = "auto"  # per actor; auto: 1 when the cluster has GPUs, else 0
+    num_cpus: float = Field(1.0, gt=0)     # per extractor actor
+    torch_threads: int | None = Field(None, gt=0)  # default: what Ray gives an actor (its CPU count)
+    device: str | None = None              # None: CUDA when the actor sees one, else CPU
+    load_num_cpus: float = Field(0.5, gt=0)   # per loader task (image decoding / scene generation)
+    write_num_cpus: float = Field(0.25, gt=0)  # the single writer actor (Parquet encoding)
+    wait_for_resources: bool = False       # autoscaling clusters: let the pipeline wait for nodes to join
+
+
+class StoreSource(Section):
+    """Where a learned explainer's rows come from: the activation store that extracting ``checkpoint`` over ``data``
+    gives (``jobs.train_explainer`` runs the extraction job first; it computes only the shards that are missing).
+
+    ``splits`` maps a role (train, val, test) to the dataset's split; ``rows`` caps a role's rows (the dataset's ``n``
+    option, so only those rows are extracted); ``layers`` default to the explainer's own columns; ``keep`` names the
+    dataset columns stored beside the activations (the reference sentences the explainer learns from)."""
+
+    checkpoint: str = "outputs/scenes_cnn"
+    data: DataConfig = Field(default_factory=lambda: DataConfig(name="scenes"))
+    splits: dict[str, str] = Field(default_factory=lambda: {"train": "train", "val": "val", "test": "test"})
+    rows: dict[str, int | None] = Field(default_factory=dict)
+    layers: list[str] | None = None
+    keep: list[str] = Field(default_factory=lambda: ["sentences"])
+    store: StoreSection = Field(default_factory=StoreSection)
+    compute: ComputeSection = Field(default_factory=ComputeSection)
+
+
+class StreamSection(Section):
+    """How a Ray Train worker reads its shard of the rows."""
+
+    batch_rows: int = Field(256, gt=0)           # rows per batch from the shard (the trainer cuts its own steps)
+    shuffle_buffer: int = Field(2048, ge=0)      # rows in each worker's local shuffle buffer; 0 = store order
+    # tests and drills: each rank reports the store row indices it read in each epoch (``indices_per_rank``)
+    record_indices: bool = False
+    # benchmarks: end each epoch after this many batches of the shard (the same work at any store size)
+    max_batches: int | None = Field(None, gt=0)
+    # the object-store memory Ray Data's read pipeline may fill ahead of the workers (None: Ray's default budget)
+    read_ahead_mib: int | None = Field(None, gt=0)
+
+
+class LearnedJobConfig(Section):
+    """The sections every ``jobs.train_explainer`` config has; each learned method's ``TrainJob`` adds its own."""
+
+    method: str
+    source: StoreSource = Field(default_factory=StoreSource)
+    stream: StreamSection = Field(default_factory=StreamSection)
+    scaling: ScalingSection = Field(default_factory=ScalingSection)
+    run: RunSection = Field(default_factory=RunSection)
+    output: str
+
+
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
     """``["train.epochs=3", "data.options.n=100"]`` → nested dict; values parsed as YAML scalars."""
     out: dict[str, Any] = {}

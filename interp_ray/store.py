@@ -19,7 +19,10 @@ readers check it, so a part copied in from another store is refused.
 
 Columns: ``index`` (int64, row of the split), ``id`` (string), ``label``, ``prediction`` (int64), ``probabilities``
 and one column per layer, each an Arrow ``fixed_shape_tensor<float32>`` whose type carries the per-row shape — pyarrow,
-Ray Data and this module's reader all hand back N×shape arrays without being told the shape.
+Ray Data and this module's reader all hand back N×shape arrays without being told the shape. A store may also keep
+*kept* columns: dataset columns the extraction copied through unchanged (``keep``), such as the reference ``sentences``
+(N×K strings) or the scenes' ``attributes`` (N×4 int64), so that a learned explainer finds its ground truth in the
+same rows as the activations and never goes back to the dataset (which would regenerate or decode every image).
 
 This module is Ray-free except ``ActivationStore.to_ray``; writing happens through ``ShardAssembler``, which the Ray
 Data writer stage and the plain single-process path both use.
@@ -74,13 +77,17 @@ def utc_now() -> str:
 # --- identity and key --------------------------------------------------------------------------------------------
 
 def make_identity(*, checkpoint_digest: str, layers: Sequence[str], dataset: dict[str, Any], split: str,
-                  data: dict[str, Any] | None = None) -> dict[str, Any]:
+                  data: dict[str, Any] | None = None, keep: Sequence[str] = ()) -> dict[str, Any]:
     """What the store key hashes. ``data`` (the data config: name + options) is included because not every
-    ``describe()`` names every option that changes the pixels (digits' split seed, for one)."""
+    ``describe()`` names every option that changes the pixels (digits' split seed, for one). ``keep`` (the kept
+    dataset columns) enters only when there are some, so stores without them keep the keys they always had."""
     if data is not None:  # only what selects the rows: a config model may grow unrelated fields
         data = {"name": data["name"], "options": dict(data.get("options") or {})}
-    return json_round_trip({"format": FORMAT, "checkpoint_digest": checkpoint_digest, "layers": list(layers),
-                      "dataset": dataset, "split": split, "data": data})
+    ident = {"format": FORMAT, "checkpoint_digest": checkpoint_digest, "layers": list(layers),
+             "dataset": dataset, "split": split, "data": data}
+    if keep:
+        ident["keep"] = sorted(keep)
+    return json_round_trip(ident)
 
 
 def store_key(identity: dict[str, Any]) -> str:
@@ -111,6 +118,8 @@ class Manifest:
     format: str = FORMAT
     created: str = field(default_factory=utc_now)
     completed: str | None = None
+    # kept dataset columns: name → {"dtype": "string" | "int64", "shape": [per-row shape]} (see the module doc)
+    kept: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def num_shards(self) -> int:
@@ -132,7 +141,7 @@ class Manifest:
                 f"split {ident.get('split')})")
 
     def column_names(self) -> list[str]:
-        return [*BASE_COLUMNS, *self.layers]
+        return [*BASE_COLUMNS, *self.layers, *self.kept]
 
     def build_table(self, shard: int, cols: dict[str, np.ndarray]):
         """One shard's sorted rows as an Arrow table with this store's schema and metadata."""
@@ -266,9 +275,69 @@ def build_part_table(manifest: Manifest, shard: int, cols: dict[str, np.ndarray]
         if tuple(values.shape[1:]) != shape:
             raise RuntimeError(f"layer {name}: rows have shape {values.shape[1:]}, the manifest says {shape}")
         arrays[name] = tensor_array(values)
+    for name, spec in manifest.kept.items():
+        arrays[name] = extra_array(name, cols[name], spec)
     table = pa.table(arrays)
     meta = {SCHEMA_META_KEY: json.dumps(part_metadata(manifest, shard), sort_keys=True).encode()}
     return table.replace_schema_metadata(meta)
+
+
+def extra_spec(values: np.ndarray) -> dict[str, Any]:
+    """The manifest entry of a kept column, from a batch of it: strings or integers, any fixed per-row shape."""
+    arr = np.asarray(values)
+    if arr.dtype.kind in "US":
+        return {"dtype": "string", "shape": list(arr.shape[1:])}
+    if arr.dtype.kind in "iub":
+        return {"dtype": "int64", "shape": list(arr.shape[1:])}
+    raise UserError(f"a kept column must hold strings or integers, got {arr.dtype}; keep activations as layers")
+
+
+def pack_strings(values: np.ndarray) -> np.ndarray:
+    """N×K… strings as N JSON strings, for transport through Ray Data: numpy's fixed-width str arrays become Arrow
+    tensors whose width differs from batch to batch, which Ray Data cannot concatenate."""
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "US" or arr.ndim < 2:
+        return arr
+    return np.array([json.dumps(row.tolist()) for row in arr], dtype=object)
+
+
+def unpack_strings(values: np.ndarray) -> np.ndarray:
+    """The inverse of ``pack_strings``."""
+    return np.array([json.loads(str(v)) for v in values], dtype=str)
+
+
+def extra_array(name: str, values: np.ndarray, spec: dict[str, Any]):
+    """A kept column as Arrow: a flat string/int64 array, nested in fixed-size lists for each per-row axis."""
+    import pyarrow as pa
+
+    shape = tuple(spec["shape"])
+    arr = np.asarray(values)
+    if spec["dtype"] == "string" and shape and arr.ndim == 1:
+        arr = unpack_strings(arr)
+    if tuple(arr.shape[1:]) != shape:
+        raise RuntimeError(f"kept column {name}: rows have shape {arr.shape[1:]}, the manifest says {shape}")
+    flat = arr.reshape(-1)
+    out = (pa.array([str(x) for x in flat], type=pa.string()) if spec["dtype"] == "string"
+           else pa.array(flat.astype(np.int64)))
+    for size in reversed(shape):
+        out = pa.FixedSizeListArray.from_arrays(out, int(size))
+    return out
+
+
+def _fixed_list_numpy(col) -> np.ndarray:
+    """A (nested) fixed-size-list column back as an N×shape numpy array (strings as str)."""
+    import pyarrow as pa
+
+    shape, inner = [], col.type
+    while pa.types.is_fixed_size_list(inner):
+        shape.append(inner.list_size)
+        inner = inner.value_type
+    flat = col
+    for _ in shape:
+        flat = flat.flatten()
+    values = (np.asarray(flat.to_pylist(), dtype=str) if pa.types.is_string(inner) or pa.types.is_large_string(inner)
+              else flat.to_numpy(zero_copy_only=False))
+    return values.reshape(len(col), *shape)
 
 
 def batch_from_arrow(record_batch) -> dict[str, np.ndarray]:
@@ -279,6 +348,8 @@ def batch_from_arrow(record_batch) -> dict[str, np.ndarray]:
     for name, col in zip(record_batch.schema.names, record_batch.columns):
         if isinstance(col.type, pa.FixedShapeTensorType):
             out[name] = col.to_numpy_ndarray()
+        elif pa.types.is_fixed_size_list(col.type):
+            out[name] = _fixed_list_numpy(col)
         elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
             out[name] = np.asarray(col.to_pylist(), dtype=str)
         else:
@@ -615,7 +686,7 @@ def store_location(root: str, model_name: str, key: str) -> str:
 
 
 def expected_key(checkpoint: str, *, layers: Iterable[str] | str | None = None, data: dict[str, Any] | Any,
-                 split: str) -> tuple[str, str]:
+                 split: str, keep: Sequence[str] = ()) -> tuple[str, str]:
     """(key, model name) that an extraction of ``checkpoint``/``layers`` over ``data``/``split`` would produce.
 
     ``data`` is a ``DataConfig`` or its dict (``{"name": …, "options": {…}}``)."""
@@ -627,14 +698,15 @@ def expected_key(checkpoint: str, *, layers: Iterable[str] | str | None = None, 
     resolved = loaded.model.resolve_layers(loaded.model.default_layers if layers is None else layers)
     dataset = load_dataset(spec["name"], split, **spec.get("options", {}))
     ident = make_identity(checkpoint_digest=loaded.digest, layers=resolved, dataset=dataset.describe(),
-                          split=split, data=spec)
+                          split=split, data=spec, keep=keep)
     return store_key(ident), loaded.config["model"]["name"]
 
 
 def find_store(root: str, checkpoint: str, *, data: dict[str, Any] | Any, split: str,
-               layers: Iterable[str] | str | None = None) -> ActivationStore:
-    """Open the store that extracting ``checkpoint``/``layers`` over ``data``/``split`` under ``root`` produced."""
-    key, model_name = expected_key(checkpoint, layers=layers, data=data, split=split)
+               layers: Iterable[str] | str | None = None, keep: Sequence[str] = ()) -> ActivationStore:
+    """Open the store that extracting ``checkpoint``/``layers`` (keeping ``keep``) over ``data``/``split`` under
+    ``root`` produced."""
+    key, model_name = expected_key(checkpoint, layers=layers, data=data, split=split, keep=keep)
     location = store_location(root, model_name, key)
     return ActivationStore.open(location, key=key)
 

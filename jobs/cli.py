@@ -18,8 +18,10 @@ COMMANDS: dict[str, str] = {
     "fit-cnn-inte": "jobs.fit_cnn_inte",
     "pipeline": "jobs.pipeline",
     "train-flint": "jobs.train_flint",
-    "train-interpnet": "jobs.train_interpnet",
-    "train-semantic": "jobs.train_semantic",
+    "train-explainer": "jobs.train_explainer",
+    # the commands of the two jobs train-explainer replaced (the config's ``method`` says what is trained)
+    "train-interpnet": "jobs.train_explainer",
+    "train-semantic": "jobs.train_explainer",
     "revise-caption": "jobs.revise_caption",
     "evaluate": "jobs.evaluate",
     "explain": "jobs.explain",

@@ -4,8 +4,9 @@
     python -m jobs.evaluate --hypotheses gen.txt --references refs.txt --refs-per-sentence 5   # score two files
 
 For every variant in ``evaluate.variants`` the explainer checkpoint ``<evaluate.output_dir>/<variant>`` is used, or
-trained first when it is missing (``evaluate.trainer``: ``ray`` = ``jobs.train_interpnet.train`` on Ray Train,
-``local`` = the same helpers in this process). Each explainer then explains the test split (greedy decoding unless
+trained first when it is missing (``evaluate.trainer``: ``ray`` = ``jobs.train_explainer.train`` on Ray Train,
+``local`` = the same trainer in this process). The test split is read from the activation store (the extraction job
+writes it first when missing) and scored whole. Each explainer then explains the test split (greedy decoding unless
 ``evaluate.beam_width`` > 1) and is scored against every image's reference sentences with one shared METEOR process.
 Writes ``table.md``, ``results.json`` and ``samples.md`` to ``evaluate.output_dir`` and prints the table.
 """
@@ -22,10 +23,10 @@ import numpy as np
 
 from interp_ray.config import load_config
 from interp_ray.errors import UserError
-from interp_ray.explainers.interpnet import VARIANTS, InterpNET
+from interp_ray.explainers.interpnet import VARIANTS, InterpNET, InterpNETTrainJob, collect
 from interp_ray.metrics.captions import CaptionScorer, attribute_faithfulness, score_files
 from jobs.common import base_parser, exit_with, init_ray
-from jobs.train_interpnet import InterpNETJobConfig, load_table, train, train_local
+from jobs.train_explainer import role_stores, train, train_local
 
 log = logging.getLogger("interp_ray.evaluate")
 NAMES = {"captioning": "Captioning (input only)", "interpnet_0": "InterpNET_0 (output only)",
@@ -45,7 +46,7 @@ COLUMNS = [  # (key, header, scale)
 ]
 
 
-def variant_config(cfg: InterpNETJobConfig, variant: str, output: Path) -> InterpNETJobConfig:
+def variant_config(cfg: InterpNETTrainJob, variant: str, output: Path) -> InterpNETTrainJob:
     if variant not in VARIANTS:
         raise UserError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
     c = cfg.model_copy(deep=True)
@@ -58,39 +59,44 @@ def variant_config(cfg: InterpNETJobConfig, variant: str, output: Path) -> Inter
     return c
 
 
-def ensure_trained(cfg: InterpNETJobConfig, variant: str, tables: dict) -> tuple[Path, float | None]:
+def ensure_trained(cfg: InterpNETTrainJob, variant: str) -> tuple[Path, float | None]:
     out = Path(cfg.evaluate.output_dir) / variant
     if out.joinpath("config.json").is_file() and not cfg.evaluate.retrain:
         return out, None
     vcfg = variant_config(cfg, variant, out)
-    if not tables:
-        tables.update({role: load_table(cfg, role) for role in ("train", "val")})
     t0 = time.perf_counter()
     print(f"[evaluate] training {variant} ({cfg.evaluate.trainer}) …", flush=True)
     if cfg.evaluate.trainer == "ray":
         init_ray()
-        train(vcfg, tables)
+        train(vcfg)
     else:
-        train_local(vcfg, tables)
+        train_local(vcfg)
     return out, time.perf_counter() - t0
 
 
-def evaluate(cfg: InterpNETJobConfig) -> dict[str, Any]:
+def test_table(cfg: InterpNETTrainJob):
+    """The test split's pooled activations and sentences, read from its store (evaluation scores it whole)."""
+    store = role_stores(cfg, ["test"])["test"]
+    columns = list(dict.fromkeys(["id", "label", "prediction", "sentences", *cfg.explainer.columns()]))
+    return collect(store.iter_batches(1024, columns=columns), cfg.explainer.columns(),
+                   pool=cfg.explainer.feature_pool)
+
+
+def evaluate(cfg: InterpNETTrainJob) -> dict[str, Any]:
     t_start = time.perf_counter()
     out_dir = Path(cfg.evaluate.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for v in cfg.evaluate.variants:
         if v not in VARIANTS:
             raise UserError(f"unknown variant {v!r}; valid: {', '.join(VARIANTS)}")
-    test = load_table(cfg, "test")
+    test = test_table(cfg)
     if test.sentences is None or not all(test.sentences):
         raise UserError("the test split has images without reference sentences; nothing to score against")
     image_model_acc = (float(np.mean(test.prediction == test.labels)) if test.prediction is not None else None)
-    tables: dict = {}
     rows, samples = [], {}
     with CaptionScorer(meteor=cfg.evaluate.meteor) as scorer:
         for variant in cfg.evaluate.variants:
-            path, train_s = ensure_trained(cfg, variant, tables)
+            path, train_s = ensure_trained(cfg, variant)
             explainer = InterpNET.load(str(path))
             if explainer.config.variant != variant:
                 raise UserError(f"{path} holds a {explainer.config.variant!r} explainer, not {variant!r}")
@@ -104,7 +110,7 @@ def evaluate(cfg: InterpNETJobConfig) -> dict[str, Any]:
                    "checkpoint": str(path), "train_s": train_s, "decode_s": decode_s,
                    "best_epoch": _best_epoch(explainer), "epochs": len(explainer.history.get("explainer", [])),
                    "empty_sentences": sum(1 for s in sentences if not s.strip())}
-            if cfg.data.name == "scenes":
+            if cfg.source.data.name == "scenes":
                 row.update(attribute_faithfulness(sentences, test.labels))
                 # The same shares against the class the classifier predicted: does the sentence explain the decision
                 # the model actually made (right or wrong)?
@@ -125,7 +131,7 @@ def evaluate(cfg: InterpNETJobConfig) -> dict[str, Any]:
 
 def _best_epoch(explainer: InterpNET) -> int | None:
     hist = explainer.history.get("explainer") or []
-    return min(hist, key=lambda h: h["val_loss"])["epoch"] if hist else None
+    return int(hist[-1]["best_epoch"]) if hist else None
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -136,7 +142,7 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(out_dir: Path, result: dict[str, Any], cfg: InterpNETJobConfig) -> None:
+def write_outputs(out_dir: Path, result: dict[str, Any], cfg: InterpNETTrainJob) -> None:
     table = format_table(result)
     acc = result["image_model_accuracy"]
     decoding = "greedy" if result["beam_width"] == 1 else f"beam search, width {result['beam_width']}"
@@ -150,7 +156,7 @@ def write_outputs(out_dir: Path, result: dict[str, Any], cfg: InterpNETJobConfig
              "'vs. pred.' = the same two shares measured against the class the classifier predicted (does the "
              "sentence explain the decision the model made?)."]
     if acc is not None:
-        notes.append(f"The image model that gives h_0 ({cfg.features.checkpoint}, layer "
+        notes.append(f"The image model that gives h_0 ({cfg.source.checkpoint}, layer "
                      f"{cfg.explainer.feature_layer}) has test accuracy {acc * 100:.1f}%.")
     (out_dir / "table.md").write_text(table + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
     (out_dir / "results.json").write_text(json.dumps(result, indent=2, default=str))
@@ -175,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for key, value in scores.items():
             print(f"{LABELS[key]}: {value:.4f}")
         return 0
-    cfg = load_config(InterpNETJobConfig, args.config, args.overrides)
+    cfg = load_config(InterpNETTrainJob, args.config, args.overrides)
     if args.address:
         init_ray(args.address)
     result = evaluate(cfg)

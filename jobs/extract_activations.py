@@ -27,13 +27,13 @@ from typing import Any, Iterator, Literal, Sequence
 import numpy as np
 from pydantic import Field, model_validator
 
-from interp_ray.activations import ActivationExtractor
-from interp_ray.config import DataConfig, Section, load_config
+from interp_ray.activations import DEFAULT_PASSTHROUGH, ActivationExtractor
+from interp_ray.config import ComputeSection, DataConfig, Section, StoreSection, load_config
 from interp_ray.data import load_dataset
 from interp_ray.data.base import ImageDataset
 from interp_ray.errors import UserError
-from interp_ray.store import (DEFAULT_SHARD_ROWS, Manifest, ShardAssembler, check_store, finalize_store,
-                              make_identity, prepare_store, store_key, store_location)
+from interp_ray.store import (Manifest, ShardAssembler, check_store, extra_spec, finalize_store, make_identity,
+                              pack_strings, prepare_store, store_key, store_location)
 from jobs.common import base_parser, check_storage_paths, exit_with, init_ray
 
 log = logging.getLogger("interp_ray.extract")
@@ -41,29 +41,12 @@ log = logging.getLogger("interp_ray.extract")
 
 # --- config ------------------------------------------------------------------------------------------------------
 
-class StoreSection(Section):
-    root: str = "outputs/activations"      # stores go to <root>/<model name>/<key>/ ; local dir or s3:// / gs://
-    path: str | None = None                # an explicit store directory instead (one split only)
-    shard_rows: int = Field(DEFAULT_SHARD_ROWS, gt=0)  # rows per part = the unit of resumption
-    compression: Literal["snappy", "zstd", "lz4", "none"] = "snappy"  # snappy: cheapest CPU per MB on small boxes
-
-
-class ComputeSection(Section):
-    engine: Literal["ray", "local"] = "ray"
-    batch_size: int = Field(256, gt=0)     # rows per model call
-    actors: int = Field(1, gt=0)           # extractor actor pool size
-    num_gpus: float | Literal["auto"] = "auto"  # per actor; auto: 1 when the cluster has GPUs, else 0
-    num_cpus: float = Field(1.0, gt=0)     # per extractor actor
-    torch_threads: int | None = Field(None, gt=0)  # default: what Ray gives an actor (its CPU count)
-    device: str | None = None              # None: CUDA when the actor sees one, else CPU
-    load_num_cpus: float = Field(0.5, gt=0)   # per loader task (image decoding / scene generation)
-    write_num_cpus: float = Field(0.25, gt=0)  # the single writer actor (Parquet encoding)
-    wait_for_resources: bool = False       # autoscaling clusters: let the pipeline wait for nodes to join
-
-
 class ExtractJobConfig(Section):
     checkpoint: str                        # a classifier checkpoint directory (local or URI)
     layers: list[str] | None = None        # module paths or patterns; None: the model's default layers
+    # dataset columns copied into the store beside the activations (e.g. sentences, attributes: ground truth a
+    # learned explainer trains on, read from the same rows instead of regenerating the dataset)
+    keep: list[str] = Field(default_factory=list)
     data: DataConfig = Field(default_factory=DataConfig)
     splits: list[str] = Field(default_factory=lambda: ["train"], min_length=1)
     store: StoreSection = Field(default_factory=StoreSection)
@@ -103,19 +86,40 @@ def make_plan(cfg: ExtractJobConfig, split: str) -> ExtractPlan:
     checkpoint = absolute(cfg.checkpoint)
     extractor = ActivationExtractor(checkpoint, cfg.layers, device="cpu")
     model_shape = tuple(extractor.model.input_shape)
-    if tuple(dataset.image_shape) != model_shape:
+    image_shape = tuple(dataset.image_shape)
+    # A clip dataset's rows are T frames of the model's input: one store row per clip (interp_ray.activations).
+    frames = image_shape[0] if len(image_shape) == len(model_shape) + 1 else None
+    if image_shape[-len(model_shape):] != model_shape or len(image_shape) > len(model_shape) + 1:
         raise UserError(f"{cfg.data.name}/{split} images are {'×'.join(map(str, dataset.image_shape))} but "
                         f"checkpoint {cfg.checkpoint} takes {'×'.join(map(str, model_shape))}")
+    kept = kept_columns(dataset, cfg.keep, what=f"{cfg.data.name}/{split}")
     identity = make_identity(checkpoint_digest=extractor.digest, layers=extractor.layers,
-                             dataset=dataset.describe(), split=split, data=cfg.data.model_dump())
+                             dataset=dataset.describe(), split=split, data=cfg.data.model_dump(), keep=cfg.keep)
     key = store_key(identity)
     location = absolute(cfg.store.path) if cfg.store.path else store_location(absolute(cfg.store.root),
                                                                             extractor.model_name, key)
     manifest = Manifest(
         key=key, identity=identity, model={"name": extractor.model_name, "checkpoint": checkpoint},
-        layers={name: {"shape": list(shape), "dtype": "float32"} for name, shape in extractor.layer_shapes().items()},
-        class_names=extractor.class_names, rows=len(dataset), shard_rows=cfg.store.shard_rows)
+        layers={name: {"shape": list(shape), "dtype": "float32"}
+                for name, shape in extractor.layer_shapes(frames).items()},
+        class_names=extractor.class_names, rows=len(dataset), shard_rows=cfg.store.shard_rows, kept=kept)
     return ExtractPlan(split, dataset, checkpoint, extractor.digest, extractor.layers, location, manifest)
+
+
+def kept_columns(dataset: ImageDataset, keep: Sequence[str], *, what: str) -> dict[str, dict[str, Any]]:
+    """The manifest entries of the ``keep`` columns, from the dataset's first row (every row has the same shape)."""
+    if not keep:
+        return {}
+    clash = sorted(set(keep) & {"index", "shard", "id", "label", "prediction", "probabilities", "image"})
+    if clash:
+        raise UserError(f"keep: {', '.join(clash)} is one of the store's own columns")
+    if len(dataset) == 0:
+        raise UserError(f"{what} is empty: nothing to keep")
+    row = dataset.get_batch(np.arange(1))
+    missing = [c for c in keep if c not in row]
+    if missing:
+        raise UserError(f"keep: {what} has no column {', '.join(missing)}; it has {', '.join(sorted(row))}")
+    return {c: extra_spec(row[c]) for c in keep}
 
 
 # --- the stages --------------------------------------------------------------------------------------------------
@@ -130,6 +134,7 @@ class ShardLoader:
 
     def __init__(self, dataset: ImageDataset, manifest: Manifest, chunk_rows: int):
         self.dataset, self.manifest, self.chunk_rows = dataset, manifest, chunk_rows
+        self.keep = list(manifest.kept)
 
     def shard_batches(self, shard: int) -> Iterator[dict[str, np.ndarray]]:
         lo, hi = self.manifest.shard_range(shard)
@@ -137,7 +142,8 @@ class ShardLoader:
             idx = np.arange(a, min(a + self.chunk_rows, hi), dtype=np.int64)
             rows = self.dataset.get_batch(idx)
             yield {"index": idx, "shard": np.full(len(idx), shard, dtype=np.int64), "id": np.asarray(rows["id"]),
-                   "image": rows["image"], "label": np.asarray(rows["label"], dtype=np.int64)}
+                   "image": rows["image"], "label": np.asarray(rows["label"], dtype=np.int64),
+                   **{c: pack_strings(rows[c]) for c in self.keep}}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         for shard in np.asarray(batch["shard"]).tolist():
@@ -228,7 +234,8 @@ class Progress:
 def run_local(cfg: ExtractJobConfig, plan: ExtractPlan, missing: list[int], progress: Progress) -> None:
     """The same stages in this process, in order: no Ray (small jobs, tests, the benchmark's comparison)."""
     extractor = ActivationExtractor(plan.checkpoint, plan.layers, device=cfg.compute.device,
-                                    torch_threads=cfg.compute.torch_threads, expect_digest=plan.digest)
+                                    torch_threads=cfg.compute.torch_threads, expect_digest=plan.digest,
+                                    passthrough=passthrough(plan))
     assembler = ShardAssembler(plan.location, plan.manifest, compression=cfg.store.compression,
                                fail_after_shards=cfg.fail_after_shards, fail_mode=cfg.fail_mode)
     loader = ShardLoader(plan.dataset, plan.manifest, cfg.compute.batch_size)
@@ -238,6 +245,10 @@ def run_local(cfg: ExtractJobConfig, plan: ExtractPlan, missing: list[int], prog
             progress.rows_extracted(len(out["index"]))
             for record in assembler.add(out):
                 progress.update(record)
+
+
+def passthrough(plan: ExtractPlan) -> list[str]:
+    return [*DEFAULT_PASSTHROUGH, *plan.manifest.kept]
 
 
 def gpus_per_actor(cfg: ExtractJobConfig) -> float:
@@ -278,7 +289,8 @@ def build_pipeline(cfg: ExtractJobConfig, plan: ExtractPlan, missing: list[int])
     acts = images.map_batches(
         ActivationExtractor, batch_size=c.batch_size, batch_format="numpy",
         fn_constructor_kwargs={"checkpoint": plan.checkpoint, "layers": plan.layers, "device": c.device,
-                               "torch_threads": c.torch_threads, "expect_digest": plan.digest},
+                               "torch_threads": c.torch_threads, "expect_digest": plan.digest,
+                               "passthrough": passthrough(plan)},
         compute=ray.data.ActorPoolStrategy(size=c.actors), num_cpus=c.num_cpus, num_gpus=num_gpus)
     # One writer: a shard's rows may arrive from any extractor actor, and only one place may assemble them.
     return acts.map_batches(

@@ -15,7 +15,6 @@ import hashlib
 import importlib
 import json
 import logging
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -214,20 +213,19 @@ def run_flint(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
             "checkpoint": r["checkpoint"], "seconds": time.perf_counter() - t0}
 
 
-@pipeline_stage("interpnet", job="jobs.train_interpnet:InterpNETJobConfig",
+@pipeline_stage("interpnet", job="interp_ray.explainers.interpnet:InterpNETTrainJob",
                 default=StageRef(config="configs/interpnet_scenes.yaml", classifier="scenes"))
 def run_interpnet(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
+    from interp_ray.explainers.interpnet import InterpNETTrainJob
     from jobs.evaluate import evaluate, format_table
-    from jobs.train_interpnet import InterpNETJobConfig
 
     ref = cfg.ref("interpnet")
-    job = ref.load(InterpNETJobConfig, smoke=ctx.smoke, forced={
-        "features.checkpoint": ctx.checkpoint(ref.classifier), "features.cache_dir": str(ctx.local / "cache"),
+    job = ref.load(InterpNETTrainJob, smoke=ctx.smoke, forced={
+        "source.checkpoint": ctx.checkpoint(ref.classifier), "source.store.root": join_uri(ctx.out, "activations"),
         "evaluate.output_dir": str(ctx.local / "interpnet"), "run.storage_path": join_uri(ctx.out, "ray_runs")})
-    t0 = stage(f"InterpNET on {job.data.name} ({', '.join(job.evaluate.variants)}): training on Ray Train, "
-               f"then scoring with pycocoevalcap")
+    t0 = stage(f"InterpNET on {job.source.data.name} ({', '.join(job.evaluate.variants)}): activations into the "
+               f"store, training on Ray Train from it, then scoring with pycocoevalcap")
     r = evaluate(job)
-    shutil.rmtree(ctx.local / "cache", ignore_errors=True)  # pooled activations: cheap to recompute, not a result
     scores = [f"{row['variant']} METEOR {row.get('meteor_segment_mean', float('nan')) * 100:.1f}" for row in r["rows"]]
     print(f"[pipeline] InterpNET: {'; '.join(scores)}", flush=True)
     return {"table": format_table(r), "rows": [{k: v for k, v in row.items() if not isinstance(v, (dict, list))}
@@ -261,28 +259,30 @@ def run_saliency(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
             "stores": r.stores, "seconds": time.perf_counter() - t0}
 
 
-@pipeline_stage("semantic", job="jobs.train_semantic:SemanticJobConfig",
+@pipeline_stage("semantic", job="interp_ray.explainers.semantic:SemanticTrainJob",
                 default=StageRef(config="configs/semantic_scenes.yaml", classifier="scenes"))
 def run_semantic(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
-    from interp_ray.explainers.semantic import SemanticExplainer
+    from interp_ray.data.video_features import items_from_rows
+    from interp_ray.explainers.semantic import SemanticExplainer, SemanticTrainJob
     from interp_ray.metrics.captions import CaptionScorer
     from interp_ray.metrics.semantic import caption_faithfulness, label_precision
-    from jobs.train_semantic import SemanticJobConfig, load_items, train
+    from jobs.train_explainer import role_stores, train
 
     ref = cfg.ref("semantic")
-    job = ref.load(SemanticJobConfig, smoke=ctx.smoke, forced={
-        "data.checkpoint": ctx.checkpoint(ref.classifier), "data.cache_dir": str(ctx.local / "cache"),
+    job = ref.load(SemanticTrainJob, smoke=ctx.smoke, forced={
+        "source.checkpoint": ctx.checkpoint(ref.classifier), "source.store.root": join_uri(ctx.out, "activations"),
         "output": str(ctx.local / "semantic"), "run.storage_path": join_uri(ctx.out, "ray_runs")})
-    t0 = stage(f"semantic captioner (Dong et al., λ = {job.explainer.interp_weight}) on {job.data.source} clips: "
-               f"topics, Ray Train, neuron labels, scoring")
-    items = {role: load_items(job.data, role) for role in ("train", "val", "test")}
-    r = train(job, {"train": items["train"], "val": items["val"]})
+    t0 = stage(f"semantic captioner (Dong et al., λ = {job.explainer.interp_weight}) on {job.source.data.name}: "
+               f"frame features into the store, topics, Ray Train, neuron labels, scoring")
+    r = train(job)
     ex = SemanticExplainer.load(r["checkpoint"])
+    # The evaluation reads its clips whole (240 test clips; the train clips for the labels' precision).
+    stores = role_stores(job, ("train", "test"))
+    items = {role: items_from_rows(store.iter_batches(256), job.frame_column) for role, store in stores.items()}
     test = items["test"]
     captions = ex.caption(test.features, test.mask)
     with CaptionScorer() as scorer:
         scores = scorer.score(captions, test.sentences)
-    shutil.rmtree(ctx.local / "cache", ignore_errors=True)  # frame features: cheap to recompute, not a result
     out = {"lambda": job.explainer.interp_weight, "epochs": len(r["history"]), "best_epoch": r["best_epoch"],
            "test_clips": len(test), "scores": scores, "seconds": 0.0,
            "samples": [{"id": str(i), "caption": c, "reference": refs[0]}

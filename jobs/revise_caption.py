@@ -29,8 +29,8 @@ def _split_list(values: Sequence[str]) -> list[str]:
 
 def clip_features(info: dict, spec: str) -> tuple[np.ndarray, np.ndarray, dict]:
     """(1 × K × D features, 1 × K mask, ground truth) of scene clip ``SPLIT:INDEX`` through the recorded frame CNN."""
-    from interp_ray.data.scenes import ATTRIBUTE_KINDS, ATTRIBUTE_VALUES
-    from interp_ray.data.video_features import scene_clip_items
+    from interp_ray.activations import clip_items
+    from interp_ray.data.scenes import ATTRIBUTE_KINDS, ATTRIBUTE_VALUES, load_scene_videos
 
     data = info.get("data") or {}
     if data.get("source") != "scenes":
@@ -38,9 +38,9 @@ def clip_features(info: dict, spec: str) -> tuple[np.ndarray, np.ndarray, dict]:
     split, _, index = spec.partition(":")
     if split not in ("train", "val", "test") or not index.isdigit():
         raise UserError(f"--clip must look like test:12 (split:index), got {spec!r}")
-    items = scene_clip_items(split, int(index) + 1, data["checkpoint"], frames=data["frames"], layer=data["layer"],
-                             seed=data["seed"], size=data["size"], sentences_per_clip=data["sentences_per_clip"])
-    one = items.subset([int(index)])
+    clips = load_scene_videos(split, n=int(index) + 1, frames=data["frames"], seed=data["seed"], size=data["size"],
+                              sentences_per_image=data["sentences_per_clip"])
+    one = clip_items(data["checkpoint"], clips, data["layer"], rows=[int(index)])
     truth = {k: ATTRIBUTE_VALUES[k][int(v)] for k, v in zip(ATTRIBUTE_KINDS, one.attributes[0])}
     return one.features, one.mask, {"id": str(one.ids[0]), "attributes": truth, "reference": one.sentences[0][0]}
 
@@ -54,7 +54,7 @@ def file_features(path: str, frames: int) -> tuple[np.ndarray, np.ndarray, dict]
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True, help="a semantic explainer checkpoint (jobs.train_semantic)")
+    p.add_argument("--checkpoint", required=True, help="a semantic explainer checkpoint (jobs.train_explainer)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--clip", help="scene clip SPLIT:INDEX, e.g. test:3")
     src.add_argument("--features", help="one video's K × D frame features (.npy)")

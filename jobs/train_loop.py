@@ -163,7 +163,10 @@ def run_path(run: RunSection, *parts: str) -> str:
 
 
 def make_trainer(train_func: Callable[[dict[str, Any]], dict[str, Any]], loop_config: dict[str, Any], *, name: str,
-                 scaling: ScalingSection, run: RunSection, use_gpu: bool):
+                 scaling: ScalingSection, run: RunSection, use_gpu: bool, datasets: dict[str, Any] | None = None,
+                 dataset_config: Any = None):
+    """The TorchTrainer of a job. ``datasets`` (Ray Datasets, e.g. ``ActivationStore.to_ray()``) reach the workers
+    through ``ray.train.get_dataset_shard``; ``dataset_config`` says which are split between them."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -179,6 +182,8 @@ def make_trainer(train_func: Callable[[dict[str, Any]], dict[str, Any]], loop_co
             name=name, storage_path=storage_path, storage_filesystem=storage_fs,
             failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=run.checkpoints_to_keep)),
+        **({"datasets": datasets} if datasets else {}),
+        **({"dataset_config": dataset_config} if dataset_config is not None else {}),
     )
 
 

@@ -47,11 +47,14 @@ def save_random_flint(path: Path, predictor) -> None:
 
 def digits_activations(classifier: Path, layer: str, rows: int = 120):
     """The first ``rows`` digits training images through the classifier: an InterpNET activation table."""
+    import numpy as np
+
+    from interp_ray.activations import ActivationExtractor
     from interp_ray.data import load_dataset
-    from interp_ray.explainers.interpnet import collect, extract_in_process
+    from interp_ray.explainers.interpnet import collect
 
     ds = load_dataset("digits", "train")
-    return collect(extract_in_process(ds, str(classifier), [layer], rows=rows, batch_size=rows), [layer])
+    return collect(ActivationExtractor(str(classifier), [layer])(ds.get_batch(np.arange(rows))), [layer])
 
 
 def save_small_interpnet(path: Path, classifier: Path) -> None:
@@ -101,13 +104,15 @@ def save_small_scenes_classifier(path: Path) -> None:
 
 def save_small_semantic(path: Path, classifier: Path) -> None:
     """A small Dong et al. captioner (1 epoch) on 2-frame scene clips, with frame features from the classifier's
-    ``gap`` layer, recorded in its checkpoint as ``jobs.train_semantic`` records it."""
+    ``gap`` layer, recorded in its checkpoint as ``jobs.train_explainer`` records it."""
     import torch
 
-    from interp_ray.data.video_features import scene_clip_items
+    from interp_ray.activations import clip_items
+    from interp_ray.data.scenes import load_scene_videos
     from interp_ray.explainers.semantic import LabelConfig, SemanticExplainer, SemanticTrainConfig
 
-    items = scene_clip_items("train", 40, str(classifier), frames=2, layer="gap", size=32, sentences_per_clip=2)
+    clips = load_scene_videos("train", n=40, frames=2, size=32, sentences_per_image=2)
+    items = clip_items(str(classifier), clips, "gap")
     torch.manual_seed(4)
     ex = SemanticExplainer({"enc_hidden": 8, "interp_dim": 8, "word_dim": 8, "dec_hidden": 16, "att_dim": 8,
                             "max_len": 10})

@@ -13,6 +13,7 @@ from interp_ray.errors import UnknownNameError, UserError
 LOADERS: dict[str, str] = {
     "digits": "interp_ray.data.digits:load_digits",
     "scenes": "interp_ray.data.scenes:load_scenes",
+    "scene_clips": "interp_ray.data.scenes:load_scene_videos",
     "cub": "interp_ray.data.cub:load_cub",
     "mnist_idx": "interp_ray.data.mnist_idx:load_mnist_idx",
     "fashion_mnist": "interp_ray.data.fashion_mnist:load_fashion_mnist",

@@ -551,13 +551,18 @@ class ScenesClipDataset(ScenesDataset):
     name = "scene_clips"
 
     def __init__(self, split: str = "train", n: int | None = None, *, frames: int = 8, seed: int = 0, size: int = 64,
-                 two_objects: bool = False, sentences_per_image: int = 5):
+                 two_objects: bool = False, sentences_per_image: int = 5, video: bool = False):
         if not 1 <= frames <= MAX_FRAMES:
             raise UserError(f"frames must be in 1..{MAX_FRAMES}, got {frames}")
         super().__init__(split, DEFAULT_CLIP_ROWS[split] if n is None and split in SPLITS else n, seed=seed,
                          size=size, two_objects=two_objects, sentences_per_image=sentences_per_image)
         self.frames = int(frames)
         self.mode = _MODE_CLIP_TWO if self.two_objects else _MODE_CLIP_ONE
+        # video: ``image`` is the whole clip (T×3×H×W), so the extraction job stores one row of frame features per
+        # clip (interp_ray.activations); otherwise ``image`` is the first frame and the clip is in ``clip``.
+        self.video = bool(video)
+        if self.video:
+            self.image_shape = (self.frames, 3, self.size, self.size)
 
     def row_id(self, index: int) -> str:
         kind = "clips2" if self.two_objects else "clips"
@@ -585,16 +590,27 @@ class ScenesClipDataset(ScenesDataset):
                 clips[j, t] = add_noise(rng, frame)
             _fill_class_extras(out, j, classes)
             sentences.append(make_sentences(classes[0], rng, k))
-        return {"id": np.array([self.row_id(int(i)) for i in idx], dtype=str), "image": clips[:, 0].copy(),
-                "label": labels, "clip": clips, **out, "sentences": _sentence_array(sentences, k)}
+        ids = np.array([self.row_id(int(i)) for i in idx], dtype=str)
+        if self.video:
+            return {"id": ids, "image": clips, "label": labels, **out, "sentences": _sentence_array(sentences, k)}
+        return {"id": ids, "image": clips[:, 0].copy(), "label": labels, "clip": clips, **out,
+                "sentences": _sentence_array(sentences, k)}
 
     def describe(self) -> dict:
-        return {**super().describe(), "frames": self.frames}
+        return {**super().describe(), "frames": self.frames, **({"video": True} if self.video else {})}
 
 
 def load_scene_clips(split: str = "train", *, n: int | None = None, frames: int = 8, seed: int = 0, size: int = 64,
                      two_objects: bool = False, sentences_per_image: int = 5) -> ScenesClipDataset:
     """Generated clips of moving attribute objects (see ``ScenesClipDataset``). ``n`` defaults to 2000 / 400 / 400
-    clips for train / val / test. Not in the dataset registry (``load_dataset``); import it from here."""
+    clips for train / val / test. The registry's ``scene_clips`` is ``load_scene_videos`` (the clip as ``image``)."""
     return ScenesClipDataset(split, n, frames=frames, seed=seed, size=size, two_objects=two_objects,
                              sentences_per_image=sentences_per_image)
+
+
+def load_scene_videos(split: str = "train", *, n: int | None = None, frames: int = 8, seed: int = 0, size: int = 64,
+                      two_objects: bool = False, sentences_per_image: int = 5) -> ScenesClipDataset:
+    """The clips of ``load_scene_clips`` with ``image`` = the whole clip (T×3×H×W): the registry's ``scene_clips``,
+    which the extraction job turns into one store row of per-frame activations per clip."""
+    return ScenesClipDataset(split, n, frames=frames, seed=seed, size=size, two_objects=two_objects,
+                             sentences_per_image=sentences_per_image, video=True)

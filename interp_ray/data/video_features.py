@@ -15,10 +15,12 @@ One item format (``VideoItems``) from two sources:
    -1); MSVD users convert their csv to it (one ``sentences`` entry per description). Feature files are written by
    whatever frame CNN the user runs — the reader only needs ``<video_id>.npy``. Every video is zero-padded (or
    truncated, keeping equally spaced frames as the paper's K = 28 sampling does) to ``frames`` rows, with a mask.
-2. **Generated scene clips** — ``scene_clip_items(split, n, checkpoint)`` runs a trained scenes CNN on every frame
-   and keeps one pooled layer per frame (default ``gap``, the 128-d global-average-pooled conv features: the analogue
-   of GoogLeNet's pool5 that the paper used, and less collapsed onto the 12 classes than the fc layer). The clips'
-   true attributes come along in ``attributes`` (N × 4 value indices), which the acceptance checks need.
+2. **Generated scene clips** — the extraction job runs the scenes CNN on every frame of the ``scene_clips`` dataset
+   (``interp_ray.activations.ActivationExtractor``, one store row per clip) and keeps one layer per frame (default
+   ``gap``, the 128-d global-average-pooled conv features: the analogue of GoogLeNet's pool5 that the paper used, and
+   less collapsed onto the 12 classes than the fc layer); ``items_from_rows`` turns those store rows into
+   ``VideoItems``. The clips' true attributes come along in ``attributes`` (N × 4 value indices), kept in the store
+   beside the features, which the acceptance checks need. No module here runs a model.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -176,41 +178,26 @@ def pool_frame_features(act):
     return act.reshape(act.shape[0], act.shape[1], -1).mean(2) if act.ndim > 2 else act
 
 
-def frame_features(model, clips: np.ndarray, layer: str = "gap", *, batch_size: int = 256) -> np.ndarray:
-    """N × T × D: ``layer`` of ``model`` on every frame of ``clips`` (N × T × 3 × H × W), spatially averaged."""
-    import torch
-
-    n, t = clips.shape[:2]
-    flat = clips.reshape(n * t, *clips.shape[2:])
-    out = []
-    model.eval()
-    with torch.no_grad():
-        for lo in range(0, len(flat), batch_size):
-            act = model.activations(torch.as_tensor(flat[lo:lo + batch_size]), [layer])[layer]
-            out.append(pool_frame_features(act).numpy().astype(np.float32))
-    feats = np.concatenate(out)
-    return feats.reshape(n, t, -1)
-
-
-def scene_clip_items(split: str, n: int, checkpoint: str, *, frames: int = 8, layer: str = "gap", seed: int = 0,
-                     size: int = 64, sentences_per_clip: int = 5, batch: int = 64) -> VideoItems:
-    """``n`` generated scene clips of ``split`` as ``VideoItems`` (frame features from the scenes CNN at
-    ``checkpoint``); all frames are real, so the mask is all True."""
-    from interp_ray.checkpoint import load_classifier
-    from interp_ray.data.scenes import load_scene_clips
-
-    model = load_classifier(checkpoint).model
-    ds = load_scene_clips(split, n=n, frames=frames, seed=seed, size=size, sentences_per_image=sentences_per_clip)
-    ids, feats, labels, attrs, sents = [], [], [], [], []
-    for lo in range(0, n, batch):
-        b = ds.get_batch(np.arange(lo, min(lo + batch, n)))
-        feats.append(frame_features(model, b["clip"], layer))
-        ids.append(b["id"])
-        labels.append(b["label"])
-        attrs.append(b["attributes"])
-        sents.extend([str(s) for s in row] for row in b["sentences"])
+def items_from_rows(batches: Iterable[dict[str, Any]], frame_column: str, info: dict | None = None) -> VideoItems:
+    """Clip rows of an activation store (``frame_column``: one layer of every frame, N × K × C × …) as ``VideoItems``
+    — the in-memory form the evaluation and the human-in-the-loop edits use. The frames were run through the frame
+    CNN by ``interp_ray.activations.ActivationExtractor`` (the extraction job); nothing here runs a model."""
+    ids, feats, labels, sents, attrs = [], [], [], [], []
+    for b in batches:
+        f = np.asarray(b[frame_column], dtype=np.float32)
+        feats.append(pool_frame_features_np(f))
+        ids.append(np.asarray(b["id"]).astype(str))
+        labels.append(np.asarray(b["label"], dtype=np.int64))
+        sents.extend([str(s).strip() for s in row if str(s).strip()] for row in b["sentences"])
+        if "attributes" in b:
+            attrs.append(np.asarray(b["attributes"], dtype=np.int64))
+    if not ids:
+        raise UserError("no clips: the store is empty")
     f = np.concatenate(feats)
-    # Clip ids contain "/" (clips/train/s0/t8/0000012): keep them as they are; file export replaces the slashes.
     return VideoItems(np.concatenate(ids), f, np.ones(f.shape[:2], dtype=bool), np.concatenate(labels), sents,
-                      np.concatenate(attrs), info={"source": "scene_clips", "split": split, "checkpoint": checkpoint,
-                                                   "layer": layer, "frames": frames, "seed": seed})
+                      np.concatenate(attrs) if len(attrs) == len(ids) else None, dict(info or {}))
+
+
+def pool_frame_features_np(act: np.ndarray) -> np.ndarray:
+    """N × K × C × … per-frame layer outputs → N × K × C, spatial axes averaged."""
+    return act.reshape(*act.shape[:3], -1).mean(3) if act.ndim > 3 else act

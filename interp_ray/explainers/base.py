@@ -19,7 +19,7 @@ from __future__ import annotations
 import abc
 import importlib
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -112,7 +112,8 @@ class Explainer(abc.ABC):
     def trained_on(self) -> str | None:
         """The classifier checkpoint a learned method was trained over, when its checkpoint records one (the CLI's
         default ``--classifier``)."""
-        return (getattr(self, "info", None) or {}).get("checkpoint")
+        info = getattr(self, "info", None) or {}
+        return info.get("checkpoint") or (info.get("source") or {}).get("checkpoint")
 
     def layers(self) -> list[str]:
         """The classifier layers whose activations ``explain`` reads from its batch ("activations" / "features"
@@ -248,3 +249,71 @@ def check_fits(explainer: Explainer, classifier: Any) -> None:
             and tuple(own.input_shape) != tuple(model.input_shape):
         raise UserError(f"{name}'s checkpoint explains a model taking {tuple(own.input_shape)}; the classifier "
                         f"takes {tuple(model.input_shape)}")
+
+
+# ======================================================================================================================
+# Learned explainers: the epoch trainer one Ray Train job drives (jobs/train_explainer.py)
+#
+# A learned explainer that learns from store rows also subclasses ``Trainable``. The job streams each Ray Train
+# worker's shard of the rows (``ray.train.get_dataset_shard``) into ``run_epoch``; nothing holds the whole table.
+# ======================================================================================================================
+
+Batch = Mapping[str, Any]   # one batch of rows: column name → N×… array (the store's columns, as Ray Data gives them)
+
+
+@runtime_checkable
+class EpochTrainer(Protocol):
+    """One learned explainer's training, an epoch at a time — the same object in plain Python and on a worker.
+
+    epochs:      how many epochs the whole run has (the job runs those left after its last checkpoint)
+    run_epoch:   one pass over ``train`` (this worker's shard, in row batches), then an evaluation over ``val`` (every
+                 validation row); returns the epoch's metrics (JSON-safe scalars; ``select`` names the one that
+                 chooses the best epoch, lower is better)
+    best_state:  the explainer's weights at its best epoch so far: what is exported
+    state_dict / load_state_dict: everything a restarted worker needs to go on (weights, optimiser, lr, best)
+    """
+
+    epochs: int
+    select: str
+    best_state: dict[str, Any]
+
+    def run_epoch(self, epoch: int, train: Iterable[Batch], val: Iterable[Batch]) -> dict[str, Any]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+class Trainable(abc.ABC):
+    """What a learned explainer adds to ``Explainer`` to be trained by ``jobs/train_explainer.py`` from the store.
+
+    TrainJob:   its training job's typed config (an ``interp_ray.config.LearnedJobConfig``: where the rows come
+                from, how they stream, scaling, run, output, plus the method's own sections; its ``train`` section
+                carries ``seed`` and the drill's ``fail_at_epoch``)
+    """
+
+    TrainJob: ClassVar[type[BaseModel]]
+
+    @classmethod
+    @abc.abstractmethod
+    def from_rows(cls, job: BaseModel, rows: Callable[[], Iterable[Batch]], *, class_names: Sequence[str] | None
+                  ) -> "Trainable":
+        """The untrained explainer, fixed by streaming passes over the training rows on the driver (``rows()`` starts
+        one): vocabulary, input widths, standardisation, topics — statistics of the rows, never the rows."""
+
+    @abc.abstractmethod
+    def train_columns(self) -> list[str]:
+        """The row columns the trainer reads (store layers and kept columns)."""
+
+    @abc.abstractmethod
+    def trainer(self, job: BaseModel, *, device: Any = "cpu", wrap: Callable[[Any], Any] | None = None
+                ) -> EpochTrainer:
+        """The epoch trainer. ``wrap`` is applied to each module it trains (Ray Train's ``prepare_model``: DDP)."""
+
+    @abc.abstractmethod
+    def use_state(self, state: Mapping[str, Any], history: Sequence[Mapping[str, Any]] = ()) -> None:
+        """Put a trainer's ``best_state`` (and the run's per-epoch ``history``) into this explainer, to be saved."""
+
+    def finish(self, job: BaseModel, rows: Callable[[], Iterable[Batch]]) -> dict[str, Any]:
+        """After training, on the driver, with the best state in place (e.g. label neurons); returns a report."""
+        return {}

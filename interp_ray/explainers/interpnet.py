@@ -39,11 +39,12 @@ Data in: batch dicts of numpy arrays in the activation store's layout — ``id``
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -51,9 +52,11 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
-from interp_ray.config import Section
+from interp_ray.config import LearnedJobConfig, Section, StoreSource
 from interp_ray.errors import UserError
-from interp_ray.explainers.base import Explainer, Explanation, register
+from interp_ray.explainers.base import Batch, EpochTrainer, Explainer, Explanation, Trainable, register
+from interp_ray.explainers.captioning import (CaptionTrainer, PairArrays, PairBatch, make_pairs, pair_tokens,
+                                              sentence_rows, table_batches)
 from interp_ray.text import Vocabulary
 
 KIND = "explainer"
@@ -149,6 +152,38 @@ class DecoderTrainConfig(Section):
     fail_at_epoch: int | None = Field(None, ge=0)
 
 
+class EvaluateSection(Section):
+    """``jobs.evaluate``: the paper's table over variants (each trained by ``jobs.train_explainer`` when missing)."""
+
+    variants: list[str] = Field(default_factory=lambda: ["captioning", "interpnet_0", "interpnet_1", "interpnet_2",
+                                                         "interpnet_3"])
+    output_dir: str = "outputs/interpnet_table"   # <output_dir>/<variant>/ checkpoints, table.md, results.json
+    trainer: Literal["ray", "local"] = "ray"      # how missing explainers are trained
+    retrain: bool = False                         # train even when <output_dir>/<variant> exists
+    beam_width: int = Field(1, ge=1)              # 1 = greedy (the paper's evaluation)
+    samples: int = Field(8, ge=0)                 # example sentences per variant in the report
+    meteor: bool = True
+
+
+class InterpNETTrainJob(LearnedJobConfig):
+    """``jobs.train_explainer`` for InterpNET (configs/interpnet_*.yaml): the store rows (activations + sentences),
+    the explainer, the classifier head's schedule (head mode) and the explainer network's."""
+
+    method: Literal["interpnet"] = "interpnet"
+    source: StoreSource = Field(default_factory=lambda: StoreSource(
+        rows={"train": 3000, "val": 600, "test": 1000}))
+    explainer: InterpNETConfig = Field(default_factory=InterpNETConfig)
+    classifier_train: ClassifierTrainConfig = Field(default_factory=ClassifierTrainConfig)
+    train: DecoderTrainConfig = Field(default_factory=DecoderTrainConfig)
+    output: str = "outputs/interpnet"
+    evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
+
+    def store_layers(self) -> list[str]:
+        """The layers to extract: ``source.layers``, else the explainer's columns (``probabilities`` is a store
+        column of its own)."""
+        return self.source.layers or [c for c in self.explainer.columns() if c != "probabilities"]
+
+
 class InterpNETParams(BaseModel):
     """Per-request decoding settings."""
 
@@ -170,18 +205,6 @@ def pool_activation(arr: np.ndarray, how: str = "mean") -> np.ndarray:
     if a.ndim > 2:
         a = a.reshape(a.shape[0], a.shape[1], -1).mean(axis=2) if how == "mean" else a.reshape(a.shape[0], -1)
     return np.ascontiguousarray(a)
-
-
-def sentence_rows(column: Any, n: int) -> list[list[str]]:
-    """A ``sentences`` column (N×K strings, or N lists) as N lists of non-blank sentences."""
-    rows = list(column)
-    if len(rows) != n:
-        raise UserError(f"sentences column has {len(rows)} rows for {n} inputs")
-    out = []
-    for row in rows:
-        items = [row] if isinstance(row, str) else list(row)
-        out.append([str(s).strip() for s in items if str(s).strip()])
-    return out
 
 
 @dataclass
@@ -248,26 +271,45 @@ def collect(batches: Iterable[Mapping[str, Any]] | Mapping[str, Any], columns: S
         prediction=np.concatenate(preds) if len(preds) == len(ids) else None)
 
 
-def extract_in_process(dataset, checkpoint: str, layers: Sequence[str], *, rows: int | None = None,
-                       batch_size: int = 256, pool: str = "mean", device: str | None = None
-                       ) -> Iterator[dict[str, np.ndarray]]:
-    """ADAPTER POINT — activation batches computed here, in this process, with the project's extraction callable.
+ROWS_PER_BATCH = 256   # rows per batch when training from an in-memory table (the job streams its own batches)
 
-    Yields the activation store's batch layout (id, label, prediction, probabilities, one column per layer, plus the
-    dataset's ``sentences``), with conv columns already pooled to N×D (``pool``) to save memory; ``collect`` gives
-    the same table either way. When the Parquet activation store is used, its reader replaces this generator.
-    """
-    from interp_ray.activations import ActivationExtractor
 
-    extractor = ActivationExtractor(checkpoint, list(layers), device=device)
-    stop = len(dataset) if rows is None else min(int(rows), len(dataset))
-    for batch in dataset.iter_batches(batch_size, stop=stop):
-        out = extractor(batch)
-        for layer in extractor.layers:
-            out[layer] = pool_activation(out[layer], pool)
-        if "sentences" in batch:
-            out["sentences"] = batch["sentences"]
-        yield out
+def table_columns(t: ActivationTable, columns: Sequence[str]) -> dict[str, Any]:
+    """An ``ActivationTable`` as the row-batch columns the trainers read."""
+    out: dict[str, Any] = {c: t.columns[c] for c in columns}
+    out.update({"id": t.ids, "label": t.labels})
+    if t.sentences is not None:
+        out["sentences"] = list(t.sentences)
+    return out
+
+
+class FeatureStats:
+    """Streaming statistics of the training rows: row count, widths of every column, the largest label, and h_0's
+    mean and (unbiased) standard deviation, accumulated in float64 batch by batch."""
+
+    def __init__(self):
+        self.rows, self.max_label, self.dims = 0, -1, {}
+        self.sum: np.ndarray | None = None
+        self.sumsq: np.ndarray | None = None
+
+    def add(self, t: ActivationTable, feature: str) -> None:
+        if not len(t):
+            return
+        dims = {c: int(v.shape[1]) for c, v in t.columns.items()}
+        if self.dims and dims != self.dims:
+            raise UserError(f"activation widths {dims} differ between batches ({self.dims})")
+        self.dims = dims
+        x = np.asarray(t.columns[feature], dtype=np.float64)
+        self.sum = x.sum(0) if self.sum is None else self.sum + x.sum(0)
+        self.sumsq = (x * x).sum(0) if self.sumsq is None else self.sumsq + (x * x).sum(0)
+        self.rows += len(x)
+        self.max_label = max(self.max_label, int(np.max(t.labels)))
+
+    def mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.sum / self.rows
+        var = np.maximum(self.sumsq - self.rows * mean * mean, 0.0) / max(self.rows - 1, 1)
+        return (torch.as_tensor(mean, dtype=torch.float32),
+                torch.as_tensor(np.sqrt(var), dtype=torch.float32).clamp_min(1e-6))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -314,41 +356,66 @@ class FeatureMLP(nn.Module):
         return self.layer_outputs(x)[-1]
 
 
-def train_classifier_head(head: FeatureMLP, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
-                          val_y: np.ndarray, settings: ClassifierTrainConfig) -> list[dict[str, float]]:
-    """Fit the head (Adam, best epoch by validation accuracy, lr halved after each epoch without improvement);
-    leaves the best weights in ``head`` and returns the per-epoch history."""
-    gen = torch.Generator().manual_seed(settings.seed)
-    x, y = torch.as_tensor(train_x, dtype=torch.float32), torch.as_tensor(train_y, dtype=torch.int64)
-    vx, vy = torch.as_tensor(val_x, dtype=torch.float32), torch.as_tensor(val_y, dtype=torch.int64)
-    lr = settings.lr
-    opt = torch.optim.Adam(head.parameters(), lr=lr)
-    best_acc, best_state, history = -1.0, copy.deepcopy(head.state_dict()), []
-    for epoch in range(settings.epochs):
-        head.train()
-        perm = torch.randperm(len(x), generator=gen)
-        total = 0.0
-        for lo in range(0, len(x), settings.batch_size):
-            idx = perm[lo:lo + settings.batch_size]
-            loss = F.cross_entropy(head(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-        head.eval()
+class HeadTrainer:
+    """Step 1 of Algorithm 1, streamed: the classifier head on (h_0, label) — Adam, the best epoch by validation
+    accuracy, the lr halved after each epoch without improvement. ``features(batch) -> (x, y)`` tensors."""
+
+    def __init__(self, head: FeatureMLP, features: Callable[[Batch], tuple[torch.Tensor, torch.Tensor]],
+                 settings: ClassifierTrainConfig, *, model: nn.Module | None = None):
+        self.head, self.model = head, model if model is not None else head
+        self.features, self.settings = features, settings
+        self.lr = settings.lr
+        self.opt = torch.optim.Adam(head.parameters(), lr=self.lr)
+        self.best_acc, self.best_epoch = -1.0, -1
+        self.best_state = copy.deepcopy(head.state_dict())
+
+    def run_epoch(self, epoch: int, train: Iterable[Batch], val: Iterable[Batch]) -> dict[str, Any]:
+        gen = torch.Generator().manual_seed(self.settings.seed * 1_000_003 + epoch)
+        self.model.train()
+        total, seen = 0.0, 0
+        join = self.model.join() if isinstance(self.model, nn.parallel.DistributedDataParallel) else \
+            contextlib.nullcontext()
+        with join:
+            for batch in train:
+                x, y = self.features(batch)
+                order = torch.randperm(len(x), generator=gen)
+                for lo in range(0, len(x), self.settings.batch_size):
+                    idx = order[lo:lo + self.settings.batch_size].to(x.device)
+                    loss = F.cross_entropy(self.model(x[idx]), y[idx])
+                    self.opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    self.opt.step()
+                    total += loss.item() * len(idx)
+                    seen += len(idx)
+        self.head.eval()
+        correct = n = 0
         with torch.no_grad():
-            val_acc = (head(vx).argmax(1) == vy).float().mean().item() if len(vx) else 0.0
-        improved = val_acc > best_acc
-        if improved:
-            best_acc, best_state = val_acc, copy.deepcopy(head.state_dict())
+            for batch in val:
+                x, y = self.features(batch)
+                correct += int((self.head(x).argmax(1) == y).sum())
+                n += len(y)
+        val_acc = correct / n if n else 0.0
+        if val_acc > self.best_acc:
+            self.best_acc, self.best_epoch, self.best_state = val_acc, epoch, copy.deepcopy(self.head.state_dict())
         else:
-            lr /= 2
-            for g in opt.param_groups:
-                g["lr"] = lr
-        history.append({"epoch": epoch, "train_loss": total / max(len(x), 1), "val_accuracy": val_acc, "lr": lr})
-    head.load_state_dict(best_state)
-    head.eval()
-    return history
+            self.lr /= 2
+            for g in self.opt.param_groups:
+                g["lr"] = self.lr
+        return {"epoch": epoch, "phase": "classifier", "train_loss": total / max(seen, 1), "val_accuracy": val_acc,
+                "lr": self.lr, "rows_seen": seen}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"head": self.head.state_dict(), "optimizer": self.opt.state_dict(), "lr": self.lr,
+                "best_acc": self.best_acc, "best_epoch": self.best_epoch, "best_state": self.best_state}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.head.load_state_dict(state["head"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.lr = float(state["lr"])
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr
+        self.best_acc, self.best_epoch, self.best_state = float(state["best_acc"]), int(state["best_epoch"]), \
+            state["best_state"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -397,126 +464,68 @@ def sentence_loss(logits: torch.Tensor, targets: torch.Tensor, lengths: torch.Te
     return ((ce * mask).sum(1) / lengths.clamp_min(1)).mean()
 
 
-@dataclass
-class PairArrays:
-    """Training pairs: one row per (image, reference sentence). ``r`` has one row per image."""
-
-    r: np.ndarray            # images × R float32
-    image: np.ndarray        # pairs, int64 index into r
-    tokens: np.ndarray       # pairs × (T + 1) int64: <start> w_1 … w_L <end> <pad> …
-    lengths: np.ndarray      # pairs, int64: L + 1 (the words and the end token)
-    truncated: int = 0       # sentences cut to max_len
-
-    def __len__(self) -> int:
-        return len(self.image)
+def _pair_loss(model: nn.Module, pb: PairBatch, idx: np.ndarray) -> dict[str, torch.Tensor]:
+    r = pb.rows["r"]
+    tin, tout, lengths, item = pair_tokens(pb.pairs, idx, r.device)
+    return {"loss": sentence_loss(model(tin, r[torch.from_numpy(item).to(r.device)]), tout, lengths)}
 
 
-def make_pairs(r: np.ndarray, sentences: Sequence[Sequence[str]], vocab: Vocabulary, max_len: int) -> PairArrays:
-    """Every image once per reference sentence (the paper replicates each image 10×), encoded and padded."""
-    image, encoded, truncated = [], [], 0
-    for i, refs in enumerate(sentences):
-        for s in refs:
-            ids = vocab.encode(s)
-            if not ids:
-                continue
-            if len(ids) > max_len - 1:
-                ids, truncated = ids[:max_len - 1], truncated + 1
-            image.append(i)
-            encoded.append(ids)
-    if not encoded:
-        raise UserError("no reference sentences to learn from (every sentence is blank)")
-    width = max(len(e) for e in encoded) + 2
-    tokens = np.full((len(encoded), width), vocab.pad, dtype=np.int64)
-    tokens[:, 0] = vocab.start
-    lengths = np.empty(len(encoded), dtype=np.int64)
-    for j, ids in enumerate(encoded):
-        tokens[j, 1:len(ids) + 1] = ids
-        tokens[j, len(ids) + 1] = vocab.end
-        lengths[j] = len(ids) + 1
-    return PairArrays(np.ascontiguousarray(r, dtype=np.float32), np.asarray(image, dtype=np.int64), tokens, lengths,
-                      truncated)
+class InterpNETTrainer:
+    """Algorithm 1 as one epoch trainer: ``classifier_train.epochs`` epochs of the classifier head (head mode, unless
+    it is trained already), then the head frozen at its best epoch and ``train.epochs`` epochs of the explainer
+    network (``CaptionTrainer``) on r(x) computed from the frozen head batch by batch (stop-gradient: no gradient
+    reaches the classifier). The best epoch is the explainer network's lowest validation loss."""
 
+    select = "val_loss"
 
-def pair_batch(pairs: PairArrays, idx: np.ndarray, device: torch.device):
-    """(input ids, target ids, lengths, r) tensors for pair indices ``idx``, trimmed to the longest sentence."""
-    lengths = pairs.lengths[idx]
-    width = int(lengths.max())
-    tok = torch.from_numpy(pairs.tokens[idx, :width + 1])
-    r = torch.from_numpy(pairs.r[pairs.image[idx]])
-    return (tok[:, :-1].to(device), tok[:, 1:].to(device), torch.from_numpy(lengths).to(device), r.to(device))
+    def __init__(self, explainer: "InterpNET", classifier_train: ClassifierTrainConfig, train: DecoderTrainConfig,
+                 *, device: torch.device | str = "cpu", wrap: Callable[[nn.Module], nn.Module] | None = None):
+        wrap = wrap or (lambda m: m.to(device))
+        self.explainer, self.device = explainer, torch.device(device)
+        ex = explainer
+        self.head_epochs = classifier_train.epochs if ex.head is not None and not ex.classifier_trained else 0
+        self.epochs = self.head_epochs + train.epochs
+        self.head = None
+        if self.head_epochs:
+            ex.head.requires_grad_(True)
+            self.head = HeadTrainer(ex.head, ex.head_features, classifier_train, model=wrap(ex.head))
+        elif ex.head is not None:
+            ex.head.to(self.device)
+        self.decoder = CaptionTrainer(
+            ex.decoder, prepare=lambda b: ex.pair_batch(b, self.device), loss=_pair_loss, epochs=train.epochs,
+            batch_size=train.batch_size, lr=train.lr, grad_clip=train.grad_clip,
+            halve_on_plateau=train.halve_on_plateau, seed=train.seed, select="loss", model=wrap(ex.decoder))
 
+    def run_epoch(self, epoch: int, train: Iterable[Batch], val: Iterable[Batch]) -> dict[str, Any]:
+        if epoch < self.head_epochs:
+            return self.head.run_epoch(epoch, train, val)
+        if not self.explainer.classifier_trained:
+            self._freeze()
+        row = self.decoder.run_epoch(epoch - self.head_epochs, train, val)
+        return {**row, "epoch": epoch, "phase": "explainer", "best_epoch": row["best_epoch"] + self.head_epochs,
+                "classifier_digest": state_digest(self.explainer.classifier_state())}
 
-@torch.no_grad()
-def decoder_loss(decoder: nn.Module, pairs: PairArrays, device: torch.device, batch_size: int = 1024) -> float:
-    """The training objective on ``pairs`` in eval mode (no dropout): the mean per-sentence loss."""
-    decoder.eval()
-    total, n = 0.0, len(pairs)
-    for lo in range(0, n, batch_size):
-        idx = np.arange(lo, min(lo + batch_size, n))
-        tin, tout, lengths, r = pair_batch(pairs, idx, device)
-        total += sentence_loss(decoder(tin, r), tout, lengths).item() * len(idx)
-    return total / max(n, 1)
+    def _freeze(self) -> None:
+        if self.head is not None:
+            self.explainer.head.load_state_dict(self.head.best_state)
+        self.explainer.freeze_classifier()
 
-
-class DecoderTrainer:
-    """The per-epoch training of the explainer network; the same object runs in plain Python and in a Ray Train
-    worker (``model`` may be the DDP-wrapped ``decoder``; ``rank``/``world`` shard the pairs)."""
-
-    def __init__(self, decoder: LRCN2f, train: PairArrays, val: PairArrays, settings: DecoderTrainConfig, *,
-                 model: nn.Module | None = None, rank: int = 0, world: int = 1,
-                 device: torch.device | str = "cpu"):
-        from interp_ray.training import distributed_sampler
-
-        self.decoder, self.model = decoder, model if model is not None else decoder
-        self.train_pairs, self.val_pairs, self.settings = train, val, settings
-        self.device = torch.device(device)
-        self.lr = settings.lr
-        self.opt = torch.optim.Adam(decoder.parameters(), lr=self.lr)
-        self.sampler = distributed_sampler(range(len(train)), world_size=world, rank=rank, shuffle=True,
-                                           seed=settings.seed)
-        self.best_loss, self.best_epoch = math.inf, -1
-        self.best_state = copy.deepcopy(decoder.state_dict())
-
-    def run_epoch(self, epoch: int) -> dict[str, Any]:
-        self.sampler.set_epoch(epoch)
-        order = np.fromiter(iter(self.sampler), dtype=np.int64)
-        self.model.train()
-        total, seen = 0.0, 0
-        for lo in range(0, len(order), self.settings.batch_size):
-            idx = order[lo:lo + self.settings.batch_size]
-            tin, tout, lengths, r = pair_batch(self.train_pairs, idx, self.device)
-            loss = sentence_loss(self.model(tin, r), tout, lengths)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.settings.grad_clip:
-                nn.utils.clip_grad_norm_(self.decoder.parameters(), self.settings.grad_clip)
-            self.opt.step()
-            total += loss.item() * len(idx)
-            seen += len(idx)
-        val_loss = decoder_loss(self.decoder, self.val_pairs, self.device)
-        lr_used = self.lr
-        if val_loss < self.best_loss:
-            self.best_loss, self.best_epoch = val_loss, epoch
-            self.best_state = copy.deepcopy(self.decoder.state_dict())
-        elif self.settings.halve_on_plateau:
-            self.lr /= 2
-            for g in self.opt.param_groups:
-                g["lr"] = self.lr
-        return {"epoch": epoch, "train_loss": total / max(seen, 1), "val_loss": val_loss, "lr": lr_used,
-                "best_epoch": self.best_epoch, "best_val_loss": self.best_loss, "pairs_seen": seen}
+    @property
+    def best_state(self) -> dict[str, Any]:
+        return {"classifier": self.explainer.classifier_state(), "decoder": self.decoder.best_state}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"decoder": self.decoder.state_dict(), "optimizer": self.opt.state_dict(), "lr": self.lr,
-                "best_loss": self.best_loss, "best_epoch": self.best_epoch, "best_state": self.best_state}
+        return {"head": self.head.state_dict() if self.head is not None else None,
+                "decoder": self.decoder.state_dict(), "classifier": self.explainer.classifier_state(),
+                "frozen": self.explainer.classifier_trained}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if self.head is not None and state["head"] is not None:
+            self.head.load_state_dict(state["head"])
+        self.explainer.load_classifier_state(state["classifier"])
         self.decoder.load_state_dict(state["decoder"])
-        self.opt.load_state_dict(state["optimizer"])
-        self.lr = float(state["lr"])
-        for g in self.opt.param_groups:
-            g["lr"] = self.lr
-        self.best_loss, self.best_epoch = float(state["best_loss"]), int(state["best_epoch"])
-        self.best_state = state["best_state"]
+        if state["frozen"]:
+            self.explainer.freeze_classifier()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -628,7 +637,7 @@ def state_digest(state: Mapping[str, torch.Tensor]) -> str:
 
 
 @register(METHOD)
-class InterpNET(Explainer):
+class InterpNET(Explainer, Trainable):
     """InterpNET (Barratt 2017): sentences from the frozen classifier's introspection vector [h_0, …, h_K, p]."""
 
     name = METHOD
@@ -636,6 +645,7 @@ class InterpNET(Explainer):
     produces = frozenset({"sentence"})
     learned = True
     Params = InterpNETParams
+    TrainJob = InterpNETTrainJob
 
     def __init__(self, config: InterpNETConfig | Mapping[str, Any] | None = None, *,
                  class_names: Sequence[str] | None = None, device: str | torch.device = "cpu"):
@@ -674,14 +684,24 @@ class InterpNET(Explainer):
 
     def setup(self, train: ActivationTable, *, num_classes: int | None = None) -> "InterpNET":
         """Fix vocabulary, input widths, the (untrained) classifier head and the decoder from the training data."""
-        cfg = self.config
         if train.sentences is None:
             raise UserError("training data has no 'sentences' column: InterpNET learns from reference sentences")
+        stats = FeatureStats()
+        stats.add(train, self.config.feature_layer)
+        return self._build(stats, train.all_sentences(), num_classes=num_classes)
+
+    def _build(self, stats: "FeatureStats", sentences: Iterable[str], *, num_classes: int | None = None
+               ) -> "InterpNET":
+        """What ``setup`` fixes, from statistics of the training rows and their sentences (any iterable, consumed
+        once) — so a streaming pass over the store gives the same explainer as an in-memory table."""
+        cfg = self.config
         if self.vocab is None:
-            self.vocab = Vocabulary.build(train.all_sentences(), min_count=cfg.min_count)
+            self.vocab = Vocabulary.build(sentences, min_count=cfg.min_count)
         else:
-            self.vocab.check_covers(train.all_sentences(), source="the training data")
-        dims = {c: int(train.columns[c].shape[1]) for c in self.columns}
+            self.vocab.check_covers(list(sentences), source="the training data")
+        if not stats.rows:
+            raise UserError("no training rows: the data is empty")
+        dims = stats.dims
         if self.dims is not None and dims != self.dims:
             raise UserError(f"activation widths {dims} differ from the explainer's {self.dims}")
         self.dims = dims
@@ -691,18 +711,19 @@ class InterpNET(Explainer):
             elif self.class_names is not None:
                 num_classes = len(self.class_names)
             else:
-                num_classes = int(train.labels.max()) + 1
+                num_classes = stats.max_label + 1
         self.num_classes = int(num_classes)
-        h0 = torch.as_tensor(train.columns[cfg.feature_layer])
+        mean, std = stats.mean_std()
         # Fixed initial weights (seeded here, without touching the caller's random state): the same data and config
         # always start from the same classifier and explainer, in any process.
         with torch.random.fork_rng(devices=[]):
             if cfg.classifier == "head" and self.head is None:
                 torch.manual_seed(0)
                 self.head = FeatureMLP(dims[cfg.feature_layer], cfg.head_hidden, self.num_classes)
-                self.head.set_standardisation(train.columns[cfg.feature_layer])
+                self.head.mean.copy_(mean)
+                self.head.std.copy_(std)
             elif cfg.classifier == "store" and self.norm_mean is None:
-                self.norm_mean, self.norm_std = h0.mean(0), h0.std(0).clamp_min(1e-6)
+                self.norm_mean, self.norm_std = mean, std
             if self.decoder is None:
                 torch.manual_seed(1)
                 self.decoder = LRCN2f(len(self.vocab), self.r_dim, embed_dim=cfg.embed_dim,
@@ -726,7 +747,8 @@ class InterpNET(Explainer):
     # -- the classifier and r(x) -----------------------------------------------------------------------------
 
     def fit_classifier(self, train: Any, val: Any, settings: ClassifierTrainConfig | None = None) -> list[dict]:
-        """Train the classifier head (head mode) on (h_0, label), then freeze it. Step 1 of the paper's Algorithm 1."""
+        """Train the classifier head (head mode) on (h_0, label), then freeze it. Step 1 of the paper's Algorithm 1,
+        in this process, with the same ``HeadTrainer`` a Ray Train worker runs."""
         if self.config.classifier != "head":
             return []
         train_t, val_t = self.table(train, need_sentences=self.vocab is None), self.table(val)
@@ -734,9 +756,11 @@ class InterpNET(Explainer):
             self.setup(train_t)
         settings = settings or ClassifierTrainConfig()
         self.head.requires_grad_(True)
-        layer = self.config.feature_layer
-        hist = train_classifier_head(self.head, train_t.columns[layer], train_t.labels, val_t.columns[layer],
-                                     val_t.labels, settings)
+        trainer = HeadTrainer(self.head, self.head_features, settings)
+        rows = table_batches(table_columns(train_t, self.columns), ROWS_PER_BATCH, seed=settings.seed)
+        val_rows = table_batches(table_columns(val_t, self.columns), ROWS_PER_BATCH)
+        hist = [trainer.run_epoch(epoch, rows(epoch), val_rows(epoch)) for epoch in range(settings.epochs)]
+        self.head.load_state_dict(trainer.best_state)
         self.freeze_classifier()
         self.history["classifier"] = hist
         return hist
@@ -765,6 +789,7 @@ class InterpNET(Explainer):
             if self.head is None:
                 raise UserError("the classifier head is not built: call fit() or load a checkpoint")
             self.head.eval()
+            h0_raw = h0_raw.to(self.head.mean.device)  # the head may sit on a worker's GPU
             outs = self.head.layer_outputs(h0_raw)
             h0, hidden, probs = outs[0], outs[1:-1], torch.softmax(outs[-1], dim=1)
         else:
@@ -772,7 +797,7 @@ class InterpNET(Explainer):
             hidden = [torch.as_tensor(t.columns[c], dtype=torch.float32) for c in cfg.layers]
             probs = torch.as_tensor(t.columns["probabilities"], dtype=torch.float32)
         parts = {"input": [h0], "output": [probs], "all": [h0, *hidden, probs]}[cfg.spec.parts]
-        return torch.cat(parts, dim=1).detach(), probs.detach()
+        return torch.cat(parts, dim=1).detach().cpu(), probs.detach().cpu()
 
     def predict(self, data: Any) -> np.ndarray:
         """The classifier's predicted class per row (head: the MLP; store: the activation model's argmax)."""
@@ -785,10 +810,27 @@ class InterpNET(Explainer):
         r, _ = self.introspect(t)
         return make_pairs(r.numpy(), t.sentences, self.vocab, self.config.max_len)
 
+    def head_features(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h_0, label) of a row batch on the head's device: what the classifier head trains on."""
+        t = collect(batch, [self.config.feature_layer], pool=self.config.feature_pool)
+        dev = self.head.mean.device
+        return (torch.as_tensor(t.columns[self.config.feature_layer], dtype=torch.float32).to(dev),
+                torch.as_tensor(t.labels, dtype=torch.int64).to(dev))
+
+    def pair_batch(self, batch: Batch, device: torch.device | str = "cpu") -> PairBatch:
+        """A row batch as the explainer network's training input: r(x) of each row (frozen, detached) and one pair
+        per reference sentence."""
+        t = self.table(batch, need_sentences=True)
+        r, _ = self.introspect(t)
+        pairs = make_pairs(np.zeros((len(t), 0), np.float32), t.sentences, self.vocab, self.config.max_len,
+                           allow_empty=True)
+        return PairBatch({"r": r.to(device)}, pairs)
+
     def fit(self, data: Any, val: Any = None, *, classifier_train: ClassifierTrainConfig | None = None,
             train: DecoderTrainConfig | None = None, on_epoch: Callable[[dict], None] | None = None) -> "InterpNET":
-        """Algorithm 1 of the paper, in this process: train the classifier (unless already trained), freeze it, then
-        train the explainer network on every (image, reference sentence) pair; keeps the best epoch by val loss.
+        """Algorithm 1 of the paper, in this process, with the trainer a Ray Train worker runs (``trainer``): train
+        the classifier (unless already trained), freeze it, then the explainer network on every (image, reference
+        sentence) pair; keeps the best epoch by val loss.
 
         ``data``/``val``: ActivationTables or iterables of activation batches. Without ``val``, every 10th training
         image is held out for model selection.
@@ -800,21 +842,61 @@ class InterpNET(Explainer):
         else:
             val_t = self.table(val, need_sentences=True)
         self.setup(train_t)
-        if not self.classifier_trained:
-            self.fit_classifier(train_t, val_t, classifier_train)
-        self.freeze_classifier()
-        settings = train or DecoderTrainConfig()
+        classifier_train, settings = classifier_train or ClassifierTrainConfig(), train or DecoderTrainConfig()
         torch.manual_seed(settings.seed)
-        trainer = DecoderTrainer(self.decoder, self.training_pairs(train_t), self.training_pairs(val_t), settings,
-                                 device=self.device)
-        for epoch in range(settings.epochs):
-            row = trainer.run_epoch(epoch)
-            self.history["explainer"].append(row)
+        trainer = InterpNETTrainer(self, classifier_train, settings, device=self.device)
+        rows = table_batches(table_columns(train_t, self.columns), ROWS_PER_BATCH, seed=settings.seed)
+        val_rows = table_batches(table_columns(val_t, self.columns), ROWS_PER_BATCH)
+        history = [*self.history["classifier"], *self.history["explainer"]]
+        for epoch in range(trainer.epochs):
+            row = trainer.run_epoch(epoch, rows(epoch), val_rows(epoch))
+            history.append(row)
             if on_epoch:
                 on_epoch(row)
-        self.decoder.load_state_dict(trainer.best_state)
-        self.decoder.eval()
+        self.use_state(trainer.best_state, history)
         return self
+
+    # -- the training protocol (interp_ray.explainers.base.Trainable; jobs/train_explainer.py) ------------------
+
+    @classmethod
+    def from_rows(cls, job: InterpNETTrainJob, rows: Callable[[], Iterable[Batch]], *,
+                  class_names: Sequence[str] | None = None) -> "InterpNET":
+        """One streaming pass over the training rows: the vocabulary (word counts), the activation widths and h_0's
+        mean and standard deviation — nothing else of the rows is kept."""
+        self = cls(job.explainer, class_names=class_names)
+        stats = FeatureStats()
+
+        def sentences() -> Iterable[str]:
+            for batch in rows():
+                t = self.table(batch, need_sentences=True)
+                stats.add(t, self.config.feature_layer)
+                yield from t.all_sentences()
+
+        return self._build(stats, sentences())
+
+    def train_columns(self) -> list[str]:
+        return [*self.columns, "label", "sentences"]
+
+    def trainer(self, job: InterpNETTrainJob, *, device: Any = "cpu",
+                wrap: Callable[[nn.Module], nn.Module] | None = None) -> EpochTrainer:
+        return InterpNETTrainer(self, job.classifier_train, job.train, device=device, wrap=wrap)
+
+    def use_state(self, state: Mapping[str, Any], history: Sequence[Mapping[str, Any]] = ()) -> None:
+        self.load_classifier_state(state["classifier"])
+        self.decoder.load_state_dict(state["decoder"])
+        self.decoder.to(self.device).eval()
+        if self.head is not None:
+            self.head.to(self.device)
+        self.freeze_classifier()
+        self.history = {"classifier": [dict(h) for h in history if h.get("phase") == "classifier"],
+                        "explainer": [dict(h) for h in history if h.get("phase") != "classifier"]}
+
+    def load_classifier_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """The inverse of ``classifier_state``."""
+        if self.head is not None:
+            self.head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
+        elif "norm.mean" in state:
+            self.norm_mean, self.norm_std = state["norm.mean"], state["norm.std"]
 
     # -- explaining ----------------------------------------------------------------------------------------
 
@@ -908,6 +990,9 @@ class InterpNET(Explainer):
             raise UserError(f"checkpoint {path}: weights do not fit the configured explainer "
                             f"({str(e).splitlines()[0]})") from None
         self.classifier_trained = bool(cfg.get("classifier_trained", True))
-        self.freeze_classifier()
+        if self.classifier_trained:  # a run's starting point holds an untrained head: its first phase trains it
+            self.freeze_classifier()
+        elif self.head is not None:
+            self.head.eval()
         self.decoder.to(self.device).eval()
         return self

@@ -33,9 +33,7 @@ when the top score is positive and beats the runner-up by ``margin`` (relative):
 
 from __future__ import annotations
 
-import copy
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
@@ -45,10 +43,12 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from interp_ray.config import Section
+from interp_ray.config import LearnedJobConfig, Section, StoreSource
 from interp_ray.errors import UserError
-from interp_ray.explainers.base import Explainer, Explanation, register
+from interp_ray.explainers.base import Batch, EpochTrainer, Explainer, Explanation, Trainable, register
+from interp_ray.explainers.captioning import CaptionTrainer, PairBatch, make_pairs, pair_tokens, sentence_rows
 from interp_ray.text import Vocabulary
+from interp_ray.topics import TopicConfig
 
 KIND = "explainer"
 METHOD = "semantic"
@@ -103,6 +103,26 @@ class LabelConfig(Section):
     top_words: int = Field(4, ge=1)              # also keep each neuron's top-m words with a positive score
     concepts: list[str] | None = None            # word level: only these words can be labels (None: all words)
     eps: float = Field(1e-3, gt=0)               # log form: ŝ is clamped to at least eps
+
+
+class SemanticTrainJob(LearnedJobConfig):
+    """``jobs.train_explainer`` for the Dong et al. captioner (configs/semantic_*.yaml). The rows are clips: the
+    frame CNN's ``source.layers[0]`` on every frame, one store row per clip (``data.name: scene_clips``), with the
+    clips' reference sentences (and the scenes' attributes, for the evaluation) kept beside them."""
+
+    method: Literal["semantic"] = "semantic"
+    source: StoreSource = Field(default_factory=lambda: StoreSource(
+        data={"name": "scene_clips", "options": {"frames": 8}}, layers=["gap"], keep=["sentences", "attributes"],
+        rows={"train": 1200, "val": 240, "test": 240}))
+    topics: TopicConfig = Field(default_factory=TopicConfig)
+    explainer: SemanticConfig = Field(default_factory=SemanticConfig)
+    train: SemanticTrainConfig = Field(default_factory=SemanticTrainConfig)
+    labels: LabelConfig = Field(default_factory=LabelConfig)
+    output: str = "outputs/semantic"
+
+    @property
+    def frame_column(self) -> str:
+        return (self.source.layers or ["gap"])[0]
 
 
 class SemanticParams(BaseModel):
@@ -288,8 +308,6 @@ class CaptionData:
 
 def make_caption_data(features: np.ndarray, mask: np.ndarray, topics: np.ndarray,
                       sentences: Sequence[Sequence[str]], vocab: Vocabulary, max_len: int) -> CaptionData:
-    from interp_ray.explainers.interpnet import make_pairs
-
     pairs = make_pairs(np.zeros((len(sentences), 1), np.float32), sentences, vocab, max_len)
     return CaptionData(np.ascontiguousarray(features, dtype=np.float32), np.asarray(mask, dtype=bool),
                        np.asarray(topics, dtype=np.float32), pairs.image, pairs.tokens, pairs.lengths)
@@ -312,75 +330,26 @@ def batch_losses(model: nn.Module, b: Mapping[str, torch.Tensor], cfg: SemanticC
     return caption_losses(logits, alphas, s_hat, b["tout"], b["lengths"], b["topics"], b["mask"], cfg)
 
 
-@torch.no_grad()
-def evaluate_losses(model: SemanticCaptioner, data: CaptionData, device: torch.device,
-                    batch_size: int = 512) -> dict[str, float]:
-    """Mean per-sentence losses on ``data`` in eval mode (no dropout)."""
-    model.eval()
-    sums: dict[str, float] = {}
-    n = len(data)
-    for lo in range(0, n, batch_size):
-        idx = np.arange(lo, min(lo + batch_size, n))
-        out = batch_losses(model, batch_tensors(data, idx, device), model.cfg)
-        for k, v in out.items():
-            sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
-    return {k: v / max(n, 1) for k, v in sums.items()}
+def frame_features(column: Any) -> np.ndarray:
+    """A store's per-clip frame column (N × K × C × …, one layer of every frame) as N × K × C frame features: any
+    spatial axes averaged, as the paper pools GoogLeNet's last conv block."""
+    a = np.asarray(column, dtype=np.float32)
+    if a.ndim < 3:
+        raise UserError(f"frame features must be N × K × D (or N × K × C × H × W), got shape {a.shape}")
+    return a.reshape(*a.shape[:3], -1).mean(3) if a.ndim > 3 else a
 
 
-class SemanticTrainer:
-    """Per-epoch training of the captioner; the same object runs in plain Python and in a Ray Train worker
-    (``model`` may be the DDP-wrapped captioner; ``rank``/``world`` shard the pairs). Keeps the best epoch by
-    validation NLL (the paper's early-stopping criterion)."""
+def _pair_losses(model: nn.Module, pb: PairBatch, idx: np.ndarray) -> dict[str, torch.Tensor]:
+    feats = pb.rows["feats"]
+    tin, tout, lengths, item = pair_tokens(pb.pairs, idx, feats.device)
+    item = torch.from_numpy(item).to(feats.device)
+    b = {"feats": feats[item], "mask": pb.rows["mask"][item], "topics": pb.rows["topics"][item], "tin": tin,
+         "tout": tout, "lengths": lengths}
+    cfg = model.module.cfg if isinstance(model, nn.parallel.DistributedDataParallel) else model.cfg
+    return batch_losses(model, b, cfg)
 
-    def __init__(self, captioner: SemanticCaptioner, train: CaptionData, val: CaptionData,
-                 settings: SemanticTrainConfig, *, model: nn.Module | None = None, rank: int = 0, world: int = 1,
-                 device: torch.device | str = "cpu"):
-        from interp_ray.training import distributed_sampler
 
-        self.captioner, self.model = captioner, model if model is not None else captioner
-        self.train_data, self.val_data, self.settings = train, val, settings
-        self.device = torch.device(device)
-        self.opt = torch.optim.Adam(captioner.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-        self.sampler = distributed_sampler(range(len(train)), world_size=world, rank=rank, shuffle=True,
-                                           seed=settings.seed)
-        self.best_nll, self.best_epoch = math.inf, -1
-        self.best_state = copy.deepcopy(captioner.state_dict())
-
-    def run_epoch(self, epoch: int) -> dict[str, Any]:
-        self.sampler.set_epoch(epoch)
-        order = np.fromiter(iter(self.sampler), dtype=np.int64)
-        self.model.train()
-        sums = {"loss": 0.0, "nll": 0.0, "interp": 0.0, "attention": 0.0}
-        seen = 0
-        for lo in range(0, len(order), self.settings.batch_size):
-            idx = order[lo:lo + self.settings.batch_size]
-            out = batch_losses(self.model, batch_tensors(self.train_data, idx, self.device), self.captioner.cfg)
-            self.opt.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            if self.settings.grad_clip:
-                nn.utils.clip_grad_norm_(self.captioner.parameters(), self.settings.grad_clip)
-            self.opt.step()
-            for k in sums:
-                sums[k] += out[k].item() * len(idx)
-            seen += len(idx)
-        val = evaluate_losses(self.captioner, self.val_data, self.device)
-        if val["nll"] < self.best_nll:
-            self.best_nll, self.best_epoch = val["nll"], epoch
-            self.best_state = copy.deepcopy(self.captioner.state_dict())
-        row = {"epoch": epoch, **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
-               **{f"val_{k}": val[k] for k in ("loss", "nll", "interp", "attention")},
-               "best_epoch": self.best_epoch, "best_val_nll": self.best_nll, "pairs_seen": seen}
-        return row
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"model": self.captioner.state_dict(), "optimizer": self.opt.state_dict(),
-                "best_nll": self.best_nll, "best_epoch": self.best_epoch, "best_state": self.best_state}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.captioner.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["optimizer"])
-        self.best_nll, self.best_epoch = float(state["best_nll"]), int(state["best_epoch"])
-        self.best_state = state["best_state"]
+LOSS_METRICS = ("loss", "nll", "interp", "attention")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -493,6 +462,18 @@ def label_neurons(pd: np.ndarray, tops: Sequence[np.ndarray], acts: np.ndarray, 
     return labels
 
 
+ATTRIBUTE_CONCEPTS = "attributes"   # labels.concepts shorthand: the scenes' attribute words
+
+
+def label_config(cfg: LabelConfig) -> LabelConfig:
+    """``labels.concepts: [attributes]`` expands to the scenes' attribute words."""
+    if cfg.concepts == [ATTRIBUTE_CONCEPTS]:
+        from interp_ray.data.scenes import ATTRIBUTE_VOCAB
+
+        return cfg.model_copy(update={"concepts": list(ATTRIBUTE_VOCAB)})
+    return cfg
+
+
 def fit_topic_head(head: nn.Linear, acts: np.ndarray, topics: np.ndarray, *, ridge: float = 1e-3) -> None:
     """Refit W_a, b_a by ridge regression of the topics on frozen activations (for a λ = 0 model, whose head got no
     gradient: labelling it with its random initial head would measure the initialisation, not the features)."""
@@ -522,7 +503,7 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
 # ---------------------------------------------------------------------------------------------------------------
 
 @register(METHOD)
-class SemanticExplainer(Explainer):
+class SemanticExplainer(Explainer, Trainable):
     """Dong et al. (CVPR'17): a video caption plus the labelled interpretable neurons that drove it."""
 
     name = METHOD
@@ -530,6 +511,7 @@ class SemanticExplainer(Explainer):
     produces = frozenset({"sentence", "neurons"})
     learned = True
     Params = SemanticParams
+    TrainJob = SemanticTrainJob
 
     def __init__(self, config: SemanticConfig | Mapping[str, Any] | None = None, *,
                  device: str | torch.device = "cpu"):
@@ -546,6 +528,7 @@ class SemanticExplainer(Explainer):
         self.label_config: LabelConfig | None = None
         self.history: list[dict] = []
         self.info: dict[str, Any] = {}
+        self.frame_column = "features"            # the row column that holds the frame features
 
     # -- set-up and training -----------------------------------------------------------------------------------
 
@@ -571,7 +554,8 @@ class SemanticExplainer(Explainer):
 
     def fit(self, train, val=None, *, topic_model=None, settings: SemanticTrainConfig | None = None,
             on_epoch: Callable[[dict], None] | None = None) -> "SemanticExplainer":
-        """Train in this process (no Ray) with the same ``SemanticTrainer`` the Ray job uses."""
+        """Train in this process (no Ray) with the epoch trainer a Ray Train worker runs (``trainer``)."""
+        from interp_ray.explainers.captioning import table_batches
         from interp_ray.topics import fit_topics
 
         settings = settings or SemanticTrainConfig()
@@ -582,17 +566,107 @@ class SemanticExplainer(Explainer):
         if val is None:
             hold = np.arange(len(train)) % 10 == 9
             train, val = train.subset(np.flatnonzero(~hold)), train.subset(np.flatnonzero(hold))
+        for items in (train, val):
+            self._check_dim(items.dim)
         torch.manual_seed(settings.seed)
-        trainer = SemanticTrainer(self.model, self.caption_data(train), self.caption_data(val), settings,
-                                  device=self.device)
+        trainer = self.caption_trainer(settings, device=self.device)
+
+        def columns(items) -> dict[str, Any]:
+            return {"features": items.features, "mask": items.mask, "sentences": list(items.sentences)}
+
+        rows = table_batches(columns(train), 256, seed=settings.seed)
+        val_rows = table_batches(columns(val), 256)
+        history = list(self.history)
         for epoch in range(settings.epochs):
-            row = trainer.run_epoch(epoch)
-            self.history.append(row)
+            row = trainer.run_epoch(epoch, rows(epoch), val_rows(epoch))
+            history.append(row)
             if on_epoch:
                 on_epoch(row)
-        self.model.load_state_dict(trainer.best_state)
-        self.model.eval()
+        self.use_state(trainer.best_state, history)
         return self
+
+    def _check_dim(self, dim: int) -> None:
+        if dim != self.frame_dim:
+            raise UserError(f"frame features have {dim} values per frame; this captioner was trained on "
+                            f"{self.frame_dim}")
+
+    # -- the training protocol (interp_ray.explainers.base.Trainable; jobs/train_explainer.py) ------------------
+
+    def pair_batch(self, batch: Batch, device: torch.device | str = "cpu") -> PairBatch:
+        """A batch of clip rows as training input: frame features, mask, the clips' topic vectors (of their own
+        captions) and one pair per reference sentence."""
+        feats = frame_features(batch[self.frame_column])
+        self._check_dim(feats.shape[2])
+        mask = (np.asarray(batch["mask"], dtype=bool) if "mask" in batch
+                else np.ones(feats.shape[:2], dtype=bool))
+        sentences = sentence_rows(batch["sentences"], len(feats))
+        topics = self.topics.transform(sentences).astype(np.float32)
+        pairs = make_pairs(np.zeros((len(feats), 0), np.float32), sentences, self.vocab, self.config.max_len,
+                           allow_empty=True)
+        return PairBatch({"feats": torch.from_numpy(np.ascontiguousarray(feats)).to(device),
+                          "mask": torch.from_numpy(mask).to(device),
+                          "topics": torch.from_numpy(topics).to(device)}, pairs)
+
+    def caption_trainer(self, settings: SemanticTrainConfig, *, device: Any = "cpu",
+                        wrap: Callable[[nn.Module], nn.Module] | None = None) -> CaptionTrainer:
+        wrap = wrap or (lambda m: m.to(device))
+        return CaptionTrainer(self.model, prepare=lambda b: self.pair_batch(b, device), loss=_pair_losses,
+                              epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
+                              weight_decay=settings.weight_decay, grad_clip=settings.grad_clip, seed=settings.seed,
+                              select="nll", metrics=LOSS_METRICS, model=wrap(self.model))
+
+    @classmethod
+    def from_rows(cls, job: SemanticTrainJob, rows: Callable[[], Iterable[Batch]], *,
+                  class_names: Sequence[str] | None = None) -> "SemanticExplainer":
+        """One streaming pass over the training clips for their captions (text only: LDA topics and the vocabulary
+        are fitted on them) and the frame-feature width; then a seeded captioner."""
+        from types import SimpleNamespace
+
+        from interp_ray.topics import fit_topics
+
+        sentences: list[list[str]] = []
+        dim = None
+        for batch in rows():
+            feats = frame_features(batch[job.frame_column])
+            dim = int(feats.shape[2])
+            sentences.extend(sentence_rows(batch["sentences"], len(feats)))
+        if dim is None:
+            raise UserError("no training clips: the data is empty")
+        topic_model, _ = fit_topics(sentences, job.topics)
+        self = cls(job.explainer)
+        self.frame_column = job.frame_column
+        self.setup(SimpleNamespace(sentences=sentences, dim=dim), topic_model, seed=job.train.seed)
+        src, opts = job.source, job.source.data.options
+        # ``data`` in the shape serving and ``revise-caption`` read: which CNN layer, over which generated clips.
+        data = {"source": "scenes" if src.data.name == "scene_clips" else src.data.name, "layer": job.frame_column,
+                "checkpoint": src.checkpoint, "frames": opts.get("frames", 8), "seed": opts.get("seed", 0),
+                "size": opts.get("size", 64), "sentences_per_clip": opts.get("sentences_per_image", 5)}
+        self.info = {"data": data, "source": src.model_dump(), "topics": job.topics.model_dump(),
+                     "frame_column": job.frame_column}
+        return self
+
+    def train_columns(self) -> list[str]:
+        return [self.frame_column, "sentences"]
+
+    def trainer(self, job: SemanticTrainJob, *, device: Any = "cpu",
+                wrap: Callable[[nn.Module], nn.Module] | None = None) -> EpochTrainer:
+        return self.caption_trainer(job.train, device=device, wrap=wrap)
+
+    def use_state(self, state: Mapping[str, Any], history: Sequence[Mapping[str, Any]] = ()) -> None:
+        self.model.load_state_dict(state)
+        self.model.to(self.device).eval()
+        self.history = [dict(h) for h in history]
+
+    def finish(self, job: SemanticTrainJob, rows: Callable[[], Iterable[Batch]]) -> dict[str, Any]:
+        """Label the neurons by prediction difference on the training clips (streamed: only the interpretable
+        layer's activations, N × D, are gathered)."""
+        acts = []
+        for batch in rows():
+            feats = frame_features(batch[self.frame_column])
+            mask = batch["mask"] if "mask" in batch else None
+            acts.append(self.encode(feats, mask)["a"])
+        labels = self.label_activations(np.concatenate(acts), label_config(job.labels))
+        return {"neurons": len(labels), "confident": sum(n.confident for n in labels)}
 
     def _ready(self) -> None:
         if self.model is None or self.vocab is None or self.topics is None:
@@ -640,10 +714,13 @@ class SemanticExplainer(Explainer):
 
     def label(self, items_or_feats: Any, mask: Any = None, cfg: LabelConfig | None = None) -> list[NeuronLabel]:
         """Label every neuron by prediction difference over the given videos; kept in ``self.neurons``."""
-        cfg = cfg or LabelConfig()
         feats = getattr(items_or_feats, "features", items_or_feats)
         mask = getattr(items_or_feats, "mask", mask)
-        acts = self.encode(feats, mask)["a"]
+        return self.label_activations(self.encode(feats, mask)["a"], cfg)
+
+    def label_activations(self, acts: np.ndarray, cfg: LabelConfig | None = None) -> list[NeuronLabel]:
+        """``label`` from the interpretable layer's activations of the videos (N × D), in their order."""
+        cfg = cfg or LabelConfig()
         pd, tops = prediction_difference(self.model.topic, acts, top_n=cfg.top_n, form=cfg.form,
                                          replace=cfg.replace, eps=cfg.eps)
         self.neurons = label_neurons(pd, tops, acts, self.topics.topic_word, self.topics.vocabulary, cfg,
@@ -716,7 +793,7 @@ class SemanticExplainer(Explainer):
                             f"{data['source']!r}), not on a classifier checkpoint's")
         if not data.get("layer"):
             raise UserError(f"{self.name}'s checkpoint does not record the classifier layer of its frame features "
-                            f"(data.layer); train it with jobs.train_semantic")
+                            f"(data.layer); train it with jobs.train_explainer")
         return [str(data["layer"])]
 
     def batch_from(self, images: np.ndarray, targets: np.ndarray,
@@ -802,6 +879,7 @@ class SemanticExplainer(Explainer):
         self.topics = TopicModel.from_json(ckpt.files[TOPICS_FILE], source=f"{path}/{TOPICS_FILE}")
         self.frame_dim = int(cfg["frame_dim"])
         self.history, self.info = cfg.get("history", []), cfg.get("info", {})
+        self.frame_column = self.info.get("frame_column", "features")
         self.model = SemanticCaptioner(self.frame_dim, len(self.vocab), self.topics.num_topics, self.config)
         try:
             self.model.load_state_dict(ckpt.state_dict)

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from interp_ray.checkpoint import save_classifier
-from interp_ray.data.video_features import (VideoItems, pad_frames, read_video_features, scene_clip_items,
-                                            write_video_features)
+from interp_ray.data.video_features import VideoItems, pad_frames, read_video_features, write_video_features
 from interp_ray.errors import UserError
 from interp_ray.models import build_model
 
@@ -96,15 +95,26 @@ def test_bad_layouts_are_user_errors(layout, problem, match):
 
 
 def test_scene_clips_through_a_frame_cnn(tmp_path):
+    """Clips go through ActivationExtractor (frames folded into the batch): one row of per-frame features each."""
+    from interp_ray.activations import clip_items
+    from interp_ray.data.scenes import load_scene_videos
+
     torch.manual_seed(0)
     opts = {"num_classes": 12, "in_channels": 3, "image_size": 32, "width": 4, "hidden": 8}
     path = tmp_path / "cnn"
     save_classifier(path, build_model("scenes_cnn", **opts), model_name="scenes_cnn", model_options=opts,
                     class_names=[str(i) for i in range(12)], data={"name": "scenes"})
-    items = scene_clip_items("val", 3, str(path), frames=4, size=32, sentences_per_clip=2)
+    items = clip_items(str(path), load_scene_videos("val", n=3, frames=4, size=32, sentences_per_image=2), "gap")
     assert isinstance(items, VideoItems)
     assert items.features.shape == (3, 4, 32)           # gap of width 4 → 8·4 channels
     assert items.mask.all() and items.attributes.shape == (3, 4)
     assert len(items.sentences) == 3 and all(len(s) == 2 for s in items.sentences)
     # frames differ (the objects move), so the per-frame features do too
     assert not np.allclose(items.features[0, 0], items.features[0, 1])
+    # the same numbers as each frame on its own through the extractor: folding frames into the batch changes nothing
+    from interp_ray.activations import ActivationExtractor
+    from interp_ray.data.scenes import load_scene_clips
+
+    frames = load_scene_clips("val", n=3, frames=4, size=32).get_batch(np.arange(3))["clip"]
+    one = ActivationExtractor(str(path), ["gap"])({"image": frames[:, 1]})["gap"].reshape(3, -1)
+    np.testing.assert_allclose(items.features[:, 1], one, rtol=1e-5, atol=1e-6)

@@ -70,10 +70,10 @@ def test_classifier_weights_bit_identical_after_explainer_training(trained):
 
 
 def test_image_model_unchanged_by_extraction_and_training(tmp_path):
-    """The in-process extraction path reads a real checkpoint; its weights file is the same bytes afterwards."""
+    """Extraction (ActivationExtractor) reads a real checkpoint; its weights file is the same bytes afterwards."""
+    from interp_ray.activations import ActivationExtractor
     from interp_ray.checkpoint import load_classifier, save_classifier
     from interp_ray.data.scenes import load_scenes
-    from interp_ray.explainers.interpnet import extract_in_process
     from interp_ray.models import build_model
 
     torch.manual_seed(0)
@@ -83,7 +83,8 @@ def test_image_model_unchanged_by_extraction_and_training(tmp_path):
     before = (tmp_path / "cnn" / "weights.safetensors").read_bytes()
     ds = load_scenes("train", n=36, size=32)
     ex = InterpNET({**SMALL, "feature_layer": "relu2", "variant": "interpnet_1", "hidden": [8]})
-    table = collect(extract_in_process(ds, str(tmp_path / "cnn"), ["relu2"], batch_size=12), ["relu2"])
+    extractor = ActivationExtractor(str(tmp_path / "cnn"), ["relu2"], passthrough=("sentences",))
+    table = collect((extractor(b) for b in ds.iter_batches(12)), ["relu2"])
     assert table.columns["relu2"].shape == (36, 8) and len(table.sentences) == 36   # mean-pooled conv map
     ex.fit(table, table, classifier_train=ClassifierTrainConfig(epochs=1), train=DecoderTrainConfig(epochs=1))
     assert (tmp_path / "cnn" / "weights.safetensors").read_bytes() == before

@@ -211,3 +211,57 @@ def test_ray_kill_9_midway_then_rerun_finishes_exactly_once(ray_local, digits_ch
     local = opened.read(columns=["index", "relu3"])
     assert sorted(by_index) == list(range(180)) and by_index[17].shape == (128,)
     np.testing.assert_array_equal(np.stack([by_index[i] for i in range(180)]), local["relu3"])
+
+
+def test_kept_columns_and_clips_are_stored_beside_the_activations(tmp_path):
+    """``keep`` copies dataset columns (sentences, attributes) into the same rows; a clip dataset gives one row per
+    clip with every frame's layer, equal to each frame through the model on its own; the key covers ``keep``."""
+    from interp_ray.data.scenes import load_scene_clips
+    from jobs.extract_activations import ExtractJobConfig, extract
+
+    torch.manual_seed(0)
+    opts = {"num_classes": 12, "in_channels": 3, "image_size": 32, "width": 4, "hidden": 8}
+    save_classifier(tmp_path / "cnn", build_model("scenes_cnn", **opts), model_name="scenes_cnn",
+                    model_options=opts, class_names=[str(i) for i in range(12)])
+
+    def run(data, keep):
+        cfg = ExtractJobConfig.model_validate({
+            "checkpoint": str(tmp_path / "cnn"), "layers": ["gap"], "data": data, "splits": ["train"], "keep": keep,
+            "store": {"root": str(tmp_path / "store"), "shard_rows": 4}, "compute": {"engine": "local",
+                                                                                    "batch_size": 3}})
+        return ActivationStore.open(extract(cfg)[0]["location"])
+
+    clips = {"name": "scene_clips", "options": {"n": 6, "frames": 3, "size": 32, "sentences_per_image": 2}}
+    store = run(clips, ["sentences", "attributes"])
+    got = store.read()
+    truth = load_scene_clips("train", n=6, frames=3, size=32, sentences_per_image=2).get_batch(np.arange(6))
+    assert got["gap"].shape == (6, 3, 32, 1, 1) and store.layers["gap"] == (3, 32, 1, 1)
+    assert got["sentences"].tolist() == truth["sentences"].tolist()
+    assert (got["attributes"] == truth["attributes"]).all() and got["attributes"].dtype == np.int64
+    model = load_classifier(tmp_path / "cnn").model
+    with torch.no_grad():
+        frame2 = model.activations(torch.from_numpy(truth["clip"][:, 2]), ["gap"])["gap"].numpy()
+    np.testing.assert_allclose(got["gap"][:, 2], frame2, rtol=1e-5, atol=1e-6)
+    assert run(clips, ["sentences"]).key != store.key and run(clips, []).key not in (store.key,)
+    with pytest.raises(Exception, match="no column nope"):
+        run(clips, ["nope"])
+
+
+@pytest.mark.ray
+def test_kept_sentences_cross_ray_data_whatever_their_width(ray_local, tmp_path):
+    """Sentences of different lengths in different batches (numpy str arrays of different widths) reach the store
+    through the Ray Data pipeline intact."""
+    from jobs.extract_activations import ExtractJobConfig, extract
+
+    torch.manual_seed(0)
+    opts = {"num_classes": 12, "in_channels": 3, "image_size": 32, "width": 4, "hidden": 8}
+    save_classifier(tmp_path / "cnn", build_model("scenes_cnn", **opts), model_name="scenes_cnn",
+                    model_options=opts, class_names=[str(i) for i in range(12)])
+    data = {"name": "scenes", "options": {"n": 24, "size": 32}}
+    cfg = ExtractJobConfig.model_validate({
+        "checkpoint": str(tmp_path / "cnn"), "layers": ["gap"], "data": data, "splits": ["train"],
+        "keep": ["sentences"], "store": {"root": str(tmp_path / "store"), "shard_rows": 8},
+        "compute": {"engine": "ray", "batch_size": 4, "load_num_cpus": 0.25}})
+    got = ActivationStore.open(extract(cfg)[0]["location"]).read()
+    truth = load_dataset("scenes", "train", n=24, size=32).get_batch(np.arange(24))["sentences"]
+    assert got["sentences"].tolist() == truth.tolist()

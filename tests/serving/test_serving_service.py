@@ -54,7 +54,8 @@ def scene_frames(n: int = 3) -> np.ndarray:
 
 def test_the_captioner_captions_an_image_as_a_one_frame_clip(scenes_service, semantic_checkpoints):
     from interp_ray.activations import ActivationExtractor
-    from interp_ray.data.video_features import scene_clip_items
+    from interp_ray.activations import clip_items
+    from interp_ray.data.scenes import load_scene_videos
     from interp_ray.explainers.semantic import SemanticExplainer
 
     assert "semantic" in scenes_service.explainers, scenes_service.skipped
@@ -65,7 +66,7 @@ def test_the_captioner_captions_an_image_as_a_one_frame_clip(scenes_service, sem
     # averaged (N × 1 × D), an all-true mask, exactly the features the captioner's training clips had.
     gap = ActivationExtractor(semantic_checkpoints["classifier"], ["gap"])({"image": images})
     feats = gap["gap"].reshape(len(images), -1)[:, None, :]
-    clips = scene_clip_items("test", 3, semantic_checkpoints["classifier"], frames=1, layer="gap", size=32)
+    clips = clip_items(semantic_checkpoints["classifier"], load_scene_videos("test", n=3, frames=1, size=32), "gap")
     np.testing.assert_allclose(feats, clips.features, rtol=1e-5, atol=1e-6)
     lib = SemanticExplainer.load(semantic_checkpoints["semantic"]).explain(
         {"features": feats, "mask": np.ones((3, 1), dtype=bool), "label": gap["prediction"]}, {})

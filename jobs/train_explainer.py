@@ -1,0 +1,323 @@
+"""Train any learned explainer from the activation store with Ray Train (TorchTrainer), one checkpoint per epoch.
+
+    python -m jobs.train_explainer --config configs/interpnet_scenes.yaml [--set explainer.variant=interpnet_1]
+    python -m jobs.train_explainer --config configs/semantic_scenes.yaml [--local]
+    interp-ray train-explainer --config …      (train-interpnet and train-semantic are the same command)
+
+The config's ``method`` names a registered explainer that is ``Trainable`` (interp_ray/explainers/base.py); its
+``TrainJob`` validates the file. Then, for any such method:
+
+1. ``source``: the extraction job (``jobs.extract_activations``, i.e. ``ActivationExtractor`` on Ray Data) writes the
+   train and val splits' stores — the explainer's layers plus the ``keep`` columns (reference sentences) — or finds
+   them complete and costs nothing.
+2. The driver builds the untrained explainer from streaming passes over the train store (``from_rows``: vocabulary,
+   widths, statistics) and saves it as the run's starting point ``<run>/explainer_init`` (reused as-is on resume).
+3. Ray Train: ``ActivationStore.to_ray()`` of both splits go to the TorchTrainer as ``datasets``; each worker streams
+   its shard of the train rows (``get_dataset_shard("train")``, local shuffle buffer) and every val row into the
+   method's ``EpochTrainer.run_epoch``, and rank 0 reports a checkpoint each epoch (trainer state, history, the best
+   epoch's explainer). Nothing holds the whole table: not the driver, not a worker. A rerun with the same
+   ``run.name`` and ``run.storage_path`` resumes from the last checkpoint.
+4. The best epoch's explainer is finished on the driver (``finish``: e.g. neuron labels, streamed) and saved to
+   ``output``.
+
+``--local`` runs steps 2–4 in this process, without Ray (the same trainer over the store's batches).
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from interp_ray.config import LearnedJobConfig, deep_merge, parse_overrides, read_yaml, validate
+from interp_ray.errors import UserError
+from interp_ray.explainers.base import EXPLAINERS, Trainable, explainer_names, get_explainer
+from jobs.common import base_parser, check_storage_paths, exit_with, init_ray
+from jobs.train_loop import (epochs, final_checkpoint, make_trainer, rank_and_world, report_epoch, resolve_use_gpu,
+                             resume, run_path, worker_history)
+
+log = logging.getLogger("interp_ray.train_explainer")
+MODEL_DIR = "model"          # inside each Ray checkpoint: the best epoch's explainer so far
+INIT_DIR = "explainer_init"  # beside the Ray run: the untrained explainer every worker starts from
+
+
+# --- config --------------------------------------------------------------------------------------------------------
+
+def learned_methods() -> list[str]:
+    return [n for n in explainer_names() if issubclass(EXPLAINERS.get(n), Trainable)]
+
+
+def method_class(method: Any) -> type:
+    if not isinstance(method, str) or method not in explainer_names():
+        raise UserError(f"method: {method!r} is not a learned explainer; valid: {', '.join(learned_methods())}")
+    cls = get_explainer(method)
+    if not issubclass(cls, Trainable):
+        raise UserError(f"method: {method!r} learns nothing from the store; valid: {', '.join(learned_methods())}")
+    return cls
+
+
+def load_job(path: str | None, overrides: Sequence[str] = ()) -> LearnedJobConfig:
+    """The file (plus ``--set`` overrides) validated by its method's ``TrainJob``."""
+    if not path:
+        raise UserError("--config is required (e.g. configs/interpnet_scenes.yaml)")
+    raw = deep_merge(read_yaml(path), parse_overrides(list(overrides)))
+    return validate(method_class(raw.get("method")).TrainJob, raw, source=path)
+
+
+def train_settings(job: LearnedJobConfig) -> Any:
+    """The method's ``train`` section (both methods' carry ``seed`` and the drill's ``fail_at_epoch``)."""
+    return getattr(job, "train", None)
+
+
+# --- the rows ------------------------------------------------------------------------------------------------------
+
+def store_layers(job: LearnedJobConfig) -> list[str] | None:
+    layers = getattr(job, "store_layers", None)
+    return layers() if callable(layers) else job.source.layers
+
+
+def role_stores(job: LearnedJobConfig, roles: Iterable[str], *, address: str | None = None) -> dict[str, Any]:
+    """The store of each role (train, val, test), extracted first where it is missing (``jobs.extract_activations``:
+    the one path that runs the classifier). ``source.rows`` becomes the dataset's ``n`` option for that split."""
+    from interp_ray.data import get_loader
+    from interp_ray.store import ActivationStore
+    from jobs.extract_activations import ExtractJobConfig, extract
+
+    src = job.source
+    stores = {}
+    for role in roles:
+        if role not in src.splits:
+            raise UserError(f"source.splits has no split for {role!r}; it maps {src.splits}")
+        data = src.data.model_copy(deep=True)
+        if src.rows.get(role) is not None:
+            if "n" not in inspect.signature(get_loader(data.name)).parameters:
+                raise UserError(f"source.rows: dataset {data.name!r} has no n option; remove source.rows.{role}")
+            data.options["n"] = int(src.rows[role])
+        cfg = ExtractJobConfig(checkpoint=src.checkpoint, layers=store_layers(job), data=data,
+                               splits=[src.splits[role]], keep=src.keep, store=src.store, compute=src.compute)
+        out = extract(cfg, address=address)[0]
+        stores[role] = ActivationStore.open(out["location"], key=out["key"])
+    return stores
+
+
+def shuffled(batches: Iterable[dict[str, np.ndarray]], buffer: int, seed: int, batch_rows: int
+             ) -> Iterator[dict[str, np.ndarray]]:
+    """A local shuffle buffer for the in-process path (what Ray Data's ``local_shuffle_buffer_size`` is for a
+    worker): rows are drawn at random from a window of ``buffer`` rows as the store streams by."""
+    if buffer <= 0:
+        yield from batches
+        return
+    rng = np.random.default_rng(seed)
+    pool: dict[str, np.ndarray] | None = None
+
+    def size(p: dict[str, np.ndarray]) -> int:
+        return len(next(iter(p.values())))
+
+    for b in batches:
+        pool = dict(b) if pool is None else {k: np.concatenate([pool[k], b[k]]) for k in pool}
+        while size(pool) >= buffer + batch_rows:
+            perm = rng.permutation(size(pool))
+            pool = {k: v[perm] for k, v in pool.items()}
+            yield {k: v[:batch_rows] for k, v in pool.items()}
+            pool = {k: v[batch_rows:] for k, v in pool.items()}
+    if pool is not None and size(pool):
+        perm = rng.permutation(size(pool))
+        for lo in range(0, len(perm), batch_rows):
+            yield {k: v[perm[lo:lo + batch_rows]] for k, v in pool.items()}
+
+
+# --- the Ray Train worker ------------------------------------------------------------------------------------------
+
+def train_func(config: dict[str, Any]) -> dict[str, Any]:
+    """Runs on every Ray Train worker: the method's epochs over this worker's shard of the store."""
+    import ray.train
+    import ray.train.torch
+
+    from interp_ray.training import gather_from_ranks, seed_everything
+
+    cls = method_class(config["method"])
+    job = cls.TrainJob.model_validate(config["job"])
+    rank, world = rank_and_world()
+    settings = train_settings(job)
+    seed = int(getattr(settings, "seed", 0))
+    seed_everything(seed)
+    explainer = cls.load(config["init"])
+    device = ray.train.torch.get_device()
+    trainer = explainer.trainer(job, device=device, wrap=ray.train.torch.prepare_model)
+    start = resume()
+    if start.restored:
+        trainer.load_state_dict(start.state["trainer"])
+    history = start.history
+    shard = ray.train.get_dataset_shard("train")
+    val = ray.train.get_dataset_shard("val")
+    stream = job.stream
+    for epoch in epochs(start, trainer.epochs, fail_at=getattr(settings, "fail_at_epoch", None), rank=rank):
+        t0 = time.perf_counter()
+        train_batches = shard.iter_batches(
+            batch_size=stream.batch_rows, batch_format="numpy",
+            local_shuffle_buffer_size=stream.shuffle_buffer or None,
+            local_shuffle_seed=(seed * 7919 + epoch * 104_729 + rank) if stream.shuffle_buffer else None)
+        seen: list[np.ndarray] = []
+        marks: dict[str, float] = {}
+        if stream.max_batches:
+            train_batches = itertools.islice(train_batches, stream.max_batches)
+        row = trainer.run_epoch(epoch, tapped(train_batches, seen, marks),
+                                val.iter_batches(batch_size=stream.batch_rows, batch_format="numpy"))
+        rows_read = int(sum(len(s) for s in seen))
+        row.update({"attempt": start.attempt, "epoch_s": time.perf_counter() - t0, "world_size": world,
+                    # the shard's start-up (until its first batch) apart from the streaming itself
+                    "first_batch_s": marks.get("first", t0) - t0,
+                    "stream_s": marks.get("end", t0) - marks.get("first", t0),
+                    "rows_per_rank": gather_from_ranks(rows_read, world),
+                    # this worker process's peak resident memory so far: flat in the store's size when streaming
+                    "peak_rss_mib_per_rank": gather_from_ranks(peak_rss_mib(), world)})
+        if stream.record_indices:
+            row["indices_per_rank"] = gather_from_ranks(np.concatenate(seen).tolist() if seen else [], world)
+        history.append(row)
+        report_epoch(row, history, checkpoint=rank == 0 and job.run.checkpoint_due(epoch, trainer.epochs),
+                     state=lambda: {"trainer": trainer.state_dict(), "epoch": epoch},
+                     save_model=lambda d: save_best(cls, config["init"], trainer, history, d / MODEL_DIR))
+    return {"history": history}
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def tapped(batches: Iterable[dict[str, np.ndarray]], seen: list[np.ndarray], marks: dict[str, float]
+           ) -> Iterator[dict[str, np.ndarray]]:
+    """The batches unchanged; the store row index of every row read is noted in ``seen``, and in ``marks`` when the
+    first batch arrived and when the shard was exhausted (the trainer has stepped on every batch by then)."""
+    for b in batches:
+        marks.setdefault("first", time.perf_counter())
+        seen.append(np.asarray(b["index"], dtype=np.int64))
+        yield b
+    marks["end"] = time.perf_counter()
+
+
+def save_best(cls: type, init: str, trainer: Any, history: list[dict[str, Any]], path: Path) -> None:
+    """The best epoch so far as an explainer checkpoint: a fresh copy of the starting point with the best state in
+    it, so the explainer being trained keeps its current weights."""
+    best = cls.load(init)
+    best.use_state(trainer.best_state, history)
+    best.save(str(path))
+
+
+# --- the driver ----------------------------------------------------------------------------------------------------
+
+def run_name(job: LearnedJobConfig) -> str:
+    return job.run.name or f"{job.method}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 1000:03d}"
+
+
+def starting_point(cls: type, job: LearnedJobConfig, train_store: Any, init_path: str | None) -> Any:
+    """The untrained explainer: reused from ``init_path`` when a resumed run already wrote it, else built from
+    streaming passes over the train store (and written there)."""
+    if init_path is not None:
+        try:
+            explainer = cls.load(init_path)
+        except UserError as e:
+            if "no checkpoint at" not in str(e) and "cannot read checkpoint" not in str(e):
+                raise
+        else:
+            if getattr(explainer, "config", None) != getattr(job, "explainer", None):
+                raise UserError(f"{init_path} was made with another explainer config; use a new run.name")
+            log.info("reusing the starting point of %s", init_path)
+            return explainer
+    explainer = cls.from_rows(job, rows(job, train_store), class_names=train_store.class_names)
+    explainer.info = {**getattr(explainer, "info", {}), "store": {"train": train_store.key},
+                      "source": job.source.model_dump()}
+    if init_path is not None:
+        explainer.save(init_path)
+    return explainer
+
+
+def rows(job: LearnedJobConfig, store: Any, columns: Sequence[str] | None = None) -> Callable[[], Iterable[dict]]:
+    """A function starting one streaming pass over ``store`` (one part in memory at a time)."""
+    return lambda: store.iter_batches(job.stream.batch_rows, columns=columns)
+
+
+def train(job: LearnedJobConfig, *, address: str | None = None) -> dict[str, Any]:
+    """Extract what is missing, train on Ray Train, finish and save the best epoch to ``job.output``."""
+    import ray.train
+
+    cls = method_class(job.method)
+    stores = role_stores(job, ("train", "val"), address=address)
+    name = run_name(job)
+    init_path = run_path(job.run, name, INIT_DIR)
+    explainer = starting_point(cls, job, stores["train"], init_path)
+    columns = list(dict.fromkeys(["index", *explainer.train_columns()]))
+    datasets = {role: stores[role].to_ray(columns=columns) for role in ("train", "val")}
+    loop_config = {"method": job.method, "job": job.model_dump(), "init": init_path}
+    # Only "train" is split between workers; each reads every val row, so all ranks pick the same best epoch.
+    options = ray.train.DataConfig.default_ingest_options()
+    if job.stream.read_ahead_mib:
+        options.resource_limits = options.resource_limits.copy(object_store_memory=job.stream.read_ahead_mib * 2**20)
+    result = make_trainer(train_func, loop_config, name=name, scaling=job.scaling, run=job.run,
+                          use_gpu=resolve_use_gpu(job.scaling.use_gpu), datasets=datasets,
+                          dataset_config=ray.train.DataConfig(datasets_to_split=["train"],
+                                                              execution_options=options)).fit()
+    with final_checkpoint(result) as (d, history):
+        trained = cls.load(str(d / MODEL_DIR))
+    finished = trained.finish(job, rows(job, stores["train"], columns))
+    trained.save(job.output)
+    return {"history": history, "checkpoint": str(job.output), "run_path": result.path, "init": init_path,
+            "best_epoch": best_epoch(history), "finish": finished, "worker_history": worker_history(result),
+            "stores": {role: s.location for role, s in stores.items()}}
+
+
+def train_local(job: LearnedJobConfig) -> dict[str, Any]:
+    """The same training in this process, without Ray: the method's trainer over the store's batches."""
+    cls = method_class(job.method)
+    stores = role_stores(job, ("train", "val"))
+    explainer = starting_point(cls, job, stores["train"], None)
+    columns = list(dict.fromkeys(explainer.train_columns()))
+    settings = train_settings(job)
+    seed = int(getattr(settings, "seed", 0))
+    trainer = explainer.trainer(job, device="cpu")
+    history = []
+    for epoch in range(trainer.epochs):
+        train_rows = shuffled(stores["train"].iter_batches(job.stream.batch_rows, columns=columns),
+                              job.stream.shuffle_buffer, seed * 7919 + epoch, job.stream.batch_rows)
+        history.append(trainer.run_epoch(epoch, train_rows, rows(job, stores["val"], columns)()))
+        log.info("epoch %d: %s", epoch, {k: v for k, v in history[-1].items() if isinstance(v, float)})
+    explainer.use_state(trainer.best_state, history)
+    finished = explainer.finish(job, rows(job, stores["train"], columns))
+    explainer.save(job.output)
+    return {"history": history, "checkpoint": str(job.output), "best_epoch": best_epoch(history),
+            "finish": finished}
+
+
+def best_epoch(history: Sequence[dict[str, Any]]) -> int:
+    """The epoch the trainer kept (its last row's ``best_epoch``)."""
+    return int(history[-1]["best_epoch"]) if history else -1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = base_parser(__doc__.splitlines()[0])
+    p.add_argument("--local", action="store_true", help="train in this process, without Ray")
+    args = p.parse_args(argv)
+    job = load_job(args.config, args.overrides)
+    if args.local:
+        out = train_local(job)
+    else:
+        check_storage_paths(run__storage_path=job.run.storage_path)
+        init_ray(args.address)
+        out = train(job, address=args.address)
+    best = next((h for h in out["history"] if h["epoch"] == out["best_epoch"]), out["history"][-1])
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in best.items() if k.startswith("val_") and isinstance(v, float))
+    extra = "".join(f"; {k} {v}" for k, v in (out.get("finish") or {}).items())
+    print(f"{job.method}: best epoch {out['best_epoch']} of {len(out['history'])} ({metrics}){extra}; "
+          f"checkpoint: {out['checkpoint']}")
+    return 0
+
+
+if __name__ == "__main__":
+    exit_with(main)

@@ -60,6 +60,10 @@ class Node:
     resources: dict[str, float] = dataclasses.field(default_factory=dict)
     pid: int | None = None  # of its `ray start --block`, which leads the node's process group
 
+    def replacement(self) -> "Node":
+        """The node that replaces this one once lost: the same CPUs and resources, a new name (a cloud's new VM)."""
+        return Node(f"{self.name}b", self.cpus, dict(self.resources))
+
 
 @dataclasses.dataclass
 class LocalCluster:
@@ -145,10 +149,10 @@ class LocalCluster:
             if not os.environ.get("INTERP_RAY_KEEP_CLUSTER_LOGS"):
                 shutil.rmtree(c.root, ignore_errors=True)
 
-    def _spawn(self, args: list[str], log_name: str) -> int:
+    def _spawn(self, args: list[str], log_name: str, env: dict[str, str] | None = None) -> int:
         log = open(Path(self.root) / f"{log_name}.log", "ab")
-        proc = subprocess.Popen(args, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=REPO)
+        proc = subprocess.Popen(args, env={**os.environ, **self.env, **(env or {})}, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=REPO)
         log.close()
         return proc.pid
 
@@ -173,7 +177,7 @@ class LocalCluster:
         """Start a worker node and wait until the cluster lists it alive. On a loaded machine a raylet can abort at
         start (it waits a fixed ~15 s for its dashboard agent, whose imports may take longer): then it is retried."""
         for attempt in range(1, attempts + 1):
-            agent, agent_grpc, metrics, runtime_env = free_ports(4)
+            agent, agent_grpc, metrics, runtime_env, proxy = free_ports(5)
             before = {n["node_id"] for n in self.alive_nodes()}
             # Not `ray start --address`: with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 it refuses to join ("Multi-node
             # Ray clusters are not supported"), and with 1 it rewrites 127.0.0.1 to the eth0 address. `node` below
@@ -182,7 +186,12 @@ class LocalCluster:
                 [sys.executable, str(Path(__file__).resolve()), "node", f"--address={self.address}",
                  f"--agent-ports={agent},{agent_grpc},{metrics},{runtime_env}", f"--cpus={node.cpus}",
                  f"--resources={json.dumps(node.resources)}", f"--name={node.name}",
-                 f"--temp-dir={Path(self.root) / node.name}"], f"node-{node.name}")
+                 f"--temp-dir={Path(self.root) / node.name}"], f"node-{node.name}",
+                # Every node is 127.0.0.1: a Serve proxy on each would share the head's HTTP port (SO_REUSEPORT),
+                # and a client's connection would land on any node's, as no real load balancer sends it. A worker
+                # node's proxy gets a port of its own, so clients reach the head's proxy as on a cluster with one
+                # entry point.
+                env={"RAY_SERVE_WORKER_PROXY_HTTP_PORT": str(proxy)})
             started = time.monotonic()
 
             def up() -> bool:

@@ -10,7 +10,6 @@ here, cluster start included. Run them, with the measured figures printed:
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -24,6 +23,8 @@ import pytest
 
 from interp_ray.checkpoint import load_classifier
 from moto_s3 import list_keys
+from multinode_serve import (Load, deploy, digits_png, explainer_replicas, running_on, save_digits_checkpoint, shutdown,
+                             wait_for)
 
 pytestmark = [pytest.mark.multinode, pytest.mark.slow, pytest.mark.ray]
 REPO = Path(__file__).resolve().parents[2]
@@ -208,151 +209,50 @@ def test_extraction_over_three_nodes_into_s3_survives_losing_one(cluster, bucket
 # --------------------------------------------------------------------------- scenario 3: a lost Serve node
 
 
-def _serve_config(cluster, checkpoint: str, port: int, path: Path) -> Path:
-    """The shipped serve_config.yaml's digits application over ``checkpoint``, changed only where this cluster
-    needs it: its HTTP port, two fixed Explainer replicas held one per worker node by the "explainer" resource, the
-    Ingress on the head (the clients' proxy is the head's; losing the Ingress is not this scenario)."""
-    import yaml
-
-    cfg = yaml.safe_load((REPO / "serving" / "serve_config.yaml").read_text())
-    cfg["http_options"]["port"] = port
-    (app,) = cfg["applications"] = [a for a in cfg["applications"] if a["name"] == "interp_ray"]
-    app["args"].update(checkpoint=checkpoint, explainer_checkpoints={}, methods=["center", "gradient"], links={})
-    for dep in app["deployments"]:
-        dep.pop("autoscaling_config")
-        if dep["name"] == "Explainer":
-            dep.update(num_replicas=2, ray_actor_options={"num_cpus": 0.5, "resources": {"explainer": 1}})
-        else:
-            dep.update(num_replicas=1, ray_actor_options={"num_cpus": 0.25, "resources": {"head": 0.5}})
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def _explainer_replicas(cluster) -> list[dict]:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"{cluster.dashboard}/api/serve/applications/", timeout=10) as r:
-            apps = json.load(r)["applications"]
-        return apps["interp_ray"]["deployments"]["Explainer"]["replicas"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
-
-
-def _running_on(cluster) -> list[str]:
-    return sorted(r["node_id"] for r in _explainer_replicas(cluster) if r.get("state") == "RUNNING")
-
-
-class _Load:
-    """Steady load from loopback HTTP clients: ``n`` threads, each POSTing one PNG to a route in a loop, one new
-    connection per request and no retry, so every failure the service lets through is counted."""
-
-    def __init__(self, url: str, body: bytes, n: int = 4, timeout: float = 60):
-        import threading
-
-        self.url, self.body, self.timeout = url, body, timeout
-        self.results: list[tuple[float, float, int | str]] = []   # (start, end, status or error name)
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(n)]
-
-    def _run(self) -> None:
-        import http.client
-        import urllib.parse
-
-        u = urllib.parse.urlsplit(self.url)
-        while not self.stop.is_set():
-            t0 = time.time()
-            try:
-                conn = http.client.HTTPConnection(u.hostname, u.port, timeout=self.timeout)
-                conn.request("POST", u.path, body=self.body, headers={"Content-Type": "image/png"})
-                resp = conn.getresponse()
-                resp.read()
-                outcome: int | str = resp.status
-                conn.close()
-            except Exception as e:  # noqa: BLE001 - a refused, reset or timed-out request is a failed request
-                outcome = type(e).__name__
-            self.results.append((t0, time.time(), outcome))
-
-    def __enter__(self) -> "_Load":
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=self.timeout + 10)
-
-    def failed(self, since: float = 0.0) -> list[tuple[float, float, int | str]]:
-        return [r for r in self.results if r[0] >= since and r[2] != 200]
-
-
 def test_serve_explainers_on_two_nodes_survive_losing_one(cluster, bucket, monkeypatch, tmp_path):
-    """Scenario 3: the digits application of serving/serve_config.yaml (`serve deploy`) with its two Explainer
-    replicas on two nodes, under steady load from loopback clients; one replica's node is lost (raylet SIGKILL), a
+    """Scenario 3: the digits application of serving/serve_config.yaml (`serve deploy`) with two Explainer replicas
+    on two nodes, under steady load from loopback clients; one replica's node is lost (raylet SIGKILL) and a
     replacement node joins. Fewer than 1% of the requests over the run fail, and the Explainer is back to two
     replicas on two nodes."""
-    import numpy as np
-    import torch
-
-    from interp_ray.checkpoint import save_classifier
-    from interp_ray.models import build_model
-    from PIL import Image
-
     from local_cluster import free_ports
 
     _s3_env(monkeypatch, cluster)
-    torch.manual_seed(0)
-    opts = {"num_classes": 10, "in_channels": 1, "image_size": 8}
     ckpt = f"s3://{bucket}/ckpt/digits"
-    save_classifier(ckpt, build_model("digits_cnn", **opts), model_name="digits_cnn", model_options=opts,
-                    class_names=[str(i) for i in range(10)], data={"name": "digits"})
+    save_digits_checkpoint(ckpt)
     (port,) = free_ports(1)
-    config = _serve_config(cluster, ckpt, port, tmp_path / "serve_config.yaml")
-    serve_cli = [str(BIN / "serve")]
-    deploy = subprocess.run([*serve_cli, "deploy", str(config), "--address", cluster.dashboard],
-                            env=cluster.driver_env(), cwd=REPO, capture_output=True, text=True, timeout=180)
-    assert deploy.returncode == 0, deploy.stdout[-2000:] + deploy.stderr[-2000:]
+
+    def two_fixed_replicas(deps: dict) -> None:
+        # One Explainer replica per worker node ("explainer": 1 each); the Ingress on the head, whose proxy the
+        # clients use (losing the Ingress is not this scenario).
+        for dep in deps.values():
+            dep.pop("autoscaling_config")
+        deps["Explainer"].update(num_replicas=2, ray_actor_options={"num_cpus": 0.5, "resources": {"explainer": 1}})
+        deps["Ingress"].update(num_replicas=1, ray_actor_options={"num_cpus": 0.25, "resources": {"head": 0.5}})
+
+    deploy(cluster, ckpt, port, tmp_path / "serve_config.yaml", two_fixed_replicas)
     try:
-        deadline = time.monotonic() + 300
-        while len(set(_running_on(cluster))) < 2:
-            assert time.monotonic() < deadline, f"no 2 Explainer replicas within 300 s: {_explainer_replicas(cluster)}"
-            time.sleep(1)
-        url = f"http://127.0.0.1:{port}/v1/explain/gradient"
-        png = io.BytesIO()
-        Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8), "L").save(png, "PNG")
-        with _Load(url, png.getvalue()) as load:
-            while not [r for r in load.results if r[2] == 200]:  # the proxy and routes answer
-                assert time.monotonic() < deadline, f"no answer within 300 s: {load.results[-5:]}"
-                time.sleep(0.5)
+        wait_for(lambda: len(set(running_on(cluster))) == 2, 300,
+                 lambda: f"no 2 Explainer replicas on 2 nodes: {explainer_replicas(cluster)}")
+        with Load(f"http://127.0.0.1:{port}/v1/explain/gradient", digits_png()) as load:
+            wait_for(load.answered, 300, lambda: f"no answer: {load.results[-5:]}", every=0.5)
             warm = time.time()
             time.sleep(20)                                         # steady load on both replicas
-            nodes_before = set(_running_on(cluster))
+            nodes_before = set(running_on(cluster))
             victim = cluster.workers[-1]   # only the two worker nodes offer "explainer": each holds a replica
             killed_at = cluster.kill_node(victim.name)
             cluster.add_node(victim.replacement(), timeout=300)
-            back_at = None
-            while back_at is None:
-                assert time.monotonic() < deadline + 600, f"replicas not back: {_explainer_replicas(cluster)}"
-                running = _running_on(cluster)
-                if len(running) == 2 and len(set(running)) == 2 and set(running) != nodes_before:
-                    back_at = time.time()
-                time.sleep(1)
+            back_at = wait_for(lambda: (lambda r: len(set(r)) == 2 and set(r) != nodes_before)(running_on(cluster)),
+                               600, lambda: f"replicas not back: {explainer_replicas(cluster)}")
             time.sleep(20)                                         # and steady again on the new replica
-        run = [r for r in load.results if r[0] >= warm]
-        failed = load.failed(since=warm)
+        run = load.since(warm)
+        failed = [r for r in run if r[2] != 200]
         rate = len(failed) / len(run)
-        outcomes = sorted({str(r[2]) for r in failed})
-        last_failure = max((r[1] for r in failed), default=killed_at) - killed_at
-        print(f"\n[multinode] lost Serve node: {len(failed)} of {len(run)} requests failed ({100 * rate:.2f}%; "
-              f"{outcomes}) over {run[-1][1] - warm:.0f} s; the last failure {last_failure:.1f} s after the SIGKILL; "
-              f"2 Explainer replicas on 2 nodes again {back_at - killed_at:.1f} s after it (replacement node "
-              f"joined meanwhile); {len(run) / (run[-1][1] - warm):.1f} req/s; failures at "
-              f"{[f'{r[0] - killed_at:+.1f}s {r[2]}' for r in failed][:12]}")
+        span = run[-1][1] - warm
+        print(f"\n[multinode] lost Serve node: {len(failed)} of {len(run)} requests failed ({100 * rate:.2f}%) over "
+              f"{span:.0f} s at {len(run) / span:.1f} req/s; 2 Explainer replicas on 2 nodes again "
+              f"{back_at - killed_at:.1f} s after the SIGKILL (replacement node joined meanwhile); failures: "
+              f"{[f'{r[0] - killed_at:+.1f} s {r[2]}' for r in failed][:12]}")
         assert len(run) >= 100, "too little load to measure a failure rate"
         assert rate < 0.01, f"{len(failed)} of {len(run)} failed: {[r[2] for r in failed][:20]}"
-        # The node was really lost under load: the replica that ran there is gone, a new one serves.
-        assert victim.name not in {w.name for w in cluster.workers}
     finally:
-        subprocess.run([*serve_cli, "shutdown", "-y", "--address", cluster.dashboard], env=cluster.driver_env(),
-                       cwd=REPO, capture_output=True, text=True, timeout=180)
+        shutdown(cluster)

@@ -45,6 +45,7 @@ def _read(cluster, key: str) -> bytes:
         return f.read()
 
 
+@pytest.mark.ci
 def test_main_job_submitted_with_outputs_on_s3(cluster, bucket, monkeypatch):
     """Scenario 5: `ray job submit` of the smoke pipeline (classifiers and CNN-INTE: Ray Train, Ray Data into the
     activation store, the report) with output_dir, hence every run.storage_path and store, on the local S3."""
@@ -85,6 +86,7 @@ def _checkpoints(cluster, prefix: str) -> list[str]:
     return sorted({k.rsplit("/", 1)[0] for k in keys if k.endswith("/history.json")})
 
 
+@pytest.mark.ci
 def test_train_ddp_across_two_nodes_survives_losing_one(cluster, bucket, monkeypatch):
     """Scenario 1: 2 DDP workers on 2 nodes (one "trainer" resource each), checkpoints on S3; SIGKILL the raylet of
     one worker's node mid-run, a replacement node joins; the run goes on from its last checkpoint and its history
@@ -209,6 +211,7 @@ def test_extraction_over_three_nodes_into_s3_survives_losing_one(cluster, bucket
 # --------------------------------------------------------------------------- scenario 3: a lost Serve node
 
 
+@pytest.mark.ci
 def test_serve_explainers_on_two_nodes_survive_losing_one(cluster, bucket, monkeypatch, tmp_path):
     """Scenario 3: the digits application of serving/serve_config.yaml (`serve deploy`) with two Explainer replicas
     on two nodes, under steady load from loopback clients; one replica's node is lost (raylet SIGKILL) and a

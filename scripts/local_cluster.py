@@ -204,14 +204,17 @@ class LocalCluster:
                 # node's proxy gets a port of its own, so clients reach the head's proxy as on a cluster with one
                 # entry point.
                 env={"RAY_SERVE_WORKER_PROXY_HTTP_PORT": str(proxy)})
-            started = time.monotonic()
+            started, raylet_seen = time.monotonic(), [False]
 
             def up() -> bool:
                 if {n["node_id"] for n in self.alive_nodes()} - before:
                     return True
-                if time.monotonic() - started > 30 and not any(c == "raylet" for _, c, st in
-                                                                _group_members(node.pid) if st != "Z"):
-                    raise RuntimeError(f"node {node.name}: its raylet died at start")
+                # A raylet that started and is gone died at start. None yet may be the node's Python still importing
+                # Ray: at load ≈ 27 a 30 s limit here failed 4 tries in a row (most likely so; their logs were gone).
+                raylet = any(c == "raylet" for _, c, st in _group_members(node.pid) if st != "Z")
+                raylet_seen[0] |= raylet
+                if not raylet and (raylet_seen[0] or time.monotonic() - started > 120):
+                    raise RuntimeError(f"node {node.name}: its raylet died at start, or none started in 120 s")
                 return False
 
             try:

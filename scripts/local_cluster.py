@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -60,6 +61,10 @@ class Node:
     resources: dict[str, float] = dataclasses.field(default_factory=dict)
     pid: int | None = None  # of its `ray start --block`, which leads the node's process group
 
+    def replacement(self) -> "Node":
+        """The node that replaces this one once lost: the same CPUs and resources, a new name (a cloud's new VM)."""
+        return Node(f"{self.name}b", self.cpus, dict(self.resources))
+
 
 @dataclasses.dataclass
 class LocalCluster:
@@ -71,6 +76,7 @@ class LocalCluster:
     head: Node
     workers: list[Node] = dataclasses.field(default_factory=list)
     s3_pid: int | None = None
+    autoscaling_config: str | None = None  # the fake provider's cluster config, when the autoscaler runs
 
     # --- addresses ---------------------------------------------------------------------------------------------
     @property
@@ -93,7 +99,10 @@ class LocalCluster:
     @classmethod
     def start(cls, *, head_cpus: float = 1, head_resources: dict[str, float] | None = None,
               workers: list[Node] = (), s3: bool = True, env: dict[str, str] | None = None,
-              timeout: float = 180) -> "LocalCluster":
+              autoscaler: dict[str, Any] | None = None, timeout: float = 180) -> "LocalCluster":
+        """``autoscaler``: run Ray's autoscaler over its fake multi-node provider on the head, which then starts and
+        stops worker nodes itself: ``{"node_types": {name: {"resources": …, "min_workers": …, "max_workers": …}},
+        "idle_timeout_minutes": …}`` (see ``autoscaler_config``)."""
         root = tempfile.mkdtemp(prefix="rlc", dir="/tmp")  # short: Ray's socket paths have a length limit
         gcs, dash, s3_port = free_ports(3)
         base_env = {
@@ -111,8 +120,14 @@ class LocalCluster:
             **({"INTERP_RAY_S3_ENDPOINT": f"http://127.0.0.1:{s3_port}", **S3_CREDENTIALS} if s3 else {}),
             **(env or {}),
         }
+        if autoscaler is not None:
+            # The fake provider refuses to run without RAY_FAKE_CLUSTER; 1 s: the autoscaler's loop period.
+            base_env.update(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1")
         c = cls(root, gcs, dash, s3_port if s3 else None, base_env,
                 Node("head", head_cpus, dict(head_resources or {"head": 1})))
+        if autoscaler is not None:
+            c.autoscaling_config = str(Path(root) / "autoscaler.yaml")
+            Path(c.autoscaling_config).write_text(json.dumps(autoscaler_config(c, **autoscaler), indent=2))
         try:
             if s3:
                 c._start_s3(timeout)
@@ -145,10 +160,10 @@ class LocalCluster:
             if not os.environ.get("INTERP_RAY_KEEP_CLUSTER_LOGS"):
                 shutil.rmtree(c.root, ignore_errors=True)
 
-    def _spawn(self, args: list[str], log_name: str) -> int:
+    def _spawn(self, args: list[str], log_name: str, env: dict[str, str] | None = None) -> int:
         log = open(Path(self.root) / f"{log_name}.log", "ab")
-        proc = subprocess.Popen(args, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=REPO)
+        proc = subprocess.Popen(args, env={**os.environ, **self.env, **(env or {})}, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=REPO)
         log.close()
         return proc.pid
 
@@ -165,7 +180,8 @@ class LocalCluster:
              f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}",
              f"--ray-client-server-port={client}", f"--num-cpus={self.head.cpus}",
              f"--resources={json.dumps(self.head.resources)}", f"--object-store-memory={OBJECT_STORE_BYTES}",
-             f"--temp-dir={self.root}", "--disable-usage-stats"], "head")
+             f"--temp-dir={self.root}", "--disable-usage-stats",
+             *([f"--autoscaling-config={self.autoscaling_config}"] if self.autoscaling_config else [])], "head")
         _wait(lambda: _http_ok(f"{self.dashboard}/api/version"), timeout, "the head's dashboard", self.head.pid)
         _wait(lambda: len(self.alive_nodes()) >= 1, timeout, "the head node", self.head.pid)
 
@@ -173,7 +189,7 @@ class LocalCluster:
         """Start a worker node and wait until the cluster lists it alive. On a loaded machine a raylet can abort at
         start (it waits a fixed ~15 s for its dashboard agent, whose imports may take longer): then it is retried."""
         for attempt in range(1, attempts + 1):
-            agent, agent_grpc, metrics, runtime_env = free_ports(4)
+            agent, agent_grpc, metrics, runtime_env, proxy = free_ports(5)
             before = {n["node_id"] for n in self.alive_nodes()}
             # Not `ray start --address`: with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 it refuses to join ("Multi-node
             # Ray clusters are not supported"), and with 1 it rewrites 127.0.0.1 to the eth0 address. `node` below
@@ -182,15 +198,23 @@ class LocalCluster:
                 [sys.executable, str(Path(__file__).resolve()), "node", f"--address={self.address}",
                  f"--agent-ports={agent},{agent_grpc},{metrics},{runtime_env}", f"--cpus={node.cpus}",
                  f"--resources={json.dumps(node.resources)}", f"--name={node.name}",
-                 f"--temp-dir={Path(self.root) / node.name}"], f"node-{node.name}")
-            started = time.monotonic()
+                 f"--temp-dir={Path(self.root) / node.name}"], f"node-{node.name}",
+                # Every node is 127.0.0.1: a Serve proxy on each would share the head's HTTP port (SO_REUSEPORT),
+                # and a client's connection would land on any node's, as no real load balancer sends it. A worker
+                # node's proxy gets a port of its own, so clients reach the head's proxy as on a cluster with one
+                # entry point.
+                env={"RAY_SERVE_WORKER_PROXY_HTTP_PORT": str(proxy)})
+            started, raylet_seen = time.monotonic(), [False]
 
             def up() -> bool:
                 if {n["node_id"] for n in self.alive_nodes()} - before:
                     return True
-                if time.monotonic() - started > 30 and not any(c == "raylet" for _, c, st in
-                                                                _group_members(node.pid) if st != "Z"):
-                    raise RuntimeError(f"node {node.name}: its raylet died at start")
+                # A raylet that started and is gone died at start. None yet may be the node's Python still importing
+                # Ray: at load ≈ 27 a 30 s limit here failed 4 tries in a row (most likely so; their logs were gone).
+                raylet = any(c == "raylet" for _, c, st in _group_members(node.pid) if st != "Z")
+                raylet_seen[0] |= raylet
+                if not raylet and (raylet_seen[0] or time.monotonic() - started > 120):
+                    raise RuntimeError(f"node {node.name}: its raylet died at start, or none started in 120 s")
                 return False
 
             try:
@@ -242,6 +266,13 @@ class LocalCluster:
             _killpg(pid, signal.SIGKILL)
         for pid in groups:
             _reap(pid)
+        # Nodes the autoscaler started are the monitor's children (in the head's process group, as checked); should
+        # one have left it, it is still found by this cluster's temp dir in its command line (no other Ray's).
+        for pid in _processes_under(self.root):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         self.workers, self.head.pid, self.s3_pid = [], None, None
 
     # --- what is running ----------------------------------------------------------------------------------------
@@ -309,6 +340,44 @@ def _group_members(pgid: int) -> list[tuple[int, str, str]]:
         if int(fields[2]) == pgid:  # state, ppid, pgrp, …
             out.append((int(entry), comm, fields[0]))
     return out
+
+
+def _processes_under(root: str) -> list[int]:
+    """This user's processes whose command line names ``root`` (a cluster's own temp dir)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid != os.getuid():
+                continue
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if re.search(re.escape(root) + r"(/|\s|$)", cmdline):
+            out.append(int(entry))
+    return out
+
+
+def autoscaler_config(c: LocalCluster, *, node_types: dict[str, dict[str, Any]],
+                      idle_timeout_minutes: float = 0.2, max_workers: int = 4) -> dict[str, Any]:
+    """A cluster config for Ray's fake multi-node provider (the real autoscaler, nodes started as local raylets).
+
+    ``gcs_address`` must be given: without it the provider points new nodes at ``<eth0 address>:6379``. The head's
+    type must be called ``ray.head.default`` (the provider's name for the node it did not start)."""
+    head = {"resources": {"CPU": c.head.cpus, **c.head.resources}, "node_config": {}, "max_workers": 0}
+    types = {name: {"node_config": {}, "min_workers": 0, **t} for name, t in node_types.items()}
+    return {
+        "cluster_name": "interp-ray-local", "max_workers": max_workers, "upscaling_speed": 1.0,
+        "idle_timeout_minutes": idle_timeout_minutes,
+        "provider": {"type": "fake_multinode", "gcs_address": c.address, "use_node_id_as_ip": True,
+                     "disable_node_updaters": True, "disable_launch_config_check": True},
+        "auth": {"ssh_user": "ubuntu"},
+        "available_node_types": {"ray.head.default": head, **types}, "head_node_type": "ray.head.default",
+        "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False, "rsync_exclude": [],
+        "rsync_filter": [], "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
+        "worker_setup_commands": [], "head_start_ray_commands": [], "worker_start_ray_commands": [],
+    }
 
 
 def _group_alive(pgid: int) -> bool:

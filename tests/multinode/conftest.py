@@ -17,9 +17,10 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from local_cluster import LocalCluster, Node, _group_alive, make_bucket  # noqa: E402
 
-# One train worker per worker node: each offers one "trainer" and one CPU; the head offers neither "trainer"
-# nor more than the CPU a job's driver-side work needs.
-WORKERS = [Node("w1", 1, {"trainer": 1, "w1": 1}), Node("w2", 1, {"trainer": 1, "w2": 1})]
+# One train worker and one Explainer replica per worker node: each offers one CPU, one "trainer" and one
+# "explainer"; the head offers neither, nor more than the CPU a job's driver-side work needs.
+WORKERS = [Node("w1", 1, {"trainer": 1, "explainer": 1, "w1": 1}),
+           Node("w2", 1, {"trainer": 1, "explainer": 1, "w2": 1})]
 
 
 @pytest.fixture(scope="module")

@@ -190,3 +190,23 @@ def test_cli_module_runs_as_a_process(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "jobs.train_explainer", "--config", str(tmp_path / "none.yaml")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: ") and "none.yaml" in proc.stderr
+
+
+def test_memory_mib_tells_private_memory_from_shared_pages():
+    """The benchmark's bounded-memory figure is the worker's private memory: it must grow by what the process
+    allocates itself, while shared pages (the object store's arena, here a shared mapping) count apart."""
+    import mmap
+
+    from jobs.train_explainer import memory_mib
+
+    before = memory_mib()
+    private = np.ones(64 * 2**20 // 8)                       # 64 MiB of the process's own heap, touched
+    after_private = memory_mib()
+    shared = mmap.mmap(-1, 64 * 2**20, flags=mmap.MAP_SHARED)
+    shared.write(b"x" * (64 * 2**20))                        # 64 MiB of shared pages, touched
+    after_shared = memory_mib()
+    assert after_private["anon"] - before["anon"] > 56
+    assert after_shared["shmem"] - after_private["shmem"] > 56
+    assert abs(after_shared["anon"] - after_private["anon"]) < 16
+    del private
+    shared.close()

@@ -68,11 +68,36 @@ def shutdown(cluster) -> None:
 def explainer_replicas(cluster) -> list[dict[str, Any]]:
     """The Explainer's replicas (state, node_id, …) from the dashboard's Serve API; [] while it cannot tell."""
     try:
-        with urllib.request.urlopen(f"{cluster.dashboard}/api/serve/applications/", timeout=10) as r:
+        with urllib.request.urlopen(f"{cluster.dashboard}/api/serve/applications/", timeout=30) as r:
             apps = json.load(r)["applications"]
         return apps[APP]["deployments"]["Explainer"]["replicas"]
     except (OSError, ValueError, KeyError, TypeError):
         return []
+
+
+def serve_status(cluster) -> str:
+    """What Serve itself says of the application (status, message, each deployment's replicas' states), or why it
+    cannot be read: the failure text of a wait that timed out, so it says *why* no replica ran."""
+    try:
+        with urllib.request.urlopen(f"{cluster.dashboard}/api/serve/applications/", timeout=30) as r:
+            body = json.load(r)
+    except (OSError, ValueError) as e:
+        return f"the dashboard's Serve API did not answer: {type(e).__name__}: {e}"
+    app = body.get("applications", {}).get(APP)
+    if app is None:
+        return f"no application {APP!r}; Serve lists {sorted(body.get('applications', {}))}"
+    deps = {name: {"status": d.get("status"), "message": (d.get("message") or "")[-600:],
+                   "replicas": [(r.get("state"), r.get("node_id")) for r in d.get("replicas", [])]}
+            for name, d in app.get("deployments", {}).items()}
+    return json.dumps({"status": app.get("status"), "message": (app.get("message") or "")[-1500:],
+                       "deployments": deps})
+
+
+def node_resources(cluster) -> str:
+    """`ray status` of the cluster (each node's use, the resource demands nothing can place), for failure texts."""
+    proc = subprocess.run([str(Path(sys.executable).parent / "ray"), "status", "--address", cluster.address],
+                          env=cluster.driver_env(), cwd=REPO, capture_output=True, text=True, timeout=60)
+    return (proc.stdout + proc.stderr)[-2500:]
 
 
 def running_on(cluster) -> list[str]:

@@ -53,14 +53,10 @@ def autoscaling_cluster():
     assert head is None or not Path(f"/proc/{head}").exists() or "Z" in Path(f"/proc/{head}/stat").read_text()
 
 
-def gpu_nodes(c: LocalCluster) -> set[str]:
-    return {n["node_id"] for n in c.alive_nodes() if n.get("resources_total", {}).get("GPU")}
-
-
-def test_gpu_job_brings_up_gpu_nodes_that_go_away_when_idle(autoscaling_cluster, monkeypatch):
-    """Activation extraction with two extractor actors of one GPU each (``compute.num_gpus=1``,
-    ``compute.wait_for_resources``) on a cluster that has no GPU: the autoscaler starts GPU nodes, the job finishes
-    on them, and the nodes are removed after the idle timeout."""
+@pytest.fixture
+def digits_on_s3(autoscaling_cluster, monkeypatch) -> tuple[str, str]:
+    """A fresh bucket on the cluster's S3 holding a digits checkpoint, and this process pointed at that S3:
+    (bucket, checkpoint URI)."""
     c = autoscaling_cluster
     for k in ("INTERP_RAY_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
         monkeypatch.setenv(k, c.env[k])
@@ -68,6 +64,19 @@ def test_gpu_job_brings_up_gpu_nodes_that_go_away_when_idle(autoscaling_cluster,
     make_bucket(c.s3_endpoint, bucket)
     ckpt = f"s3://{bucket}/ckpt/digits"
     save_digits_checkpoint(ckpt)
+    return bucket, ckpt
+
+
+def gpu_nodes(c: LocalCluster) -> set[str]:
+    return {n["node_id"] for n in c.alive_nodes() if n.get("resources_total", {}).get("GPU")}
+
+
+def test_gpu_job_brings_up_gpu_nodes_that_go_away_when_idle(autoscaling_cluster, digits_on_s3):
+    """Activation extraction with two extractor actors of one GPU each (``compute.num_gpus=1``,
+    ``compute.wait_for_resources``) on a cluster that has no GPU: the autoscaler starts GPU nodes, the job finishes
+    on them, and the nodes are removed after the idle timeout."""
+    c = autoscaling_cluster
+    bucket, ckpt = digits_on_s3
     assert not gpu_nodes(c)
     cmd = [sys.executable, "-m", "jobs.extract_activations", "--set", f"checkpoint={ckpt}", "--set", "splits=[train]",
            "--set", "layers=[relu3]", "--set", "store.shard_rows=128", "--set", "compute.batch_size=64",
@@ -104,17 +113,13 @@ def test_gpu_job_brings_up_gpu_nodes_that_go_away_when_idle(autoscaling_cluster,
           f"ended (idle timeout {IDLE_TIMEOUT_MIN * 60:.0f} s)")
 
 
-def test_serve_autoscaling_adds_and_removes_explainer_replicas_and_nodes(autoscaling_cluster, monkeypatch, tmp_path):
+def test_serve_autoscaling_adds_and_removes_explainer_replicas_and_nodes(autoscaling_cluster, digits_on_s3,
+                                                                         tmp_path):
     """The digits application with the Explainer autoscaling from 1 to 2 replicas of one GPU each: under steady load
     it scales to two replicas on two GPU nodes the autoscaler starts for them; without load it returns to one
     replica, and the node of the other is removed."""
     c = autoscaling_cluster
-    for k in ("INTERP_RAY_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
-        monkeypatch.setenv(k, c.env[k])
-    bucket = f"as-{uuid.uuid4().hex[:10]}"
-    make_bucket(c.s3_endpoint, bucket)
-    ckpt = f"s3://{bucket}/ckpt/digits"
-    save_digits_checkpoint(ckpt)
+    _, ckpt = digits_on_s3
     (port,) = free_ports(1)
 
     def autoscaling_on_gpus(deps: dict) -> None:

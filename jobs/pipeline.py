@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from interp_ray.checkpoint import is_remote, join_uri, upload_dir
+from interp_ray.claims import evaluate_claims, markdown_claims
 from interp_ray.config import (ClassifierJobConfig, Section, deep_merge, load_config, parse_overrides, read_yaml,
                                validate)
 from interp_ray.errors import UserError
@@ -187,7 +188,7 @@ def run_cnn_inte(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
     t0 = stage(f"CNN-INTE on {job.data.name} ({ref.classifier} classifier, layer {job.cnn_inte.layer}): "
                f"extracting activations into the store, then fitting")
     r = fit(job)
-    r["seconds"] = time.perf_counter() - t0
+    r["dataset"], r["seconds"] = job.data.name, time.perf_counter() - t0
     test = r["splits"][job.eval_splits[0]]
     print(f"[pipeline] CNN-INTE: fidelity {test['fidelity']:.4f} on {job.eval_splits[0]}", flush=True)
     return r
@@ -230,7 +231,8 @@ def run_interpnet(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
     print(f"[pipeline] InterpNET: {'; '.join(scores)}", flush=True)
     return {"table": format_table(r), "rows": [{k: v for k, v in row.items() if not isinstance(v, (dict, list))}
                                                 for row in r["rows"]],
-            "samples": r["samples"], "test_images": r["test_images"], "seconds": time.perf_counter() - t0}
+            "samples": r["samples"], "test_images": r["test_images"],
+            "image_model_accuracy": r["image_model_accuracy"], "seconds": time.perf_counter() - t0}
 
 
 @pipeline_stage("saliency", job="jobs.explain_dataset:ExplainDatasetConfig",
@@ -256,6 +258,7 @@ def run_saliency(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
             "methods": {n: {k: v for k, v in m.items() if not isinstance(v, dict)}
                         for n, m in r.results["methods"].items()},
             "overlays": [str(out / p) for p in r.results.get("overlays", [])],
+            "params": {m.name: m.params for m in job.methods},
             "stores": r.stores, "seconds": time.perf_counter() - t0}
 
 
@@ -420,9 +423,12 @@ def write_report(local: Path, results: dict[str, Any], seconds: float, smoke: bo
              f"Size: {size}. Run time: {total:.0f} s ({per_stage}).", ""]
     for name, r in results.items():
         lines += PIPELINE_STAGES[name].report(r, local) + [""]
+    claims = evaluate_claims(results)
+    lines += markdown_claims(claims) + [""]
     report = local / "report.md"
     report.write_text("\n".join(lines))
-    (local / "results.json").write_text(json.dumps({"stages": results, "seconds": total, "this_run_seconds": seconds,
+    (local / "results.json").write_text(json.dumps({"stages": results, "claims": [c.to_dict() for c in claims],
+                                                    "seconds": total, "this_run_seconds": seconds,
                                                     "reused": list(reused), "smoke": smoke}, indent=2, default=str))
     return report
 

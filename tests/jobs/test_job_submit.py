@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from ray_head import ray_head
 
+from interp_ray.claims import evaluate_claims, markdown_claims
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
@@ -113,6 +115,14 @@ def check_figures(report: str, results: dict) -> None:
     assert table_row(report, "## Semantic captioner")[:2] == [str(sem["test_clips"]),
                                                              f"{sem['scores']['meteor_segment_mean'] * 100:.1f}"]
     assert share in report and len(sem["neurons"]) <= lp["confident"]
+
+    # The claims table is the job's own: recomputed from its stage results it gives the same rows and verdicts.
+    claims = evaluate_claims(st)
+    assert results["claims"] == [c.to_dict() for c in claims] and len(claims) == 16
+    assert "\n".join(markdown_claims(claims)) in report
+    verdict = {c.claim: c.verdict for c in claims}
+    assert verdict["CNN-INTE 2"] == "met"        # the smoke run draws one route diagram
+    assert verdict["GFI 5"] == "not tested" and verdict["Dong 1"] == "not tested"
 
 
 @pytest.mark.ray

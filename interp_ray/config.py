@@ -76,6 +76,9 @@ class RunSection(Section):
     # torch.save and Ray Train's upload to storage_path; on a short epoch that is a visible share of the time, while
     # a failure then repeats at most k - 1 epochs.
     checkpoint_every: int = Field(1, gt=0)
+    # Ray Train's own messages on the terminal at this level and above (its per-report INFO lines are noise there);
+    # every one of them stays in the run's log files under Ray's session directory.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
     def checkpoint_due(self, epoch: int, epochs: int) -> bool:
         """Whether epoch ``epoch`` (0-based) of ``epochs`` ends with a checkpoint."""

@@ -21,8 +21,8 @@ from interp_ray.models import build_model
 from interp_ray.training import (distributed_sampler, evaluate, gather_from_ranks, make_optimizer,
                                  seed_everything, train_epoch)
 from jobs.common import base_parser, check_storage_paths, exit_with, init_ray
-from jobs.train_loop import (epochs, export_dir, final_checkpoint, load_training_state, make_trainer, rank_and_world,
-                             report_epoch, resolve_use_gpu, resume, training_state, worker_history)
+from jobs.train_loop import (epochs, export_dir, final_checkpoint, load_training_state, make_trainer, quiet_console,
+                             rank_and_world, report_epoch, resolve_use_gpu, resume, training_state, worker_history)
 
 log = logging.getLogger("interp_ray.train_classifier")
 MODEL_DIR = "model"          # inside each Ray checkpoint: a complete interp-ray classifier checkpoint
@@ -51,6 +51,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     train_ds, val_ds, model, options = build_from_config(cfg)
     opt, sched = make_optimizer(model, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                                 schedule=cfg.train.schedule, epochs=cfg.train.epochs)
+    quiet_console(cfg.run.log_level)
     start = resume()
     load_training_state(start, model, opt, sched)
     history = start.history

@@ -38,8 +38,8 @@ from interp_ray.config import LearnedJobConfig, deep_merge, parse_overrides, rea
 from interp_ray.errors import UserError
 from interp_ray.explainers.base import EXPLAINERS, Trainable, explainer_names, get_explainer
 from jobs.common import base_parser, check_storage_paths, exit_with, init_ray
-from jobs.train_loop import (epochs, final_checkpoint, make_trainer, rank_and_world, report_epoch, resolve_use_gpu,
-                             resume, run_path, worker_history)
+from jobs.train_loop import (epochs, final_checkpoint, make_trainer, quiet_console, rank_and_world, report_epoch,
+                             resolve_use_gpu, resume, run_path, worker_history)
 
 log = logging.getLogger("interp_ray.train_explainer")
 MODEL_DIR = "model"          # inside each Ray checkpoint: the best epoch's explainer so far
@@ -149,6 +149,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     explainer = cls.load(config["init"])
     device = ray.train.torch.get_device()
     trainer = explainer.trainer(job, device=device, wrap=ray.train.torch.prepare_model)
+    quiet_console(job.run.log_level)
     start = resume()
     if start.restored:
         trainer.load_state_dict(start.state["trainer"])

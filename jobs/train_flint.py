@@ -24,8 +24,8 @@ from interp_ray.explainers.flint_training import (FlintSetup, epoch_row, finaliz
                                                   make_flint_optimizer, setup)
 from interp_ray.training import distributed_sampler, gather_from_ranks
 from jobs.common import base_parser, check_storage_paths, exit_with, init_ray
-from jobs.train_loop import (epochs, final_checkpoint, load_training_state, make_trainer, rank_and_world, report_epoch,
-                             resolve_use_gpu, resume, training_state, worker_history)
+from jobs.train_loop import (epochs, final_checkpoint, load_training_state, make_trainer, quiet_console,
+                             rank_and_world, report_epoch, resolve_use_gpu, resume, training_state, worker_history)
 
 log = logging.getLogger("interp_ray.train_flint")
 MODEL_DIR = "flint"          # inside each Ray checkpoint: a complete interp-ray FLINT checkpoint (no relevance yet)
@@ -40,6 +40,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     st = setup(cfg)  # seeds, data, predictor (built or loaded frozen), Ψ/h/d
     model = st.model
     opt, sched = make_flint_optimizer(model, cfg.train)
+    quiet_console(cfg.run.log_level)
     start = resume()
     load_training_state(start, model, opt, sched)
     history = start.history

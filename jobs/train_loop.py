@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -72,6 +74,33 @@ def resume() -> Resume:
         return read_resume(None)
     with ckpt.as_directory() as d:
         return read_resume(Path(d))
+
+
+class BelowLevelFromRayTrain(logging.Filter):
+    """Drops Ray Train's records under ``level`` (by the file that logged them: some of its loggers are named by
+    path, not ``ray.train.*``, so Ray Train's own LoggingConfig does not reach them), lets everything else through."""
+
+    def __init__(self, level: str):
+        super().__init__()
+        self.level = logging.getLevelName(level)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        inside = f"{os.sep}ray{os.sep}train{os.sep}"
+        from_train = (record.name == "ray.train" or record.name.startswith("ray.train.") or inside in record.name
+                      or inside in record.pathname)
+        return not from_train or record.levelno >= self.level
+
+
+def quiet_console(level: str) -> None:
+    """On a Ray Train worker: Ray Train's records under ``level`` (e.g. its INFO "Reporting training result …" line,
+    one per report per worker) leave the console, hence the driver's terminal, and stay in the worker's log files
+    (Ray Train's session-file handlers are left as they are). ``run.log_level`` sets ``level``."""
+    from ray.train.v2._internal.logging.logging import SessionFileHandler
+
+    for handler in logging.getLogger().handlers:
+        if not isinstance(handler, SessionFileHandler) and not any(
+                isinstance(f, BelowLevelFromRayTrain) for f in handler.filters):
+            handler.addFilter(BelowLevelFromRayTrain(level))
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -181,6 +210,8 @@ def make_trainer(train_func: Callable[[dict[str, Any]], dict[str, Any]], loop_co
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path, storage_filesystem=storage_fs,
             failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
+            # the controller's ray.train.* records; the workers' console is filtered by quiet_console
+            logging_config=ray.train.LoggingConfig(log_level=run.log_level),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=run.checkpoints_to_keep)),
         **({"datasets": datasets} if datasets else {}),
         **({"dataset_config": dataset_config} if dataset_config is not None else {}),

@@ -141,6 +141,8 @@ def test_smoke_pipeline_through_ray_job_submit(head_url, tmp_path, fixture_seed)
         time.sleep(5)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in proc.stdout
+    # Ray Train's per-report INFO lines stay in its log files, off the terminal (run.log_level: WARNING)
+    assert "Reporting training result" not in proc.stdout + proc.stderr
     report = (out / "report.md").read_text()
     assert "| digits | digits_cnn | digits |" in report and "| scenes | scenes_cnn | scenes |" in report
     for section in ("## CNN-INTE", "## FLINT", "## InterpNET", "## Saliency", "## Semantic captioner"):

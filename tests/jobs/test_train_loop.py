@@ -123,3 +123,55 @@ def test_final_checkpoint_and_worker_history(tmp_path):
         assert d == tmp_path and history == [{"epoch": 0}]
     assert worker_history(SimpleNamespace(return_value={"history": [1]})) == [1]
     assert worker_history(SimpleNamespace()) == []
+
+
+def test_quiet_console_drops_ray_trains_info_lines_from_the_console_only(tmp_path):
+    """Ray Train's per-report INFO line comes from a logger named by its file path; on the console it is dropped
+    under the run's log level, while Ray Train's session-file handler and every other logger's records are kept."""
+    import logging
+
+    import ray.train.v2._internal.execution.context as train_context
+    from ray.train.v2._internal.logging.logging import SessionFileHandler
+
+    from jobs.train_loop import quiet_console
+
+    class Keep(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.records = []
+
+        def emit(self, record):
+            self.records.append(record.getMessage())
+
+    class FileKeep(SessionFileHandler, Keep):
+        def __init__(self):
+            Keep.__init__(self)
+
+        emit = Keep.emit
+
+    root = logging.getLogger()
+    console, files = Keep(), FileKeep()
+    root.addHandler(console)
+    root.addHandler(files)
+    old_level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        quiet_console("WARNING")
+        quiet_console("WARNING")  # idempotent: one filter per handler
+        assert len(console.filters) == 1 and not files.filters
+        train_logger = train_context.logger          # named by path, not ray.train.*
+        train_logger.info("Reporting training result 1")
+        train_logger.warning("a Ray Train warning")
+        logging.getLogger("interp_ray.job").info("epoch 0 done")
+        assert console.records == ["a Ray Train warning", "epoch 0 done"]
+        assert files.records == ["Reporting training result 1", "a Ray Train warning", "epoch 0 done"]
+    finally:
+        root.removeHandler(console)
+        root.removeHandler(files)
+        root.setLevel(old_level)
+
+
+def test_run_log_level_is_checked():
+    assert RunSection().log_level == "WARNING"
+    with pytest.raises(ValueError):
+        RunSection(log_level="LOUD")

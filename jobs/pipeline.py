@@ -393,8 +393,9 @@ def report_semantic(r: dict[str, Any], root: Path) -> list[str]:
     sc = r["scores"]
     lines = [f"## Semantic captioner (Dong et al.; λ = {r['lambda']:g}, {r['epochs']} epochs on Ray Train, best "
              f"{r['best_epoch']})", "",
-             "| test clips | METEOR (paper protocol) | BLEU-4 | CIDEr-D | faithful captions | confident labels present "
-             "in their top clips |", "|---|---|---|---|---|---|"]
+             # Dong et al.'s own METEOR protocol is not known (PAPERS.md); this is InterpNET paper's segment mean
+             "| test clips | METEOR (segment mean, InterpNET's protocol) | BLEU-4 | CIDEr-D | faithful captions | "
+             "confident labels present in their top clips |", "|---|---|---|---|---|---|"]
     lp = r.get("label_precision") or {}
     share = (f"{lp['share'] * 100:.1f}% ({lp['correct']} of {lp['confident']}; chance "
              f"{lp['chance'] * 100:.0f}%)" if lp.get("confident") else "–")

@@ -191,6 +191,35 @@ def run_path(run: RunSection, *parts: str) -> str:
     return join(root, *parts) if is_remote(root) else str(Path(root).joinpath(*parts))
 
 
+# The figures an epoch's progress line shows, where a job's metrics row has them.
+PROGRESS_KEYS = ("phase", "train_loss", "loss", "val_loss", "val_accuracy", "val_accuracy_f", "val_fidelity",
+                 "val_nll")
+
+
+def progress_line(name: str, row: dict[str, Any]) -> str:
+    """One line for a finished epoch, counted from 1: "[train] digits-…: epoch 3 (6 s): train_loss 0.21, …"."""
+    shown = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
+             if k in PROGRESS_KEYS and isinstance(v, (int, float, str))]
+    took = f" ({row['epoch_s']:.0f} s)" if isinstance(row.get("epoch_s"), (int, float)) else ""
+    epoch = row.get("epoch")
+    number = epoch + 1 if isinstance(epoch, int) else "?"
+    return f"[train] {name}: epoch {number}{took}" + (": " + ", ".join(shown) if shown else "")
+
+
+def epoch_progress(name: str):
+    """A Ray Train callback printing ``progress_line`` once per reported epoch (rank 0's row). It runs in Train's
+    controller, whose output Ray forwards to the driver's terminal: a line per epoch for people, where Ray Train's
+    own per-report INFO lines are kept to its log files (quiet_console)."""
+    from ray.train import UserCallback
+
+    class EpochProgress(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            if metrics:
+                print(progress_line(name, metrics[0]), flush=True)
+
+    return EpochProgress()
+
+
 def make_trainer(train_func: Callable[[dict[str, Any]], dict[str, Any]], loop_config: dict[str, Any], *, name: str,
                  scaling: ScalingSection, run: RunSection, use_gpu: bool, datasets: dict[str, Any] | None = None,
                  dataset_config: Any = None):
@@ -212,6 +241,7 @@ def make_trainer(train_func: Callable[[dict[str, Any]], dict[str, Any]], loop_co
             failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
             # the controller's ray.train.* records; the workers' console is filtered by quiet_console
             logging_config=ray.train.LoggingConfig(log_level=run.log_level),
+            callbacks=[epoch_progress(name)],
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=run.checkpoints_to_keep)),
         **({"datasets": datasets} if datasets else {}),
         **({"dataset_config": dataset_config} if dataset_config is not None else {}),

@@ -143,6 +143,8 @@ def test_smoke_pipeline_through_ray_job_submit(head_url, tmp_path, fixture_seed)
     assert "succeeded" in proc.stdout
     # Ray Train's per-report INFO lines stay in its log files, off the terminal (run.log_level: WARNING)
     assert "Reporting training result" not in proc.stdout + proc.stderr
+    # ... and a line per epoch for people instead: the digits classifier's 2 smoke epochs, numbered from 1
+    assert re.search(r"\[train\] digits_cnn-[^:]*: epoch 2 \(\d+ s\): train_loss", proc.stdout), proc.stdout[-3000:]
     report = (out / "report.md").read_text()
     assert "| digits | digits_cnn | digits |" in report and "| scenes | scenes_cnn | scenes |" in report
     for section in ("## CNN-INTE", "## FLINT", "## InterpNET", "## Saliency", "## Semantic captioner"):

@@ -175,3 +175,13 @@ def test_run_log_level_is_checked():
     assert RunSection().log_level == "WARNING"
     with pytest.raises(ValueError):
         RunSection(log_level="LOUD")
+
+
+def test_progress_line_shows_the_epoch_from_1_and_its_figures_only():
+    from jobs.train_loop import progress_line
+
+    row = {"epoch": 2, "attempt": 0, "phase": "explainer", "train_loss": 0.21234, "val_accuracy": 0.95,
+           "epoch_s": 6.4, "samples_per_rank": [10, 10], "peak_rss_mib_per_rank": [900.0]}
+    assert progress_line("digits-1", row) == ("[train] digits-1: epoch 3 (6 s): phase explainer, train_loss 0.2123, "
+                                              "val_accuracy 0.95")
+    assert progress_line("x", {}) == "[train] x: epoch ?"

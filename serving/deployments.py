@@ -290,15 +290,24 @@ def job_client(args: Any, backend: Any) -> Any:
 
 
 def jobs_actor_config(args: Any) -> Any:
-    """The deployment-scoped actor that runs jobs for every Ingress replica."""
+    """The deployment-scoped actor that runs jobs for every Ingress replica. Its init_kwargs must be plain data:
+    Serve lists them in the instance details that the dashboard's Serve API (``serve status``, the Serve page)
+    encodes as JSON, and a function among them made every such call fail with a 500."""
     import ray
     from ray.serve.config import DeploymentActorConfig
 
     return DeploymentActorConfig(
-        name=JOBS_ACTOR, actor_class=ray.remote(JobRunner),
-        init_kwargs={"max_jobs": args.max_jobs, "ttl_s": args.job_ttl_s, "concurrency": args.job_concurrency,
-                     "backend_factory": explainer_backend},
+        name=JOBS_ACTOR, actor_class=ray.remote(SharedJobRunner),
+        init_kwargs={"max_jobs": args.max_jobs, "ttl_s": args.job_ttl_s, "concurrency": args.job_concurrency},
         actor_options={"num_cpus": 0})
+
+
+class SharedJobRunner(JobRunner):
+    """The JobRunner as the deployment-scoped actor: its backend is this application's Explainer deployment, found
+    when the first job runs (the actor starts before the application's handles can be resolved)."""
+
+    def __init__(self, **options: Any):
+        super().__init__(backend_factory=explainer_backend, **options)
 
 
 def explainer_backend() -> Any:

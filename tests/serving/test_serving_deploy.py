@@ -8,11 +8,13 @@ checkpoint path is tested as it is. Only the HTTP port and the replicas' CPU sha
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -100,3 +102,21 @@ def test_serve_deploy_serves_the_application(head, tmp_path):
         with pytest.raises(ServiceError) as e:
             anonymous.explain(png, "gradcam")
         assert e.value.status == 401
+    # The dashboard's Serve API (the Serve page, `serve status`, the multi-node tests' replica count) can encode the
+    # application's details: a function among a deployment actor's init_kwargs once made it answer 500 for good.
+    with urllib.request.urlopen(f"{head['dashboard']}/api/serve/applications/", timeout=60) as r:
+        apps = json.load(r)["applications"]
+    deployments = {app: sorted(d["deployments"]) for app, d in apps.items()}
+    assert deployments["interp_ray"] == ["Explainer", "Ingress"]
+    assert all(rep["state"] == "RUNNING" for d in apps["interp_ray"]["deployments"].values() for rep in d["replicas"])
+
+
+def test_the_job_actors_init_arguments_are_plain_data():
+    """Serve shows a deployment actor's init_kwargs in the instance details the dashboard encodes as JSON."""
+    from serving.deployments import SharedJobRunner, jobs_actor_config
+    from serving.service import ServeArgs
+
+    cfg = jobs_actor_config(ServeArgs(checkpoint="unused"))
+    assert json.loads(json.dumps(cfg.init_kwargs)) == cfg.init_kwargs
+    runner = SharedJobRunner(**cfg.init_kwargs)      # what the actor is built with: its backend comes later
+    assert runner.max_jobs == cfg.init_kwargs["max_jobs"] and runner._backend is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -27,15 +28,23 @@ def ray_session(tmp_path_factory):
     lock = open(Path(tempfile.gettempdir()) / "interp-ray-tests.lock", "w")
     fcntl.flock(lock, fcntl.LOCK_EX)
     try:
-        # No dashboard: no test of this cluster uses it (the Jobs and `serve deploy` tests start their own head,
-        # tests/ray_head.py), and on a loaded machine its start-up can outlast ray.init's timeout.
-        ray.init(num_cpus=TEST_RAY_CPUS, include_dashboard=False, object_store_memory=1_000_000_000,
-                 log_to_driver=False)
+        # A dashboard of its own, on a free port: Ray Train V2's placement-group cleaner polls the State API (which
+        # lives in the dashboard) to see whether the run's controller is alive. Without one, its queries went to
+        # the default 127.0.0.1:8265, and when another Ray's dashboard answered there (a job run by hand beside the
+        # suite) it reported the controller unknown, hence dead, and removed a running test's placement group.
+        ray.init(num_cpus=TEST_RAY_CPUS, include_dashboard=True, dashboard_host="127.0.0.1",
+                 dashboard_port=free_port(), object_store_memory=1_000_000_000, log_to_driver=False)
         yield ray
     finally:
         ray.shutdown()
         fcntl.flock(lock, fcntl.LOCK_UN)
         lock.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def pytest_addoption(parser):

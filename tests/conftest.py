@@ -129,3 +129,11 @@ def s3(s3_server, monkeypatch):
     for k, v in CREDENTIALS.items():
         monkeypatch.setenv(k, v)
     return s3_server, bucket
+
+
+@pytest.fixture(scope="session")
+def smoke_main_job(tmp_path_factory, fixture_seed):
+    """The smoke main job by `ray job submit`, once per session (tests/main_job.py): what it wrote and printed."""
+    from main_job import submit_smoke_main_job
+
+    return submit_smoke_main_job(tmp_path_factory.mktemp("main_job") / "repo", fixture_seed)

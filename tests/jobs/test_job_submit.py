@@ -1,37 +1,13 @@
-"""The real `ray start --head` + `ray job submit` path, on 127.0.0.1 only."""
+"""The real `ray start --head` + `ray job submit` path, on 127.0.0.1 only: the smoke main job as a user submits it
+(the session's ``smoke_main_job``, tests/main_job.py), and every figure its report states checked against what its
+definition allows."""
 
 import json
-import os
 import re
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
-from ray_head import ray_head
 
 from interp_ray.claims import evaluate_claims, markdown_claims
-
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-
-
-def _env():
-    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="token")
-    env["PATH"] = f"{BIN}:{env['PATH']}"
-    return env
-
-
-@pytest.fixture
-def head_url():
-    """A head of its own on free ports of 127.0.0.1 (tests/ray_head.py), beside the session's Ray."""
-    with ray_head(_env()) as (url, _):
-        yield url
-
-
-# The stages that train, whose seeds --fixture-seed shifts (tests/conftest.py; README "Tests that train a model").
-SEEDED_STAGES = ("classifiers.digits", "classifiers.scenes", "flint", "interpnet", "semantic")
 
 
 def is_count(share: float, n: int) -> bool:
@@ -127,19 +103,9 @@ def check_figures(report: str, results: dict) -> None:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_smoke_pipeline_through_ray_job_submit(head_url, tmp_path, fixture_seed):
-    out = tmp_path / "pipeline"
-    seeds = [a for key in SEEDED_STAGES for a in ("--set", f"{key}.set.train.seed={fixture_seed}")] \
-        if fixture_seed else []
-    cmd = [str(BIN / "ray"), "job", "submit", "--address", head_url, "--working-dir", str(REPO), "--",
-           "python", "-m", "jobs.pipeline", "--config", "configs/pipeline.yaml", "--smoke",
-           "--set", f"output_dir={out}", *seeds]
-    for _ in range(24):  # bounded (2 min): the dashboard can answer before the node's job agent has registered
-        proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=1800, cwd=REPO)
-        if "No available agent to submit job" not in proc.stderr + proc.stdout:
-            break
-        time.sleep(5)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+def test_smoke_pipeline_through_ray_job_submit(smoke_main_job):
+    proc, out = smoke_main_job, smoke_main_job.out
+    proc.check()
     assert "succeeded" in proc.stdout
     # Ray Train's per-report INFO lines stay in its log files, off the terminal (run.log_level: WARNING)
     assert "Reporting training result" not in proc.stdout + proc.stderr

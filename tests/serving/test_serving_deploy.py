@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -102,13 +101,15 @@ def test_serve_deploy_serves_the_application(head, tmp_path):
         with pytest.raises(ServiceError) as e:
             anonymous.explain(png, "gradcam")
         assert e.value.status == 401
-    # The dashboard's Serve API (the Serve page, `serve status`, the multi-node tests' replica count) can encode the
-    # application's details: a function among a deployment actor's init_kwargs once made it answer 500 for good.
-    with urllib.request.urlopen(f"{head['dashboard']}/api/serve/applications/", timeout=60) as r:
-        apps = json.load(r)["applications"]
-    deployments = {app: sorted(d["deployments"]) for app, d in apps.items()}
-    assert deployments["interp_ray"] == ["Explainer", "Ingress"]
-    assert all(rep["state"] == "RUNNING" for d in apps["interp_ray"]["deployments"].values() for rep in d["replicas"])
+    # `serve status` reads the dashboard's Serve API (as do the Serve page and the multi-node tests' replica count):
+    # a function among a deployment actor's init_kwargs once made that API answer 500 for good.
+    status = subprocess.run([str(BIN / "serve"), "status", "--address", head["dashboard"]], env=cluster_env(),
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stdout[-2000:] + status.stderr[-2000:]
+    app = yaml.safe_load(status.stdout)["applications"]["interp_ray"]
+    assert app["status"] == "RUNNING" and sorted(app["deployments"]) == ["Explainer", "Ingress"]
+    assert all(d["status"] == "HEALTHY" and set(d["replica_states"]) == {"RUNNING"}
+               for d in app["deployments"].values()), app
 
 
 def test_the_job_actors_init_arguments_are_plain_data():

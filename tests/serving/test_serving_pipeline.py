@@ -1,13 +1,12 @@
-"""What the main job trained is what the shipped serve config serves: the smoke pipeline, then `serve run
-serving/serve_config.yaml` against its output, and an explanation from every method over HTTP.
+"""What the main job trained is what the shipped serve config serves: the session's smoke main job (submitted
+once, tests/main_job.py), then `serve run serving/serve_config.yaml` against its output, and an explanation from
+every method over HTTP.
 
-One `ray start --head` of its own (tests/ray_head.py: free ports of 127.0.0.1, its own process group and temp dir)
-runs both: the pipeline's driver connects to it, then `serve run --address` deploys the config there. The head and
-`serve run` start in a working directory laid out like the repository after the main job (outputs/pipeline/ from
-`--set output_dir=…`), so the config's relative paths are resolved as a user's would be. Only the HTTP port is
-changed in the copy of the config. The pipeline runs the stages that write what the service loads (the classifiers,
-CNN-INTE, FLINT, InterpNET, the Dong et al. captioner, served over an image as a one-frame clip); the saliency stage
-trains nothing.
+`serve run` runs on one `ray start --head` of its own (tests/ray_head.py: free ports of 127.0.0.1, its own process
+group and temp dir), started in the main job's working directory, laid out like the repository after the main job
+(outputs/pipeline/), so the config's relative paths are resolved as a user's would be. Only the HTTP port is
+changed in the copy of the config. The main job wrote what the service loads (the classifiers, CNN-INTE, FLINT,
+InterpNET, the Dong et al. captioner, served over an image as a one-frame clip).
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 TOKEN = "pipeline-serve-token"
-PIPELINE_TIMEOUT_S = 1200
 SERVE_TIMEOUT_S = 420
 SAMPLES = REPO / "serving" / "web" / "samples"
 # Cheap settings for the slow methods: the point is that they are served, not their quality.
@@ -64,22 +62,13 @@ def sample(dataset: str) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(tmp_path_factory, smoke_main_job):
+    smoke_main_job.check()
     tmp = tmp_path_factory.mktemp("pipeline_serve")
-    workdir = tmp / "repo"
-    out = workdir / "outputs" / "pipeline"
-    workdir.mkdir()
+    workdir = smoke_main_job.workdir
     info: dict = {}
     with open(tmp / "ray_start.log", "w") as ray_log, \
             ray_head(env(), cwd=workdir, log=ray_log, extra_ports=1, info=info) as (_, (port,)):
-        t0 = time.monotonic()
-        pipeline = subprocess.run(
-            [sys.executable, "-m", "jobs.pipeline", "--config", "configs/pipeline.yaml", "--smoke",
-             "--only", "classifiers,cnn_inte,flint,interpnet,semantic", "--set", f"output_dir={out}",
-             "--address", info["gcs"]], cwd=REPO, env=env(), capture_output=True, text=True,
-            timeout=PIPELINE_TIMEOUT_S)
-        pipeline_s = time.monotonic() - t0
-        assert pipeline.returncode == 0, pipeline.stdout[-3000:] + pipeline.stderr[-3000:]
         cfg = yaml.safe_load((REPO / "serving" / "serve_config.yaml").read_text())
         cfg["http_options"]["port"] = port
         config = tmp / "serve_config.yaml"
@@ -94,7 +83,8 @@ def served(tmp_path_factory):
                 clients = {"digits": ExplainClient(url, token=TOKEN, timeout=120),
                            "scenes": ExplainClient(url + "/scenes", token=TOKEN, timeout=120)}
                 health = {k: wait_healthy(c, serve, SERVE_TIMEOUT_S) for k, c in clients.items()}
-                print(f"pipeline {pipeline_s:.0f} s, serve run healthy after {time.monotonic() - t0:.0f} s")
+                print(f"main job {smoke_main_job.seconds:.0f} s, serve run healthy after "
+                      f"{time.monotonic() - t0:.0f} s")
                 yield {"clients": clients, "health": health, "url": url, "workdir": workdir}
                 for c in clients.values():
                     c.close()

@@ -25,6 +25,7 @@ The config's ``method`` names a registered explainer that is ``Trainable`` (inte
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import itertools
 import logging
@@ -261,6 +262,22 @@ def starting_point(cls: type, job: LearnedJobConfig, train_store: Any, init_path
     return explainer
 
 
+@contextlib.contextmanager
+def data_progress_bars(enabled: bool) -> Iterator[None]:
+    """Ray Data's progress bars on or off while the block runs. Off for training: each epoch re-executes the store's
+    read for every worker, and their bars, forwarded to the terminal, drowned the one line per epoch people read
+    (train_loop.epoch_progress). The datasets carry the setting to the workers when Ray Train ships them."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    before = ctx.enable_progress_bars
+    ctx.enable_progress_bars = enabled
+    try:
+        yield
+    finally:
+        ctx.enable_progress_bars = before
+
+
 def rows(job: LearnedJobConfig, store: Any, columns: Sequence[str] | None = None) -> Callable[[], Iterable[dict]]:
     """A function starting one streaming pass over ``store`` (one part in memory at a time)."""
     return lambda: store.iter_batches(job.stream.batch_rows, columns=columns)
@@ -276,16 +293,17 @@ def train(job: LearnedJobConfig, *, address: str | None = None) -> dict[str, Any
     init_path = run_path(job.run, name, INIT_DIR)
     explainer = starting_point(cls, job, stores["train"], init_path)
     columns = list(dict.fromkeys(["index", *explainer.train_columns()]))
-    datasets = {role: stores[role].to_ray(columns=columns) for role in ("train", "val")}
     loop_config = {"method": job.method, "job": job.model_dump(), "init": init_path}
     # Only "train" is split between workers; each reads every val row, so all ranks pick the same best epoch.
     options = ray.train.DataConfig.default_ingest_options()
     if job.stream.read_ahead_mib:
         options.resource_limits = options.resource_limits.copy(object_store_memory=job.stream.read_ahead_mib * 2**20)
-    result = make_trainer(train_func, loop_config, name=name, scaling=job.scaling, run=job.run,
-                          use_gpu=resolve_use_gpu(job.scaling.use_gpu), datasets=datasets,
-                          dataset_config=ray.train.DataConfig(datasets_to_split=["train"],
-                                                              execution_options=options)).fit()
+    with data_progress_bars(False):   # a Dataset keeps the context it was made in: make them in here
+        datasets = {role: stores[role].to_ray(columns=columns) for role in ("train", "val")}
+        result = make_trainer(train_func, loop_config, name=name, scaling=job.scaling, run=job.run,
+                              use_gpu=resolve_use_gpu(job.scaling.use_gpu), datasets=datasets,
+                              dataset_config=ray.train.DataConfig(datasets_to_split=["train"],
+                                                                  execution_options=options)).fit()
     with final_checkpoint(result) as (d, history):
         trained = cls.load(str(d / MODEL_DIR))
     finished = trained.finish(job, rows(job, stores["train"], columns))

@@ -212,3 +212,17 @@ def test_memory_mib_tells_private_memory_from_shared_pages():
     assert abs(after_shared["anon"] - after_private["anon"]) < 16
     del private
     shared.close()
+
+
+def test_data_progress_bars_are_switched_for_the_block_only():
+    from ray.data import DataContext
+
+    from jobs.train_explainer import data_progress_bars
+
+    ctx = DataContext.get_current()
+    before = ctx.enable_progress_bars
+    with pytest.raises(RuntimeError):
+        with data_progress_bars(not before):
+            assert ctx.enable_progress_bars is (not before)
+            raise RuntimeError("a failed fit")
+    assert ctx.enable_progress_bars is before

@@ -143,6 +143,9 @@ class StreamSection(Section):
     max_batches: int | None = Field(None, gt=0)
     # the object-store memory Ray Data's read pipeline may fill ahead of the workers (None: Ray's default budget)
     read_ahead_mib: int | None = Field(None, gt=0)
+    # Every worker scores every val row after each epoch. True: it reads them once and keeps them (val is the small
+    # split; re-reading it through Ray Data cost a few seconds of every epoch here); False: streamed each time.
+    keep_val: bool = True
 
 
 class LearnedJobConfig(Section):

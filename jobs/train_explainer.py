@@ -157,6 +157,8 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     history = start.history
     shard = ray.train.get_dataset_shard("train")
     val = ray.train.get_dataset_shard("val")
+    val_batches = kept(lambda: val.iter_batches(batch_size=job.stream.batch_rows, batch_format="numpy"),
+                       keep=job.stream.keep_val)
     stream = job.stream
     for epoch in epochs(start, trainer.epochs, fail_at=getattr(settings, "fail_at_epoch", None), rank=rank):
         t0 = time.perf_counter()
@@ -168,8 +170,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         marks: dict[str, float] = {}
         if stream.max_batches:
             train_batches = itertools.islice(train_batches, stream.max_batches)
-        row = trainer.run_epoch(epoch, tapped(train_batches, seen, marks),
-                                val.iter_batches(batch_size=stream.batch_rows, batch_format="numpy"))
+        row = trainer.run_epoch(epoch, tapped(train_batches, seen, marks), val_batches())
         rows_read = int(sum(len(s) for s in seen))
         row.update({"attempt": start.attempt, "epoch_s": time.perf_counter() - t0, "world_size": world,
                     # the shard's start-up (until its first batch) apart from the streaming itself
@@ -210,6 +211,20 @@ def memory_mib() -> dict[str, float]:
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
     return {key: int(fields[name].split()[0]) / 1024 for key, name in (("anon", "RssAnon"), ("shmem", "RssShmem"))
             if name in fields}
+
+
+def kept(read: Callable[[], Iterable[dict[str, np.ndarray]]], *, keep: bool
+         ) -> Callable[[], Iterable[dict[str, np.ndarray]]]:
+    """A function giving one pass over ``read()``'s batches: read once and kept for later passes if ``keep``."""
+    if not keep:
+        return read
+    cache: list[dict[str, np.ndarray]] = []
+
+    def passes() -> Iterable[dict[str, np.ndarray]]:
+        if not cache:
+            cache.extend(read())
+        return iter(cache)
+    return passes
 
 
 def tapped(batches: Iterable[dict[str, np.ndarray]], seen: list[np.ndarray], marks: dict[str, float]

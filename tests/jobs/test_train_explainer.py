@@ -226,3 +226,20 @@ def test_data_progress_bars_are_switched_for_the_block_only():
             assert ctx.enable_progress_bars is (not before)
             raise RuntimeError("a failed fit")
     assert ctx.enable_progress_bars is before
+
+
+def test_kept_reads_once_and_gives_the_same_batches_each_pass():
+    from jobs.train_explainer import kept
+
+    reads = []
+
+    def read():
+        reads.append(1)
+        return iter([{"index": np.arange(3)}, {"index": np.arange(3, 5)}])
+
+    passes = kept(read, keep=True)
+    first, second = list(passes()), list(passes())
+    assert len(reads) == 1 and [b["index"].tolist() for b in first] == [b["index"].tolist() for b in second]
+    streamed = kept(read, keep=False)
+    list(streamed()), list(streamed())
+    assert len(reads) == 3

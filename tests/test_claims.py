@@ -7,7 +7,7 @@ import pytest
 
 from interp_ray.claims import CLAIMS, evaluate_claims, markdown_claims
 
-# The figures of the full main job's report (docs/pipeline/report.md), in the pipeline's stage-result layout.
+# The figures of the 22 November full main job (docs/pipeline/report.md of then), in the stage-result layout.
 RUN = {
     "cnn_inte": {"dataset": "digits", "pictures": ["o/cnn_inte/global.png", "o/cnn_inte/route_0.png"],
                  "splits": {"test": {"fidelity": 0.9917, "meta_accuracy": 0.9944, "cnn_accuracy": 0.9972,

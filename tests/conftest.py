@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import fcntl
 import os
-import socket
 import tempfile
 from pathlib import Path
 
 import pytest
+from ray_head import free_ports
 from torch_settings import torch_threads
 
 # Ray reads these when first imported: a local cluster binds loopback only (no traffic leaves the machine).
@@ -33,18 +33,12 @@ def ray_session(tmp_path_factory):
         # the default 127.0.0.1:8265, and when another Ray's dashboard answered there (a job run by hand beside the
         # suite) it reported the controller unknown, hence dead, and removed a running test's placement group.
         ray.init(num_cpus=TEST_RAY_CPUS, include_dashboard=True, dashboard_host="127.0.0.1",
-                 dashboard_port=free_port(), object_store_memory=1_000_000_000, log_to_driver=False)
+                 dashboard_port=free_ports(1)[0], object_store_memory=1_000_000_000, log_to_driver=False)
         yield ray
     finally:
         ray.shutdown()
         fcntl.flock(lock, fcntl.LOCK_UN)
         lock.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pytest_addoption(parser):

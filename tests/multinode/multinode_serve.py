@@ -65,12 +65,16 @@ def shutdown(cluster) -> None:
                    capture_output=True, text=True, timeout=180)
 
 
+def serve_applications(cluster) -> dict[str, Any]:
+    """The dashboard's Serve API: every application's details (raises when it does not answer)."""
+    with urllib.request.urlopen(f"{cluster.dashboard}/api/serve/applications/", timeout=30) as r:
+        return json.load(r).get("applications", {})
+
+
 def explainer_replicas(cluster) -> list[dict[str, Any]]:
     """The Explainer's replicas (state, node_id, …) from the dashboard's Serve API; [] while it cannot tell."""
     try:
-        with urllib.request.urlopen(f"{cluster.dashboard}/api/serve/applications/", timeout=30) as r:
-            apps = json.load(r)["applications"]
-        return apps[APP]["deployments"]["Explainer"]["replicas"]
+        return serve_applications(cluster)[APP]["deployments"]["Explainer"]["replicas"]
     except (OSError, ValueError, KeyError, TypeError):
         return []
 
@@ -79,13 +83,12 @@ def serve_status(cluster) -> str:
     """What Serve itself says of the application (status, message, each deployment's replicas' states), or why it
     cannot be read: the failure text of a wait that timed out, so it says *why* no replica ran."""
     try:
-        with urllib.request.urlopen(f"{cluster.dashboard}/api/serve/applications/", timeout=30) as r:
-            body = json.load(r)
+        apps = serve_applications(cluster)
     except (OSError, ValueError) as e:
         return f"the dashboard's Serve API did not answer: {type(e).__name__}: {e}"
-    app = body.get("applications", {}).get(APP)
+    app = apps.get(APP)
     if app is None:
-        return f"no application {APP!r}; Serve lists {sorted(body.get('applications', {}))}"
+        return f"no application {APP!r}; Serve lists {sorted(apps)}"
     deps = {name: {"status": d.get("status"), "message": (d.get("message") or "")[-600:],
                    "replicas": [(r.get("state"), r.get("node_id")) for r in d.get("replicas", [])]}
             for name, d in app.get("deployments", {}).items()}

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from interp_ray.checkpoint import is_remote, join_uri, upload_dir
-from interp_ray.claims import evaluate_claims, markdown_claims
+from interp_ray.claims import evaluate_claims, evaluate_goals, markdown_claims, markdown_goals
 from interp_ray.config import (ClassifierJobConfig, Section, deep_merge, load_config, parse_overrides, read_yaml,
                                validate)
 from interp_ray.errors import UserError
@@ -35,9 +35,12 @@ C = TypeVar("C", bound=BaseModel)
 
 
 class JobRef(Section):
-    """One job's config file plus the pipeline's overrides (dotted keys, as ``--set`` takes them)."""
+    """One job's config file plus the pipeline's overrides (dotted keys, as ``--set`` takes them). ``stage`` names
+    the registered stage that runs it when the entry's own key is another name (``fashion_mnist_flint: {stage:
+    flint, ...}``): one stage, several datasets."""
 
     config: str
+    stage: str | None = None
     set: dict[str, Any] = Field(default_factory=dict)
     smoke: dict[str, Any] = Field(default_factory=dict)   # applied on top with --smoke
     enabled: bool = True
@@ -52,6 +55,24 @@ class JobRef(Section):
 
 class StageRef(JobRef):
     classifier: str   # key in ``classifiers`` whose checkpoint the stage explains
+
+
+class FlintStageRef(JobRef):
+    """FLINT's entry. ``classifier``: post hoc, the predictor to freeze; joint, BASE-f, the classifier trained with
+    FLINT-f's own budget (model, optimiser, epochs, seed: checked) and L_pred alone, the paper's control. ``lime_images``:
+    LIME's fidelity to the same f on the first N test images, beside FLINT-g's (FLINT's Table 1 comparison)."""
+
+    classifier: str | None = None
+    lime_images: int = Field(0, ge=0)
+
+    def classifier_overrides(self, checkpoint: str, *, smoke: bool) -> dict[str, Any]:
+        """What the classifier's checkpoint sets in the job: post hoc, the predictor to freeze."""
+        from interp_ray.explainers.flint_config import FlintJobConfig
+
+        if self.classifier and self.load(FlintJobConfig, smoke=smoke,
+                                         forced={"flint.predictor_checkpoint": checkpoint}).flint.mode == "posthoc":
+            return {"flint.predictor_checkpoint": checkpoint}
+        return {}
 
 
 def _default_classifiers() -> dict[str, JobRef]:
@@ -113,23 +134,42 @@ class PipelineConfig(Section):
     @model_validator(mode="after")
     def _stages(self) -> "PipelineConfig":
         extra = dict(self.__pydantic_extra__ or {})
-        unknown = sorted(set(extra) - set(PIPELINE_STAGES))
+        kinds = {name: _entry_stage(name, given) for name, given in extra.items()}
+        unknown = sorted(name for name, kind in kinds.items() if kind not in PIPELINE_STAGES or kind == "classifiers")
         if unknown:
-            raise ValueError(f"unknown stage {unknown[0]!r}; stages: {', '.join(s for s in PIPELINE_STAGES)}")
+            raise ValueError(f"unknown stage {unknown[0]!r}; stages: {', '.join(s for s in PIPELINE_STAGES)} "
+                             f"(another key names its stage with `stage:`)")
         refs: dict[str, JobRef] = {}
-        for name, st in PIPELINE_STAGES.items():
+        for kind, st in PIPELINE_STAGES.items():  # run order: the stages' order, each stage's entries in file order
             if st.default is None:
                 continue
-            kind = type(st.default)
-            given = extra.get(name)
-            refs[name] = st.default if given is None else (given if isinstance(given, kind)
-                                                           else kind.model_validate(given))
+            cls = type(st.default)
+            if kind not in extra:
+                refs[kind] = st.default
+            for name, given in extra.items():
+                if kinds[name] == kind:
+                    ref = given if isinstance(given, cls) else cls.model_validate(given)
+                    refs[name] = ref.model_copy(update={"stage": kind})
         self.__pydantic_extra__ = refs
         return self
 
     def ref(self, name: str) -> JobRef:
-        """The config entry of stage ``name`` (not the classifiers stage)."""
+        """The config entry ``name`` (a stage's own key, or an entry naming its stage; not the classifiers)."""
         return (self.__pydantic_extra__ or {})[name]
+
+    def entries(self) -> list[str]:
+        """Every entry's name, in run order (the classifiers first)."""
+        return ["classifiers", *(self.__pydantic_extra__ or {})]
+
+    def kind(self, name: str) -> str:
+        """The registered stage that runs entry ``name``."""
+        return "classifiers" if name == "classifiers" else self.ref(name).stage or name
+
+
+def _entry_stage(name: str, given: Any) -> str:
+    if isinstance(given, JobRef):
+        return given.stage or name
+    return (given.get("stage") if isinstance(given, dict) else None) or name
 
 
 class Context:
@@ -139,12 +179,18 @@ class Context:
     def __init__(self, out: str, local: Path, smoke: bool):
         self.out, self.local, self.smoke = out, local, smoke
         self.checkpoints: dict[str, str] = {}
+        self.results: dict[str, Any] = {}   # the finished entries' results (a stage may read an earlier one's)
+        self.stage = ""                     # the entry now running: its config is ``cfg.ref(ctx.stage)``
 
     def checkpoint(self, key: str) -> str:
         if key not in self.checkpoints:
             raise UserError(f"no classifier {key!r} was trained in this run; classifiers: "
                             f"{', '.join(self.checkpoints) or 'none'}")
         return self.checkpoints[key]
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def stage(name: str) -> float:
@@ -166,7 +212,8 @@ def train_classifiers(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
             "output": join_uri(ctx.out, "checkpoints", key),
             # shared storage when workers span nodes (s3://, gs://)
             "run.storage_path": join_uri(ctx.out, "ray_runs")})
-        t0 = stage(f"training classifier {key} ({job.model.name} on {job.data.name}, {job.train.epochs} epochs)")
+        t0 = stage(f"training classifier {key} ({job.model.name} on {job.data.name}, "
+                   f"{plural(job.train.epochs, 'epoch')})")
         res = train(job)
         ctx.checkpoints[key] = res["checkpoint"]
         results[key] = {"model": job.model.name, "dataset": job.data.name, "epochs": len(res["history"]),
@@ -181,37 +228,110 @@ def train_classifiers(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
 def run_cnn_inte(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
     from jobs.fit_cnn_inte import CnnInteJobConfig, fit
 
-    ref = cfg.ref("cnn_inte")
+    ref = cfg.ref(ctx.stage)
     job = ref.load(CnnInteJobConfig, smoke=ctx.smoke, forced={
         "checkpoint": ctx.checkpoint(ref.classifier), "store.root": join_uri(ctx.out, "activations"),
-        "output": str(ctx.local / "cnn_inte")})
+        "output": str(ctx.local / ctx.stage)})
     t0 = stage(f"CNN-INTE on {job.data.name} ({ref.classifier} classifier, layer {job.cnn_inte.layer}): "
                f"extracting activations into the store, then fitting")
     r = fit(job)
     r["dataset"], r["seconds"] = job.data.name, time.perf_counter() - t0
     test = r["splits"][job.eval_splits[0]]
-    print(f"[pipeline] CNN-INTE: fidelity {test['fidelity']:.4f} on {job.eval_splits[0]}", flush=True)
+    print(f"[pipeline] {ctx.stage}: fidelity {test['fidelity']:.4f} on {job.eval_splits[0]}", flush=True)
     return r
 
 
 @pipeline_stage("flint", job="interp_ray.explainers.flint_config:FlintJobConfig",
-                default=JobRef(config="configs/flint_digits.yaml"))
+                default=FlintStageRef(config="configs/flint_digits.yaml"))
 def run_flint(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
     from interp_ray.explainers.flint_config import FlintJobConfig
     from jobs.train_flint import prepare, train
 
-    job = cfg.ref("flint").load(FlintJobConfig, smoke=ctx.smoke, forced={
-        "output": str(ctx.local / "flint"), "pictures.dir": str(ctx.local / "flint" / "pictures"),
-        "run.storage_path": join_uri(ctx.out, "ray_runs")})
-    t0 = stage(f"FLINT ({job.flint.mode}) on {job.data.name}, {job.train.epochs} epochs on Ray Train")
+    ref = cfg.ref(ctx.stage)
+    forced: dict[str, Any] = {"output": str(ctx.local / ctx.stage), "pictures.dir": str(ctx.local / ctx.stage / "pictures"),
+                              "run.storage_path": join_uri(ctx.out, "ray_runs")}
+    if ref.classifier:
+        forced.update(ref.classifier_overrides(ctx.checkpoint(ref.classifier), smoke=ctx.smoke))
+    job = ref.load(FlintJobConfig, smoke=ctx.smoke, forced=forced)
+    mode = job.flint.mode
+    base = None
+    if names_base_f(ref, job):
+        check_base_f(cfg, ctx.stage, job, ctx.smoke)
+        base = float(ctx.results["classifiers"][ref.classifier]["test_accuracy"])
+    t0 = stage(f"FLINT ({job.flint.mode}) on {job.data.name}, {plural(job.train.epochs, 'epoch')} on Ray Train"
+               + (f", against BASE-f = classifier {ref.classifier}" if base else ""))
     job, prepared = prepare(job)
     r = train(job, prepared)
-    t = r["test"]
-    print(f"[pipeline] FLINT: accuracy f {t['accuracy_f']:.4f}, g {t['accuracy_g']:.4f}, fidelity "
-          f"{t['fidelity']:.4f}", flush=True)
+    t = dict(r["test"])
+    if base is not None:
+        t["accuracy_base_f"] = base
+    extra = {}
+    if mode == "posthoc" and ref.classifier:  # f is that classifier, frozen: its accuracy must not move
+        extra["predictor_accuracy"] = float(ctx.results["classifiers"][ref.classifier]["test_accuracy"])
+    if ref.lime_images:  # --smoke: a few images show the plumbing (LIME runs 1,000 forward passes per image)
+        t.update(lime_beside_flint(r["checkpoint"], job, min(ref.lime_images, SMOKE_LIME_IMAGES) if ctx.smoke
+                                   else ref.lime_images))
+    print(f"[pipeline] FLINT {ctx.stage}: accuracy f {t['accuracy_f']:.4f}, g {t['accuracy_g']:.4f}, fidelity "
+          f"{t['fidelity']:.4f}" + (f"; BASE-f {base:.4f}" if base is not None else "")
+          + (f"; LIME fidelity {t['lime_fidelity']:.4f} vs FLINT-g {t['flint_fidelity_lime_images']:.4f} on "
+             f"{t['lime_images']} images" if "lime_fidelity" in t else ""), flush=True)
     return {"mode": job.flint.mode, "dataset": job.data.name, "epochs": len(r["history"]), "test": t,
             "tau": job.flint.tau, "global": r["global"], "pictures": [p["path"] for p in r.get("pictures") or []],
-            "checkpoint": r["checkpoint"], "seconds": time.perf_counter() - t0}
+            "pictures_enabled": job.pictures.enabled, "checkpoint": r["checkpoint"], "classifier": ref.classifier,
+            **extra, "seconds": time.perf_counter() - t0}
+
+
+SMOKE_LIME_IMAGES = 8
+BUDGET_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "schedule", "seed", "augment_shift")
+
+
+def check_base_f(cfg: PipelineConfig, name: str, job: Any, smoke: bool) -> None:
+    """BASE-f is the classifier ``ref.classifier``, so it must have been trained as FLINT-f is (same model, data and
+    optimisation budget) with L_pred alone; a mismatch is a config error, not a comparison."""
+    ref = cfg.ref(name)
+    clf = cfg.classifiers[ref.classifier].load(ClassifierJobConfig, smoke=smoke)
+    theirs = {"model": clf.model.model_dump(), "data": clf.data.model_dump(),
+              **{k: getattr(clf.train, k) for k in BUDGET_KEYS}}
+    ours = {"model": job.model.model_dump(), "data": job.data.model_dump(),
+            **{k: getattr(job.train, k) for k in BUDGET_KEYS}, "lr_steps": job.train.lr_steps}
+    theirs["lr_steps"] = []
+    diff = [k for k in ours if ours[k] != theirs[k]]
+    if diff:
+        k = diff[0]
+        raise UserError(f"{name}.classifier: BASE-f must be trained as FLINT-f is, but classifier "
+                        f"{ref.classifier!r} has {k} {theirs[k]!r} where FLINT has {ours[k]!r}")
+
+
+def names_base_f(ref: JobRef, job: Any) -> bool:
+    return bool(getattr(ref, "classifier", None)) and getattr(job, "flint", None) is not None \
+        and job.flint.mode != "posthoc"
+
+
+def lime_beside_flint(checkpoint: str, job: Any, images: int) -> dict[str, Any]:
+    """LIME's fidelity to FLINT's f (FLINT-f, or the frozen classifier post hoc) on the first ``images`` test images,
+    with FLINT-g's on the same images: the comparison of FLINT's Table 1 (``interp_ray.metrics.fidelity``)."""
+    import numpy as np
+    import torch
+
+    from interp_ray.data import load_dataset
+    from interp_ray.explainers.flint import FlintExplainer
+    from interp_ray.metrics.fidelity import lime_predictions, torch_proba
+
+    flint = FlintExplainer.load(checkpoint).flint.eval()
+    test = load_dataset(job.data.name, "test", **job.data.options)
+    n = min(images, len(test))
+    batch = test.get_batch(np.arange(n))
+    with torch.inference_mode():
+        out = flint(torch.from_numpy(np.ascontiguousarray(batch["image"], dtype=np.float32)))
+    pf, pg = out.logits.argmax(1).numpy(), out.interp_logits.argmax(1).numpy()
+    t0 = time.perf_counter()
+    print(f"[pipeline] LIME on {n} test images ({n * 1000} forward passes of f) …", flush=True)
+    lime = lime_predictions(torch_proba(flint.predictor), batch["image"], test.num_classes, seed=0,
+                            progress=lambda i: i % 50 == 0 and print(f"[pipeline] LIME: {i} of {n} images "
+                                                                     f"({time.perf_counter() - t0:.0f} s)",
+                                                                     flush=True))
+    return {"lime_images": n, "lime_fidelity": float((lime == pf).mean()),
+            "flint_fidelity_lime_images": float((pg == pf).mean()), "lime_seconds": time.perf_counter() - t0}
 
 
 @pipeline_stage("interpnet", job="interp_ray.explainers.interpnet:InterpNETTrainJob",
@@ -220,10 +340,10 @@ def run_interpnet(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
     from interp_ray.explainers.interpnet import InterpNETTrainJob
     from jobs.evaluate import evaluate, format_table
 
-    ref = cfg.ref("interpnet")
+    ref = cfg.ref(ctx.stage)
     job = ref.load(InterpNETTrainJob, smoke=ctx.smoke, forced={
         "source.checkpoint": ctx.checkpoint(ref.classifier), "source.store.root": join_uri(ctx.out, "activations"),
-        "evaluate.output_dir": str(ctx.local / "interpnet"), "run.storage_path": join_uri(ctx.out, "ray_runs")})
+        "evaluate.output_dir": str(ctx.local / ctx.stage), "run.storage_path": join_uri(ctx.out, "ray_runs")})
     t0 = stage(f"InterpNET on {job.source.data.name} ({', '.join(job.evaluate.variants)}): activations into the "
                f"store, training on Ray Train from it, then scoring with pycocoevalcap")
     r = evaluate(job)
@@ -241,8 +361,8 @@ def run_saliency(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
     from interp_ray.saliency_report import markdown_table
     from jobs.explain_dataset import ExplainDatasetConfig, explain_dataset
 
-    ref = cfg.ref("saliency")
-    out = ctx.local / "saliency"
+    ref = cfg.ref(ctx.stage)
+    out = ctx.local / ctx.stage
     job = ref.load(ExplainDatasetConfig, smoke=ctx.smoke, forced={
         "checkpoint": ctx.checkpoint(ref.classifier), "store.root": join_uri(ctx.out, "explanations"),
         "evaluation.output": str(out)})
@@ -252,8 +372,11 @@ def run_saliency(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
     if r.results is None:
         raise UserError("saliency: the stage needs evaluation.enabled (its table is the stage's result)")
     for name, m in r.results["methods"].items():
-        print(f"[pipeline] saliency {name}: pointing game {m.get('pointing', float('nan')):.3f}", flush=True)
+        figure = (f"pointing game {m['pointing']:.3f}" if "pointing" in m else
+                  f"deletion AUC {m.get('deletion_auc', float('nan')):.3f}")
+        print(f"[pipeline] {ctx.stage} {name}: {figure}", flush=True)
     return {"table": markdown_table(r.results), "rows": r.results["rows"], "split": r.results["split"],
+            "dataset": job.data.name,
             "target": r.results["target"], "alpha_source": r.results["alpha_source"],
             "methods": {n: {k: v for k, v in m.items() if not isinstance(v, dict)}
                         for n, m in r.results["methods"].items()},
@@ -271,10 +394,10 @@ def run_semantic(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
     from interp_ray.metrics.semantic import caption_faithfulness, label_precision
     from jobs.train_explainer import role_stores, train
 
-    ref = cfg.ref("semantic")
+    ref = cfg.ref(ctx.stage)
     job = ref.load(SemanticTrainJob, smoke=ctx.smoke, forced={
         "source.checkpoint": ctx.checkpoint(ref.classifier), "source.store.root": join_uri(ctx.out, "activations"),
-        "output": str(ctx.local / "semantic"), "run.storage_path": join_uri(ctx.out, "ray_runs")})
+        "output": str(ctx.local / ctx.stage), "run.storage_path": join_uri(ctx.out, "ray_runs")})
     t0 = stage(f"semantic captioner (Dong et al., λ = {job.explainer.interp_weight}) on {job.source.data.name}: "
                f"frame features into the store, topics, Ray Train, neuron labels, scoring")
     r = train(job)
@@ -342,7 +465,8 @@ def report_classifiers(r: dict[str, Any], root: Path) -> list[str]:
 
 @reports("cnn_inte")
 def report_cnn_inte(r: dict[str, Any], root: Path) -> list[str]:
-    lines = ["## CNN-INTE (activations from the store, two-level clustering + random forest)", "",
+    lines = [f"## CNN-INTE on {r.get('dataset', 'digits')} (activations from the store, two-level clustering + "
+             "random forest)", "",
              f"Layer `{r['layer']}`, {r['fit_rows']} fit rows; fit {r['fit_s']:.1f} s, extraction "
              f"{r['extract_s']:.1f} s.", "",
              "| split | fidelity to the CNN | meta accuracy | CNN accuracy | gap (points) |", "|---|---|---|---|---|"]
@@ -356,11 +480,22 @@ def report_cnn_inte(r: dict[str, Any], root: Path) -> list[str]:
 @reports("flint")
 def report_flint(r: dict[str, Any], root: Path) -> list[str]:
     t, tau = r["test"], r["tau"]
-    lines = [f"## FLINT ({r['mode']}, {r['dataset']}, {r['epochs']} epochs on Ray Train)", "",
-             "| accuracy f | accuracy g | fidelity | CNS (τ = {:g}) |".format(tau), "|---|---|---|---|",
+    f_is = " (the frozen classifier)" if r["mode"] == "posthoc" else ""
+    lines = [f"## FLINT ({r['mode']}, {r['dataset']}, {plural(r['epochs'], 'epoch')} on Ray Train)", "",
+             f"| accuracy f{f_is} | accuracy g | fidelity | CNS (τ = {tau:g}) |", "|---|---|---|---|",
              f"| {t['accuracy_f']:.4f} | {t['accuracy_g']:.4f} | {t['fidelity']:.4f} | "
-             f"{t.get(f'cns_{tau:g}', float('nan')):.3f} |", "", "Relevant attributes per class (τ = {:g}):".format(tau),
-             ""]
+             f"{t.get(f'cns_{tau:g}', float('nan')):.3f} |", ""]
+    if "accuracy_base_f" in t:
+        lines += [f"BASE-f (classifier `{r.get('classifier')}`, FLINT-f's model, data and budget, L_pred alone): "
+                  f"test accuracy {t['accuracy_base_f']:.4f}; FLINT-f − BASE-f = "
+                  f"{(t['accuracy_f'] - t['accuracy_base_f']) * 100:+.2f} points.", ""]
+    if "predictor_accuracy" in r:
+        lines += [f"f before FLINT (classifier `{r.get('classifier')}`): {r['predictor_accuracy']:.4f}.", ""]
+    if "lime_fidelity" in t:
+        lines += [f"LIME against FLINT-g, the same f, the first {t['lime_images']} test images: LIME fidelity "
+                  f"{t['lime_fidelity']:.4f}, FLINT-g {t['flint_fidelity_lime_images']:.4f} (LIME: "
+                  f"{t['lime_seconds'] / max(t['lime_images'], 1):.2f} s per image, 1,000 perturbations each).", ""]
+    lines += ["Relevant attributes per class (τ = {:g}):".format(tau), ""]
     lines += [f"- class {c}: " + ", ".join(f"{a} ({rel:.2f})" for a, rel in attrs) for c, attrs in r["global"].items()]
     pics = r["pictures"][:6] + r["pictures"][-1:] if len(r["pictures"]) > 7 else r["pictures"]
     lines += [""] + [f"![{Path(p).stem}]({_rel(p, root)})" for p in pics]
@@ -380,8 +515,8 @@ def report_interpnet(r: dict[str, Any], root: Path) -> list[str]:
 @reports("saliency")
 def report_saliency(r: dict[str, Any], root: Path) -> list[str]:
     computed = sum(s["computed_rows"] for s in r["stores"])
-    lines = [f"## Saliency: Guided Feature Inversion and baselines ({r['rows']} {r['split']} images, "
-             f"{r['target']} class)", "",
+    lines = [f"## Saliency: Guided Feature Inversion and baselines ({r.get('dataset', 'scenes')}, {r['rows']} "
+             f"{r['split']} images, {r['target']} class)", "",
              f"Masks computed on Ray Data into Parquet explanation stores ({computed} rows computed in this run; "
              f"α {r['alpha_source'] or '—'}).", "", r["table"], ""]
     lines += [f"![{Path(p).stem}]({_rel(p, root)})" for p in r["overlays"]]
@@ -415,7 +550,9 @@ def report_semantic(r: dict[str, Any], root: Path) -> list[str]:
 
 
 def write_report(local: Path, results: dict[str, Any], seconds: float, smoke: bool,
-                 reused: Sequence[str] = ()) -> Path:
+                 reused: Sequence[str] = (), kinds: dict[str, str] | None = None) -> Path:
+    """``kinds``: entry → the stage that ran it (default: each entry is its own stage)."""
+    kinds = {name: (kinds or {}).get(name, name) for name in results}
     size = "smoke (tiny budgets: plumbing, not numbers)" if smoke else "full"
     per_stage = ", ".join(f"{name} {stage_seconds(r):.0f} s" + (" in an earlier run" if name in reused else "")
                           for name, r in results.items())
@@ -423,12 +560,17 @@ def write_report(local: Path, results: dict[str, Any], seconds: float, smoke: bo
     lines = ["# interp-ray pipeline report", "",
              f"Size: {size}. Run time: {total:.0f} s ({per_stage}).", ""]
     for name, r in results.items():
-        lines += PIPELINE_STAGES[name].report(r, local) + [""]
-    claims = evaluate_claims(results)
+        lines += PIPELINE_STAGES[kinds[name]].report(r, local) + [""]
+    claims = evaluate_claims(results, kinds)
+    goals = evaluate_goals(results, kinds)
     lines += markdown_claims(claims) + [""]
+    if goals:
+        lines += markdown_goals(goals) + [""]
     report = local / "report.md"
     report.write_text("\n".join(lines))
-    (local / "results.json").write_text(json.dumps({"stages": results, "claims": [c.to_dict() for c in claims],
+    (local / "results.json").write_text(json.dumps({"stages": results, "kinds": kinds,
+                                                    "claims": [c.to_dict() for c in claims],
+                                                    "goals": [g.to_dict() for g in goals],
                                                     "seconds": total, "this_run_seconds": seconds,
                                                     "reused": list(reused), "smoke": smoke}, indent=2, default=str))
     return report
@@ -441,14 +583,22 @@ def stage_seconds(r: dict[str, Any]) -> float:
 
 # --- driver --------------------------------------------------------------------------------------------------------
 
-def job_class(name: str) -> type[BaseModel]:
-    module, cls = PIPELINE_STAGES[name].job.split(":")
+def job_class(kind: str) -> type[BaseModel]:
+    module, cls = PIPELINE_STAGES[kind].job.split(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def entry_job(cfg: PipelineConfig, name: str, smoke: bool) -> BaseModel:
+    """Entry ``name``'s job config before the run: what a classifier's checkpoint will set is a placeholder."""
+    ref = cfg.ref(name)
+    forced = (ref.classifier_overrides(f"<checkpoint of classifier {ref.classifier}>", smoke=smoke)
+              if hasattr(ref, "classifier_overrides") else {})
+    return ref.load(job_class(cfg.kind(name)), smoke=smoke, forced=forced)
 
 
 def check(cfg: PipelineConfig, stages: Sequence[str], smoke: bool) -> None:
     """Load every stage's config now, so a typo in any of them fails before an hour of training, not after."""
-    if "classifiers" not in stages and any(isinstance(cfg.ref(s), StageRef) for s in stages):
+    if "classifiers" not in stages and any(getattr(cfg.ref(s), "classifier", None) for s in stages):
         raise UserError("the explainer stages need the classifiers stage in the same run (add it to --only)")
     for ref in cfg.classifiers.values():
         if ref.enabled:
@@ -458,17 +608,21 @@ def check(cfg: PipelineConfig, stages: Sequence[str], smoke: bool) -> None:
         if name == "classifiers":
             continue
         ref = cfg.ref(name)
-        ref.load(job_class(name), smoke=smoke)
-        if isinstance(ref, StageRef) and ref.classifier not in trained:
+        job = entry_job(cfg, name, smoke)
+        if getattr(ref, "classifier", None) and ref.classifier not in trained:
             raise UserError(f"{name}.classifier: {ref.classifier!r} is not an enabled classifier "
                             f"(enabled: {', '.join(trained) or 'none'})")
+        if names_base_f(ref, job):
+            check_base_f(cfg, name, job, smoke)
 
 
 def selected_stages(cfg: PipelineConfig, only: Sequence[str] | None) -> list[str]:
-    unknown = [s for s in only or [] if s not in PIPELINE_STAGES]
+    """The entries to run, in run order; ``only`` names entries, or stages (every entry of that stage)."""
+    entries = cfg.entries()
+    unknown = [s for s in only or [] if s not in PIPELINE_STAGES and s not in entries]
     if unknown:
-        raise UserError(f"unknown stage {unknown[0]!r}; stages: {', '.join(PIPELINE_STAGES)}")
-    chosen = [s for s in PIPELINE_STAGES if (not only or s in only)]
+        raise UserError(f"unknown stage {unknown[0]!r}; stages: {', '.join(entries)}")
+    chosen = [s for s in entries if (not only or s in only or cfg.kind(s) in only)]
     return [s for s in chosen if s == "classifiers" or cfg.ref(s).enabled]
 
 
@@ -485,8 +639,10 @@ def stage_key(cfg: PipelineConfig, name: str, smoke: bool, classifiers_key: str 
                     for k, ref in cfg.classifiers.items() if ref.enabled}
     else:
         ref = cfg.ref(name)
-        job = {"job": ref.load(job_class(name), smoke=smoke).model_dump(),
-               "classifier": [ref.classifier, classifiers_key] if isinstance(ref, StageRef) else None}
+        clf = getattr(ref, "classifier", None)
+        job = {"job": entry_job(cfg, name, smoke).model_dump(),
+               "classifier": [clf, classifiers_key] if clf else None,
+               "entry": ref.model_dump(exclude={"config", "set", "smoke", "enabled"})}
     payload = {"format": STAGE_FORMAT, "stage": name, "smoke": smoke, "config": job}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -530,8 +686,10 @@ def run_stages(cfg: PipelineConfig, ctx: Context, stages: Sequence[str], *, fres
             results[name] = old
             reused.append(name)
         else:
-            results[name] = PIPELINE_STAGES[name].run(cfg, ctx)
+            ctx.stage = name
+            results[name] = PIPELINE_STAGES[cfg.kind(name)].run(cfg, ctx)
             save_stage(ctx.local, name, key, results[name])
+        ctx.results[name] = results[name]
         if name == "classifiers":
             classifiers_key = key
             ctx.checkpoints.update({k: c["checkpoint"] for k, c in results[name].items()})
@@ -550,7 +708,8 @@ def run(cfg: PipelineConfig, *, smoke: bool = False, only: Sequence[str] | None 
         local.mkdir(parents=True, exist_ok=True)
         ctx = Context(out, local, smoke)
         results, reused = run_stages(cfg, ctx, stages, fresh=fresh)
-        report = write_report(local, results, time.perf_counter() - t0, smoke, reused)
+        report = write_report(local, results, time.perf_counter() - t0, smoke, reused,
+                              kinds={name: cfg.kind(name) for name in results})
         if is_remote(out):
             upload_dir(local, out)
             return join_uri(out, report.name)

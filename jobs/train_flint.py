@@ -106,7 +106,8 @@ def train(cfg: FlintJobConfig, prepared: FlintSetup | None = None) -> dict[str, 
         explainer = FlintExplainer.load(str(d / MODEL_DIR))
     extra = finalize(explainer.flint, st.train_ds, cfg.flint, seed=21)
     explainer.mas_images = extra["mas_images"]
-    test = evaluate_explainer(explainer, test_ds, taus=cfg.flint.taus)
+    # the report reads CNS at flint.tau, which need not be among flint.taus
+    test = evaluate_explainer(explainer, test_ds, taus=sorted({*cfg.flint.taus, cfg.flint.tau}))
     matches = None
     if "attributes" in test_ds.get_batch([0]):
         matches = scenes_attribute_table(explainer, test_ds)

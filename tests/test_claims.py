@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from interp_ray.claims import CLAIMS, evaluate_claims, markdown_claims
+from interp_ray.claims import CLAIMS, evaluate_claims, evaluate_goals, markdown_claims, markdown_goals
 
 # The figures of the 22 November full main job (docs/pipeline/report.md of then), in the stage-result layout.
 RUN = {
@@ -53,7 +53,7 @@ def test_the_full_runs_figures_give_the_verdicts_the_report_shows():
     for name in ("InterpNET 1", "InterpNET 2", "InterpNET 3", "Dong 1", "Dong 4", "FLINT 1", "FLINT 2", "FLINT 3",
                  "GFI 4", "GFI 5"):
         assert v[name] == "not tested", name
-    assert len(v) == len(CLAIMS) == 16
+    assert len(v) == len(CLAIMS) == 17
 
 
 @pytest.mark.parametrize("path, value, claim, verdict", [
@@ -96,7 +96,79 @@ def test_a_missing_stage_says_so_and_the_table_counts_verdicts():
     flint = next(r for r in rows if r.claim == "FLINT 6")
     assert flint.verdict == "not tested" and "`flint` stage" in flint.why
     lines = markdown_claims(rows)
-    assert lines[0] == "## Paper claims" and "1 met, 1 not met, 14 not tested" in lines[2]
+    assert lines[0] == "## Paper claims" and "1 met, 1 not met, 15 not tested" in lines[2]
     body = [ln for ln in lines if ln.startswith("| FLINT 1 ")]
     # a "|" inside a cell is escaped, so the row keeps its 7 cells
     assert "\\|acc(FLINT-f)" in body[0] and len(re.split(r"(?<!\\)\|", body[0])) == 9
+
+
+# A Fashion-MNIST part beside the digits one: the same stages under other entry names (configs/pipeline.yaml).
+FMNIST = {
+    "fashion_mnist_cnn_inte": {"dataset": "fashion_mnist", "pictures": [],
+                               "splits": {"test": {"fidelity": 0.9761, "meta_accuracy": 0.9040, "cnn_accuracy": 0.9066,
+                                                   "accuracy_gap_points": -0.26}}},
+    "fashion_mnist_flint": {"dataset": "fashion_mnist", "mode": "joint", "tau": 10.0, "classifier": "fashion_mnist",
+                            "global": {}, "pictures": [],
+                            "test": {"accuracy_f": 0.9027, "accuracy_g": 0.8635, "fidelity": 0.9191, "samples": 10000,
+                                     "accuracy_base_f": 0.9066, "lime_images": 200, "lime_fidelity": 0.964,
+                                     "flint_fidelity_lime_images": 0.913, "lime_seconds": 140.0}},
+    "fashion_mnist_flint_posthoc": {"dataset": "fashion_mnist", "mode": "posthoc", "tau": 10.0, "global": {},
+                                    "pictures": [], "predictor_accuracy": 0.9066,
+                                    "test": {"accuracy_f": 0.9066, "accuracy_g": 0.88, "fidelity": 0.93}},
+    "fashion_mnist_saliency": {"dataset": "fashion_mnist", "split": "test", "rows": 200, "params": {},
+                               "methods": {"feature_inversion": {"deletion_auc": 0.21, "insertion_auc": 0.6},
+                                           "gradcam": {"deletion_auc": 0.25, "insertion_auc": 0.55}}},
+}
+KINDS = {"fashion_mnist_cnn_inte": "cnn_inte", "fashion_mnist_flint": "flint", "fashion_mnist_flint_posthoc": "flint",
+         "fashion_mnist_saliency": "saliency"}
+
+
+def rows_of(stages, name):
+    return [(r.dataset.split()[0], r.verdict) for r in evaluate_claims(stages, KINDS) if r.claim == name]
+
+
+def test_a_stage_on_two_datasets_gets_a_row_per_dataset_where_the_claim_applies():
+    run = {**copy.deepcopy(RUN), **copy.deepcopy(FMNIST)}
+    assert rows_of(run, "CNN-INTE 1") == [("digits", "not met"), ("fashion_mnist", "not met")]
+    # FLINT 1 reads BASE-f: the digits entry has none; post hoc trains no f, so it gets no row
+    assert rows_of(run, "FLINT 1") == [("digits", "not tested"), ("fashion_mnist", "met")]
+    # LIME is the more faithful on these figures: the claim is not met
+    assert rows_of(run, "FLINT 2") == [("digits", "not tested"), ("fashion_mnist", "not met"),
+                                       ("fashion_mnist", "not tested")]
+    assert rows_of(run, "FLINT 5") == [("fashion_mnist", "met")]
+    # no boxes on Fashion-MNIST: the localisation claims read the scenes entry only
+    assert rows_of(run, "GFI 1") == [("scenes", "not met")] and rows_of(run, "GFI 3") == [("scenes", "not met")]
+    run["fashion_mnist_flint_posthoc"]["test"]["accuracy_f"] = 0.9050   # f moved: no longer "unchanged"
+    run["fashion_mnist_flint"]["test"]["flint_fidelity_lime_images"] = 0.97
+    assert rows_of(run, "FLINT 5") == [("fashion_mnist", "not met")]
+    assert rows_of(run, "FLINT 2")[1] == ("fashion_mnist", "met")
+    # without a post hoc entry the claim has one "not tested" row
+    assert [r.verdict for r in evaluate_claims(RUN) if r.claim == "FLINT 5"] == ["not tested"]
+
+
+def goal_verdicts(stages):
+    return {g.goal: g.verdict for g in evaluate_goals(stages, KINDS)}
+
+
+def test_the_fashion_mnist_goals_are_computed_from_its_entries():
+    assert evaluate_goals(RUN) == []   # no Fashion-MNIST part, no goals table
+    v = goal_verdicts(FMNIST)
+    assert v == {"BASE-f test accuracy": "met", "|acc(FLINT-f) − acc(BASE-f)|": "met",
+                 "FLINT-g fidelity (joint)": "met", "FLINT-g fidelity above LIME's, same f and images": "not met",
+                 "CNN-INTE fidelity to the CNN on the test images": "met",
+                 "deletion AUC: feature inversion ≤ Grad-CAM": "met"}
+    run = copy.deepcopy(FMNIST)
+    t = run["fashion_mnist_flint"]["test"]
+    t["accuracy_base_f"], t["fidelity"], t["flint_fidelity_lime_images"] = 0.8900, 0.8990, 0.97
+    run["fashion_mnist_cnn_inte"]["splits"]["test"]["fidelity"] = 0.9690
+    run["fashion_mnist_saliency"]["methods"]["gradcam"]["deletion_auc"] = 0.20
+    v = goal_verdicts(run)
+    assert v["BASE-f test accuracy"] == v["FLINT-g fidelity (joint)"] == "not met"
+    assert v["|acc(FLINT-f) − acc(BASE-f)|"] == "not met"   # 0.9027 vs 0.8900: 1.27 points
+    assert v["FLINT-g fidelity above LIME's, same f and images"] == "met"
+    assert v["CNN-INTE fidelity to the CNN on the test images"] == v["deletion AUC: feature inversion ≤ Grad-CAM"] \
+        == "not met"
+    del run["fashion_mnist_saliency"]
+    assert goal_verdicts(run)["deletion AUC: feature inversion ≤ Grad-CAM"] == "not tested"
+    lines = markdown_goals(evaluate_goals(FMNIST, KINDS))
+    assert lines[0] == "## Fashion-MNIST goals" and "5 of 6 met" in lines[2]

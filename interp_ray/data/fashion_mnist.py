@@ -52,8 +52,11 @@ def split_rows(n: int, split: str, seed: int, val_rows: int = VAL_ROWS) -> np.nd
 
 
 def load_fashion_mnist(split: str = "train", *, root: str | os.PathLike | None = None, seed: int = 0,
-                       val_rows: int = VAL_ROWS) -> IdxDataset:
-    """Fashion-MNIST ``split`` (train / val / test); images 1×28×28 float32 in [0, 1], labels 0..9."""
+                       val_rows: int = VAL_ROWS, limit: int | None = None) -> IdxDataset:
+    """Fashion-MNIST ``split`` (train / val / test); images 1×28×28 float32 in [0, 1], labels 0..9. ``limit``: the
+    split's first rows only (a quick run, e.g. the main job's --smoke); the splits stay disjoint."""
+    if limit is not None and limit < 1:
+        raise UserError(f"limit={limit} must be at least 1 (or unset for the whole split)")
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r} for fashion_mnist; valid: {', '.join(SPLITS)}")
     root = Path(root if root is not None else default_root())
@@ -70,6 +73,7 @@ def load_fashion_mnist(split: str = "train", *, root: str | os.PathLike | None =
     if len(labels) and labels.max() >= len(CLASS_NAMES):
         raise UserError(f"{labels_path}: label {labels.max()}; Fashion-MNIST has {len(CLASS_NAMES)} classes")
     rows = np.arange(len(labels)) if split == "test" else split_rows(len(labels), split, seed, val_rows)
+    rows = rows[:limit]
     return IdxDataset(
         name="fashion_mnist", split=split, images=images[rows][:, None, :, :], labels=labels[rows],
         class_names=list(CLASS_NAMES), ids=np.array([f"fashion_mnist/{file_split}/{i:05d}" for i in rows]),

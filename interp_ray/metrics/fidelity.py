@@ -15,6 +15,7 @@ background of MNIST and Fashion-MNIST), as in that tutorial.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -42,6 +43,19 @@ def _rgb_classifier(predict_proba: ProbaFn, channels: int) -> Callable[[np.ndarr
     return fn
 
 
+@contextlib.contextmanager
+def _no_lime_bar(module):
+    """``lime_image`` draws a tqdm bar per image over its perturbation batches (no option turns it off, and tqdm's
+    TQDM_DISABLE is read when tqdm is imported, which Ray did long before): a thousand images would print a
+    thousand bars. Swap the module's ``tqdm`` for the identity while one image is explained."""
+    saved = module.tqdm
+    module.tqdm = lambda iterable, *args, **kwargs: iterable
+    try:
+        yield
+    finally:
+        module.tqdm = saved
+
+
 def lime_surrogate_scores(predict_proba: ProbaFn, image: np.ndarray, num_classes: int, *,
                           settings: LimeSettings = LimeSettings(), seed: int = 0):
     """LIME on one C×H×W image: (the surrogate's per-class prediction at the image, the ``lime`` explanation)."""
@@ -54,10 +68,11 @@ def lime_surrogate_scores(predict_proba: ProbaFn, image: np.ndarray, num_classes
     segmenter = SegmentationAlgorithm("quickshift", kernel_size=settings.kernel_size, max_dist=settings.max_dist,
                                       ratio=settings.ratio, random_seed=seed)
     explainer = lime_image.LimeImageExplainer(random_state=seed)
-    exp = explainer.explain_instance(rgb, _rgb_classifier(predict_proba, c), labels=tuple(range(num_classes)),
-                                     top_labels=None, hide_color=settings.hide_color, num_features=100_000,
-                                     num_samples=settings.num_samples, batch_size=settings.batch_size,
-                                     segmentation_fn=segmenter, random_seed=seed)
+    with _no_lime_bar(lime_image):
+        exp = explainer.explain_instance(rgb, _rgb_classifier(predict_proba, c), labels=tuple(range(num_classes)),
+                                         top_labels=None, hide_color=settings.hide_color, num_features=100_000,
+                                         num_samples=settings.num_samples, batch_size=settings.batch_size,
+                                         segmentation_fn=segmenter, random_seed=seed)
     scores = np.array([exp.intercept[k] + sum(w for _, w in exp.local_exp[k]) for k in range(num_classes)])
     return scores, exp
 

@@ -71,6 +71,18 @@ def test_test_split_is_the_test_file_in_order(fixture_root):
     assert batch["id"][0] == "fashion_mnist/test/00000"
 
 
+def test_limit_keeps_each_splits_first_rows_and_the_splits_disjoint(fixture_root):
+    root, _, _ = fixture_root
+    whole = {s: file_rows(load_dataset("fashion_mnist", s, root=str(root), val_rows=8)) for s in ("train", "val")}
+    cut = {s: file_rows(load_dataset("fashion_mnist", s, root=str(root), val_rows=8, limit=5)) for s in ("train", "val")}
+    for s in ("train", "val"):
+        np.testing.assert_array_equal(cut[s], whole[s][:5])
+    assert set(cut["train"]).isdisjoint(cut["val"])
+    assert len(load_dataset("fashion_mnist", "test", root=str(root), limit=100)) == 7   # a limit above the split: all
+    with pytest.raises(UserError, match="limit=0"):
+        load_dataset("fashion_mnist", "test", root=str(root), limit=0)
+
+
 def test_root_from_environment(fixture_root, monkeypatch):
     root, _, _ = fixture_root
     monkeypatch.setenv(ROOT_ENV, str(root))

@@ -23,9 +23,38 @@ def test_the_shipped_config_is_valid_in_both_sizes():
 
     cfg = load_config(PipelineConfig, "configs/pipeline.yaml")
     stages = selected_stages(cfg, None)
-    assert stages == ["classifiers", "cnn_inte", "flint", "interpnet", "saliency", "semantic"]
+    # each stage's own entry, then its entries on other datasets (named by `stage:`), in the stages' order
+    assert stages == ["classifiers", "cnn_inte", "fashion_mnist_cnn_inte", "flint", "fashion_mnist_flint",
+                      "fashion_mnist_flint_posthoc", "interpnet", "saliency", "fashion_mnist_saliency", "semantic"]
+    assert [cfg.kind(s) for s in stages[1:4]] == ["cnn_inte", "cnn_inte", "flint"]
     check(cfg, stages, smoke=False)
     check(cfg, stages, smoke=True)
+    # --only takes an entry, or a stage for all its entries
+    assert selected_stages(cfg, ["classifiers", "flint"]) == ["classifiers", "flint", "fashion_mnist_flint",
+                                                              "fashion_mnist_flint_posthoc"]
+    assert selected_stages(cfg, ["classifiers", "fashion_mnist_saliency"]) == ["classifiers", "fashion_mnist_saliency"]
+
+
+def test_an_entry_naming_no_stage_or_an_unknown_one_is_refused():
+    with pytest.raises(ValueError, match="unknown stage 'fmnist_flint'"):
+        PipelineConfig.model_validate({"fmnist_flint": {"config": "configs/flint_fashion_mnist.yaml"}})
+    with pytest.raises(ValueError, match="unknown stage 'x'"):
+        PipelineConfig.model_validate({"x": {"stage": "nope", "config": "configs/flint_fashion_mnist.yaml"}})
+    with pytest.raises(ValueError, match="unknown stage 'x'"):  # the classifiers are not an entry's stage
+        PipelineConfig.model_validate({"x": {"stage": "classifiers", "config": "configs/digits.yaml"}})
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("fashion_mnist_flint.set={train.epochs: 4}", "has epochs 5 where FLINT has 4"),
+    ("fashion_mnist_flint.set={train.seed: 121}", "has seed 0 where FLINT has 121"),
+    ("fashion_mnist_flint.classifier=digits", "fashion_mnist_flint.classifier: BASE-f must be trained as FLINT-f is"),
+])
+def test_base_f_must_share_flint_fs_budget(override, needle, tmp_path, capsys):
+    """BASE-f is a classifier of the run: trained any other way than FLINT-f, the comparison would mean nothing."""
+    code = run_main(main, ["--config", "configs/pipeline.yaml", "--set", f"output_dir={tmp_path / 'out'}",
+                           "--set", override])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and needle in err[0], err
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -57,23 +86,23 @@ def test_a_rerun_reuses_finished_stages_and_redoes_what_changed(tmp_path, monkey
 
     def fake(name):
         def body(cfg, ctx):
-            calls.append(name)
+            calls.append(ctx.stage)  # the entry running (a stage runs several: cnn_inte, fashion_mnist_cnn_inte)
             if name == "classifiers":
                 out = {}
-                for key in ("digits", "scenes"):
+                for key in ("digits", "scenes", "fashion_mnist"):
                     ckpt = tmp_path / "ckpt" / key
                     ckpt.mkdir(parents=True, exist_ok=True)
                     (ckpt / "config.json").write_text("{}")
                     out[key] = {"checkpoint": str(ckpt), "seconds": 1.0}
                 return out
-            assert ctx.checkpoints.keys() == {"digits", "scenes"}  # filled in even when classifiers were reused
+            assert ctx.checkpoints.keys() == {"digits", "scenes", "fashion_mnist"}  # filled in even when reused
             return {"seconds": 2.0}
         return body
 
     monkeypatch.setattr(pipeline, "PIPELINE_STAGES", {n: dataclasses.replace(st, run=fake(n))
                                                       for n, st in pipeline.PIPELINE_STAGES.items()})
-    stages = pipeline.stage_names()
     base = load_config(PipelineConfig, "configs/pipeline.yaml")
+    stages = selected_stages(base, None)
 
     def run(cfg, **kw):
         calls.clear()
@@ -90,7 +119,9 @@ def test_a_rerun_reuses_finished_stages_and_redoes_what_changed(tmp_path, monkey
     assert run(flint, fresh=False)[0] == ["flint"]
     clf = flint.model_copy(deep=True)
     clf.classifiers["digits"].set["train.lr"] = 0.01
-    assert run(clf, fresh=False)[0] == ["classifiers", "cnn_inte", "interpnet", "saliency", "semantic"]
+    assert run(clf, fresh=False)[0] == ["classifiers", "cnn_inte", "fashion_mnist_cnn_inte", "fashion_mnist_flint",
+                                        "fashion_mnist_flint_posthoc", "interpnet", "saliency",
+                                        "fashion_mnist_saliency", "semantic"]
     # A half-written stage file (a run killed while saving) is not trusted.
     (tmp_path / "stages" / "cnn_inte.json").write_text('{"key": ')
     assert run(clf, fresh=False)[0] == ["cnn_inte"]

@@ -1,5 +1,5 @@
 """Write the web page's bundled sample images (serving/web/samples/): a few test images of the project's own digits
-and scenes data, at the size each classifier takes, plus index.json (file, dataset, label, C×H×W shape).
+and scenes data and of Fashion-MNIST, at the size each classifier takes, plus index.json (file, dataset, label, C×H×W shape).
 
     python scripts/make_web_samples.py
 """
@@ -15,7 +15,7 @@ from PIL import Image
 from interp_ray.data import load_dataset
 
 OUT = Path(__file__).resolve().parents[1] / "serving" / "web" / "samples"
-PICKS = {"digits": 3, "scenes": 3}
+PICKS = {"digits": 3, "scenes": 3, "fashion_mnist": 3}   # Fashion-MNIST: Debian's dataset-fashion-mnist
 
 
 def to_png(image: np.ndarray, path: Path) -> None:

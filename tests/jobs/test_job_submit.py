@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from interp_ray.claims import evaluate_claims, markdown_claims
+from interp_ray.claims import evaluate_claims, evaluate_goals, markdown_claims, markdown_goals
 
 
 def is_count(share: float, n: int) -> bool:
@@ -28,8 +28,9 @@ def check_figures(report: str, results: dict) -> None:
     shares of n items are k/n, accuracies that agree on a share of rows differ by at most the rest, CNS grows with
     τ, the classifier has learnt something. Smoke budgets make most figures poor; none may be impossible."""
     st = results["stages"]
-    assert results["smoke"] is True and list(st) == ["classifiers", "cnn_inte", "flint", "interpnet", "saliency",
-                                                     "semantic"]
+    assert results["smoke"] is True and list(st) == [
+        "classifiers", "cnn_inte", "fashion_mnist_cnn_inte", "flint", "fashion_mnist_flint",
+        "fashion_mnist_flint_posthoc", "interpnet", "saliency", "fashion_mnist_saliency", "semantic"]
     per_stage = {name: sum(c["seconds"] for c in r.values()) if name == "classifiers" else r["seconds"]
                  for name, r in st.items()}
     assert f"Run time: {results['seconds']:.0f} s (" in report
@@ -42,7 +43,7 @@ def check_figures(report: str, results: dict) -> None:
         assert table_row(report, "## Classifiers", key) == [key, c["model"], c["dataset"], str(c["epochs"]),
                                                               f"{c['test_accuracy']:.4f}", f"{c['seconds']:.0f}"]
         assert 0.0 <= c["test_accuracy"] <= 1.0
-    assert [c["epochs"] for c in st["classifiers"].values()] == [2, 1]  # configs/pipeline.yaml's smoke epochs
+    assert [c["epochs"] for c in st["classifiers"].values()] == [2, 1, 1]  # configs/pipeline.yaml's smoke epochs
     # Two epochs on 8×8 digits reach 0.87 (seed 0); 0.5 is five times chance (0.1) and far below any seed seen.
     assert st["classifiers"]["digits"]["test_accuracy"] >= 0.5
     assert is_count(st["classifiers"]["digits"]["test_accuracy"], digits_test)
@@ -92,13 +93,50 @@ def check_figures(report: str, results: dict) -> None:
                                                              f"{sem['scores']['meteor_segment_mean'] * 100:.1f}"]
     assert share in report and len(sem["neurons"]) <= lp["confident"]
 
-    # The claims table is the job's own: recomputed from its stage results it gives the same rows and verdicts.
-    claims = evaluate_claims(st)
-    assert results["claims"] == [c.to_dict() for c in claims] and len(claims) == 16
+    check_fashion_mnist(report, st)
+
+    # The claims and goals tables are the job's own: recomputed from its stage results, the same rows and verdicts.
+    kinds = results["kinds"]
+    assert kinds["fashion_mnist_flint_posthoc"] == "flint" and kinds["fashion_mnist_saliency"] == "saliency"
+    claims = evaluate_claims(st, kinds)
+    assert results["claims"] == [c.to_dict() for c in claims]
     assert "\n".join(markdown_claims(claims)) in report
-    verdict = {c.claim: c.verdict for c in claims}
-    assert verdict["CNN-INTE 2"] == "met"        # the smoke run draws one route diagram
-    assert verdict["GFI 5"] == "not tested" and verdict["Dong 1"] == "not tested"
+    rows = {}
+    for c in claims:
+        rows.setdefault(c.claim, []).append((c.dataset.split()[0], c.verdict))
+    assert rows["CNN-INTE 2"] == [("digits", "met"), ("fashion_mnist", "met")]  # one route diagram each
+    assert rows["GFI 5"] == [("—", "not tested")] and rows["Dong 1"] == [("scene clips", "not tested")]
+    # BASE-f and post hoc FLINT exist on Fashion-MNIST only; the localisation claims need the scenes' boxes
+    assert [d for d, v in rows["FLINT 1"]] == ["digits", "fashion_mnist"] and rows["FLINT 1"][1][1] != "not tested"
+    assert [d for d, v in rows["FLINT 5"]] == ["fashion_mnist"] and [d for d, v in rows["GFI 1"]] == ["scenes"]
+    goals = evaluate_goals(st, kinds)
+    assert results["goals"] == [g.to_dict() for g in goals] and len(goals) == 6
+    assert all(g.verdict != "not tested" for g in goals)   # every goal has its entry in the main job
+    assert "\n".join(markdown_goals(goals)) in report
+
+
+def check_fashion_mnist(report: str, st: dict) -> None:
+    """The Fashion-MNIST part at smoke size (data.options.limit 512: each split's first 512 rows)."""
+    n = 512
+    acc = st["classifiers"]["fashion_mnist"]["test_accuracy"]
+    assert is_count(acc, n)
+    s = st["fashion_mnist_cnn_inte"]["splits"]
+    assert list(s) == ["test", "val"] and s["test"]["rows"] == s["val"]["rows"] == n
+    assert s["test"]["cnn_accuracy"] == pytest.approx(acc)   # CNN-INTE explains that very classifier
+    joint, post = st["fashion_mnist_flint"], st["fashion_mnist_flint_posthoc"]
+    t = joint["test"]
+    assert joint["mode"] == "joint" and t["samples"] == n and t["accuracy_base_f"] == acc  # BASE-f: the classifier
+    assert t["lime_images"] == 8 and is_count(t["lime_fidelity"], 8) and is_count(t["flint_fidelity_lime_images"], 8)
+    assert f"BASE-f (classifier `fashion_mnist`, FLINT-f's model, data and budget, L_pred alone): test accuracy " \
+           f"{acc:.4f}" in report
+    # post hoc FLINT freezes the classifier: f's accuracy is the classifier's, to the last test image
+    assert post["mode"] == "posthoc" and post["test"]["accuracy_f"] == pytest.approx(acc, abs=1e-12)
+    assert post["predictor_accuracy"] == acc and not post["pictures"] and not post["pictures_enabled"]
+    sal = st["fashion_mnist_saliency"]
+    assert sal["dataset"] == "fashion_mnist" and sal["rows"] == 8
+    for m in sal["methods"].values():   # no boxes: deletion and insertion only
+        assert "pointing" not in m and 0 <= m["deletion_auc"] <= 1 and 0 <= m["insertion_auc"] <= 1
+    assert "## Saliency: Guided Feature Inversion and baselines (fashion_mnist, 8 test images" in report
 
 
 @pytest.mark.ray
@@ -115,12 +153,15 @@ def test_smoke_pipeline_through_ray_job_submit(smoke_main_job):
     assert not re.search(r"split\(\d+, equal=True\): Tasks", proc.stdout + proc.stderr)
     report = (out / "report.md").read_text()
     assert "| digits | digits_cnn | digits |" in report and "| scenes | scenes_cnn | scenes |" in report
-    for section in ("## CNN-INTE", "## FLINT", "## InterpNET", "## Saliency", "## Semantic captioner"):
+    assert "| fashion_mnist | flint_mnist | fashion_mnist |" in report
+    for section in ("## CNN-INTE", "## FLINT", "## InterpNET", "## Saliency", "## Semantic captioner",
+                    "## Paper claims", "## Fashion-MNIST goals"):
         assert section in report
     check_figures(report, json.loads((out / "results.json").read_text()))
     # Every picture the report shows was written next to it.
     pictures = re.findall(r"!\[[^]]*\]\(([^)]+)\)", report)
     assert "cnn_inte/route_0.png" in pictures and "saliency/overlay_00.png" in pictures
+    assert "fashion_mnist_cnn_inte/route_0.png" in pictures and "fashion_mnist_saliency/overlay_00.png" in pictures
     assert any(p.startswith("flint/") for p in pictures)
     assert all((out / p).read_bytes()[:4] == b"\x89PNG" for p in pictures)
     assert (out / "checkpoints" / "digits" / "weights.safetensors").is_file()

@@ -76,7 +76,7 @@ def test_the_bundled_samples_are_the_projects_data_at_the_models_sizes():
     from PIL import Image
 
     index = json.loads((WEB / "samples" / "index.json").read_text())
-    assert {s["dataset"] for s in index} == {"digits", "scenes"}
+    assert {s["dataset"] for s in index} == {"digits", "scenes", "fashion_mnist"}
     for s in index:
         with Image.open(WEB / "samples" / s["file"]) as im:
             c, h, w = s["shape"]

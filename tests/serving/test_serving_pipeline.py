@@ -81,7 +81,8 @@ def served(tmp_path_factory, smoke_main_job):
             try:
                 url = f"http://127.0.0.1:{port}"
                 clients = {"digits": ExplainClient(url, token=TOKEN, timeout=120),
-                           "scenes": ExplainClient(url + "/scenes", token=TOKEN, timeout=120)}
+                           "scenes": ExplainClient(url + "/scenes", token=TOKEN, timeout=120),
+                           "fashion_mnist": ExplainClient(url + "/fashion-mnist", token=TOKEN, timeout=120)}
                 health = {k: wait_healthy(c, serve, SERVE_TIMEOUT_S) for k, c in clients.items()}
                 print(f"main job {smoke_main_job.seconds:.0f} s, serve run healthy after "
                       f"{time.monotonic() - t0:.0f} s")
@@ -98,16 +99,17 @@ def served(tmp_path_factory, smoke_main_job):
 
 
 def test_every_method_the_main_job_trained_is_served(served):
-    digits, scenes = served["health"]["digits"], served["health"]["scenes"]
+    digits, scenes, fm = (served["health"][k] for k in ("digits", "scenes", "fashion_mnist"))
     assert {"flint", "cnn_inte", "gradcam", "gradient", "occlusion", "feature_inversion", "center"} <= \
         set(digits["methods"]), digits
     assert {"interpnet", "semantic", "gradcam", "feature_inversion"} <= set(scenes["methods"]), scenes
-    assert (digits["model"], scenes["model"]) == ("digits_cnn", "scenes_cnn")
+    assert {"flint", "cnn_inte", "gradcam", "feature_inversion"} <= set(fm["methods"]), fm
+    assert (digits["model"], scenes["model"], fm["model"]) == ("digits_cnn", "scenes_cnn", "flint_mnist")
     for client in served["clients"].values():  # nothing the main job wrote is reported missing
         assert not client.methods()["skipped"], client.methods()["skipped"]
 
 
-@pytest.mark.parametrize("app", ["digits", "scenes"])
+@pytest.mark.parametrize("app", ["digits", "scenes", "fashion_mnist"])
 def test_an_explanation_from_every_served_method_over_http(served, app):
     client = served["clients"][app]
     png = sample(app)
@@ -139,7 +141,7 @@ def test_an_explanation_from_every_served_method_over_http(served, app):
             assert isinstance(exp["sentence"], str) and isinstance(exp["neurons"], dict)
         seen[name] = exp
     assert seen.keys() == methods.keys()
-    picture = client.picture(png, "cnn_inte" if app == "digits" else "interpnet")
+    picture = client.picture(png, "interpnet" if app == "scenes" else "cnn_inte")
     assert picture[:8] == b"\x89PNG\r\n\x1a\n" and len(picture) > 1000
 
 
@@ -159,7 +161,7 @@ def test_errors_name_the_method_never_a_server_path(served):
 def test_the_page_is_served_by_each_application_without_a_token(served):
     import urllib.request
 
-    for prefix in ("/", "/scenes/"):
+    for prefix in ("/", "/scenes/", "/fashion-mnist/"):
         with urllib.request.urlopen(served["url"] + prefix, timeout=30) as r:
             html = r.read().decode()
         assert r.status == 200 and "static/app.js" in html and f"&quot;base&quot;: &quot;{prefix}&quot;" in html

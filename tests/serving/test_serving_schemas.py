@@ -55,7 +55,7 @@ def test_serve_config_is_valid_for_serve_deploy():
     assert cfg["http_options"]["host"] == "127.0.0.1"
     assert cfg["http_options"]["request_timeout_s"] > 0
     apps = {a["name"]: a for a in cfg["applications"]}
-    assert {a["route_prefix"] for a in apps.values()} == {"/", "/scenes"}
+    assert {a["route_prefix"] for a in apps.values()} == {"/", "/scenes", "/fashion-mnist"}
     for app in apps.values():
         assert app["import_path"] == "serving.app:app"
         deps = {d["name"]: d for d in app["deployments"]}
@@ -66,7 +66,7 @@ def test_serve_config_is_valid_for_serve_deploy():
         # a replica can only fill a batch it can hold
         biggest = max(b["max_batch_size"] for b in app["args"]["batching"].values())
         assert deps["Explainer"]["max_ongoing_requests"] >= biggest
-    # Both applications' replicas fit the 2 CPUs of a small machine (`serve run` starts a local Ray of that size).
+    # All applications' replicas fit the 2 CPUs of a small machine (`serve run` starts a local Ray of that size).
     assert sum(d["ray_actor_options"]["num_cpus"] for a in apps.values() for d in a["deployments"]) <= 2
 
 
@@ -101,11 +101,15 @@ def test_serve_config_serves_what_the_main_job_writes(monkeypatch, tmp_path):
     pipe = load_config(PipelineConfig, str(REPO / "configs" / "pipeline.yaml"))
     out = tmp_path / pipe.output_dir
     variant = pipe.interpnet.set["evaluate.variants"][0]
-    trained = {  # method → (classifier it explains, where the main job writes it)
-        "cnn_inte": (pipe.cnn_inte.classifier, out / "cnn_inte"),
-        "flint": ("digits", out / "flint"),           # FLINT trains its own predictor on digits (configs/flint_digits)
-        "interpnet": (pipe.interpnet.classifier, out / "interpnet" / variant),
-        "semantic": (pipe.semantic.classifier, out / "semantic")}  # its frame CNN; images served as one-frame clips
+    trained = {  # (method, classifier whose application serves it) → where the main job writes it
+        ("cnn_inte", pipe.cnn_inte.classifier): out / "cnn_inte",
+        ("flint", "digits"): out / "flint",           # FLINT trains its own predictor on digits (configs/flint_digits)
+        ("interpnet", pipe.interpnet.classifier): out / "interpnet" / variant,
+        ("semantic", pipe.semantic.classifier): out / "semantic",  # its frame CNN; images served as one-frame clips
+        ("cnn_inte", "fashion_mnist"): out / "fashion_mnist_cnn_inte",
+        ("flint", "fashion_mnist"): out / "fashion_mnist_flint_posthoc"}  # post hoc: g for that very classifier
+    assert pipe.ref("fashion_mnist_flint_posthoc").classifier == pipe.ref("fashion_mnist_cnn_inte").classifier \
+        == "fashion_mnist"
     apps = {}
     for entry in yaml.safe_load(CONFIG.read_text())["applications"]:
         args = ServeArgs.model_validate(entry["args"])
@@ -113,12 +117,17 @@ def test_serve_config_serves_what_the_main_job_writes(monkeypatch, tmp_path):
         assert args.classifier_path() == str(out / "checkpoints" / name)
         apps[name] = args
     assert set(apps) == set(pipe.classifiers)
-    for method, (classifier, path) in trained.items():
+    for (method, classifier), path in trained.items():
         assert method in apps[classifier].methods, (method, classifier)
         assert apps[classifier].explainer_checkpoint(method) == str(path)
     # every stage that explains the scenes classifier's images is served there (saliency), and the captioner
     assert {m["name"] for m in pipe.saliency.set["methods"]} <= set(apps[pipe.saliency.classifier].methods)
     assert "semantic" in apps["scenes"].methods
+    from jobs.explain_dataset import ExplainDatasetConfig
+
+    fm = pipe.ref("fashion_mnist_saliency")
+    evaluated = {m.name for m in fm.load(ExplainDatasetConfig, smoke=False).methods}
+    assert "feature_inversion" in evaluated and evaluated <= set(apps[fm.classifier].methods)
 
 
 @pytest.mark.parametrize("args,fragment", [

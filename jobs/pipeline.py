@@ -52,6 +52,13 @@ class JobRef(Section):
             raw = deep_merge(raw, parse_overrides([f"{k}={json.dumps(v)}" for k, v in layer.items()]))
         return validate(cls, raw, source=f"{self.config} with the pipeline's overrides")
 
+    def classifier_overrides(self, checkpoint: str, *, smoke: bool) -> dict[str, Any]:
+        """What the checkpoint of the classifier the entry names sets in its job, beyond the stage's own keys."""
+        return {}
+
+    def check_entry(self, cfg: "PipelineConfig", name: str, job: BaseModel, *, smoke: bool) -> None:
+        """What the entry asks that its job config alone cannot check (raises UserError); run before any work."""
+
 
 class StageRef(JobRef):
     classifier: str   # key in ``classifiers`` whose checkpoint the stage explains
@@ -59,20 +66,40 @@ class StageRef(JobRef):
 
 class FlintStageRef(JobRef):
     """FLINT's entry. ``classifier``: post hoc, the predictor to freeze; joint, BASE-f, the classifier trained with
-    FLINT-f's own budget (model, optimiser, epochs, seed: checked) and L_pred alone, the paper's control. ``lime_images``:
-    LIME's fidelity to the same f on the first N test images, beside FLINT-g's (FLINT's Table 1 comparison)."""
+    FLINT-f's own budget (model, optimiser, epochs, seed: checked) and L_pred alone, the paper's control.
+    ``lime_images``: LIME's fidelity to the same f on the first N test images, beside FLINT-g's (FLINT's Table 1
+    comparison)."""
 
     classifier: str | None = None
     lime_images: int = Field(0, ge=0)
 
     def classifier_overrides(self, checkpoint: str, *, smoke: bool) -> dict[str, Any]:
-        """What the classifier's checkpoint sets in the job: post hoc, the predictor to freeze."""
+        """Post hoc, the classifier is the predictor to freeze."""
         from interp_ray.explainers.flint_config import FlintJobConfig
 
         if self.classifier and self.load(FlintJobConfig, smoke=smoke,
                                          forced={"flint.predictor_checkpoint": checkpoint}).flint.mode == "posthoc":
             return {"flint.predictor_checkpoint": checkpoint}
         return {}
+
+    def names_base_f(self, job: Any) -> bool:
+        return bool(self.classifier) and job.flint.mode != "posthoc"
+
+    def check_entry(self, cfg: "PipelineConfig", name: str, job: Any, *, smoke: bool) -> None:
+        """BASE-f is the classifier the entry names, so it must have been trained as FLINT-f is (same model, data and
+        optimisation budget) with L_pred alone; a mismatch is a config error, not a comparison."""
+        if not self.names_base_f(job):
+            return
+        clf = cfg.classifiers[self.classifier].load(ClassifierJobConfig, smoke=smoke)
+        theirs = {"model": clf.model.model_dump(), "data": clf.data.model_dump(),
+                  **{k: getattr(clf.train, k) for k in BUDGET_KEYS}, "lr_steps": []}
+        ours = {"model": job.model.model_dump(), "data": job.data.model_dump(),
+                **{k: getattr(job.train, k) for k in BUDGET_KEYS}, "lr_steps": job.train.lr_steps}
+        diff = [k for k in ours if ours[k] != theirs[k]]
+        if diff:
+            k = diff[0]
+            raise UserError(f"{name}.classifier: BASE-f must be trained as FLINT-f is, but classifier "
+                            f"{self.classifier!r} has {k} {theirs[k]!r} where FLINT has {ours[k]!r}")
 
 
 def _default_classifiers() -> dict[str, JobRef]:
@@ -248,17 +275,17 @@ def run_flint(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
     from jobs.train_flint import prepare, train
 
     ref = cfg.ref(ctx.stage)
-    forced: dict[str, Any] = {"output": str(ctx.local / ctx.stage), "pictures.dir": str(ctx.local / ctx.stage / "pictures"),
+    out = ctx.local / ctx.stage
+    forced: dict[str, Any] = {"output": str(out), "pictures.dir": str(out / "pictures"),
                               "run.storage_path": join_uri(ctx.out, "ray_runs")}
     if ref.classifier:
         forced.update(ref.classifier_overrides(ctx.checkpoint(ref.classifier), smoke=ctx.smoke))
     job = ref.load(FlintJobConfig, smoke=ctx.smoke, forced=forced)
+    ref.check_entry(cfg, ctx.stage, job, smoke=ctx.smoke)
     mode = job.flint.mode
-    base = None
-    if names_base_f(ref, job):
-        check_base_f(cfg, ctx.stage, job, ctx.smoke)
-        base = float(ctx.results["classifiers"][ref.classifier]["test_accuracy"])
-    t0 = stage(f"FLINT ({job.flint.mode}) on {job.data.name}, {plural(job.train.epochs, 'epoch')} on Ray Train"
+    clf_accuracy = float(ctx.results["classifiers"][ref.classifier]["test_accuracy"]) if ref.classifier else None
+    base = clf_accuracy if ref.names_base_f(job) else None
+    t0 = stage(f"FLINT ({mode}) on {job.data.name}, {plural(job.train.epochs, 'epoch')} on Ray Train"
                + (f", against BASE-f = classifier {ref.classifier}" if base else ""))
     job, prepared = prepare(job)
     r = train(job, prepared)
@@ -267,7 +294,7 @@ def run_flint(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
         t["accuracy_base_f"] = base
     extra = {}
     if mode == "posthoc" and ref.classifier:  # f is that classifier, frozen: its accuracy must not move
-        extra["predictor_accuracy"] = float(ctx.results["classifiers"][ref.classifier]["test_accuracy"])
+        extra["predictor_accuracy"] = clf_accuracy
     if ref.lime_images:  # --smoke: a few images show the plumbing (LIME runs 1,000 forward passes per image)
         t.update(lime_beside_flint(r["checkpoint"], job, min(ref.lime_images, SMOKE_LIME_IMAGES) if ctx.smoke
                                    else ref.lime_images))
@@ -275,7 +302,7 @@ def run_flint(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
           f"{t['fidelity']:.4f}" + (f"; BASE-f {base:.4f}" if base is not None else "")
           + (f"; LIME fidelity {t['lime_fidelity']:.4f} vs FLINT-g {t['flint_fidelity_lime_images']:.4f} on "
              f"{t['lime_images']} images" if "lime_fidelity" in t else ""), flush=True)
-    return {"mode": job.flint.mode, "dataset": job.data.name, "epochs": len(r["history"]), "test": t,
+    return {"mode": mode, "dataset": job.data.name, "epochs": len(r["history"]), "test": t,
             "tau": job.flint.tau, "global": r["global"], "pictures": [p["path"] for p in r.get("pictures") or []],
             "pictures_enabled": job.pictures.enabled, "checkpoint": r["checkpoint"], "classifier": ref.classifier,
             **extra, "seconds": time.perf_counter() - t0}
@@ -283,28 +310,6 @@ def run_flint(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
 
 SMOKE_LIME_IMAGES = 8
 BUDGET_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "schedule", "seed", "augment_shift")
-
-
-def check_base_f(cfg: PipelineConfig, name: str, job: Any, smoke: bool) -> None:
-    """BASE-f is the classifier ``ref.classifier``, so it must have been trained as FLINT-f is (same model, data and
-    optimisation budget) with L_pred alone; a mismatch is a config error, not a comparison."""
-    ref = cfg.ref(name)
-    clf = cfg.classifiers[ref.classifier].load(ClassifierJobConfig, smoke=smoke)
-    theirs = {"model": clf.model.model_dump(), "data": clf.data.model_dump(),
-              **{k: getattr(clf.train, k) for k in BUDGET_KEYS}}
-    ours = {"model": job.model.model_dump(), "data": job.data.model_dump(),
-            **{k: getattr(job.train, k) for k in BUDGET_KEYS}, "lr_steps": job.train.lr_steps}
-    theirs["lr_steps"] = []
-    diff = [k for k in ours if ours[k] != theirs[k]]
-    if diff:
-        k = diff[0]
-        raise UserError(f"{name}.classifier: BASE-f must be trained as FLINT-f is, but classifier "
-                        f"{ref.classifier!r} has {k} {theirs[k]!r} where FLINT has {ours[k]!r}")
-
-
-def names_base_f(ref: JobRef, job: Any) -> bool:
-    return bool(getattr(ref, "classifier", None)) and getattr(job, "flint", None) is not None \
-        and job.flint.mode != "posthoc"
 
 
 def lime_beside_flint(checkpoint: str, job: Any, images: int) -> dict[str, Any]:
@@ -326,10 +331,12 @@ def lime_beside_flint(checkpoint: str, job: Any, images: int) -> dict[str, Any]:
     pf, pg = out.logits.argmax(1).numpy(), out.interp_logits.argmax(1).numpy()
     t0 = time.perf_counter()
     print(f"[pipeline] LIME on {n} test images ({n * 1000} forward passes of f) …", flush=True)
-    lime = lime_predictions(torch_proba(flint.predictor), batch["image"], test.num_classes, seed=0,
-                            progress=lambda i: i % 50 == 0 and print(f"[pipeline] LIME: {i} of {n} images "
-                                                                     f"({time.perf_counter() - t0:.0f} s)",
-                                                                     flush=True))
+
+    def progress(done: int) -> None:
+        if done % 50 == 0:
+            print(f"[pipeline] LIME: {done} of {n} images ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    lime = lime_predictions(torch_proba(flint.predictor), batch["image"], test.num_classes, seed=0, progress=progress)
     return {"lime_images": n, "lime_fidelity": float((lime == pf).mean()),
             "flint_fidelity_lime_images": float((pg == pf).mean()), "lime_seconds": time.perf_counter() - t0}
 
@@ -591,9 +598,9 @@ def job_class(kind: str) -> type[BaseModel]:
 def entry_job(cfg: PipelineConfig, name: str, smoke: bool) -> BaseModel:
     """Entry ``name``'s job config before the run: what a classifier's checkpoint will set is a placeholder."""
     ref = cfg.ref(name)
-    forced = (ref.classifier_overrides(f"<checkpoint of classifier {ref.classifier}>", smoke=smoke)
-              if hasattr(ref, "classifier_overrides") else {})
-    return ref.load(job_class(cfg.kind(name)), smoke=smoke, forced=forced)
+    placeholder = f"<checkpoint of classifier {getattr(ref, 'classifier', None)}>"
+    return ref.load(job_class(cfg.kind(name)), smoke=smoke,
+                    forced=ref.classifier_overrides(placeholder, smoke=smoke))
 
 
 def check(cfg: PipelineConfig, stages: Sequence[str], smoke: bool) -> None:
@@ -612,8 +619,7 @@ def check(cfg: PipelineConfig, stages: Sequence[str], smoke: bool) -> None:
         if getattr(ref, "classifier", None) and ref.classifier not in trained:
             raise UserError(f"{name}.classifier: {ref.classifier!r} is not an enabled classifier "
                             f"(enabled: {', '.join(trained) or 'none'})")
-        if names_base_f(ref, job):
-            check_base_f(cfg, name, job, smoke)
+        ref.check_entry(cfg, name, job, smoke=smoke)
 
 
 def selected_stages(cfg: PipelineConfig, only: Sequence[str] | None) -> list[str]:

@@ -1,5 +1,6 @@
 """Write the web page's bundled sample images (serving/web/samples/): a few test images of the project's own digits
-and scenes data and of Fashion-MNIST, at the size each classifier takes, plus index.json (file, dataset, label, C×H×W shape).
+and scenes data and of Fashion-MNIST, at the size each classifier takes, plus index.json (file, dataset, label,
+C×H×W shape).
 
     python scripts/make_web_samples.py
 """

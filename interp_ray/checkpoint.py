@@ -69,6 +69,22 @@ def local_copy(uri: str | os.PathLike) -> Iterator[Path]:
         yield Path(tmp)
 
 
+def content_digest(uri: str | os.PathLike) -> str:
+    """sha256 over every file of a checkpoint directory (relative names and bytes, in name order): what identifies a
+    checkpoint of any kind — an explainer's may hold more than config and weights (CNN-INTE's forests). A missing or
+    empty directory is a ``UserError``."""
+    with local_copy(uri) as d:
+        files = sorted(p for p in Path(d).rglob("*") if p.is_file()) if Path(d).is_dir() else []
+        if not files:
+            raise UserError(f"no checkpoint at {uri}")
+        h = hashlib.sha256()
+        for f in files:
+            rel = f.relative_to(d).as_posix().encode()
+            h.update(len(rel).to_bytes(4, "big") + rel + f.stat().st_size.to_bytes(8, "big"))
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 def atomic_write_dir(target: Path, fill) -> None:
     """Build a directory with ``fill(tmp_dir)`` and move it to ``target`` in one rename."""
     target = Path(target)

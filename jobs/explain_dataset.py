@@ -1,4 +1,5 @@
-"""Explain a whole dataset with saliency methods on Ray Data, into resumable Parquet stores, and evaluate them.
+"""Explain a whole dataset with any registered methods on Ray Data, into resumable Parquet stores; evaluate the
+saliency methods among them.
 
     python -m jobs.explain_dataset --config configs/explain_scenes.yaml [--set compute.actors=2]
     interp-ray explain-dataset --config configs/explain_scenes.yaml
@@ -8,12 +9,15 @@ store, ``<store.root>/<model>/<method>/<key>/`` (see ``interp_ray.saliency_store
 
     missing (store, shard) ─► map_batches(PlanLoader)     tasks: the shard's rows of the store's dataset split
                            ─► map_batches(RoutedMapper)   actor pool (ActorPoolStrategy(size=actors)): every
-                                                          method's explainer built once per actor; rows routed by store
+                                                          method's ExplainSession built once per actor (a learned
+                                                          method from its `checkpoint`); rows routed by store
                            ─► map_batches(RoutedWriter)   one actor: assembles shards, writes each part atomically
                            ─► driver: one record per finished part (a progress line each)
 
-A rerun computes only the missing parts; a finished store costs no Ray start-up. Then ``evaluation`` (on by default)
-writes ``report.md``, ``results.json`` and overlays to ``evaluation.output`` (``interp_ray.saliency_report``).
+A saliency method's store holds its masks; any other method's (captions, FLINT's attributes, CNN-INTE's path) holds
+each row's explanation as the JSON the CLI and HTTP API give. A rerun computes only the missing parts; a finished store
+costs no Ray start-up. Then ``evaluation`` (on by default) compares the saliency methods: ``report.md``,
+``results.json`` and overlays to ``evaluation.output`` (``interp_ray.saliency_report``).
 ``compute.engine: local`` runs the same loader, mapper and writer in this process, without Ray.
 """
 
@@ -31,11 +35,11 @@ from pydantic import Field, field_validator, model_validator
 from interp_ray.checkpoint import load_classifier
 from interp_ray.config import DataConfig, Section, load_config
 from interp_ray.data import load_dataset
-from interp_ray.data.base import ImageDataset
+from interp_ray.data.base import HeadDataset, ImageDataset
 from interp_ray.errors import UserError
-from interp_ray.saliency_store import (DEFAULT_SHARD_ROWS, EXTRA_PREFIX, TARGET_RULES, MethodChoice,
-                                       SaliencyManifest, SaliencyMapper, check_method, constant_info, make_identity,
-                                       scalar_extras, store_key, store_location)
+from interp_ray.saliency_store import (DEFAULT_SHARD_ROWS, EXPLANATION_COLUMN, EXTRA_PREFIX, SALIENCY_COLUMN,
+                                       TARGET_RULES, ExplanationMapper, MethodChoice, SaliencyManifest, check_method,
+                                       constant_info, make_identity, scalar_extras, store_key, store_location)
 from interp_ray.store import InjectedFailure, ShardAssembler, check_store, finalize_store, prepare_store
 from jobs.common import base_parser, check_storage_paths, exit_with, init_ray
 from jobs.extract_activations import (RECEIVED, ComputeSection, Progress, ShardLoader, absolute, check_resources,
@@ -47,7 +51,8 @@ log = logging.getLogger("interp_ray.explain_dataset")
 # --- config ------------------------------------------------------------------------------------------------------
 
 class MethodSpec(Section):
-    name: str                                               # a registry method that produces saliency
+    name: str                                               # a registry method
+    checkpoint: str | None = None                           # a learned method's checkpoint (local dir or URI)
     options: dict[str, Any] = Field(default_factory=dict)   # constructor options (variant, layer, max_batch …)
     params: dict[str, Any] = Field(default_factory=dict)    # per-request params, checked against its Params
 
@@ -84,6 +89,7 @@ class ExplainDatasetConfig(Section):
     checkpoint: str                        # a classifier checkpoint directory (local or URI)
     data: DataConfig = Field(default_factory=DataConfig)
     split: str = "test"
+    rows: int | None = Field(None, gt=0)   # explain only the split's first rows (None: all of them)
     methods: list[MethodSpec] = Field(min_length=1)
     target: Literal["label", "predicted"] | int = "label"  # the class explained per row
     store: StoreSection = Field(default_factory=StoreSection)
@@ -134,19 +140,29 @@ class StorePlan:
 
 
 def check_methods(cfg: ExplainDatasetConfig) -> list[MethodChoice]:
-    """Every method name and its params, validated before the checkpoint is even read."""
-    return [check_method(m.name, m.options, m.params) for m in cfg.methods]
+    """Every method name, its params and its checkpoint (learned methods), validated before the classifier is read."""
+    return [check_method(m.name, m.options, m.params, absolute(m.checkpoint) if m.checkpoint else None)
+            for m in cfg.methods]
 
 
-def dry_run(mapper: SaliencyMapper, dataset: ImageDataset) -> tuple[tuple[int, ...], dict[str, str], dict]:
-    """(mask shape, extra columns, constant method info) from explaining the split's first row: checks the method's
-    options, layers and the image size on the driver, and fixes the schema every part will share."""
+def split_dataset(cfg: ExplainDatasetConfig, split: str) -> ImageDataset:
+    ds = load_dataset(cfg.data.name, split, **cfg.data_options(split))
+    return HeadDataset(ds, cfg.rows) if cfg.rows is not None and split == cfg.split else ds
+
+
+def dry_run(mapper: ExplanationMapper, dataset: ImageDataset) -> tuple[dict[str, Any], dict[str, str], dict]:
+    """(the store's column entry, extra columns, constant method info) from explaining the split's first row: checks
+    the method's options, layers, checkpoint and the image size on the driver, and fixes the schema every part will
+    share. A method with no saliency keeps its whole explanation as JSON, extras and all."""
     batch = dataset.get_batch(np.arange(1))
     explanations, _ = mapper.explain(batch)
     e = explanations[0]
+    if mapper.choice.column == EXPLANATION_COLUMN:
+        return {EXPLANATION_COLUMN: {"dtype": "json"}}, {}, {}
     if e.saliency is None or np.ndim(e.saliency) != 2:
         raise UserError(f"method {mapper.choice.name!r} gave no H×W saliency map")
-    return tuple(np.shape(e.saliency)), scalar_extras(e.extra), constant_info(e.extra)
+    return ({SALIENCY_COLUMN: {"shape": list(np.shape(e.saliency)), "dtype": "float32"}}, scalar_extras(e.extra),
+            constant_info(e.extra))
 
 
 def has_boxes(dataset: ImageDataset) -> bool:
@@ -158,10 +174,12 @@ def make_plans(cfg: ExplainDatasetConfig) -> list[StorePlan]:
     from a dry run on the driver when a store is still to be made (which also checks its options and layers)."""
     choices = check_methods(cfg)
     checkpoint = absolute(cfg.checkpoint)
-    datasets = {s: load_dataset(cfg.data.name, s, **cfg.data_options(s)) for s in cfg.splits()}
+    datasets = {s: split_dataset(cfg, s) for s in cfg.splits()}
     for split, ds in datasets.items():
         if len(ds) == 0:
             raise UserError(f"{cfg.data.name}/{split} has no rows")
+    if len(datasets) > 1 and all(c.column != SALIENCY_COLUMN for c in choices):  # no saliency to tune α for
+        datasets = {cfg.split: datasets[cfg.split]}
     if len(datasets) > 1 and not has_boxes(datasets[cfg.split]):  # nothing to tune α on, nor to score it with
         log.info("%s has no boxes: no α tuning, pointing game or localisation error; deletion/insertion only",
                  cfg.data.name)
@@ -170,7 +188,7 @@ def make_plans(cfg: ExplainDatasetConfig) -> list[StorePlan]:
     model_name = loaded.config["model"]["name"]
     plans = []
     for choice in choices:
-        schema: tuple[tuple[int, ...], dict[str, str], dict] | None = None
+        schema: tuple[dict[str, Any], dict[str, str], dict] | None = None
         for split, ds in datasets.items():
             data = {"name": cfg.data.name, "options": cfg.data_options(split)}
             identity = make_identity(checkpoint_digest=loaded.digest, method=choice, dataset=ds.describe(),
@@ -183,12 +201,12 @@ def make_plans(cfg: ExplainDatasetConfig) -> list[StorePlan]:
                                         shard_rows=cfg.store.shard_rows)
             existing = check_store(location, manifest)  # another key there: UserError before any work
             if existing is not None:
-                shape, extras, info = existing.mask_shape, existing.extras, existing.method_info
+                columns, extras, info = existing.layers, existing.extras, existing.method_info
             else:
-                schema = schema or dry_run(SaliencyMapper(checkpoint, choice, target=cfg.target, device="cpu"),
+                schema = schema or dry_run(ExplanationMapper(checkpoint, choice, target=cfg.target, device="cpu"),
                                            datasets[cfg.split])
-                shape, extras, info = schema
-            manifest.layers = {"saliency": {"shape": list(shape), "dtype": "float32"}}
+                columns, extras, info = schema
+            manifest.layers = dict(columns)
             manifest.extras, manifest.method_info = dict(extras), dict(info)
             plans.append(StorePlan(choice, split, ds, checkpoint, loaded.digest, location, manifest))
     return plans
@@ -217,20 +235,26 @@ class PlanLoader:
 
 
 class RoutedMapper:
-    """One ``SaliencyMapper`` per method (built once per actor); each row goes to its store's method.
+    """One ``ExplanationMapper`` per method (built once per actor); each row goes to its store's method.
 
     Every output batch has the same columns whatever methods it mixes — the union of all stores' extras, as float64
-    with NaN where a method has no such value — because Ray Data blocks of one stage must share a schema; the writer
-    keeps only its store's extras and casts them back (bool stays bool)."""
+    with NaN where a method has no such value, and both ``saliency`` (zeros) and ``explanation`` ("") when the job
+    has methods of both kinds — because Ray Data blocks of one stage must share a schema; the writer keeps only its
+    store's columns and casts the extras back (bool stays bool)."""
 
     def __init__(self, checkpoint: str, methods: list[dict[str, Any]], method_extras: list[list[str]],
                  store_method: list[int], target: str | int, device: str | None, torch_threads: int | None,
-                 expect_digest: str):
-        self.mappers = [SaliencyMapper(checkpoint, m, target=target, extras=x, device=device,
-                                       torch_threads=torch_threads, expect_digest=expect_digest)
+                 expect_digest: str, mask_shape: list[int] | None = None):
+        self.mappers = [ExplanationMapper(checkpoint, m, target=target, extras=x, device=device,
+                                          torch_threads=torch_threads, expect_digest=expect_digest)
                         for m, x in zip(methods, method_extras)]
         self.store_method = np.asarray(store_method, dtype=np.int64)
         self.extra_columns = sorted({EXTRA_PREFIX + x for xs in method_extras for x in xs})
+        kinds = {m.choice.column for m in self.mappers}
+        self.fill = {}
+        if len(kinds) > 1:
+            self.fill = {SALIENCY_COLUMN: lambda n: np.zeros((n, *mask_shape), dtype=np.float32),
+                         EXPLANATION_COLUMN: lambda n: np.full(n, "", dtype=object)}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         method_of_row = self.store_method[np.asarray(batch[STORE], dtype=np.int64)]
@@ -243,6 +267,9 @@ class RoutedMapper:
             n = len(out[STORE])
             for col in self.extra_columns:
                 out[col] = np.asarray(out[col], dtype=np.float64) if col in out else np.full(n, np.nan)
+            for col, empty in self.fill.items():
+                if col not in out:
+                    out[col] = empty(n)
             parts.append(out)
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
@@ -293,11 +320,20 @@ def mapper_kwargs(cfg: ExplainDatasetConfig, plans: list[StorePlan]) -> dict[str
     # the union over a method's stores: a store made by an older version may list other extras than a new one
     extras = {m: list(dict.fromkeys(x for p in plans if p.method.name == m for x in p.manifest.extras))
               for m in methods}
-    return {"checkpoint": plans[0].checkpoint, "methods": [asdict(choice[m]) for m in methods],
+    return {"mask_shape": mask_shape(plans), "checkpoint": plans[0].checkpoint, "methods": [asdict(choice[m]) for m in methods],
             "method_extras": [extras[m] for m in methods],
             "store_method": [methods.index(p.method.name) for p in plans], "target": cfg.target,
             "device": cfg.compute.device, "torch_threads": cfg.compute.torch_threads,
             "expect_digest": plans[0].digest}
+
+
+def mask_shape(plans: list[StorePlan]) -> list[int] | None:
+    """The one mask shape of the job's saliency stores (None: it has none). Blocks of one stage share a schema."""
+    shapes = {tuple(p.manifest.mask_shape) for p in plans if p.manifest.column == SALIENCY_COLUMN}
+    if len(shapes) > 1:
+        raise UserError(f"the methods give saliency maps of different shapes {sorted(shapes)}; run them in "
+                        f"separate jobs")
+    return list(shapes.pop()) if shapes else None
 
 
 def writer_kwargs(cfg: ExplainDatasetConfig, plans: list[StorePlan]) -> dict[str, Any]:
@@ -325,12 +361,12 @@ def build_pipeline(cfg: ExplainDatasetConfig, plans: list[StorePlan], items: lis
     c = cfg.compute
     shards = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     images = shards.map_batches(loader_of(cfg, plans), batch_size=1, batch_format="numpy", num_cpus=c.load_num_cpus)
-    masks = images.map_batches(RoutedMapper, batch_size=c.batch_size, batch_format="numpy",
+    explained = images.map_batches(RoutedMapper, batch_size=c.batch_size, batch_format="numpy",
                                fn_constructor_kwargs=mapper_kwargs(cfg, plans),
                                compute=ray.data.ActorPoolStrategy(size=c.actors), num_cpus=c.num_cpus,
                                num_gpus=gpus_per_actor(cfg))
     # One writer: a shard's rows may come from any actor, and only one place may assemble them.
-    return masks.map_batches(RoutedWriter, batch_size=None, batch_format="numpy",
+    return explained.map_batches(RoutedWriter, batch_size=None, batch_format="numpy",
                              fn_constructor_kwargs=writer_kwargs(cfg, plans),
                              compute=ray.data.ActorPoolStrategy(size=1), num_cpus=c.write_num_cpus)
 
@@ -402,8 +438,12 @@ def explain_dataset(cfg: ExplainDatasetConfig, *, address: str | None = None) ->
     for s in stores:
         locations.setdefault(s["method"], {})[s["split"]] = s["location"]
     result = ExplainDatasetResult(stores, locations=locations)
-    if cfg.evaluation.enabled:
-        result.report_dir, result.results = evaluate(cfg, locations, plans[0].manifest.model["name"])
+    saliency = {p.method.name for p in plans if p.manifest.column == SALIENCY_COLUMN}
+    if cfg.evaluation.enabled and saliency:
+        result.report_dir, result.results = evaluate(cfg, {m: s for m, s in locations.items() if m in saliency},
+                                                      plans[0].manifest.model["name"])
+    elif cfg.evaluation.enabled:
+        log.info("no saliency method in the job: nothing to evaluate")
     return result
 
 

@@ -53,3 +53,20 @@ def test_failed_save_keeps_the_old_checkpoint(digits_checkpoint):
 def test_config_records_what_to_build(digits_checkpoint):
     cfg = json.loads((digits_checkpoint / "config.json").read_text())
     assert cfg["kind"] == "classifier" and cfg["model"]["name"] == "digits_cnn"
+
+
+def test_content_digest_is_the_content_not_the_place(digits_checkpoint, tmp_path):
+    import shutil
+
+    from interp_ray.checkpoint import content_digest
+
+    copy = tmp_path / "copy"
+    shutil.copytree(digits_checkpoint, copy)
+    assert content_digest(copy) == content_digest(digits_checkpoint) == content_digest(f"file://{copy}")
+    (copy / "extra.bin").write_bytes(b"\x00")   # a file beyond config and weights (CNN-INTE's forests) counts
+    with_extra = content_digest(copy)
+    assert with_extra != content_digest(digits_checkpoint)
+    (copy / "extra.bin").write_bytes(b"\x01")
+    assert content_digest(copy) != with_extra
+    with pytest.raises(UserError, match="no checkpoint at"):
+        content_digest(tmp_path / "nothing")

@@ -160,7 +160,7 @@ def test_changed_inputs_get_another_store_and_a_foreign_store_is_refused(scenes_
     ((("gradcam", {"stage1_iterations": 3}),), "invalid parameters"),
     ((("feature_inversion", {"stage1_iterations": -1}),), "invalid parameters"),
     ((("gradient", {"target": 3}),), "target"),
-    ((("interpnet", {}),), "not saliency"),
+    ((("interpnet", {}),), "is learned: give its checkpoint"),
 ])
 def test_bad_method_config_exits_2_with_one_line(scenes_checkpoint, tmp_path, capsys, methods, needle):
     assert job(scenes_checkpoint, tmp_path, methods=methods) == EXIT_USAGE
@@ -174,6 +174,66 @@ def test_bad_option_is_a_user_error(scenes_checkpoint, tmp_path, capsys):
     args[args.index(methods_yaml(("gradient", {})))] = "methods=[{name: gradcam, options: {layer: nope}}]"
     assert run_main(main, args) == EXIT_USAGE
     assert "nope" in capsys.readouterr().err
+
+
+def test_a_checkpoint_for_a_method_that_learns_nothing_exits_2(scenes_checkpoint, tmp_path, capsys):
+    args = job_args(scenes_checkpoint, tmp_path)
+    args[args.index(methods_yaml(("gradient", {})))] = f"methods=[{{name: gradient, checkpoint: {scenes_checkpoint}}}]"
+    assert run_main(main, args) == EXIT_USAGE
+    assert "takes no checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "scenes_cnn").exists()
+
+
+def test_a_learned_method_fills_a_json_store_keyed_by_its_checkpoint(tmp_path):
+    """CNN-INTE beside a saliency method in one job: its rows are the in-process explanations as JSON; refitting it
+    into the same directory makes a store of a new key and leaves the old one as it was."""
+    from specimens import save_digits_classifier, save_small_cnn_inte
+
+    from interp_ray.data import load_dataset
+    from interp_ray.saliency_store import EXPLANATION_COLUMN, open_store
+    from interp_ray.session import ExplainSession
+
+    classifier, explainer = tmp_path / "digits_cnn", tmp_path / "cnn_inte"
+    save_digits_classifier(classifier)
+    save_small_cnn_inte(explainer, classifier)
+    rows = 6
+
+    def run() -> int:
+        sets = [f"checkpoint={classifier}", "data.name=digits", "split=test", f"rows={rows}",
+                f"methods=[{{name: cnn_inte, checkpoint: {explainer}}}, {{name: gradient}}]",
+                f"store.root={tmp_path / 'stores'}", "store.shard_rows=4", "compute.engine=local",
+                "compute.batch_size=4", "evaluation.enabled=false"]
+        return run_main(main, [a for s in sets for a in ("--set", s)])
+
+    def stores(method: str) -> list[Path]:
+        return sorted(p.parent for p in (tmp_path / "stores" / "digits_cnn" / method).glob(f"*/{MANIFEST_FILE}"))
+
+    assert run() == 0
+    (first,) = stores("cnn_inte")
+    store = open_store(str(first))
+    assert store.manifest.column == EXPLANATION_COLUMN and store.manifest.rows == rows
+    assert pq.read_schema(next(first.glob("part-*.parquet"))).field(EXPLANATION_COLUMN).type == "string"
+    images = load_dataset("digits", "test").get_batch(np.arange(rows))["image"]
+    session = ExplainSession.build("cnn_inte", load_classifier(classifier), str(explainer))
+    want = json.loads(json.dumps([e.to_json() for e in session.explain(images)]))
+    assert store.explanations() == want
+    assert store.read(columns=["target"])["target"].tolist() == [e["label"] for e in want]
+    (gradient,) = stores("gradient")
+    assert open_store(str(gradient)).masks().shape == (rows, 8, 8)
+    with pytest.raises(UserError, match="not saliency masks"):
+        store.mask_shape
+    parts = {p.name: p.stat().st_mtime_ns for p in first.glob("part-*.parquet")}
+
+    from interp_ray.activations import ActivationExtractor
+    from interp_ray.explainers.cnn_inte import CnnInte
+
+    batch = load_dataset("digits", "train").get_batch(np.arange(120))
+    batch = {**ActivationExtractor(str(classifier), ["relu3"])(batch), "image": batch["image"]}
+    CnnInte({"layer": "relu3", "k1": 2, "k2": 2, "n_estimators": 5},
+            class_names=[str(i) for i in range(10)]).fit(batch).save(str(explainer))
+    assert run() == 0
+    assert len(stores("cnn_inte")) == 2 and len(stores("gradient")) == 1
+    assert {p.name: p.stat().st_mtime_ns for p in first.glob("part-*.parquet")} == parts
 
 
 def test_method_list_is_the_saliency_producers():

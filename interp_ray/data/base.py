@@ -161,3 +161,27 @@ class ArrayDataset(ImageDataset):
         out = {"id": self.ids[idx], "image": to_float_images(self.images[idx]), "label": self.labels[idx]}
         out.update({k: v[idx] for k, v in self.extras.items()})
         return out
+
+
+class HeadDataset(ImageDataset):
+    """The first ``rows`` rows of ``base``, nothing copied (a job's "explain the first N rows" for any loader)."""
+
+    def __init__(self, base: ImageDataset, rows: int):
+        if rows < 1:
+            raise ValueError(f"rows={rows} must be at least 1")
+        self.base, self.rows = base, min(int(rows), len(base))
+        self.name, self.split = base.name, base.split
+        self.class_names, self.image_shape = list(base.class_names), tuple(base.image_shape)
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def get_batch(self, indices) -> dict[str, np.ndarray]:
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.rows):
+            raise IndexError(f"index out of range for the first {self.rows} rows")
+        return self.base.get_batch(idx)
+
+    def describe(self) -> dict[str, Any]:
+        # the base's identity (its own options, generator seeds …) with this row count in place of its own
+        return {**self.base.describe(), "rows": self.rows, "head_of": len(self.base)}

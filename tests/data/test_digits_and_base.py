@@ -67,3 +67,18 @@ def test_scenes_to_ray_streams_extras(ray_local):
     assert sorted(r["id"] for r in rows) == sorted(ref["id"])
     r0 = next(r for r in rows if r["id"] == ref["id"][0])
     assert np.array_equal(r0["boxes"], ref["boxes"][0]) and list(r0["sentences"]) == list(ref["sentences"][0])
+
+
+def test_head_dataset_is_the_first_rows_and_says_so():
+    from interp_ray.data.base import HeadDataset
+
+    base = load_dataset("digits", "test")
+    head = HeadDataset(base, 5)
+    assert len(head) == 5 and head.class_names == base.class_names and head.image_shape == base.image_shape
+    np.testing.assert_array_equal(head.get_batch(np.arange(5))["image"], base.get_batch(np.arange(5))["image"])
+    assert head.describe()["rows"] == 5 and head.describe() != base.describe()  # a store key tells them apart
+    with pytest.raises(IndexError):
+        head.get_batch([5])
+    assert len(HeadDataset(base, 10**6)) == len(base)
+    with pytest.raises(ValueError):
+        HeadDataset(base, 0)

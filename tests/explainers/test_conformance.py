@@ -3,9 +3,10 @@
 For each method, built as every consumer builds it (``ExplainSession`` over the protocol's ``from_classifier``):
 its explanations do not depend on the batch they are computed in, repeat exactly, survive a save/load round trip
 (learned methods), refuse bad input with a ``UserError`` naming the problem, and are the same in-process, through
-the CLI (``interp-ray explain``) and through the HTTP API (FastAPI app, in-process backend). The same explanations
-through Ray Serve over real HTTP are checked for every served method in tests/serving/test_serving_http.py, and
-through Ray Data for the saliency methods in tests/jobs/test_explain_dataset.py.
+the CLI (``interp-ray explain``), through Ray Data (``jobs.explain_dataset`` on the session's Ray: one job per
+classifier explains the first test rows with all its methods at once, into Parquet) and through the HTTP API (FastAPI
+app, in-process backend). The same explanations through Ray Serve over real HTTP are checked for every served method
+in tests/serving/test_serving_http.py.
 
 A method added in any module is picked up here with no edit: a learned one needs its small checkpoint's maker in
 tests/specimens.py (``SPECIMENS``), or registered with ``add_specimen`` by whoever registers the method.
@@ -207,6 +208,58 @@ def check_http(b: Built) -> None:
         assert bad.status_code == 422 and "no_such_parameter" in bad.json()["error"]["message"], bad.text
 
 
+DATA = {"digits": {"name": "digits"}, "scenes": {"name": "scenes", "options": {"size": 32, "n": N_IMAGES}}}
+
+
+def explain_through_ray_data(kind: str, methods: list[Built], root: Path) -> dict[str, Any]:
+    """``methods`` (all over the ``kind`` classifier) through one ``explain_dataset`` job on Ray Data; method → its
+    store's location."""
+    from jobs.explain_dataset import ExplainDatasetConfig, explain_dataset
+
+    cfg = ExplainDatasetConfig.model_validate({
+        "checkpoint": str(methods[0].classifier_path), "data": DATA[kind], "split": "test", "rows": N_IMAGES,
+        "target": "predicted",  # what the other consumers explain when given no target
+        "methods": [{"name": b.name, "checkpoint": str(b.checkpoint) if b.checkpoint else None} for b in methods],
+        # parts of 3 rows in batches of 3 over 2 actors: the 4 rows are explained in batches of other sizes
+        "store": {"root": str(root), "shard_rows": 3},
+        "compute": {"engine": "ray", "actors": 2, "batch_size": 3, "load_num_cpus": 0.25},
+        "evaluation": {"enabled": False}})
+    return {m: splits["test"] for m, splits in explain_dataset(cfg).locations.items()}
+
+
+@pytest.fixture(scope="module")
+def through_ray_data(built, ray_session, tmp_path_factory):
+    """Every registered method's store, from one Ray Data job per classifier."""
+    by_kind: dict[str, list[Built]] = {}
+    for name in METHODS:
+        b = built(name)
+        by_kind.setdefault(b.kind, []).append(b)
+    root = tmp_path_factory.mktemp("ray_data")
+    return {m: loc for kind, bs in by_kind.items() for m, loc in explain_through_ray_data(kind, bs, root).items()}
+
+
+def check_ray_data(b: Built, location: str) -> None:
+    from interp_ray.data import load_dataset
+    from interp_ray.saliency_store import SALIENCY_COLUMN, open_store
+
+    store = open_store(location)
+    rows = store.read(columns=["index", "target", "prediction"])
+    assert rows["index"].tolist() == list(range(N_IMAGES)), f"{b.name}: rows {rows['index'].tolist()}"
+    data = DATA[b.kind]
+    images = load_dataset(data["name"], "test", **data.get("options", {})).get_batch(rows["index"])["image"]
+    want = b.session.explain(images)
+    assert rows["target"].tolist() == [e.label for e in want], b.name
+    import torch
+
+    with torch.inference_mode():
+        predicted = b.classifier.model(torch.from_numpy(np.ascontiguousarray(images))).argmax(1).tolist()
+    assert rows["prediction"].tolist() == predicted, b.name
+    if store.manifest.column == SALIENCY_COLUMN:
+        np.testing.assert_allclose(store.masks(), np.stack([e.saliency for e in want]), atol=ATOL, err_msg=b.name)
+    else:
+        assert_same(store.explanations(), as_json(want), atol=ATOL, where=f"{b.name} via Ray Data")
+
+
 @pytest.mark.parametrize("name", METHODS)
 def test_explanations_do_not_depend_on_the_batch(built, name):
     check_batch_invariance(built(name))
@@ -230,6 +283,12 @@ def test_bad_input_is_a_user_error_naming_the_problem(built, name):
 @pytest.mark.parametrize("name", METHODS)
 def test_the_cli_gives_the_in_process_explanation(built, name, tmp_path, capsys):
     check_cli(built(name), tmp_path, capsys)
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("name", METHODS)
+def test_ray_data_gives_the_in_process_explanation(built, through_ray_data, name):
+    check_ray_data(built(name), through_ray_data[name])
 
 
 @pytest.mark.parametrize("name", METHODS)

@@ -11,6 +11,7 @@ import pytest
 
 from interp_ray.checkpoint import load_classifier, save_classifier
 from interp_ray.data.scenes import load_scenes
+from interp_ray.errors import UserError
 from interp_ray.explainers import get_explainer
 from interp_ray.saliency_store import SaliencyStore
 from interp_ray.store import MANIFEST_FILE
@@ -143,3 +144,19 @@ def test_ray_kill_9_midway_then_rerun_finishes_exactly_once(ray_local, scenes_ch
     got = SaliencyStore.open(str(store)).read()
     np.testing.assert_array_equal(got["index"], np.arange(ROWS))
     np.testing.assert_allclose(got["saliency"], direct(scenes_checkpoint, "gradient", {}), atol=1e-5)
+
+
+def test_the_learned_methods_config_reads_the_main_jobs_outputs():
+    """configs/explain_learned_digits.yaml names checkpoints where the main job (configs/pipeline.yaml) writes them."""
+    from interp_ray.config import load_config, read_yaml
+    from jobs.explain_dataset import ExplainDatasetConfig, check_methods
+
+    cfg = load_config(ExplainDatasetConfig, str(REPO / "configs/explain_learned_digits.yaml"))
+    out = read_yaml(str(REPO / "configs/pipeline.yaml"))["output_dir"]
+    assert cfg.checkpoint == f"{out}/checkpoints/digits"
+    assert {m.name: m.checkpoint for m in cfg.methods if m.checkpoint} == {"cnn_inte": f"{out}/cnn_inte",
+                                                                         "flint": f"{out}/flint"}
+    assert [m.name for m in cfg.methods if not m.checkpoint] == ["gradcam"]
+    with pytest.raises(UserError, match="no checkpoint at"):   # before the main job ran: one clear error
+        check_methods(cfg.model_copy(update={"methods": [m.model_copy(update={"checkpoint": "/nonexistent/x"})
+                                                         for m in cfg.methods[:1]]}))

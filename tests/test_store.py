@@ -205,3 +205,28 @@ def test_to_ray_gives_tensors_for_ray_train(ray_local, tmp_path):
     conv = np.concatenate([b["conv"].numpy() for b in batches])
     assert conv.shape == (ROWS, 2, 3, 3)
     np.testing.assert_array_equal(conv[np.argsort(index)], rows(np.arange(ROWS))["conv"])
+
+
+@pytest.mark.ray
+def test_to_ray_reads_in_bounded_blocks_and_leaves_the_callers_context(ray_local, tmp_path):
+    """A store's dataset comes in blocks of about max_block_mib (one big block grew a consumer's private memory by
+    its size: BENCHMARKS.md), whatever the caller's DataContext says, which is left as it was."""
+    from ray.data import DataContext
+
+    loc = str(tmp_path / "s")
+    m, _ = prepare_store(loc, manifest())
+    fill(loc, m, np.arange(ROWS))
+    finalize_store(loc, m)
+    store = ActivationStore.open(loc, key=m.key)
+    before = DataContext.get_current().target_max_block_size
+
+    def blocks(**kwargs) -> list[tuple[int, int]]:
+        ds = store.to_ray(columns=["index", "conv"], **kwargs)
+        return [(meta.num_rows, meta.size_bytes) for b in ds.iter_internal_ref_bundles() for meta in b.metadata]
+
+    small = blocks(max_block_mib=1 / 1024)   # 1 KiB: the 23 rows' 2 KiB of conv and index in several blocks
+    assert len(small) > 1 and sum(n for n, _ in small) == ROWS
+    assert max(size for _, size in small) <= 2 * 1024, small
+    whole = blocks(max_block_mib=64)
+    assert sum(n for n, _ in whole) == ROWS and len(whole) < len(small)
+    assert DataContext.get_current().target_max_block_size == before

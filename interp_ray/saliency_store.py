@@ -24,7 +24,7 @@ Any registered method can fill a store: a learned one names its checkpoint (``Me
 content digest joins the key, and is built, like every consumer builds it, as an ``ExplainSession`` (its activations
 from ``ActivationExtractor``).
 
-Ray-free: ``SaliencyMapper`` is a plain callable (batch dict in → batch dict out) that Ray Data runs in an actor
+Ray-free: ``ExplanationMapper`` is a plain callable (batch dict in → batch dict out) that Ray Data runs in an actor
 pool and tests call directly.
 """
 
@@ -276,6 +276,7 @@ class ExplanationMapper:
                                             device=str(self.device), **self.choice.options)
         self.model = self.session.model.eval()
         self.takes_target = self.session.explainer.takes_target()
+        self.column = self.choice.column
         self.target = target
         self.extras = None if extras is None else list(extras)
 
@@ -306,7 +307,7 @@ class ExplanationMapper:
             "target": np.array([e.label for e in explanations], dtype=np.int64),
             "prediction": predictions,
         }
-        if self.choice.column == SALIENCY_COLUMN:
+        if self.column == SALIENCY_COLUMN:
             out[SALIENCY_COLUMN] = np.stack([np.asarray(e.saliency, dtype=np.float32) for e in explanations])
         else:
             out[EXPLANATION_COLUMN] = np.array([json.dumps(e.to_json(), sort_keys=True) for e in explanations],

@@ -30,6 +30,7 @@ Data writer stage and the plain single-process path both use.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -672,22 +673,34 @@ class ActivationStore:
             if meta.get("key") != self.key:
                 raise StoreKeyMismatch(f"{path} belongs to store {meta.get('key')}, not {self.key}")
         # A Dataset keeps the DataContext it is made in: the block bound holds wherever it is executed (Ray Train
-        # workers included) and the caller's context is left as it was.
-        ctx = ray.data.DataContext.get_current()
-        before = ctx.target_max_block_size
-        ctx.target_max_block_size = int(max_block_mib * 2**20)
-        try:
+        # workers included).
+        with data_context(target_max_block_size=int(max_block_mib * 2**20)):
             # select_columns (not read_parquet's deprecated columns=): Ray Data pushes the projection into the read.
             return ray.data.read_parquet(self.part_paths(), filesystem=self.fs,
                                          **read_parquet_kwargs).select_columns(self._columns(columns))
-        finally:
-            ctx.target_max_block_size = before
 
     def describe(self) -> dict[str, Any]:
         m = self.manifest
         return {"location": self.location, "key": m.key, "rows": m.rows, "shards": m.num_shards,
                 "layers": {k: list(v) for k, v in self.layers.items()}, "model": m.model,
                 "dataset": m.identity["dataset"], "split": m.identity["split"], "complete": m.complete}
+
+
+@contextlib.contextmanager
+def data_context(**settings: Any) -> Iterator[None]:
+    """Ray Data's current DataContext with ``settings`` while the block runs, restored after it: what a Dataset made
+    inside keeps (it copies the context it is made in), the caller's own settings left as they were."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    before = {name: getattr(ctx, name) for name in settings}
+    for name, value in settings.items():
+        setattr(ctx, name, value)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            setattr(ctx, name, value)
 
 
 def store_location(root: str, model_name: str, key: str) -> str:

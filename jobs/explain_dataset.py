@@ -320,8 +320,8 @@ def mapper_kwargs(cfg: ExplainDatasetConfig, plans: list[StorePlan]) -> dict[str
     # the union over a method's stores: a store made by an older version may list other extras than a new one
     extras = {m: list(dict.fromkeys(x for p in plans if p.method.name == m for x in p.manifest.extras))
               for m in methods}
-    return {"mask_shape": mask_shape(plans), "checkpoint": plans[0].checkpoint, "methods": [asdict(choice[m]) for m in methods],
-            "method_extras": [extras[m] for m in methods],
+    return {"checkpoint": plans[0].checkpoint, "methods": [asdict(choice[m]) for m in methods],
+            "method_extras": [extras[m] for m in methods], "mask_shape": mask_shape(plans),
             "store_method": [methods.index(p.method.name) for p in plans], "target": cfg.target,
             "device": cfg.compute.device, "torch_threads": cfg.compute.torch_threads,
             "expect_digest": plans[0].digest}
@@ -362,13 +362,13 @@ def build_pipeline(cfg: ExplainDatasetConfig, plans: list[StorePlan], items: lis
     shards = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     images = shards.map_batches(loader_of(cfg, plans), batch_size=1, batch_format="numpy", num_cpus=c.load_num_cpus)
     explained = images.map_batches(RoutedMapper, batch_size=c.batch_size, batch_format="numpy",
-                               fn_constructor_kwargs=mapper_kwargs(cfg, plans),
-                               compute=ray.data.ActorPoolStrategy(size=c.actors), num_cpus=c.num_cpus,
-                               num_gpus=gpus_per_actor(cfg))
+                                   fn_constructor_kwargs=mapper_kwargs(cfg, plans),
+                                   compute=ray.data.ActorPoolStrategy(size=c.actors), num_cpus=c.num_cpus,
+                                   num_gpus=gpus_per_actor(cfg))
     # One writer: a shard's rows may come from any actor, and only one place may assemble them.
     return explained.map_batches(RoutedWriter, batch_size=None, batch_format="numpy",
-                             fn_constructor_kwargs=writer_kwargs(cfg, plans),
-                             compute=ray.data.ActorPoolStrategy(size=1), num_cpus=c.write_num_cpus)
+                                 fn_constructor_kwargs=writer_kwargs(cfg, plans),
+                                 compute=ray.data.ActorPoolStrategy(size=1), num_cpus=c.write_num_cpus)
 
 
 def run_ray(cfg: ExplainDatasetConfig, plans: list[StorePlan], items: list[dict[str, int]]

@@ -25,7 +25,6 @@ The config's ``method`` names a registered explainer that is ``Trainable`` (inte
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import itertools
 import logging
@@ -277,20 +276,13 @@ def starting_point(cls: type, job: LearnedJobConfig, train_store: Any, init_path
     return explainer
 
 
-@contextlib.contextmanager
-def data_progress_bars(enabled: bool) -> Iterator[None]:
+def data_progress_bars(enabled: bool):
     """Ray Data's progress bars on or off while the block runs. Off for training: each epoch re-executes the store's
     read for every worker, and their bars, forwarded to the terminal, drowned the one line per epoch people read
     (train_loop.epoch_progress). The datasets carry the setting to the workers when Ray Train ships them."""
-    from ray.data import DataContext
+    from interp_ray.store import data_context
 
-    ctx = DataContext.get_current()
-    before = ctx.enable_progress_bars
-    ctx.enable_progress_bars = enabled
-    try:
-        yield
-    finally:
-        ctx.enable_progress_bars = before
+    return data_context(enable_progress_bars=enabled)
 
 
 def rows(job: LearnedJobConfig, store: Any, columns: Sequence[str] | None = None) -> Callable[[], Iterable[dict]]:

@@ -239,6 +239,8 @@ def through_ray_data(built, ray_session, tmp_path_factory):
 
 
 def check_ray_data(b: Built, location: str) -> None:
+    import torch
+
     from interp_ray.data import load_dataset
     from interp_ray.saliency_store import SALIENCY_COLUMN, open_store
 
@@ -249,8 +251,6 @@ def check_ray_data(b: Built, location: str) -> None:
     images = load_dataset(data["name"], "test", **data.get("options", {})).get_batch(rows["index"])["image"]
     want = b.session.explain(images)
     assert rows["target"].tolist() == [e.label for e in want], b.name
-    import torch
-
     with torch.inference_mode():
         predicted = b.classifier.model(torch.from_numpy(np.ascontiguousarray(images))).argmax(1).tolist()
     assert rows["prediction"].tolist() == predicted, b.name

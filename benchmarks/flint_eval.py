@@ -9,7 +9,8 @@ Per seed, in this one process and with the same per-epoch step as the Ray job (`
   budget as FLINT, every interpretation weight 0 (``flint.mode=base``);
 * FLINT-f / FLINT-g: joint training (``flint.mode=joint``);
 * post-hoc FLINT: Ψ, h, d trained against the frozen BASE-f (saved as a classifier checkpoint and loaded back, as
-  ``jobs.train_flint`` does with ``flint.predictor_checkpoint``).
+  ``jobs.train_flint`` does with ``flint.predictor_checkpoint``), from the activation store of its taps and the
+  input (extracted first; the post-hoc time includes that).
 
 Prints ``name: value`` lines (test split), then the mean over seeds and FLINT-f − BASE-f in accuracy points. On data
 with ground-truth attributes (scenes) it prints, for the first seed, the table matching each learned attribute to the
@@ -37,12 +38,21 @@ from interp_ray.explainers.flint_scenes import scenes_attribute_table
 from interp_ray.explainers.flint_training import materialize
 
 
-def run(cfg: FlintJobConfig, mode: str, seed: int, **flint: Any):
+def run(cfg: FlintJobConfig, mode: str, seed: int, *, store_root: str | None = None, **flint: Any):
+    """One training in this process. Post hoc, f's taps and the input are first extracted (without Ray) into
+    activation stores under ``store_root``, which the training then reads, as the job's workers do."""
+    from jobs.train_flint import posthoc_stores
+
     c = cfg.model_copy(deep=True)
     c.train.seed = seed
     c.flint = c.flint.model_copy(update={"mode": mode, **flint})
     t0 = time.perf_counter()
-    explainer, history = train_explainer(c)
+    stores = None
+    if mode == "posthoc":
+        c.store = c.store.model_copy(update={"root": store_root})
+        c.compute = c.compute.model_copy(update={"engine": "local"})
+        stores = posthoc_stores(c)
+    explainer, history = train_explainer(c, stores=stores)
     return explainer, history, time.perf_counter() - t0
 
 
@@ -77,7 +87,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as d:
             save_classifier(Path(d) / "base_f", base.flint.predictor, model_name=base.config["model"]["name"],
                             model_options=base.config["model"]["options"], class_names=base.class_names)
-            post, post_hist, post_s = run(cfg, "posthoc", seed, predictor_checkpoint=str(Path(d) / "base_f"))
+            post, post_hist, post_s = run(cfg, "posthoc", seed, store_root=str(Path(d) / "activations"),
+                                          predictor_checkpoint=str(Path(d) / "base_f"))
         m_post = evaluate_explainer(post, test_ds, taus=cfg.flint.taus)
         row = {"base": m_base, "flint": m_flint, "posthoc": m_post, "seconds": {"base": base_s, "flint": flint_s,
                                                                              "posthoc": post_s},

@@ -686,6 +686,32 @@ class ActivationStore:
                 "dataset": m.identity["dataset"], "split": m.identity["split"], "complete": m.complete}
 
 
+def shuffled(batches: Iterable[dict[str, np.ndarray]], buffer: int, seed: int, batch_rows: int
+             ) -> Iterator[dict[str, np.ndarray]]:
+    """A local shuffle buffer for the in-process path (what Ray Data's ``local_shuffle_buffer_size`` is for a
+    worker): rows are drawn at random from a window of ``buffer`` rows as the store streams by."""
+    if buffer <= 0:
+        yield from batches
+        return
+    rng = np.random.default_rng(seed)
+    pool: dict[str, np.ndarray] | None = None
+
+    def size(p: dict[str, np.ndarray]) -> int:
+        return len(next(iter(p.values())))
+
+    for b in batches:
+        pool = dict(b) if pool is None else {k: np.concatenate([pool[k], b[k]]) for k in pool}
+        while size(pool) >= buffer + batch_rows:
+            perm = rng.permutation(size(pool))
+            pool = {k: v[perm] for k, v in pool.items()}
+            yield {k: v[:batch_rows] for k, v in pool.items()}
+            pool = {k: v[batch_rows:] for k, v in pool.items()}
+    if pool is not None and size(pool):
+        perm = rng.permutation(size(pool))
+        for lo in range(0, len(perm), batch_rows):
+            yield {k: v[perm[lo:lo + batch_rows]] for k, v in pool.items()}
+
+
 @contextlib.contextmanager
 def data_context(**settings: Any) -> Iterator[None]:
     """Ray Data's current DataContext with ``settings`` while the block runs, restored after it: what a Dataset made

@@ -277,7 +277,8 @@ def run_flint(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
     ref = cfg.ref(ctx.stage)
     out = ctx.local / ctx.stage
     forced: dict[str, Any] = {"output": str(out), "pictures.dir": str(out / "pictures"),
-                              "run.storage_path": join_uri(ctx.out, "ray_runs")}
+                              "run.storage_path": join_uri(ctx.out, "ray_runs"),
+                              "store.root": join_uri(ctx.out, "activations")}   # post hoc: f's taps
     if ref.classifier:
         forced.update(ref.classifier_overrides(ctx.checkpoint(ref.classifier), smoke=ctx.smoke))
     job = ref.load(FlintJobConfig, smoke=ctx.smoke, forced=forced)

@@ -37,6 +37,7 @@ import numpy as np
 from interp_ray.config import LearnedJobConfig, deep_merge, parse_overrides, read_yaml, validate
 from interp_ray.errors import UserError
 from interp_ray.explainers.base import EXPLAINERS, Trainable, explainer_names, get_explainer
+from interp_ray.store import shuffled
 from jobs.common import base_parser, check_storage_paths, exit_with, init_ray
 from jobs.train_loop import (epochs, final_checkpoint, make_trainer, quiet_console, rank_and_world, report_epoch,
                              resolve_use_gpu, resume, run_path, worker_history)
@@ -103,32 +104,6 @@ def role_stores(job: LearnedJobConfig, roles: Iterable[str], *, address: str | N
         out = extract(cfg, address=address)[0]
         stores[role] = ActivationStore.open(out["location"], key=out["key"])
     return stores
-
-
-def shuffled(batches: Iterable[dict[str, np.ndarray]], buffer: int, seed: int, batch_rows: int
-             ) -> Iterator[dict[str, np.ndarray]]:
-    """A local shuffle buffer for the in-process path (what Ray Data's ``local_shuffle_buffer_size`` is for a
-    worker): rows are drawn at random from a window of ``buffer`` rows as the store streams by."""
-    if buffer <= 0:
-        yield from batches
-        return
-    rng = np.random.default_rng(seed)
-    pool: dict[str, np.ndarray] | None = None
-
-    def size(p: dict[str, np.ndarray]) -> int:
-        return len(next(iter(p.values())))
-
-    for b in batches:
-        pool = dict(b) if pool is None else {k: np.concatenate([pool[k], b[k]]) for k in pool}
-        while size(pool) >= buffer + batch_rows:
-            perm = rng.permutation(size(pool))
-            pool = {k: v[perm] for k, v in pool.items()}
-            yield {k: v[:batch_rows] for k, v in pool.items()}
-            pool = {k: v[batch_rows:] for k, v in pool.items()}
-    if pool is not None and size(pool):
-        perm = rng.permutation(size(pool))
-        for lo in range(0, len(perm), batch_rows):
-            yield {k: v[perm[lo:lo + batch_rows]] for k, v in pool.items()}
 
 
 # --- the Ray Train worker ------------------------------------------------------------------------------------------

@@ -3,8 +3,11 @@ resumable; then compute global relevance, MAS, test metrics (and pictures) and w
 
     python -m jobs.train_flint --config configs/flint_digits.yaml [--set flint.mode=posthoc --set flint.predictor_checkpoint=DIR]
 
-The per-epoch work is ``interp_ray.explainers.flint_training.flint_train_epoch`` — the same function ``train_local`` runs
-without Ray. A rerun with the same ``run.name`` and ``run.storage_path`` resumes that run from its last checkpoint.
+The per-epoch work is ``interp_ray.explainers.flint_training.flint_train_steps`` — the same function ``train_local``
+runs without Ray. Joint and BASE train f, so they run it over images; post hoc, f is frozen and never runs here: its
+taps, probabilities and the input are extracted once into the activation store (``store``; ``jobs.extract_activations``)
+and each Ray Train worker streams its shard of it (``get_dataset_shard``), as ``jobs.train_explainer`` does. A rerun
+with the same ``run.name`` and ``run.storage_path`` resumes that run from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -20,10 +23,14 @@ from interp_ray.explainers.flint import FlintExplainer, save_flint
 from interp_ray.explainers.flint_config import FlintJobConfig
 from interp_ray.explainers.flint_interpretation import evaluate_explainer
 from interp_ray.explainers.flint_scenes import scenes_attribute_table
-from interp_ray.explainers.flint_training import (FlintSetup, epoch_row, finalize, flint_evaluate, flint_train_epoch,
-                                                  make_flint_optimizer, setup)
+from interp_ray.explainers.flint_training import (FlintSetup, epoch_row, finalize, finalize_from_store, flint_evaluate,
+                                                  flint_evaluate_steps, flint_train_epoch, flint_train_steps,
+                                                  make_flint_optimizer, posthoc_layers, row_steps, setup,
+                                                  store_columns)
+from interp_ray.store import ActivationStore
 from interp_ray.training import distributed_sampler, gather_from_ranks
 from jobs.common import base_parser, check_storage_paths, exit_with, init_ray
+from jobs.train_explainer import data_progress_bars, kept
 from jobs.train_loop import (epochs, final_checkpoint, load_training_state, make_trainer, quiet_console,
                              rank_and_world, report_epoch, resolve_use_gpu, resume, training_state, worker_history)
 
@@ -32,12 +39,15 @@ MODEL_DIR = "flint"          # inside each Ray checkpoint: a complete interp-ray
 
 
 def train_func(config: dict[str, Any]) -> dict[str, Any]:
-    """Runs on every Ray Train worker."""
+    """Runs on every Ray Train worker. Joint and BASE: f trains on this rank's images (a distributed sampler).
+    Post hoc: this rank's shard of the train store streams in (``get_dataset_shard``), f never runs."""
+    import ray.train
     import ray.train.torch
 
-    cfg = FlintJobConfig.model_validate(config)
+    cfg = FlintJobConfig.model_validate(config["job"])
+    posthoc = cfg.flint.mode == "posthoc"
     rank, world = rank_and_world()
-    st = setup(cfg)  # seeds, data, predictor (built or loaded frozen), Ψ/h/d
+    st = setup(cfg, data=not posthoc)  # seeds, data (not post hoc), predictor (built or loaded frozen), Ψ/h/d
     model = st.model
     opt, sched = make_flint_optimizer(model, cfg.train)
     quiet_console(cfg.run.log_level)
@@ -48,19 +58,33 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     device = ray.train.torch.get_device()
     model = ray.train.torch.prepare_model(model)
     inner = getattr(model, "module", model)
-    sampler = distributed_sampler(st.train_ds, world_size=world, rank=rank, shuffle=True, seed=cfg.train.seed)
-    train_loader = st.train_ds.loader(cfg.train.batch_size, sampler=sampler)
-    val_loader = st.val_ds.loader(512)
-    recon = st.spec["recon_loss"]
+    recon, layers = st.spec["recon_loss"], st.spec["layers"]
+    if posthoc:
+        shard = ray.train.get_dataset_shard("train")
+        val = ray.train.get_dataset_shard("val")
+        val_batches = kept(lambda: val.iter_batches(batch_size=512, batch_format="numpy"), keep=cfg.stream.keep_val)
+    else:
+        sampler = distributed_sampler(st.train_ds, world_size=world, rank=rank, shuffle=True, seed=cfg.train.seed)
+        train_loader = st.train_ds.loader(cfg.train.batch_size, sampler=sampler)
+        val_loader = st.val_ds.loader(512)
 
     for epoch in epochs(start, cfg.train.epochs, fail_at=cfg.train.fail_at_epoch, rank=rank):
-        sampler.set_epoch(epoch)
         weights = st.schedule.weights(epoch + 1)  # the authors' epochs count from 1
         t0 = time.perf_counter()
-        tr = flint_train_epoch(model, train_loader, opt, device, weights, recon_loss=recon,
-                               max_shift=cfg.train.augment_shift)
+        if posthoc:
+            batches = shard.iter_batches(
+                batch_size=cfg.train.batch_size, batch_format="numpy",
+                local_shuffle_buffer_size=cfg.stream.shuffle_buffer or None,
+                local_shuffle_seed=(cfg.train.seed * 7919 + epoch * 104_729 + rank) if cfg.stream.shuffle_buffer
+                else None)
+            tr = flint_train_steps(model, row_steps(batches, layers), opt, device, weights, recon_loss=recon)
+        else:
+            sampler.set_epoch(epoch)
+            tr = flint_train_epoch(model, train_loader, opt, device, weights, recon_loss=recon,
+                                   max_shift=cfg.train.augment_shift)
         sched.step()
-        va = flint_evaluate(inner, val_loader, device, recon_loss=recon, weights=weights)
+        va = (flint_evaluate_steps(inner, row_steps(val_batches(), layers), device, recon_loss=recon, weights=weights)
+              if posthoc else flint_evaluate(inner, val_loader, device, recon_loss=recon, weights=weights))
         row = epoch_row(epoch, start.attempt, tr, va, weights, time.perf_counter() - t0, world)
         row["samples_per_rank"] = gather_from_ranks(tr["samples"], world)
         history.append(row)
@@ -68,10 +92,31 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
                      state=lambda: training_state(inner, opt, sched, epoch),
                      save_model=lambda d: save_flint(
                          d / MODEL_DIR, inner, spec=st.spec, predictor_spec=st.predictor_spec,
-                         class_names=st.train_ds.class_names, mode=cfg.flint.mode, tau=cfg.flint.tau,
+                         class_names=config["class_names"], mode=cfg.flint.mode, tau=cfg.flint.tau,
                          data=cfg.data.model_dump(), predictor_digest=st.predictor_digest,
                          metrics={k: row[k] for k in ("epoch", "val_accuracy_f", "val_fidelity")}))
     return {"history": history}
+
+
+def posthoc_stores(cfg: FlintJobConfig, spec: dict[str, Any] | None = None, *, address: str | None = None
+                   ) -> dict[str, ActivationStore]:
+    """The train and val stores post-hoc FLINT learns from: f's taps, its probabilities and the input, extracted
+    by ``jobs.extract_activations`` (``ActivationExtractor``, the one code path that runs the classifier) into
+    ``cfg.store`` with ``cfg.compute`` (``engine: local`` needs no Ray), or found complete there and reused.
+    ``spec``: the resolved FLINT architecture (default: resolved from the predictor checkpoint)."""
+    from interp_ray.checkpoint import load_classifier
+    from interp_ray.explainers.flint_model import resolved_flint_spec
+    from jobs.extract_activations import ExtractJobConfig, extract
+
+    if spec is None:
+        spec = resolved_flint_spec(load_classifier(cfg.flint.predictor_checkpoint).model, cfg.flint)
+    stores = {}
+    for split in ("train", "val"):
+        ecfg = ExtractJobConfig(checkpoint=cfg.flint.predictor_checkpoint, layers=posthoc_layers(spec),
+                                data=cfg.data, splits=[split], store=cfg.store, compute=cfg.compute)
+        out = extract(ecfg, address=address)[0]
+        stores[split] = ActivationStore.open(out["location"], key=out["key"])
+    return stores
 
 
 def run_name(cfg: FlintJobConfig) -> str:
@@ -100,11 +145,15 @@ def train(cfg: FlintJobConfig, prepared: FlintSetup | None = None) -> dict[str, 
         cfg, prepared = prepare(cfg)
     st = prepared
     test_ds = materialize(load_dataset(cfg.data.name, "test", **cfg.data.options), cfg.materialize_rows)
-    result = make_trainer(train_func, cfg.model_dump(mode="json"), name=run_name(cfg), scaling=cfg.scaling,
-                          run=cfg.run, use_gpu=resolve_use_gpu(cfg.scaling.use_gpu)).fit()
+    loop_config = {"job": cfg.model_dump(mode="json"), "class_names": list(st.train_ds.class_names)}
+    stores = posthoc_stores(cfg, st.spec) if cfg.flint.mode == "posthoc" else None
+    with data_progress_bars(False):   # the datasets keep the context they are made in
+        result = make_trainer(train_func, loop_config, name=run_name(cfg), scaling=cfg.scaling, run=cfg.run,
+                              use_gpu=resolve_use_gpu(cfg.scaling.use_gpu), **store_datasets(cfg, st, stores)).fit()
     with final_checkpoint(result) as (d, history):
         explainer = FlintExplainer.load(str(d / MODEL_DIR))
-    extra = finalize(explainer.flint, st.train_ds, cfg.flint, seed=21)
+    extra = (finalize_from_store(explainer.flint, stores["train"], cfg.flint, seed=21) if stores
+             else finalize(explainer.flint, st.train_ds, cfg.flint, seed=21))
     explainer.mas_images = extra["mas_images"]
     # the report reads CNS at flint.tau, which need not be among flint.taus
     test = evaluate_explainer(explainer, test_ds, taus=sorted({*cfg.flint.taus, cfg.flint.tau}))
@@ -130,6 +179,22 @@ def train(cfg: FlintJobConfig, prepared: FlintSetup | None = None) -> dict[str, 
                                      tau=cfg.flint.tau, am=cfg.pictures.am)
         out["pictures"].append({"class": None, "attribute": None, "relevance": None, "path": sheet})
     return out
+
+
+def store_datasets(cfg: FlintJobConfig, st: FlintSetup, stores: dict[str, ActivationStore] | None
+                   ) -> dict[str, Any]:
+    """Post hoc, the Ray Train ``datasets`` (both stores, only the columns FLINT reads; only "train" is split, so
+    every rank scores every val row) and their ``dataset_config``; joint and BASE read images: none."""
+    if not stores:
+        return {}
+    import ray.train
+
+    options = ray.train.DataConfig.default_ingest_options()
+    if cfg.stream.read_ahead_mib:
+        options.resource_limits = options.resource_limits.copy(object_store_memory=cfg.stream.read_ahead_mib * 2**20)
+    columns = store_columns(st.spec)
+    return {"datasets": {role: stores[role].to_ray(columns=columns) for role in ("train", "val")},
+            "dataset_config": ray.train.DataConfig(datasets_to_split=["train"], execution_options=options)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -60,6 +60,13 @@ def test_read_only_inputs_passthrough_and_missing_labels(digits_checkpoint, digi
     assert len(out["id"]) == 5
 
 
+def test_the_input_column_is_the_image_the_model_read(digits_checkpoint, digits_rows):
+    out = ActivationExtractor(digits_checkpoint, ["input", "relu3"])(digits_rows)
+    assert out["input"].dtype == np.float32 and out["input"].shape == (100, 1, 8, 8)
+    np.testing.assert_array_equal(out["input"], digits_rows["image"])
+    assert ActivationExtractor(digits_checkpoint, ["input"]).layer_shapes() == {"input": (1, 8, 8)}
+
+
 def test_default_layers_and_patterns(digits_checkpoint):
     assert ActivationExtractor(digits_checkpoint).layers == ["relu2", "relu3"]  # the model's defaults
     assert ActivationExtractor(digits_checkpoint, "conv*").layers == ["conv1", "conv2"]

@@ -31,7 +31,7 @@ from interp_ray.explainers.flint_config import FlintJobConfig
 from interp_ray.explainers.flint_interpretation import (contributions, global_interpretation, interpreter_weight,
                                                         local_interpretation, relevance)
 from interp_ray.explainers.flint_model import FlintModel, build_flint
-from interp_ray.explainers.flint_training import FlintSetup, finalize, train_local
+from interp_ray.explainers.flint_training import FlintSetup, finalize, finalize_from_store, train_local
 
 
 CHECKPOINT_KIND = "flint"
@@ -104,10 +104,11 @@ class FlintExplainer(Explainer):
     # -- learned state ------------------------------------------------------------------------------------------
     def fit(self, data: Any = None, **kwargs: Any) -> "FlintExplainer":
         """Train a new FLINT without Ray: ``fit(config=FlintJobConfig | dict)`` (``data`` is ignored; the config
-        names the dataset). Replaces this explainer's state with the trained one."""
+        names the dataset; post hoc, ``stores=`` gives the train and val activation stores). Replaces this
+        explainer's state with the trained one."""
         cfg = kwargs.get("config")
         cfg = cfg if isinstance(cfg, FlintJobConfig) else FlintJobConfig.model_validate(cfg or {})
-        trained = train_explainer(cfg)[0]
+        trained = train_explainer(cfg, stores=kwargs.get("stores"))[0]
         self.__dict__.update(trained.__dict__)
         return self
 
@@ -229,9 +230,12 @@ def explainer_from_setup(st: FlintSetup, cfg: FlintJobConfig, extra: dict[str, A
                           config=config, mas_images=extra.get("mas_images"))
 
 
-def train_explainer(cfg: FlintJobConfig, *, log=None) -> tuple[FlintExplainer, list[dict[str, Any]]]:
-    """Train (``train_local``), then compute global relevance and MAS (``finalize``): a ready explainer."""
-    st, history = train_local(cfg, log=log)
+def train_explainer(cfg: FlintJobConfig, *, log=None, stores: dict[str, Any] | None = None
+                    ) -> tuple[FlintExplainer, list[dict[str, Any]]]:
+    """Train (``train_local``), then compute global relevance and MAS (``finalize``): a ready explainer. Post hoc,
+    both read the ``stores`` (train and val ``ActivationStore``s of f's taps and the input), not the images."""
+    st, history = train_local(cfg, log=log, stores=stores)
     st.model.cpu()
-    extra = finalize(st.model, st.train_ds, cfg.flint)
+    extra = (finalize_from_store(st.model, stores["train"], cfg.flint) if cfg.flint.mode == "posthoc"
+             else finalize(st.model, st.train_ds, cfg.flint))
     return explainer_from_setup(st, cfg, extra, {"history": history[-1:] if history else []}), history

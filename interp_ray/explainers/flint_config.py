@@ -8,7 +8,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from interp_ray.config import DataConfig, ModelConfig, OptimConfig, RunSection, ScalingSection, Section
+from interp_ray.config import (ComputeSection, DataConfig, ModelConfig, OptimConfig, RunSection, ScalingSection, Section,
+                               StoreSection, StreamSection)
 from interp_ray.explainers.flint_am import AMSection
 from interp_ray.explainers.flint_interpretation import TAUS
 from interp_ray.explainers.flint_losses import SCHEDULES, ScheduleName, ScheduleSection, schedule_preset
@@ -83,4 +84,10 @@ class FlintJobConfig(Section):
     run: RunSection = Field(default_factory=RunSection)
     pictures: PicturesSection = Field(default_factory=PicturesSection)
     materialize_rows: int = Field(20000, ge=0)  # datasets up to this many rows are generated once, kept in memory
+    # Post hoc, f is frozen: its taps, its probabilities and the input come from the activation store (extracted
+    # first, once, by jobs.extract_activations: ``store``, ``compute``) and stream to the Ray Train workers
+    # (``stream``: the shuffle buffer; steps are ``train.batch_size`` rows). Joint and BASE runs train f on images.
+    store: StoreSection = Field(default_factory=StoreSection)
+    compute: ComputeSection = Field(default_factory=ComputeSection)
+    stream: StreamSection = Field(default_factory=StreamSection)
     output: str = "outputs/flint_digits"

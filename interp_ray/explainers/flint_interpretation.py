@@ -30,15 +30,21 @@ TAUS: tuple[float, ...] = (1.5, 2.0, 2.5, 3.0, 4.0, 5.0)  # the code's ``mults``
 # Collection: the arrays every interpretation reads
 # ---------------------------------------------------------------------------------------------------------------
 
-@torch.no_grad()
 def collect(model: FlintModel, loader, device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
     """Run ``model`` (eval mode) over a loader of (images, labels): phi, logits of f and of h, labels."""
+    return collect_steps(model, ((images, labels, None) for images, labels in loader), device)
+
+
+@torch.no_grad()
+def collect_steps(model: FlintModel, steps, device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
+    """``collect`` over (x, labels, taps) steps: ``taps`` None runs f on x; post hoc, f's taps from the store."""
     was = model.training
     model.eval()
     out: dict[str, list[np.ndarray]] = {"phi": [], "logits": [], "interp_logits": [], "labels": []}
     try:
-        for images, labels in loader:
-            o = model(images.to(device))
+        for images, labels, taps in steps:
+            o = (model(images.to(device)) if taps is None
+                 else model(taps={k: v.to(device) for k, v in taps.items()}))
             out["phi"].append(o.phi.cpu().numpy())
             out["logits"].append(o.logits.cpu().numpy())
             out["interp_logits"].append(o.interp_logits.cpu().numpy())
@@ -124,14 +130,23 @@ def compute_global_relevance(model: FlintModel, ds, *, samples: int, seed: int =
 
     Also returns the subset's indices and its ``collect`` arrays (MAS are chosen from the same subset, as in the code).
     """
+    idx = relevance_subset(len(ds), samples, seed)
+    data = collect(model, _subset_loader(ds, idx, batch_size), device)
+    return store_global_relevance(model, data), idx, data
+
+
+def relevance_subset(rows: int, samples: int, seed: int = 21) -> np.ndarray:
+    """The sorted row indices global relevance and MAS are computed on (the code's random training subset)."""
     rng = np.random.default_rng(seed)
-    idx = np.sort(rng.permutation(len(ds))[:samples])
-    loader = _subset_loader(ds, idx, batch_size)
-    data = collect(model, loader, device)
+    return np.sort(rng.permutation(rows)[:samples])
+
+
+def store_global_relevance(model: FlintModel, data: dict[str, np.ndarray]) -> np.ndarray:
+    """Global relevance (C×J) from ``collect``-style arrays of the subset, written into the model's buffer."""
     pg = data["interp_logits"].argmax(1)
     rel = global_relevance(relevance(contributions(data["phi"], interpreter_weight(model), pg)), pg, model.num_classes)
     model.global_relevance.copy_(torch.as_tensor(rel, dtype=model.global_relevance.dtype))
-    return rel, idx, data
+    return rel
 
 
 def interpreter_weight(model: FlintModel) -> np.ndarray:

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -193,10 +193,18 @@ class FlintModel(nn.Module):
                 return self.predictor.activations(x, self.layers, with_logits=True)
         return self.predictor.activations(x, self.layers, with_logits=True)
 
-    def forward(self, x: torch.Tensor) -> FlintOutput:
-        t = self.taps(x)
-        phi = self.psi([t[name] for name in self.layers])
-        return FlintOutput(t["logits"], phi, self.interpreter(phi), self.decoder(phi))
+    def forward(self, x: torch.Tensor | None = None, *, taps: Mapping[str, torch.Tensor] | None = None
+                ) -> FlintOutput:
+        """Ψ, h and d over f's taps of ``x``; or, post hoc, over ``taps`` already computed (f's layers and
+        ``"logits"``, read from the activation store), so f does not run at all."""
+        if taps is None:
+            if x is None:
+                raise ValueError("FlintModel needs x or taps")
+            taps = self.taps(x)
+        elif not self.frozen:
+            raise UserError("only post-hoc FLINT (f frozen) reads f's taps from the store; joint FLINT trains f")
+        phi = self.psi([taps[name] for name in self.layers])
+        return FlintOutput(taps["logits"], phi, self.interpreter(phi), self.decoder(phi))
 
     def attributes(self, x: torch.Tensor) -> torch.Tensor:
         """Φ(x) alone (no decoder, no interpreter); differentiable in x (used by AM+PI)."""

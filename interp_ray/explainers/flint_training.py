@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from interp_ray.explainers.flint_interpretation import compute_global_relevance,
 from interp_ray.explainers.flint_losses import TERMS, ScheduleSection, flint_losses, total_loss
 from interp_ray.explainers.flint_model import FlintModel, build_flint, resolved_flint_spec
 from interp_ray.models import Classifier
+from interp_ray.models.base import INPUT_LAYER
 
 
 def make_flint_optimizer(model: nn.Module, opt_cfg: FlintOptimConfig):
@@ -55,18 +56,63 @@ def materialize(ds, limit: int):
 # One epoch, evaluation — plain PyTorch, used by Ray Train workers and by ``train_local``
 # ---------------------------------------------------------------------------------------------------------------
 
+Step = tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor] | None]   # (x, y, f's taps or None: run f on x)
+
+
+def image_steps(loader, max_shift: int = 0) -> Iterator[Step]:
+    """A loader of (images, labels) as steps: f runs on each (shifted) image."""
+    from interp_ray.training import random_shift
+
+    for images, labels in loader:
+        yield random_shift(images, max_shift), labels, None
+
+
+def row_step(batch: Mapping[str, np.ndarray], layers: Sequence[str]) -> Step:
+    """One batch of activation-store rows as a post-hoc step: the input (the store's ``input`` column: what d
+    reconstructs), the label, and f's taps. f's logits are the log of the stored probabilities: softmax gives the
+    probabilities back, and they are all the fidelity term and the accuracy of f read of f."""
+    def tensor(a: Any, dtype: Any) -> torch.Tensor:   # a copy: Ray Data hands out read-only views
+        return torch.from_numpy(np.array(a, dtype=dtype, copy=True))
+
+    taps = {name: tensor(batch[name], np.float32) for name in layers}
+    probs = np.asarray(batch["probabilities"], dtype=np.float32)
+    taps["logits"] = torch.from_numpy(np.log(np.maximum(probs, np.finfo(np.float32).tiny)))
+    return tensor(batch[INPUT_LAYER], np.float32), tensor(batch["label"], np.int64), taps
+
+
+def row_steps(batches: Iterable[Mapping[str, np.ndarray]], layers: Sequence[str]) -> Iterator[Step]:
+    for b in batches:
+        yield row_step(b, layers)
+
+
+def store_columns(spec: Mapping[str, Any]) -> list[str]:
+    """The store columns post-hoc FLINT trains from: f's taps, the input, and f's output and the label."""
+    return ["index", "label", "probabilities", INPUT_LAYER, *spec["layers"]]
+
+
+def _forward(model: nn.Module, x: torch.Tensor, taps: dict[str, torch.Tensor] | None, device) -> Any:
+    if taps is None:
+        return model(x)
+    return model(taps={k: v.to(device, non_blocking=True) for k, v in taps.items()})
+
+
 def flint_train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, device: torch.device,
                       weights: dict[str, float], *, recon_loss: str = "mse", max_shift: int = 0) -> dict[str, float]:
     """One pass over ``loader`` of (images, labels), minimising Σ weights·terms. ``model`` may be DDP-wrapped."""
-    from interp_ray.training import random_shift
+    return flint_train_steps(model, image_steps(loader, max_shift), optimizer, device, weights,
+                             recon_loss=recon_loss)
 
+
+def flint_train_steps(model: nn.Module, steps: Iterable[Step], optimizer: torch.optim.Optimizer,
+                      device: torch.device, weights: dict[str, float], *, recon_loss: str = "mse"
+                      ) -> dict[str, float]:
+    """One pass over ``steps`` (``image_steps`` or, post hoc, ``row_steps`` of the store), minimising Σ weights·terms."""
     model.train()
     sums = {t: 0.0 for t in (*TERMS, "loss")}
     correct_f = correct_g = agree = seen = 0
-    for images, labels in loader:
-        images = random_shift(images, max_shift)
+    for images, labels, taps in steps:
         x, y = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        out = model(x)
+        out = _forward(model, x, taps, device)
         terms = flint_losses(out, x, y, recon_loss=recon_loss)
         loss = total_loss(terms, weights)
         optimizer.zero_grad(set_to_none=True)
@@ -86,18 +132,25 @@ def flint_train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer
             "fidelity": agree / s, "samples": seen}
 
 
-@torch.no_grad()
 def flint_evaluate(model: FlintModel, loader, device: torch.device | str = "cpu", *, recon_loss: str = "mse",
                    weights: dict[str, float] | None = None) -> dict[str, float]:
     """Accuracy of f and g, fidelity (argmax g = argmax f), top-5 fidelity and the mean of each loss term."""
+    return flint_evaluate_steps(model, ((i, l, None) for i, l in loader), device, recon_loss=recon_loss,
+                                weights=weights)
+
+
+@torch.no_grad()
+def flint_evaluate_steps(model: FlintModel, steps: Iterable[Step], device: torch.device | str = "cpu", *,
+                         recon_loss: str = "mse", weights: dict[str, float] | None = None) -> dict[str, float]:
+    """``flint_evaluate`` over steps (images, or post hoc the store's rows)."""
     was = model.training
     model.eval()
     sums = {t: 0.0 for t in TERMS}
     cf = cg = agree = top5 = seen = 0
     try:
-        for images, labels in loader:
+        for images, labels, taps in steps:
             x, y = images.to(device), labels.to(device)
-            out = model(x)
+            out = _forward(model, x, taps, device)
             terms = flint_losses(out, x, y, recon_loss=recon_loss)
             n = len(y)
             for t in TERMS:
@@ -124,7 +177,8 @@ def flint_evaluate(model: FlintModel, loader, device: torch.device | str = "cpu"
 # ---------------------------------------------------------------------------------------------------------------
 
 def load_predictor(cfg: FlintJobConfig, train_ds) -> tuple[Classifier, dict[str, Any], str | None]:
-    """The predictor to train (joint/base: built from ``cfg.model``) or to freeze (post-hoc: the checkpoint).
+    """The predictor to train (joint/base: built from ``cfg.model``) or to freeze (post-hoc: the checkpoint, checked
+    against ``train_ds`` when given).
 
     Returns the module, its model spec ``{"name", "options"}`` and (post-hoc) the checkpoint digest.
     """
@@ -134,7 +188,8 @@ def load_predictor(cfg: FlintJobConfig, train_ds) -> tuple[Classifier, dict[str,
     if cfg.flint.mode == "posthoc":
         loaded = load_classifier(cfg.flint.predictor_checkpoint)
         spec = loaded.config["model"]
-        if loaded.model.num_classes != train_ds.num_classes or loaded.model.input_shape != tuple(train_ds.image_shape):
+        if train_ds is not None and (loaded.model.num_classes != train_ds.num_classes
+                                     or loaded.model.input_shape != tuple(train_ds.image_shape)):
             raise UserError(f"predictor {cfg.flint.predictor_checkpoint} takes {loaded.model.input_shape} with "
                             f"{loaded.model.num_classes} classes; the data is {tuple(train_ds.image_shape)} with "
                             f"{train_ds.num_classes}")
@@ -159,42 +214,79 @@ class FlintSetup:
     predictor_spec: dict[str, Any]   # {"name", "options"} of f
     predictor_digest: str | None
     schedule: ScheduleSection
-    train_ds: Any
+    train_ds: Any                    # None where the rows come from the store (a post-hoc Ray Train worker)
     val_ds: Any
 
 
-def setup(cfg: FlintJobConfig) -> FlintSetup:
+def setup(cfg: FlintJobConfig, *, data: bool = True) -> FlintSetup:
+    """Seeds, the splits (unless ``data`` is False: a post-hoc worker streams the store instead), f, Ψ/h/d."""
     from interp_ray.training import seed_everything
 
     seed_everything(cfg.train.seed)
-    train_ds, val_ds = load_splits(cfg)
+    train_ds, val_ds = load_splits(cfg) if data else (None, None)
     predictor, pspec, digest = load_predictor(cfg, train_ds)
     spec = resolved_flint_spec(predictor, cfg.flint)
     return FlintSetup(build_flint(predictor, spec), spec, pspec, digest, cfg.flint.resolved_schedule(), train_ds,
                       val_ds)
 
 
-def train_local(cfg: FlintJobConfig, *, device: torch.device | str | None = None,
-                log=None) -> tuple[FlintSetup, list[dict[str, Any]]]:
-    """Train without Ray: the same ``flint_train_epoch`` and sampler as a 1-worker Ray Train run."""
+def posthoc_layers(spec: Mapping[str, Any]) -> list[str]:
+    """The layers post-hoc FLINT's store holds: f's taps and the input (what d reconstructs)."""
+    return [*spec["layers"], INPUT_LAYER]
+
+
+def check_posthoc_stores(stores: Mapping[str, Any] | None, spec: Mapping[str, Any]) -> None:
+    """Post hoc trains from the train and val stores of f's taps and the input; anything else is a UserError."""
+    if not stores or not {"train", "val"} <= set(stores):
+        raise UserError("post-hoc FLINT trains from the activation store: give its train and val stores "
+                        "(jobs.train_flint.posthoc_stores extracts them)")
+    for role in ("train", "val"):
+        missing = [c for c in store_columns(spec) if c not in stores[role].columns]
+        if missing:
+            raise UserError(f"the {role} store {stores[role].location} lacks {', '.join(missing)}; post-hoc FLINT "
+                            f"reads {', '.join(posthoc_layers(spec))}")
+
+
+def train_local(cfg: FlintJobConfig, *, device: torch.device | str | None = None, log=None,
+                stores: Mapping[str, Any] | None = None) -> tuple[FlintSetup, list[dict[str, Any]]]:
+    """Train without Ray: the same epoch step as a 1-worker Ray Train run. Joint and BASE: over images, with the
+    same sampler. Post hoc: over the ``stores`` (train and val ``ActivationStore``s of ``posthoc_layers``), with
+    the same local shuffle buffer a worker has."""
     from interp_ray.devices import pick_device
+    from interp_ray.store import shuffled
     from interp_ray.training import distributed_sampler
 
     dev = torch.device(device) if device is not None else pick_device(cfg.scaling.use_gpu)
     st = setup(cfg)
     model = st.model.to(dev)
     opt, sched = make_flint_optimizer(model, cfg.train)
-    sampler = distributed_sampler(st.train_ds, world_size=1, rank=0, shuffle=True, seed=cfg.train.seed)
-    loader, val_loader = st.train_ds.loader(cfg.train.batch_size, sampler=sampler), st.val_ds.loader(512)
+    posthoc = cfg.flint.mode == "posthoc"
+    if posthoc:
+        check_posthoc_stores(stores, st.spec)
+        columns, rows = store_columns(st.spec), cfg.train.batch_size
+    else:
+        sampler = distributed_sampler(st.train_ds, world_size=1, rank=0, shuffle=True, seed=cfg.train.seed)
+        loader, val_loader = st.train_ds.loader(cfg.train.batch_size, sampler=sampler), st.val_ds.loader(512)
     history = []
     for epoch in range(cfg.train.epochs):
-        sampler.set_epoch(epoch)
         weights = st.schedule.weights(epoch + 1)
         t0 = time.perf_counter()
-        tr = flint_train_epoch(model, loader, opt, dev, weights, recon_loss=st.spec["recon_loss"],
-                               max_shift=cfg.train.augment_shift)
+        if posthoc:
+            batches = shuffled(stores["train"].iter_batches(rows, columns=columns), cfg.stream.shuffle_buffer,
+                               cfg.train.seed * 7919 + epoch, rows)
+            tr = flint_train_steps(model, row_steps(batches, st.spec["layers"]), opt, dev, weights,
+                                   recon_loss=st.spec["recon_loss"])
+        else:
+            sampler.set_epoch(epoch)
+            tr = flint_train_epoch(model, loader, opt, dev, weights, recon_loss=st.spec["recon_loss"],
+                                   max_shift=cfg.train.augment_shift)
         sched.step()
-        va = flint_evaluate(model, val_loader, dev, recon_loss=st.spec["recon_loss"], weights=weights)
+        if posthoc:
+            va = flint_evaluate_steps(model, row_steps(stores["val"].iter_batches(512, columns=columns),
+                                                       st.spec["layers"]),
+                                      dev, recon_loss=st.spec["recon_loss"], weights=weights)
+        else:
+            va = flint_evaluate(model, val_loader, dev, recon_loss=st.spec["recon_loss"], weights=weights)
         row = epoch_row(epoch, 0, tr, va, weights, time.perf_counter() - t0, 1)
         history.append(row)
         if log:
@@ -225,3 +317,28 @@ def finalize(model: FlintModel, train_ds, section: FlintSection, *, seed: int = 
     mas = images.reshape(*mas_idx.shape, *images.shape[1:])
     extra: dict[str, Any] = {"mas_indices": mas_idx, "mas_images": mas}
     return extra
+
+
+def finalize_from_store(model: FlintModel, store: Any, section: FlintSection, *, seed: int = 21,
+                        device: torch.device | str = "cpu", batch_rows: int = 512) -> dict[str, Any]:
+    """``finalize`` post hoc: the same random subset of training rows, read from the train store (f's taps and the
+    input) in one streaming pass instead of running f over images."""
+    from interp_ray.explainers.flint_interpretation import (collect_steps, relevance_subset,
+                                                            store_global_relevance)
+
+    idx = relevance_subset(len(store), section.relevance_samples, seed)
+    picked: list[dict[str, np.ndarray]] = []
+    for b in store.iter_batches(batch_rows, columns=store_columns({"layers": model.layers})):
+        keep = np.isin(np.asarray(b["index"]), idx)
+        if keep.any():
+            picked.append({k: np.asarray(v)[keep] for k, v in b.items()})
+    rows = {k: np.concatenate([p[k] for p in picked]) for k in picked[0]}
+    order = np.argsort(rows["index"], kind="stable")   # the subset in index order, as ``finalize`` has it
+    rows = {k: v[order] for k, v in rows.items()}
+    steps = row_steps(({k: v[lo:lo + batch_rows] for k, v in rows.items()} for lo in range(0, len(order), batch_rows)),
+                      model.layers)
+    data = collect_steps(model, steps, device)
+    store_global_relevance(model, data)
+    pos = np.stack([max_activating(data["phi"], None, j, count=section.n_mas) for j in range(model.n_attributes)])
+    images = rows[INPUT_LAYER][pos.reshape(-1)]
+    return {"mas_indices": rows["index"][pos], "mas_images": images.reshape(*pos.shape, *images.shape[1:])}

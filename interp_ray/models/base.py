@@ -5,6 +5,10 @@ captured by forward hooks that are always removed before the call returns (even 
 model never carries a stale hook into training or serving. Layer names are the module paths of ``named_modules()``
 and may be given as shell-style patterns (``"conv*"``, ``"layer4.*"``); they are resolved against the model once,
 and an unknown name fails at once with the list of valid names.
+
+``"input"`` (``INPUT_LAYER``) names the model's input itself, as if it were a layer: an explainer that learns to
+reconstruct the input from hidden layers (FLINT's decoder) then reads input and layers from the same activation store
+row, and nothing but the extraction runs the model.
 """
 
 from __future__ import annotations
@@ -20,6 +24,10 @@ from interp_ray.errors import UserError
 
 class UnknownLayerError(UserError):
     pass
+
+
+# The model's input, tappable as a layer (named explicitly only: a pattern such as "*" does not match it).
+INPUT_LAYER = "input"
 
 
 class Classifier(nn.Module):
@@ -64,9 +72,10 @@ class Classifier(nn.Module):
         valid = self.layer_names()
         out: list[str] = []
         for pattern in layers:
-            hits = [pattern] if pattern in valid else fnmatch.filter(valid, pattern)
+            hits = [pattern] if pattern in valid or pattern == INPUT_LAYER else fnmatch.filter(valid, pattern)
             if not hits:
-                raise UnknownLayerError(f"unknown layer {pattern!r}; valid: {', '.join(valid)}")
+                raise UnknownLayerError(f"unknown layer {pattern!r}; valid: {', '.join(valid)} "
+                                        f"(and {INPUT_LAYER!r}, the input itself)")
             out.extend(h for h in hits if h not in out)
         return out
 
@@ -75,10 +84,12 @@ class Classifier(nn.Module):
         """Run ``x`` through the model and return the outputs of ``layers`` (plus ``"logits"`` when asked)."""
         names = self.resolve_layers(layers)
         modules = dict(self.net.named_modules())
-        captured: dict[str, torch.Tensor] = {}
+        captured: dict[str, torch.Tensor] = {INPUT_LAYER: x} if INPUT_LAYER in names and INPUT_LAYER not in modules else {}
         handles = []
         try:
             for name in names:
+                if name not in modules:   # the input: captured above
+                    continue
                 handles.append(modules[name].register_forward_hook(_capture(captured, name)))
             logits = self.forward(x)
         finally:

@@ -185,6 +185,14 @@ def _cfg(seed: int = 0, **flint):
         "train": {"epochs": 6, "batch_size": 32, "lr": 0.003, "seed": seed}, "scaling": {"use_gpu": False}})
 
 
+def _posthoc_stores(cfg, tmp_path):
+    """The train and val stores of f's taps and the input, extracted in this process (the job's own helper)."""
+    from jobs.train_flint import posthoc_stores
+
+    cfg.store.root, cfg.compute.engine = str(tmp_path / "activations"), "local"
+    return posthoc_stores(cfg)
+
+
 @pytest.fixture(scope="module")
 def trained(pinned_torch_threads, fixture_seed):
     explainer, history = train_explainer(_cfg(fixture_seed))
@@ -225,7 +233,7 @@ def test_posthoc_freezes_f_and_base_leaves_g_untouched(trained, digits_test, tmp
     cfg = _cfg(fixture_seed, mode="posthoc", predictor_checkpoint=str(tmp_path / "f"),
                schedule={"rec": [[1, 0.8]], "fid": [[1, 0.5]], "l1": [[1, 0.1]], "ent": [[2, 0.2]]})
     cfg.train.epochs = 2
-    post, _ = train_explainer(cfg)
+    post, _ = train_explainer(cfg, stores=_posthoc_stores(cfg, tmp_path))
     after = post.flint.predictor.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)   # f unchanged, accuracy unchanged
     m = evaluate_explainer(post, digits_test, taus=[2.0])
@@ -242,6 +250,40 @@ def test_posthoc_freezes_f_and_base_leaves_g_untouched(trained, digits_test, tmp
     for name in ("psi", "interpreter", "decoder"):
         a, b = getattr(base.flint, name).state_dict(), getattr(fresh, name).state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+
+def test_posthoc_reads_fs_taps_from_the_store_and_never_runs_f(trained, tmp_path, monkeypatch, fixture_seed):
+    """Post hoc, training, validation, global relevance and MAS read the store: FlintModel.taps (f over images)
+    never runs. The store's relevance and MAS are those the images give, on the same subset of rows."""
+    from interp_ray.checkpoint import save_classifier
+    from interp_ray.explainers.flint_model import FlintModel
+    from interp_ray.explainers.flint_training import finalize, finalize_from_store, setup, train_local
+
+    explainer, _ = trained
+    save_classifier(tmp_path / "f", explainer.flint.predictor, model_name="digits_cnn",
+                    model_options={"num_classes": 10, "in_channels": 1, "image_size": 8},
+                    class_names=[str(i) for i in range(10)])
+    cfg = _cfg(fixture_seed, mode="posthoc", predictor_checkpoint=str(tmp_path / "f"), relevance_samples=200)
+    cfg.train.epochs = 1
+    stores = _posthoc_stores(cfg, tmp_path)
+    assert {"input", "pool", "probabilities"} <= set(stores["train"].columns)   # pool: digits_cnn's declared tap
+    with pytest.raises(UserError, match="give its train and val stores"):
+        train_local(cfg)
+
+    def f_runs(*_a, **_k):
+        raise AssertionError("post-hoc FLINT ran f over images")
+
+    with monkeypatch.context() as m:
+        m.setattr(FlintModel, "taps", f_runs)
+        st, history = train_local(cfg, stores=stores)
+        from_store = finalize_from_store(st.model, stores["train"], cfg.flint)
+        rel_store = st.model.global_relevance.clone()
+    assert len(history) == 1
+    from_images = finalize(st.model, setup(cfg).train_ds, cfg.flint)
+    assert torch.allclose(rel_store, st.model.global_relevance, atol=1e-5) and rel_store.abs().sum() > 0
+    np.testing.assert_array_equal(from_store["mas_indices"], from_images["mas_indices"])
+    np.testing.assert_allclose(from_store["mas_images"], from_images["mas_images"], atol=1e-6)
 
 
 def test_explain_save_load_and_registry(trained, digits_test, tmp_path):

@@ -98,7 +98,7 @@ def test_unknown_layer_exits_2_with_one_line_from_the_cli(digits_checkpoint, tmp
     assert proc.returncode == EXIT_USAGE, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert lines == ["error: unknown layer 'fc9'; valid: conv1, relu1, conv2, relu2, pool, flatten, fc1, relu3, "
-                     "dropout, fc2"]
+                     "dropout, fc2 (and 'input', the input itself)"]
     assert "Traceback" not in proc.stderr and not (tmp_path / "acts").exists()
 
 

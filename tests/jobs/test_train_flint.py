@@ -37,6 +37,42 @@ def test_ddp_two_workers_injected_failure_resumes_and_checkpoint_explains(ray_lo
         assert max(abs(r) for r in e.extra["relevance"]) == pytest.approx(1.0)
 
 
+@pytest.mark.ray
+def test_posthoc_workers_stream_their_shard_of_the_store_and_f_stays_as_it_was(ray_local, tmp_path,
+                                                                               digits_checkpoint):
+    """Post hoc on Ray Train: the taps, probabilities and input are extracted into the store first; 2 workers each
+    stream their half of its train rows (a failure at epoch 1 resumes); f is the classifier, unchanged."""
+    import torch
+
+    from interp_ray.checkpoint import load_classifier
+    from interp_ray.data import load_dataset
+    from interp_ray.store import ActivationStore
+
+    cfg = load_config(FlintJobConfig, "configs/flint_digits.yaml", [
+        f"run.storage_path={tmp_path / 'runs'}", f"output={tmp_path / 'out'}", "train.epochs=2",
+        "train.batch_size=64", "scaling.num_workers=2", "train.fail_at_epoch=1", "run.max_failures=1",
+        "flint.mode=posthoc", f"flint.predictor_checkpoint={digits_checkpoint}", f"store.root={tmp_path / 'acts'}",
+        "flint.relevance_samples=100", "pictures.enabled=false"])
+    out = train(cfg)
+    hist = out["history"]
+    assert [h["epoch"] for h in hist] == [0, 1] and [h["attempt"] for h in hist] == [0, 1]
+    per_rank = hist[-1]["samples_per_rank"]
+    assert len(per_rank) == 2 and abs(per_rank[0] - per_rank[1]) <= 1 and 1256 <= sum(per_rank) <= 1257
+    manifests = sorted((tmp_path / "acts").rglob("_manifest.json"))
+    assert len(manifests) == 2   # train and val
+    train_store = next(s for s in (ActivationStore.open(str(m.parent)) for m in manifests) if len(s) == 1257)
+    assert {"input", "pool", "probabilities"} <= set(train_store.columns)
+    test = load_dataset("digits", "test")
+    f = load_classifier(digits_checkpoint).model.eval()
+    rows = test.get_batch(np.arange(len(test)))
+    with torch.inference_mode():
+        accuracy = (f(torch.from_numpy(rows["image"])).argmax(1).numpy() == rows["label"]).mean()
+    assert out["test"]["accuracy_f"] == pytest.approx(accuracy, abs=1e-12)
+    explainer = FlintExplainer.load(str(tmp_path / "out"))
+    assert explainer.config["mode"] == "posthoc" and explainer.mas_images.shape[:2] == (25, 3)
+    assert explainer.flint.global_relevance.abs().sum() > 0
+
+
 def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     cases = {
         "needs predictor_checkpoint": ["--config", "configs/flint_digits.yaml", "--set", "flint.mode=posthoc"],

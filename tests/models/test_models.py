@@ -43,6 +43,18 @@ def test_unknown_layer_fails_listing_valid_names():
         m.activations(torch.rand(1, 1, 8, 8), ["conv9"])
 
 
+def test_the_input_is_a_layer_named_only_explicitly():
+    from interp_ray.models.base import INPUT_LAYER
+
+    torch.manual_seed(2)
+    m = build_model("digits_cnn").eval()
+    x = torch.rand(3, 1, 8, 8)
+    acts = m.activations(x, [INPUT_LAYER, "relu3"], with_logits=True)
+    assert list(acts) == [INPUT_LAYER, "relu3", "logits"]
+    assert torch.equal(acts[INPUT_LAYER], x) and torch.equal(acts["logits"], m(x))
+    assert INPUT_LAYER not in m.resolve_layers("*") and _hook_count(m) == 0
+
+
 def test_unknown_default_layer_fails_at_construction():
     from interp_ray.models.base import Classifier
 

@@ -37,6 +37,7 @@ from interp_ray.config import DataConfig, Section, load_config
 from interp_ray.data import load_dataset
 from interp_ray.data.base import HeadDataset, ImageDataset
 from interp_ray.errors import UserError
+from interp_ray.explainers.base import adopt_explainer, get_explainer
 from interp_ray.saliency_store import (DEFAULT_SHARD_ROWS, EXPLANATION_COLUMN, EXTRA_PREFIX, SALIENCY_COLUMN,
                                        TARGET_RULES, ExplanationMapper, MethodChoice, SaliencyManifest, check_method,
                                        constant_info, make_identity, scalar_extras, store_key, store_location)
@@ -244,7 +245,9 @@ class RoutedMapper:
 
     def __init__(self, checkpoint: str, methods: list[dict[str, Any]], method_extras: list[list[str]],
                  store_method: list[int], target: str | int, device: str | None, torch_threads: int | None,
-                 expect_digest: str, mask_shape: list[int] | None = None):
+                 expect_digest: str, mask_shape: list[int] | None = None, classes: list[type] | None = None):
+        for cls in classes or ():   # the driver's classes: a method registered only there is known here too
+            adopt_explainer(cls)
         self.mappers = [ExplanationMapper(checkpoint, m, target=target, extras=x, device=device,
                                           torch_threads=torch_threads, expect_digest=expect_digest)
                         for m, x in zip(methods, method_extras)]
@@ -324,7 +327,7 @@ def mapper_kwargs(cfg: ExplainDatasetConfig, plans: list[StorePlan]) -> dict[str
             "method_extras": [extras[m] for m in methods], "mask_shape": mask_shape(plans),
             "store_method": [methods.index(p.method.name) for p in plans], "target": cfg.target,
             "device": cfg.compute.device, "torch_threads": cfg.compute.torch_threads,
-            "expect_digest": plans[0].digest}
+            "expect_digest": plans[0].digest, "classes": [get_explainer(m) for m in methods]}
 
 
 def mask_shape(plans: list[StorePlan]) -> list[int] | None:

@@ -216,6 +216,16 @@ def explainer_names() -> list[str]:
     return EXPLAINERS.names()
 
 
+def adopt_explainer(cls: type[Explainer]) -> None:
+    """Register ``cls`` in this process when its scan did not find the name: a method the driver resolved and
+    shipped to a Ray worker with the job (Ray pickles a class defined in a driver script, or a module registered
+    with ``ray.cloudpickle.register_pickle_by_value``, by value), so the worker builds it by name like any other.
+    A name the worker already knows keeps its own class."""
+    load_explainer_modules()
+    if cls.name not in EXPLAINERS:
+        EXPLAINERS.register(cls.name)(cls)
+
+
 # --------------------------------------------------------------------------- building one for a classifier
 
 

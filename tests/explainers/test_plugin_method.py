@@ -1,6 +1,6 @@
 """Adding a method is one class (plus its config): a method defined and registered here, in the test module, and
-nowhere else, is explained in-process, through the CLI and through the HTTP API, holds to the conformance suite's
-clauses, and runs as a stage of the main job (registered here with its own YAML config) — with no edit to any
+nowhere else, is explained in-process, through the CLI, through the HTTP API and through Ray Data (on workers
+that never import it), holds to the conformance suite's clauses, and runs as a stage of the main job (registered here with its own YAML config) — with no edit to any
 other file (no module list, no table of methods or stages, no constructor convention to teach)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 from test_conformance import (Built, check_bad_input, check_batch_invariance, check_cli, check_determinism,
-                              check_http, workshop)
+                              check_http, check_ray_data, explain_through_ray_data, workshop)
 
 from interp_ray.explainers import Explainer, Explanation
 from interp_ray.explainers.base import EXPLAINERS
@@ -77,6 +77,22 @@ def test_the_plugin_holds_to_the_conformance_clauses(plugin, tmp_path, capsys):
     check_bad_input(plugin)
     check_cli(plugin, tmp_path, capsys)
     check_http(plugin)
+
+
+@pytest.mark.ray
+def test_the_plugin_runs_on_ray_data_workers_that_never_imported_it(plugin, ray_session, tmp_path):
+    """The Ray Data actors do not import this test module (it is not on their path, and no entry point names it):
+    the job ships the class the driver resolved, by value, as Ray does for a class defined in a driver script."""
+    import sys
+
+    import ray.cloudpickle
+
+    module = sys.modules[__name__]
+    ray.cloudpickle.register_pickle_by_value(module)
+    try:
+        check_ray_data(plugin, explain_through_ray_data(plugin.kind, [plugin], tmp_path)[plugin.name])
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(module)
 
 
 # --------------------------------------------------------------------------- and a stage of the main job

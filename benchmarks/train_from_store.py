@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -123,6 +124,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--workdir", default="outputs/bench_train_from_store", help="classifier, stores, runs")
     p.add_argument("--num-cpus", type=int, default=None, help="each driver's ray.init(num_cpus=…)")
+    p.add_argument("--datasource", choices=("v1", "v2"), default=None,
+                   help="Ray Data's Parquet read path (RAY_DATA_USE_DATASOURCE_V2; default: Ray's, v2 in 2.60)")
     p.add_argument("--json", default=None)
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -152,7 +155,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             cmd += ["--read-ahead-mib", str(args.read_ahead_mib)]
         if args.num_cpus:
             cmd += ["--num-cpus", str(args.num_cpus)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        env = dict(os.environ)
+        if args.datasource:
+            env["RAY_DATA_USE_DATASOURCE_V2"] = "1" if args.datasource == "v2" else "0"
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode or not lines:
             raise RuntimeError(f"size {size} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")

@@ -61,6 +61,11 @@ BASE_COLUMNS = ("index", "id", "label", "prediction", "probabilities")
 # as one 128 MiB block, and a consumer's private memory grew by about that block's size over a pass (measured with
 # benchmarks/stream_memory.py: +138 MiB at 160k rows against +20 MiB at 10k; with 2 MiB blocks +22 and +17).
 STREAM_BLOCK_MIB = 2.0
+# Ray Data 2.60 reads Parquet through its DataSourceV2 path (ListFiles → ReadFiles) by default. Each pass over a store
+# (each epoch of a Ray Train worker) started with a delay growing with the number of parts: 2.5 s to the first batch at
+# 10k rows (5 parts), 7.8 s at 160k (79 parts), against 0.2 and 0.3 s through the V1 datasource, which also streamed
+# as fast (benchmarks/train_from_store.py --datasource v1|v2, side by side: BENCHMARKS.md). Stores are read by V1.
+PARQUET_DATASOURCE_V2 = False
 
 
 class StoreKeyMismatch(UserError):
@@ -665,7 +670,8 @@ class ActivationStore:
     def to_ray(self, *, columns: Sequence[str] | None = None, max_block_mib: float = STREAM_BLOCK_MIB,
                **read_parquet_kwargs):
         """The store as a ``ray.data.Dataset`` (layer columns as N×shape tensors), e.g. for ``ray.train`` datasets,
-        read in blocks of at most about ``max_block_mib`` (``STREAM_BLOCK_MIB``: why)."""
+        read in blocks of at most about ``max_block_mib`` (``STREAM_BLOCK_MIB``: why) by Ray Data's V1 Parquet
+        datasource (``PARQUET_DATASOURCE_V2``: why)."""
         import ray.data
 
         for path in self.part_paths():  # refuse foreign parts before Ray reads anything
@@ -674,7 +680,8 @@ class ActivationStore:
                 raise StoreKeyMismatch(f"{path} belongs to store {meta.get('key')}, not {self.key}")
         # A Dataset keeps the DataContext it is made in: the block bound holds wherever it is executed (Ray Train
         # workers included).
-        with data_context(target_max_block_size=int(max_block_mib * 2**20)):
+        with data_context(target_max_block_size=int(max_block_mib * 2**20),
+                          use_datasource_v2=PARQUET_DATASOURCE_V2):
             # select_columns (not read_parquet's deprecated columns=): Ray Data pushes the projection into the read.
             return ray.data.read_parquet(self.part_paths(), filesystem=self.fs,
                                          **read_parquet_kwargs).select_columns(self._columns(columns))

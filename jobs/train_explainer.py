@@ -136,10 +136,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     stream = job.stream
     for epoch in epochs(start, trainer.epochs, fail_at=getattr(settings, "fail_at_epoch", None), rank=rank):
         t0 = time.perf_counter()
-        train_batches = shard.iter_batches(
-            batch_size=stream.batch_rows, batch_format="numpy",
-            local_shuffle_buffer_size=stream.shuffle_buffer or None,
-            local_shuffle_seed=(seed * 7919 + epoch * 104_729 + rank) if stream.shuffle_buffer else None)
+        train_batches = shard_batches(shard, stream, stream.batch_rows, seed=seed, epoch=epoch, rank=rank)
         seen: list[np.ndarray] = []
         marks: dict[str, float] = {}
         if stream.max_batches:
@@ -164,6 +161,29 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
                      state=lambda: {"trainer": trainer.state_dict(), "epoch": epoch},
                      save_model=lambda d: save_best(cls, config["init"], trainer, history, d / MODEL_DIR))
     return {"history": history}
+
+
+def shard_batches(shard: Any, stream: Any, batch_size: int, *, seed: int, epoch: int, rank: int
+                  ) -> Iterable[dict[str, np.ndarray]]:
+    """One epoch of this worker's shard (``get_dataset_shard``) in numpy batches, through a local shuffle buffer of
+    ``stream.shuffle_buffer`` rows seeded by (seed, epoch, rank); store order when the buffer is 0."""
+    return shard.iter_batches(
+        batch_size=batch_size, batch_format="numpy", local_shuffle_buffer_size=stream.shuffle_buffer or None,
+        local_shuffle_seed=(seed * 7919 + epoch * 104_729 + rank) if stream.shuffle_buffer else None)
+
+
+def store_datasets(stores: dict[str, Any], columns: Sequence[str], stream: Any) -> dict[str, Any]:
+    """``make_trainer``'s ``datasets`` (the train and val stores, only ``columns``) and ``dataset_config``. Only
+    "train" is split between workers; each reads every val row, so all ranks pick the same best epoch. Call it where
+    Ray Data's progress bars are set as the training wants them (``data_progress_bars``): a Dataset keeps the
+    context it is made in."""
+    import ray.train
+
+    options = ray.train.DataConfig.default_ingest_options()
+    if stream.read_ahead_mib:
+        options.resource_limits = options.resource_limits.copy(object_store_memory=stream.read_ahead_mib * 2**20)
+    return {"datasets": {role: stores[role].to_ray(columns=list(columns)) for role in ("train", "val")},
+            "dataset_config": ray.train.DataConfig(datasets_to_split=["train"], execution_options=options)}
 
 
 def peak_rss_mib() -> float:
@@ -267,8 +287,6 @@ def rows(job: LearnedJobConfig, store: Any, columns: Sequence[str] | None = None
 
 def train(job: LearnedJobConfig, *, address: str | None = None) -> dict[str, Any]:
     """Extract what is missing, train on Ray Train, finish and save the best epoch to ``job.output``."""
-    import ray.train
-
     cls = method_class(job.method)
     stores = role_stores(job, ("train", "val"), address=address)
     name = run_name(job)
@@ -276,16 +294,10 @@ def train(job: LearnedJobConfig, *, address: str | None = None) -> dict[str, Any
     explainer = starting_point(cls, job, stores["train"], init_path)
     columns = list(dict.fromkeys(["index", *explainer.train_columns()]))
     loop_config = {"method": job.method, "job": job.model_dump(), "init": init_path}
-    # Only "train" is split between workers; each reads every val row, so all ranks pick the same best epoch.
-    options = ray.train.DataConfig.default_ingest_options()
-    if job.stream.read_ahead_mib:
-        options.resource_limits = options.resource_limits.copy(object_store_memory=job.stream.read_ahead_mib * 2**20)
     with data_progress_bars(False):   # a Dataset keeps the context it was made in: make them in here
-        datasets = {role: stores[role].to_ray(columns=columns) for role in ("train", "val")}
         result = make_trainer(train_func, loop_config, name=name, scaling=job.scaling, run=job.run,
-                              use_gpu=resolve_use_gpu(job.scaling.use_gpu), datasets=datasets,
-                              dataset_config=ray.train.DataConfig(datasets_to_split=["train"],
-                                                                  execution_options=options)).fit()
+                              use_gpu=resolve_use_gpu(job.scaling.use_gpu),
+                              **store_datasets(stores, columns, job.stream)).fit()
     with final_checkpoint(result) as (d, history):
         trained = cls.load(str(d / MODEL_DIR))
     finished = trained.finish(job, rows(job, stores["train"], columns))

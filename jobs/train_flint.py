@@ -30,7 +30,7 @@ from interp_ray.explainers.flint_training import (FlintSetup, epoch_row, finaliz
 from interp_ray.store import ActivationStore
 from interp_ray.training import distributed_sampler, gather_from_ranks
 from jobs.common import base_parser, check_storage_paths, exit_with, init_ray
-from jobs.train_explainer import data_progress_bars, kept
+from jobs.train_explainer import data_progress_bars, kept, shard_batches, store_datasets
 from jobs.train_loop import (epochs, final_checkpoint, load_training_state, make_trainer, quiet_console,
                              rank_and_world, report_epoch, resolve_use_gpu, resume, training_state, worker_history)
 
@@ -72,11 +72,8 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         weights = st.schedule.weights(epoch + 1)  # the authors' epochs count from 1
         t0 = time.perf_counter()
         if posthoc:
-            batches = shard.iter_batches(
-                batch_size=cfg.train.batch_size, batch_format="numpy",
-                local_shuffle_buffer_size=cfg.stream.shuffle_buffer or None,
-                local_shuffle_seed=(cfg.train.seed * 7919 + epoch * 104_729 + rank) if cfg.stream.shuffle_buffer
-                else None)
+            batches = shard_batches(shard, cfg.stream, cfg.train.batch_size, seed=cfg.train.seed, epoch=epoch,
+                                    rank=rank)
             tr = flint_train_steps(model, row_steps(batches, layers), opt, device, weights, recon_loss=recon)
         else:
             sampler.set_epoch(epoch)
@@ -148,8 +145,10 @@ def train(cfg: FlintJobConfig, prepared: FlintSetup | None = None) -> dict[str, 
     loop_config = {"job": cfg.model_dump(mode="json"), "class_names": list(st.train_ds.class_names)}
     stores = posthoc_stores(cfg, st.spec) if cfg.flint.mode == "posthoc" else None
     with data_progress_bars(False):   # the datasets keep the context they are made in
+        # post hoc, both stores stream to the workers; joint and BASE read images
+        datasets = store_datasets(stores, store_columns(st.spec["layers"]), cfg.stream) if stores else {}
         result = make_trainer(train_func, loop_config, name=run_name(cfg), scaling=cfg.scaling, run=cfg.run,
-                              use_gpu=resolve_use_gpu(cfg.scaling.use_gpu), **store_datasets(cfg, st, stores)).fit()
+                              use_gpu=resolve_use_gpu(cfg.scaling.use_gpu), **datasets).fit()
     with final_checkpoint(result) as (d, history):
         explainer = FlintExplainer.load(str(d / MODEL_DIR))
     extra = (finalize_from_store(explainer.flint, stores["train"], cfg.flint, seed=21) if stores
@@ -179,22 +178,6 @@ def train(cfg: FlintJobConfig, prepared: FlintSetup | None = None) -> dict[str, 
                                      tau=cfg.flint.tau, am=cfg.pictures.am)
         out["pictures"].append({"class": None, "attribute": None, "relevance": None, "path": sheet})
     return out
-
-
-def store_datasets(cfg: FlintJobConfig, st: FlintSetup, stores: dict[str, ActivationStore] | None
-                   ) -> dict[str, Any]:
-    """Post hoc, the Ray Train ``datasets`` (both stores, only the columns FLINT reads; only "train" is split, so
-    every rank scores every val row) and their ``dataset_config``; joint and BASE read images: none."""
-    if not stores:
-        return {}
-    import ray.train
-
-    options = ray.train.DataConfig.default_ingest_options()
-    if cfg.stream.read_ahead_mib:
-        options.resource_limits = options.resource_limits.copy(object_store_memory=cfg.stream.read_ahead_mib * 2**20)
-    columns = store_columns(st.spec)
-    return {"datasets": {role: stores[role].to_ray(columns=columns) for role in ("train", "val")},
-            "dataset_config": ray.train.DataConfig(datasets_to_split=["train"], execution_options=options)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

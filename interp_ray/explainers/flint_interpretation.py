@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import torch
 
-from interp_ray.explainers.flint_model import FlintModel
+from interp_ray.explainers.flint_model import FlintModel, forward_step, image_steps
 
 if TYPE_CHECKING:  # the explainer module imports this one
     from interp_ray.explainers.flint import FlintExplainer
@@ -32,7 +32,7 @@ TAUS: tuple[float, ...] = (1.5, 2.0, 2.5, 3.0, 4.0, 5.0)  # the code's ``mults``
 
 def collect(model: FlintModel, loader, device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
     """Run ``model`` (eval mode) over a loader of (images, labels): phi, logits of f and of h, labels."""
-    return collect_steps(model, ((images, labels, None) for images, labels in loader), device)
+    return collect_steps(model, image_steps(loader), device)
 
 
 @torch.no_grad()
@@ -43,8 +43,7 @@ def collect_steps(model: FlintModel, steps, device: torch.device | str = "cpu") 
     out: dict[str, list[np.ndarray]] = {"phi": [], "logits": [], "interp_logits": [], "labels": []}
     try:
         for images, labels, taps in steps:
-            o = (model(images.to(device)) if taps is None
-                 else model(taps={k: v.to(device) for k, v in taps.items()}))
+            o = forward_step(model, images.to(device), taps, device)
             out["phi"].append(o.phi.cpu().numpy())
             out["logits"].append(o.logits.cpu().numpy())
             out["interp_logits"].append(o.interp_logits.cpu().numpy())

@@ -212,6 +212,26 @@ class FlintModel(nn.Module):
         return self.psi([t[name] for name in self.layers])
 
 
+# One step's input: (x, y, f's taps or None). None runs f on x; post hoc, the taps (f's layers and "logits") come
+# from the activation store and f does not run.
+Step = tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor] | None]
+
+
+def image_steps(loader, max_shift: int = 0):
+    """A loader of (images, labels) as steps: f runs on each image (shifted by up to ``max_shift`` pixels)."""
+    from interp_ray.training import random_shift
+
+    for images, labels in loader:
+        yield random_shift(images, max_shift), labels, None
+
+
+def forward_step(model: nn.Module, x: torch.Tensor, taps: Mapping[str, torch.Tensor] | None, device) -> FlintOutput:
+    """``model`` (a FlintModel, maybe DDP-wrapped: called, not reached into) on one step: over x, or over the taps."""
+    if taps is None:
+        return model(x)
+    return model(taps={k: v.to(device, non_blocking=True) for k, v in taps.items()})
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Building
 # ---------------------------------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ from interp_ray.errors import UserError
 from interp_ray.explainers.flint_config import FlintJobConfig, FlintOptimConfig, FlintSection
 from interp_ray.explainers.flint_interpretation import compute_global_relevance, max_activating
 from interp_ray.explainers.flint_losses import TERMS, ScheduleSection, flint_losses, total_loss
-from interp_ray.explainers.flint_model import FlintModel, build_flint, resolved_flint_spec
+from interp_ray.explainers.flint_model import (FlintModel, Step, build_flint, forward_step, image_steps,
+                                               resolved_flint_spec)
 from interp_ray.models import Classifier
 from interp_ray.models.base import INPUT_LAYER
 
@@ -56,17 +57,6 @@ def materialize(ds, limit: int):
 # One epoch, evaluation — plain PyTorch, used by Ray Train workers and by ``train_local``
 # ---------------------------------------------------------------------------------------------------------------
 
-Step = tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor] | None]   # (x, y, f's taps or None: run f on x)
-
-
-def image_steps(loader, max_shift: int = 0) -> Iterator[Step]:
-    """A loader of (images, labels) as steps: f runs on each (shifted) image."""
-    from interp_ray.training import random_shift
-
-    for images, labels in loader:
-        yield random_shift(images, max_shift), labels, None
-
-
 def row_step(batch: Mapping[str, np.ndarray], layers: Sequence[str]) -> Step:
     """One batch of activation-store rows as a post-hoc step: the input (the store's ``input`` column: what d
     reconstructs), the label, and f's taps. f's logits are the log of the stored probabilities: softmax gives the
@@ -85,15 +75,9 @@ def row_steps(batches: Iterable[Mapping[str, np.ndarray]], layers: Sequence[str]
         yield row_step(b, layers)
 
 
-def store_columns(spec: Mapping[str, Any]) -> list[str]:
-    """The store columns post-hoc FLINT trains from: f's taps, the input, and f's output and the label."""
-    return ["index", "label", "probabilities", INPUT_LAYER, *spec["layers"]]
-
-
-def _forward(model: nn.Module, x: torch.Tensor, taps: dict[str, torch.Tensor] | None, device) -> Any:
-    if taps is None:
-        return model(x)
-    return model(taps={k: v.to(device, non_blocking=True) for k, v in taps.items()})
+def store_columns(layers: Sequence[str]) -> list[str]:
+    """The store columns post-hoc FLINT trains from: f's taps (``layers``), the input, f's output and the label."""
+    return ["index", "label", "probabilities", INPUT_LAYER, *layers]
 
 
 def flint_train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, device: torch.device,
@@ -112,7 +96,7 @@ def flint_train_steps(model: nn.Module, steps: Iterable[Step], optimizer: torch.
     correct_f = correct_g = agree = seen = 0
     for images, labels, taps in steps:
         x, y = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        out = _forward(model, x, taps, device)
+        out = forward_step(model, x, taps, device)
         terms = flint_losses(out, x, y, recon_loss=recon_loss)
         loss = total_loss(terms, weights)
         optimizer.zero_grad(set_to_none=True)
@@ -135,8 +119,7 @@ def flint_train_steps(model: nn.Module, steps: Iterable[Step], optimizer: torch.
 def flint_evaluate(model: FlintModel, loader, device: torch.device | str = "cpu", *, recon_loss: str = "mse",
                    weights: dict[str, float] | None = None) -> dict[str, float]:
     """Accuracy of f and g, fidelity (argmax g = argmax f), top-5 fidelity and the mean of each loss term."""
-    return flint_evaluate_steps(model, ((i, l, None) for i, l in loader), device, recon_loss=recon_loss,
-                                weights=weights)
+    return flint_evaluate_steps(model, image_steps(loader), device, recon_loss=recon_loss, weights=weights)
 
 
 @torch.no_grad()
@@ -150,7 +133,7 @@ def flint_evaluate_steps(model: FlintModel, steps: Iterable[Step], device: torch
     try:
         for images, labels, taps in steps:
             x, y = images.to(device), labels.to(device)
-            out = _forward(model, x, taps, device)
+            out = forward_step(model, x, taps, device)
             terms = flint_losses(out, x, y, recon_loss=recon_loss)
             n = len(y)
             for t in TERMS:
@@ -241,7 +224,7 @@ def check_posthoc_stores(stores: Mapping[str, Any] | None, spec: Mapping[str, An
         raise UserError("post-hoc FLINT trains from the activation store: give its train and val stores "
                         "(jobs.train_flint.posthoc_stores extracts them)")
     for role in ("train", "val"):
-        missing = [c for c in store_columns(spec) if c not in stores[role].columns]
+        missing = [c for c in store_columns(spec["layers"]) if c not in stores[role].columns]
         if missing:
             raise UserError(f"the {role} store {stores[role].location} lacks {', '.join(missing)}; post-hoc FLINT "
                             f"reads {', '.join(posthoc_layers(spec))}")
@@ -263,7 +246,7 @@ def train_local(cfg: FlintJobConfig, *, device: torch.device | str | None = None
     posthoc = cfg.flint.mode == "posthoc"
     if posthoc:
         check_posthoc_stores(stores, st.spec)
-        columns, rows = store_columns(st.spec), cfg.train.batch_size
+        columns, rows = store_columns(st.spec["layers"]), cfg.train.batch_size
     else:
         sampler = distributed_sampler(st.train_ds, world_size=1, rank=0, shuffle=True, seed=cfg.train.seed)
         loader, val_loader = st.train_ds.loader(cfg.train.batch_size, sampler=sampler), st.val_ds.loader(512)
@@ -328,7 +311,7 @@ def finalize_from_store(model: FlintModel, store: Any, section: FlintSection, *,
 
     idx = relevance_subset(len(store), section.relevance_samples, seed)
     picked: list[dict[str, np.ndarray]] = []
-    for b in store.iter_batches(batch_rows, columns=store_columns({"layers": model.layers})):
+    for b in store.iter_batches(batch_rows, columns=store_columns(model.layers)):
         keep = np.isin(np.asarray(b["index"]), idx)
         if keep.any():
             picked.append({k: np.asarray(v)[keep] for k, v in b.items()})

@@ -254,14 +254,19 @@ class LocalCluster:
         self.workers.remove(node)
         return t
 
-    def stop(self, timeout: float = 60) -> None:
-        """Stop every node and the S3 server: workers first, the head last; SIGKILL what SIGTERM did not end."""
+    def stop(self, grace: float = 10) -> None:
+        """Stop every node and the S3 server: workers first, the head last. Each node's own process gets SIGTERM
+        (its node then stops its raylet before anything else) and ``grace`` seconds; then SIGKILL for whatever of
+        it is left. A SIGTERM to a node's whole process group ended the GCS first, and what was left waited out its
+        GCS reconnect timeout (the multi-node tests' stop took 34 s)."""
         groups = [n.pid for n in [*self.workers, self.head] if n.pid] + ([self.s3_pid] if self.s3_pid else [])
         for pid in groups:
-            _killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for pid in groups:
-            while _group_alive(pid) and time.monotonic() < deadline:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+            deadline = time.monotonic() + grace
+            while _alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.2)
             _killpg(pid, signal.SIGKILL)
         for pid in groups:
@@ -383,6 +388,15 @@ def autoscaler_config(c: LocalCluster, *, node_types: dict[str, dict[str, Any]],
 def _group_alive(pgid: int) -> bool:
     """Whether any process of the group is still running (zombies do not count)."""
     return any(state != "Z" for _, _, state in _group_members(pgid))
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` is still running (reaped first when it is this process's child)."""
+    _reap(pid)
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _reap(pid: int) -> None:

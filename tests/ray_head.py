@@ -75,10 +75,42 @@ def ray_head(env: dict[str, str], *, cwd: Path | None = None, log: IO | None = N
         _wait_for_dashboard(proc, dash, start_timeout)
         yield f"http://127.0.0.1:{dash}", extra
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=stop_timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+        stop_head(proc, stop_timeout)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def session_pids(sid: int) -> list[int]:
+    """Every live process of session ``sid`` (``ray start`` runs in a session of its own: start_new_session)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def stop_head(proc: subprocess.Popen, timeout: float, grace: float = 5.0) -> None:
+    """SIGTERM to `ray start --block` alone, a few seconds' grace, then SIGKILL to every process left in its session.
+
+    Neither signal to the whole process group ends a test head in reasonable time: a group SIGTERM ends the GCS
+    first, and the raylet, the agents and `ray start` then wait out their GCS reconnect timeouts; with Serve running,
+    `ray start` does not end within 30 s of its own SIGTERM either. Either way each stop took the full timeout. And
+    Ray's workers (Serve's controller and proxy among them) run in process groups of their own, so a group SIGKILL
+    left them behind; the session holds them all. Nothing a test reads lives only in these processes."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=min(grace, timeout))
+    except subprocess.TimeoutExpired:
+        pass
+    deadline = time.monotonic() + timeout
+    while (pids := session_pids(proc.pid)) and time.monotonic() < deadline:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+    proc.wait(timeout=30)

@@ -239,14 +239,14 @@ def test_serve_explainers_on_two_nodes_survive_losing_one(cluster, bucket, monke
         with Load(f"http://127.0.0.1:{port}/v1/explain/gradient", digits_png()) as load:
             wait_for(load.answered, 300, lambda: f"no answer: {load.results[-5:]}", every=0.5)
             warm = time.time()
-            time.sleep(20)                                         # steady load on both replicas
+            time.sleep(10)                                         # steady load on both replicas
             nodes_before = set(running_on(cluster))
             victim = cluster.workers[-1]   # only the two worker nodes offer "explainer": each holds a replica
             killed_at = cluster.kill_node(victim.name)
             cluster.add_node(victim.replacement(), timeout=300)
             back_at = wait_for(lambda: (lambda r: len(set(r)) == 2 and set(r) != nodes_before)(running_on(cluster)),
                                600, lambda: f"replicas not back: {serve_status(cluster)}; nodes: {node_resources(cluster)}")
-            time.sleep(20)                                         # and steady again on the new replica
+            time.sleep(10)                                         # and steady again on the new replica
         run = load.since(warm)
         failed = [r for r in run if r[2] != 200]
         rate = len(failed) / len(run)

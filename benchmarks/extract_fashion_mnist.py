@@ -13,10 +13,9 @@ val and test splits, 55,000 + 5,000 + 10,000 — with the same model, layers, ba
   writing, which the plain loop does not.
 
 Figures (``name: value`` lines): ``plain_rows_per_s`` (and ``_before`` / ``_after``), ``store_rows_per_s`` (70,000
-over the job's wall time after ray.init, start-up included), ``store_steady_rows_per_s`` (the largest split, train,
-from its first extracted rows to its last: throughput without start-up), ``store_startup_s`` (summed over the splits:
-each split is its own pipeline, with its own actor start and checkpoint load), ``store_wall_s``, ``plain_wall_s``,
-``ratio_total`` and
+over the job's wall time after ray.init, start-up included), ``store_steady_rows_per_s`` (from the pipeline's first
+extracted rows to its last: throughput without start-up), ``store_startup_s`` (until those first rows: one pipeline
+fills all three splits, so one actor start and checkpoint load), ``store_wall_s``, ``plain_wall_s``, ``ratio_total`` and
 ``ratio_steady`` (store over plain), the CPU seconds per 1000 rows of each side (for the store: the whole process
 tree, driver and every Ray daemon and worker) and ``ratio_cpu`` (plain CPU per row over the store's). A ``split_*``
 line per split gives its rows, wall time and rows/s.
@@ -86,17 +85,19 @@ def summarise(plain_before: dict, plain_after: dict, outs: list[dict], store_wal
     if not plain_before["rows"] == plain_after["rows"] == rows:
         raise RuntimeError(f"the contenders saw different rows: plain {plain_before['rows']} / {plain_after['rows']}, "
                            f"store {rows}")
-    # Each split is its own pipeline, and a small one (val: 1 shard) has no steady window to speak of: steady is the
-    # largest split's (train, 55,000 of the 70,000 rows), from its first extracted rows to its last.
-    big = max(outs, key=lambda o: o["rows"])
-    window = (big["last_at"] - big["first_at"]) if big["first_at"] is not None else 0.0
-    steady = big["steady_rows"] / window if window > 0 else float("nan")
+    # One pipeline fills every split: steady is its throughput from the first extracted rows (of any split) to the
+    # last, the very first batch not counted; start-up is the time until that first batch.
+    began = [o for o in outs if o["first_at"] is not None]
+    first = min(began, key=lambda o: o["first_at"])
+    window = max(o["last_at"] for o in began) - first["first_at"]
+    steady_rows = sum(o["steady_rows"] + o["first_rows"] for o in began) - first["first_rows"]
+    steady = steady_rows / window if window > 0 else float("nan")
     total = rows / store_wall
     store_cpu_k = store_cpu / rows * 1000
     return {"rows": rows, "plain_rows_per_s_before": plain_rate[0], "plain_rows_per_s_after": plain_rate[1],
             "plain_rows_per_s": plain, "plain_wall_s": (plain_before["wall_s"] + plain_after["wall_s"]) / 2,
-            "store_rows_per_s": total, "store_steady_rows_per_s": steady, "steady_split": big["split"],
-            "store_wall_s": store_wall, "store_startup_s": sum(o["startup_s"] or 0.0 for o in outs),
+            "store_rows_per_s": total, "store_steady_rows_per_s": steady,
+            "store_wall_s": store_wall, "store_startup_s": first["startup_s"],
             "ratio_total": total / plain, "ratio_steady": steady / plain,
             "plain_cpu_s_per_1000_rows": plain_cpu, "store_cpu_s_per_1000_rows": store_cpu_k,
             "ratio_cpu": plain_cpu / store_cpu_k}

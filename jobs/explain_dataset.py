@@ -41,10 +41,10 @@ from interp_ray.explainers.base import adopt_explainer, get_explainer
 from interp_ray.saliency_store import (DEFAULT_SHARD_ROWS, EXPLANATION_COLUMN, EXTRA_PREFIX, SALIENCY_COLUMN,
                                        TARGET_RULES, ExplanationMapper, MethodChoice, SaliencyManifest, check_method,
                                        constant_info, make_identity, scalar_extras, store_key, store_location)
-from interp_ray.store import InjectedFailure, ShardAssembler, check_store, finalize_store, prepare_store
+from interp_ray.store import check_store, finalize_store, prepare_store
 from jobs.common import base_parser, check_storage_paths, exit_with, init_ray
-from jobs.extract_activations import (RECEIVED, ComputeSection, Progress, ShardLoader, absolute, check_resources,
-                                      gpus_per_actor, user_error_in)
+from jobs.extract_activations import (STORE, ComputeSection, PlanLoader, Progress, RoutedWriter, absolute,
+                                      as_records, check_resources, gpus_per_actor, user_error_in)
 
 log = logging.getLogger("interp_ray.explain_dataset")
 
@@ -219,22 +219,6 @@ def make_plans(cfg: ExplainDatasetConfig) -> list[StorePlan]:
 # checkpoint load), one per (method, split) cost more than the explaining itself for the cheap methods. Rows carry
 # a ``store`` column (the plan's position) that routes them to their method and to their store's writer.
 
-STORE = "store"
-
-
-class PlanLoader:
-    """Items ``{"store", "shard"}`` → that store's shard rows (``ShardLoader``), tagged with ``store``."""
-
-    def __init__(self, sources: list[tuple[ImageDataset, SaliencyManifest]], chunk_rows: int):
-        self.loaders = [ShardLoader(ds, manifest, chunk_rows) for ds, manifest in sources]
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        for sid, shard in zip(np.asarray(batch[STORE]).tolist(), np.asarray(batch["shard"]).tolist()):
-            for rows in self.loaders[sid].shard_batches(int(shard)):
-                rows[STORE] = np.full(len(rows["index"]), sid, dtype=np.int64)
-                yield rows
-
-
 class RoutedMapper:
     """One ``ExplanationMapper`` per method (built once per actor); each row goes to its store's method.
 
@@ -277,42 +261,6 @@ class RoutedMapper:
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-class RoutedWriter:
-    """The writer stage: one actor, one ``ShardAssembler`` per store. Emits, per store in the batch, a record for
-    the rows received (``shard`` = -1) and one per part written. ``fail_after_shards``: the drill, counted over
-    all stores."""
-
-    def __init__(self, stores: list[tuple[str, dict[str, Any]]], compression: str, fail_after_shards: int | None,
-                 fail_mode: str = "raise"):
-        self.assemblers = [ShardAssembler(loc, SaliencyManifest(**m), compression=compression)
-                           for loc, m in stores]
-        self.fail_after_shards, self.fail_mode, self.written = fail_after_shards, fail_mode, 0
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        sids = np.asarray(batch[STORE], dtype=np.int64)
-        records = []
-        for sid in np.unique(sids).tolist():
-            assembler = self.assemblers[sid]
-            keep = set(assembler.manifest.column_names()) | {"index", "shard"}
-            sel = sids == sid
-            rows = {k: np.asarray(v)[sel] for k, v in batch.items() if k in keep}
-            records.append({STORE: sid, "shard": RECEIVED, "rows": int(sel.sum()), "bytes": 0, "skipped": False})
-            for record in assembler.add(rows):
-                records.append({STORE: sid, **record})
-                self.written += 1
-                self._drill()
-        return {k: np.array([r[k] for r in records]) for k in (STORE, "shard", "rows", "bytes", "skipped")}
-
-    def _drill(self) -> None:
-        if self.fail_after_shards is None or self.written < self.fail_after_shards:
-            return
-        if self.fail_mode == "hang":  # stands still, so a test can kill -9 the job at a known point
-            log.warning("drill: writer stops after %d part(s) and waits to be killed", self.written)
-            while True:
-                time.sleep(3600)
-        raise InjectedFailure(f"injected failure after writing {self.written} shard(s)")
-
-
 def loader_of(cfg: ExplainDatasetConfig, plans: list[StorePlan]) -> PlanLoader:
     return PlanLoader([(p.dataset, p.manifest) for p in plans], cfg.compute.batch_size)
 
@@ -341,7 +289,7 @@ def mask_shape(plans: list[StorePlan]) -> list[int] | None:
 
 def writer_kwargs(cfg: ExplainDatasetConfig, plans: list[StorePlan]) -> dict[str, Any]:
     return {"stores": [(p.location, asdict(p.manifest)) for p in plans], "compression": cfg.store.compression,
-            "fail_after_shards": cfg.fail_after_shards, "fail_mode": cfg.fail_mode}
+            "fail_after_shards": cfg.fail_after_shards, "fail_mode": cfg.fail_mode, "manifest_type": SaliencyManifest}
 
 
 # --- running -----------------------------------------------------------------------------------------------------
@@ -353,8 +301,7 @@ def run_local(cfg: ExplainDatasetConfig, plans: list[StorePlan], items: list[dic
     writer = RoutedWriter(**writer_kwargs(cfg, plans))
     for item in items:
         for rows in loader({STORE: np.array([item[STORE]]), "shard": np.array([item["shard"]])}):
-            records = writer(mapper(rows))
-            yield from ({k: v[i] for k, v in records.items()} for i in range(len(records[STORE])))
+            yield from as_records(writer(mapper(rows)))
 
 
 def build_pipeline(cfg: ExplainDatasetConfig, plans: list[StorePlan], items: list[dict[str, int]]):
@@ -390,11 +337,11 @@ def fill_stores(cfg: ExplainDatasetConfig, prepared: list[tuple[StorePlan, list[
     """Compute every store's missing parts in one pipeline, then mark each store complete."""
     plans = [plan for plan, _ in prepared]
     items = [{STORE: sid, "shard": s} for sid, (_, missing) in enumerate(prepared) for s in missing]
-    progress = []
+    start, progress = time.perf_counter(), []
     for plan, missing in prepared:
         rows = sum(hi - lo for lo, hi in map(plan.manifest.shard_range, missing))
         label = f"{plan.method.name}/{plan.split}"
-        progress.append(Progress(label, len(missing), rows, cfg.progress_every))
+        progress.append(Progress(label, len(missing), rows, cfg.progress_every, start=start))
         if missing:
             log.info("%s: %d of %d parts to compute (%d rows) → %s", label, len(missing),
                      plan.manifest.num_shards, rows, plan.location)
@@ -409,7 +356,7 @@ def fill_stores(cfg: ExplainDatasetConfig, prepared: list[tuple[StorePlan, list[
         manifest = finalize_store(plan.location, plan.manifest)
         out.append({"method": plan.method.name, "split": plan.split, "location": plan.location, "key": manifest.key,
                     "rows": manifest.rows, "parts": manifest.num_shards, "computed_parts": prog.shards,
-                    "computed_rows": prog.rows, "seconds": round(time.perf_counter() - prog.start, 3)})
+                    "computed_rows": prog.rows, "seconds": round(prog.seconds, 3)})
     return out
 
 

@@ -4,10 +4,15 @@
 
 Pipeline (streaming; nothing is materialised whole):
 
-    missing shard ids ─► map_batches(ShardLoader)          tasks: dataset.get_batch over each shard's row range
-                      ─► map_batches(ActivationExtractor)  actor pool: compute=ActorPoolStrategy(size=actors), num_gpus
-                      ─► map_batches(RayShardWriter)       one actor: assembles shards, writes each part atomically
-                      ─► driver: one small record per finished shard (progress log)
+    missing (split, shard) ─► map_batches(PlanLoader)           tasks: dataset.get_batch over each shard's rows
+                           ─► map_batches(ActivationExtractor)  actor pool: ActorPoolStrategy(size=actors), num_gpus
+                           ─► map_batches(RoutedWriter)         one actor: assembles each split's shards, writes
+                                                                each part atomically
+                           ─► driver: one small record per finished shard (progress log)
+
+One pipeline fills every split's store: the same classifier and layers serve them all, and each pipeline costs
+seconds of actor start-up (torch import, checkpoint load). Rows carry a ``store`` column that routes them to their
+split's store.
 
 The store lives at ``<store.root>/<model name>/<key>/`` (or ``store.path``); see ``interp_ray.store`` and
 docs/activation_store.md. A rerun computes only the shards whose parts are missing; a finished store costs no Ray
@@ -32,8 +37,8 @@ from interp_ray.config import ComputeSection, DataConfig, Section, StoreSection,
 from interp_ray.data import load_dataset
 from interp_ray.data.base import ImageDataset
 from interp_ray.errors import UserError
-from interp_ray.store import (Manifest, ShardAssembler, check_store, extra_spec, finalize_store, make_identity,
-                              pack_strings, prepare_store, store_key, store_location)
+from interp_ray.store import (InjectedFailure, Manifest, ShardAssembler, check_store, extra_spec, finalize_store,
+                              make_identity, pack_strings, prepare_store, store_key, store_location)
 from jobs.common import base_parser, check_storage_paths, exit_with, init_ray
 
 log = logging.getLogger("interp_ray.extract")
@@ -150,28 +155,59 @@ class ShardLoader:
             yield from self.shard_batches(int(shard))
 
 
-class RayShardWriter:
-    """The writer stage: one actor holding a ``ShardAssembler``. Per call it emits one record for the rows it received
-    (``shard`` = -1) and one per part written, so the driver sees progress even while every shard is still open."""
+STORE = "store"  # the column that routes a row to its store: the position of its plan in the job
 
-    def __init__(self, location: str, manifest: dict[str, Any], compression: str, fail_after_shards: int | None,
-                 fail_mode: str = "raise"):
-        self.assembler = ShardAssembler(location, Manifest(**manifest), compression=compression,
-                                        fail_after_shards=fail_after_shards, fail_mode=fail_mode)
+
+class PlanLoader:
+    """Items ``{"store", "shard"}`` → that store's shard rows (``ShardLoader``), tagged with ``store``."""
+
+    def __init__(self, sources: list[tuple[ImageDataset, Manifest]], chunk_rows: int):
+        self.loaders = [ShardLoader(ds, manifest, chunk_rows) for ds, manifest in sources]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        for sid, shard in zip(np.asarray(batch[STORE]).tolist(), np.asarray(batch["shard"]).tolist()):
+            for rows in self.loaders[sid].shard_batches(int(shard)):
+                rows[STORE] = np.full(len(rows["index"]), sid, dtype=np.int64)
+                yield rows
+
+
+class RoutedWriter:
+    """The writer stage: one actor, one ``ShardAssembler`` per store. Emits, per store in the batch, a record for
+    the rows received (``shard`` = -1, so the driver sees progress while every shard is still open) and one per part
+    written. ``fail_after_shards``: the drill, counted over all stores. ``manifest_type`` rebuilds the manifests
+    (activations' ``Manifest`` or a subclass, e.g. the saliency stores')."""
+
+    def __init__(self, stores: list[tuple[str, dict[str, Any]]], compression: str, fail_after_shards: int | None,
+                 fail_mode: str = "raise", manifest_type: type[Manifest] = Manifest):
+        self.assemblers = [ShardAssembler(loc, manifest_type(**m), compression=compression) for loc, m in stores]
+        self.fail_after_shards, self.fail_mode, self.written = fail_after_shards, fail_mode, 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        received = {"shard": RECEIVED, "rows": len(batch["index"]), "bytes": 0, "skipped": False}
-        return records_batch([received, *self.assembler.add(batch)])
+        sids = np.asarray(batch[STORE], dtype=np.int64)
+        records = []
+        for sid in np.unique(sids).tolist():
+            assembler = self.assemblers[sid]
+            keep = set(assembler.manifest.column_names()) | {"index", "shard"}
+            sel = sids == sid
+            rows = {k: np.asarray(v)[sel] for k, v in batch.items() if k in keep}
+            records.append({STORE: sid, "shard": RECEIVED, "rows": int(sel.sum()), "bytes": 0, "skipped": False})
+            for record in assembler.add(rows):
+                records.append({STORE: sid, **record})
+                self.written += 1
+                self._drill()
+        return {k: np.array([r[k] for r in records]) for k in (STORE, "shard", "rows", "bytes", "skipped")}
+
+    def _drill(self) -> None:
+        if self.fail_after_shards is None or self.written < self.fail_after_shards:
+            return
+        if self.fail_mode == "hang":  # stands still, so a test can kill -9 the job at a known point
+            log.warning("drill: writer stops after %d part(s) and waits to be killed", self.written)
+            while True:
+                time.sleep(3600)
+        raise InjectedFailure(f"injected failure after writing {self.written} shard(s)")
 
 
 RECEIVED = -1  # the shard id of a "rows received" record
-
-
-def records_batch(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    return {"shard": np.array([r["shard"] for r in records], dtype=np.int64),
-            "rows": np.array([r["rows"] for r in records], dtype=np.int64),
-            "bytes": np.array([r["bytes"] for r in records], dtype=np.int64),
-            "skipped": np.array([r["skipped"] for r in records], dtype=bool)}
 
 
 # --- progress ----------------------------------------------------------------------------------------------------
@@ -183,12 +219,13 @@ class Progress:
     (actor creation, torch import, checkpoint load), which ``rate`` includes.
     """
 
-    def __init__(self, split: str, total_shards: int, total_rows: int, every: int):
+    def __init__(self, split: str, total_shards: int, total_rows: int, every: int, start: float | None = None):
         self.split, self.total_shards, self.total_rows, self.every = split, total_shards, total_rows, every
         self.shards = self.rows = self.bytes = self.extracted = 0
-        self.start = time.perf_counter()
+        self.start = time.perf_counter() if start is None else start  # one pipeline's stores share its start
         self.first_at: float | None = None  # when the first extracted rows arrived
         self.last_at: float | None = None
+        self.done_at: float | None = None   # when the last part was written
         self.first_rows = 0
 
     def update(self, record: dict[str, Any]) -> None:
@@ -197,6 +234,7 @@ class Progress:
             return
         self.shards += 1
         self.rows += int(record["rows"])
+        self.done_at = time.perf_counter()
         self.bytes += int(record["bytes"])
         if self.shards % self.every == 0 or self.shards == self.total_shards:
             log.info("%s", self.line())
@@ -213,8 +251,14 @@ class Progress:
         return None if self.first_at is None else self.first_at - self.start
 
     @property
+    def seconds(self) -> float:
+        """From the start to this store's last part (to now while parts are still to come)."""
+        end = self.done_at if self.done_at is not None and self.shards == self.total_shards else time.perf_counter()
+        return end - self.start
+
+    @property
     def rate(self) -> float:
-        return self.rows / max(time.perf_counter() - self.start, 1e-9)
+        return self.rows / max(self.seconds, 1e-9)
 
     @property
     def steady_rate(self) -> float | None:
@@ -231,24 +275,37 @@ class Progress:
 
 # --- running -----------------------------------------------------------------------------------------------------
 
-def run_local(cfg: ExtractJobConfig, plan: ExtractPlan, missing: list[int], progress: Progress) -> None:
+Item = dict[str, int]  # {"store": plan position, "shard": shard id}: one unit of the pipeline's input
+
+
+def loader_of(cfg: ExtractJobConfig, plans: list[ExtractPlan]) -> PlanLoader:
+    return PlanLoader([(p.dataset, p.manifest) for p in plans], cfg.compute.batch_size)
+
+
+def extractor_kwargs(cfg: ExtractJobConfig, plans: list[ExtractPlan]) -> dict[str, Any]:
+    # every plan of a job has the job's checkpoint and layers; the kept columns are the job's ``keep``
+    c, plan = cfg.compute, plans[0]
+    return {"checkpoint": plan.checkpoint, "layers": plan.layers, "device": c.device, "torch_threads": c.torch_threads,
+            "expect_digest": plan.digest, "passthrough": [*DEFAULT_PASSTHROUGH, STORE, *plan.manifest.kept]}
+
+
+def writer_kwargs(cfg: ExtractJobConfig, plans: list[ExtractPlan]) -> dict[str, Any]:
+    return {"stores": [(p.location, asdict(p.manifest)) for p in plans], "compression": cfg.store.compression,
+            "fail_after_shards": cfg.fail_after_shards, "fail_mode": cfg.fail_mode}
+
+
+def as_records(batch: dict[str, np.ndarray]) -> Iterator[dict[str, Any]]:
+    return ({k: v[i] for k, v in batch.items()} for i in range(len(batch[STORE])))
+
+
+def run_local(cfg: ExtractJobConfig, plans: list[ExtractPlan], items: list[Item]) -> Iterator[dict[str, Any]]:
     """The same stages in this process, in order: no Ray (small jobs, tests, the benchmark's comparison)."""
-    extractor = ActivationExtractor(plan.checkpoint, plan.layers, device=cfg.compute.device,
-                                    torch_threads=cfg.compute.torch_threads, expect_digest=plan.digest,
-                                    passthrough=passthrough(plan))
-    assembler = ShardAssembler(plan.location, plan.manifest, compression=cfg.store.compression,
-                               fail_after_shards=cfg.fail_after_shards, fail_mode=cfg.fail_mode)
-    loader = ShardLoader(plan.dataset, plan.manifest, cfg.compute.batch_size)
-    for shard in missing:
-        for chunk in loader.shard_batches(shard):
-            out = extractor(chunk)
-            progress.rows_extracted(len(out["index"]))
-            for record in assembler.add(out):
-                progress.update(record)
-
-
-def passthrough(plan: ExtractPlan) -> list[str]:
-    return [*DEFAULT_PASSTHROUGH, *plan.manifest.kept]
+    kwargs = extractor_kwargs(cfg, plans)
+    extractor = ActivationExtractor(kwargs.pop("checkpoint"), kwargs.pop("layers"), **kwargs)
+    loader, writer = loader_of(cfg, plans), RoutedWriter(**writer_kwargs(cfg, plans))
+    for item in items:
+        for rows in loader({STORE: np.array([item[STORE]]), "shard": np.array([item["shard"]])}):
+            yield from as_records(writer(extractor(rows)))
 
 
 def gpus_per_actor(cfg: ExtractJobConfig) -> float:
@@ -277,34 +334,26 @@ def check_resources(cfg: ExtractJobConfig, num_gpus: float) -> None:
                             f"compute.wait_for_resources=true on an autoscaling cluster")
 
 
-def build_pipeline(cfg: ExtractJobConfig, plan: ExtractPlan, missing: list[int]):
-    """The lazy Ray Data pipeline whose output rows are the written shards' records."""
+def build_pipeline(cfg: ExtractJobConfig, plans: list[ExtractPlan], items: list[Item]):
+    """The lazy Ray Data pipeline whose output rows are the records of rows received and parts written."""
     import ray.data
 
     c = cfg.compute
-    num_gpus = gpus_per_actor(cfg)
-    shards = ray.data.from_items([{"shard": s} for s in missing], override_num_blocks=max(1, len(missing)))
-    images = shards.map_batches(ShardLoader(plan.dataset, plan.manifest, c.batch_size), batch_size=1,
-                                batch_format="numpy", num_cpus=c.load_num_cpus)
-    acts = images.map_batches(
-        ActivationExtractor, batch_size=c.batch_size, batch_format="numpy",
-        fn_constructor_kwargs={"checkpoint": plan.checkpoint, "layers": plan.layers, "device": c.device,
-                               "torch_threads": c.torch_threads, "expect_digest": plan.digest,
-                               "passthrough": passthrough(plan)},
-        compute=ray.data.ActorPoolStrategy(size=c.actors), num_cpus=c.num_cpus, num_gpus=num_gpus)
+    shards = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    images = shards.map_batches(loader_of(cfg, plans), batch_size=1, batch_format="numpy", num_cpus=c.load_num_cpus)
+    acts = images.map_batches(ActivationExtractor, batch_size=c.batch_size, batch_format="numpy",
+                              fn_constructor_kwargs=extractor_kwargs(cfg, plans),
+                              compute=ray.data.ActorPoolStrategy(size=c.actors), num_cpus=c.num_cpus,
+                              num_gpus=gpus_per_actor(cfg))
     # One writer: a shard's rows may arrive from any extractor actor, and only one place may assemble them.
-    return acts.map_batches(
-        RayShardWriter, batch_size=None, batch_format="numpy",
-        fn_constructor_kwargs={"location": plan.location, "manifest": asdict(plan.manifest),
-                               "compression": cfg.store.compression, "fail_after_shards": cfg.fail_after_shards,
-                               "fail_mode": cfg.fail_mode},
-        compute=ray.data.ActorPoolStrategy(size=1), num_cpus=c.write_num_cpus)
+    return acts.map_batches(RoutedWriter, batch_size=None, batch_format="numpy",
+                            fn_constructor_kwargs=writer_kwargs(cfg, plans),
+                            compute=ray.data.ActorPoolStrategy(size=1), num_cpus=c.write_num_cpus)
 
 
-def run_ray(cfg: ExtractJobConfig, plan: ExtractPlan, missing: list[int], progress: Progress) -> None:
+def run_ray(cfg: ExtractJobConfig, plans: list[ExtractPlan], items: list[Item]) -> Iterator[dict[str, Any]]:
     try:
-        for record in build_pipeline(cfg, plan, missing).iter_rows():
-            progress.update(record)
+        yield from build_pipeline(cfg, plans, items).iter_rows()
     except Exception as exc:  # a UserError inside a Ray task reaches us as text in a RayTaskError
         user_error = user_error_in(exc)
         if user_error is not None:
@@ -337,26 +386,35 @@ def user_error_in(exc: BaseException) -> UserError | None:
     return None
 
 
-def extract_split(cfg: ExtractJobConfig, plan: ExtractPlan, missing: list[int], *,
-                  address: str | None = None) -> dict[str, Any]:
-    """Compute the missing shards of one split's store and mark it complete."""
-    rows = sum(hi - lo for lo, hi in map(plan.manifest.shard_range, missing))
-    progress = Progress(plan.split, len(missing), rows, cfg.progress_every)
-    if missing:
-        log.info("%s: %d of %d shards to compute (%d rows) → %s", plan.split, len(missing),
-                 plan.manifest.num_shards, progress.total_rows, plan.location)
-        if cfg.compute.engine == "local":
-            run_local(cfg, plan, missing, progress)
-        else:
+def fill_stores(cfg: ExtractJobConfig, prepared: list[tuple[ExtractPlan, list[int]]], *,
+                address: str | None = None) -> list[dict[str, Any]]:
+    """Compute every split's missing shards in one pipeline, then mark each split's store complete."""
+    plans = [plan for plan, _ in prepared]
+    items = [{STORE: sid, "shard": s} for sid, (_, missing) in enumerate(prepared) for s in missing]
+    start = time.perf_counter()
+    progress = []
+    for plan, missing in prepared:
+        rows = sum(hi - lo for lo, hi in map(plan.manifest.shard_range, missing))
+        progress.append(Progress(plan.split, len(missing), rows, cfg.progress_every, start=start))
+        if missing:
+            log.info("%s: %d of %d shards to compute (%d rows) → %s", plan.split, len(missing),
+                     plan.manifest.num_shards, rows, plan.location)
+    if items:
+        if cfg.compute.engine == "ray":
             init_ray(address)
-            run_ray(cfg, plan, missing, progress)
-    manifest = finalize_store(plan.location, plan.manifest)
-    return {"split": plan.split, "location": plan.location, "key": manifest.key, "rows": manifest.rows,
-            "shards": manifest.num_shards, "computed_shards": progress.shards, "computed_rows": progress.rows,
-            "rows_per_s": progress.rate if missing else 0.0, "steady_rows_per_s": progress.steady_rate,
-            "startup_s": progress.startup_s, "seconds": time.perf_counter() - progress.start,
-            "first_at": progress.first_at, "last_at": progress.last_at,
-            "steady_rows": progress.extracted - progress.first_rows}
+        records = run_local(cfg, plans, items) if cfg.compute.engine == "local" else run_ray(cfg, plans, items)
+        for record in records:
+            progress[int(record[STORE])].update(record)
+    out = []
+    for (plan, missing), prog in zip(prepared, progress):
+        manifest = finalize_store(plan.location, plan.manifest)
+        out.append({"split": plan.split, "location": plan.location, "key": manifest.key, "rows": manifest.rows,
+                    "shards": manifest.num_shards, "computed_shards": prog.shards, "computed_rows": prog.rows,
+                    "rows_per_s": prog.rate if missing else 0.0, "steady_rows_per_s": prog.steady_rate,
+                    "startup_s": prog.startup_s, "seconds": prog.seconds, "first_at": prog.first_at,
+                    "last_at": prog.last_at, "first_rows": prog.first_rows,
+                    "steady_rows": prog.extracted - prog.first_rows})
+    return out
 
 
 def extract(cfg: ExtractJobConfig, *, address: str | None = None) -> list[dict[str, Any]]:
@@ -372,7 +430,7 @@ def extract(cfg: ExtractJobConfig, *, address: str | None = None) -> list[dict[s
         manifest, missing = prepare_store(plan.location, plan.manifest)
         plan.manifest = manifest
         prepared.append((plan, missing))
-    return [extract_split(cfg, plan, missing, address=address) for plan, missing in prepared]
+    return fill_stores(cfg, prepared, address=address)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,14 +10,17 @@ from tests.data.test_fashion_mnist import write_gz
 
 def test_summarise_ratios_and_row_check():
     plain = {"rows": 100, "wall_s": 2.0, "cpu_s": 1.0}
-    outs = [{"split": "train", "rows": 60, "steady_rows": 50, "first_at": 1.0, "last_at": 2.25, "startup_s": 1.0},
-            {"split": "test", "rows": 40, "steady_rows": 30, "first_at": 5.0, "last_at": 5.001, "startup_s": 2.0}]
+    # one pipeline: train's first rows at 1.0 (after 1 s of start-up), test's rows later, the last at 2.25
+    outs = [{"split": "train", "rows": 60, "first_rows": 10, "steady_rows": 50, "first_at": 1.0, "last_at": 2.0,
+             "startup_s": 1.0},
+            {"split": "test", "rows": 40, "first_rows": 10, "steady_rows": 30, "first_at": 2.1, "last_at": 2.25,
+             "startup_s": 2.1}]
     f = summarise(plain, {**plain, "wall_s": 4.0}, outs, store_wall=5.0, store_cpu=4.0)
     assert f["plain_rows_per_s"] == pytest.approx((50 + 25) / 2)
     assert f["store_rows_per_s"] == pytest.approx(20.0)
-    # steady comes from the largest split only: the small split's near-zero window would make it absurd
-    assert f["store_steady_rows_per_s"] == pytest.approx(40.0) and f["steady_split"] == "train"
-    assert f["store_startup_s"] == pytest.approx(3.0)
+    # steady: every row after the pipeline's first batch, over the first rows to the last: 90 rows in 1.25 s
+    assert f["store_steady_rows_per_s"] == pytest.approx(72.0)
+    assert f["store_startup_s"] == pytest.approx(1.0)
     assert f["ratio_total"] == pytest.approx(20 / 37.5) and f["ratio_cpu"] == pytest.approx(10 / 40)
     with pytest.raises(RuntimeError, match="different rows"):
         summarise(plain, {**plain, "rows": 99}, outs, store_wall=5.0, store_cpu=4.0)

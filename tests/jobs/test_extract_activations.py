@@ -248,9 +248,10 @@ def test_kept_columns_and_clips_are_stored_beside_the_activations(tmp_path):
 
 
 @pytest.mark.ray
-def test_kept_sentences_cross_ray_data_whatever_their_width(ray_local, tmp_path):
-    """Sentences of different lengths in different batches (numpy str arrays of different widths) reach the store
-    through the Ray Data pipeline intact."""
+def test_one_ray_data_pipeline_fills_every_split_with_its_own_rows(ray_local, tmp_path):
+    """Three splits through one Ray Data pipeline: each store holds exactly its split's rows — ids, the model's
+    activations of its images, and its sentences, of different lengths in different batches (numpy str arrays of
+    different widths) — nothing routed to another split's store."""
     from jobs.extract_activations import ExtractJobConfig, extract
 
     torch.manual_seed(0)
@@ -259,9 +260,18 @@ def test_kept_sentences_cross_ray_data_whatever_their_width(ray_local, tmp_path)
                     model_options=opts, class_names=[str(i) for i in range(12)])
     data = {"name": "scenes", "options": {"n": 24, "size": 32}}
     cfg = ExtractJobConfig.model_validate({
-        "checkpoint": str(tmp_path / "cnn"), "layers": ["gap"], "data": data, "splits": ["train"],
+        "checkpoint": str(tmp_path / "cnn"), "layers": ["gap"], "data": data, "splits": ["train", "val", "test"],
         "keep": ["sentences"], "store": {"root": str(tmp_path / "store"), "shard_rows": 8},
-        "compute": {"engine": "ray", "batch_size": 4, "load_num_cpus": 0.25}})
-    got = ActivationStore.open(extract(cfg)[0]["location"]).read()
-    truth = load_dataset("scenes", "train", n=24, size=32).get_batch(np.arange(24))["sentences"]
-    assert got["sentences"].tolist() == truth.tolist()
+        "compute": {"engine": "ray", "batch_size": 5, "load_num_cpus": 0.25}})
+    outs = extract(cfg)
+    model = load_classifier(tmp_path / "cnn").model
+    assert [o["split"] for o in outs] == ["train", "val", "test"] and len({o["location"] for o in outs}) == 3
+    for out in outs:
+        got = ActivationStore.open(out["location"]).read()
+        truth = load_dataset("scenes", out["split"], n=24, size=32).get_batch(np.arange(24))
+        assert out["computed_shards"] == 3 and out["computed_rows"] == 24
+        np.testing.assert_array_equal(got["id"], truth["id"])
+        assert got["sentences"].tolist() == truth["sentences"].tolist()
+        with torch.no_grad():
+            ref = model.activations(torch.from_numpy(truth["image"]), ["gap"])["gap"].numpy()
+        np.testing.assert_allclose(got["gap"], ref, rtol=1e-5, atol=1e-6)

@@ -89,6 +89,11 @@ def evaluate(cfg: InterpNETTrainJob) -> dict[str, Any]:
     for v in cfg.evaluate.variants:
         if v not in VARIANTS:
             raise UserError(f"unknown variant {v!r}; valid: {', '.join(VARIANTS)}")
+    to_train = [v for v in cfg.evaluate.variants
+                if cfg.evaluate.retrain or not (out_dir / v / "config.json").is_file()]
+    # Every store the run reads, made in one extraction pipeline: the test split's, and the training splits' when a
+    # variant is still to train (all variants read the same layers, so the same stores).
+    role_stores(cfg, ["train", "val", "test"] if to_train else ["test"])
     test = test_table(cfg)
     if test.sentences is None or not all(test.sentences):
         raise UserError("the test split has images without reference sentences; nothing to score against")

@@ -22,6 +22,7 @@ start-up at all. ``compute.engine: local`` runs the same loader, extractor and w
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 import re
@@ -417,20 +418,46 @@ def fill_stores(cfg: ExtractJobConfig, prepared: list[tuple[ExtractPlan, list[in
     return out
 
 
-def extract(cfg: ExtractJobConfig, *, address: str | None = None) -> list[dict[str, Any]]:
-    """Plan every split first (so a bad layer, dataset or output path fails before anything is written), then run."""
-    plans = [make_plan(cfg, split) for split in cfg.splits]
-    check_storage_paths(store=plans[0].location if plans else None)
-    existing = [check_store(plan.location, plan.manifest) for plan in plans]
-    if cfg.compute.engine == "ray" and not all(m is not None and m.complete for m in existing):
+def pipeline_group(cfg: ExtractJobConfig, plan: ExtractPlan) -> str:
+    """What the stores one pipeline fills share: the classifier, its layers, the kept columns, how the stages run."""
+    return json.dumps([plan.checkpoint, plan.layers, cfg.keep, cfg.compute.model_dump(), cfg.store.compression,
+                       cfg.fail_after_shards, cfg.fail_mode, cfg.progress_every], sort_keys=True, default=str)
+
+
+def extract_many(cfgs: Sequence[ExtractJobConfig], *, address: str | None = None) -> list[dict[str, Any]]:
+    """Several extraction jobs (a training job's splits, each with its own row count, say): every store planned
+    first, so a bad layer, dataset or output path fails before anything is written; then as few pipelines as they
+    allow, one per group of stores with the same classifier, layers, kept columns and compute settings. A store
+    asked for twice is filled once. One result per (job, split), in order."""
+    planned = [(cfg, make_plan(cfg, split)) for cfg in cfgs for split in cfg.splits]
+    first_store: dict[int, str] = {}  # per job, as a job alone checks it
+    for cfg, plan in planned:
+        first_store.setdefault(id(cfg), plan.location)
+    for location in dict.fromkeys(first_store.values()):
+        check_storage_paths(store=location)
+    unique: dict[str, tuple[ExtractJobConfig, ExtractPlan]] = {}
+    for cfg, plan in planned:
+        unique.setdefault(plan.location, (cfg, plan))
+    to_do = [cfg for cfg, plan in unique.values()
+             if not ((m := check_store(plan.location, plan.manifest)) is not None and m.complete)]
+    if any(cfg.compute.engine == "ray" for cfg in to_do):
         init_ray(address)
-        check_resources(cfg, gpus_per_actor(cfg))
-    prepared = []
-    for plan in plans:
-        manifest, missing = prepare_store(plan.location, plan.manifest)
-        plan.manifest = manifest
-        prepared.append((plan, missing))
-    return fill_stores(cfg, prepared, address=address)
+        for cfg in {id(c): c for c in to_do if c.compute.engine == "ray"}.values():
+            check_resources(cfg, gpus_per_actor(cfg))
+    groups: dict[str, list[tuple[ExtractJobConfig, ExtractPlan, list[int]]]] = {}
+    for cfg, plan in unique.values():
+        plan.manifest, missing = prepare_store(plan.location, plan.manifest)
+        groups.setdefault(pipeline_group(cfg, plan), []).append((cfg, plan, missing))
+    results: dict[str, dict[str, Any]] = {}
+    for members in groups.values():
+        outs = fill_stores(members[0][0], [(plan, missing) for _, plan, missing in members], address=address)
+        results.update({plan.location: out for (_, plan, _), out in zip(members, outs)})
+    return [results[plan.location] for _, plan in planned]
+
+
+def extract(cfg: ExtractJobConfig, *, address: str | None = None) -> list[dict[str, Any]]:
+    """One job's splits, in one pipeline (``extract_many``): one result per split."""
+    return extract_many([cfg], address=address)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

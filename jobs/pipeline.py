@@ -408,10 +408,10 @@ def run_semantic(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
         "output": str(ctx.local / ctx.stage), "run.storage_path": join_uri(ctx.out, "ray_runs")})
     t0 = stage(f"semantic captioner (Dong et al., λ = {job.explainer.interp_weight}) on {job.source.data.name}: "
                f"frame features into the store, topics, Ray Train, neuron labels, scoring")
+    stores = role_stores(job, ("train", "val", "test"))  # every store the stage reads, in one extraction pipeline
     r = train(job)
     ex = SemanticExplainer.load(r["checkpoint"])
     # The evaluation reads its clips whole (240 test clips; the train clips for the labels' precision).
-    stores = role_stores(job, ("train", "test"))
     items = {role: items_from_rows(store.iter_batches(256), job.frame_column) for role, store in stores.items()}
     test = items["test"]
     captions = ex.caption(test.features, test.mask)

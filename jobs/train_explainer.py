@@ -84,13 +84,14 @@ def store_layers(job: LearnedJobConfig) -> list[str] | None:
 
 def role_stores(job: LearnedJobConfig, roles: Iterable[str], *, address: str | None = None) -> dict[str, Any]:
     """The store of each role (train, val, test), extracted first where it is missing (``jobs.extract_activations``:
-    the one path that runs the classifier). ``source.rows`` becomes the dataset's ``n`` option for that split."""
+    the one path that runs the classifier; all roles in one pipeline). ``source.rows`` becomes the dataset's ``n``
+    option for that split."""
     from interp_ray.data import get_loader
     from interp_ray.store import ActivationStore
-    from jobs.extract_activations import ExtractJobConfig, extract
+    from jobs.extract_activations import ExtractJobConfig, extract_many
 
-    src = job.source
-    stores = {}
+    src, roles = job.source, list(roles)
+    cfgs = []
     for role in roles:
         if role not in src.splits:
             raise UserError(f"source.splits has no split for {role!r}; it maps {src.splits}")
@@ -99,11 +100,10 @@ def role_stores(job: LearnedJobConfig, roles: Iterable[str], *, address: str | N
             if "n" not in inspect.signature(get_loader(data.name)).parameters:
                 raise UserError(f"source.rows: dataset {data.name!r} has no n option; remove source.rows.{role}")
             data.options["n"] = int(src.rows[role])
-        cfg = ExtractJobConfig(checkpoint=src.checkpoint, layers=store_layers(job), data=data,
-                               splits=[src.splits[role]], keep=src.keep, store=src.store, compute=src.compute)
-        out = extract(cfg, address=address)[0]
-        stores[role] = ActivationStore.open(out["location"], key=out["key"])
-    return stores
+        cfgs.append(ExtractJobConfig(checkpoint=src.checkpoint, layers=store_layers(job), data=data,
+                                     splits=[src.splits[role]], keep=src.keep, store=src.store, compute=src.compute))
+    outs = extract_many(cfgs, address=address)
+    return {role: ActivationStore.open(out["location"], key=out["key"]) for role, out in zip(roles, outs)}
 
 
 # --- the Ray Train worker ------------------------------------------------------------------------------------------

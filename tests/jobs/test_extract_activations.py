@@ -247,6 +247,37 @@ def test_kept_columns_and_clips_are_stored_beside_the_activations(tmp_path):
         run(clips, ["nope"])
 
 
+def test_jobs_that_share_a_classifier_share_one_pipeline(tmp_path, monkeypatch):
+    """extract_many: stores of several jobs (other row counts per split, as a training job's roles) are filled by
+    one pipeline when classifier, layers and compute agree, by another when compute differs; a store asked for twice
+    is filled once; results come back per (job, split), in order, each with its own rows."""
+    import jobs.extract_activations as ex
+
+    torch.manual_seed(0)
+    opts = {"num_classes": 12, "in_channels": 3, "image_size": 32, "width": 4, "hidden": 8}
+    save_classifier(tmp_path / "cnn", build_model("scenes_cnn", **opts), model_name="scenes_cnn",
+                    model_options=opts, class_names=[str(i) for i in range(12)])
+    calls = []
+    fill = ex.fill_stores
+    monkeypatch.setattr(ex, "fill_stores", lambda cfg, prepared, **kw: calls.append(len(prepared))
+                        or fill(cfg, prepared, **kw))
+
+    def job(split, n, batch_size=4):
+        return ex.ExtractJobConfig.model_validate({
+            "checkpoint": str(tmp_path / "cnn"), "layers": ["gap"], "splits": [split],
+            "data": {"name": "scenes", "options": {"n": n, "size": 32}}, "store": {"root": str(tmp_path / "s")},
+            "compute": {"engine": "local", "batch_size": batch_size}})
+
+    outs = ex.extract_many([job("train", 12), job("val", 5), job("train", 12), job("test", 7, batch_size=3)])
+    assert calls == [2, 1]                 # train+val in one pipeline, test (other batching) in its own
+    assert [o["rows"] for o in outs] == [12, 5, 12, 7] and outs[0]["location"] == outs[2]["location"]
+    for out, split in zip(outs, ["train", "val", "train", "test"]):
+        ids = ActivationStore.open(out["location"]).read(columns=["id"])["id"]
+        truth = load_dataset("scenes", split, n=out["rows"], size=32).get_batch(np.arange(out["rows"]))["id"]
+        np.testing.assert_array_equal(ids, truth)
+    assert ex.extract_many([job("val", 5)])[0]["computed_shards"] == 0  # complete: nothing recomputed
+
+
 @pytest.mark.ray
 def test_one_ray_data_pipeline_fills_every_split_with_its_own_rows(ray_local, tmp_path):
     """Three splits through one Ray Data pipeline: each store holds exactly its split's rows — ids, the model's

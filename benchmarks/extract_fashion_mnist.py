@@ -18,7 +18,7 @@ extracted rows to its last: throughput without start-up), ``store_startup_s`` (u
 fills all three splits, so one actor start and checkpoint load), ``store_wall_s``, ``plain_wall_s``, ``ratio_total`` and
 ``ratio_steady`` (store over plain), the CPU seconds per 1000 rows of each side (for the store: the whole process
 tree, driver and every Ray daemon and worker) and ``ratio_cpu`` (plain CPU per row over the store's). A ``split_*``
-line per split gives its rows, wall time and rows/s.
+line per split gives its rows and when, after the pipeline's start, its first rows and its last part came.
 """
 
 from __future__ import annotations
@@ -152,8 +152,9 @@ def main(argv=None) -> dict:
         figures = summarise(before, after, outs, store_wall, store_cpu)
         figures.update({"ray_init_s": ray_init, "store_mib": store_mib})
         for o in outs:
-            print(f"split_{o['split']}: {o['rows']} rows, {o['seconds']:.1f} s, {o['rows_per_s']:.1f} rows/s "
-                  f"(steady {o['steady_rows_per_s'] or float('nan'):.1f}), start-up {o['startup_s'] or 0:.1f} s")
+            # one pipeline: every split's clock starts with it, and the splits' rows follow one another
+            print(f"split_{o['split']}: {o['rows']} rows, first rows {o['startup_s'] or 0:.1f} s and last part "
+                  f"{o['seconds']:.1f} s after the pipeline's start")
         for k, v in figures.items():
             print(f"{k}: {v:.3f}" if isinstance(v, float) and k.startswith("ratio") else
                   f"{k}: {v:.1f}" if isinstance(v, float) else f"{k}: {v}")

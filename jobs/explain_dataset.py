@@ -24,7 +24,6 @@ costs no Ray start-up. Then ``evaluation`` (on by default) compares the saliency
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
@@ -43,8 +42,9 @@ from interp_ray.saliency_store import (DEFAULT_SHARD_ROWS, EXPLANATION_COLUMN, E
                                        constant_info, make_identity, scalar_extras, store_key, store_location)
 from interp_ray.store import check_store, finalize_store, prepare_store
 from jobs.common import base_parser, check_storage_paths, exit_with, init_ray
-from jobs.extract_activations import (STORE, ComputeSection, PlanLoader, Progress, RoutedWriter, absolute,
-                                      as_records, check_resources, gpus_per_actor, user_error_in)
+from jobs.extract_activations import (STORE, ComputeSection, PlanLoader, RoutedWriter, absolute,
+                                      as_records, check_resources, gpus_per_actor, pipeline_records, routed_pipeline,
+                                      run_routed)
 
 log = logging.getLogger("interp_ray.explain_dataset")
 
@@ -304,53 +304,21 @@ def run_local(cfg: ExplainDatasetConfig, plans: list[StorePlan], items: list[dic
             yield from as_records(writer(mapper(rows)))
 
 
-def build_pipeline(cfg: ExplainDatasetConfig, plans: list[StorePlan], items: list[dict[str, int]]):
-    """The lazy Ray Data pipeline whose output rows are the records of rows received and parts written."""
-    import ray.data
-
-    c = cfg.compute
-    shards = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    images = shards.map_batches(loader_of(cfg, plans), batch_size=1, batch_format="numpy", num_cpus=c.load_num_cpus)
-    explained = images.map_batches(RoutedMapper, batch_size=c.batch_size, batch_format="numpy",
-                                   fn_constructor_kwargs=mapper_kwargs(cfg, plans),
-                                   compute=ray.data.ActorPoolStrategy(size=c.actors), num_cpus=c.num_cpus,
-                                   num_gpus=gpus_per_actor(cfg))
-    # One writer: a shard's rows may come from any actor, and only one place may assemble them.
-    return explained.map_batches(RoutedWriter, batch_size=None, batch_format="numpy",
-                                 fn_constructor_kwargs=writer_kwargs(cfg, plans),
-                                 compute=ray.data.ActorPoolStrategy(size=1), num_cpus=c.write_num_cpus)
-
-
 def run_ray(cfg: ExplainDatasetConfig, plans: list[StorePlan], items: list[dict[str, int]]
             ) -> Iterator[dict[str, Any]]:
-    try:
-        yield from build_pipeline(cfg, plans, items).iter_rows()
-    except Exception as exc:  # a UserError inside a Ray task reaches us as text in a RayTaskError
-        user_error = user_error_in(exc)
-        if user_error is not None:
-            raise user_error from None
-        raise
+    return pipeline_records(lambda: routed_pipeline(cfg.compute, items, loader_of(cfg, plans), RoutedMapper,
+                                                    mapper_kwargs(cfg, plans), writer_kwargs(cfg, plans),
+                                                    gpus_per_actor(cfg)))
 
 
 def fill_stores(cfg: ExplainDatasetConfig, prepared: list[tuple[StorePlan, list[int]]], *,
                 address: str | None = None) -> list[dict[str, Any]]:
     """Compute every store's missing parts in one pipeline, then mark each store complete."""
     plans = [plan for plan, _ in prepared]
-    items = [{STORE: sid, "shard": s} for sid, (_, missing) in enumerate(prepared) for s in missing]
-    start, progress = time.perf_counter(), []
-    for plan, missing in prepared:
-        rows = sum(hi - lo for lo, hi in map(plan.manifest.shard_range, missing))
-        label = f"{plan.method.name}/{plan.split}"
-        progress.append(Progress(label, len(missing), rows, cfg.progress_every, start=start))
-        if missing:
-            log.info("%s: %d of %d parts to compute (%d rows) → %s", label, len(missing),
-                     plan.manifest.num_shards, rows, plan.location)
-    if items:
-        if cfg.compute.engine == "ray":
-            init_ray(address)
-        records = run_local(cfg, plans, items) if cfg.compute.engine == "local" else run_ray(cfg, plans, items)
-        for record in records:
-            progress[int(record[STORE])].update(record)
+    run = run_local if cfg.compute.engine == "local" else run_ray
+    progress = run_routed(prepared, [f"{p.method.name}/{p.split}" for p in plans], engine=cfg.compute.engine,
+                          every=cfg.progress_every, records=lambda items: run(cfg, plans, items), address=address,
+                          unit="parts")
     out = []
     for (plan, _), prog in zip(prepared, progress):
         manifest = finalize_store(plan.location, plan.manifest)

@@ -28,7 +28,7 @@ import os
 import re
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -335,31 +335,40 @@ def check_resources(cfg: ExtractJobConfig, num_gpus: float) -> None:
                             f"compute.wait_for_resources=true on an autoscaling cluster")
 
 
-def build_pipeline(cfg: ExtractJobConfig, plans: list[ExtractPlan], items: list[Item]):
-    """The lazy Ray Data pipeline whose output rows are the records of rows received and parts written."""
+def routed_pipeline(compute: ComputeSection, items: list[Item], loader: PlanLoader, mapper: type,
+                    mapper_kwargs: dict[str, Any], writer_kwargs: dict[str, Any], num_gpus: float):
+    """The lazy Ray Data pipeline of both store jobs (activations here, explanations in ``jobs.explain_dataset``):
+    loader tasks → an actor pool of ``mapper`` → one ``RoutedWriter`` actor. Its output rows are the writer's
+    records of rows received and parts written."""
     import ray.data
 
-    c = cfg.compute
+    c = compute
     shards = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    images = shards.map_batches(loader_of(cfg, plans), batch_size=1, batch_format="numpy", num_cpus=c.load_num_cpus)
-    acts = images.map_batches(ActivationExtractor, batch_size=c.batch_size, batch_format="numpy",
-                              fn_constructor_kwargs=extractor_kwargs(cfg, plans),
-                              compute=ray.data.ActorPoolStrategy(size=c.actors), num_cpus=c.num_cpus,
-                              num_gpus=gpus_per_actor(cfg))
-    # One writer: a shard's rows may arrive from any extractor actor, and only one place may assemble them.
-    return acts.map_batches(RoutedWriter, batch_size=None, batch_format="numpy",
-                            fn_constructor_kwargs=writer_kwargs(cfg, plans),
-                            compute=ray.data.ActorPoolStrategy(size=1), num_cpus=c.write_num_cpus)
+    rows = shards.map_batches(loader, batch_size=1, batch_format="numpy", num_cpus=c.load_num_cpus)
+    mapped = rows.map_batches(mapper, batch_size=c.batch_size, batch_format="numpy",
+                              fn_constructor_kwargs=mapper_kwargs, compute=ray.data.ActorPoolStrategy(size=c.actors),
+                              num_cpus=c.num_cpus, num_gpus=num_gpus)
+    # One writer: a shard's rows may arrive from any actor of the pool, and only one place may assemble them.
+    return mapped.map_batches(RoutedWriter, batch_size=None, batch_format="numpy", fn_constructor_kwargs=writer_kwargs,
+                              compute=ray.data.ActorPoolStrategy(size=1), num_cpus=c.write_num_cpus)
 
 
-def run_ray(cfg: ExtractJobConfig, plans: list[ExtractPlan], items: list[Item]) -> Iterator[dict[str, Any]]:
+def pipeline_records(build: Callable[[], Any]) -> Iterator[dict[str, Any]]:
+    """The rows of the pipeline ``build`` makes; a ``UserError`` raised inside a Ray task comes out as itself (Ray
+    hands it over as text in a RayTaskError)."""
     try:
-        yield from build_pipeline(cfg, plans, items).iter_rows()
-    except Exception as exc:  # a UserError inside a Ray task reaches us as text in a RayTaskError
+        yield from build().iter_rows()
+    except Exception as exc:
         user_error = user_error_in(exc)
         if user_error is not None:
             raise user_error from None
         raise
+
+
+def run_ray(cfg: ExtractJobConfig, plans: list[ExtractPlan], items: list[Item]) -> Iterator[dict[str, Any]]:
+    return pipeline_records(lambda: routed_pipeline(cfg.compute, items, loader_of(cfg, plans), ActivationExtractor,
+                                                    extractor_kwargs(cfg, plans), writer_kwargs(cfg, plans),
+                                                    gpus_per_actor(cfg)))
 
 
 _ERROR_LINE = re.compile(r"^(?:\x1b\[[0-9;]*m)?([A-Za-z_][\w.]*\.[A-Za-z_]\w*): (.+)$", re.MULTILINE)
@@ -387,25 +396,34 @@ def user_error_in(exc: BaseException) -> UserError | None:
     return None
 
 
+def run_routed(prepared: list[tuple[Any, list[int]]], labels: list[str], *, engine: str, every: int,
+               records: Callable[[list[Item]], Iterable[dict[str, Any]]], address: str | None,
+               unit: str = "shards") -> list[Progress]:
+    """Both store jobs' run: every prepared store's missing shards as the items of one routed pipeline
+    (``records``), and each store's progress from the records it sends back."""
+    items = [{STORE: sid, "shard": s} for sid, (_, missing) in enumerate(prepared) for s in missing]
+    start, progress = time.perf_counter(), []
+    for (plan, missing), label in zip(prepared, labels):
+        rows = sum(hi - lo for lo, hi in map(plan.manifest.shard_range, missing))
+        progress.append(Progress(label, len(missing), rows, every, start=start))
+        if missing:
+            log.info("%s: %d of %d %s to compute (%d rows) → %s", label, len(missing), plan.manifest.num_shards,
+                     unit, rows, plan.location)
+    if items:
+        if engine == "ray":
+            init_ray(address)
+        for record in records(items):
+            progress[int(record[STORE])].update(record)
+    return progress
+
+
 def fill_stores(cfg: ExtractJobConfig, prepared: list[tuple[ExtractPlan, list[int]]], *,
                 address: str | None = None) -> list[dict[str, Any]]:
     """Compute every split's missing shards in one pipeline, then mark each split's store complete."""
     plans = [plan for plan, _ in prepared]
-    items = [{STORE: sid, "shard": s} for sid, (_, missing) in enumerate(prepared) for s in missing]
-    start = time.perf_counter()
-    progress = []
-    for plan, missing in prepared:
-        rows = sum(hi - lo for lo, hi in map(plan.manifest.shard_range, missing))
-        progress.append(Progress(plan.split, len(missing), rows, cfg.progress_every, start=start))
-        if missing:
-            log.info("%s: %d of %d shards to compute (%d rows) → %s", plan.split, len(missing),
-                     plan.manifest.num_shards, rows, plan.location)
-    if items:
-        if cfg.compute.engine == "ray":
-            init_ray(address)
-        records = run_local(cfg, plans, items) if cfg.compute.engine == "local" else run_ray(cfg, plans, items)
-        for record in records:
-            progress[int(record[STORE])].update(record)
+    run = run_local if cfg.compute.engine == "local" else run_ray
+    progress = run_routed(prepared, [p.split for p in plans], engine=cfg.compute.engine, every=cfg.progress_every,
+                          records=lambda items: run(cfg, plans, items), address=address)
     out = []
     for (plan, missing), prog in zip(prepared, progress):
         manifest = finalize_store(plan.location, plan.manifest)

@@ -477,6 +477,19 @@ class _Pending:
     chunks: list[dict[str, np.ndarray]] = field(default_factory=list)
 
 
+def drill(written: int, fail_after_shards: int | None, fail_mode: str) -> None:
+    """The resumability drill of a writer that has written ``written`` parts: once ``fail_after_shards`` are
+    written, raise ``InjectedFailure`` (``fail_mode="raise"``) or stand still forever (``"hang"``, so a test can
+    kill -9 the job at a known point)."""
+    if fail_after_shards is None or written < fail_after_shards:
+        return
+    if fail_mode == "hang":
+        log.warning("drill: writer stops after %d shard(s) and waits to be killed", written)
+        while True:
+            time.sleep(3600)
+    raise InjectedFailure(f"injected failure after writing {written} shard(s)")
+
+
 class ShardAssembler:
     """Collects extractor output rows by shard and writes each shard's part once all its rows have arrived.
 
@@ -531,16 +544,8 @@ class ShardAssembler:
         table = self.manifest.build_table(shard, cols)
         nbytes = write_part(self.fs, self.directory, shard, table, compression=self.compression)
         self.written += 1
-        if self.fail_after_shards is not None and self.written >= self.fail_after_shards:
-            self._fail()
+        drill(self.written, self.fail_after_shards, self.fail_mode)
         return {"shard": shard, "rows": table.num_rows, "bytes": nbytes or 0, "skipped": nbytes is None}
-
-    def _fail(self) -> None:
-        if self.fail_mode == "hang":  # stands still, so a test can kill -9 the job at a known point
-            log.warning("drill: writer stops after %d shard(s) and waits to be killed", self.written)
-            while True:
-                time.sleep(3600)
-        raise InjectedFailure(f"injected failure after writing {self.written} shard(s)")
 
     def pending_rows(self) -> int:
         return int(sum(p.seen.sum() for p in self.pending.values()))

@@ -38,8 +38,8 @@ from interp_ray.config import ComputeSection, DataConfig, Section, StoreSection,
 from interp_ray.data import load_dataset
 from interp_ray.data.base import ImageDataset
 from interp_ray.errors import UserError
-from interp_ray.store import (InjectedFailure, Manifest, ShardAssembler, check_store, extra_spec, finalize_store,
-                              make_identity, pack_strings, prepare_store, store_key, store_location)
+from interp_ray.store import (Manifest, ShardAssembler, check_store, drill, extra_spec, finalize_store, make_identity,
+                              pack_strings, prepare_store, store_key, store_location)
 from jobs.common import base_parser, check_storage_paths, exit_with, init_ray
 
 log = logging.getLogger("interp_ray.extract")
@@ -195,17 +195,8 @@ class RoutedWriter:
             for record in assembler.add(rows):
                 records.append({STORE: sid, **record})
                 self.written += 1
-                self._drill()
+                drill(self.written, self.fail_after_shards, self.fail_mode)
         return {k: np.array([r[k] for r in records]) for k in (STORE, "shard", "rows", "bytes", "skipped")}
-
-    def _drill(self) -> None:
-        if self.fail_after_shards is None or self.written < self.fail_after_shards:
-            return
-        if self.fail_mode == "hang":  # stands still, so a test can kill -9 the job at a known point
-            log.warning("drill: writer stops after %d part(s) and waits to be killed", self.written)
-            while True:
-                time.sleep(3600)
-        raise InjectedFailure(f"injected failure after writing {self.written} shard(s)")
 
 
 RECEIVED = -1  # the shard id of a "rows received" record
@@ -447,12 +438,10 @@ def extract_many(cfgs: Sequence[ExtractJobConfig], *, address: str | None = None
     first, so a bad layer, dataset or output path fails before anything is written; then as few pipelines as they
     allow, one per group of stores with the same classifier, layers, kept columns and compute settings. A store
     asked for twice is filled once. One result per (job, split), in order."""
-    planned = [(cfg, make_plan(cfg, split)) for cfg in cfgs for split in cfg.splits]
-    first_store: dict[int, str] = {}  # per job, as a job alone checks it
-    for cfg, plan in planned:
-        first_store.setdefault(id(cfg), plan.location)
-    for location in dict.fromkeys(first_store.values()):
+    per_job = [[make_plan(cfg, split) for split in cfg.splits] for cfg in cfgs]
+    for location in dict.fromkeys(plans[0].location for plans in per_job):  # each job's first, as a job alone
         check_storage_paths(store=location)
+    planned = [(cfg, plan) for cfg, plans in zip(cfgs, per_job) for plan in plans]
     unique: dict[str, tuple[ExtractJobConfig, ExtractPlan]] = {}
     for cfg, plan in planned:
         unique.setdefault(plan.location, (cfg, plan))

@@ -59,9 +59,13 @@ def variant_config(cfg: InterpNETTrainJob, variant: str, output: Path) -> Interp
     return c
 
 
+def needs_training(cfg: InterpNETTrainJob, variant: str) -> bool:
+    return cfg.evaluate.retrain or not (Path(cfg.evaluate.output_dir) / variant / "config.json").is_file()
+
+
 def ensure_trained(cfg: InterpNETTrainJob, variant: str) -> tuple[Path, float | None]:
     out = Path(cfg.evaluate.output_dir) / variant
-    if out.joinpath("config.json").is_file() and not cfg.evaluate.retrain:
+    if not needs_training(cfg, variant):
         return out, None
     vcfg = variant_config(cfg, variant, out)
     t0 = time.perf_counter()
@@ -89,8 +93,7 @@ def evaluate(cfg: InterpNETTrainJob) -> dict[str, Any]:
     for v in cfg.evaluate.variants:
         if v not in VARIANTS:
             raise UserError(f"unknown variant {v!r}; valid: {', '.join(VARIANTS)}")
-    to_train = [v for v in cfg.evaluate.variants
-                if cfg.evaluate.retrain or not (out_dir / v / "config.json").is_file()]
+    to_train = [v for v in cfg.evaluate.variants if needs_training(cfg, v)]
     # Every store the run reads, made in one extraction pipeline: the test split's, and the training splits' when a
     # variant is still to train (all variants read the same layers, so the same stores).
     role_stores(cfg, ["train", "val", "test"] if to_train else ["test"])

@@ -330,20 +330,22 @@ def _killpg(pgid: int, sig: int) -> None:
         pass
 
 
+def _proc_stat(pid: int | str) -> tuple[str, list[str]] | None:
+    """(command name, the fields after it: state, ppid, pgrp, …) of process ``pid`` from /proc (no psutil in the
+    venv); None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+
+
 def _group_members(pgid: int) -> list[tuple[int, str, str]]:
-    """(pid, command name, state) of every process in group ``pgid``, from /proc (no psutil in the venv)."""
+    """(pid, command name, state) of every process in group ``pgid``."""
     out = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        comm = stat[stat.index("(") + 1:stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[2]) == pgid:  # state, ppid, pgrp, …
-            out.append((int(entry), comm, fields[0]))
+        if entry.isdigit() and (st := _proc_stat(entry)) is not None and int(st[1][2]) == pgid:
+            out.append((int(entry), st[0], st[1][0]))
     return out
 
 
@@ -393,10 +395,8 @@ def _group_alive(pgid: int) -> bool:
 def _alive(pid: int) -> bool:
     """Whether process ``pid`` is still running (reaped first when it is this process's child)."""
     _reap(pid)
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    st = _proc_stat(pid)
+    return st is not None and st[1][0] != "Z"
 
 
 def _reap(pid: int) -> None:

@@ -44,6 +44,7 @@ OBJECT_STORE_BYTES = 200_000_000  # per node: the machine is shared, and the tes
 
 
 def free_ports(n: int) -> list[int]:
+    """n distinct ports the OS says are free now (held open together so they differ)."""
     socks = [socket.socket() for _ in range(n)]
     try:
         for s in socks:

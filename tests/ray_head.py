@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,19 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
+from local_cluster import free_ports  # scripts/ is on pytest's pythonpath (pyproject.toml)
+
 BIN = Path(sys.executable).parent
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct ports the OS says are free now (held open together so they differ)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _wait_for_dashboard(proc: subprocess.Popen, port: int, timeout: float) -> None:

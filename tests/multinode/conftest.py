@@ -6,16 +6,11 @@ Nothing here calls ray.init: a pytest process can join only one Ray cluster, and
 
 from __future__ import annotations
 
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "scripts"))
-
-from local_cluster import LocalCluster, Node, _group_alive, make_bucket  # noqa: E402
+from local_cluster import LocalCluster, Node, _group_alive, make_bucket
 
 # One train worker and one Explainer replica per worker node: each offers one CPU, one "trainer" and one
 # "explainer"; the head offers neither, nor more than the CPU a job's driver-side work needs.

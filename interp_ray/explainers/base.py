@@ -1,8 +1,9 @@
 """The explainer protocol, the explanation record and the registry every method plugs into.
 
-Adding a method is one file: subclass ``Explainer`` and decorate it with ``@register("name")`` in a module of the
-``interp_ray.explainers`` package (found by scanning the package), or in any installed package that names the module
-under the ``interp_ray.explainers`` entry-point group. Serving (``/v1/explain/{name}``), the CLI, the jobs and the
+Adding a method is one folder (or one file, for a small one): subclass ``Explainer`` and decorate it with
+``@register("name")`` in a subpackage or module of the ``interp_ray.explainers`` package (found by scanning the
+package; a subpackage's ``__init__`` imports the module that registers), or in any installed package that names the
+module under the ``interp_ray.explainers`` entry-point group. Serving (``/v1/explain/{name}``), the CLI, the jobs and the
 conformance tests read the registry and construct every method the same way: ``build_explainer`` below.
 
 The protocol declares what consumers would otherwise guess:
@@ -33,7 +34,8 @@ register = EXPLAINERS.register
 
 # Third-party packages add methods under this entry-point group (``module = "pkg.my_method"``).
 ENTRY_POINT_GROUP = "interp_ray.explainers"
-# Modules of this package that are not methods (the protocol, shared helpers): not imported by the scan.
+# Modules of this package that are not methods (the protocol): not imported by the scan; neither is a private
+# ``_name`` module or subpackage (helpers several methods share).
 _NOT_METHODS = frozenset({"base"})
 
 
@@ -187,7 +189,8 @@ def _model_device(model: Any) -> Any:
 
 
 def load_explainer_modules() -> None:
-    """Import every module that may register a method: this package's modules, then entry-point plugins."""
+    """Import every module that may register a method: this package's modules and subpackages (one folder per
+    method), then entry-point plugins."""
     global _loaded
     if _loaded:
         return
@@ -196,7 +199,7 @@ def load_explainer_modules() -> None:
 
     package = importlib.import_module("interp_ray.explainers")
     for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
-        if not info.ispkg and info.name not in _NOT_METHODS and not info.name.startswith("_"):
+        if info.name not in _NOT_METHODS and not info.name.startswith("_"):
             importlib.import_module(f"{package.__name__}.{info.name}")
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         importlib.import_module(ep.value.split(":")[0])

@@ -16,8 +16,8 @@ from torch_settings import torch_threads
 
 from interp_ray.errors import UserError
 from interp_ray.explainers import get_explainer
-from interp_ray.explainers.cnn_inte import (ESTIMATORS_FILE, CnnInte, CnnInteParams, global_figure, route_diagram,
-                                            route_figure)
+from interp_ray.explainers.cnn_inte import CnnInte, CnnInteParams, global_figure, route_diagram, route_figure
+from interp_ray.explainers.cnn_inte.explainer import ESTIMATORS_FILE
 
 ROOT = Path(__file__).resolve().parents[2]
 LAYER = "relu3"  # the 256-d hidden layer of the shipped digits CNN

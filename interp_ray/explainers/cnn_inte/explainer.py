@@ -43,221 +43,24 @@ built-in scikit-learn/numpy ones skops trusts plus the decision-tree structure `
 from __future__ import annotations
 
 import base64
-import contextlib
-import io
-import math
 import time
 import warnings
-from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from interp_ray.errors import UserError
 from interp_ray.explainers.base import Explainer, Explanation, register
+from interp_ray.explainers.cnn_inte.config import METHOD, CnnInteConfig, CnnInteParams
+from interp_ray.explainers.cnn_inte.meta_model import (FitRows, Route, activation_matrix, cluster_summary, fit_forest,
+                                                       fit_kmeans, gather_rows, int_column, int_keys, iter_batches,
+                                                       load_estimators, thread_limit)
+from interp_ray.explainers.cnn_inte.plots import route_diagram
 
-METHOD = "cnn_inte"
 KIND = "explainer"
 ESTIMATORS_FILE = "estimators.skops"
-# Types skops does not trust by itself that a CNN-INTE file legitimately holds: the Cython tree inside every
-# decision tree. Anything else in a file is refused on load.
-TRUSTED_TYPES: tuple[str, ...] = ("sklearn.tree._tree.Tree",)
-FEATURE_SETS = ("distances", "pca+distances", "activations+distances", "activations")
 
-
-class CnnInteConfig(BaseModel):
-    """How a CNN-INTE meta-model is built. [R] marks a reconstruction default (PAPERS.md §4)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    layer: str = Field("relu3", description="activation column (layer name in the store) the meta-model reads")
-    target: Literal["prediction", "label"] = Field(
-        "prediction", description="what the forests learn: the CNN's predicted class (fidelity) or the true label")
-    k1: int = Field(10, ge=1, description="level-1 clusters [R: one per MNIST digit]")
-    k2: int = Field(10, ge=1, description="level-2 clusters inside each level-1 cluster [R]")
-    clustering: Literal["auto", "kmeans", "minibatch"] = Field(
-        "auto", description="k-means flavour; auto = MiniBatchKMeans for more than minibatch_above rows")
-    minibatch_above: int = Field(20_000, ge=1)
-    minibatch_size: int = Field(4096, ge=16, description="MiniBatchKMeans batch size")
-    n_init: int = Field(3, ge=1, description="k-means restarts (the best inertia is kept)")
-    cluster_threads: int | None = Field(
-        1, ge=1, description="OpenMP/BLAS threads for k-means and PCA (None: the libraries' default). One, because "
-                             "on a busy machine their thread barriers stall a 15k-row k-means from 4 s to minutes")
-    features: Literal["distances", "pca+distances", "activations+distances", "activations"] = Field(
-        "pca+distances", description="the meta-level features the forests see (see the module docstring)")
-    pca_components: int = Field(32, ge=1)
-    forest_scope: Literal["global", "level1"] = Field(
-        "global", description="one random forest for all rows, or one per level-1 cluster")
-    n_estimators: int = Field(100, ge=1, description="trees per forest [R]")
-    max_features: Literal["sqrt", "log2"] | float = Field("log2", description="features tried per split [R]")
-    max_samples: float | None = Field(
-        0.5, gt=0, le=1, description="fraction of the rows in each tree's bootstrap (None: all); half the cost of "
-                                     "all, no fidelity lost on digits")
-    min_samples_leaf: int = Field(1, ge=1)
-    n_jobs: int | None = Field(-1, description="cores for the forests (results do not depend on it)")
-    representatives: int = Field(5, ge=0, description="representative training rows kept per cluster")
-    seed: int = 0
-
-
-class CnnInteParams(BaseModel):
-    """Per-request options of ``explain``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    representatives: int = Field(3, ge=0, le=50, description="representative ids listed per cluster in the path")
-    diagram: bool = Field(False, description="add the route diagram as a base64 PNG in extra['diagram_png']")
-
-
-@dataclass
-class FitRows:
-    """The fit data gathered from its batches: one row per input."""
-
-    x: np.ndarray                  # N × width float32
-    target: np.ndarray             # N int64: what the forests learn
-    label: np.ndarray | None       # N int64: true classes, for the label mix (None when absent)
-    ids: np.ndarray                # N str
-    images: np.ndarray | None      # N × C × H × W uint8, only when the batches carried images
-
-
-@dataclass
-class Route:
-    """The meta-level test data of a batch: cluster memberships, votes and the meta label, row by row."""
-
-    level1: np.ndarray             # N int
-    level2: np.ndarray             # N int (index inside the level-1 cluster)
-    forest: np.ndarray             # N int: which forest voted (0 for a global forest)
-    votes: list[dict[int, float]]  # per row: class -> fraction of the forest's votes
-    label: np.ndarray              # N int: the class with most votes
-
-
-# --- reading batches -----------------------------------------------------------------------------------------------
-
-def iter_batches(data: Any) -> Iterator[Mapping[str, Any]]:
-    """One dict, an iterable of dicts, or anything with ``iter_batches`` (a Ray dataset) → its batches."""
-    if isinstance(data, Mapping):
-        yield data
-    elif hasattr(data, "iter_batches"):
-        yield from data.iter_batches(batch_format="numpy")
-    else:
-        yield from data
-
-
-def activation_matrix(batch: Mapping[str, Any], column: str, width: int | None = None) -> np.ndarray:
-    """The ``column`` of a batch as an N × width float32 matrix (any per-row shape is flattened)."""
-    if column not in batch:
-        raise UserError(f"batch has no activation column {column!r} (it has: {', '.join(sorted(batch))}); "
-                        f"CNN-INTE reads the layer it was configured with")
-    a = np.asarray(batch[column])
-    if a.ndim == 0:
-        raise UserError(f"activation column {column!r} is a scalar; expected one row per input")
-    x = np.ascontiguousarray(a.reshape(len(a), -1), dtype=np.float32)
-    if width is not None and x.shape[1] != width:
-        raise UserError(f"activations {column!r} have {x.shape[1]} features per row (row shape {a.shape[1:]}); "
-                        f"this CNN-INTE model was fitted on {width} features")
-    return x
-
-
-def to_uint8_images(images: Any) -> np.ndarray:
-    """Float images in [0, 1] (or uint8) → uint8, a quarter of the memory for the rows kept during a fit."""
-    a = np.asarray(images)
-    if a.dtype == np.uint8:
-        return a
-    return np.clip(np.rint(a.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
-
-
-def _int_column(batch: Mapping[str, Any], name: str, n: int) -> np.ndarray:
-    v = np.asarray(batch[name]).reshape(-1).astype(np.int64)
-    if len(v) != n:
-        raise UserError(f"column {name!r} has {len(v)} rows, the activations have {n}")
-    return v
-
-
-def gather_rows(data: Any, column: str, target: str) -> FitRows:
-    """Read every batch of ``data`` and keep its rows (the forests need them all in memory)."""
-    xs, ys, labels, ids, images = [], [], [], [], []
-    width, seen = None, 0
-    for batch in iter_batches(data):
-        x = activation_matrix(batch, column, width)
-        width = x.shape[1]
-        if target not in batch:
-            raise UserError(f"fit batch has no {target!r} column (it has: {', '.join(sorted(batch))}); "
-                            f"CNN-INTE learns the {target} of every row")
-        xs.append(x)
-        ys.append(_int_column(batch, target, len(x)))
-        labels.append(_int_column(batch, "label", len(x)) if "label" in batch else None)
-        ids.append(np.asarray(batch["id"]).astype(str) if "id" in batch
-                   else np.array([f"row/{seen + i}" for i in range(len(x))]))
-        images.append(to_uint8_images(batch["image"]) if "image" in batch else None)
-        seen += len(x)
-    if not xs:
-        raise UserError("CNN-INTE got no fit batches")
-    return FitRows(
-        x=np.concatenate(xs), target=np.concatenate(ys),
-        label=None if any(v is None for v in labels) else np.concatenate(labels),
-        ids=np.concatenate(ids),
-        images=None if any(v is None for v in images) else np.concatenate(images))
-
-
-# --- the estimators ------------------------------------------------------------------------------------------------
-
-def fit_kmeans(x: np.ndarray, k: int, config: CnnInteConfig, seed: int):
-    """k-means (never more clusters than rows); the mini-batch flavour for large inputs or when asked."""
-    from sklearn.cluster import KMeans, MiniBatchKMeans
-
-    k = max(1, min(k, len(x)))
-    minibatch = config.clustering == "minibatch" or (config.clustering == "auto" and len(x) > config.minibatch_above)
-    with warnings.catch_warnings():
-        # Fewer distinct points than clusters (tiny or duplicated sub-clusters) is harmless here.
-        warnings.filterwarnings("ignore", message=".*distinct clusters.*")
-        if minibatch:
-            return MiniBatchKMeans(n_clusters=k, batch_size=config.minibatch_size, n_init=config.n_init,
-                                   random_state=seed).fit(x)
-        return KMeans(n_clusters=k, n_init=config.n_init, random_state=seed).fit(x)
-
-
-@contextlib.contextmanager
-def _thread_limit(threads: int | None) -> Iterator[None]:
-    """Cap the OpenMP/BLAS threads of the block (scikit-learn's k-means and PCA) when ``threads`` is set."""
-    if threads is None:
-        yield
-        return
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=threads):
-        yield
-
-
-def fit_forest(features: np.ndarray, y: np.ndarray, config: CnnInteConfig, seed: int):
-    from sklearn.ensemble import RandomForestClassifier
-
-    return RandomForestClassifier(n_estimators=config.n_estimators, max_features=config.max_features,
-                                  min_samples_leaf=config.min_samples_leaf, max_samples=config.max_samples,
-                                  n_jobs=config.n_jobs,
-                                  random_state=seed).fit(features, y)
-
-
-def nearest_rows(distances: np.ndarray, r: int) -> np.ndarray:
-    """Positions of the ``r`` smallest distances, nearest first (stable, so ties keep row order)."""
-    return np.argsort(distances, kind="stable")[:r]
-
-
-def class_mix(values: np.ndarray | None) -> dict[int, int] | None:
-    if values is None:
-        return None
-    classes, counts = np.unique(values, return_counts=True)
-    return {int(c): int(n) for c, n in zip(classes, counts)}
-
-
-def cluster_summary(rows: np.ndarray, data: FitRows, distances: np.ndarray, r: int) -> dict[str, Any]:
-    """Size, class mix and representatives (nearest the centroid) of the cluster holding ``rows``."""
-    reps = rows[nearest_rows(distances, r)] if len(rows) else rows
-    return {"size": int(len(rows)), "mix": class_mix(data.target[rows]),
-            "label_mix": class_mix(data.label[rows]) if data.label is not None else None,
-            "representatives": [str(data.ids[i]) for i in reps], "_rows": reps}
-
-
-# --- the explainer -------------------------------------------------------------------------------------------------
 
 @register(METHOD)
 class CnnInte(Explainer):
@@ -302,7 +105,7 @@ class CnnInte(Explainer):
             self.class_names = list(class_names)
         self.width = int(rows.x.shape[1])
 
-        with _thread_limit(cfg.cluster_threads):
+        with thread_limit(cfg.cluster_threads):
             features = self._fit_clusters(rows, timings)
             a1, a2 = self._assignments(rows.x)
 
@@ -314,7 +117,7 @@ class CnnInte(Explainer):
                             if np.any(a1 == i) else None for i in range(self.level1.n_clusters)]
         timings["forest_s"] = time.perf_counter() - t
 
-        with _thread_limit(cfg.cluster_threads):
+        with thread_limit(cfg.cluster_threads):
             self._summarise(rows, a1, a2)
         self.info = {"rows": int(len(rows.x)), "width": self.width, "timings": timings,
                      "meta_features": int(features.shape[1]),
@@ -415,7 +218,7 @@ class CnnInte(Explainer):
         """Route every row of ``x`` (N × width) through the fitted estimators."""
         self._ready()
         x = activation_matrix({self.config.layer: x}, self.config.layer, self.width)
-        with _thread_limit(self.config.cluster_threads):
+        with thread_limit(self.config.cluster_threads):
             a1 = self.assign_level1(x)
             a2 = np.zeros(len(x), dtype=np.int64)
             for i in np.unique(a1):
@@ -500,21 +303,21 @@ class CnnInte(Explainer):
             route = self.route(x)
             if "prediction" not in batch:
                 raise UserError("report needs the CNN's 'prediction' column to measure fidelity")
-            cnn = _int_column(batch, "prediction", len(x))
+            cnn = int_column(batch, "prediction", len(x))
             same = route.label == cnn
             n, agree = n + len(x), agree + int(same.sum())
             for i, s in zip(route.level1, same):
                 per1.setdefault(int(i), [0, 0])[0] += 1
                 per1[int(i)][1] += int(s)
             if "label" in batch:
-                y = _int_column(batch, "label", len(x))
+                y = int_column(batch, "label", len(x))
                 labelled += len(x)
                 meta_ok += int((route.label == y).sum())
                 cnn_ok += int((cnn == y).sum())
         if n == 0:
             raise UserError("report got no rows")
-        out: dict[str, Any] = {"rows": n, "fidelity": agree / n,
-                               "per_level1": {i: {"rows": v[0], "fidelity": v[1] / v[0]} for i, v in sorted(per1.items())}}
+        per_level1 = {i: {"rows": v[0], "fidelity": v[1] / v[0]} for i, v in sorted(per1.items())}
+        out: dict[str, Any] = {"rows": n, "fidelity": agree / n, "per_level1": per_level1}
         if labelled:
             out.update(meta_accuracy=meta_ok / labelled, cnn_accuracy=cnn_ok / labelled,
                        accuracy_gap_points=100.0 * (meta_ok - cnn_ok) / labelled)
@@ -560,205 +363,10 @@ class CnnInte(Explainer):
         self = cls(cfg["cnn_inte"], class_names=cfg.get("class_names"))
         self.width = int(cfg["width"])
         self.level1, self.level2, self.pca, self.forests = est["level1"], est["level2"], est["pca"], est["forests"]
-        self.clusters = _int_keys(cfg["clusters"])
+        self.clusters = int_keys(cfg["clusters"])
         self.info = cfg.get("info", {})
         self.rep_images = {k[len("rep."):]: v.numpy() for k, v in ckpt.state_dict.items() if k.startswith("rep.")}
         return self
 
 
-def load_estimators(blob: bytes, *, source: str) -> dict[str, Any]:
-    """Read the skops file, trusting only the types a CNN-INTE file legitimately holds."""
-    import skops.io as sio
-    from sklearn.cluster import KMeans, MiniBatchKMeans
-    from sklearn.ensemble import RandomForestClassifier
-
-    try:
-        untrusted = sio.get_untrusted_types(data=blob)
-    except Exception as e:  # skops raises several types for a damaged file
-        raise UserError(f"{source} cannot be read ({e})") from None
-    unexpected = sorted(set(untrusted) - set(TRUSTED_TYPES))
-    if unexpected:
-        raise UserError(f"{source} holds types a CNN-INTE model never needs, refused: {', '.join(unexpected)}")
-    est = sio.loads(blob, trusted=list(untrusted))
-    ok = (isinstance(est, dict) and isinstance(est.get("level1"), (KMeans, MiniBatchKMeans))
-          and all(f is None or isinstance(f, RandomForestClassifier) for f in est.get("forests", [None]))
-          and len(est.get("forests", [])) > 0)
-    if not ok:
-        raise UserError(f"{source} does not hold CNN-INTE estimators")
-    return est
-
-
-def _int_keys(v: Any) -> Any:
-    """JSON turned the class keys of the mixes into strings; turn them back into ints."""
-    if isinstance(v, dict):
-        return {(int(k) if isinstance(k, str) and k.lstrip("-").isdigit() else k): _int_keys(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_int_keys(x) for x in v]
-    return v
-
-
-# --- pictures ------------------------------------------------------------------------------------------------------
-
-def _new_figure(width: float, height: float):
-    """A figure drawn by the Agg canvas directly: no pyplot, no global backend switch, safe in threads and servers."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
-
-
-def _show(ax, image: np.ndarray | None) -> None:
-    """Draw one C × H × W image (uint8 or float in [0, 1]) on ``ax``."""
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if image is None:
-        ax.text(0.5, 0.5, "no image", ha="center", va="center", fontsize=7, transform=ax.transAxes)
-        return
-    img = np.asarray(image, dtype=np.float32)
-    if image.dtype == np.uint8:
-        img = img / 255.0
-    if img.ndim == 3 and img.shape[0] in (1, 3):
-        img = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
-    if img.ndim == 2:
-        ax.imshow(img, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-    else:
-        ax.imshow(np.clip(img, 0.0, 1.0), interpolation="nearest")
-
-
-def _mix_text(model: CnnInte, mix: dict[int, int] | None, size: int, top: int = 3) -> str:
-    if not mix or not size:
-        return "empty"
-    parts = sorted(mix.items(), key=lambda kv: -kv[1])[:top]
-    return ", ".join(f"{model.class_name(c) or c}: {100.0 * n / size:.0f}%" for c, n in parts)
-
-
-def _image_panel(fig, cell, title: str, images: np.ndarray | None, ids: list[str]) -> None:
-    """A titled grid of representative images inside one grid cell (ids as text when no images were kept)."""
-    frame = fig.add_subplot(cell)
-    frame.axis("off")
-    frame.set_title(title, fontsize=9)
-    n = len(images) if images is not None else len(ids)
-    if n == 0:
-        frame.text(0.5, 0.5, "no representatives", ha="center", va="center", fontsize=8)
-        return
-    cols = min(n, 3)
-    grid = cell.subgridspec(math.ceil(n / cols) + 1, cols, height_ratios=[0.15] + [1] * math.ceil(n / cols))
-    for k in range(n):
-        ax = fig.add_subplot(grid[1 + k // cols, k % cols])
-        if images is not None:
-            _show(ax, images[k])
-        else:
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.text(0.5, 0.5, ids[k], ha="center", va="center", fontsize=5, wrap=True, transform=ax.transAxes)
-
-
-def route_figure(model: CnnInte, explanation: Explanation, image: np.ndarray | None = None):
-    """The route an explanation states, as a figure: input → level-1 cluster → level-2 cluster → votes → label.
-
-    Everything drawn is read from ``explanation.path`` (and the model's stored representatives), so the picture
-    can only show the route the explanation gives.
-    """
-    path = explanation.path
-    i, j, votes = int(path["level1"]), int(path["level2"]), path["votes"]
-    c1, c2 = model.clusters[i], model.clusters[i]["level2"][j]
-    fig = _new_figure(15, 4.2)
-    gs = fig.add_gridspec(1, 9, width_ratios=[1.1, 0.3, 2, 0.3, 2, 0.3, 2.2, 0.3, 1.3], wspace=0.15,
-                          left=0.02, right=0.98, top=0.8, bottom=0.08)
-    ax_in = fig.add_subplot(gs[0, 0])
-    _show(ax_in, image)
-    ax_in.set_title("input", fontsize=9)
-    _image_panel(fig, gs[0, 2], f"level-1 cluster {i}\n{c1['size']} rows · {_mix_text(model, c1['mix'], c1['size'])}",
-                 model.representative_images(i), c1["representatives"])
-    _image_panel(fig, gs[0, 4], f"level-2 cluster {i}.{j}\n{c2['size']} rows · "
-                 f"{_mix_text(model, c2['mix'], c2['size'])}", model.representative_images(i, j),
-                 c2["representatives"])
-    ax_v = fig.add_subplot(gs[0, 6])
-    classes = sorted(votes)
-    names = [str(model.class_name(c) or c) for c in classes]
-    colours = ["tab:orange" if c == explanation.label else "tab:blue" for c in classes]
-    ax_v.barh(range(len(classes)), [votes[c] for c in classes], color=colours)
-    ax_v.set_yticks(range(len(classes)), names, fontsize=7)
-    ax_v.set_xlim(0, 1)
-    ax_v.invert_yaxis()
-    ax_v.tick_params(axis="x", labelsize=7)
-    ax_v.set_title("random-forest votes", fontsize=9)
-    ax_l = fig.add_subplot(gs[0, 8])
-    ax_l.axis("off")
-    name = explanation.label_name or str(explanation.label)
-    ax_l.text(0.5, 0.6, f"label\n{name}", ha="center", va="center", fontsize=16, weight="bold")
-    if "cnn_prediction" in explanation.extra:
-        cnn = explanation.extra["cnn_prediction"]
-        ax_l.text(0.5, 0.25, f"CNN: {model.class_name(cnn) or cnn}", ha="center", va="center", fontsize=9)
-    for col in (1, 3, 5, 7):
-        ax = fig.add_subplot(gs[0, col])
-        ax.axis("off")
-        ax.text(0.5, 0.5, "→", ha="center", va="center", fontsize=22)
-    fig.suptitle(f"CNN-INTE route ({model.config.layer}): level-1 {i} → level-2 {i}.{j} → "
-                 f"votes {votes.get(explanation.label, 0.0):.0%} → label {name}", fontsize=11)
-    return fig
-
-
-def route_diagram(model: CnnInte, explanation: Explanation, image: np.ndarray | None = None,
-                  path: str | None = None) -> bytes:
-    """``route_figure`` as PNG bytes, also written to ``path`` when given."""
-    png = _png(route_figure(model, explanation, image))
-    if path is not None:
-        with open(path, "wb") as f:
-            f.write(png)
-    return png
-
-
-def _strip(images: np.ndarray, pad: int = 1) -> np.ndarray:
-    """r × C × H × W uint8 → one C × H × (r·(W+pad)−pad) strip with white gaps: one axes instead of r."""
-    r, c, h, w = images.shape
-    out = np.full((c, h, r * (w + pad) - pad), 255, dtype=np.uint8)
-    for k in range(r):
-        out[:, :, k * (w + pad):k * (w + pad) + w] = images[k]
-    return out
-
-
-def global_figure(model: CnnInte, *, path: str | None = None) -> bytes:
-    """One row per level-1 cluster: size and class mix, its representatives, its level-2 sizes (PNG bytes)."""
-    model._ready()
-    k1 = len(model.clusters)
-    height = 1.1 * k1 + 0.6
-    fig = _new_figure(12, height)
-    gs = fig.add_gridspec(k1, 3, width_ratios=[2.0, 5.0, 4.0], left=0.01, right=0.99, top=1 - 0.5 / height,
-                          bottom=0.03, hspace=0.4, wspace=0.1)
-    for i, c in enumerate(model.clusters):
-        ax = fig.add_subplot(gs[i, 0])
-        ax.axis("off")
-        ax.text(0, 0.5, f"level-1 {i}\n{c['size']} rows\n{_mix_text(model, c['mix'], c['size'])}",
-                va="center", fontsize=8)
-        imgs = model.representative_images(i)
-        ax_img = fig.add_subplot(gs[i, 1])
-        if imgs is not None:
-            _show(ax_img, _strip(imgs))
-        else:
-            ax_img.axis("off")
-            ax_img.text(0, 0.5, ", ".join(c["representatives"]), va="center", fontsize=6)
-        ax2 = fig.add_subplot(gs[i, 2])
-        sizes = [s["size"] for s in c["level2"]]
-        ax2.bar(range(len(sizes)), sizes, color="tab:gray")
-        ax2.set_xticks(range(len(sizes)), [f"{i}.{j}" for j in range(len(sizes))], fontsize=6)
-        ax2.tick_params(axis="y", labelsize=6)
-    fig.suptitle(f"CNN-INTE global view ({model.config.layer}): level-1 clusters, representatives, level-2 sizes",
-                 fontsize=10)
-    png = _png(fig)
-    if path is not None:
-        with open(path, "wb") as f:
-            f.write(png)
-    return png
-
-
-__all__ = ["CnnInte", "CnnInteConfig", "CnnInteParams", "Route", "global_figure", "iter_batches", "route_diagram",
-           "route_figure"]
+__all__ = ["ESTIMATORS_FILE", "KIND", "CnnInte"]

@@ -358,7 +358,7 @@ class ExplainerService:
     def predict_rows(self, rows: list[Row]) -> list[Outcome]:
         import torch
 
-        from interp_ray.explainers.saliency_utils import eval_mode, model_device
+        from interp_ray.explainers._common import eval_mode, model_device
 
         x = torch.from_numpy(np.stack([r.image for r in rows]).astype(np.float32)).to(model_device(self.model))
         with torch.inference_mode(), eval_mode(self.model):

@@ -16,10 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from interp_ray.errors import UserError
 from interp_ray.explainers.base import Explainer, Explanation, register
-from interp_ray.explainers.feature_inversion import gaussian_blur
-from interp_ray.explainers.saliency_utils import (default_layers, eval_mode, get_module, normalise_maps,
-                                                  prepare_images, resolve_one_layer, resolve_targets, row_targets,
-                                                  upsample_maps)
+from interp_ray.explainers._common import (default_layers, eval_mode, get_module, normalise_maps, prepare_images,
+                                           resolve_one_layer, resolve_targets, row_targets, upsample_maps)
+from interp_ray.imageops import paper_blur
 from interp_ray.models import Classifier
 
 
@@ -137,7 +136,7 @@ class Occlusion(_ModelSaliency):
             return 0.0
         if self.baseline == "mean":
             return x.mean(dim=(2, 3), keepdim=True).expand_as(x).contiguous()
-        return gaussian_blur(x, 11.0 * x.shape[-1] / 224)
+        return paper_blur(x)
 
     def extra(self):
         return {"baseline": self.baseline}

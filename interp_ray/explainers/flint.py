@@ -149,7 +149,7 @@ class FlintExplainer(Explainer):
     @torch.no_grad()
     def interpret(self, x: torch.Tensor, targets: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Arrays for a batch: phi, f and g probabilities, the interpreted classes, contributions and relevance."""
-        from interp_ray.explainers.saliency_utils import eval_mode
+        from interp_ray.explainers._common import eval_mode
 
         with eval_mode(self.flint):
             out = self.flint(x)
@@ -166,7 +166,7 @@ class FlintExplainer(Explainer):
         return {"phi": phi, "prob_f": pf, "prob_g": pg, "classes": classes, "alpha": alpha, "r": relevance(alpha)}
 
     def explain(self, batch: dict[str, np.ndarray], params: BaseModel | dict | None = None) -> list[Explanation]:
-        from interp_ray.explainers.saliency_utils import prepare_images, row_targets
+        from interp_ray.explainers._common import prepare_images, row_targets
 
         p = self.parse_params(params)
         tau = p.tau or self.tau

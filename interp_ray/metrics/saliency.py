@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from interp_ray.errors import UserError
+from interp_ray.imageops import paper_blur
 
 # ---------------------------------------------------------------------------------------------------------------
 # Pointing game
@@ -214,9 +215,7 @@ def _baseline(x: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "mean":
         return x.mean(dim=(2, 3), keepdim=True).expand_as(x)
     if kind == "blur":
-        from interp_ray.explainers.feature_inversion import gaussian_blur
-
-        return gaussian_blur(x, 11.0 * x.shape[-1] / 224)
+        return paper_blur(x)
     raise UserError(f"unknown baseline {kind!r}; valid: zero, mean, blur")
 
 

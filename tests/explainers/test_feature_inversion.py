@@ -14,11 +14,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import interp_ray.explainers.feature_inversion as fi
+import interp_ray.explainers.feature_inversion.optimisation as fi
 from interp_ray.errors import UserError
 from interp_ray.explainers import explainer_names, get_explainer
+from interp_ray.explainers._common import default_layers
 from interp_ray.explainers.feature_inversion import FeatureInversion, GFISettings
-from interp_ray.explainers.saliency_utils import default_layers
 from interp_ray.models import build_model
 
 from toy_models import colour_model, red_green_image, tiny_cnn

@@ -25,7 +25,7 @@ Additions, each switchable: ``class_score="log_prob"`` raises log p_c(Φ) instea
 probability has no gradient left for a class the model gives ~1e-6); ``fallback_to_stage1`` (on by default)
 returns the stage-1 mask where stage 2 ends with no mask or with p_c(Φ) <= p_c(Φ_bg) (``extra["fallback"]``);
 the blur is 11 px at 224 px scaled to the input, except where an architecture's defaults say otherwise
-(scenes_cnn: σ = 8 px, see ``saliency_utils.default_layers``). Computation is in float64 by default
+(scenes_cnn: σ = 8 px, see ``explainers._common.default_layers``). Computation is in float64 by default
 (``precision``): that is what makes batched and single runs agree (see ``GFISettings.precision``).
 
 Batching: every image has its own row of ω (N×K). Losses are summed over images, so the gradient of row n depends on
@@ -36,90 +36,16 @@ model's parameters never accumulate ``.grad``.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import math
 from dataclasses import dataclass
-from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 
 from interp_ray.errors import UserError
-from interp_ray.explainers.base import Explainer, Explanation, register
-from interp_ray.explainers.saliency_utils import (default_layers, eval_mode, get_module, normalise_maps,
-                                                  prepare_images, resolve_one_layer, resolve_targets, row_targets,
-                                                  upsample_maps)
+from interp_ray.explainers._common import normalise_maps, upsample_maps
+from interp_ray.explainers.feature_inversion.config import GFISettings
+from interp_ray.imageops import gaussian_blur, paper_blur_sigma
 from interp_ray.models import Classifier
-
-Variant = Literal["paper", "code"]
-PAPER_BLUR_RADIUS = 11.0  # PIL GaussianBlur(11) in the paper's code, for 224-pixel inputs
-PAPER_INPUT_SIZE = 224
-
-
-@dataclass(frozen=True)
-class GFISettings:
-    """Every knob of the optimisation; ``GFISettings.for_variant(v)`` gives a variant's defaults."""
-
-    variant: Variant = "paper"
-    stage1_iterations: int = 10
-    stage2_iterations: int = 70
-    lr: float = 1e-2
-    lr_decay: float = 0.5
-    lr_decay_every: int = 10           # iterations between lr decays (paper: of stage 2; code: of the whole run)
-    init_weight: float = 0.1           # every ω_k starts here
-    gamma: float = 10.0                # stage-1 regulariser weight
-    lam: float = 1.0                   # weight of the complement's class probability in stage 2
-    delta: float = 1.0                 # stage-2 regulariser weight (the paper uses 10 for the VOC pointing game)
-    regulariser: Literal["l1", "l2sq"] = "l1"
-    # What stage 2 raises on Φ and lowers on Φ_bg. The paper: the softmax probability. Its gradient p(1 − p)
-    # vanishes for a class the model gives ~1e-6 (the second object of a two-object scene to a confident model),
-    # and then the regulariser alone drives ω to 0; "log_prob" (−log p_c(Φ) + λ·p_c(Φ_bg)) keeps a gradient.
-    class_score: Literal["prob", "log_prob"] = "prob"
-    # Not in the paper: when stage 2 ends with every weight at 0 (no mask is left) or with p_c(Φ) <= p_c(Φ_bg)
-    # (the mask keeps no more class evidence than its complement — e.g. the class survives the blur), stage 2 found
-    # no class-discriminative mask; return the stage-1 mask instead of a blank or arbitrary one, and say so in
-    # extra["fallback"]. False gives the paper's output unchanged.
-    fallback_to_stage1: bool = True
-    inversion_loss: Literal["squared", "relative"] = "squared"
-    normalisation: Literal["minmax", "min_over_max"] = "minmax"
-    upsample_first: bool = False       # code: upsample (align_corners=True), then normalise
-    shared_optimizer: bool = False     # code: one Adam across both stages
-    background: Literal["blur", "mean"] = "blur"
-    blur_sigma: float | None = None    # None: 11 px at 224 px, scaled with the input side
-    # float64: the optimisation is chaotic where the mask's max/min cell switches or a weight hits 0, so the
-    # ~1e-6 differences between batched and single-image float32 convolutions can grow to 1e-2 in a mask; in
-    # float64 they start ~1e-15 and a batch gives the same masks as one image at a time. Costs ~2× on a CPU.
-    precision: Literal["float64", "float32"] = "float64"
-
-    @staticmethod
-    def for_variant(variant: str, **overrides: Any) -> "GFISettings":
-        if variant not in ("paper", "code"):
-            raise UserError(f"unknown variant {variant!r}; valid: paper, code")
-        base = {"variant": variant}
-        if variant == "code":
-            base.update(stage1_iterations=11, stage2_iterations=69, gamma=5.0, delta=2.0, regulariser="l2sq",
-                        inversion_loss="relative", normalisation="min_over_max", upsample_first=True,
-                        shared_optimizer=True)
-        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(GFISettings)})
-        if unknown:
-            raise UserError(f"unknown setting(s) {', '.join(unknown)} for feature_inversion; valid: "
-                            f"{', '.join(f.name for f in dataclasses.fields(GFISettings))}")
-        settings = GFISettings(**{**base, **overrides})
-        settings.check()
-        return settings
-
-    def check(self) -> None:
-        if self.stage1_iterations < 0 or self.stage2_iterations < 0:
-            raise UserError("iterations must be >= 0")
-        if self.lr <= 0 or self.lr_decay_every < 1 or not 0 < self.lr_decay <= 1:
-            raise UserError("lr must be > 0, lr_decay in (0, 1], lr_decay_every >= 1")
-        if self.init_weight < 0 or min(self.gamma, self.lam, self.delta) < 0:
-            raise UserError("init_weight, gamma, lam and delta must be >= 0")
-        if self.blur_sigma is not None and self.blur_sigma <= 0:
-            raise UserError("blur_sigma must be > 0")
 
 
 @dataclass
@@ -145,26 +71,11 @@ class GFIResult:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of N×C×H×W with reflect padding (no dark frame creeping in from the border)."""
-    radius = min(int(math.ceil(3 * sigma)), x.shape[-1] - 1, x.shape[-2] - 1)
-    if radius < 1:
-        return x.clone()
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    c = x.shape[1]
-    out = F.pad(x, [radius, radius, 0, 0], mode="reflect")
-    out = F.conv2d(out, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    out = F.pad(out, [0, 0, radius, radius], mode="reflect")
-    return F.conv2d(out, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-
-
 def make_background(x: torch.Tensor, settings: GFISettings) -> torch.Tensor:
     """The image a mask value of 0 reveals: a blurred copy (paper) or each channel's mean."""
     if settings.background == "mean":
         return x.mean(dim=(2, 3), keepdim=True).expand_as(x).clone()
-    sigma = settings.blur_sigma or PAPER_BLUR_RADIUS * x.shape[-1] / PAPER_INPUT_SIZE
+    sigma = settings.blur_sigma or paper_blur_sigma(x.shape[-1])
     return gaussian_blur(x, sigma)
 
 
@@ -355,126 +266,5 @@ def _display_mask(prob: _Problem, weights: torch.Tensor) -> torch.Tensor:
     return normalise_maps(prob.mask(weights))
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# The explainer
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def default_max_batch(device: torch.device) -> int:
-    """Images optimised together. On a CPU the network's cost per image does not fall with the batch, and beyond
-    ~8 images (scenes CNN, float64) the activations outgrow the caches and it rises (benchmarks/gfi.py); a GPU
-    is launch-bound at small batches and gains from large ones."""
-    return 32 if device.type == "cuda" else 8
-
-
-def compute_model(model: Classifier, precision: str) -> Classifier:
-    """The model to optimise against: itself for float32, else a float64 copy in eval mode (made per call, so it
-    never goes stale if the caller goes on training the original)."""
-    if precision == "float32":
-        return model
-    return copy.deepcopy(model).to(torch.float64).eval()
-
-
-_REQUEST_SETTINGS = ("stage1_iterations", "stage2_iterations", "lr", "class_score")
-
-
-class FeatureInversionParams(BaseModel):
-    """Per-request settings; unset fields keep the explainer's own."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    target: int = Field(-1, ge=-1, description="class for rows without their own target; -1 = predicted")
-    variant: Variant | None = Field(None, description="'paper' (default) or 'code' (the authors' main.py)")
-    stage1_iterations: int | None = Field(None, ge=0, le=1000)
-    stage2_iterations: int | None = Field(None, ge=0, le=1000)
-    lr: float | None = Field(None, gt=0, le=10)
-    class_score: Literal["prob", "log_prob"] | None = Field(None, description="stage-2 score; 'prob' = paper")
-    return_stage1: bool = Field(False, description="add the stage-1 mask as extra['stage1_saliency']")
-    return_weights: bool = Field(False, description="add the channel weights ω as extra['weights']")
-
-
-@register("feature_inversion")
-class FeatureInversion(Explainer):
-    """Guided Feature Inversion (Du et al., KDD'18): a class-discriminative mask from the model's own channels."""
-
-    name = "feature_inversion"
-    needs = frozenset({"image", "model"})
-    produces = frozenset({"saliency"})
-    Params = FeatureInversionParams
-
-    def __init__(self, model: Classifier, *, variant: Variant = "paper", inversion_layer: str | None = None,
-                 base_layer: str | None = None, class_names: list[str] | None = None,
-                 max_batch: int | None = None, **settings: Any):
-        self.model = model
-        self.class_names = class_names
-        if max_batch is not None and max_batch < 1:
-            raise UserError("max_batch must be >= 1")
-        self.max_batch = max_batch
-        defaults = default_layers(model) if inversion_layer is None or base_layer is None else {}
-        if "blur_sigma" in defaults and "blur_sigma" not in settings:
-            settings["blur_sigma"] = defaults["blur_sigma"]
-        self._overrides = dict(settings)
-        self.settings = GFISettings.for_variant(variant, **settings)
-        self.inversion_layer = resolve_one_layer(model, inversion_layer or defaults["inversion"])
-        self._explicit_base = base_layer is not None
-        self._default_base = resolve_one_layer(model, base_layer or defaults["base"])
-
-    def base_layer(self, variant: str) -> str:
-        """l1: the explicit or per-architecture layer; the code variant uses l0 unless l1 was given explicitly."""
-        if variant == "code" and not self._explicit_base:
-            return self.inversion_layer
-        return self._default_base
-
-    def request_settings(self, params: FeatureInversionParams) -> GFISettings:
-        variant = params.variant or self.settings.variant
-        overrides = {**self._overrides, **{k: getattr(params, k) for k in _REQUEST_SETTINGS
-                                              if getattr(params, k) is not None}}
-        return GFISettings.for_variant(variant, **overrides)
-
-    def explain(self, batch: dict[str, np.ndarray], params: BaseModel | dict | None = None) -> list[Explanation]:
-        p = self.parse_params(params)
-        settings = self.request_settings(p)
-        x = prepare_images(self.model, batch)
-        wanted = row_targets(batch, len(x), p.target)
-        base_name = self.base_layer(settings.variant)
-        with eval_mode(self.model):
-            targets = resolve_targets(self.model, x, wanted)
-            model = compute_model(self.model, settings.precision)
-            x = x.to(next(model.parameters()).dtype)
-            chunk = self.max_batch or default_max_batch(x.device)
-            results = [run_gfi(model, x[lo:lo + chunk], targets[lo:lo + chunk],
-                               base_module=get_module(model, base_name),
-                               inversion_module=get_module(model, self.inversion_layer), settings=settings)
-                       for lo in range(0, len(x), chunk)]
-        layers = {"inversion": self.inversion_layer, "base": base_name}
-        return [e for r in results for e in self._explanations(r, settings, layers, p)]
-
-    def _explanations(self, r: GFIResult, settings: GFISettings, layers: dict[str, str],
-                      p: FeatureInversionParams) -> list[Explanation]:
-        out = []
-        for i in range(len(r.targets)):
-            label = int(r.targets[i])
-            extra: dict[str, Any] = {
-                "variant": settings.variant, "layers": layers,
-                "iterations": [settings.stage1_iterations, settings.stage2_iterations],
-                "p_original": float(r.p_original[i]), "p_masked": float(r.p_masked[i]),
-                "p_complement": float(r.p_complement[i]), "mask_area": float(r.mask[i].mean()),
-                "fallback": bool(r.fallback[i]),
-                "stage1_loss": _finite_or_none(r.stage1_loss[i]), "stage2_loss": _finite_or_none(r.stage2_loss[i])}
-            if p.return_stage1:
-                extra["stage1_saliency"] = r.stage1_mask[i].cpu().numpy().astype(np.float32)
-                if bool(r.fallback[i]):  # the stage-2 mask that was set aside
-                    extra["stage2_saliency"] = r.stage2_mask[i].cpu().numpy().astype(np.float32)
-            if p.return_weights:
-                extra["weights"] = r.weights[i].cpu().numpy().astype(np.float32)
-                extra["stage1_weights"] = r.stage1_weights[i].cpu().numpy().astype(np.float32)
-            out.append(Explanation(label=label, label_name=self.class_names[label] if self.class_names else None,
-                                   method=self.name, saliency=r.mask[i].cpu().numpy().astype(np.float32),
-                                   extra=extra))
-        return out
-
-
-def _finite_or_none(v: torch.Tensor) -> float | None:
-    """JSON has no NaN: a stage that ran 0 iterations reports None."""
-    f = float(v)
-    return f if math.isfinite(f) else None
+__all__ = ["GFIResult", "composites", "forward_to", "inversion_error", "make_background", "make_mask", "regulariser",
+           "run_gfi"]

@@ -5,7 +5,8 @@ saliency methods among them.
     interp-ray explain-dataset --config configs/explain_scenes.yaml
 
 For every method and every split (the explained ``split``, and ``evaluation.tune_split`` when α is tuned) one
-store, ``<store.root>/<model>/<method>/<key>/`` (see ``interp_ray.saliency_store``); one pipeline fills them all:
+store, ``<store.root>/<model>/<method>/<key>/`` (see ``interp_ray.saliency_store``; rows become its columns in
+``interp_ray.explain_rows``); one pipeline fills them all:
 
     missing (store, shard) ─► map_batches(PlanLoader)     tasks: the shard's rows of the store's dataset split
                            ─► map_batches(RoutedMapper)   actor pool (ActorPoolStrategy(size=actors)): every
@@ -36,10 +37,11 @@ from interp_ray.config import DataConfig, Section, load_config
 from interp_ray.data import load_dataset
 from interp_ray.data.base import HeadDataset, ImageDataset
 from interp_ray.errors import UserError
+from interp_ray.explain_rows import (TARGET_RULES, ExplanationMapper, MethodChoice, check_method, constant_info,
+                                     scalar_extras)
 from interp_ray.explainers.base import adopt_explainer, get_explainer
 from interp_ray.saliency_store import (DEFAULT_SHARD_ROWS, EXPLANATION_COLUMN, EXTRA_PREFIX, SALIENCY_COLUMN,
-                                       TARGET_RULES, ExplanationMapper, MethodChoice, SaliencyManifest, check_method,
-                                       constant_info, make_identity, scalar_extras, store_key, store_location)
+                                       SaliencyManifest, make_identity, store_key, store_location)
 from interp_ray.store import check_store, finalize_store, prepare_store
 from jobs.common import base_parser, check_storage_paths, exit_with, init_ray
 from jobs.extract_activations import (STORE, ComputeSection, PlanLoader, RoutedWriter, absolute,
@@ -192,7 +194,7 @@ def make_plans(cfg: ExplainDatasetConfig) -> list[StorePlan]:
         schema: tuple[dict[str, Any], dict[str, str], dict] | None = None
         for split, ds in datasets.items():
             data = {"name": cfg.data.name, "options": cfg.data_options(split)}
-            identity = make_identity(checkpoint_digest=loaded.digest, method=choice, dataset=ds.describe(),
+            identity = make_identity(checkpoint_digest=loaded.digest, method=choice.identity(), dataset=ds.describe(),
                                      split=split, data=data, target=cfg.target)
             key = store_key(identity)
             location = store_location(absolute(cfg.store.root), model_name, choice.name, key)

@@ -76,6 +76,19 @@ def test_the_project_has_no_import_circle():
     assert cycle(graph) is None, " → ".join(cycle(graph))
 
 
+def test_stores_and_metrics_import_no_method():
+    """DESIGN.md's direction: a store never imports the methods it stores, and metrics and explainers are siblings
+    (what both need, such as the blur, lives in a neutral module). Running methods over rows is the session's side
+    (``interp_ray.explain_rows``), not the store's."""
+    graph = import_graph(REPO, PACKAGES)
+    methods = ("interp_ray.explainers", "interp_ray.session", "interp_ray.explain_rows")
+    metrics = [m for m in graph if m.startswith("interp_ray.metrics")]
+    for mod in ("interp_ray.store", "interp_ray.saliency_store", *metrics):
+        wrong = sorted(d for d in graph[mod] if d.startswith(methods))
+        assert not wrong, f"{mod} imports {wrong}"
+    assert "interp_ray.saliency_store" in graph["interp_ray.explain_rows"]   # the walk saw the new side
+
+
 def write(root: Path, files: dict[str, str]) -> None:
     for rel, text in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)

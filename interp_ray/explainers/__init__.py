@@ -1,4 +1,4 @@
-"""Explainers, one file per method, behind the protocol in ``base``."""
+"""Explainers, one folder per method (one file for a small one), behind the protocol in ``base``."""
 
 from interp_ray.explainers.base import (EXPLAINERS, Explainer, Explanation, explainer_names, get_explainer,
                                         register)

@@ -31,11 +31,11 @@ from typing import Any
 import torch
 
 from interp_ray.config import load_config
-from interp_ray.explainers.flint import train_explainer
-from interp_ray.explainers.flint_config import FlintJobConfig
-from interp_ray.explainers.flint_interpretation import evaluate_explainer
-from interp_ray.explainers.flint_scenes import scenes_attribute_table
-from interp_ray.explainers.flint_training import materialize
+from interp_ray.explainers.flint.explainer import train_explainer
+from interp_ray.explainers.flint.config import FlintJobConfig
+from interp_ray.explainers.flint.interpretation import evaluate_explainer
+from interp_ray.metrics.scene_attributes import scenes_attribute_table
+from interp_ray.explainers.flint.training import materialize
 
 
 def run(cfg: FlintJobConfig, mode: str, seed: int, *, store_root: str | None = None, **flint: Any):
@@ -155,7 +155,7 @@ def print_matches(title: str, matches: list[dict], explainer, tau: float) -> Non
 
 def pictures(explainer, cfg: FlintJobConfig, test_ds, folder: Path, max_pairs: int) -> list[dict]:
     from interp_ray.data import load_dataset
-    from interp_ray.explainers.flint_plots import write_global_pictures, write_local_sheet
+    from interp_ray.explainers.flint.plots import write_global_pictures, write_local_sheet
 
     train_ds = materialize(load_dataset(cfg.data.name, "train", **cfg.data.options), cfg.materialize_rows)
     recs = write_global_pictures(explainer, train_ds, folder, tau=cfg.flint.tau, am=cfg.pictures.am,

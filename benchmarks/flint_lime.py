@@ -38,8 +38,8 @@ def main(argv=None) -> dict:
     import torch
 
     from interp_ray.data import load_dataset
-    from interp_ray.explainers.flint import FlintExplainer
-    from interp_ray.explainers.flint_interpretation import collect, interpretation_metrics
+    from interp_ray.explainers.flint.explainer import FlintExplainer
+    from interp_ray.explainers.flint.interpretation import collect, interpretation_metrics
 
     torch.set_num_threads(args.threads)
     if args.classifier:

@@ -57,7 +57,7 @@ def parser() -> argparse.ArgumentParser:
 def parse_am(pairs: Sequence[str], explainer) -> Any:
     """``--am`` pairs over the checkpoint's AM+PI settings → ``AMSection``; bad keys are a UserError."""
     from interp_ray.config import validate
-    from interp_ray.explainers.flint_am import AMSection
+    from interp_ray.explainers.flint.am import AMSection
 
     raw: dict[str, Any] = {}
     for pair in pairs:
@@ -194,7 +194,7 @@ def picture_path(template: str, i: int, n: int) -> str:
 
 def write_picture(explainer, image: np.ndarray, explanation, path: str, params: dict[str, Any], am=None) -> str:
     if explainer.name == "flint":
-        from interp_ray.explainers.flint_plots import write_local_sheet
+        from interp_ray.explainers.flint.plots import write_local_sheet
 
         out, _ = write_local_sheet(explainer, image, path, tau=params.get("tau"), target=params.get("target", -1),
                                    am=am)

@@ -75,7 +75,7 @@ class FlintStageRef(JobRef):
 
     def classifier_overrides(self, checkpoint: str, *, smoke: bool) -> dict[str, Any]:
         """Post hoc, the classifier is the predictor to freeze."""
-        from interp_ray.explainers.flint_config import FlintJobConfig
+        from interp_ray.explainers.flint.config import FlintJobConfig
 
         if self.classifier and self.load(FlintJobConfig, smoke=smoke,
                                          forced={"flint.predictor_checkpoint": checkpoint}).flint.mode == "posthoc":
@@ -268,10 +268,10 @@ def run_cnn_inte(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
     return r
 
 
-@pipeline_stage("flint", job="interp_ray.explainers.flint_config:FlintJobConfig",
+@pipeline_stage("flint", job="interp_ray.explainers.flint.config:FlintJobConfig",
                 default=FlintStageRef(config="configs/flint_digits.yaml"))
 def run_flint(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
-    from interp_ray.explainers.flint_config import FlintJobConfig
+    from interp_ray.explainers.flint.config import FlintJobConfig
     from jobs.train_flint import prepare, train
 
     ref = cfg.ref(ctx.stage)
@@ -320,7 +320,7 @@ def lime_beside_flint(checkpoint: str, job: Any, images: int) -> dict[str, Any]:
     import torch
 
     from interp_ray.data import load_dataset
-    from interp_ray.explainers.flint import FlintExplainer
+    from interp_ray.explainers.flint.explainer import FlintExplainer
     from interp_ray.metrics.fidelity import lime_predictions, torch_proba
 
     flint = FlintExplainer.load(checkpoint).flint.eval()

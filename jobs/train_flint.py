@@ -3,7 +3,7 @@ resumable; then compute global relevance, MAS, test metrics (and pictures) and w
 
     python -m jobs.train_flint --config configs/flint_digits.yaml [--set flint.mode=posthoc --set flint.predictor_checkpoint=DIR]
 
-The per-epoch work is ``interp_ray.explainers.flint_training.flint_train_steps`` — the same function ``train_local``
+The per-epoch work is ``interp_ray.explainers.flint.training.flint_train_steps`` — the same function ``train_local``
 runs without Ray. Joint and BASE train f, so they run it over images; post hoc, f is frozen and never runs here: its
 taps, probabilities and the input are extracted once into the activation store (``store``; ``jobs.extract_activations``)
 and each Ray Train worker streams its shard of it (``get_dataset_shard``), as ``jobs.train_explainer`` does. A rerun
@@ -19,11 +19,11 @@ from typing import Any, Sequence
 
 from interp_ray.checkpoint import is_remote
 from interp_ray.config import load_config
-from interp_ray.explainers.flint import FlintExplainer, save_flint
-from interp_ray.explainers.flint_config import FlintJobConfig
-from interp_ray.explainers.flint_interpretation import evaluate_explainer
-from interp_ray.explainers.flint_scenes import scenes_attribute_table
-from interp_ray.explainers.flint_training import (FlintSetup, epoch_row, finalize, finalize_from_store, flint_evaluate,
+from interp_ray.explainers.flint.explainer import FlintExplainer, save_flint
+from interp_ray.explainers.flint.config import FlintJobConfig
+from interp_ray.explainers.flint.interpretation import evaluate_explainer
+from interp_ray.metrics.scene_attributes import scenes_attribute_table
+from interp_ray.explainers.flint.training import (FlintSetup, epoch_row, finalize, finalize_from_store, flint_evaluate,
                                                   flint_evaluate_steps, flint_train_epoch, flint_train_steps,
                                                   make_flint_optimizer, posthoc_layers, row_steps, setup,
                                                   store_columns)
@@ -102,7 +102,7 @@ def posthoc_stores(cfg: FlintJobConfig, spec: dict[str, Any] | None = None, *, a
     ``cfg.store`` with ``cfg.compute`` (``engine: local`` needs no Ray), or found complete there and reused.
     ``spec``: the resolved FLINT architecture (default: resolved from the predictor checkpoint)."""
     from interp_ray.checkpoint import load_classifier
-    from interp_ray.explainers.flint_model import resolved_flint_spec
+    from interp_ray.explainers.flint.model import resolved_flint_spec
     from jobs.extract_activations import ExtractJobConfig, extract
 
     if spec is None:
@@ -136,7 +136,7 @@ def train(cfg: FlintJobConfig, prepared: FlintSetup | None = None) -> dict[str, 
     """Fit on Ray Train; then, in this process: global relevance + MAS on the training split, test metrics, the
     ground-truth attribute matches (scenes), the final checkpoint at ``cfg.output`` and, if enabled, the pictures."""
     from interp_ray.data import load_dataset
-    from interp_ray.explainers.flint_training import materialize
+    from interp_ray.explainers.flint.training import materialize
 
     if prepared is None:
         cfg, prepared = prepare(cfg)
@@ -167,7 +167,7 @@ def train(cfg: FlintJobConfig, prepared: FlintSetup | None = None) -> dict[str, 
            "attribute_matches": matches, "global": explainer.global_interpretation(cfg.flint.tau),
            "worker_history": worker_history(result)}
     if cfg.pictures.enabled:
-        from interp_ray.explainers.flint_plots import write_global_pictures, write_local_sheet
+        from interp_ray.explainers.flint.plots import write_global_pictures, write_local_sheet
 
         pdir = Path(cfg.pictures.dir or (Path(cfg.output) / "pictures" if not is_remote(cfg.output)
                                          else "outputs/flint_pictures"))

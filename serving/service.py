@@ -340,7 +340,7 @@ class ExplainerService:
         with tempfile.TemporaryDirectory(prefix="interp-ray-picture-") as tmp:
             path = Path(tmp) / "picture.png"
             if exp.attributes is not None and hasattr(explainer, "attribute_names"):
-                from interp_ray.explainers.flint_plots import write_local_sheet
+                from interp_ray.explainers.flint.plots import write_local_sheet
 
                 write_local_sheet(explainer, row.image, path, tau=row.params.get("tau"), target=row.target)
             elif exp.saliency is not None:

@@ -18,8 +18,8 @@ from jobs.explain import main
 @pytest.fixture(scope="module")
 def flint_checkpoint(tmp_path_factory, pinned_torch_threads, fixture_seed):
     """A briefly trained FLINT on digits (3 epochs, plain PyTorch), saved as an interp-ray checkpoint."""
-    from interp_ray.explainers.flint import train_explainer
-    from interp_ray.explainers.flint_config import FlintJobConfig
+    from interp_ray.explainers.flint.explainer import train_explainer
+    from interp_ray.explainers.flint.config import FlintJobConfig
 
     cfg = FlintJobConfig.model_validate({"flint": {"relevance_samples": 200},
                                          "train": {"epochs": 3, "batch_size": 32, "lr": 0.002, "seed": fixture_seed},
@@ -65,7 +65,7 @@ def test_flint_prints_the_local_interpretation(flint_checkpoint, digit_png, caps
 
 
 def test_json_tau_and_picture(flint_checkpoint, digit_png, capsys, tmp_path):
-    from interp_ray.explainers.flint_plots import png_pixel_variance
+    from interp_ray.explainers.flint.plots import png_pixel_variance
 
     ckpt, _ = flint_checkpoint
     png, _ = digit_png

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from interp_ray.config import ClassifierJobConfig, load_config
-from interp_ray.explainers.flint_config import FlintJobConfig
-from interp_ray.explainers.flint_model import resolved_flint_spec
+from interp_ray.explainers.flint.config import FlintJobConfig
+from interp_ray.explainers.flint.model import resolved_flint_spec
 from interp_ray.models import build_model
 from jobs.extract_activations import ExtractJobConfig, make_plan
 from jobs.fit_cnn_inte import CnnInteJobConfig, extract_config

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from interp_ray.config import load_config
-from interp_ray.explainers.flint import FlintExplainer
-from interp_ray.explainers.flint_config import FlintJobConfig
+from interp_ray.explainers.flint.explainer import FlintExplainer
+from interp_ray.explainers.flint.config import FlintJobConfig
 from jobs.common import run_main
 from jobs.train_flint import main, train
 
@@ -89,7 +89,7 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
 
 
 def test_scenes_config_validates_and_builds():
-    from interp_ray.explainers.flint_model import build_flint, resolved_flint_spec
+    from interp_ray.explainers.flint.model import build_flint, resolved_flint_spec
     from interp_ray.models import build_model
 
     cfg = load_config(FlintJobConfig, "configs/flint_scenes.yaml")

@@ -129,8 +129,8 @@ def test_flint_mnist_is_the_papers_network():
 
 def test_flint_mnist_declares_flints_taps_and_decoder():
     """FLINT reads the model's own declaration: Ψ on relu2 (after the last ReLU, not ``pool``), d = decode_MNIST."""
-    from interp_ray.explainers.flint_config import FlintSection
-    from interp_ray.explainers.flint_model import build_flint, resolved_flint_spec
+    from interp_ray.explainers.flint.config import FlintSection
+    from interp_ray.explainers.flint.model import build_flint, resolved_flint_spec
 
     m = build_model("flint_mnist")
     spec = resolved_flint_spec(m, FlintSection())

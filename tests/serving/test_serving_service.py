@@ -127,7 +127,7 @@ def test_learned_method_without_checkpoint_is_skipped(serving_checkpoints):
 
 def test_flint_is_loaded_from_the_checkpoint_dir(service, serving_checkpoints):
     """The served FLINT is the checkpoint's: its answers are those of the same checkpoint loaded by the library."""
-    from interp_ray.explainers.flint import FlintExplainer
+    from interp_ray.explainers.flint.explainer import FlintExplainer
 
     assert "flint" in service.explainers, service.skipped.get("flint")
     images = digit_images(3)

@@ -20,7 +20,7 @@ from interp_ray.errors import UserError
 from interp_ray.models import Classifier
 
 if TYPE_CHECKING:  # the config imports the losses, which import this module's FlintOutput
-    from interp_ray.explainers.flint_config import FlintSection
+    from interp_ray.explainers.flint.config import FlintSection
 
 
 class FlintOutput(NamedTuple):

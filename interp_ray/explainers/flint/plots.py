@@ -12,9 +12,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from interp_ray.explainers.flint import FlintExplainer
-from interp_ray.explainers.flint_am import AMSection, activation_maximisation
-from interp_ray.explainers.flint_interpretation import (collect, compute_global_relevance, global_interpretation,
+from interp_ray.explainers.flint.explainer import FlintExplainer
+from interp_ray.explainers.flint.am import AMSection, activation_maximisation
+from interp_ray.explainers.flint.interpretation import (collect, compute_global_relevance, global_interpretation,
                                                         max_activating)
 
 

@@ -1,7 +1,7 @@
 """FLINT's activation maximisation with partial initialisation (AM+PI; the authors' ``optimize_inp``).
 
 Maximise C·φ_j(x) − λ_tv TV(x) − λ_bound B(x) − λ_1 ||x||₁ from κ·x₀ with Adam, 12 rounds × ``n_iter`` steps, lr 0.05
-halved each round. Pictures are written by ``interp_ray.explainers.flint_plots``.
+halved each round. Pictures are written by ``interp_ray.explainers.flint.plots``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 from pydantic import Field
 
 from interp_ray.config import Section
-from interp_ray.explainers.flint_model import FlintModel
+from interp_ray.explainers.flint.model import FlintModel
 
 
 class AMSection(Section):

@@ -26,7 +26,7 @@ from pydantic import Field, model_validator
 
 from interp_ray.config import Section
 from interp_ray.errors import UserError
-from interp_ray.explainers.flint_model import FlintOutput
+from interp_ray.explainers.flint.model import FlintOutput
 
 
 TERMS: tuple[str, ...] = ("pred", "rec", "fid", "l1", "ent")

@@ -26,12 +26,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from interp_ray.errors import UserError
 from interp_ray.explainers.base import Explainer, Explanation, register
-from interp_ray.explainers.flint_am import AMSection
-from interp_ray.explainers.flint_config import FlintJobConfig
-from interp_ray.explainers.flint_interpretation import (contributions, global_interpretation, interpreter_weight,
+from interp_ray.explainers.flint.am import AMSection
+from interp_ray.explainers.flint.config import FlintJobConfig
+from interp_ray.explainers.flint.interpretation import (contributions, global_interpretation, interpreter_weight,
                                                         local_interpretation, relevance)
-from interp_ray.explainers.flint_model import FlintModel, build_flint
-from interp_ray.explainers.flint_training import FlintSetup, finalize, finalize_from_store, train_local
+from interp_ray.explainers.flint.model import FlintModel, build_flint
+from interp_ray.explainers.flint.training import FlintSetup, finalize, finalize_from_store, train_local
 
 
 CHECKPOINT_KIND = "flint"

@@ -10,7 +10,7 @@ import torch
 from interp_ray.errors import UserError
 
 if TYPE_CHECKING:  # for annotations only: the explainer module pulls in the whole training stack
-    from interp_ray.explainers.flint import FlintExplainer
+    from interp_ray.explainers.flint.explainer import FlintExplainer
 
 
 def ground_truth_indicators(attributes: np.ndarray) -> tuple[np.ndarray, list[str]]:

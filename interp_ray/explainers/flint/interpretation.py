@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import torch
 
-from interp_ray.explainers.flint_model import FlintModel, forward_step, image_steps
+from interp_ray.explainers.flint.model import FlintModel, forward_step, image_steps
 
 if TYPE_CHECKING:  # the explainer module imports this one
-    from interp_ray.explainers.flint import FlintExplainer
+    from interp_ray.explainers.flint.explainer import FlintExplainer
 
 
 TAUS: tuple[float, ...] = (1.5, 2.0, 2.5, 3.0, 4.0, 5.0)  # the code's ``mults``

@@ -10,9 +10,9 @@ from pydantic import Field, field_validator, model_validator
 
 from interp_ray.config import (ComputeSection, DataConfig, ModelConfig, OptimConfig, RunSection, ScalingSection, Section,
                                StoreSection, StreamSection)
-from interp_ray.explainers.flint_am import AMSection
-from interp_ray.explainers.flint_interpretation import TAUS
-from interp_ray.explainers.flint_losses import SCHEDULES, ScheduleName, ScheduleSection, schedule_preset
+from interp_ray.explainers.flint.am import AMSection
+from interp_ray.explainers.flint.interpretation import TAUS
+from interp_ray.explainers.flint.losses import SCHEDULES, ScheduleName, ScheduleSection, schedule_preset
 
 
 class FlintSection(Section):

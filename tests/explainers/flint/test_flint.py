@@ -11,15 +11,15 @@ import torch
 
 from interp_ray.errors import UserError
 from interp_ray.explainers import get_explainer
-from interp_ray.explainers.flint import FlintExplainer, train_explainer
-from interp_ray.explainers.flint_am import AMSection, activation_maximisation
-from interp_ray.explainers.flint_config import FlintJobConfig, FlintSection
-from interp_ray.explainers.flint_interpretation import (conciseness, contributions, evaluate_explainer,
+from interp_ray.explainers.flint.explainer import FlintExplainer, train_explainer
+from interp_ray.explainers.flint.am import AMSection, activation_maximisation
+from interp_ray.explainers.flint.config import FlintJobConfig, FlintSection
+from interp_ray.explainers.flint.interpretation import (conciseness, contributions, evaluate_explainer,
                                                         global_interpretation, global_relevance, local_interpretation,
                                                         relevance)
-from interp_ray.explainers.flint_losses import ScheduleSection, entropy, flint_losses, schedule_preset, total_loss
-from interp_ray.explainers.flint_model import FlintOutput, build_flint, resolved_flint_spec
-from interp_ray.explainers.flint_scenes import ground_truth_indicators, match_attributes
+from interp_ray.explainers.flint.losses import ScheduleSection, entropy, flint_losses, schedule_preset, total_loss
+from interp_ray.explainers.flint.model import FlintOutput, build_flint, resolved_flint_spec
+from interp_ray.metrics.scene_attributes import ground_truth_indicators, match_attributes
 from interp_ray.models import build_model
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
@@ -91,8 +91,8 @@ def test_mnist_and_quickdraw_schedules_at_given_epochs():
 
 
 def test_learning_rate_steps_count_epochs_from_one():
-    from interp_ray.explainers.flint_config import FlintOptimConfig
-    from interp_ray.explainers.flint_training import make_flint_optimizer
+    from interp_ray.explainers.flint.config import FlintOptimConfig
+    from interp_ray.explainers.flint.training import make_flint_optimizer
 
     opt, sched = make_flint_optimizer(torch.nn.Linear(2, 2), FlintOptimConfig(lr=1e-4, lr_steps=[(3, 4e-5)]))
     lrs = []
@@ -244,7 +244,7 @@ def test_posthoc_freezes_f_and_base_leaves_g_untouched(trained, digits_test, tmp
     cfg.train.epochs = 1
     torch.manual_seed(0)
     base, _ = train_explainer(cfg)
-    from interp_ray.explainers.flint_training import setup
+    from interp_ray.explainers.flint.training import setup
 
     fresh = setup(cfg).model   # same seed → same initial Ψ, h, d
     for name in ("psi", "interpreter", "decoder"):
@@ -257,8 +257,8 @@ def test_posthoc_reads_fs_taps_from_the_store_and_never_runs_f(trained, tmp_path
     """Post hoc, training, validation, global relevance and MAS read the store: FlintModel.taps (f over images)
     never runs. The store's relevance and MAS are those the images give, on the same subset of rows."""
     from interp_ray.checkpoint import save_classifier
-    from interp_ray.explainers.flint_model import FlintModel
-    from interp_ray.explainers.flint_training import finalize, finalize_from_store, setup, train_local
+    from interp_ray.explainers.flint.model import FlintModel
+    from interp_ray.explainers.flint.training import finalize, finalize_from_store, setup, train_local
 
     explainer, _ = trained
     save_classifier(tmp_path / "f", explainer.flint.predictor, model_name="digits_cnn",
@@ -309,7 +309,7 @@ def test_explain_save_load_and_registry(trained, digits_test, tmp_path):
 
 
 def test_am_pi_raises_the_attribute_and_batches_are_independent(trained, digits_test):
-    from interp_ray.explainers.flint_am import total_variation
+    from interp_ray.explainers.flint.am import total_variation
 
     explainer, _ = trained
     x = torch.from_numpy(digits_test.get_batch([0, 1])["image"])
@@ -340,7 +340,7 @@ def test_am_pi_raises_the_attribute_and_batches_are_independent(trained, digits_
 
 
 def test_pictures_are_written_and_not_blank(trained, digits_test, tmp_path):
-    from interp_ray.explainers.flint_plots import (png_pixel_variance, save_pair_picture, write_global_pictures,
+    from interp_ray.explainers.flint.plots import (png_pixel_variance, save_pair_picture, write_global_pictures,
                                                    write_local_sheet)
     from interp_ray.data import load_dataset
 

@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from interp_ray.errors import UserError
-from interp_ray.explainers.flint_config import FlintJobConfig, FlintOptimConfig, FlintSection
-from interp_ray.explainers.flint_interpretation import compute_global_relevance, max_activating
-from interp_ray.explainers.flint_losses import TERMS, ScheduleSection, flint_losses, total_loss
-from interp_ray.explainers.flint_model import (FlintModel, Step, build_flint, forward_step, image_steps,
+from interp_ray.explainers.flint.config import FlintJobConfig, FlintOptimConfig, FlintSection
+from interp_ray.explainers.flint.interpretation import compute_global_relevance, max_activating
+from interp_ray.explainers.flint.losses import TERMS, ScheduleSection, flint_losses, total_loss
+from interp_ray.explainers.flint.model import (FlintModel, Step, build_flint, forward_step, image_steps,
                                                resolved_flint_spec)
 from interp_ray.models import Classifier
 from interp_ray.models.base import INPUT_LAYER
@@ -306,7 +306,7 @@ def finalize_from_store(model: FlintModel, store: Any, section: FlintSection, *,
                         device: torch.device | str = "cpu", batch_rows: int = 512) -> dict[str, Any]:
     """``finalize`` post hoc: the same random subset of training rows, read from the train store (f's taps and the
     input) in one streaming pass instead of running f over images."""
-    from interp_ray.explainers.flint_interpretation import (collect_steps, relevance_subset,
+    from interp_ray.explainers.flint.interpretation import (collect_steps, relevance_subset,
                                                             store_global_relevance)
 
     idx = relevance_subset(len(store), section.relevance_samples, seed)

@@ -31,11 +31,11 @@ from typing import Any
 import torch
 
 from interp_ray.config import load_config
-from interp_ray.explainers.flint.explainer import train_explainer
 from interp_ray.explainers.flint.config import FlintJobConfig
-from interp_ray.explainers.flint.interpretation import evaluate_explainer
+from interp_ray.explainers.flint.explainer import train_explainer
+from interp_ray.explainers.flint.interpretation import attributes_with_ground_truth, evaluate_model
 from interp_ray.metrics.scene_attributes import scenes_attribute_table
-from interp_ray.explainers.flint.training import materialize
+from jobs.flint_inputs import flint_inputs, materialize
 
 
 def run(cfg: FlintJobConfig, mode: str, seed: int, *, store_root: str | None = None, **flint: Any):
@@ -52,7 +52,7 @@ def run(cfg: FlintJobConfig, mode: str, seed: int, *, store_root: str | None = N
         c.store = c.store.model_copy(update={"root": store_root})
         c.compute = c.compute.model_copy(update={"engine": "local"})
         stores = posthoc_stores(c)
-    explainer, history = train_explainer(c, stores=stores)
+    explainer, history = train_explainer(c, flint_inputs(c), stores=stores)
     return explainer, history, time.perf_counter() - t0
 
 
@@ -81,15 +81,15 @@ def main() -> None:
           f"{cfg.train.epochs} epochs, batch {cfg.train.batch_size}, lr {cfg.train.lr}, schedule {cfg.flint.schedule}")
     for seed in args.seeds:
         base, base_hist, base_s = run(cfg, "base", seed)
-        m_base = evaluate_explainer(base, test_ds, taus=[tau])
+        m_base = evaluate_model(base.flint, test_ds, taus=[tau])
         flint, flint_hist, flint_s = run(cfg, "joint", seed)
-        m_flint = evaluate_explainer(flint, test_ds, taus=cfg.flint.taus)
+        m_flint = evaluate_model(flint.flint, test_ds, taus=cfg.flint.taus)
         with tempfile.TemporaryDirectory() as d:
             save_classifier(Path(d) / "base_f", base.flint.predictor, model_name=base.config["model"]["name"],
                             model_options=base.config["model"]["options"], class_names=base.class_names)
             post, post_hist, post_s = run(cfg, "posthoc", seed, store_root=str(Path(d) / "activations"),
                                           predictor_checkpoint=str(Path(d) / "base_f"))
-        m_post = evaluate_explainer(post, test_ds, taus=cfg.flint.taus)
+        m_post = evaluate_model(post.flint, test_ds, taus=cfg.flint.taus)
         row = {"base": m_base, "flint": m_flint, "posthoc": m_post, "seconds": {"base": base_s, "flint": flint_s,
                                                                              "posthoc": post_s},
                "history": {"base": base_hist, "flint": flint_hist, "posthoc": post_hist}}
@@ -105,8 +105,9 @@ def main() -> None:
               f"g accuracy {m_post['accuracy_g']:.4f}; CNS(tau={tau:g}) {m_post[f'cns_{tau:g}']:.2f}; {post_s:.0f} s)")
         if seed == args.seeds[0]:
             if "attributes" in test_ds.get_batch([0]):
-                row["matches"] = {"flint": scenes_attribute_table(flint, test_ds),
-                                  "posthoc": scenes_attribute_table(post, test_ds)}
+                row["matches"] = {name: scenes_attribute_table(*attributes_with_ground_truth(ex.flint, test_ds),
+                                                               ex.attribute_names)
+                                  for name, ex in (("flint", flint), ("posthoc", post))}
                 flint.config["attribute_matches"] = row["matches"]["flint"]
                 print_matches("joint FLINT", row["matches"]["flint"], flint, tau)
                 print_matches("post-hoc FLINT", row["matches"]["posthoc"], post, tau)

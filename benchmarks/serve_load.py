@@ -56,8 +56,8 @@ def make_checkpoints(root: Path, model: str) -> dict[str, Any]:
     import torch
 
     from interp_ray.checkpoint import save_classifier
-    from interp_ray.explainers.flint.explainer import save_flint
     from interp_ray.explainers.flint.config import FlintSection
+    from interp_ray.explainers.flint.explainer import save_flint
     from interp_ray.explainers.flint.model import build_flint, resolved_flint_spec
     from interp_ray.models import build_model
 

@@ -57,7 +57,7 @@ def parser() -> argparse.ArgumentParser:
 def parse_am(pairs: Sequence[str], explainer) -> Any:
     """``--am`` pairs over the checkpoint's AM+PI settings → ``AMSection``; bad keys are a UserError."""
     from interp_ray.config import validate
-    from interp_ray.explainers.flint.am import AMSection
+    from interp_ray.explainers.flint.config import AMSection
 
     raw: dict[str, Any] = {}
     for pair in pairs:

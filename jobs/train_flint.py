@@ -19,17 +19,18 @@ from typing import Any, Sequence
 
 from interp_ray.checkpoint import is_remote
 from interp_ray.config import load_config
-from interp_ray.explainers.flint.explainer import FlintExplainer, save_flint
 from interp_ray.explainers.flint.config import FlintJobConfig
-from interp_ray.explainers.flint.interpretation import evaluate_explainer
-from interp_ray.metrics.scene_attributes import scenes_attribute_table
+from interp_ray.explainers.flint.explainer import FlintExplainer, save_flint
+from interp_ray.explainers.flint.interpretation import attributes_with_ground_truth, evaluate_model
 from interp_ray.explainers.flint.training import (FlintSetup, epoch_row, finalize, finalize_from_store, flint_evaluate,
                                                   flint_evaluate_steps, flint_train_epoch, flint_train_steps,
                                                   make_flint_optimizer, posthoc_layers, row_steps, setup,
                                                   store_columns)
+from interp_ray.metrics.scene_attributes import scenes_attribute_table
 from interp_ray.store import ActivationStore
 from interp_ray.training import distributed_sampler, gather_from_ranks
 from jobs.common import base_parser, check_storage_paths, exit_with, init_ray
+from jobs.flint_inputs import flint_inputs, materialize
 from jobs.train_explainer import data_progress_bars, kept, shard_batches, store_datasets
 from jobs.train_loop import (epochs, final_checkpoint, load_training_state, make_trainer, quiet_console,
                              rank_and_world, report_epoch, resolve_use_gpu, resume, training_state, worker_history)
@@ -47,7 +48,8 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     cfg = FlintJobConfig.model_validate(config["job"])
     posthoc = cfg.flint.mode == "posthoc"
     rank, world = rank_and_world()
-    st = setup(cfg, data=not posthoc)  # seeds, data (not post hoc), predictor (built or loaded frozen), Ψ/h/d
+    # seeds, data (not post hoc), predictor (built or loaded frozen), then Ψ/h/d
+    st = setup(cfg, flint_inputs(cfg, data=not posthoc))
     model = st.model
     opt, sched = make_flint_optimizer(model, cfg.train)
     quiet_console(cfg.run.log_level)
@@ -129,14 +131,13 @@ def prepare(cfg: FlintJobConfig) -> tuple[FlintJobConfig, FlintSetup]:
     if ckpt and not is_remote(ckpt):
         cfg = cfg.model_copy(update={"flint": cfg.flint.model_copy(
             update={"predictor_checkpoint": str(Path(ckpt.removeprefix("file://")).resolve())})})
-    return cfg, setup(cfg)
+    return cfg, setup(cfg, flint_inputs(cfg))
 
 
 def train(cfg: FlintJobConfig, prepared: FlintSetup | None = None) -> dict[str, Any]:
     """Fit on Ray Train; then, in this process: global relevance + MAS on the training split, test metrics, the
     ground-truth attribute matches (scenes), the final checkpoint at ``cfg.output`` and, if enabled, the pictures."""
     from interp_ray.data import load_dataset
-    from interp_ray.explainers.flint.training import materialize
 
     if prepared is None:
         cfg, prepared = prepare(cfg)
@@ -155,10 +156,11 @@ def train(cfg: FlintJobConfig, prepared: FlintSetup | None = None) -> dict[str, 
              else finalize(explainer.flint, st.train_ds, cfg.flint, seed=21))
     explainer.mas_images = extra["mas_images"]
     # the report reads CNS at flint.tau, which need not be among flint.taus
-    test = evaluate_explainer(explainer, test_ds, taus=sorted({*cfg.flint.taus, cfg.flint.tau}))
+    test = evaluate_model(explainer.flint, test_ds, taus=sorted({*cfg.flint.taus, cfg.flint.tau}))
     matches = None
     if "attributes" in test_ds.get_batch([0]):
-        matches = scenes_attribute_table(explainer, test_ds)
+        matches = scenes_attribute_table(*attributes_with_ground_truth(explainer.flint, test_ds),
+                                         explainer.attribute_names)
         explainer.config["attribute_matches"] = matches
     explainer.config["metrics"] = {"test": test, "epochs": len(history)}
     explainer.config["am"] = cfg.pictures.am.model_dump(mode="json")

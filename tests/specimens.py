@@ -34,8 +34,8 @@ def save_random_flint(path: Path, predictor) -> None:
     """A random-weight FLINT over ``predictor`` (plumbing only)."""
     import torch
 
-    from interp_ray.explainers.flint.explainer import save_flint
     from interp_ray.explainers.flint.config import FlintSection
+    from interp_ray.explainers.flint.explainer import save_flint
     from interp_ray.explainers.flint.model import build_flint, resolved_flint_spec
 
     torch.manual_seed(1)

@@ -1,16 +1,12 @@
-"""FLINT on the scenes dataset: each learned attribute matched to the ground-truth attribute value it tracks best."""
+"""Learned attributes against the scenes dataset's ground truth: each learned attribute (a column of activations,
+e.g. FLINT's Φ) matched to the ground-truth attribute value it tracks best. Arrays in, rows out: any method whose
+attributes are columns can be scored, and nothing here knows a method."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
-import torch
-
-from interp_ray.errors import UserError
-
-if TYPE_CHECKING:  # for annotations only: the explainer module pulls in the whole training stack
-    from interp_ray.explainers.flint.explainer import FlintExplainer
 
 
 def ground_truth_indicators(attributes: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -54,20 +50,9 @@ def match_attributes(phi: np.ndarray, indicators: np.ndarray, names: Sequence[st
     return rows
 
 
-def scenes_attribute_table(explainer: FlintExplainer, ds, *, batch_size: int = 512) -> list[dict[str, Any]]:
-    """Match every learned attribute to the ground-truth attribute value it correlates with best over ``ds``
-    (a dataset whose rows carry scenes ``attributes``)."""
-    idx = np.arange(len(ds))
-    phis, attrs = [], []
-    was = explainer.flint.training
-    explainer.flint.eval()
-    with torch.no_grad():
-        for lo in range(0, len(ds), batch_size):
-            b = ds.get_batch(idx[lo:lo + batch_size])
-            if "attributes" not in b:
-                raise UserError(f"dataset {ds.name!r} has no ground-truth attributes")
-            phis.append(explainer.flint.attributes(torch.from_numpy(np.ascontiguousarray(b["image"]))).numpy())
-            attrs.append(b["attributes"])
-    explainer.flint.train(was)
-    ind, names = ground_truth_indicators(np.concatenate(attrs))
-    return match_attributes(np.concatenate(phis), ind, names, explainer.attribute_names)
+def scenes_attribute_table(activations: np.ndarray, attributes: np.ndarray,
+                           attribute_names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Match every learned attribute (a column of ``activations``, N×J) to the ground-truth attribute value it
+    correlates with best over the same N rows' scenes ``attributes`` (N×4 value indices)."""
+    ind, names = ground_truth_indicators(attributes)
+    return match_attributes(activations, ind, names, attribute_names)

@@ -18,13 +18,14 @@ from jobs.explain import main
 @pytest.fixture(scope="module")
 def flint_checkpoint(tmp_path_factory, pinned_torch_threads, fixture_seed):
     """A briefly trained FLINT on digits (3 epochs, plain PyTorch), saved as an interp-ray checkpoint."""
-    from interp_ray.explainers.flint.explainer import train_explainer
     from interp_ray.explainers.flint.config import FlintJobConfig
+    from interp_ray.explainers.flint.explainer import train_explainer
+    from jobs.flint_inputs import flint_inputs
 
     cfg = FlintJobConfig.model_validate({"flint": {"relevance_samples": 200},
                                          "train": {"epochs": 3, "batch_size": 32, "lr": 0.002, "seed": fixture_seed},
                                          "scaling": {"use_gpu": False}})
-    explainer, _ = train_explainer(cfg)
+    explainer, _ = train_explainer(cfg, flint_inputs(cfg))
     path = tmp_path_factory.mktemp("flint") / "ck"
     explainer.save(str(path))
     return path, explainer

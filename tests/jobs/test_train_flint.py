@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from interp_ray.config import load_config
-from interp_ray.explainers.flint.explainer import FlintExplainer
 from interp_ray.explainers.flint.config import FlintJobConfig
+from interp_ray.explainers.flint.explainer import FlintExplainer
 from jobs.common import run_main
 from jobs.train_flint import main, train
 

@@ -1,7 +1,7 @@
 """FLINT's activation maximisation with partial initialisation (AM+PI; the authors' ``optimize_inp``).
 
 Maximise C·φ_j(x) − λ_tv TV(x) − λ_bound B(x) − λ_1 ||x||₁ from κ·x₀ with Adam, 12 rounds × ``n_iter`` steps, lr 0.05
-halved each round. Pictures are written by ``interp_ray.explainers.flint.plots``.
+halved each round. Its settings are ``config.AMSection``; pictures are written by ``plots``.
 """
 
 from __future__ import annotations
@@ -9,25 +9,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from pydantic import Field
 
-from interp_ray.config import Section
+from interp_ray.explainers.flint.config import AMSection
 from interp_ray.explainers.flint.model import FlintModel
-
-
-class AMSection(Section):
-    """Activation maximisation with partial initialisation (``optimize_inp``), MNIST/QuickDraw constants."""
-
-    kappa: float = Field(0.3, ge=0)        # initialisation κ·x₀
-    C: float = 2.0
-    lambda_tv: float = 6.0
-    lambda_bound: float = 10.0
-    lambda_l1: float = 0.0
-    bounds: tuple[float, float] = (0.0, 1.0)
-    lr: float = Field(0.05, gt=0)
-    lr_decay: float = Field(0.5, gt=0, le=1)
-    rounds: int = Field(12, gt=0)
-    n_iter: int = Field(50, gt=0)
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:

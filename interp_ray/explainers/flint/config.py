@@ -1,6 +1,6 @@
-"""FLINT's configuration: the interpreter's section, the optimiser, the pictures and the whole job
-(``jobs/train_flint.py``, ``train_local``). Kept apart from the explainer so the job and the training driver read it
-without importing the explainer."""
+"""FLINT's configuration: the loss-weight schedules, the interpreter's section, the optimiser, the pictures (AM+PI)
+and the whole job (``jobs/train_flint.py``, ``train_local``). Pydantic sections only: no torch and nothing else of
+this package, so every other FLINT module reads it and it reads none of them."""
 
 from __future__ import annotations
 
@@ -10,10 +10,97 @@ from pydantic import Field, field_validator, model_validator
 
 from interp_ray.config import (ComputeSection, DataConfig, ModelConfig, OptimConfig, RunSection, ScalingSection, Section,
                                StoreSection, StreamSection)
-from interp_ray.explainers.flint.am import AMSection
-from interp_ray.explainers.flint.interpretation import TAUS
-from interp_ray.explainers.flint.losses import SCHEDULES, ScheduleName, ScheduleSection, schedule_preset
+from interp_ray.errors import UserError
 
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loss-weight schedules (the losses themselves: ``losses``)
+# ---------------------------------------------------------------------------------------------------------------
+
+TERMS: tuple[str, ...] = ("pred", "rec", "fid", "l1", "ent")   # the loss terms (``losses``)
+
+Step = tuple[int, float]  # (first epoch, counted from 1; weight from that epoch on)
+
+
+class ScheduleSection(Section):
+    """Loss weights by epoch. Each term is a list of ``[first_epoch, weight]`` steps (epochs counted from 1, as the
+    authors' loop counts them); the weight at epoch e is that of the last step with first_epoch ≤ e, 0 before the
+    first step. ``pred`` is λ_acc, ``rec`` γ, ``fid`` β, ``l1`` δη, ``ent`` δ."""
+
+    pred: list[Step] = Field(default_factory=lambda: [(1, 1.0)])
+    rec: list[Step] = Field(default_factory=list)
+    fid: list[Step] = Field(default_factory=list)
+    l1: list[Step] = Field(default_factory=list)
+    ent: list[Step] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_steps(self) -> "ScheduleSection":
+        for term in TERMS:
+            steps = getattr(self, term)
+            firsts = [s[0] for s in steps]
+            if firsts != sorted(firsts) or len(set(firsts)) != len(firsts) or any(e < 1 for e in firsts):
+                raise ValueError(f"schedule {term}: first epochs must be >= 1, increasing and distinct; got {firsts}")
+            if any(w < 0 for _, w in steps):
+                raise ValueError(f"schedule {term}: weights must be >= 0")
+        return self
+
+    def weights(self, epoch: int) -> dict[str, float]:
+        """The weight of every term at ``epoch`` (counted from 1)."""
+        out = {}
+        for term in TERMS:
+            w = 0.0
+            for first, value in getattr(self, term):
+                if epoch >= first:
+                    w = float(value)
+            out[term] = w
+        return out
+
+
+# From ``flint.py``'s training loop: lmbd_rec = γ·[epoch > 0], lmbd_expl = β·[epoch > 2], lmbd_spa, lmbd_ent, with
+# ``epoch`` running 1..N. CUB's weights were not released; "cub" is the CIFAR-10 schedule (PAPERS.md [R]).
+SCHEDULES: dict[str, dict[str, list[Step]]] = {
+    "mnist": {"pred": [(1, 1.0)], "rec": [(1, 0.8)], "fid": [(3, 0.5)], "l1": [(3, 0.1)], "ent": [(5, 0.2)]},
+    "quickdraw": {"pred": [(1, 1.0)], "rec": [(1, 5.0)], "fid": [(3, 0.1)], "l1": [(2, 0.02), (3, 0.30)],
+                  "ent": [(4, 0.1)]},
+    "cifar10": {"pred": [(1, 1.0)], "rec": [(1, 2.0)], "fid": [(3, 0.6)], "l1": [(2, 0.001), (3, 0.15)],
+                "ent": [(4, 0.2)]},
+    "cub": {"pred": [(1, 1.0)], "rec": [(1, 2.0)], "fid": [(3, 0.6)], "l1": [(2, 0.001), (3, 0.15)],
+            "ent": [(4, 0.2)]},
+}
+ScheduleName = Literal["mnist", "quickdraw", "cifar10", "cub"]
+
+
+def schedule_preset(name: str) -> ScheduleSection:
+    if name not in SCHEDULES:
+        raise UserError(f"unknown FLINT schedule {name!r}; valid: {', '.join(SCHEDULES)}")
+    return ScheduleSection.model_validate(SCHEDULES[name])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Interpretation and pictures
+# ---------------------------------------------------------------------------------------------------------------
+
+TAUS: tuple[float, ...] = (1.5, 2.0, 2.5, 3.0, 4.0, 5.0)  # the code's ``mults``
+
+
+class AMSection(Section):
+    """Activation maximisation with partial initialisation (``optimize_inp``), MNIST/QuickDraw constants."""
+
+    kappa: float = Field(0.3, ge=0)        # initialisation κ·x₀
+    C: float = 2.0
+    lambda_tv: float = 6.0
+    lambda_bound: float = 10.0
+    lambda_l1: float = 0.0
+    bounds: tuple[float, float] = (0.0, 1.0)
+    lr: float = Field(0.05, gt=0)
+    lr_decay: float = Field(0.5, gt=0, le=1)
+    rounds: int = Field(12, gt=0)
+    n_iter: int = Field(50, gt=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The job
+# ---------------------------------------------------------------------------------------------------------------
 
 class FlintSection(Section):
     """The interpreter's architecture, losses and interpretation settings; ``None`` = the predictor's default."""

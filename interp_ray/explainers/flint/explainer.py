@@ -2,16 +2,18 @@
 
 A predictor f and an interpreter g = h ∘ Φ are trained together (joint FLINT) or g alone against a frozen f
 (post-hoc FLINT). This module is the registered explainer (``@register("flint")``), its request parameters and its
-checkpoint; the pieces live beside it, one concern each:
+checkpoint; the pieces live beside it in this package, one concern each, each importing only those listed above it:
 
-* ``flint_model``: Ψ (attribute functions), h (interpreter), d (decoder), ``FlintModel``, ``build_flint``;
-* ``flint_losses``: the five loss terms and their warm-up schedules;
-* ``flint_config``: the FLINT, optimiser, pictures and job sections (``FlintJobConfig``);
-* ``flint_training``: one epoch, evaluation, the Ray-free loop and ``finalize`` (global relevance, MAS);
-* ``flint_interpretation``: contributions, relevance, local / global interpretations, CNS, test metrics;
-* ``flint_am``: activation maximisation with partial initialisation (AM+PI);
-* ``flint_scenes``: matching learned attributes to the scenes dataset's ground truth;
-* ``flint_plots``: the pictures.
+* ``config``: the schedules, FLINT, optimiser, AM+PI, pictures and job sections (``FlintJobConfig``; no torch);
+* ``model``: Ψ (attribute functions), h (interpreter), d (decoder), ``FlintModel``, ``build_flint``;
+* ``losses``: the five loss terms;
+* ``am``: activation maximisation with partial initialisation (AM+PI);
+* ``interpretation``: contributions, relevance, local / global interpretations, CNS, test metrics;
+* ``training``: one epoch, evaluation, the Ray-free loop and ``finalize`` (global relevance, MAS);
+* ``plots`` (above this module): the pictures.
+
+Loading the data and f is the caller's (``jobs/flint_inputs.py``); matching learned attributes to the scenes
+dataset's ground truth is a metric (``interp_ray.metrics.scene_attributes``).
 """
 
 from __future__ import annotations
@@ -26,12 +28,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from interp_ray.errors import UserError
 from interp_ray.explainers.base import Explainer, Explanation, register
-from interp_ray.explainers.flint.am import AMSection
-from interp_ray.explainers.flint.config import FlintJobConfig
+from interp_ray.explainers.flint.config import AMSection, FlintJobConfig
 from interp_ray.explainers.flint.interpretation import (contributions, global_interpretation, interpreter_weight,
                                                         local_interpretation, relevance)
 from interp_ray.explainers.flint.model import FlintModel, build_flint
-from interp_ray.explainers.flint.training import FlintSetup, finalize, finalize_from_store, train_local
+from interp_ray.explainers.flint.training import FlintInputs, FlintSetup, finalize, finalize_from_store, train_local
 
 
 CHECKPOINT_KIND = "flint"
@@ -103,12 +104,16 @@ class FlintExplainer(Explainer):
 
     # -- learned state ------------------------------------------------------------------------------------------
     def fit(self, data: Any = None, **kwargs: Any) -> "FlintExplainer":
-        """Train a new FLINT without Ray: ``fit(config=FlintJobConfig | dict)`` (``data`` is ignored; the config
-        names the dataset; post hoc, ``stores=`` gives the train and val activation stores). Replaces this
-        explainer's state with the trained one."""
+        """Train a new FLINT without Ray: ``fit(inputs, config=FlintJobConfig | dict)``, ``inputs`` the
+        ``FlintInputs`` (f and the splits) the config names (``jobs.flint_inputs.flint_inputs(cfg)`` loads them);
+        post hoc, ``stores=`` gives the train and val activation stores. Replaces this explainer's state with the
+        trained one."""
+        if not isinstance(data, FlintInputs):
+            raise UserError(f"FlintExplainer.fit takes FlintInputs (f and the splits), not {type(data).__name__}; "
+                            "jobs.flint_inputs.flint_inputs(config) loads them")
         cfg = kwargs.get("config")
         cfg = cfg if isinstance(cfg, FlintJobConfig) else FlintJobConfig.model_validate(cfg or {})
-        trained = train_explainer(cfg, stores=kwargs.get("stores"))[0]
+        trained = train_explainer(cfg, data, stores=kwargs.get("stores"))[0]
         self.__dict__.update(trained.__dict__)
         return self
 
@@ -230,11 +235,12 @@ def explainer_from_setup(st: FlintSetup, cfg: FlintJobConfig, extra: dict[str, A
                           config=config, mas_images=extra.get("mas_images"))
 
 
-def train_explainer(cfg: FlintJobConfig, *, log=None, stores: dict[str, Any] | None = None
+def train_explainer(cfg: FlintJobConfig, inputs: FlintInputs, *, log=None, stores: dict[str, Any] | None = None
                     ) -> tuple[FlintExplainer, list[dict[str, Any]]]:
-    """Train (``train_local``), then compute global relevance and MAS (``finalize``): a ready explainer. Post hoc,
-    both read the ``stores`` (train and val ``ActivationStore``s of f's taps and the input), not the images."""
-    st, history = train_local(cfg, log=log, stores=stores)
+    """Train on ``inputs`` (``train_local``), then compute global relevance and MAS (``finalize``): a ready
+    explainer. Post hoc, both read the ``stores`` (train and val ``ActivationStore``s of f's taps and the input),
+    not the images."""
+    st, history = train_local(cfg, inputs, log=log, stores=stores)
     st.model.cpu()
     extra = (finalize_from_store(st.model, stores["train"], cfg.flint) if cfg.flint.mode == "posthoc"
              else finalize(st.model, st.train_ds, cfg.flint))

@@ -12,19 +12,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from interp_ray.errors import UserError
+from interp_ray.explainers.flint.config import TAUS
 from interp_ray.explainers.flint.model import FlintModel, forward_step, image_steps
-
-if TYPE_CHECKING:  # the explainer module imports this one
-    from interp_ray.explainers.flint.explainer import FlintExplainer
-
-
-TAUS: tuple[float, ...] = (1.5, 2.0, 2.5, 3.0, 4.0, 5.0)  # the code's ``mults``
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Collection: the arrays every interpretation reads
@@ -165,8 +160,29 @@ def max_activating(phi: np.ndarray, labels: np.ndarray | None, j: int, *, cls: i
     return rows[order[:count]]
 
 
-def evaluate_explainer(explainer: FlintExplainer, ds, *, taus: Sequence[float] = TAUS,
-                       batch_size: int = 512) -> dict[str, Any]:
-    """Test metrics of a trained FLINT: accuracy of f and g, fidelity, CNS(τ) (both readings)."""
-    data = collect(explainer.flint, ds.loader(batch_size))
-    return interpretation_metrics(data, explainer.weight, taus)
+def evaluate_model(model: FlintModel, ds, *, taus: Sequence[float] = TAUS, batch_size: int = 512) -> dict[str, Any]:
+    """Test metrics of a trained FLINT (an explainer's ``.flint``): accuracy of f and g, fidelity, CNS(τ) (both
+    readings)."""
+    data = collect(model, ds.loader(batch_size))
+    return interpretation_metrics(data, interpreter_weight(model), taus)
+
+
+@torch.no_grad()
+def attributes_with_ground_truth(model: FlintModel, ds, *, column: str = "attributes",
+                                 batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Φ(x) (N×J) over every row of ``ds`` beside the rows' ground-truth ``column`` (the scenes dataset's attribute
+    indices): the two arrays ``interp_ray.metrics.scene_attributes.scenes_attribute_table`` matches."""
+    idx = np.arange(len(ds))
+    phis, truth = [], []
+    was = model.training
+    model.eval()
+    try:
+        for lo in range(0, len(ds), batch_size):
+            b = ds.get_batch(idx[lo:lo + batch_size])
+            if column not in b:
+                raise UserError(f"dataset {ds.name!r} has no ground-truth {column}")
+            phis.append(model.attributes(torch.from_numpy(np.ascontiguousarray(b["image"]))).numpy())
+            truth.append(b[column])
+    finally:
+        model.train(was)
+    return np.concatenate(phis), np.concatenate(truth)

@@ -11,7 +11,7 @@ Losses, computed exactly as the code does (``flint_losses``; the test checks the
 * ``l1``   = mean |Φ| over every element of the batch (``nn.L1Loss()(embed, 0)``; i.e. ||Φ(x)||₁ / J, batch-averaged).
 
 The total is Σ_term weight(term, epoch) · term, with the warm-up schedules of the code (``SCHEDULES``; epochs are
-counted from 1 as in ``for epoch in range(1, N_EPOCH + 1)``). Terms whose weight is 0 are still computed and
+counted from 1 as in ``for epoch in range(1, N_EPOCH + 1)``; they are configuration and live in ``config``). Terms whose weight is 0 are still computed and
 multiplied by 0, so every parameter takes part in every step (DDP needs that) and the random streams of a BASE run
 (all interpretation weights 0) and a FLINT run are the same: the only difference between them is the losses.
 """
@@ -22,75 +22,9 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
 
-from interp_ray.config import Section
-from interp_ray.errors import UserError
+from interp_ray.explainers.flint.config import TERMS
 from interp_ray.explainers.flint.model import FlintOutput
-
-
-TERMS: tuple[str, ...] = ("pred", "rec", "fid", "l1", "ent")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Loss-weight schedules
-# ---------------------------------------------------------------------------------------------------------------
-
-Step = tuple[int, float]  # (first epoch, counted from 1; weight from that epoch on)
-
-
-class ScheduleSection(Section):
-    """Loss weights by epoch. Each term is a list of ``[first_epoch, weight]`` steps (epochs counted from 1, as the
-    authors' loop counts them); the weight at epoch e is that of the last step with first_epoch ≤ e, 0 before the
-    first step. ``pred`` is λ_acc, ``rec`` γ, ``fid`` β, ``l1`` δη, ``ent`` δ."""
-
-    pred: list[Step] = Field(default_factory=lambda: [(1, 1.0)])
-    rec: list[Step] = Field(default_factory=list)
-    fid: list[Step] = Field(default_factory=list)
-    l1: list[Step] = Field(default_factory=list)
-    ent: list[Step] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _check_steps(self) -> "ScheduleSection":
-        for term in TERMS:
-            steps = getattr(self, term)
-            firsts = [s[0] for s in steps]
-            if firsts != sorted(firsts) or len(set(firsts)) != len(firsts) or any(e < 1 for e in firsts):
-                raise ValueError(f"schedule {term}: first epochs must be >= 1, increasing and distinct; got {firsts}")
-            if any(w < 0 for _, w in steps):
-                raise ValueError(f"schedule {term}: weights must be >= 0")
-        return self
-
-    def weights(self, epoch: int) -> dict[str, float]:
-        """The weight of every term at ``epoch`` (counted from 1)."""
-        out = {}
-        for term in TERMS:
-            w = 0.0
-            for first, value in getattr(self, term):
-                if epoch >= first:
-                    w = float(value)
-            out[term] = w
-        return out
-
-
-# From ``flint.py``'s training loop: lmbd_rec = γ·[epoch > 0], lmbd_expl = β·[epoch > 2], lmbd_spa, lmbd_ent, with
-# ``epoch`` running 1..N. CUB's weights were not released; "cub" is the CIFAR-10 schedule (PAPERS.md [R]).
-SCHEDULES: dict[str, dict[str, list[Step]]] = {
-    "mnist": {"pred": [(1, 1.0)], "rec": [(1, 0.8)], "fid": [(3, 0.5)], "l1": [(3, 0.1)], "ent": [(5, 0.2)]},
-    "quickdraw": {"pred": [(1, 1.0)], "rec": [(1, 5.0)], "fid": [(3, 0.1)], "l1": [(2, 0.02), (3, 0.30)],
-                  "ent": [(4, 0.1)]},
-    "cifar10": {"pred": [(1, 1.0)], "rec": [(1, 2.0)], "fid": [(3, 0.6)], "l1": [(2, 0.001), (3, 0.15)],
-                "ent": [(4, 0.2)]},
-    "cub": {"pred": [(1, 1.0)], "rec": [(1, 2.0)], "fid": [(3, 0.6)], "l1": [(2, 0.001), (3, 0.15)],
-            "ent": [(4, 0.2)]},
-}
-ScheduleName = Literal["mnist", "quickdraw", "cifar10", "cub"]
-
-
-def schedule_preset(name: str) -> ScheduleSection:
-    if name not in SCHEDULES:
-        raise UserError(f"unknown FLINT schedule {name!r}; valid: {', '.join(SCHEDULES)}")
-    return ScheduleSection.model_validate(SCHEDULES[name])
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -17,10 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from interp_ray.errors import UserError
+from interp_ray.explainers.flint.config import FlintSection
 from interp_ray.models import Classifier
-
-if TYPE_CHECKING:  # the config imports the losses, which import this module's FlintOutput
-    from interp_ray.explainers.flint.config import FlintSection
 
 
 class FlintOutput(NamedTuple):

@@ -12,8 +12,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from interp_ray.explainers.flint.am import activation_maximisation
+from interp_ray.explainers.flint.config import AMSection
 from interp_ray.explainers.flint.explainer import FlintExplainer
-from interp_ray.explainers.flint.am import AMSection, activation_maximisation
 from interp_ray.explainers.flint.interpretation import (collect, compute_global_relevance, global_interpretation,
                                                         max_activating)
 

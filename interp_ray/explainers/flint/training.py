@@ -1,6 +1,7 @@
 """FLINT's training driver: the optimiser, one epoch, evaluation, and the Ray-free loop (``train_local``).
 
-Everything here is plain PyTorch; ``jobs/train_flint.py`` runs ``flint_train_epoch`` inside Ray Train.
+Everything here is plain PyTorch; ``jobs/train_flint.py`` runs ``flint_train_epoch`` inside Ray Train. Data and the
+predictor f are handed in (``FlintInputs``): reading datasets and checkpoints is the job's (``jobs/flint_inputs.py``).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import torch
 from torch import nn
 
 from interp_ray.errors import UserError
-from interp_ray.explainers.flint.config import FlintJobConfig, FlintOptimConfig, FlintSection
-from interp_ray.explainers.flint.interpretation import compute_global_relevance, max_activating
-from interp_ray.explainers.flint.losses import TERMS, ScheduleSection, flint_losses, total_loss
+from interp_ray.explainers.flint.config import TERMS, FlintJobConfig, FlintOptimConfig, FlintSection, ScheduleSection
+from interp_ray.explainers.flint.interpretation import (collect_steps, compute_global_relevance, max_activating,
+                                                        relevance_subset, store_global_relevance)
+from interp_ray.explainers.flint.losses import flint_losses, total_loss
 from interp_ray.explainers.flint.model import (FlintModel, Step, build_flint, forward_step, image_steps,
                                                resolved_flint_spec)
 from interp_ray.models import Classifier
@@ -38,19 +40,6 @@ def make_flint_optimizer(model: nn.Module, opt_cfg: FlintOptimConfig):
         return f
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
-def materialize(ds, limit: int):
-    """A generated dataset of at most ``limit`` rows as an in-memory ArrayDataset (images, labels, attributes), so
-    epochs do not regenerate it; other datasets (and larger ones) are returned as they are."""
-    from interp_ray.data.base import ArrayDataset
-
-    if isinstance(ds, ArrayDataset) or len(ds) > limit:
-        return ds
-    batch = ds.get_batch(np.arange(len(ds)))
-    extras = {k: batch[k] for k in ("attributes",) if k in batch}
-    return ArrayDataset(name=ds.name, split=ds.split, images=batch["image"], labels=batch["label"],
-                        class_names=list(ds.class_names), ids=batch["id"], extras=extras)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -159,33 +148,16 @@ def flint_evaluate_steps(model: FlintModel, steps: Iterable[Step], device: torch
 # Ray-free training
 # ---------------------------------------------------------------------------------------------------------------
 
-def load_predictor(cfg: FlintJobConfig, train_ds) -> tuple[Classifier, dict[str, Any], str | None]:
-    """The predictor to train (joint/base: built from ``cfg.model``) or to freeze (post-hoc: the checkpoint, checked
-    against ``train_ds`` when given).
+@dataclass
+class FlintInputs:
+    """What FLINT trains on, loaded by the caller (``jobs.flint_inputs.flint_inputs``): f (built fresh for joint and
+    BASE, the frozen checkpoint post hoc), its model spec and checkpoint digest, and the splits."""
 
-    Returns the module, its model spec ``{"name", "options"}`` and (post-hoc) the checkpoint digest.
-    """
-    from interp_ray.checkpoint import load_classifier
-    from interp_ray.models import build_model
-
-    if cfg.flint.mode == "posthoc":
-        loaded = load_classifier(cfg.flint.predictor_checkpoint)
-        spec = loaded.config["model"]
-        if train_ds is not None and (loaded.model.num_classes != train_ds.num_classes
-                                     or loaded.model.input_shape != tuple(train_ds.image_shape)):
-            raise UserError(f"predictor {cfg.flint.predictor_checkpoint} takes {loaded.model.input_shape} with "
-                            f"{loaded.model.num_classes} classes; the data is {tuple(train_ds.image_shape)} with "
-                            f"{train_ds.num_classes}")
-        return loaded.model, {"name": spec["name"], "options": spec.get("options", {})}, loaded.digest
-    c, h, _ = train_ds.image_shape
-    options = {"num_classes": train_ds.num_classes, "in_channels": c, "image_size": h, **cfg.model.options}
-    return build_model(cfg.model.name, **options), {"name": cfg.model.name, "options": options}, None
-
-
-def load_splits(cfg: FlintJobConfig, splits: Sequence[str] = ("train", "val")) -> list:
-    from interp_ray.data import load_dataset
-
-    return [materialize(load_dataset(cfg.data.name, s, **cfg.data.options), cfg.materialize_rows) for s in splits]
+    predictor: Classifier
+    predictor_spec: dict[str, Any]   # {"name", "options"} of f
+    predictor_digest: str | None     # post hoc: the checkpoint's digest
+    train_ds: Any = None             # None where the rows come from the store (a post-hoc Ray Train worker)
+    val_ds: Any = None
 
 
 @dataclass
@@ -201,16 +173,13 @@ class FlintSetup:
     val_ds: Any
 
 
-def setup(cfg: FlintJobConfig, *, data: bool = True) -> FlintSetup:
-    """Seeds, the splits (unless ``data`` is False: a post-hoc worker streams the store instead), f, Ψ/h/d."""
-    from interp_ray.training import seed_everything
-
-    seed_everything(cfg.train.seed)
-    train_ds, val_ds = load_splits(cfg) if data else (None, None)
-    predictor, pspec, digest = load_predictor(cfg, train_ds)
-    spec = resolved_flint_spec(predictor, cfg.flint)
-    return FlintSetup(build_flint(predictor, spec), spec, pspec, digest, cfg.flint.resolved_schedule(), train_ds,
-                      val_ds)
+def setup(cfg: FlintJobConfig, inputs: FlintInputs) -> FlintSetup:
+    """Ψ/h/d sized for ``inputs.predictor``, and the schedule. Ψ/h/d draw their initial weights from the global
+    random state right after f's: ``flint_inputs`` seeds it (``train.seed``) before building f, so one config
+    gives one initial model on every worker and in every run."""
+    spec = resolved_flint_spec(inputs.predictor, cfg.flint)
+    return FlintSetup(build_flint(inputs.predictor, spec), spec, inputs.predictor_spec, inputs.predictor_digest,
+                      cfg.flint.resolved_schedule(), inputs.train_ds, inputs.val_ds)
 
 
 def posthoc_layers(spec: Mapping[str, Any]) -> list[str]:
@@ -230,17 +199,17 @@ def check_posthoc_stores(stores: Mapping[str, Any] | None, spec: Mapping[str, An
                             f"reads {', '.join(posthoc_layers(spec))}")
 
 
-def train_local(cfg: FlintJobConfig, *, device: torch.device | str | None = None, log=None,
+def train_local(cfg: FlintJobConfig, inputs: FlintInputs, *, device: torch.device | str | None = None, log=None,
                 stores: Mapping[str, Any] | None = None) -> tuple[FlintSetup, list[dict[str, Any]]]:
-    """Train without Ray: the same epoch step as a 1-worker Ray Train run. Joint and BASE: over images, with the
-    same sampler. Post hoc: over the ``stores`` (train and val ``ActivationStore``s of ``posthoc_layers``), with
-    the same local shuffle buffer a worker has."""
+    """Train without Ray: the same epoch step as a 1-worker Ray Train run, on ``inputs`` (f and the splits). Joint
+    and BASE: over images, with the same sampler. Post hoc: over the ``stores`` (train and val ``ActivationStore``s
+    of ``posthoc_layers``), with the same local shuffle buffer a worker has."""
     from interp_ray.devices import pick_device
     from interp_ray.store import shuffled
     from interp_ray.training import distributed_sampler
 
     dev = torch.device(device) if device is not None else pick_device(cfg.scaling.use_gpu)
-    st = setup(cfg)
+    st = setup(cfg, inputs)
     model = st.model.to(dev)
     opt, sched = make_flint_optimizer(model, cfg.train)
     posthoc = cfg.flint.mode == "posthoc"
@@ -306,9 +275,6 @@ def finalize_from_store(model: FlintModel, store: Any, section: FlintSection, *,
                         device: torch.device | str = "cpu", batch_rows: int = 512) -> dict[str, Any]:
     """``finalize`` post hoc: the same random subset of training rows, read from the train store (f's taps and the
     input) in one streaming pass instead of running f over images."""
-    from interp_ray.explainers.flint.interpretation import (collect_steps, relevance_subset,
-                                                            store_global_relevance)
-
     idx = relevance_subset(len(store), section.relevance_samples, seed)
     picked: list[dict[str, np.ndarray]] = []
     for b in store.iter_batches(batch_rows, columns=store_columns(model.layers)):

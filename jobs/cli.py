@@ -26,6 +26,8 @@ COMMANDS: dict[str, str] = {
     "evaluate": "jobs.evaluate",
     "explain": "jobs.explain",
     "explain-dataset": "jobs.explain_dataset",
+    "import-model": "jobs.import_model",
+    "layers": "jobs.layers",
 }
 
 

@@ -10,6 +10,7 @@ first missing and unexpected keys, or the first parameter whose shape differs wi
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from pathlib import Path
@@ -44,9 +45,9 @@ def read_bytes(path: str | os.PathLike) -> bytes:
         raise UserError(f"cannot read weights file {path}: {' '.join(str(e).split())}") from None
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The tensors of a weights file, unwrapped from a training checkpoint's dict when needed."""
-    data = read_bytes(path)
+def read_state_dict(path: str | os.PathLike, data: bytes | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file (or of its bytes ``data``), unwrapped from a training checkpoint's dict."""
+    data = read_bytes(path) if data is None else data
     if str(path).split("?")[0].endswith(".safetensors"):
         from safetensors.torch import load as load_safetensors
 
@@ -75,25 +76,35 @@ def _unwrap(obj, path) -> dict[str, torch.Tensor]:
     raise UserError(f"weights file {path} holds a {type(obj).__name__}, not a state dict (a dict of tensors)")
 
 
-def align_keys(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
-    """``state`` with wrapper prefixes stripped while that makes more keys match ``expected`` (repeatedly, so a
-    ``module.model.`` double wrap is undone too)."""
-    best, hits = state, len(state.keys() & expected)
-    while True:
-        improved = None
-        for prefix in PREFIXES:
-            cand = {k.removeprefix(prefix): v for k, v in best.items()}
-            if len(cand) == len(best) and len(cand.keys() & expected) > hits:
-                improved, hits = cand, len(cand.keys() & expected)
-        if improved is None:
-            return best
-        best = improved
+def align_keys(state: dict[str, torch.Tensor], expected: set[str], depth: int = 3) -> dict[str, torch.Tensor]:
+    """``state`` with the wrapper prefixes stripped that make the most keys match ``expected``: every sequence of up to
+    ``depth`` strips is tried (a ``module.model.`` double wrap needs two, the first of which alone matches nothing);
+    on a tie the fewest strips win, so a net whose own modules are called ``model`` keeps its names."""
+    best, best_hits = state, len(state.keys() & expected)
+    frontier = [state]
+    for _ in range(depth):
+        nxt = []
+        for cand in frontier:
+            for prefix in PREFIXES:
+                if not any(k.startswith(prefix) for k in cand):
+                    continue
+                stripped = {k.removeprefix(prefix): v for k, v in cand.items()}
+                if len(stripped) != len(cand):   # two keys would collide: not a wrapper prefix
+                    continue
+                nxt.append(stripped)
+                hits = len(stripped.keys() & expected)
+                if hits > best_hits:
+                    best, best_hits = stripped, hits
+        frontier = nxt
+    return best
 
 
 def load_weights(net: nn.Module, path: str | os.PathLike, *, what: str = "the model",
-                 allow_unexpected: bool = False, num_classes: int | None = None) -> None:
-    """Load ``path`` into ``net`` after checking keys and shapes; ``what`` names the model in messages."""
-    state = align_keys(read_state_dict(path), set(net.state_dict()))
+                 allow_unexpected: bool = False, num_classes: int | None = None) -> str:
+    """Load ``path`` into ``net`` after checking keys and shapes; ``what`` names the model in messages. Returns the
+    file's sha256 (what was loaded, whatever the path later holds)."""
+    data = read_bytes(path)
+    state = align_keys(read_state_dict(path, data), set(net.state_dict()))
     own = net.state_dict()
     missing = [k for k in own if k not in state and not k.endswith(OPTIONAL_SUFFIXES)]
     unexpected = [] if allow_unexpected else [k for k in state if k not in own]
@@ -111,6 +122,7 @@ def load_weights(net: nn.Module, path: str | os.PathLike, *, what: str = "the mo
             raise UserError(f"weights {path} do not fit {what}: {key!r} is {tuple(theirs.shape)} in the file but "
                             f"{tuple(mine.shape)} in the model{hint}")
     net.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    return hashlib.sha256(data).hexdigest()
 
 
 def _first_line(e: BaseException) -> str:

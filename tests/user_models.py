@@ -1,6 +1,6 @@
 """A user's own models, as they would write them (no interp-ray import): named by ``user_models:build`` etc.
 
-pytest puts this folder on sys.path (tests/ has no __init__.py), so the module is importable as ``user_models``."""
+tests/ is on sys.path (its conftest.py puts it there; it has no __init__.py), so this is ``user_models`` everywhere."""
 
 from __future__ import annotations
 

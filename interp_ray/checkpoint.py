@@ -210,8 +210,9 @@ def import_model(spec: str, *, weights: str | os.PathLike, output: str | os.Path
     back and must give the same logits as the model built here, so what was imported is what loads.
     """
     from interp_ray.models import build_model, load_weights
+    from interp_ray.models.spec import resolve_presets
 
-    options = dict(options or {})
+    options = resolve_presets(options or {})   # the numbers, not a preset's name, go into config.json
     if class_names is not None:
         n = options.setdefault("num_classes", len(class_names))
         if int(n) != len(class_names):

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from jobs.common import EXIT_USAGE, run_main
+from jobs.common import EXIT_USAGE, import_from_cwd, run_main
 
 # command -> job module; each module has main(argv) -> int.
 COMMANDS: dict[str, str] = {
@@ -64,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from serving import client  # a served deployment answers instead of a local model
 
         return run_main(client.main, rest)
+    import_from_cwd()   # a model spec's ./my_models.py is found as with `python -m jobs.<module>`
     module = importlib.import_module(available[command])
     return run_main(module.main, rest)
 

@@ -102,3 +102,12 @@ def model_options(args: argparse.Namespace) -> dict:
         except ValueError:
             raise UserError(f"--{key} {raw!r}: give numbers separated by commas, or imagenet") from None
     return options
+
+
+def import_from_cwd() -> None:
+    """Make the current directory importable, as ``python -m`` does but the ``interp-ray`` console script does not
+    (its sys.path starts at the script's folder): ``interp-ray layers my_models:build`` then finds ./my_models.py,
+    and so does every command that loads a checkpoint of that model."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)

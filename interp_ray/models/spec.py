@@ -99,13 +99,14 @@ def check_spec(text: str) -> str:
 def build_model(name: str, **options) -> Classifier:
     """Build the classifier a spec names; unknown options fail with the list of valid ones."""
     spec = parse_spec(name)
-    options = _presets(options)
+    options = resolve_presets(options)
     if not spec.is_foreign:
         return _build_registered(spec, options)
     return _build_foreign(spec, options)
 
 
-def _presets(options: dict[str, Any]) -> dict[str, Any]:
+def resolve_presets(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with a named mean/std (``imagenet``) replaced by its numbers."""
     out = dict(options)
     for key in NORMALISATION:
         if isinstance(out.get(key), str):

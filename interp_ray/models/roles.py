@@ -3,11 +3,13 @@
 A method that needs "the last spatial map" or "the penultimate vector" asks for the role instead of a name, so it
 works on any architecture. Roles (each a list of module paths, as ``named_modules()`` spells them):
 
-- ``saliency``: the map a saliency method reads. A "level" is one spatial resolution (H×W > 1×1) and is represented
-  by the last module that outputs it (a module whose output is larger than its input, an upsampling, is skipped). Among the last two levels, the later one with at least 7×7 (Grad-CAM's grid on
-  a 224-pixel ResNet), else the larger of the two: ResNet-18 at 224 gives ``layer4`` (7×7), at 64 ``layer3`` (4×4,
-  where ``layer4`` is 2×2). It never goes further back than two levels, even to reach 7×7: a map three stages before
-  the head holds edges and textures, not what tells the classes apart.
+- ``saliency``: the map a saliency method reads. A "level" is one spatial resolution (h×w > 1×1, the input's aspect)
+  represented by the last module that outputs it, skipping an upsampling (output larger than input) and the
+  internals of a block that leaves the resolution (``layer4.0.bn1`` of a ResNet-50, 14×14 inside ``layer4``, is not
+  the 14×14 level; ``layer3`` is). Among the last two levels: the later one if it has at least 7×7 (Grad-CAM's grid
+  on a 224-pixel ResNet), else the larger of the two. ResNet-18 gives ``layer4`` (7×7) at 224, ``layer3`` (4×4) at
+  64, where ``layer4`` is 2×2. It never goes further back than two levels, even to reach 7×7: a map three stages
+  before the head holds edges and textures, not what tells the classes apart.
 - ``last_maps``: the last module of each of the last two levels, earlier first (FLINT's multi-layer input).
 - ``penultimate``: the vector the final classifier layer reads — the module whose output, flattened, equals the
   final layer's input; among several equal ones (ReLU then Dropout) the first, whose output is the same in training.
@@ -28,18 +30,21 @@ from interp_ray.errors import UserError
 
 ROLES = ("saliency", "last_maps", "penultimate")
 MIN_SALIENCY_SIDE = 7
+KEEP_NUMEL = 1 << 18   # the probe keeps copies of tensors up to 1 MiB of float32
 
 
 @dataclass
 class Probe:
-    """What one forward pass showed: per module its type, per-row output shape (None: not called) and call count,
-    in definition order; the order in which calls finished; and the model's output."""
+    """What one forward pass showed: per module its type, per-row output and input shapes (None: not called) and
+    call count, in definition order; the order in which calls finished; copies of the smaller outputs and inputs;
+    and the model's output."""
     types: dict[str, str] = field(default_factory=dict)
     shapes: dict[str, tuple[int, ...] | None] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)
     finished: list[str] = field(default_factory=list)   # names, each at the position of its last call
     outputs: dict[str, torch.Tensor] = field(default_factory=dict)
     inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     output: torch.Tensor | None = None
     input_shape: tuple[int, ...] = ()
 
@@ -61,13 +66,18 @@ def probe(net: nn.Module, input_shape: tuple[int, ...], *, seed: int = 0) -> Pro
             out = _tensor(output)
             found.calls[name] += 1
             order.append(name)
-            # Copies: a later in-place op (ReLU(inplace=True), Hardswish) would otherwise rewrite what was seen.
+            # Copies, since a later in-place op (ReLU(inplace=True), Hardswish) would rewrite what was seen; only of
+            # tensors up to KEEP_NUMEL (vectors, small maps: where the penultimate is looked for), so probing a
+            # ResNet-152 does not hold every feature map at once.
             if out is not None:
-                found.outputs[name] = out.detach().clone()
                 found.shapes[name] = tuple(int(s) for s in out.shape[1:])
+                if out.numel() <= KEEP_NUMEL:
+                    found.outputs[name] = out.detach().clone()
             first = _tensor(inputs)
             if first is not None:
-                found.inputs[name] = first.detach().clone()
+                found.input_shapes[name] = tuple(int(s) for s in first.shape[1:])
+                if first.numel() <= KEEP_NUMEL:
+                    found.inputs[name] = first.detach().clone()
         return record
 
     for name, m in modules:
@@ -94,8 +104,15 @@ def probe(net: nn.Module, input_shape: tuple[int, ...], *, seed: int = 0) -> Pro
     return found
 
 
-def _is_map(shape) -> bool:
-    return shape is not None and len(shape) == 3 and shape[1] * shape[2] > 1
+def _is_map(shape, input_shape: tuple[int, ...]) -> bool:
+    """C×h×w larger than 1×1 with the input's aspect (within a pixel per input side): a ConvNeXt block's
+    channels-last tensor (7×7×768) is 3-D too, but its "h×w" of 7×768 is no image grid."""
+    if shape is None or len(shape) != 3 or shape[1] * shape[2] <= 1:
+        return False
+    if len(input_shape) != 3:
+        return True
+    (_, h, w), (_, hi, wi) = shape, input_shape
+    return abs(h * wi - w * hi) <= max(hi, wi)
 
 
 def find_roles(model: nn.Module, input_shape: tuple[int, ...] | None = None, *,
@@ -113,11 +130,11 @@ def find_roles(model: nn.Module, input_shape: tuple[int, ...] | None = None, *,
     # One level per resolution, represented by the last module (in finishing order) that outputs it.
     levels: dict[tuple[int, int], str] = {}
     for name in probed.finished:
-        shape, given = probed.shapes[name], probed.inputs.get(name)
+        shape, given = probed.shapes[name], probed.input_shapes.get(name)
         # An upsampling module (VGG's AdaptiveAvgPool2d((7, 7)) on a 2×2 map) adds resolution, not information.
-        grows = given is not None and given.ndim == 4 and shape is not None and len(shape) == 3 \
-            and shape[1] * shape[2] > given.shape[2] * given.shape[3]
-        if _is_map(shape) and not grows:
+        grows = given is not None and len(given) == 3 and shape is not None and len(shape) == 3 \
+            and shape[1] * shape[2] > given[1] * given[2]
+        if _is_map(shape, probed.input_shape) and not grows and not _inside_transition(name, shape, probed):
             levels.pop(shape[1:], None)   # re-insert so dict order is the order of each level's last module
             levels[shape[1:]] = name
     last_two = list(levels.items())[-2:]
@@ -129,6 +146,20 @@ def find_roles(model: nn.Module, input_shape: tuple[int, ...] | None = None, *,
     if penultimate:
         roles["penultimate"] = [penultimate]
     return roles
+
+
+def _inside_transition(name: str, shape: tuple[int, ...], probed: Probe) -> bool:
+    """Whether ``name`` works inside a block that takes its resolution in and gives another out (a strided
+    bottleneck: ``layer4.0.bn1`` of ResNet-50 is 14×14 inside ``layer4``, 14×14 → 7×7): such a module is the block's
+    internals, and the level's map is the block before it (``layer3``)."""
+    parts = name.split(".")
+    for i in range(1, len(parts)):
+        ancestor = ".".join(parts[:i])
+        given, out = probed.input_shapes.get(ancestor), probed.shapes.get(ancestor)
+        if given is not None and out is not None and len(given) == 3 and len(out) == 3 \
+                and given[1:] == shape[1:] and out[1:] != shape[1:]:
+            return True
+    return False
 
 
 def _penultimate(probed: Probe) -> str | None:

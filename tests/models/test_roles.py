@@ -14,10 +14,22 @@ from interp_ray.models.roles import probe
 def test_resnet18_picks_layer3_at_64_and_layer4_at_224():
     small = build_model("resnet18", num_classes=5, image_size=64)
     # layer4 is 2×2 at 64×64, too coarse to point at anything: the saliency role goes one level back
-    assert probe(small.net, small.input_shape).shapes["layer4"] == (512, 2, 2)
-    assert find_roles(small) == {"saliency": ["layer3"], "last_maps": ["layer3", "layer4"], "penultimate": ["avgpool"]}
+    probed = probe(small.net, small.input_shape)
+    assert probed.shapes["layer4"] == (512, 2, 2) and probed.shapes["layer3"] == (256, 4, 4)
+    assert find_roles(small, probed=probed) == {"saliency": ["layer3"], "last_maps": ["layer3", "layer4"], "penultimate": ["avgpool"]}
     big = build_model("resnet18", num_classes=5, image_size=224)
     assert find_roles(big)["saliency"] == ["layer4"]      # 7×7: Grad-CAM's own choice
+
+
+def test_a_levels_map_is_a_block_output_not_a_strided_blocks_insides():
+    """ResNet-50's layer4.0.conv1/bn1 are still 14×14 at 224 (the bottleneck strides in conv2), as MobileNetV3's
+    features.9.block.0 is before its strided depthwise conv: the level is the block before (layer3, features.8).
+    ConvNeXt's channels-last block tensors (h×w×C) are not taken for maps."""
+    import torchvision.models as tvm
+
+    assert find_roles(tvm.resnet50(num_classes=3), (3, 64, 64))["last_maps"] == ["layer3", "layer4"]
+    assert find_roles(tvm.mobilenet_v3_small(num_classes=3), (3, 64, 64))["last_maps"] == ["features.8", "features"]
+    assert find_roles(tvm.convnext_tiny(num_classes=3), (3, 64, 64))["last_maps"] == ["features.5", "features"]
 
 
 def test_roles_agree_with_the_registrys_hand_made_tables():

@@ -79,7 +79,6 @@ def test_layers_says_when_a_role_is_missing(capsys):
 
 def test_model_commands_refuse_bad_input_with_exit_2_and_one_line(tmp_path, capsys):
     import torch
-
     from user_models import build
 
     torch.save(build(num_classes=10).state_dict(), tmp_path / "w10.pt")

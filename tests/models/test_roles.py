@@ -16,7 +16,8 @@ def test_resnet18_picks_layer3_at_64_and_layer4_at_224():
     # layer4 is 2×2 at 64×64, too coarse to point at anything: the saliency role goes one level back
     probed = probe(small.net, small.input_shape)
     assert probed.shapes["layer4"] == (512, 2, 2) and probed.shapes["layer3"] == (256, 4, 4)
-    assert find_roles(small, probed=probed) == {"saliency": ["layer3"], "last_maps": ["layer3", "layer4"], "penultimate": ["avgpool"]}
+    assert find_roles(small, probed=probed) == {"saliency": ["layer3"], "last_maps": ["layer3", "layer4"],
+                                                "penultimate": ["avgpool"]}
     big = build_model("resnet18", num_classes=5, image_size=224)
     assert find_roles(big)["saliency"] == ["layer4"]      # 7×7: Grad-CAM's own choice
 
@@ -54,9 +55,11 @@ def test_the_penultimate_vector_is_what_the_final_layer_reads():
 def test_a_model_without_a_spatial_map_has_no_saliency_role():
     m = build_model("user_models:MLP", image_size=8, num_classes=3)
     roles = m.roles()
-    assert "saliency" not in roles and "last_maps" not in roles and roles["penultimate"] == ["body.2"]  # the ReLU, first of ReLU and its container
+    # the penultimate: the ReLU, first of the ReLU and its container body, which return the same tensor
+    assert "saliency" not in roles and "last_maps" not in roles and roles["penultimate"] == ["body.2"]
     with pytest.raises(UserError, match=r"no layer of this model outputs a spatial map larger than 1×1 at input "
-                                        r"3×8×8, so it has no 'saliency' layer and a saliency method cannot apply") as e:
+                                        r"3×8×8, so it has no 'saliency' layer and a saliency method "
+                                        r"cannot apply") as e:
         layers_for_role(m, "saliency")
     assert "\n" not in str(e.value)
     assert layers_for_role(m, "penultimate") == ["body.2"]

@@ -190,14 +190,12 @@ class LoadedClassifier:
 
 def load_classifier(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> LoadedClassifier:
     from interp_ray.models import build_model
+    from interp_ray.models.weights import load_checked
 
     ckpt = read_checkpoint(path, kind="classifier")
     spec = ckpt.config["model"]
     model = build_model(spec["name"], **spec.get("options", {}))
-    try:
-        model.load_state_dict(ckpt.state_dict)
-    except RuntimeError as e:
-        raise UserError(f"checkpoint {path}: weights do not fit model {spec['name']!r} ({str(e).splitlines()[0]})") from None
+    load_checked(model, ckpt.state_dict, source=f"checkpoint {path}: weights", what=f"model {spec['name']!r}")
     return LoadedClassifier(model.to(device).eval(), ckpt.config, ckpt.digest)
 
 

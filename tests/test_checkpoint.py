@@ -169,3 +169,17 @@ def test_a_checkpoint_whose_module_is_not_importable_says_how_to_ship_it(tmp_pat
                                         r".*--working-dir") as e:
         load_classifier(tmp_path / "c")
     assert "\n" not in str(e.value)
+
+
+def test_weights_that_do_not_fit_the_recorded_options_name_the_parameter(digits_checkpoint, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(digits_checkpoint, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["model"]["options"]["num_classes"] = 7
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UserError, match=r"^checkpoint .*bad: weights do not fit model 'digits_cnn': 'net.fc2.weight' "
+                                        r"is \(10, 128\) in the file but \(7, 128\) in the model$") as e:
+        load_classifier(bad)
+    assert "\n" not in str(e.value)

@@ -105,13 +105,22 @@ def load_weights(net: nn.Module, path: str | os.PathLike, *, what: str = "the mo
     file's sha256 (what was loaded, whatever the path later holds)."""
     data = read_bytes(path)
     state = align_keys(read_state_dict(path, data), set(net.state_dict()))
+    load_checked(net, state, source=f"weights {path}", what=what, allow_unexpected=allow_unexpected,
+                 num_classes=num_classes)
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_checked(net: nn.Module, state: dict[str, torch.Tensor], *, source: str, what: str = "the model",
+                 allow_unexpected: bool = False, num_classes: int | None = None) -> None:
+    """``net.load_state_dict(state)``, but a mismatch is one line naming the first missing and unexpected keys, or
+    the first parameter whose shape differs with both shapes (``source`` says where ``state`` came from)."""
     own = net.state_dict()
     missing = [k for k in own if k not in state and not k.endswith(OPTIONAL_SUFFIXES)]
     unexpected = [] if allow_unexpected else [k for k in state if k not in own]
     if missing or unexpected:
         parts = ([f"{len(missing)} missing (first {missing[0]!r})"] if missing else []) + \
                 ([f"{len(unexpected)} unexpected (first {unexpected[0]!r})"] if unexpected else [])
-        raise UserError(f"weights {path} do not fit {what}: {', '.join(parts)} key(s)")
+        raise UserError(f"{source} do not fit {what}: {', '.join(parts)} key(s)")
     for key, mine in own.items():
         theirs = state.get(key)
         if theirs is not None and tuple(theirs.shape) != tuple(mine.shape):
@@ -119,10 +128,9 @@ def load_weights(net: nn.Module, path: str | os.PathLike, *, what: str = "the mo
             if num_classes is not None and mine.ndim and mine.shape[0] == num_classes and theirs.ndim:
                 hint = (f"; a class count of {theirs.shape[0]}? set num_classes (--option num_classes="
                         f"{theirs.shape[0]}) or give that many --classes")
-            raise UserError(f"weights {path} do not fit {what}: {key!r} is {tuple(theirs.shape)} in the file but "
+            raise UserError(f"{source} do not fit {what}: {key!r} is {tuple(theirs.shape)} in the file but "
                             f"{tuple(mine.shape)} in the model{hint}")
     net.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-    return hashlib.sha256(data).hexdigest()
 
 
 def _first_line(e: BaseException) -> str:

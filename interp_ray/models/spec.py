@@ -132,14 +132,10 @@ def _build_registered(spec: ModelSpec, options: dict[str, Any]) -> Classifier:
 
 def _build_foreign(spec: ModelSpec, options: dict[str, Any]) -> Classifier:
     rest = dict(options)
-    num_classes = rest.pop("num_classes", None)
-    in_channels = int(rest.pop("in_channels", 3))
-    image_size = int(rest.pop("image_size", 224))
+    known = {key: _positive_int(spec, key, rest.pop(key, default))
+             for key, default in (("num_classes", None), ("in_channels", 3), ("image_size", 224))}
+    in_channels, image_size = known["in_channels"], known["image_size"]
     mean, std = rest.pop("mean", None), rest.pop("std", None)
-    if num_classes is not None and int(num_classes) < 1 or in_channels < 1 or image_size < 1:
-        raise UserError(f"model {spec.text!r}: num_classes, in_channels and image_size must be positive")
-    known = {"num_classes": None if num_classes is None else int(num_classes), "in_channels": in_channels,
-             "image_size": image_size}
     factory = _factory(spec, known)
     kwargs = _factory_kwargs(spec, factory, rest, known)
     try:
@@ -163,6 +159,14 @@ def _build_foreign(spec: ModelSpec, options: dict[str, Any]) -> Classifier:
                        mean=mean, std=std)
     model._roles = roles
     return model
+
+
+def _positive_int(spec: ModelSpec, key: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"model {spec.text!r}: {key} must be a positive integer, got {value!r}")
+    return value
 
 
 def _torchvision_builder(spec: ModelSpec) -> Callable[..., nn.Module]:

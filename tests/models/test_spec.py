@@ -94,6 +94,7 @@ def test_a_users_option_mistakes_are_one_line():
         "os:system": ({}, "'os' is not a model library"),
         "subprocess:run": ({}, "'subprocess' is not a model library"),
         "torch.hub:load": ({}, "'torch' is not a model library"),
+        "user_models:TinyNet": ({"in_channels": "rgb"}, "in_channels must be a positive integer, got 'rgb'"),
     }
     for spec, (options, message) in cases.items():
         with pytest.raises(UserError, match=message) as e:

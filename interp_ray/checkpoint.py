@@ -4,6 +4,10 @@ Loadable without Ray and without the training code, from a local path or a URI p
 file://). Weights go through safetensors, which cannot run code, so a checkpoint from elsewhere is safe to open.
 Writes are atomic: the new directory is built beside the target and renamed into place, so a failure half-way never
 leaves a corrupt checkpoint where a good one stood.
+
+A classifier's ``config.json`` records its model spec (``model.name``: a registered name, ``torchvision:…``,
+``timm:…`` or ``module:callable``) and options (input size, channels, normalisation among them), which
+``interp_ray.models.build_model`` rebuilds; ``import_model`` makes such a checkpoint from a user's own weights file.
 """
 
 from __future__ import annotations
@@ -186,12 +190,44 @@ class LoadedClassifier:
 
 def load_classifier(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> LoadedClassifier:
     from interp_ray.models import build_model
+    from interp_ray.models.weights import load_checked
 
     ckpt = read_checkpoint(path, kind="classifier")
     spec = ckpt.config["model"]
     model = build_model(spec["name"], **spec.get("options", {}))
-    try:
-        model.load_state_dict(ckpt.state_dict)
-    except RuntimeError as e:
-        raise UserError(f"checkpoint {path}: weights do not fit model {spec['name']!r} ({str(e).splitlines()[0]})") from None
+    load_checked(model, ckpt.state_dict, source=f"checkpoint {path}: weights", what=f"model {spec['name']!r}")
     return LoadedClassifier(model.to(device).eval(), ckpt.config, ckpt.digest)
+
+
+def import_model(spec: str, *, weights: str | os.PathLike, output: str | os.PathLike,
+                 options: dict[str, Any] | None = None, class_names: list[str] | None = None) -> LoadedClassifier:
+    """A self-contained classifier checkpoint at ``output`` from a model spec and a weights file (local or s3://).
+
+    The weights are copied in (nothing refers back to ``weights`` afterwards; only its sha256 is recorded). With
+    ``class_names`` and no ``num_classes`` option, the class count is their number. The written checkpoint is read
+    back and must give the same logits as the model built here, so what was imported is what loads.
+    """
+    from interp_ray.models import build_model, load_weights
+    from interp_ray.models.spec import resolve_presets
+
+    options = resolve_presets(options or {})   # the numbers, not a preset's name, go into config.json
+    if class_names is not None:
+        n = options.setdefault("num_classes", len(class_names))
+        if int(n) != len(class_names):
+            raise UserError(f"{len(class_names)} class names but num_classes={n}; give one name per class")
+    model = build_model(spec, **options)
+    sha256 = load_weights(model.net, weights, what=f"model {spec!r}", num_classes=model.num_classes)
+    names = list(class_names) if class_names is not None else [str(i) for i in range(model.num_classes)]
+    if len(names) != model.num_classes:
+        raise UserError(f"model {spec!r} gives {model.num_classes} logits; give that many class names")
+    source = {"weights_sha256": sha256}
+    save_checkpoint(output, kind="classifier", state_dict=model.state_dict(),
+                    config={"model": {"name": spec, "options": options}, "class_names": names, "data": {},
+                            "metrics": {}, "imported": source})
+    loaded = load_classifier(output)
+    x = torch.rand((2, *model.input_shape), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        if not torch.allclose(loaded.model(x), model.eval()(x), rtol=1e-4, atol=1e-5):
+            raise UserError(f"model {spec!r}: the written checkpoint {output} does not reproduce the imported model's "
+                            f"logits (does its builder depend on random state or globals?)")
+    return loaded

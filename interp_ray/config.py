@@ -42,11 +42,12 @@ class ModelConfig(Section):
     @field_validator("name")
     @classmethod
     def _known_model(cls, v: str) -> str:
-        from interp_ray.models import MODELS
+        from interp_ray.models import check_spec
 
-        if v not in MODELS:
-            raise ValueError(f"unknown model {v!r}; valid: {', '.join(MODELS.names())}")
-        return v
+        try:  # a model spec: a registered name, torchvision:NAME, timm:NAME or module:callable
+            return check_spec(v)
+        except UserError as e:
+            raise ValueError(str(e)) from None
 
 
 class OptimConfig(Section):

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from jobs.common import EXIT_USAGE, run_main
+from jobs.common import EXIT_USAGE, import_from_cwd, run_main
 
 # command -> job module; each module has main(argv) -> int.
 COMMANDS: dict[str, str] = {
@@ -26,6 +26,8 @@ COMMANDS: dict[str, str] = {
     "evaluate": "jobs.evaluate",
     "explain": "jobs.explain",
     "explain-dataset": "jobs.explain_dataset",
+    "import-model": "jobs.import_model",
+    "layers": "jobs.layers",
 }
 
 
@@ -62,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from serving import client  # a served deployment answers instead of a local model
 
         return run_main(client.main, rest)
+    import_from_cwd()   # a model spec's ./my_models.py is found as with `python -m jobs.<module>`
     module = importlib.import_module(available[command])
     return run_main(module.main, rest)
 

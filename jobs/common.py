@@ -65,3 +65,49 @@ def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[
 
 def exit_with(main: Callable[[Sequence[str] | None], int | None]) -> None:
     sys.exit(run_main(main))
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """What a model spec needs beyond its name: the builder's options and the input it takes."""
+    p.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the model's builder (YAML value), e.g. --option num_classes=10 (repeatable)")
+    p.add_argument("--input-size", type=int, help="the square input size in pixels (option image_size)")
+    p.add_argument("--channels", type=int, help="input channels (option in_channels; default 3 for a foreign model)")
+    p.add_argument("--mean", help="per-channel mean subtracted inside the model, e.g. 0.485,0.456,0.406 or imagenet")
+    p.add_argument("--std", help="per-channel std divided inside the model, e.g. 0.229,0.224,0.225 or imagenet")
+
+
+def model_options(args: argparse.Namespace) -> dict:
+    """The options dict ``build_model`` takes, from ``add_model_arguments``' flags (a bad one is a UserError)."""
+    import yaml
+
+    options = {}
+    for pair in args.options:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--option {pair!r}: expected KEY=VALUE")
+        try:
+            options[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise UserError(f"--option {pair!r}: the value is not valid YAML") from None
+    for flag, key in (("input_size", "image_size"), ("channels", "in_channels")):
+        if getattr(args, flag) is not None:
+            options[key] = getattr(args, flag)
+    for key in ("mean", "std"):
+        raw = getattr(args, key)
+        if raw is None:
+            continue
+        try:
+            options[key] = [float(v) for v in raw.split(",")] if any(c.isdigit() for c in raw) else raw
+        except ValueError:
+            raise UserError(f"--{key} {raw!r}: give numbers separated by commas, or imagenet") from None
+    return options
+
+
+def import_from_cwd() -> None:
+    """Make the current directory importable, as ``python -m`` does but the ``interp-ray`` console script does not
+    (its sys.path starts at the script's folder): ``interp-ray layers my_models:build`` then finds ./my_models.py,
+    and so does every command that loads a checkpoint of that model."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)

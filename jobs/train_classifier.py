@@ -9,6 +9,7 @@ A rerun with the same ``run.name`` and ``run.storage_path`` resumes that run fro
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any, Sequence
 
@@ -91,7 +92,10 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_name(cfg: ClassifierJobConfig) -> str:
-    return cfg.run.name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}-{int(time.time() * 1e3) % 1000:03d}"
+    # A model spec may hold ':' (torchvision:resnet34, my_pkg.models:build): the run's folder name keeps it readable
+    # without characters that some object stores and shells treat specially.
+    model = re.sub(r"[^A-Za-z0-9._-]+", "-", cfg.model.name)
+    return cfg.run.name or f"{model}-{time.strftime('%Y%m%d-%H%M%S')}-{int(time.time() * 1e3) % 1000:03d}"
 
 
 def train(cfg: ClassifierJobConfig) -> dict[str, Any]:

@@ -36,6 +36,17 @@ def test_unknown_model_lists_valid_names():
         load_config(ClassifierJobConfig, None, ["model.name=alexnet"])
 
 
+def test_a_model_is_named_by_any_spec():
+    """torchvision:/module:callable specs validate like registered names (a module is imported only when built)."""
+    assert load_config(ClassifierJobConfig, None, ["model.name=user_models:build"]).model.name == "user_models:build"
+    assert load_config(ClassifierJobConfig, None, ["model.name=torchvision:mobilenet_v3_small"]).model.name \
+        == "torchvision:mobilenet_v3_small"
+    for spec, message in (("torchvision:resnet19", r"model\.name: .*'resnet19' is not a torchvision"),
+                          ("my-pkg:build", r"model\.name: .*not an import path")):
+        with pytest.raises(UserError, match=message):
+            load_config(ClassifierJobConfig, None, [f"model.name={spec}"])
+
+
 def test_out_of_range_value_is_rejected():
     with pytest.raises(UserError, match=r"train\.epochs"):
         load_config(ClassifierJobConfig, None, ["train.epochs=0"])

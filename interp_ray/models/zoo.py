@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import torch
 from torch import nn
 
 from interp_ray.errors import UserError
@@ -151,20 +148,11 @@ def torchvision_defaults(net: nn.Module) -> dict[str, dict]:
 
 
 def load_weights_file(net: nn.Module, path: str) -> None:
-    """Load a local state-dict file safely (``weights_only=True`` or safetensors); never downloads."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"weights file {path} does not exist")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    """Load a state-dict file safely (``weights_only=True`` or safetensors; local or s3://); never downloads. Extra
+    keys (e.g. an aux head) are tolerated here, as they always were for a registered torchvision model."""
+    from interp_ray.models.weights import load_weights
 
-        state = load_file(str(p))
-    else:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    if missing:
-        raise UserError(f"weights file {path} lacks {len(missing)} tensors, e.g. {missing[0]!r}")
-    del unexpected  # extra keys (e.g. an aux head) are harmless
+    load_weights(net, path, allow_unexpected=True)
 
 
 for _name, _layers in {
@@ -174,15 +162,3 @@ for _name, _layers in {
     "vgg19": ["features.35", "classifier.4"],
 }.items():
     MODELS.register(_name)(_torchvision(_name, _layers))
-
-
-def build_model(name: str, **options) -> Classifier:
-    """Build a registered classifier; unknown options fail with the list of valid ones."""
-    import inspect
-
-    builder = MODELS.get(name)
-    valid = list(inspect.signature(builder).parameters)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise UserError(f"unknown option(s) {', '.join(unknown)} for model {name!r}; valid: {', '.join(valid)}")
-    return builder(**options)

@@ -306,3 +306,31 @@ def test_one_ray_data_pipeline_fills_every_split_with_its_own_rows(ray_local, tm
         with torch.no_grad():
             ref = model.activations(torch.from_numpy(truth["image"]), ["gap"])["gap"].numpy()
         np.testing.assert_allclose(got["gap"], ref, rtol=1e-5, atol=1e-6)
+
+
+def test_a_users_imported_model_is_extracted_with_its_normalisation(tmp_path):
+    """A model of the user's own module, imported from a `.pt` file with normalisation: the extraction job (local
+    engine) stores what the original module gives on normalised pixels, under its spec's name."""
+    from interp_ray.checkpoint import import_model
+    from user_models import build
+
+    torch.manual_seed(0)
+    original = build(num_classes=12).eval()
+    torch.save({f"module.{k}": v for k, v in original.state_dict().items()}, tmp_path / "w.pt")
+    ckpt = tmp_path / "ckpt"
+    import_model("user_models:build", weights=tmp_path / "w.pt", output=ckpt,
+                 options={"image_size": 32, "num_classes": 12, "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.3, 0.25]})
+    assert run_main(main, ["--set", f"checkpoint={ckpt}", "--set", f"store.root={tmp_path / 'acts'}",
+                           "--set", "splits=[val]", "--set", "layers=[features,pool]", "--set", "data.name=scenes",
+                           "--set", "data.options={size: 32, n: 24}", "--set", "compute.engine=local"]) == 0
+    (store,) = [p for p in (tmp_path / "acts").glob("*/*") if p.is_dir()]
+    assert store.parent.name == "user_models:build"
+    got = ActivationStore.open(str(store)).read()
+    images = load_dataset("scenes", "val", size=32, n=24).get_batch(np.arange(len(got["index"])))["image"]
+    x = (torch.from_numpy(images) - torch.tensor([0.4, 0.5, 0.6]).view(1, 3, 1, 1)) \
+        / torch.tensor([0.2, 0.3, 0.25]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        features = original.features(x)
+        logits = original(x)
+    np.testing.assert_allclose(got["features"], features.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got["probabilities"], torch.softmax(logits, 1).numpy(), rtol=1e-5, atol=1e-6)

@@ -45,6 +45,19 @@ def test_checkpoint_every_k_epochs_and_resume_repeats_only_the_unsaved_epoch(ray
     assert load_classifier(tmp_path / "out").config["metrics"]["epoch"] == 3
 
 
+def test_a_torchvision_spec_is_built_from_the_data_it_is_given():
+    """The job's model options (the data's classes, channels and size) build a torchvision: spec too, with the
+    normalisation its options name."""
+    from jobs.train_classifier import build_from_config
+
+    cfg = load_config(ClassifierJobConfig, "configs/scenes.yaml",
+                      ["model.name=torchvision:mobilenet_v3_small", "model.options.mean=imagenet",
+                       "model.options.std=imagenet", "data.options.n=8"])
+    _, _, model, options = build_from_config(cfg)
+    assert model.input_shape == (3, 64, 64) and model.num_classes == 12 and model.normalisation is not None
+    assert options["num_classes"] == 12 and options["mean"] == "imagenet"
+
+
 def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: {name: digits\n")

@@ -31,8 +31,10 @@ import numpy as np
 import torch
 
 from interp_ray.data.scenes import ATTRIBUTE_VALUES, ATTRIBUTE_VOCAB, attribute_mentions
-from interp_ray.explainers.semantic import (LabelConfig, NeuronEdit, SemanticConfig, SemanticExplainer,
-                                            SemanticTrainConfig, fit_topic_head, linear_probe)
+from interp_ray.explainers.semantic.config import LabelConfig, SemanticConfig, SemanticTrainConfig
+from interp_ray.explainers.semantic.explainer import SemanticExplainer
+from interp_ray.explainers.semantic.labels import fit_topic_head, linear_probe
+from interp_ray.explainers.semantic.networks import NeuronEdit
 from interp_ray.metrics.semantic import caption_faithfulness, clip_attributes, label_precision
 from interp_ray.topics import TopicConfig, fit_topics
 
@@ -119,7 +121,7 @@ def blend_plants(ex: SemanticExplainer, test, kind: str = "colour", weights=(0.4
 
 def run(args) -> dict:
     from interp_ray.data.video_features import items_from_rows
-    from interp_ray.explainers.semantic import SemanticTrainJob
+    from interp_ray.explainers.semantic.config import SemanticTrainJob
     from jobs.train_explainer import role_stores
 
     torch.set_num_threads(1)

@@ -43,7 +43,7 @@ def make_classifier(path: Path) -> None:
 
 
 def job_for(size: int, args: argparse.Namespace, *, run_name: str | None = None):
-    from interp_ray.explainers.interpnet import InterpNETTrainJob
+    from interp_ray.explainers.interpnet.config import InterpNETTrainJob
 
     work = Path(args.workdir).resolve()
     return InterpNETTrainJob.model_validate({

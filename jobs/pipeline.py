@@ -342,10 +342,10 @@ def lime_beside_flint(checkpoint: str, job: Any, images: int) -> dict[str, Any]:
             "flint_fidelity_lime_images": float((pg == pf).mean()), "lime_seconds": time.perf_counter() - t0}
 
 
-@pipeline_stage("interpnet", job="interp_ray.explainers.interpnet:InterpNETTrainJob",
+@pipeline_stage("interpnet", job="interp_ray.explainers.interpnet.config:InterpNETTrainJob",
                 default=StageRef(config="configs/interpnet_scenes.yaml", classifier="scenes"))
 def run_interpnet(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
-    from interp_ray.explainers.interpnet import InterpNETTrainJob
+    from interp_ray.explainers.interpnet.config import InterpNETTrainJob
     from jobs.evaluate import evaluate, format_table
 
     ref = cfg.ref(ctx.stage)
@@ -393,11 +393,12 @@ def run_saliency(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
             "stores": r.stores, "seconds": time.perf_counter() - t0}
 
 
-@pipeline_stage("semantic", job="interp_ray.explainers.semantic:SemanticTrainJob",
+@pipeline_stage("semantic", job="interp_ray.explainers.semantic.config:SemanticTrainJob",
                 default=StageRef(config="configs/semantic_scenes.yaml", classifier="scenes"))
 def run_semantic(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
     from interp_ray.data.video_features import items_from_rows
-    from interp_ray.explainers.semantic import SemanticExplainer, SemanticTrainJob
+    from interp_ray.explainers.semantic.config import SemanticTrainJob
+    from interp_ray.explainers.semantic.explainer import SemanticExplainer
     from interp_ray.metrics.captions import CaptionScorer
     from interp_ray.metrics.semantic import caption_faithfulness, label_precision
     from jobs.train_explainer import role_stores, train

@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON line")
     args = p.parse_args(argv)
 
-    from interp_ray.explainers.semantic import SemanticExplainer
+    from interp_ray.explainers.semantic.explainer import SemanticExplainer
 
     explainer = SemanticExplainer.load(args.checkpoint)
     suppress, boost = _split_list(args.suppress), _split_list(args.boost)

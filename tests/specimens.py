@@ -51,7 +51,7 @@ def digits_activations(classifier: Path, layer: str, rows: int = 120):
 
     from interp_ray.activations import ActivationExtractor
     from interp_ray.data import load_dataset
-    from interp_ray.explainers.interpnet import collect
+    from interp_ray.explainers.interpnet.tables import collect
 
     ds = load_dataset("digits", "train")
     return collect(ActivationExtractor(str(classifier), [layer])(ds.get_batch(np.arange(rows))), [layer])
@@ -61,7 +61,8 @@ def save_small_interpnet(path: Path, classifier: Path) -> None:
     """A small InterpNET (1 epoch) over the classifier's mean-pooled ``relu2``, on one sentence per digit."""
     import torch
 
-    from interp_ray.explainers.interpnet import ClassifierTrainConfig, DecoderTrainConfig, InterpNET
+    from interp_ray.explainers.interpnet.config import ClassifierTrainConfig, DecoderTrainConfig
+    from interp_ray.explainers.interpnet.explainer import InterpNET
 
     table = digits_activations(classifier, "relu2")
     table.sentences = [[f"this is a {CLASS_NAMES[int(c)]} ."] for c in table.labels]
@@ -109,7 +110,8 @@ def save_small_semantic(path: Path, classifier: Path) -> None:
 
     from interp_ray.activations import clip_items
     from interp_ray.data.scenes import load_scene_videos
-    from interp_ray.explainers.semantic import LabelConfig, SemanticExplainer, SemanticTrainConfig
+    from interp_ray.explainers.semantic.config import LabelConfig, SemanticTrainConfig
+    from interp_ray.explainers.semantic.explainer import SemanticExplainer
 
     clips = load_scene_videos("train", n=40, frames=2, size=32, sentences_per_image=2)
     items = clip_items(str(classifier), clips, "gap")

@@ -15,9 +15,12 @@ import torch
 from interp_ray.data.scenes import make_sentences
 from interp_ray.errors import UserError
 from interp_ray.explainers.base import get_explainer
-from interp_ray.explainers.interpnet import (ActivationTable, ClassifierTrainConfig, DecoderTrainConfig, InterpNET,
-                                             LRCN2f, beam_decode, collect, greedy_decode, length_normaliser,
-                                             sentence_loss, state_digest)
+from interp_ray.explainers.interpnet.config import ClassifierTrainConfig, DecoderTrainConfig
+from interp_ray.explainers.interpnet.decoding import beam_decode, greedy_decode, length_normaliser
+from interp_ray.explainers.interpnet.explainer import InterpNET
+from interp_ray.explainers.interpnet.networks import LRCN2f, sentence_loss
+from interp_ray.explainers.interpnet.tables import ActivationTable, collect
+from interp_ray.explainers.interpnet.training import state_digest
 from interp_ray.metrics.captions import attribute_faithfulness
 from interp_ray.text import Vocabulary, detokenize, tokenize
 

@@ -8,10 +8,11 @@ import torch
 from interp_ray.data.video_features import VideoItems
 from interp_ray.errors import UserError
 from interp_ray.explainers import explainer_names, get_explainer
-from interp_ray.explainers.semantic import (LabelConfig, NeuronEdit, SemanticCaptioner, SemanticConfig,
-                                            SemanticExplainer, SemanticTrainConfig, batch_tensors, batch_losses,
-                                            fit_topic_head, label_neurons, linear_probe, masked_mean,
-                                            prediction_difference)
+from interp_ray.explainers.semantic.config import LabelConfig, SemanticConfig, SemanticTrainConfig
+from interp_ray.explainers.semantic.explainer import SemanticExplainer
+from interp_ray.explainers.semantic.labels import fit_topic_head, label_neurons, linear_probe, prediction_difference
+from interp_ray.explainers.semantic.networks import NeuronEdit, SemanticCaptioner, masked_mean
+from interp_ray.explainers.semantic.training import batch_losses, batch_tensors
 from interp_ray.topics import TopicConfig, TopicModel, fit_topics
 
 D, K, T = 6, 5, 3
@@ -69,7 +70,7 @@ def test_encoding_ignores_whatever_is_in_padded_frames(reads):
 def _grads(m, lam, items, *, nll_only=False):
     m.cfg = m.cfg.model_copy(update={"interp_weight": lam})
     m.zero_grad()
-    from interp_ray.explainers.semantic import make_caption_data
+    from interp_ray.explainers.semantic.training import make_caption_data
     from interp_ray.text import Vocabulary
 
     vocab = Vocabulary.build([s for r in items.sentences for s in r])
@@ -142,8 +143,21 @@ def test_labels_follow_the_largest_word_score_and_the_margin_rule():
     assert topic_level[0].label == "topic 0"
 
 
+def test_the_scenes_concept_words_are_written_out_in_the_config_not_looked_up_in_the_dataset():
+    # The explainer no longer imports the scenes dataset for the attribute words: the config lists them, and they
+    # must stay the dataset's words (the label-precision metric checks labels against exactly these).
+    from interp_ray.config import load_config
+    from interp_ray.data.scenes import ATTRIBUTE_VOCAB
+    from interp_ray.explainers.semantic.config import SemanticTrainJob
+
+    job = load_config(SemanticTrainJob, "configs/semantic_scenes.yaml")
+    assert job.labels.concepts == list(ATTRIBUTE_VOCAB)
+    with pytest.raises(UserError, match="labels.concepts: list the concept words themselves"):
+        load_config(SemanticTrainJob, "configs/semantic_scenes.yaml", ["labels.concepts=[attributes]"])
+
+
 def test_words_select_neurons_by_label_or_by_top_words():
-    from interp_ray.explainers.semantic import NeuronLabel
+    from interp_ray.explainers.semantic.labels import NeuronLabel
 
     ex = SemanticExplainer(SemanticConfig(**SMALL))
     ex.neurons = [NeuronLabel(0, "red", 0, [], 1.0, 0.5, True, [1], 1.0, ["red", "circle"]),

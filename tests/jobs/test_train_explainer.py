@@ -12,8 +12,9 @@ import torch
 
 from interp_ray.checkpoint import read_checkpoint, save_classifier
 from interp_ray.explainers.base import EpochTrainer, Trainable
-from interp_ray.explainers.interpnet import InterpNET, state_digest
-from interp_ray.explainers.semantic import SemanticExplainer
+from interp_ray.explainers.interpnet.explainer import InterpNET
+from interp_ray.explainers.interpnet.training import state_digest
+from interp_ray.explainers.semantic.explainer import SemanticExplainer
 from interp_ray.models import build_model
 from interp_ray.store import ActivationStore
 from jobs.common import run_main

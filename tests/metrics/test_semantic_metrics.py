@@ -8,7 +8,7 @@ import pytest
 from interp_ray.data.scenes import attribute_indices
 from interp_ray.data.video_features import VideoItems
 from interp_ray.errors import UserError
-from interp_ray.explainers.semantic import NeuronLabel
+from interp_ray.explainers.semantic.labels import NeuronLabel
 from interp_ray.metrics.semantic import caption_faithfulness, clip_attributes, label_precision
 
 

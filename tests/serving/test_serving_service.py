@@ -56,7 +56,7 @@ def test_the_captioner_captions_an_image_as_a_one_frame_clip(scenes_service, sem
     from interp_ray.activations import ActivationExtractor
     from interp_ray.activations import clip_items
     from interp_ray.data.scenes import load_scene_videos
-    from interp_ray.explainers.semantic import SemanticExplainer
+    from interp_ray.explainers.semantic.explainer import SemanticExplainer
 
     assert "semantic" in scenes_service.explainers, scenes_service.skipped
     images = scene_frames(3)
@@ -91,7 +91,7 @@ def test_the_captioner_over_a_classifier_without_its_layer_is_skipped(semantic_c
 
 
 def test_the_captioner_from_another_layer_width_or_cnn_is_skipped(semantic_checkpoints, tmp_path):
-    from interp_ray.explainers.semantic import SemanticExplainer
+    from interp_ray.explainers.semantic.explainer import SemanticExplainer
 
     ex = SemanticExplainer.load(semantic_checkpoints["semantic"])
     cases = {"relu3": ({"source": "scenes", "layer": "relu3"}, "32-value frame features"),  # relu3: 16 channels

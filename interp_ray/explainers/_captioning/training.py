@@ -118,6 +118,21 @@ def table_batches(columns: Mapping[str, Any], batch_rows: int, *, seed: int | No
     return epoch_batches
 
 
+def run_epochs(trainer: Any, rows: Callable[[int], Iterable[Batch]], val_rows: Callable[[int], Iterable[Batch]],
+               epochs: int, history: Sequence[dict[str, Any]] = (),
+               on_epoch: Callable[[dict], None] | None = None) -> list[dict[str, Any]]:
+    """Training in this process (a method's ``fit``, no Ray): ``epochs`` epochs of an epoch trainer over each epoch's
+    row batches (``table_batches``); returns ``history`` with every epoch's metrics row appended (each also given to
+    ``on_epoch`` as it finishes)."""
+    history = list(history)
+    for epoch in range(epochs):
+        row = trainer.run_epoch(epoch, rows(epoch), val_rows(epoch))
+        history.append(row)
+        if on_epoch:
+            on_epoch(row)
+    return history
+
+
 class CaptionTrainer:
     """The epoch trainer of a captioning model (an ``EpochTrainer``; see the module docstring).
 

@@ -49,7 +49,7 @@ from torch import nn
 from interp_ray.errors import UserError
 from interp_ray.explainers._captioning.checkpoint import (VOCAB_FILE, check_vocab_digest, read_captioner,
                                                           save_captioner)
-from interp_ray.explainers._captioning.training import PairArrays, PairBatch, make_pairs, table_batches
+from interp_ray.explainers._captioning.training import PairArrays, PairBatch, make_pairs, run_epochs, table_batches
 from interp_ray.explainers.base import Batch, EpochTrainer, Explainer, Explanation, Trainable, register
 from interp_ray.explainers.interpnet.config import (ClassifierTrainConfig, DecoderTrainConfig, InterpNETConfig,
                                                     InterpNETParams, InterpNETTrainJob)
@@ -274,12 +274,8 @@ class InterpNET(Explainer, Trainable):
         trainer = InterpNETTrainer(self, classifier_train, settings, device=self.device)
         rows = table_batches(table_columns(train_t, self.columns), ROWS_PER_BATCH, seed=settings.seed)
         val_rows = table_batches(table_columns(val_t, self.columns), ROWS_PER_BATCH)
-        history = [*self.history["classifier"], *self.history["explainer"]]
-        for epoch in range(trainer.epochs):
-            row = trainer.run_epoch(epoch, rows(epoch), val_rows(epoch))
-            history.append(row)
-            if on_epoch:
-                on_epoch(row)
+        history = run_epochs(trainer, rows, val_rows, trainer.epochs,
+                             [*self.history["classifier"], *self.history["explainer"]], on_epoch)
         self.use_state(trainer.best_state, history)
         return self
 
@@ -370,7 +366,8 @@ class InterpNET(Explainer, Trainable):
         return {"explainer": METHOD, "interpnet": self.config.model_dump(), "class_names": self.class_names,
                 "dims": self.dims, "num_classes": self.num_classes, "r_dim": self.r_dim,
                 "vocab_size": len(self.vocab), "vocab_digest": self.vocab.digest,
-                "classifier_trained": self.classifier_trained, "classifier_digest": state_digest(self.classifier_state()),
+                "classifier_trained": self.classifier_trained,
+                "classifier_digest": state_digest(self.classifier_state()),
                 "history": self.history, "info": self.info}
 
     def save(self, path: str) -> str:

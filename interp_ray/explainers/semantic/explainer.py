@@ -44,8 +44,8 @@ from torch import nn
 
 from interp_ray.errors import UserError
 from interp_ray.explainers._captioning.checkpoint import check_vocab_digest, read_captioner, save_captioner
-from interp_ray.explainers._captioning.training import (CaptionTrainer, PairBatch, make_pairs, sentence_rows,
-                                                        table_batches)
+from interp_ray.explainers._captioning.training import (CaptionTrainer, PairBatch, make_pairs, run_epochs,
+                                                        sentence_rows, table_batches)
 from interp_ray.explainers.base import Batch, EpochTrainer, Explainer, Explanation, Trainable, register
 from interp_ray.explainers.semantic.config import (LabelConfig, SemanticConfig, SemanticParams, SemanticTrainConfig,
                                                    SemanticTrainJob)
@@ -133,13 +133,8 @@ class SemanticExplainer(Explainer, Trainable):
 
         rows = table_batches(columns(train), 256, seed=settings.seed)
         val_rows = table_batches(columns(val), 256)
-        history = list(self.history)
-        for epoch in range(settings.epochs):
-            row = trainer.run_epoch(epoch, rows(epoch), val_rows(epoch))
-            history.append(row)
-            if on_epoch:
-                on_epoch(row)
-        self.use_state(trainer.best_state, history)
+        history = run_epochs(trainer, rows, val_rows, settings.epochs, self.history, on_epoch)
+        self.use_state(trainer.best_state, history)   # best_state is read after training, not before
         return self
 
     def _check_dim(self, dim: int) -> None:

@@ -160,6 +160,8 @@ def evaluate_saliency(stores: Mapping[str, str], *, tune_stores: Mapping[str, st
     Returns the ``results.json`` content."""
     import torch
 
+    from interp_ray.metrics.saliency import empty_share
+
     stored = read_stores(stores)
     first = next(iter(stored.values()))
     dataset = dataset_of(first.store)
@@ -179,6 +181,7 @@ def evaluate_saliency(stores: Mapping[str, str], *, tune_stores: Mapping[str, st
         if model is not None:
             with torch.no_grad():
                 row.update(causal_scores(model, m, truth["image"], causal_steps))
+        row["empty_share"] = empty_share(m.masks)
         row["extras"] = extra_means(m)
         methods[name] = row
     ident = first.store.manifest.identity
@@ -200,11 +203,11 @@ def _fmt(v: Any, digits: int = 3) -> str:
 
 def markdown_table(results: dict[str, Any]) -> str:
     lines = ["| method | pointing game ↑ | pointing (class mean) ↑ | α | localisation error ↓ | deletion AUC ↓ | "
-             "insertion AUC ↑ |", "|---|---|---|---|---|---|---|"]
+             "insertion AUC ↑ | empty maps ↓ |", "|---|---|---|---|---|---|---|---|"]
     for name, r in results["methods"].items():
         lines.append(f"| {name} | {_fmt(r.get('pointing'))} | {_fmt(r.get('pointing_class_mean'))} | "
                      f"{_fmt(r.get('alpha'), 1)} | {_fmt(r.get('loc_error'))} | {_fmt(r.get('deletion_auc'))} | "
-                     f"{_fmt(r.get('insertion_auc'))} |")
+                     f"{_fmt(r.get('insertion_auc'))} | {_fmt(r.get('empty_share'))} |")
     return "\n".join(lines)
 
 

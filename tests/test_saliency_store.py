@@ -239,7 +239,8 @@ def test_a_learned_method_fills_a_json_store_keyed_by_its_checkpoint(tmp_path):
 # --- evaluation --------------------------------------------------------------------------------------------------
 
 def test_report_matches_the_metrics_on_the_same_maps(scenes_checkpoint, tmp_path):
-    from interp_ray.metrics.saliency import causal_curves, localisation_error, pointing_game, tune_alpha
+    from interp_ray.metrics.saliency import (causal_curves, empty_share, localisation_error, pointing_game,
+                                             tune_alpha)
 
     assert job(scenes_checkpoint, tmp_path, "store.shard_rows=8", "evaluation.enabled=true",
                "evaluation.tune_rows=12", "evaluation.overlays=2", "evaluation.causal_steps=4",
@@ -263,6 +264,8 @@ def test_report_matches_the_metrics_on_the_same_maps(scenes_checkpoint, tmp_path
         curves = causal_curves(model, test["image"], maps, targets, steps=4)
         assert r["deletion_auc"] == pytest.approx(float(curves.deletion_auc.mean()), abs=1e-5)
         assert r["insertion_auc"] == pytest.approx(float(curves.insertion_auc.mean()), abs=1e-5)
+        assert r["empty_share"] == empty_share(maps)
+    assert res["methods"]["center"]["empty_share"] == 0.0  # the centre map is never constant
     # a fixed α, no model: the same pointing game, no causal metrics
     stores = {m: str(store_dir(tmp_path, m)) for m in ("gradient", "center")}
     assert all(stores[m] == res["methods"][m]["store"] for m in stores)

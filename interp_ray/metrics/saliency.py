@@ -7,6 +7,9 @@ exclusive (the scenes generator's convention); ``box_labels`` gives each box's c
   the target class, or within ``tolerance`` pixels of one (TorchRay uses 15 px; the paper gives none).
 * Localisation error (Fong & Vedaldi, ICCV'17; Du et al. Table 1): keep pixels above α·mean(map), take the tightest
   box around all of them, success if IoU > 0.5 with any ground-truth box of the class; error = 1 − success rate.
+* Empty maps: the share of maps that rank no pixel above another (constant, e.g. all zero). Such a map says
+  nothing, and every ranking metric above scores it by tie-breaking, so a method's share is reported beside them
+  (Grad-CAM's ReLU of the channel-weighted sum gives all-zero maps when that sum is negative everywhere).
 * Deletion / insertion (Petsiuk et al., BMVC'18): remove (insert) pixels from most to least salient and follow the
   class probability; the area under that curve, over the fraction of pixels changed, in [0, 1]. Deletion: lower is
   better (the map found what the model uses); insertion: higher is better.
@@ -23,6 +26,30 @@ import torch.nn.functional as F
 
 from interp_ray.errors import UserError
 from interp_ray.imageops import paper_blur
+
+# ---------------------------------------------------------------------------------------------------------------
+# Empty maps
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def empty_maps(maps: np.ndarray | Sequence[np.ndarray], *, rtol: float = 1e-6) -> np.ndarray:
+    """Per map, whether it is constant: its range is at most ``rtol`` of its largest magnitude (all zero included)."""
+    m = np.asarray(maps, dtype=np.float64)
+    if m.ndim != 3:
+        raise UserError(f"maps must be N×H×W, got shape {m.shape}")
+    if not len(m):
+        return np.zeros(0, dtype=bool)
+    flat = m.reshape(len(m), -1)
+    spread = flat.max(1) - flat.min(1)
+    scale = np.abs(flat).max(1)
+    return spread <= rtol * np.maximum(scale, 1e-30)
+
+
+def empty_share(maps: np.ndarray | Sequence[np.ndarray]) -> float:
+    """The fraction of ``maps`` that are constant (``empty_maps``); 0 for no maps."""
+    empty = empty_maps(maps)
+    return float(empty.mean()) if len(empty) else 0.0
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Pointing game

@@ -177,3 +177,19 @@ def test_overlay_is_a_png_and_leaves_the_backend_alone(tmp_path):
     assert matplotlib.get_backend() == backend
     with pytest.raises(UserError):
         save_overlay(tmp_path / "bad.png", img, np.zeros((8, 8)))
+
+
+def test_empty_maps_are_the_constant_ones_whatever_their_level():
+    from interp_ray.metrics.saliency import empty_maps, empty_share
+
+    rng = np.random.default_rng(0)
+    maps = rng.random((6, 5, 7)).astype(np.float32)
+    maps[1] = 0.0                      # Grad-CAM's ReLU of a negative sum
+    maps[3] = 0.37                     # constant but not zero: still ranks nothing
+    maps[4] = 0.0
+    maps[4, 2, 3] = 1e-3               # one faint pixel is a ranking: not empty
+    assert empty_maps(maps).tolist() == [False, True, False, True, False, False]
+    assert empty_share(maps) == pytest.approx(2 / 6)
+    assert empty_share(np.zeros((0, 4, 4))) == 0.0
+    with pytest.raises(UserError, match="N×H×W"):
+        empty_maps(maps[0])

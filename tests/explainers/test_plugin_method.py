@@ -110,7 +110,7 @@ class StrongestUnitsJob(BaseModel):
 def test_the_plugin_runs_as_a_stage_of_the_main_job(plugin, tmp_path, monkeypatch):
     import yaml
 
-    from jobs import pipeline
+    from jobs.pipeline import engine as pipeline
 
     def run(cfg, ctx):
         from interp_ray.checkpoint import load_classifier
@@ -125,7 +125,7 @@ def test_the_plugin_runs_as_a_stage_of_the_main_job(plugin, tmp_path, monkeypatc
     def report(result, root):
         return ["## Strongest units", ""] + [f"- class {r['label']}: {', '.join(r['units'])}" for r in result["rows"]]
 
-    monkeypatch.setattr(pipeline, "PIPELINE_STAGES", dict(pipeline.PIPELINE_STAGES))
+    monkeypatch.setattr(pipeline, "PIPELINE_STAGES", dict(pipeline.load_stages()))  # the scanned ones, then ours
     config = tmp_path / "strongest_units.yaml"
     config.write_text(yaml.safe_dump({"images": 3, "top": 2}))
     pipeline.pipeline_stage(StrongestUnits.name, job="test_plugin_method:StrongestUnitsJob",

@@ -19,7 +19,9 @@ def test_help_lists_every_command_with_its_docstring_summary(capsys):
     listed = {line.split()[0]: line.split(None, 1)[1] for line in out if line.startswith("  ")}
     assert set(listed) == set(COMMANDS)
     for command, module in COMMANDS.items():
-        doc = ast.get_docstring(ast.parse((REPO / (module.replace(".", "/") + ".py")).read_text()))
+        path = REPO / module.replace(".", "/")   # a module, or a package (its __init__ has the doc)
+        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+        doc = ast.get_docstring(ast.parse(path.read_text()))
         assert doc.startswith(listed[command]) and len(listed[command].split()) >= 2, (command, listed[command])
 
 

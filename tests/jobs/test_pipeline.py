@@ -78,8 +78,8 @@ def test_stage_seconds_sums_the_classifiers():
 def test_a_rerun_reuses_finished_stages_and_redoes_what_changed(tmp_path, monkeypatch):
     """The driver's bookkeeping, with stand-in stage bodies (the real ones train for minutes; the smoke pipeline
     test runs them)."""
-    import jobs.pipeline as pipeline
     from interp_ray.config import load_config
+    from jobs.pipeline import engine as pipeline
 
     calls = []
 
@@ -99,7 +99,7 @@ def test_a_rerun_reuses_finished_stages_and_redoes_what_changed(tmp_path, monkey
         return body
 
     monkeypatch.setattr(pipeline, "PIPELINE_STAGES", {n: dataclasses.replace(st, run=fake(n))
-                                                      for n, st in pipeline.PIPELINE_STAGES.items()})
+                                                      for n, st in pipeline.load_stages().items()})
     base = load_config(PipelineConfig, "configs/pipeline.yaml")
     stages = selected_stages(base, None)
 
@@ -124,3 +124,37 @@ def test_a_rerun_reuses_finished_stages_and_redoes_what_changed(tmp_path, monkey
     # A half-written stage file (a run killed while saving) is not trusted.
     (tmp_path / "stages" / "cnn_inte.json").write_text('{"key": ')
     assert run(clf, fresh=False)[0] == ["cnn_inte"]
+
+
+def test_each_module_of_the_stages_package_registers_its_stage_with_a_report():
+    """The engine finds the stages by scanning jobs.pipeline.stages: a stage file is the whole of a method's part."""
+    import pkgutil
+
+    import jobs.pipeline.stages as package
+    from jobs.pipeline import load_stages
+
+    registry = load_stages()
+    modules = {f"{package.__name__}.{m.name}" for m in pkgutil.iter_modules(package.__path__)}
+    by_module = {st.run.__module__: name for name, st in registry.items()}
+    assert modules <= set(by_module), sorted(modules - set(by_module))
+    assert all(registry[by_module[m]].report is not None for m in modules)   # every stage writes its report section
+    assert list(registry)[0] == "classifiers"   # first: the others explain its checkpoints
+
+
+def test_the_engine_names_no_stage_outside_its_comments():
+    """A method's code lives in its stage file; the engine reaches it only through the registry."""
+    import ast
+    import io
+    import tokenize
+    from pathlib import Path
+
+    import jobs.pipeline.engine as engine
+
+    source = Path(engine.__file__).read_text()
+    spans = {(n.body[0].value.lineno, n.body[0].value.col_offset) for n in ast.walk(ast.parse(source))   # docstrings
+             if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef)) and ast.get_docstring(n) is not None}
+    code = " ".join(t.string for t in tokenize.generate_tokens(io.StringIO(source).readline)
+                    if t.type != tokenize.COMMENT and not (t.type == tokenize.STRING and t.start in spans))
+    methods = [s for s in engine.stage_names() if s != "classifiers"]
+    assert len(methods) >= 5
+    assert [m for m in methods if m in code] == []

@@ -12,7 +12,6 @@ from interp_ray.config import ClassifierJobConfig
 from jobs.pipeline.engine import Context, PipelineConfig, pipeline_stage, plural, progress, reports
 
 
-
 @pipeline_stage("classifiers", order=0)   # first: every other stage explains one of its checkpoints
 def train_classifiers(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
     from jobs.train_classifier import train

@@ -11,7 +11,6 @@ from interp_ray.checkpoint import join_uri
 from jobs.pipeline.engine import Context, PipelineConfig, StageRef, pipeline_stage, progress, rel_path, reports
 
 
-
 @pipeline_stage("cnn_inte", job="jobs.fit_cnn_inte:CnnInteJobConfig",
                 default=StageRef(config="configs/cnn_inte_digits.yaml", classifier="digits"))
 def run_cnn_inte(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:

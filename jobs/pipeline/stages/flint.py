@@ -15,6 +15,9 @@ from interp_ray.errors import UserError
 from jobs.pipeline.engine import (Context, JobRef, PipelineConfig, pipeline_stage, plural, progress, rel_path,
                                   reports)
 
+SMOKE_LIME_IMAGES = 8   # LIME runs 1,000 forward passes of f per image
+# What BASE-f must share with FLINT-f's training (besides model and data) for the comparison to mean anything
+BUDGET_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "schedule", "seed", "augment_shift")
 
 
 class FlintStageRef(JobRef):
@@ -94,10 +97,6 @@ def run_flint(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
             "tau": job.flint.tau, "global": r["global"], "pictures": [p["path"] for p in r.get("pictures") or []],
             "pictures_enabled": job.pictures.enabled, "checkpoint": r["checkpoint"], "classifier": ref.classifier,
             **extra, "seconds": time.perf_counter() - t0}
-
-
-SMOKE_LIME_IMAGES = 8
-BUDGET_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "schedule", "seed", "augment_shift")
 
 
 def lime_beside_flint(checkpoint: str, job: Any, images: int) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from interp_ray.checkpoint import join_uri
 from jobs.pipeline.engine import Context, PipelineConfig, StageRef, pipeline_stage, progress, reports
 
 
-
 @pipeline_stage("interpnet", job="interp_ray.explainers.interpnet.config:InterpNETTrainJob",
                 default=StageRef(config="configs/interpnet_scenes.yaml", classifier="scenes"))
 def run_interpnet(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:

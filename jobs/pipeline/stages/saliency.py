@@ -12,7 +12,6 @@ from interp_ray.errors import UserError
 from jobs.pipeline.engine import Context, PipelineConfig, StageRef, pipeline_stage, progress, rel_path, reports
 
 
-
 @pipeline_stage("saliency", job="jobs.explain_dataset:ExplainDatasetConfig",
                 default=StageRef(config="configs/explain_scenes.yaml", classifier="scenes"))
 def run_saliency(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from interp_ray.checkpoint import join_uri
 from jobs.pipeline.engine import Context, PipelineConfig, StageRef, pipeline_stage, progress, reports
 
 
-
 @pipeline_stage("semantic", job="interp_ray.explainers.semantic.config:SemanticTrainJob",
                 default=StageRef(config="configs/semantic_scenes.yaml", classifier="scenes"))
 def run_semantic(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:

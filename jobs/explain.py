@@ -124,6 +124,9 @@ def build_session(method: str, checkpoint: str, classifier: str | None = None):
     elif classifier is not None:
         raise UserError(f"{method} carries its own predictor; --classifier is not used")
     loaded = load_classifier(source) if source else None
+    if loaded is not None and "model" in cls.needs:
+        # a learned method that also runs the classifier itself (VIBI scores its rationale with f): built around it
+        return ExplainSession.build(method, loaded, checkpoint)
     if loaded is not None:
         check_fits(explainer, loaded)
     return ExplainSession.around(explainer, loaded)

@@ -242,7 +242,8 @@ def test_save_and_load_round_trip(trained, rows, tmp_path):
         assert a.to_json() == b.to_json()
     # without the black box it still explains, but cannot score rationales
     bare = explain_split(VIBI.load(path), batch)
-    assert "rationale_class" not in bare[0].extra and bare[0].extra["chunks"] == explain_split(trained, batch)[0].extra["chunks"]
+    assert "rationale_class" not in bare[0].extra
+    assert bare[0].extra["chunks"] == explain_split(trained, batch)[0].extra["chunks"]
 
 
 def test_bad_settings_and_checkpoints_are_user_errors(tmp_path):
@@ -283,7 +284,8 @@ def test_shipped_configs_validate():
 
     digits, fashion = load_job("configs/vibi_digits.yaml"), load_job("configs/vibi_fashion_mnist.yaml")
     assert digits.store_layers() == fashion.store_layers() == ["input"]
-    assert fashion.source.data.name == "fashion_mnist" and fashion.explainer.chunk_size == 2 and fashion.explainer.k == 4
+    assert fashion.source.data.name == "fashion_mnist"
+    assert (fashion.explainer.chunk_size, fashion.explainer.k) == (2, 4)
 
 
 def test_trains_in_process_from_the_store(tmp_path, classifier):

@@ -44,8 +44,9 @@ def check_shape(shape: Sequence[int], cfg: VibiConfig) -> tuple[int, int, int]:
     c, h, w = (int(s) for s in shape)
     if h % cfg.chunk_size or w % cfg.chunk_size:
         raise UserError(f"explainer.chunk_size: {cfg.chunk_size} does not divide the {h}×{w} input; pick a divisor")
-    if (h // cfg.chunk_size) * (w // cfg.chunk_size) < cfg.k:
-        raise UserError(f"explainer.k: {cfg.k} chunks asked of a grid of {(h // cfg.chunk_size) * (w // cfg.chunk_size)}")
+    chunks = (h // cfg.chunk_size) * (w // cfg.chunk_size)
+    if chunks < cfg.k:
+        raise UserError(f"explainer.k: {cfg.k} chunks asked of a grid of {chunks}")
     if h < 4 or w < 4:
         raise UserError(f"VIBI's approximator needs inputs of at least 4×4 pixels; got {h}×{w}")
     return c, h, w

@@ -106,8 +106,9 @@ class VibiNet(nn.Module):
 
     def forward(self, x: torch.Tensor, uniform: torch.Tensor | None = None, k: int | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(log q(y | x ⊙ z) N × classes, log p N × d, z). With ``uniform`` (N × S × k × d draws) z is the relaxed
-        sample and log q is averaged over the S samples (the code's multi-shot average); without, z is the top-k."""
+        """(log q(y | x ⊙ z) N × classes, log p N × d, z). With ``uniform`` (N × S × k × d draws) z is the
+        relaxed sample and log q is averaged over the S samples (the code's multi-shot average); without, z is the
+        top-k (``k`` chunks, the configured k by default)."""
         log_p = self.selector(x)
         if uniform is None:
             z = top_k(log_p, k or self.cfg.k)

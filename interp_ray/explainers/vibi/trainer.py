@@ -1,9 +1,9 @@
 """VIBI's epoch trainer (the ``EpochTrainer`` protocol that jobs/train_explainer.py drives on Ray Train, and ``fit``
 runs in process): steps over store rows of ``input`` and f's ``probabilities``, then the validation figures.
 
-Loss per image, as the released code: CE(q(· | x ⊙ z), argmax f(x)) in bits + β · k · KL(prior term), z the relaxed
-k-hot sample. The randomness of a step is drawn from a generator seeded by (seed, epoch), never the global one, so an
-epoch is reproducible alone (after a restart too).
+Loss per image, as the released code: CE(q(· | x ⊙ z), argmax f(x)) in bits + β · k · KL(prior term), z the
+relaxed k-hot sample. The randomness of a step is drawn from a generator seeded by (seed, epoch), never the global
+one, so an epoch is reproducible alone (after a restart too).
 
 Validation, with the deterministic top-k rationale of the evaluated weights (the moving average when ``ema_decay``):
 ``val_approximator_fidelity`` = share of rows with argmax q(· | x ⊙ z_topk) = argmax f(x); and, when f is given,

@@ -5,10 +5,11 @@
     interp-ray explain gradcam --checkpoint outputs/scenes_cnn scene.png --picture cam.png
 
 The method is looked up in the explainer registry and built as every consumer builds it
-(``interp_ray.session.ExplainSession``): a learned method (``learned = True``: flint, cnn_inte, interpnet, semantic)
-loads its own checkpoint ``DIR``; any other is built around the classifier checkpoint ``DIR``. A learned method that
-reads the classifier's activations (cnn_inte, interpnet, semantic) also needs that classifier: ``--classifier``,
-by default the checkpoint its training recorded. Each image is decoded once (``interp_ray.data.images.decode_image``)
+(``interp_ray.session.ExplainSession``): a learned method (``learned = True``: flint, cnn_inte, interpnet, semantic,
+vibi) loads its own checkpoint ``DIR``; any other is built around the classifier checkpoint ``DIR``. A learned method
+that reads the classifier's activations (cnn_inte, interpnet, semantic, vibi) also needs that classifier:
+``--classifier``, by default the checkpoint its training recorded; one that also runs it (vibi scores its rationale
+with f) is built around it. Each image is decoded once (``interp_ray.data.images.decode_image``)
 and resized to the model's input (grey-scale for 1-channel models). ``--param key=value`` passes any field of the
 method's ``Params``; ``--tau`` and ``--target`` are shorthands. Bad input (unknown method, unreadable image, missing
 checkpoint, bad parameter) is a ``UserError``: one line on stderr, exit code 2.
@@ -39,7 +40,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True,
                    help="the method's checkpoint (learned methods) or the classifier checkpoint to explain")
     p.add_argument("--classifier", default=None, metavar="DIR",
-                   help="learned methods that read activations (cnn_inte, interpnet, semantic): the classifier "
+                   help="learned methods that read activations (cnn_inte, interpnet, semantic, vibi): the classifier "
                         "checkpoint (default: the one the method was trained over)")
     p.add_argument("--param", dest="params", action="append", default=[], metavar="KEY=VALUE",
                    help="a field of the method's parameters, value parsed as YAML (repeatable)")
@@ -124,6 +125,9 @@ def build_session(method: str, checkpoint: str, classifier: str | None = None):
     elif classifier is not None:
         raise UserError(f"{method} carries its own predictor; --classifier is not used")
     loaded = load_classifier(source) if source else None
+    if loaded is not None and "model" in cls.needs:
+        # a learned method that also runs the classifier itself (VIBI scores its rationale with f): built around it
+        return ExplainSession.build(method, loaded, checkpoint)
     if loaded is not None:
         check_fits(explainer, loaded)
     return ExplainSession.around(explainer, loaded)

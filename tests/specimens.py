@@ -124,6 +124,21 @@ def save_small_semantic(path: Path, classifier: Path) -> None:
     ex.save(str(path))
 
 
+def save_small_vibi(path: Path, classifier: Path) -> None:
+    """A small VIBI (1 epoch) over the classifier, from the rows the activation store holds for it: the ``input``
+    layer and the classifier's probabilities."""
+    import numpy as np
+
+    from interp_ray.activations import ActivationExtractor
+    from interp_ray.data import load_dataset
+    from interp_ray.explainers.vibi import VIBI
+    from interp_ray.explainers.vibi.config import VibiTrainConfig
+
+    rows = ActivationExtractor(classifier, ["input"])(load_dataset("digits", "train").get_batch(np.arange(120)))
+    VIBI({"selector_width": 4, "approximator_width": 8}, class_names=CLASS_NAMES).fit(
+        rows, rows, VibiTrainConfig(epochs=1, lr=2e-3, ema_decay=None)).save(str(path))
+
+
 @dataclass(frozen=True)
 class Specimen:
     """How to make a learned method's checkpoint: the classifier it explains ("digits" or "scenes") and a maker
@@ -144,6 +159,7 @@ SPECIMENS: dict[str, Specimen] = {
     "cnn_inte": Specimen("digits", save_small_cnn_inte),
     "interpnet": Specimen("digits", save_small_interpnet),
     "semantic": Specimen("scenes", save_small_semantic),
+    "vibi": Specimen("digits", save_small_vibi),
 }
 CLASSIFIERS: dict[str, Callable[[Path], object]] = {"digits": save_digits_classifier,
                                                       "scenes": save_small_scenes_classifier}

@@ -6,18 +6,19 @@ from __future__ import annotations
 import pytest
 from serving_helpers import asgi_client
 from specimens import (save_digits_classifier, save_random_flint, save_small_cnn_inte, save_small_interpnet,
-                       save_small_scenes_classifier, save_small_semantic)
+                       save_small_scenes_classifier, save_small_semantic, save_small_vibi)
 
 
 @pytest.fixture(scope="session")
 def serving_checkpoints(tmp_path_factory) -> dict[str, str]:
     """{"checkpoint_dir", "classifier", "flint"}: the layout ServeArgs reads by default, with a checkpoint
-    for every learned method that explains images (FLINT, InterpNET, CNN-INTE)."""
+    for every learned method that explains images (FLINT, InterpNET, CNN-INTE, VIBI)."""
     root = tmp_path_factory.mktemp("serving_ckpts")
     predictor = save_digits_classifier(root / "digits")
     save_random_flint(root / "digits_flint", predictor)
     save_small_interpnet(root / "digits_interpnet", root / "digits")
     save_small_cnn_inte(root / "digits_cnn_inte", root / "digits")
+    save_small_vibi(root / "digits_vibi", root / "digits")
     return {"checkpoint_dir": str(root), "classifier": str(root / "digits"),
             "flint": str(root / "digits_flint")}
 

@@ -67,6 +67,11 @@ DEFAULT_PART_BYTES = 128 * 2**20
 # Row groups inside a part: a reader (this module's, or a Ray Data read task) decodes one at a time, so it holds at
 # most about this much of a part, however big the part is.
 ROW_GROUP_BYTES = 32 * 2**20
+# Parquet's encoder works on one Arrow chunk at a time and builds the nested levels of a whole chunk (two int16 per
+# value of a tensor column) besides its pages: a 64 MiB part written as one chunk grew the writer by 131 MiB, in
+# chunks of 1 MiB by 11 MiB (pq.write_table of a 64×1024×16×16 float32 tensor column, VmHWM growth). Parts are
+# handed to it in slices of about this much (zero-copy).
+WRITE_CHUNK_BYTES = 2**20
 # The numpy dtype a layer's values travel and are stored in, by logical dtype (bfloat16: its raw bits).
 LAYER_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
 DTYPE_FIELD_KEY = b"interp_ray.dtype"  # a layer field's metadata: its logical dtype
@@ -644,9 +649,14 @@ class ShardAssembler:
         return self._write(shard, self.pending.pop(shard).cols)
 
     def _write(self, shard: int, cols: dict[str, np.ndarray]) -> dict[str, Any]:
+        import pyarrow as pa
+
         table = self.manifest.build_table(shard, cols)
         del cols  # the Arrow table shares the tensors' memory; the rest (ids) can go before encoding
-        group = max(1, ROW_GROUP_BYTES * table.num_rows // max(1, table.nbytes))
+        row = max(1, table.nbytes // max(1, table.num_rows))
+        table = pa.Table.from_batches(table.to_batches(max_chunksize=max(1, WRITE_CHUNK_BYTES // row)),
+                                      schema=table.schema)
+        group = max(1, ROW_GROUP_BYTES // row)
         nbytes = write_part(self.fs, self.directory, shard, table, compression=self.compression,
                             row_group_rows=group)
         self.written += 1

@@ -345,3 +345,31 @@ def test_a_store_keeps_its_compression_when_resumed_with_another(tmp_path):
     fill(str(loc), m2, np.arange(ROWS), compression="snappy")
     codecs = {pq.ParquetFile(loc / part_name(s)).metadata.row_group(0).column(5).compression for s in range(5)}
     assert codecs == {"ZSTD"}
+
+
+@pytest.mark.ray
+def test_to_ray_widens_16_bit_layers_for_training_unless_asked(ray_local, tmp_path):
+    """Ray Data reads float16 and bfloat16 (uint16 bits) tensor columns; to_ray gives float32 by default — what a Ray
+    Train worker's iter_torch_batches then sees — and the kept dtype with dtype="stored"."""
+    import torch
+
+    from interp_ray.store import bfloat16_to_float32
+
+    loc = str(tmp_path / "s")
+    m, _ = prepare_store(loc, kept_manifest({"conv": "bfloat16", "fc": "float16"}))
+    fill(loc, m, np.arange(ROWS))
+    finalize_store(loc, m)
+    store = ActivationStore.open(loc, key=m.key)
+    want = store.read(dtype="stored")
+    batches = list(store.to_ray(columns=["index", "conv", "fc"]).iter_torch_batches(batch_size=8))
+    index = np.concatenate([b["index"].numpy() for b in batches])
+    order = np.argsort(index)
+    conv = np.concatenate([b["conv"].numpy() for b in batches])[order]
+    fc = np.concatenate([b["fc"].numpy() for b in batches])[order]
+    assert batches[0]["conv"].dtype == torch.float32 and batches[0]["fc"].dtype == torch.float32
+    assert conv.shape == (ROWS, 2, 3, 3) and fc.shape == (ROWS, 4)
+    np.testing.assert_array_equal(conv, bfloat16_to_float32(want["conv"]))
+    np.testing.assert_array_equal(fc, want["fc"].astype(np.float32))
+    stored = store.to_ray(columns=["index", "conv", "fc"], dtype="stored").to_pandas().sort_values("index")
+    assert np.stack(stored["conv"].to_numpy()).dtype == np.uint16
+    np.testing.assert_array_equal(np.stack(stored["fc"].to_numpy()), want["fc"])

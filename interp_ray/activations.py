@@ -29,7 +29,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from interp_ray.config import LayerStore
+from interp_ray.config import LayerStore, check_layer_names
 from interp_ray.devices import pick_device
 from interp_ray.errors import UserError
 
@@ -145,9 +145,7 @@ class ActivationExtractor:
         """Give the named layers' columns as ``storage`` says (``keep_layer``); checked against the layers' shapes
         here, so a bad channel or reduction fails before any batch."""
         specs = {name: LayerStore.model_validate(spec) for name, spec in storage.items()}
-        unknown = [name for name in specs if name not in self.layers]
-        if unknown:
-            raise UserError(f"store.layers.{unknown[0]}: not an extracted layer; extracted: {', '.join(self.layers)}")
+        check_layer_names(specs, self.layers)
         self.storage = {}
         shapes = self.layer_shapes()
         for name, spec in specs.items():

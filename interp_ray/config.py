@@ -141,6 +141,13 @@ class LayerStore(Section):
         return self
 
 
+def check_layer_names(names: Any, layers: list[str]) -> None:
+    """A ``store.layers`` entry must name an extracted layer: a typo would otherwise keep the full map silently."""
+    unknown = [name for name in names if name not in layers]
+    if unknown:
+        raise UserError(f"store.layers.{unknown[0]}: not an extracted layer; extracted: {', '.join(layers)}")
+
+
 class StoreSection(Section):
     root: str = "outputs/activations"      # stores go to <root>/<model name>/<key>/ ; local dir or s3:// / gs://
     path: str | None = None                # an explicit store directory instead (one split only)
@@ -159,11 +166,9 @@ class StoreSection(Section):
         return parse_bytes(v)
 
     def layer_specs(self, layers: list[str]) -> dict[str, LayerStore]:
-        """Each of ``layers`` (the extracted ones) with its resolved spec; an entry for a layer not extracted is a
-        ``UserError`` naming it (a typo would otherwise keep the full map silently)."""
-        unknown = [name for name in self.layers if name not in layers]
-        if unknown:
-            raise UserError(f"store.layers.{unknown[0]}: not an extracted layer; extracted: {', '.join(layers)}")
+        """Each of ``layers`` (the extracted ones) with its resolved spec (``dtype`` filled in from the store's); an
+        entry for a layer not extracted is a ``UserError`` naming it."""
+        check_layer_names(self.layers, layers)
         out = {}
         for name in layers:
             spec = self.layers.get(name, LayerStore())

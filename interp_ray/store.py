@@ -74,6 +74,7 @@ ROW_GROUP_BYTES = 32 * 2**20
 WRITE_CHUNK_BYTES = 2**20
 # The numpy dtype a layer's values travel and are stored in, by logical dtype (bfloat16: its raw bits).
 LAYER_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
+NARROW_DTYPES = ("float16", "bfloat16")  # what readers widen to float32 unless asked for the kept dtype
 DTYPE_FIELD_KEY = b"interp_ray.dtype"  # a layer field's metadata: its logical dtype
 BASE_COLUMNS = ("index", "id", "label", "prediction", "probabilities")
 # Ray Data's blocks of a store read: about a part each. With Ray's default bound (128 MiB) a 160k-row store was read
@@ -771,7 +772,7 @@ class ActivationStore:
         if dtype not in ("float32", "stored"):
             raise UserError(f"dtype must be 'float32' or 'stored', got {dtype!r}")
         cols = self._columns(columns)
-        narrow = {k: v for k, v in self.manifest.layer_dtypes().items() if k in cols and v != "float32"}
+        narrow = self._narrow(cols)
         bf16 = [k for k, v in narrow.items() if v == "bfloat16"] if dtype == "stored" else []
 
         def out(batch: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -797,6 +798,10 @@ class ActivationStore:
         batches = list(self.iter_batches(max(1, len(self)), columns=columns, format=format, dtype=dtype))
         return batches[0] if batches else {}
 
+    def _narrow(self, columns: Sequence[str]) -> dict[str, str]:
+        """The 16-bit layers among ``columns``, with their logical dtype (what reading widens to float32)."""
+        return {k: v for k, v in self.manifest.layer_dtypes().items() if k in columns and v in NARROW_DTYPES}
+
     def _check_part(self, path: str, pf) -> None:
         raw = (pf.schema_arrow.metadata or {}).get(self.manifest.META_KEY)
         meta = json.loads(raw) if raw else {}
@@ -815,7 +820,7 @@ class ActivationStore:
         if dtype not in ("float32", "stored"):
             raise UserError(f"dtype must be 'float32' or 'stored', got {dtype!r}")
         cols = self._columns(columns)
-        narrow = {k: v for k, v in self.manifest.layer_dtypes().items() if k in cols and v != "float32"}
+        narrow = self._narrow(cols)
 
         for path in self.part_paths():  # refuse foreign parts before Ray reads anything
             meta, _ = read_part_metadata(self.fs, path, self.manifest.META_KEY)

@@ -10,7 +10,9 @@ Output columns (first axis = batch):
 * ``id`` (str), ``label`` (int64): copied from the input; ``label`` is -1 when the input has none (serving)
 * ``prediction`` (int64): argmax of the logits
 * ``probabilities`` (float32, N×classes): softmax of the logits
-* one float32 column per layer, named by its module path, with the layer's own shape (e.g. N×128×8×8)
+* one column per layer, named by its module path, with the layer's own shape (e.g. N×128×8×8), float32 — unless
+  ``storage`` says how the store keeps that layer (``keep_layer``: a channel subset, a spatial reduction, float16 or
+  bfloat16, the last as its raw 16 bits in a uint16 array since numpy has no bfloat16)
 * any input column named in ``passthrough`` (by default ``index`` and ``shard``, which the store uses to place rows)
 
 Clips: an ``image`` column with one more axis than the model takes (N×T×C×H×W) is a batch of T-frame clips. Every
@@ -27,11 +29,48 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
+from interp_ray.config import LayerStore, check_layer_names
 from interp_ray.devices import pick_device
 from interp_ray.errors import UserError
 
 RESERVED_COLUMNS = ("index", "shard", "id", "label", "prediction", "probabilities")
 DEFAULT_PASSTHROUGH = ("index", "shard")
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def check_layer_spec(name: str, shape: Sequence[int], spec: LayerStore) -> None:
+    """A ``UserError`` naming the config field if ``spec`` cannot apply to a layer of per-row ``shape``."""
+    where = f"store.layers.{name}"
+    if spec.channels is not None and max(spec.channels) >= shape[0]:
+        raise UserError(f"{where}.channels: channel {max(spec.channels)} is out of range; {name} has {shape[0]} "
+                        f"channels (0..{shape[0] - 1})")
+    if spec.reduce != "none" and len(shape) != 3:
+        raise UserError(f"{where}.reduce: {spec.reduce} reduces the H×W of a C×H×W map, but {name} is "
+                        f"{'×'.join(map(str, shape))}")
+
+
+def keep_layer(t: torch.Tensor, spec: LayerStore) -> torch.Tensor:
+    """What the store keeps of a layer's batch ``t`` (N × C × …): the ``channels`` (in their order), then the spatial
+    reduction over the last two axes (computed in float32), then the cast to ``spec.dtype``."""
+    if spec.channels is not None:
+        t = t[:, spec.channels]
+    if spec.reduce != "none":
+        t = t.float()
+        if spec.reduce == "mean":
+            t = t.mean(dim=(-2, -1))
+        elif spec.reduce == "max":
+            t = t.amax(dim=(-2, -1))
+        else:
+            t = torch.nn.functional.adaptive_avg_pool2d(t, spec.pool_size)
+    return t.to(TORCH_DTYPES[spec.dtype or "float32"])
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A CPU copy of ``t`` as numpy; bfloat16 as its raw bits (uint16), which numpy can hold and Parquet can store."""
+    t = t.to("cpu")
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return t.numpy()
 
 
 def load_worker_classifier(checkpoint: str | os.PathLike, *, device: str | None = None,
@@ -61,14 +100,18 @@ class ActivationExtractor:
     ``layers``: names or shell patterns (``"relu*"``); ``None`` means the model's default layers. ``torch_threads``
     caps intra-op threads (Ray sets OMP_NUM_THREADS to an actor's CPU count; a benchmark may want more).
     ``expect_digest``: refuse a checkpoint whose content is not this one (the store key was computed from it).
+    ``storage``: layer → ``LayerStore`` (or its dict) for the layers a store keeps otherwise than whole in float32.
     """
 
     def __init__(self, checkpoint: str | os.PathLike, layers: Iterable[str] | str | None = None, *,
                  device: str | None = None, torch_threads: int | None = None,
-                 passthrough: Sequence[str] = DEFAULT_PASSTHROUGH, expect_digest: str | None = None):
+                 passthrough: Sequence[str] = DEFAULT_PASSTHROUGH, expect_digest: str | None = None,
+                 storage: dict[str, LayerStore | dict[str, Any]] | None = None):
         loaded, device = load_worker_classifier(checkpoint, device=device, torch_threads=torch_threads,
                                                 expect_digest=expect_digest)
         self._bind(loaded, device, layers, passthrough, checkpoint=str(checkpoint))
+        if storage:
+            self.keep_as(storage)
 
     @classmethod
     def around(cls, loaded: Any, layers: Iterable[str] | str | None = None, *,
@@ -96,14 +139,37 @@ class ActivationExtractor:
         if clash:
             raise UserError(f"layer name(s) {', '.join(clash)} clash with the store's own columns")
         self.passthrough = tuple(passthrough)
+        self.storage: dict[str, LayerStore] = {}
+
+    def keep_as(self, storage: dict[str, LayerStore | dict[str, Any]]) -> "ActivationExtractor":
+        """Give the named layers' columns as ``storage`` says (``keep_layer``); checked against the layers' shapes
+        here, so a bad channel or reduction fails before any batch."""
+        specs = {name: LayerStore.model_validate(spec) for name, spec in storage.items()}
+        check_layer_names(specs, self.layers)
+        self.storage = {}
+        shapes = self.layer_shapes()
+        for name, spec in specs.items():
+            check_layer_spec(name, shapes[name], spec)
+        self.storage = specs
+        return self
 
     def layer_shapes(self, frames: int | None = None) -> dict[str, tuple[int, ...]]:
-        """Per-row shape of each layer's output (one dry run on a zero image); with ``frames``, per clip."""
+        """Per-row shape of each layer's column (one dry run on a zero image, after ``storage``); with ``frames``,
+        per clip."""
         x = torch.zeros((1, *self.model.input_shape), device=self.device)
         with torch.inference_mode():
-            acts = self.model.activations(x, self.layers)
+            acts = self._kept(self.model.activations(x, self.layers))
         lead = () if frames is None else (int(frames),)
         return {name: (*lead, *(int(s) for s in t.shape[1:])) for name, t in acts.items()}
+
+    def layer_dtypes(self) -> dict[str, str]:
+        """The dtype of each layer's column: float32, or what ``storage`` keeps."""
+        return {name: (self.storage[name].dtype if name in self.storage else None) or "float32"
+                for name in self.layers}
+
+    def _kept(self, acts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {name: keep_layer(t, self.storage[name]) if name in self.storage else t.float()
+                for name, t in acts.items()}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # Ray Data hands out read-only, zero-copy views: copy into a fresh contiguous array torch may own.
@@ -117,6 +183,7 @@ class ActivationExtractor:
         with torch.inference_mode():
             acts = self.model.activations(x, self.layers, with_logits=True)
             logits = acts.pop("logits")
+            acts = self._kept(acts)  # on the device, before the copy out: a reduced map is what crosses
             probs = torch.softmax(logits.float(), dim=1)
             if frames is not None:
                 probs = probs.view(n, frames, -1).mean(1)
@@ -130,7 +197,7 @@ class ActivationExtractor:
             "probabilities": probs.to("cpu").numpy().astype(np.float32, copy=False),
         }
         for name in self.layers:
-            out[name] = acts[name].float().to("cpu").numpy()
+            out[name] = to_numpy(acts[name])
         for key in self.passthrough:
             if key in batch:
                 out[key] = np.asarray(batch[key])

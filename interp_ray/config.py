@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from interp_ray.errors import UserError
 
@@ -95,11 +95,85 @@ class ClassifierJobConfig(Section):
     output: str = "outputs/digits_cnn"     # where the final classifier checkpoint is written
 
 
+LayerDtype = Literal["float32", "float16", "bfloat16"]
+_BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def parse_bytes(value: Any) -> Any:
+    """``134217728``, ``"128MiB"``, ``"1.5 GB"`` → bytes (int); anything else is left for pydantic to refuse."""
+    if isinstance(value, str):
+        import re
+
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", value)
+        if m is None or m.group(2).lower() not in _BYTE_UNITS:
+            raise ValueError(f"{value!r} is not a size; write bytes or e.g. 128MiB, 64MB, 1GiB")
+        return int(float(m.group(1)) * _BYTE_UNITS[m.group(2).lower()])
+    return value
+
+
+class LayerStore(Section):
+    """How one layer is kept in an activation store (interp_ray.activations.keep_layer applies it): channels first,
+    then the spatial reduction (over the last two axes of a C×H×W map), then the cast to ``dtype``.
+
+    ``reduce``: ``none`` (the full map), ``mean`` / ``max`` over H×W (→ C), ``avgpool`` (adaptive average pooling to
+    ``pool_size``×``pool_size``, → C×k×k). ``channels``: indices into the layer's first axis (its channels, or the
+    features of a flat layer), kept in the order given. ``dtype`` None: the store's ``dtype``."""
+
+    dtype: LayerDtype | None = None
+    reduce: Literal["none", "mean", "max", "avgpool"] = "none"
+    pool_size: int | None = Field(None, gt=0)
+    channels: list[int] | None = Field(None, min_length=1)
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None:
+            if min(v) < 0:
+                raise ValueError(f"channel {min(v)} is negative; channels are indices 0..C-1")
+            if len(set(v)) != len(v):
+                raise ValueError("channels must not repeat")
+        return v
+
+    @model_validator(mode="after")
+    def _pool_size(self) -> "LayerStore":
+        if (self.reduce == "avgpool") != (self.pool_size is not None):
+            raise ValueError("pool_size (k of the k×k pooling) goes with reduce=avgpool, and only with it")
+        return self
+
+
+def check_layer_names(names: Any, layers: list[str]) -> None:
+    """A ``store.layers`` entry must name an extracted layer: a typo would otherwise keep the full map silently."""
+    unknown = [name for name in names if name not in layers]
+    if unknown:
+        raise UserError(f"store.layers.{unknown[0]}: not an extracted layer; extracted: {', '.join(layers)}")
+
+
 class StoreSection(Section):
     root: str = "outputs/activations"      # stores go to <root>/<model name>/<key>/ ; local dir or s3:// / gs://
     path: str | None = None                # an explicit store directory instead (one split only)
-    shard_rows: int = Field(2048, gt=0)    # rows per part = the unit of resumption (interp_ray.store.DEFAULT_SHARD_ROWS)
+    # A part holds at most shard_rows rows and at most part_bytes bytes of rows as extracted (interp_ray.store's
+    # rows_per_part): the writer buffers one part per shard in flight, so part_bytes bounds its memory whatever a row
+    # weighs (a ResNet-50 layer3 row at 224 px is 784 KiB in float32). A part is the unit of resumption.
+    shard_rows: int = Field(2048, gt=0)    # interp_ray.store.DEFAULT_SHARD_ROWS
+    part_bytes: int = Field(128 * 2**20, gt=0)  # bytes or a size such as 128MiB (interp_ray.store.DEFAULT_PART_BYTES)
     compression: Literal["snappy", "zstd", "lz4", "none"] = "snappy"  # snappy: cheapest CPU per MB on small boxes
+    dtype: LayerDtype = "float32"          # every layer's kept dtype, unless its entry in ``layers`` says otherwise
+    layers: dict[str, LayerStore] = Field(default_factory=dict)  # per extracted layer: dtype, reduce, channels
+
+    @field_validator("part_bytes", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        return parse_bytes(v)
+
+    def layer_specs(self, layers: list[str]) -> dict[str, LayerStore]:
+        """Each of ``layers`` (the extracted ones) with its resolved spec (``dtype`` filled in from the store's); an
+        entry for a layer not extracted is a ``UserError`` naming it."""
+        check_layer_names(self.layers, layers)
+        out = {}
+        for name in layers:
+            spec = self.layers.get(name, LayerStore())
+            out[name] = spec.model_copy(update={"dtype": spec.dtype or self.dtype})
+        return out
 
 
 class ComputeSection(Section):

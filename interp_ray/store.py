@@ -5,12 +5,16 @@ Layout (see docs/activation_store.md)::
     <root>/<model name>/<key>/
         _manifest.json          identity, layer shapes, row/shard counts, complete flag — written first, finished last
         part-000000.parquet     rows [0, S) of the split, sorted by row index
-        part-000001.parquet     rows [S, 2S) …  (S = shard_rows; the last part may be shorter)
+        part-000001.parquet     rows [S, 2S) …  (S = rows per part; the last part may be shorter)
+
+S is fixed when the store is created: at most ``shard_rows`` rows and at most ``part_bytes`` bytes of rows as
+extracted (``rows_per_part``), so the writer, which buffers one part per shard in flight, stays bounded in memory
+whatever a row weighs.
 
 ``key`` = the first 16 hex digits of sha256 over the store's *identity*: the checkpoint's content digest, the resolved
-layer list, the dataset's ``describe()``, the data config (name + options), the split and the store format. Two runs
-that would produce the same numbers share a key; anything that could change a number changes it, so a stale store
-can never be read as if it were fresh.
+layer list, how each layer is kept (dtype, channels, spatial reduction: ``storage``), the dataset's ``describe()``,
+the data config (name + options), the split and the store format. Two runs that would produce the same numbers share
+a key; anything that could change a number changes it, so a stale store can never be read as if it were fresh.
 
 Each part holds exactly the fixed row range of its shard. It is written to a hidden temp file and renamed into place
 only when complete, and never replaced once there, so a run killed at any moment leaves only whole parts behind; a
@@ -18,8 +22,11 @@ rerun lists them and computes only the missing shards. Every part carries the st
 readers check it, so a part copied in from another store is refused.
 
 Columns: ``index`` (int64, row of the split), ``id`` (string), ``label``, ``prediction`` (int64), ``probabilities``
-and one column per layer, each an Arrow ``fixed_shape_tensor<float32>`` whose type carries the per-row shape — pyarrow,
-Ray Data and this module's reader all hand back N×shape arrays without being told the shape. A store may also keep
+and one column per layer, each an Arrow ``fixed_shape_tensor`` whose type carries the per-row shape — pyarrow,
+Ray Data and this module's reader all hand back N×shape arrays without being told the shape. A layer's values are
+float32, float16, or bfloat16 kept as its raw bits (``fixed_shape_tensor<uint16>``: Parquet has no bfloat16); the
+manifest's ``layers`` (and the parts' metadata, and the column's field metadata) name the logical dtype, and the
+reader widens both 16-bit kinds to float32 unless asked for the kept dtype. A store may also keep
 *kept* columns: dataset columns the extraction copied through unchanged (``keep``), such as the reference ``sentences``
 (N×K strings) or the scenes' ``attributes`` (N×4 int64), so that a learned explainer finds its ground truth in the
 same rows as the activations and never goes back to the dataset (which would regenerate or decode every image).
@@ -56,6 +63,19 @@ PART_RE = re.compile(r"^part-(\d{6,})\.parquet$")
 TMP_MARK = ".tmp-"
 KEY_HEX = 16
 DEFAULT_SHARD_ROWS = 2048
+DEFAULT_PART_BYTES = 128 * 2**20
+# Row groups inside a part: a reader (this module's, or a Ray Data read task) decodes one at a time, so it holds at
+# most about this much of a part, however big the part is.
+ROW_GROUP_BYTES = 32 * 2**20
+# Parquet's encoder works on one Arrow chunk at a time and builds the nested levels of a whole chunk (two int16 per
+# value of a tensor column) besides its pages: a 64 MiB part written as one chunk grew the writer by 131 MiB, in
+# chunks of 1 MiB by 11 MiB (pq.write_table of a 64×1024×16×16 float32 tensor column, VmHWM growth). Parts are
+# handed to it in slices of about this much (zero-copy).
+WRITE_CHUNK_BYTES = 2**20
+# The numpy dtype a layer's values travel and are stored in, by logical dtype (bfloat16: its raw bits).
+LAYER_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
+NARROW_DTYPES = ("float16", "bfloat16")  # what readers widen to float32 unless asked for the kept dtype
+DTYPE_FIELD_KEY = b"interp_ray.dtype"  # a layer field's metadata: its logical dtype
 BASE_COLUMNS = ("index", "id", "label", "prediction", "probabilities")
 # Ray Data's blocks of a store read: about a part each. With Ray's default bound (128 MiB) a 160k-row store was read
 # as one 128 MiB block, and a consumer's private memory grew by about that block's size over a pass (measured with
@@ -87,17 +107,61 @@ def utc_now() -> str:
 # --- identity and key --------------------------------------------------------------------------------------------
 
 def make_identity(*, checkpoint_digest: str, layers: Sequence[str], dataset: dict[str, Any], split: str,
-                  data: dict[str, Any] | None = None, keep: Sequence[str] = ()) -> dict[str, Any]:
+                  data: dict[str, Any] | None = None, keep: Sequence[str] = (),
+                  storage: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the store key hashes. ``data`` (the data config: name + options) is included because not every
     ``describe()`` names every option that changes the pixels (digits' split seed, for one). ``keep`` (the kept
-    dataset columns) enters only when there are some, so stores without them keep the keys they always had."""
+    dataset columns) enters only when there are some, and ``storage`` (layer → ``LayerStore`` or its dict) only for
+    layers not kept whole in float32, so stores without them keep the keys they always had."""
     if data is not None:  # only what selects the rows: a config model may grow unrelated fields
         data = {"name": data["name"], "options": dict(data.get("options") or {})}
     ident = {"format": FORMAT, "checkpoint_digest": checkpoint_digest, "layers": list(layers),
              "dataset": dataset, "split": split, "data": data}
     if keep:
         ident["keep"] = sorted(keep)
+    kept_as = storage_identity(storage or {})
+    if kept_as:
+        ident["storage"] = kept_as
     return json_round_trip(ident)
+
+
+def storage_identity(storage: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The layers kept otherwise than whole in float32, each with every field of its spec (so a default that changes
+    one day cannot silently alias two stores)."""
+    from interp_ray.config import LayerStore
+
+    out = {}
+    for name, spec in storage.items():
+        spec = LayerStore.model_validate(spec)
+        if (spec.dtype or "float32") != "float32" or spec.reduce != "none" or spec.channels is not None:
+            out[name] = {**spec.model_dump(), "dtype": spec.dtype or "float32"}
+    return out
+
+
+def rows_per_part(row_bytes: int, part_bytes: int, shard_rows: int = DEFAULT_SHARD_ROWS) -> int:
+    """Rows of a part: at most ``shard_rows``, at most ``part_bytes`` of rows of ``row_bytes``, at least one."""
+    return max(1, min(int(shard_rows), int(part_bytes) // max(1, int(row_bytes))))
+
+
+def bfloat16_bits(values: np.ndarray) -> np.ndarray:
+    """float32 → bfloat16 as its raw 16 bits (uint16), rounded to nearest even as torch's cast rounds; NaN stays NaN."""
+    u = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    bits = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = np.isnan(np.asarray(values, dtype=np.float32))
+    bits[nan] = ((u[nan] >> 16) | 0x40).astype(np.uint16)  # a quiet NaN, whatever its payload's low bits were
+    return bits
+
+
+def bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 raw bits (uint16) → float32, exactly (bfloat16 is float32's upper half)."""
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def widen(values: np.ndarray, dtype: str) -> np.ndarray:
+    """A layer column of logical ``dtype`` as float32 (exact for float16 and bfloat16)."""
+    if dtype == "bfloat16":
+        return bfloat16_to_float32(values)
+    return np.asarray(values, dtype=np.float32)
 
 
 def store_key(identity: dict[str, Any]) -> str:
@@ -120,7 +184,9 @@ class Manifest:
     key: str
     identity: dict[str, Any]
     model: dict[str, Any]                 # {"name": …, "checkpoint": path it was read from}
-    layers: dict[str, dict[str, Any]]     # layer → {"shape": [per-row shape], "dtype": "float32"}
+    # layer → {"shape": [per-row shape as stored], "dtype": "float32" | "float16" | "bfloat16"}, plus how it was kept
+    # ("reduce", "pool_size", "channels", "source_shape") when not whole
+    layers: dict[str, dict[str, Any]]
     class_names: list[str]
     rows: int
     shard_rows: int
@@ -130,6 +196,8 @@ class Manifest:
     completed: str | None = None
     # kept dataset columns: name → {"dtype": "string" | "int64", "shape": [per-row shape]} (see the module doc)
     kept: dict[str, dict[str, Any]] = field(default_factory=dict)
+    part_bytes: int | None = None         # the byte bound shard_rows was derived from (None: stores made before it)
+    compression: str | None = None        # the parts' Parquet codec, kept for every part of the store
 
     @property
     def num_shards(self) -> int:
@@ -143,6 +211,21 @@ class Manifest:
 
     def layer_shapes(self) -> dict[str, tuple[int, ...]]:
         return {name: tuple(spec["shape"]) for name, spec in self.layers.items()}
+
+    def layer_dtypes(self) -> dict[str, str]:
+        return {name: spec.get("dtype", "float32") for name, spec in self.layers.items()}
+
+    def row_bytes(self) -> int:
+        """Bytes one row takes in the writer's buffers: layers in their kept dtype, probabilities, four int64
+        columns (index, shard, label, prediction), an id, kept columns (8 bytes an integer, 64 a string: an
+        estimate, as the id's)."""
+        total = 4 * 8 + 64 + 4 * len(self.class_names)
+        for spec in self.layers.values():
+            size = np.dtype(LAYER_DTYPES.get(spec.get("dtype", "float32"), np.float32)).itemsize
+            total += size * int(np.prod(spec.get("shape", [1])))
+        for spec in self.kept.values():
+            total += (64 if spec["dtype"] == "string" else 8) * int(np.prod(spec["shape"]))
+        return total
 
     def describe_key(self) -> str:
         ident = self.identity
@@ -250,11 +333,11 @@ def write_manifest(fs: Any, directory: str, manifest: Manifest) -> None:
 
 # --- Arrow conversion --------------------------------------------------------------------------------------------
 
-def tensor_array(values: np.ndarray):
-    """N×shape float32 → an Arrow ``fixed_shape_tensor`` array (the type carries the per-row shape)."""
+def tensor_array(values: np.ndarray, dtype: Any = np.float32):
+    """N×shape values → an Arrow ``fixed_shape_tensor`` array of ``dtype`` (the type carries the per-row shape)."""
     import pyarrow as pa
 
-    arr = np.ascontiguousarray(values, dtype=np.float32)
+    arr = np.ascontiguousarray(values, dtype=dtype)
     if arr.ndim == 1:  # a per-row scalar still gets a shape, so readers never special-case it
         arr = arr[:, None]
     return pa.FixedShapeTensorArray.from_numpy_ndarray(arr)
@@ -279,17 +362,31 @@ def build_part_table(manifest: Manifest, shard: int, cols: dict[str, np.ndarray]
         "prediction": pa.array(np.asarray(cols["prediction"], dtype=np.int64)),
         "probabilities": tensor_array(cols["probabilities"]),
     }
-    shapes = manifest.layer_shapes()
+    shapes, dtypes = manifest.layer_shapes(), manifest.layer_dtypes()
     for name, shape in shapes.items():
         values = np.asarray(cols[name])
         if tuple(values.shape[1:]) != shape:
             raise RuntimeError(f"layer {name}: rows have shape {values.shape[1:]}, the manifest says {shape}")
-        arrays[name] = tensor_array(values)
+        arrays[name] = layer_array(name, values, dtypes[name])
     for name, spec in manifest.kept.items():
         arrays[name] = extra_array(name, cols[name], spec)
     table = pa.table(arrays)
+    fields = [f.with_metadata({DTYPE_FIELD_KEY: dtypes[f.name].encode()}) if f.name in dtypes else f
+              for f in table.schema]
     meta = {SCHEMA_META_KEY: json.dumps(part_metadata(manifest, shard), sort_keys=True).encode()}
-    return table.replace_schema_metadata(meta)
+    return pa.Table.from_arrays(table.columns, schema=pa.schema(fields, metadata=meta))
+
+
+def layer_array(name: str, values: np.ndarray, dtype: str):
+    """A layer's rows as the Arrow tensor column of its logical ``dtype``: float32, float16, or bfloat16's raw bits
+    (uint16). Float rows for a bfloat16 layer are rounded here; bits for a float layer are a bug, never cast."""
+    if dtype not in LAYER_DTYPES:
+        raise RuntimeError(f"layer {name}: unknown dtype {dtype!r}")
+    if values.dtype == np.uint16 and dtype != "bfloat16":
+        raise RuntimeError(f"layer {name}: bfloat16 bits given for a {dtype} layer")
+    if dtype == "bfloat16" and values.dtype != np.uint16:
+        values = bfloat16_bits(values)
+    return tensor_array(values, LAYER_DTYPES[dtype])
 
 
 def extra_spec(values: np.ndarray) -> dict[str, Any]:
@@ -400,8 +497,11 @@ def prepare_store(location: str, manifest: Manifest) -> tuple[Manifest, list[int
         write_manifest(fs, directory, manifest)
         return manifest, list(range(manifest.num_shards))
     if existing.shard_rows != manifest.shard_rows:
-        log.warning("store %s was started with shard_rows=%d; keeping that (asked for %d)", location,
+        log.warning("store %s was started with %d rows a part; keeping that (asked for %d)", location,
                     existing.shard_rows, manifest.shard_rows)
+    if manifest.compression and existing.compression and existing.compression != manifest.compression:
+        log.warning("store %s was started with compression=%s; keeping that (asked for %s)", location,
+                    existing.compression, manifest.compression)
     done = check_parts(fs, directory, existing)
     _remove_stale_temps(fs, directory, names)
     missing = [s for s in range(existing.num_shards) if s not in done]
@@ -474,7 +574,15 @@ def finalize_store(location: str, manifest: Manifest) -> Manifest:
 class _Pending:
     lo: int
     seen: np.ndarray  # bool per row of the shard
-    chunks: list[dict[str, np.ndarray]] = field(default_factory=list)
+    # The shard's columns, allocated whole at its first rows and filled in place as rows arrive: a part costs its own
+    # size once (no list of chunks, then a concatenated copy, then a sorted copy), and comes out in row order.
+    cols: dict[str, np.ndarray] | None = None
+
+
+def _empty_rows(values: np.ndarray, n: int) -> np.ndarray:
+    """Room for ``n`` rows like ``values``' (strings as objects: numpy's fixed width differs from batch to batch)."""
+    dtype = object if values.dtype.kind in "USO" else values.dtype
+    return np.empty((n, *values.shape[1:]), dtype=dtype)
 
 
 def drill(written: int, fail_after_shards: int | None, fail_mode: str) -> None:
@@ -494,7 +602,8 @@ class ShardAssembler:
     """Collects extractor output rows by shard and writes each shard's part once all its rows have arrived.
 
     Rows may come in any order and any grouping (Ray Data does not preserve order across actors); a row seen twice
-    (a retried task) is dropped, since extraction is deterministic. ``fail_after_shards`` raises (``fail_mode="raise"``)
+    (a retried task) is dropped, since extraction is deterministic. Each open shard holds one part's rows (its
+    columns, filled in place), so the memory is the parts in flight times the part size (``rows_per_part``). ``fail_after_shards`` raises (``fail_mode="raise"``)
     or stops forever (``"hang"``, to be killed) after that many parts were written by this assembler — a drill.
     """
 
@@ -503,7 +612,7 @@ class ShardAssembler:
         self.location = str(location)
         self.fs, self.directory = resolve_location(self.location)
         self.manifest = manifest if isinstance(manifest, Manifest) else Manifest(**manifest)
-        self.compression = compression
+        self.compression = self.manifest.compression or compression  # a store keeps the codec it was started with
         self.fail_after_shards, self.fail_mode = fail_after_shards, fail_mode
         self.written = 0
         self.pending: dict[int, _Pending] = {}
@@ -530,19 +639,27 @@ class ShardAssembler:
         keep[first] = True
         keep &= ~pend.seen[offsets]
         if keep.any():
+            if pend.cols is None:
+                pend.cols = {k: _empty_rows(np.asarray(v), hi - lo) for k, v in rows.items()}
+            for k, v in rows.items():
+                pend.cols[k][offsets[keep]] = np.asarray(v)[keep]
             pend.seen[offsets[keep]] = True
-            pend.chunks.append({k: v[keep] for k, v in rows.items()})
         if not pend.seen.all():
             return None
-        del self.pending[shard]
-        return self._write(shard, pend.chunks)
+        del pend
+        return self._write(shard, self.pending.pop(shard).cols)
 
-    def _write(self, shard: int, chunks: list[dict[str, np.ndarray]]) -> dict[str, Any]:
-        cols = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-        order = np.argsort(cols["index"], kind="stable")
-        cols = {k: v[order] for k, v in cols.items()}
+    def _write(self, shard: int, cols: dict[str, np.ndarray]) -> dict[str, Any]:
+        import pyarrow as pa
+
         table = self.manifest.build_table(shard, cols)
-        nbytes = write_part(self.fs, self.directory, shard, table, compression=self.compression)
+        del cols  # the Arrow table shares the tensors' memory; the rest (ids) can go before encoding
+        row = max(1, table.nbytes // max(1, table.num_rows))
+        table = pa.Table.from_batches(table.to_batches(max_chunksize=max(1, WRITE_CHUNK_BYTES // row)),
+                                      schema=table.schema)
+        group = max(1, ROW_GROUP_BYTES // row)
+        nbytes = write_part(self.fs, self.directory, shard, table, compression=self.compression,
+                            row_group_rows=group)
         self.written += 1
         drill(self.written, self.fail_after_shards, self.fail_mode)
         return {"shard": shard, "rows": table.num_rows, "bytes": nbytes or 0, "skipped": nbytes is None}
@@ -551,9 +668,11 @@ class ShardAssembler:
         return int(sum(p.seen.sum() for p in self.pending.values()))
 
 
-def write_part(fs: Any, directory: str, shard: int, table, *, compression: str = "zstd") -> int | None:
+def write_part(fs: Any, directory: str, shard: int, table, *, compression: str = "zstd",
+               row_group_rows: int | None = None) -> int | None:
     """Write a part atomically (temp file, then rename); never replace an existing one. Returns bytes, or None if the
-    part already existed (another run finished it first)."""
+    part already existed (another run finished it first). ``row_group_rows``: rows per row group (``ROW_GROUP_BYTES``:
+    why); None, Parquet's default."""
     import pyarrow.parquet as pq
 
     final = posixpath.join(directory, part_name(shard))
@@ -564,7 +683,7 @@ def write_part(fs: Any, directory: str, shard: int, table, *, compression: str =
         # Dictionaries and min/max statistics only where they help (small-cardinality ints, the row index): on float
         # tensors they are useless and cost ~40% of the encoding CPU.
         pq.write_table(table, out, compression=compression, use_dictionary=["label", "prediction"],
-                       write_statistics=["index", "label", "prediction"])
+                       write_statistics=["index", "label", "prediction"], row_group_size=row_group_rows)
     size = _info(fs, tmp).size
     if _exists(fs, final):
         fs.delete_file(tmp)
@@ -639,14 +758,28 @@ class ActivationStore:
         return cols
 
     def iter_batches(self, batch_size: int = 1024, *, columns: Sequence[str] | None = None,
-                     format: str = "numpy", drop_last: bool = False) -> Iterator[dict[str, Any]]:
-        """Batches of exactly ``batch_size`` rows (the last may be shorter), in row order, one part in memory at a
-        time. ``format="torch"`` gives tensors for numeric columns (ids stay a numpy str array)."""
+                     format: str = "numpy", drop_last: bool = False, dtype: str = "float32"
+                     ) -> Iterator[dict[str, Any]]:
+        """Batches of exactly ``batch_size`` rows (the last may be shorter), in row order, one row group of one part
+        in memory at a time. ``format="torch"`` gives tensors for numeric columns (ids stay a numpy str array).
+        ``dtype``: ``"float32"`` widens float16/bfloat16 layers (exactly) for consumers that train on them;
+        ``"stored"`` gives the kept dtype (bfloat16: ``torch.bfloat16`` tensors, or its raw bits as uint16 in numpy,
+        which has no bfloat16 — ``bfloat16_to_float32`` widens them)."""
         import pyarrow.parquet as pq
 
         if format not in ("numpy", "torch"):
             raise UserError(f"format must be 'numpy' or 'torch', got {format!r}")
+        if dtype not in ("float32", "stored"):
+            raise UserError(f"dtype must be 'float32' or 'stored', got {dtype!r}")
         cols = self._columns(columns)
+        narrow = self._narrow(cols)
+        bf16 = [k for k, v in narrow.items() if v == "bfloat16"] if dtype == "stored" else []
+
+        def out(batch: dict[str, np.ndarray]) -> dict[str, Any]:
+            if dtype == "float32":
+                batch = {k: widen(v, narrow[k]) if k in narrow else v for k, v in batch.items()}
+            return _to_format(batch, format, bf16)
+
         buffer = _Rebatcher(batch_size)
         for path in self.part_paths():
             with self.fs.open_input_file(path) as f:
@@ -654,17 +787,20 @@ class ActivationStore:
                 self._check_part(path, pf)
                 for rb in pf.iter_batches(batch_size=batch_size, columns=cols):
                     for batch in buffer.push(batch_from_arrow(rb)):
-                        yield _to_format(batch, format)
+                        yield out(batch)
         tail = buffer.flush()
         if tail is not None and not drop_last:
-            yield _to_format(tail, format)
+            yield out(tail)
 
-    def read(self, *, columns: Sequence[str] | None = None, format: str = "numpy") -> dict[str, Any]:
-        """Every row at once (small stores and tests)."""
-        batches = list(self.iter_batches(max(1, len(self)), columns=columns, format="numpy"))
-        if not batches:
-            return {}
-        return _to_format(batches[0], format)
+    def read(self, *, columns: Sequence[str] | None = None, format: str = "numpy",
+             dtype: str = "float32") -> dict[str, Any]:
+        """Every row at once (small stores and tests); ``dtype`` as for ``iter_batches``."""
+        batches = list(self.iter_batches(max(1, len(self)), columns=columns, format=format, dtype=dtype))
+        return batches[0] if batches else {}
+
+    def _narrow(self, columns: Sequence[str]) -> dict[str, str]:
+        """The 16-bit layers among ``columns``, with their logical dtype (what reading widens to float32)."""
+        return {k: v for k, v in self.manifest.layer_dtypes().items() if k in columns and v in NARROW_DTYPES}
 
     def _check_part(self, path: str, pf) -> None:
         raw = (pf.schema_arrow.metadata or {}).get(self.manifest.META_KEY)
@@ -673,11 +809,18 @@ class ActivationStore:
             raise StoreKeyMismatch(f"{path} belongs to store {meta.get('key')}, not {self.key}; refusing to read it")
 
     def to_ray(self, *, columns: Sequence[str] | None = None, max_block_mib: float = STREAM_BLOCK_MIB,
-               **read_parquet_kwargs):
+               dtype: str = "float32", **read_parquet_kwargs):
         """The store as a ``ray.data.Dataset`` (layer columns as N×shape tensors), e.g. for ``ray.train`` datasets,
         read in blocks of at most about ``max_block_mib`` (``STREAM_BLOCK_MIB``: why) by Ray Data's V1 Parquet
-        datasource (``PARQUET_DATASOURCE_V2``: why)."""
+        datasource (``PARQUET_DATASOURCE_V2``: why). ``dtype="float32"`` widens float16/bfloat16 layers in a
+        ``map_batches`` after the read (only when the selection has any); ``"stored"`` leaves them as kept
+        (bfloat16 as its uint16 bits)."""
         import ray.data
+
+        if dtype not in ("float32", "stored"):
+            raise UserError(f"dtype must be 'float32' or 'stored', got {dtype!r}")
+        cols = self._columns(columns)
+        narrow = self._narrow(cols)
 
         for path in self.part_paths():  # refuse foreign parts before Ray reads anything
             meta, _ = read_part_metadata(self.fs, path, self.manifest.META_KEY)
@@ -688,14 +831,23 @@ class ActivationStore:
         with data_context(target_max_block_size=int(max_block_mib * 2**20),
                           use_datasource_v2=PARQUET_DATASOURCE_V2):
             # select_columns (not read_parquet's deprecated columns=): Ray Data pushes the projection into the read.
-            return ray.data.read_parquet(self.part_paths(), filesystem=self.fs,
-                                         **read_parquet_kwargs).select_columns(self._columns(columns))
+            ds = ray.data.read_parquet(self.part_paths(), filesystem=self.fs,
+                                       **read_parquet_kwargs).select_columns(cols)
+            if dtype == "float32" and narrow:
+                ds = ds.map_batches(widen_layers, fn_args=(narrow,), batch_size=None, batch_format="numpy",
+                                    zero_copy_batch=True)
+            return ds
 
     def describe(self) -> dict[str, Any]:
         m = self.manifest
         return {"location": self.location, "key": m.key, "rows": m.rows, "shards": m.num_shards,
-                "layers": {k: list(v) for k, v in self.layers.items()}, "model": m.model,
+                "layers": {k: list(v) for k, v in self.layers.items()}, "dtypes": m.layer_dtypes(), "model": m.model,
                 "dataset": m.identity["dataset"], "split": m.identity["split"], "complete": m.complete}
+
+
+def widen_layers(batch: dict[str, np.ndarray], narrow: dict[str, str]) -> dict[str, np.ndarray]:
+    """Ray Data's ``map_batches`` function of ``to_ray``: the ``narrow`` layers (name → logical dtype) as float32."""
+    return {k: widen(v, narrow[k]) if k in narrow else v for k, v in batch.items()}
 
 
 def shuffled(batches: Iterable[dict[str, np.ndarray]], buffer: int, seed: int, batch_rows: int
@@ -751,27 +903,31 @@ def store_location(root: str, model_name: str, key: str) -> str:
 
 
 def expected_key(checkpoint: str, *, layers: Iterable[str] | str | None = None, data: dict[str, Any] | Any,
-                 split: str, keep: Sequence[str] = ()) -> tuple[str, str]:
+                 split: str, keep: Sequence[str] = (), storage: Any = None) -> tuple[str, str]:
     """(key, model name) that an extraction of ``checkpoint``/``layers`` over ``data``/``split`` would produce.
 
-    ``data`` is a ``DataConfig`` or its dict (``{"name": …, "options": {…}}``)."""
+    ``data`` is a ``DataConfig`` or its dict (``{"name": …, "options": {…}}``); ``storage`` the extraction's
+    ``StoreSection`` (or its dict), whose ``dtype`` and ``layers`` say how each layer is kept."""
     from interp_ray.checkpoint import load_classifier
+    from interp_ray.config import StoreSection
     from interp_ray.data import load_dataset
 
     spec = data.model_dump() if hasattr(data, "model_dump") else dict(data)
     loaded = load_classifier(checkpoint)
     resolved = loaded.model.resolve_layers(loaded.model.default_layers if layers is None else layers)
     dataset = load_dataset(spec["name"], split, **spec.get("options", {}))
+    kept_as = StoreSection.model_validate(storage or {}).layer_specs(resolved)
     ident = make_identity(checkpoint_digest=loaded.digest, layers=resolved, dataset=dataset.describe(),
-                          split=split, data=spec, keep=keep)
+                          split=split, data=spec, keep=keep, storage=kept_as)
     return store_key(ident), loaded.config["model"]["name"]
 
 
 def find_store(root: str, checkpoint: str, *, data: dict[str, Any] | Any, split: str,
-               layers: Iterable[str] | str | None = None, keep: Sequence[str] = ()) -> ActivationStore:
-    """Open the store that extracting ``checkpoint``/``layers`` (keeping ``keep``) over ``data``/``split`` under
-    ``root`` produced."""
-    key, model_name = expected_key(checkpoint, layers=layers, data=data, split=split, keep=keep)
+               layers: Iterable[str] | str | None = None, keep: Sequence[str] = (),
+               storage: Any = None) -> ActivationStore:
+    """Open the store that extracting ``checkpoint``/``layers`` (keeping ``keep``, each layer as ``storage`` says)
+    over ``data``/``split`` under ``root`` produced."""
+    key, model_name = expected_key(checkpoint, layers=layers, data=data, split=split, keep=keep, storage=storage)
     location = store_location(root, model_name, key)
     return ActivationStore.open(location, key=key)
 
@@ -809,10 +965,14 @@ class _Rebatcher:
         return {k: np.concatenate([p[k] for p in self.parts]) for k in self.parts[0]}
 
 
-def _to_format(batch: dict[str, np.ndarray], format: str) -> dict[str, Any]:
+def _to_format(batch: dict[str, np.ndarray], format: str, bf16: Sequence[str] = ()) -> dict[str, Any]:
+    """``bf16``: columns holding bfloat16 bits, which become ``torch.bfloat16`` tensors."""
     if format == "numpy":
         return batch
     import torch
 
     # Arrow-backed arrays are read-only; torch wants memory it may write, so numeric columns are copied once.
-    return {k: (torch.from_numpy(np.array(v)) if v.dtype.kind in "fiub" else v) for k, v in batch.items()}
+    out = {k: (torch.from_numpy(np.array(v)) if v.dtype.kind in "fiub" else v) for k, v in batch.items()}
+    for k in bf16:  # the same 16 bits: numpy has no bfloat16, torch does
+        out[k] = torch.from_numpy(np.array(batch[k]).view(np.int16)).view(torch.bfloat16)
+    return out

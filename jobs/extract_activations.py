@@ -39,7 +39,7 @@ from interp_ray.data import load_dataset
 from interp_ray.data.base import ImageDataset
 from interp_ray.errors import UserError
 from interp_ray.store import (Manifest, ShardAssembler, check_store, drill, extra_spec, finalize_store, make_identity,
-                              pack_strings, prepare_store, store_key, store_location)
+                              pack_strings, prepare_store, rows_per_part, storage_identity, store_key, store_location)
 from jobs.common import base_parser, check_storage_paths, exit_with, init_ray
 
 log = logging.getLogger("interp_ray.extract")
@@ -80,6 +80,7 @@ class ExtractPlan:
     layers: list[str]
     location: str
     manifest: Manifest
+    storage: dict[str, dict[str, Any]]  # layer → LayerStore dict: how the extractor keeps it (plain, for Ray)
 
 
 def absolute(path: str) -> str:
@@ -99,17 +100,30 @@ def make_plan(cfg: ExtractJobConfig, split: str) -> ExtractPlan:
         raise UserError(f"{cfg.data.name}/{split} images are {'×'.join(map(str, dataset.image_shape))} but "
                         f"checkpoint {cfg.checkpoint} takes {'×'.join(map(str, model_shape))}")
     kept = kept_columns(dataset, cfg.keep, what=f"{cfg.data.name}/{split}")
+    storage = cfg.store.layer_specs(extractor.layers)
+    source = extractor.layer_shapes(frames)  # the layers' own shapes, before keep_as
+    extractor.keep_as(storage)  # a channel out of range or a reduction of a flat layer fails here, before any work
     identity = make_identity(checkpoint_digest=extractor.digest, layers=extractor.layers,
-                             dataset=dataset.describe(), split=split, data=cfg.data.model_dump(), keep=cfg.keep)
+                             dataset=dataset.describe(), split=split, data=cfg.data.model_dump(), keep=cfg.keep,
+                             storage=storage)
     key = store_key(identity)
     location = absolute(cfg.store.path) if cfg.store.path else store_location(absolute(cfg.store.root),
                                                                             extractor.model_name, key)
+    kept_as = storage_identity(storage)
+    layers = {}
+    for name, shape in extractor.layer_shapes(frames).items():
+        layers[name] = {"shape": list(shape), "dtype": storage[name].dtype}
+        if name in kept_as:  # how it was kept, beside what it is now
+            layers[name].update(source_shape=list(source[name]), reduce=storage[name].reduce,
+                                pool_size=storage[name].pool_size, channels=storage[name].channels)
     manifest = Manifest(
-        key=key, identity=identity, model={"name": extractor.model_name, "checkpoint": checkpoint},
-        layers={name: {"shape": list(shape), "dtype": "float32"}
-                for name, shape in extractor.layer_shapes(frames).items()},
-        class_names=extractor.class_names, rows=len(dataset), shard_rows=cfg.store.shard_rows, kept=kept)
-    return ExtractPlan(split, dataset, checkpoint, extractor.digest, extractor.layers, location, manifest)
+        key=key, identity=identity, model={"name": extractor.model_name, "checkpoint": checkpoint}, layers=layers,
+        class_names=extractor.class_names, rows=len(dataset), shard_rows=cfg.store.shard_rows, kept=kept,
+        part_bytes=cfg.store.part_bytes, compression=cfg.store.compression)
+    # parts sized in bytes: as many rows as fit in part_bytes, as the writer will buffer them (at most shard_rows)
+    manifest.shard_rows = rows_per_part(manifest.row_bytes(), cfg.store.part_bytes, cfg.store.shard_rows)
+    return ExtractPlan(split, dataset, checkpoint, extractor.digest, extractor.layers, location, manifest,
+                       {name: spec.model_dump() for name, spec in storage.items()})
 
 
 def kept_columns(dataset: ImageDataset, keep: Sequence[str], *, what: str) -> dict[str, dict[str, Any]]:
@@ -278,7 +292,8 @@ def extractor_kwargs(cfg: ExtractJobConfig, plans: list[ExtractPlan]) -> dict[st
     # every plan of a job has the job's checkpoint and layers; the kept columns are the job's ``keep``
     c, plan = cfg.compute, plans[0]
     return {"checkpoint": plan.checkpoint, "layers": plan.layers, "device": c.device, "torch_threads": c.torch_threads,
-            "expect_digest": plan.digest, "passthrough": [*DEFAULT_PASSTHROUGH, STORE, *plan.manifest.kept]}
+            "expect_digest": plan.digest, "passthrough": [*DEFAULT_PASSTHROUGH, STORE, *plan.manifest.kept],
+            "storage": plan.storage}
 
 
 def writer_kwargs(cfg: ExtractJobConfig, plans: list[ExtractPlan]) -> dict[str, Any]:
@@ -429,8 +444,8 @@ def fill_stores(cfg: ExtractJobConfig, prepared: list[tuple[ExtractPlan, list[in
 
 def pipeline_group(cfg: ExtractJobConfig, plan: ExtractPlan) -> str:
     """What the stores one pipeline fills share: the classifier, its layers, the kept columns, how the stages run."""
-    return json.dumps([plan.checkpoint, plan.layers, cfg.keep, cfg.compute.model_dump(), cfg.store.compression,
-                       cfg.fail_after_shards, cfg.fail_mode, cfg.progress_every], sort_keys=True, default=str)
+    return json.dumps([plan.checkpoint, plan.layers, plan.storage, cfg.keep, cfg.compute.model_dump(),
+                       cfg.store.compression, cfg.fail_after_shards, cfg.fail_mode, cfg.progress_every], sort_keys=True, default=str)
 
 
 def extract_many(cfgs: Sequence[ExtractJobConfig], *, address: str | None = None) -> list[dict[str, Any]]:

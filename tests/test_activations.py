@@ -85,3 +85,52 @@ def test_changed_checkpoint_is_refused(digits_checkpoint):
 def test_wrong_image_shape_is_a_user_error(digits_checkpoint):
     with pytest.raises(UserError, match="this model takes N×1×8×8"):
         ActivationExtractor(digits_checkpoint)({"image": np.zeros((2, 3, 8, 8), np.float32)})
+
+
+# --- how a store keeps a layer: channels, spatial reduction, dtype -----------------------------------------------
+
+def bits(t: torch.Tensor) -> np.ndarray:
+    return t.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+
+
+@pytest.mark.parametrize("spec,reference", [
+    ({"reduce": "mean"}, lambda t: t.mean(dim=(2, 3))),
+    ({"reduce": "max"}, lambda t: t.amax(dim=(2, 3))),
+    ({"reduce": "avgpool", "pool_size": 3}, lambda t: torch.nn.functional.adaptive_avg_pool2d(t, 3)),  # 8 → 3
+    ({"reduce": "avgpool", "pool_size": 1}, lambda t: torch.nn.functional.adaptive_avg_pool2d(t, 1)),
+    ({"channels": [5, 0, 63]}, lambda t: t[:, [5, 0, 63]]),
+    ({"channels": [7, 2], "reduce": "max"}, lambda t: t[:, [7, 2]].amax(dim=(2, 3))),
+    ({"dtype": "float16"}, lambda t: t.half()),
+    ({"dtype": "float16", "reduce": "avgpool", "pool_size": 2},
+     lambda t: torch.nn.functional.adaptive_avg_pool2d(t, 2).half()),
+])
+def test_kept_layer_equals_torch_on_the_direct_activations(digits_checkpoint, digits_rows, spec, reference):
+    ex = ActivationExtractor(digits_checkpoint, LAYERS, storage={"relu2": spec})
+    out = ex(digits_rows)
+    want = reference(torch.from_numpy(direct(digits_checkpoint, digits_rows["image"], LAYERS)["relu2"])).numpy()
+    assert out["relu2"].dtype == want.dtype and out["relu2"].shape == want.shape
+    np.testing.assert_array_equal(out["relu2"], want)
+    assert ex.layer_shapes() == {"relu2": want.shape[1:], "relu3": (128,)}
+    np.testing.assert_array_equal(out["relu3"], ActivationExtractor(digits_checkpoint, LAYERS)(digits_rows)["relu3"])
+
+
+def test_bfloat16_layers_come_out_as_the_bits_of_torchs_cast(digits_checkpoint, digits_rows):
+    ex = ActivationExtractor(digits_checkpoint, LAYERS, storage={"relu2": {"dtype": "bfloat16", "reduce": "mean"},
+                                                                 "relu3": {"dtype": "bfloat16", "channels": [3, 1]}})
+    out = ex(digits_rows)
+    ref = {k: torch.from_numpy(v) for k, v in direct(digits_checkpoint, digits_rows["image"], LAYERS).items()}
+    assert out["relu2"].dtype == np.uint16 and out["relu2"].shape == (100, 64)
+    np.testing.assert_array_equal(out["relu2"], bits(ref["relu2"].mean(dim=(2, 3))))
+    np.testing.assert_array_equal(out["relu3"], bits(ref["relu3"][:, [3, 1]]))
+    assert ex.layer_dtypes() == {"relu2": "bfloat16", "relu3": "bfloat16"}
+
+
+def test_bad_storage_fails_at_init_with_one_line_naming_the_field(digits_checkpoint):
+    with pytest.raises(UserError, match=r"^store\.layers\.relu2\.channels: channel 64 is out of range; relu2 has 64 "
+                                        r"channels \(0\.\.63\)$"):
+        ActivationExtractor(digits_checkpoint, LAYERS, storage={"relu2": {"channels": [0, 64]}})
+    with pytest.raises(UserError, match=r"^store\.layers\.relu3\.reduce: mean reduces the H×W of a C×H×W map, but "
+                                        r"relu3 is 128$"):
+        ActivationExtractor(digits_checkpoint, LAYERS, storage={"relu3": {"reduce": "mean"}})
+    with pytest.raises(UserError, match=r"^store\.layers\.relu9: not an extracted layer; extracted: relu2, relu3$"):
+        ActivationExtractor(digits_checkpoint, LAYERS, storage={"relu9": {}})

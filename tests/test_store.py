@@ -237,3 +237,139 @@ def test_to_ray_reads_in_bounded_blocks_and_leaves_the_callers_context(ray_local
     assert sorted(ds.to_pandas()["index"]) == list(range(ROWS))
     assert "ReadParquet" in ds.stats() and "ReadFiles" not in ds.stats(), ds.stats()
     assert DataContext.get_current().use_datasource_v2 == v2_before
+
+
+# --- kept dtypes, parts sized in bytes ---------------------------------------------------------------------------
+
+def kept_manifest(dtypes: dict[str, str], **changes) -> Manifest:
+    storage = {k: {"dtype": v} for k, v in dtypes.items()}
+    ident = identity(storage=storage, **changes)
+    return Manifest(key=store_key(ident), identity=ident, model={"name": "toy", "checkpoint": "/x"},
+                    layers={k: {"shape": list(v), "dtype": dtypes.get(k, "float32")} for k, v in SHAPES.items()},
+                    class_names=["a", "b", "c"], rows=ROWS, shard_rows=SHARD)
+
+
+def test_bfloat16_bits_round_as_torch_does_and_widen_exactly():
+    import torch
+
+    from interp_ray.store import bfloat16_bits, bfloat16_to_float32
+
+    rng = np.random.default_rng(0)
+    anything = rng.integers(0, 2**32, 20_000, dtype=np.uint64).astype(np.uint32).view(np.float32)  # every exponent
+    x = np.concatenate([anything[~np.isnan(anything)],
+                        np.array([0.0, -0.0, np.inf, -np.inf, 3.4e38, -3.4e38, 1 + 2 ** -8, 1 + 3 * 2 ** -8, 1e-40],
+                                 dtype=np.float32)])
+    want = torch.from_numpy(x).to(torch.bfloat16)
+    bits = bfloat16_bits(x)
+    assert bits.dtype == np.uint16
+    np.testing.assert_array_equal(bits, want.view(torch.int16).numpy().view(np.uint16))  # ties to even included
+    np.testing.assert_array_equal(bfloat16_to_float32(bits), want.float().numpy())
+    assert np.isnan(bfloat16_to_float32(bfloat16_bits(np.array([np.nan], np.float32)))).all()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_16_bit_layers_round_trip_and_widen_for_training(tmp_path, dtype):
+    """A 16-bit layer is stored as 16 bits (Parquet: float16, or bfloat16's bits as uint16 with the logical dtype in
+    the manifest and the field's metadata) and comes back as written; readers widen it to float32 unless asked."""
+    import torch
+
+    loc = str(tmp_path / "s")
+    m, _ = prepare_store(loc, kept_manifest({"conv": dtype}))
+    fill(loc, m, np.arange(ROWS))
+    finalize_store(loc, m)
+    conv32 = rows(np.arange(ROWS))["conv"]
+    want = torch.from_numpy(conv32).to(getattr(torch, dtype))  # what the cast keeps
+    table = pq.read_table(os.path.join(loc, part_name(0)))
+    field_ = table.schema.field("conv")
+    assert field_.type.value_type == (pa.float16() if dtype == "float16" else pa.uint16())
+    assert field_.metadata[b"interp_ray.dtype"] == dtype.encode()
+    assert json.loads(table.schema.metadata[SCHEMA_META_KEY])["layers"]["conv"]["dtype"] == dtype
+    store = ActivationStore.open(loc, key=m.key)
+    got = store.read()  # float32 by default, exactly the 16-bit values
+    assert got["conv"].dtype == np.float32 and got["fc"].dtype == np.float32
+    np.testing.assert_array_equal(got["conv"], want.float().numpy())
+    np.testing.assert_array_equal(got["fc"], rows(np.arange(ROWS))["fc"])
+    stored = store.read(dtype="stored", format="torch")
+    assert stored["conv"].dtype == getattr(torch, dtype) and stored["conv"].shape == (ROWS, 2, 3, 3)
+    assert torch.equal(stored["conv"], want)
+    raw = store.read(dtype="stored")["conv"]
+    assert raw.dtype == (np.float16 if dtype == "float16" else np.uint16)  # numpy has no bfloat16: its bits
+    batches = list(store.iter_batches(7, columns=["conv"], format="torch"))
+    assert [b["conv"].dtype for b in batches] == [torch.float32] * 4
+    with pytest.raises(UserError, match="dtype must be"):
+        list(store.iter_batches(4, dtype="float64"))
+
+
+def test_key_changes_with_each_storage_option_and_not_for_whole_float32():
+    """The key covers how each layer is kept; a layer kept whole in float32 (the default) leaves the key as it was
+    before storage options existed, so existing stores keep theirs."""
+    from interp_ray.store import storage_identity
+
+    plain = store_key(identity())
+    assert store_key(identity(storage={"conv": {}, "fc": {"dtype": "float32"}})) == plain
+    variants = [{"conv": {"dtype": "float16"}}, {"conv": {"dtype": "bfloat16"}}, {"fc": {"dtype": "bfloat16"}},
+                {"conv": {"reduce": "mean"}}, {"conv": {"reduce": "max"}},
+                {"conv": {"reduce": "avgpool", "pool_size": 1}}, {"conv": {"reduce": "avgpool", "pool_size": 2}},
+                {"conv": {"channels": [0]}}, {"conv": {"channels": [1]}}, {"conv": {"channels": [1, 0]}},
+                {"conv": {"channels": [0], "reduce": "mean", "dtype": "float16"}}]
+    keys = [store_key(identity(storage=v)) for v in variants]
+    assert len(set(keys)) == len(variants) and plain not in keys
+    assert storage_identity({"conv": {"reduce": "mean"}})["conv"] == {
+        "dtype": "float32", "reduce": "mean", "pool_size": None, "channels": None}
+
+
+def test_rows_per_part_follow_the_byte_target():
+    from interp_ray.store import rows_per_part
+
+    mib = 2**20
+    assert rows_per_part(200_704 * 4, 128 * mib) == 167       # ResNet-50 layer3 at 224 px, float32: 784 KiB a row
+    assert rows_per_part(200_704 * 2, 128 * mib) == 334       # … in bfloat16
+    assert rows_per_part(600, 128 * mib) == 2048              # small rows: the row cap (shard_rows) still holds
+    assert rows_per_part(600, 128 * mib, shard_rows=10**9) == 128 * mib // 600
+    assert rows_per_part(5 * mib, mib) == 1                   # a row over the target: one row a part
+    m = kept_manifest({"conv": "bfloat16"})
+    assert m.row_bytes() == 32 + 64 + 3 * 4 + 18 * 2 + 4 * 4
+
+
+def test_a_store_keeps_its_compression_when_resumed_with_another(tmp_path):
+    loc = tmp_path / "s"
+    m = kept_manifest({})
+    m.compression = "zstd"
+    m, _ = prepare_store(str(loc), m)
+    with pytest.raises(InjectedFailure):
+        fill(str(loc), m, np.arange(ROWS), compression="snappy", fail_after_shards=2)
+    again = kept_manifest({})
+    again.compression = "snappy"
+    m2, missing = prepare_store(str(loc), again)
+    assert m2.compression == "zstd" and missing == [2, 3, 4]
+    fill(str(loc), m2, np.arange(ROWS), compression="snappy")
+    codecs = {pq.ParquetFile(loc / part_name(s)).metadata.row_group(0).column(5).compression for s in range(5)}
+    assert codecs == {"ZSTD"}
+
+
+@pytest.mark.ray
+def test_to_ray_widens_16_bit_layers_for_training_unless_asked(ray_local, tmp_path):
+    """Ray Data reads float16 and bfloat16 (uint16 bits) tensor columns; to_ray gives float32 by default — what a Ray
+    Train worker's iter_torch_batches then sees — and the kept dtype with dtype="stored"."""
+    import torch
+
+    from interp_ray.store import bfloat16_to_float32
+
+    loc = str(tmp_path / "s")
+    m, _ = prepare_store(loc, kept_manifest({"conv": "bfloat16", "fc": "float16"}))
+    fill(loc, m, np.arange(ROWS))
+    finalize_store(loc, m)
+    store = ActivationStore.open(loc, key=m.key)
+    want = store.read(dtype="stored")
+    batches = list(store.to_ray(columns=["index", "conv", "fc"]).iter_torch_batches(batch_size=8))
+    index = np.concatenate([b["index"].numpy() for b in batches])
+    order = np.argsort(index)
+    conv = np.concatenate([b["conv"].numpy() for b in batches])[order]
+    fc = np.concatenate([b["fc"].numpy() for b in batches])[order]
+    assert batches[0]["conv"].dtype == torch.float32 and batches[0]["fc"].dtype == torch.float32
+    assert conv.shape == (ROWS, 2, 3, 3) and fc.shape == (ROWS, 4)
+    np.testing.assert_array_equal(conv, bfloat16_to_float32(want["conv"]))
+    np.testing.assert_array_equal(fc, want["fc"].astype(np.float32))
+    stored = store.to_ray(columns=["index", "conv", "fc"], dtype="stored").to_pandas().sort_values("index")
+    assert np.stack(stored["conv"].to_numpy()).dtype == np.uint16
+    np.testing.assert_array_equal(np.stack(stored["fc"].to_numpy()), want["fc"])

@@ -334,3 +334,137 @@ def test_a_users_imported_model_is_extracted_with_its_normalisation(tmp_path):
         logits = original(x)
     np.testing.assert_allclose(got["features"], features.numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got["probabilities"], torch.softmax(logits, 1).numpy(), rtol=1e-5, atol=1e-6)
+
+
+# --- how layers are kept; parts sized in bytes -------------------------------------------------------------------
+
+KEPT = ["store.dtype=bfloat16", "store.layers.relu2.reduce=avgpool", "store.layers.relu2.pool_size=3",
+        "store.layers.relu2.channels=[9,0,4]", "store.layers.relu3.dtype=float16"]
+
+
+def test_storage_options_from_set_reach_the_store_and_resume(digits_checkpoint, tmp_path):
+    """--set store.dtype / store.layers.<layer>.… : the store holds torch's own reduction and cast of the direct
+    activations, under a key of its own, and a failed run resumes as a plain one does."""
+    from interp_ray.store import bfloat16_to_float32
+
+    root = tmp_path / "acts"
+    with pytest.raises(Exception, match="injected failure after writing 2 shard"):
+        job(digits_checkpoint, root, "store.shard_rows=40", "fail_after_shards=2", *KEPT)
+    store_dir = only_store(root)
+    before = parts_snapshot(store_dir)
+    assert job(digits_checkpoint, root, "store.shard_rows=40", "compute.batch_size=33", *KEPT) == 0
+    after = parts_snapshot(store_dir)
+    assert len(after) == 5 and {k: after[k] for k in before} == before
+    store = ActivationStore.open(str(store_dir))
+    assert store.layers == {"relu2": (3, 3, 3), "relu3": (128,)}
+    spec = store.manifest.layers["relu2"]
+    assert spec["dtype"] == "bfloat16" and spec["source_shape"] == [64, 8, 8] and spec["channels"] == [9, 0, 4]
+    assert store.manifest.layers["relu3"]["dtype"] == "float16"
+    ds = load_dataset("digits", "val")
+    batch = ds.get_batch(np.arange(len(ds)))
+    model = load_classifier(digits_checkpoint).model
+    with torch.inference_mode():
+        ref = model.activations(torch.from_numpy(batch["image"]), LAYERS)
+    want2 = torch.nn.functional.adaptive_avg_pool2d(ref["relu2"][:, [9, 0, 4]], 3).to(torch.bfloat16)
+    raw = store.read(dtype="stored")
+    np.testing.assert_array_equal(raw["relu2"], want2.view(torch.int16).numpy().view(np.uint16))
+    np.testing.assert_array_equal(raw["relu3"], ref["relu3"].half().numpy())
+    got = store.read()
+    np.testing.assert_array_equal(got["relu2"], bfloat16_to_float32(raw["relu2"]))
+    assert got["relu3"].dtype == np.float32
+    # its own key: the plain store is another, and the reader finds this one from the same storage config
+    assert job(digits_checkpoint, root) == 0
+    assert len([p for p in root.glob("*/*") if p.is_dir()]) == 2
+    found = find_store(str(root), str(digits_checkpoint), data={"name": "digits"}, split="val", layers=LAYERS,
+                       storage={"dtype": "bfloat16", "layers": {"relu2": {"reduce": "avgpool", "pool_size": 3,
+                                                                          "channels": [9, 0, 4]},
+                                                                "relu3": {"dtype": "float16"}}})
+    assert found.location == str(store_dir)
+
+
+@pytest.mark.parametrize("setting,line", [
+    ("store.layers.relu2.reduce=median",
+     "error: config: store.layers.relu2.reduce: Input should be 'none', 'mean', 'max' or 'avgpool'"),
+    ("store.layers.relu2.channels=[3,99]",
+     "error: store.layers.relu2.channels: channel 99 is out of range; relu2 has 64 channels (0..63)"),
+    ("store.layers.relu3.reduce=max",
+     "error: store.layers.relu3.reduce: max reduces the H×W of a C×H×W map, but relu3 is 128"),
+    ("store.layers.relu7.dtype=float16",
+     "error: store.layers.relu7: not an extracted layer; extracted: relu2, relu3"),
+    ("store.dtype=int8", "error: config: store.dtype: Input should be 'float32', 'float16' or 'bfloat16'"),
+    ("store.part_bytes=12parsecs",
+     "error: config: store.part_bytes: '12parsecs' is not a size; write bytes or e.g. 128MiB, 64MB, 1GiB"),
+])
+def test_bad_storage_config_exits_2_with_one_line(digits_checkpoint, tmp_path, capsys, setting, line):
+    assert job(digits_checkpoint, tmp_path / "acts", setting) == EXIT_USAGE
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert errors == [line]
+    assert not (tmp_path / "acts").exists()
+
+
+# One extraction in a fresh process, its peak memory growth measured: every code path once on a few rows (imports,
+# allocator arenas, the model's buffers), then the peak RSS (VmHWM) reset and the store written. A 64×64 scenes_cnn of
+# width 64 taps relu1: 64×64×64 float32 = 1 MiB a row.
+MEMORY_PROBE = r"""
+import json, sys
+import torch
+from interp_ray.checkpoint import save_classifier
+from interp_ray.models import build_model
+from jobs.extract_activations import ExtractJobConfig, extract
+
+out, rows, part_bytes, shard_rows = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+torch.manual_seed(0)
+opts = {"num_classes": 12, "in_channels": 3, "image_size": 64, "width": 64, "hidden": 8}
+save_classifier(f"{out}/cnn", build_model("scenes_cnn", **opts), model_name="scenes_cnn", model_options=opts,
+                class_names=[str(i) for i in range(12)])
+
+
+def config(n, root):
+    return ExtractJobConfig.model_validate({
+        "checkpoint": f"{out}/cnn", "layers": ["relu1"], "splits": ["train"],
+        "data": {"name": "scenes", "options": {"n": n, "size": 64}},
+        "store": {"root": f"{out}/{root}", "part_bytes": part_bytes, "shard_rows": shard_rows},
+        "compute": {"engine": "local", "batch_size": 4}})
+
+
+def status(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field))
+
+
+extract(config(8, "warm"))
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # VmHWM := VmRSS
+base = status("VmRSS")
+result = extract(config(rows, "store"))[0]
+print(json.dumps({"growth": status("VmHWM") - base, "shards": result["shards"], "rows": result["rows"],
+                  "location": result["location"]}))
+"""
+
+
+def peak_growth(tmp_path, rows: int, part_bytes: int, shard_rows: int) -> dict:
+    import json
+
+    tmp_path.mkdir()
+    proc = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(tmp_path), str(rows), str(part_bytes),
+                           str(shard_rows)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_rows_of_a_mebibyte_are_written_with_memory_bounded_by_the_part_size(tmp_path):
+    """Rows of 1 MiB, parts of 16 MiB: the writer's peak memory growth stays under 3 parts' worth over 5 parts, and
+    the store reads back whole; the same rows as one 64-row part (a part sized in rows) break that bound."""
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak RSS")
+    mib, rows = 2**20, 64
+    bounded = peak_growth(tmp_path / "bytes", rows, 16 * mib, 2048)
+    assert bounded["shards"] == 5 and bounded["rows"] == rows  # 15 rows of 1 MiB + 1 KiB a part
+    store = ActivationStore.open(bounded["location"])
+    assert store.layers == {"relu1": (64, 64, 64)} and store.manifest.shard_rows == 15
+    assert sum(len(b["index"]) for b in store.iter_batches(16, columns=["index"])) == rows
+    assert bounded["growth"] < 3 * 16 * mib, bounded
+    by_rows = peak_growth(tmp_path / "rows", rows, 2**30, rows)
+    assert by_rows["shards"] == 1
+    assert by_rows["growth"] > max(3 * 16 * mib, rows * mib), by_rows  # the 64 MiB part shows in the measure

@@ -14,6 +14,7 @@ import torch
 
 from interp_ray.data import load_dataset
 from interp_ray.data import scenes as sc
+from interp_ray.data.scenes.drawing import _COLOURS_RGB
 from interp_ray.data.scenes import (ATTRIBUTE_KINDS, ATTRIBUTE_VALUES, ATTRIBUTE_VOCAB, CLASS_NAMES, CLASSES,
                                     ScenesDataset, attribute_mentions, class_attributes, discriminative_attributes,
                                     load_scenes)
@@ -195,7 +196,7 @@ def test_two_object_rows_have_different_classes_and_disjoint_boxes(two):
 
 
 def test_masks_show_the_class_colour_size_and_pattern(one, two):
-    chroma = {c: np.asarray(rgb) / np.sum(rgb) for c, rgb in sc._COLOURS_RGB.items()}
+    chroma = {c: np.asarray(rgb) / np.sum(rgb) for c, rgb in _COLOURS_RGB.items()}
     for batch in (one, two):
         for j, o, c in _objects(batch):
             attrs = class_attributes(c)

@@ -187,15 +187,15 @@ def test_a_checkpoint_for_a_method_that_learns_nothing_exits_2(scenes_checkpoint
 def test_a_learned_method_fills_a_json_store_keyed_by_its_checkpoint(tmp_path):
     """CNN-INTE beside a saliency method in one job: its rows are the in-process explanations as JSON; refitting it
     into the same directory makes a store of a new key and leaves the old one as it was."""
-    from specimens import save_digits_classifier, save_small_cnn_inte
-
     from interp_ray.data import load_dataset
+    from interp_ray.explainers.cnn_inte import CnnInte
     from interp_ray.saliency_store import EXPLANATION_COLUMN, open_store
     from interp_ray.session import ExplainSession
+    from interp_ray.testing.specimens import save_digits_classifier
 
     classifier, explainer = tmp_path / "digits_cnn", tmp_path / "cnn_inte"
     save_digits_classifier(classifier)
-    save_small_cnn_inte(explainer, classifier)
+    CnnInte.specimen(explainer, classifier)
     rows = 6
 
     def run() -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, ClassVar, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
@@ -158,6 +159,22 @@ class Explainer(abc.ABC):
     @classmethod
     def load(cls, path: str, **kwargs: Any) -> "Explainer":
         raise NotImplementedError(f"{cls.name} has no learned state to load")
+
+    # -- a specimen for the conformance suite (interp_ray.testing) -----------------------------------------------
+
+    # The classifier a specimen explains: "digits" (a digits CNN) or "scenes" (a scenes CNN on 32×32 clips' frames).
+    specimen_classifier: ClassVar[str] = "digits"
+
+    @classmethod
+    def specimen(cls, path: str | os.PathLike, classifier: str | os.PathLike) -> str | None:
+        """A small ready-to-explain instance of this method over the classifier checkpoint ``classifier`` (of the
+        kind ``specimen_classifier`` names), for the conformance suite: a learned method writes a checkpoint at
+        ``path`` (plumbing only, not trained to any quality) and returns it; a method with no learned state needs
+        none (None), which is this default."""
+        if cls.learned:
+            raise NotImplementedError(f"{cls.name} is learned: define the classmethod specimen(path, classifier) "
+                                      f"that saves a small instance of it at path")
+        return None
 
     @classmethod
     def metadata(cls) -> dict[str, Any]:

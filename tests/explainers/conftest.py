@@ -1,11 +1,11 @@
-"""Fixtures for the explainer tests: a tiny CNN and a few random images (the models live in toy_models.py)."""
+"""Fixtures for the explainer tests: a tiny CNN and a few random images (the models live in interp_ray/testing/toy_models.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from toy_models import tiny_cnn
+from interp_ray.testing.toy_models import tiny_cnn
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from interp_ray.explainers.baselines import CenterBaseline, GradCAM, Gradient, O
 from interp_ray.explainers.feature_inversion import FeatureInversion
 from interp_ray.models import Classifier
 
-from toy_models import tiny_cnn
+from interp_ray.testing.toy_models import tiny_cnn
 
 SIZE = 16
 BLIND_COLUMNS = 8  # columns 0..7 are invisible

@@ -21,7 +21,7 @@ from interp_ray.explainers._common import default_layers
 from interp_ray.explainers.feature_inversion import FeatureInversion, GFISettings
 from interp_ray.models import build_model
 
-from toy_models import colour_model, red_green_image, tiny_cnn
+from interp_ray.testing.toy_models import colour_model, red_green_image, tiny_cnn
 
 LAYERS = {"inversion_layer": "relu2", "base_layer": "relu1"}
 SHORT = {"stage1_iterations": 4, "stage2_iterations": 12}  # where a property does not depend on the schedule

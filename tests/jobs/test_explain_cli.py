@@ -123,15 +123,13 @@ def test_cnn_inte_finds_the_classifier_its_training_recorded(digits_checkpoint, 
     """After the main job, ``interp-ray explain cnn_inte --checkpoint outputs/pipeline/cnn_inte digit.png`` works:
     the meta-model reads the classifier's activations, and its checkpoint records which classifier (as
     jobs.fit_cnn_inte writes it); without that record, one line asks for --classifier."""
-    from specimens import save_small_cnn_inte
-
     from interp_ray.activations import ActivationExtractor
     from interp_ray.explainers.cnn_inte import CnnInte
     from jobs.explain import read_image
 
     png, image = digit_png
     bare = tmp_path / "bare"
-    save_small_cnn_inte(bare, digits_checkpoint)
+    CnnInte.specimen(bare, digits_checkpoint)
     recorded = CnnInte.load(str(bare))
     recorded.info["checkpoint"] = str(digits_checkpoint)
     recorded.save(str(tmp_path / "recorded"))

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 from serving_helpers import asgi_client
-from specimens import (save_digits_classifier, save_random_flint, save_small_cnn_inte, save_small_interpnet,
-                       save_small_scenes_classifier, save_small_semantic, save_small_vibi)
+
+from interp_ray.testing.specimens import make_specimen, save_digits_classifier, save_scenes_classifier
 
 
 @pytest.fixture(scope="session")
@@ -14,11 +14,9 @@ def serving_checkpoints(tmp_path_factory) -> dict[str, str]:
     """{"checkpoint_dir", "classifier", "flint"}: the layout ServeArgs reads by default, with a checkpoint
     for every learned method that explains images (FLINT, InterpNET, CNN-INTE, VIBI)."""
     root = tmp_path_factory.mktemp("serving_ckpts")
-    predictor = save_digits_classifier(root / "digits")
-    save_random_flint(root / "digits_flint", predictor)
-    save_small_interpnet(root / "digits_interpnet", root / "digits")
-    save_small_cnn_inte(root / "digits_cnn_inte", root / "digits")
-    save_small_vibi(root / "digits_vibi", root / "digits")
+    save_digits_classifier(root / "digits")
+    for method in ("flint", "interpnet", "cnn_inte", "vibi"):
+        make_specimen(method, root / f"digits_{method}", root / "digits")
     return {"checkpoint_dir": str(root), "classifier": str(root / "digits"),
             "flint": str(root / "digits_flint")}
 
@@ -53,6 +51,6 @@ def local_api(service):
 def semantic_checkpoints(tmp_path_factory) -> dict[str, str]:
     """{"checkpoint_dir", "classifier", "semantic"}: a small scenes classifier and a captioner over its ``gap``."""
     root = tmp_path_factory.mktemp("semantic_ckpts")
-    save_small_scenes_classifier(root / "scenes")
-    save_small_semantic(root / "scenes_semantic", root / "scenes")
+    save_scenes_classifier(root / "scenes")
+    make_specimen("semantic", root / "scenes_semantic", root / "scenes")
     return {"checkpoint_dir": str(root), "classifier": str(root / "scenes"), "semantic": str(root / "scenes_semantic")}

@@ -332,6 +332,20 @@ class CnnInte(Explainer):
                 "width": self.width, "clusters": self.clusters, "info": self.info,
                 "sklearn_version": sklearn.__version__}
 
+    @classmethod
+    def specimen(cls, path, classifier) -> str:
+        """A small CNN-INTE over the classifier's ``relu3`` for the first 120 training rows of its data set (the batch
+        dict the activation store would hold): the conformance suite's specimen."""
+        from interp_ray.activations import ActivationExtractor
+        from interp_ray.checkpoint import read_checkpoint
+        from interp_ray.data import load_dataset
+
+        config = read_checkpoint(classifier, kind="classifier").config
+        batch = load_dataset(config["data"]["name"], "train").get_batch(np.arange(120))
+        batch = {**ActivationExtractor(str(classifier), ["relu3"])(batch), "image": batch["image"]}
+        fitted = cls({"layer": "relu3", "k1": 3, "k2": 2, "n_estimators": 5}, class_names=config["class_names"])
+        return fitted.fit(batch).save(str(path))
+
     def save(self, path: str) -> str:
         import skops.io as sio
         import torch

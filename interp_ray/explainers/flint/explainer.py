@@ -117,6 +117,20 @@ class FlintExplainer(Explainer):
         self.__dict__.update(trained.__dict__)
         return self
 
+    @classmethod
+    def specimen(cls, path, classifier) -> str:
+        """A random-weight FLINT over the classifier (plumbing only): the conformance suite's specimen."""
+        from interp_ray.checkpoint import load_classifier
+        from interp_ray.explainers.flint.config import FlintSection
+        from interp_ray.explainers.flint.model import resolved_flint_spec
+
+        loaded = load_classifier(classifier)
+        torch.manual_seed(1)
+        spec = resolved_flint_spec(loaded.model, FlintSection())
+        save_flint(path, build_flint(loaded.model, spec), spec=spec, predictor_spec=loaded.config["model"],
+                   class_names=loaded.class_names, mode="joint")
+        return str(path)
+
     def save(self, path: str) -> str:
         return save_flint(path, self.flint, spec=self.config.get("flint", {}),
                           predictor_spec=self.config.get("model", {}), class_names=self.class_names or [],

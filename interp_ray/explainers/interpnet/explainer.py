@@ -370,6 +370,25 @@ class InterpNET(Explainer, Trainable):
                 "classifier_digest": state_digest(self.classifier_state()),
                 "history": self.history, "info": self.info}
 
+    @classmethod
+    def specimen(cls, path, classifier) -> str:
+        """A small InterpNET (1 epoch) over the classifier's mean-pooled ``relu2`` for the first 120 training rows of
+        its data set, on one sentence per class: the conformance suite's specimen."""
+        from interp_ray.activations import ActivationExtractor
+        from interp_ray.checkpoint import read_checkpoint
+        from interp_ray.data import load_dataset
+
+        config = read_checkpoint(classifier, kind="classifier").config
+        names = config["class_names"]
+        ds = load_dataset(config["data"]["name"], "train")
+        table = collect(ActivationExtractor(str(classifier), ["relu2"])(ds.get_batch(np.arange(120))), ["relu2"])
+        table.sentences = [[f"this is a {names[int(c)]} ."] for c in table.labels]
+        torch.manual_seed(2)
+        ex = cls({"feature_layer": "relu2", "variant": "interpnet_1", "hidden": [16], "embed_dim": 8,
+                  "hidden_dim": 16, "max_len": 8}, class_names=names)
+        ex.fit(table, table, classifier_train=ClassifierTrainConfig(epochs=1), train=DecoderTrainConfig(epochs=1))
+        return ex.save(str(path))
+
     def save(self, path: str) -> str:
         self._ready()
         return save_captioner(path, config=self.checkpoint_config(), state_dict=self.state_dict(), vocab=self.vocab)

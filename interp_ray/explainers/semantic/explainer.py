@@ -404,6 +404,24 @@ class SemanticExplainer(Explainer, Trainable):
                                               "neurons": [asdict(n) for n in self.neurons]}).encode()
         return files
 
+    specimen_classifier = "scenes"
+
+    @classmethod
+    def specimen(cls, path, classifier) -> str:
+        """A small captioner (1 epoch) on 2-frame scene clips with frame features from the classifier's ``gap``
+        layer, recorded in its checkpoint as ``jobs.train_explainer`` records it: the conformance suite's specimen."""
+        from interp_ray.activations import clip_items
+        from interp_ray.data.scenes import load_scene_videos
+
+        clips = load_scene_videos("train", n=40, frames=2, size=32, sentences_per_image=2)
+        items = clip_items(str(classifier), clips, "gap")
+        torch.manual_seed(4)
+        ex = cls({"enc_hidden": 8, "interp_dim": 8, "word_dim": 8, "dec_hidden": 16, "att_dim": 8, "max_len": 10})
+        ex.fit(items, settings=SemanticTrainConfig(epochs=1, batch_size=16))
+        ex.info = {"data": {"source": "scenes", "layer": "gap", "frames": 2, "size": 32}}
+        ex.label(items, cfg=LabelConfig(top_n=5, margin=0.0))
+        return ex.save(str(path))
+
     def save(self, path: str) -> str:
         self._ready()
         return save_captioner(path, config=self.checkpoint_config(), state_dict=self.model.state_dict(),

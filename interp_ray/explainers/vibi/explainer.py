@@ -219,6 +219,21 @@ class VIBI(Explainer, Trainable):
                 "num_classes": self.num_classes, "class_names": self.class_names, "history": self.history,
                 "info": self.info}
 
+    @classmethod
+    def specimen(cls, path, classifier) -> str:
+        """A small VIBI (1 epoch) over the classifier, from the rows the activation store holds for it (the ``input``
+        layer and the classifier's probabilities) for the first 120 training rows of its data set: the conformance
+        suite's specimen."""
+        from interp_ray.activations import ActivationExtractor
+        from interp_ray.checkpoint import read_checkpoint
+        from interp_ray.data import load_dataset
+
+        config = read_checkpoint(classifier, kind="classifier").config
+        rows = ActivationExtractor(str(classifier), ["input"])(
+            load_dataset(config["data"]["name"], "train").get_batch(np.arange(120)))
+        return cls({"selector_width": 4, "approximator_width": 8}, class_names=config["class_names"]).fit(
+            rows, rows, VibiTrainConfig(epochs=1, lr=2e-3, ema_decay=None)).save(str(path))
+
     def save(self, path: str) -> str:
         from interp_ray.checkpoint import save_checkpoint
 

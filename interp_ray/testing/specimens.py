@@ -1,0 +1,57 @@
+"""The small classifiers specimens explain: a random-weight digits CNN and a scenes CNN (plumbing only: not trained
+to any quality), and each method's specimen over the one it names (``Explainer.specimen_classifier``).
+
+A method provides its own specimen (the classmethod ``Explainer.specimen(path, classifier)``, defined in the
+method's folder); a method with no learned state needs none.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+DIGITS_OPTS = {"num_classes": 10, "in_channels": 1, "image_size": 8}
+DIGITS_CLASSES = [str(i) for i in range(10)]
+SCENES_OPTS = {"num_classes": 12, "in_channels": 3, "image_size": 32, "width": 4, "hidden": 8}
+
+
+def save_digits_classifier(path: str | Path):
+    """A random-weight digits CNN on 8×8 images (seed 0); returns the model."""
+    import torch
+
+    from interp_ray.checkpoint import save_classifier
+    from interp_ray.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("digits_cnn", **DIGITS_OPTS)
+    save_classifier(path, model, model_name="digits_cnn", model_options=DIGITS_OPTS, class_names=DIGITS_CLASSES,
+                    data={"name": "digits"})
+    return model
+
+
+def save_scenes_classifier(path: str | Path):
+    """A random-weight scenes CNN on 32×32 images (seed 3): its ``gap`` layer gives 32-value frame features."""
+    import torch
+
+    from interp_ray.checkpoint import save_classifier
+    from interp_ray.data.scenes import CLASS_NAMES as SCENE_CLASSES
+    from interp_ray.models import build_model
+
+    torch.manual_seed(3)
+    model = build_model("scenes_cnn", **SCENES_OPTS)
+    save_classifier(path, model, model_name="scenes_cnn", model_options=SCENES_OPTS, class_names=SCENE_CLASSES,
+                    data={"name": "scenes"})
+    return model
+
+
+# What ``Explainer.specimen_classifier`` may name, and how to make it.
+CLASSIFIERS: dict[str, Callable[[str | Path], object]] = {"digits": save_digits_classifier,
+                                                            "scenes": save_scenes_classifier}
+
+
+def make_specimen(name: str, path: str | Path, classifier: str | Path) -> str | None:
+    """Registered method ``name``'s specimen at ``path`` over the classifier checkpoint ``classifier`` (None: the
+    method needs no state)."""
+    from interp_ray.explainers import get_explainer
+
+    return get_explainer(name).specimen(path, classifier)

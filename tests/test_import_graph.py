@@ -185,3 +185,19 @@ def test_type_checking_imports_are_not_a_circle(tmp_path):
     write(tmp_path, {"pkg/__init__.py": "", "pkg/a.py": "from pkg.b import thing\n",
                      "pkg/b.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.a import x\n"})
     assert cycle(import_graph(tmp_path, ("pkg",))) is None
+
+
+def test_the_library_and_its_methods_load_no_pytest():
+    """Only the test kit's modules need pytest (a dev dependency): importing the library, its session and every
+    registered method (the registry's scan) does not load it, nor does importing the kit's package itself."""
+    import subprocess
+    import sys
+
+    code = ("import sys, interp_ray, interp_ray.session, interp_ray.testing\n"
+            "from interp_ray.explainers import explainer_names\n"
+            "assert len(explainer_names()) > 5\n"
+            "assert 'pytest' not in sys.modules, 'pytest was loaded'\n"
+            "import interp_ray.testing.conformance\n"
+            "assert 'pytest' in sys.modules\n")  # the check itself can see pytest load
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]

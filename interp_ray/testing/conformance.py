@@ -188,6 +188,7 @@ def asgi_client(app):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*httpx.*")  # Starlette's own category, not a DeprecationWarning
         from starlette.testclient import TestClient
     return TestClient(app)
 
@@ -287,15 +288,18 @@ class ConformanceSuite:
         return [cls.method]
 
     @pytest.fixture(scope="class")
-    def method_name(self, request) -> str:
-        return request.cls.method
+    @classmethod
+    def method_name(cls) -> str:
+        return cls.method
 
     @pytest.fixture(scope="class")
-    def conformance_torch_threads(self) -> int:
+    @classmethod
+    def conformance_torch_threads(cls) -> int:
         return 1
 
     @pytest.fixture(scope="class")
-    def conformance_workshop(self, tmp_path_factory, conformance_torch_threads):
+    @classmethod
+    def conformance_workshop(cls, tmp_path_factory, conformance_torch_threads):
         import torch
 
         before = torch.get_num_threads()
@@ -306,7 +310,8 @@ class ConformanceSuite:
             torch.set_num_threads(before)
 
     @pytest.fixture(scope="class")
-    def built(self, conformance_workshop):
+    @classmethod
+    def built(cls, conformance_workshop):
         """name → the method built (once per class)."""
         cache: dict[str, Built] = {}
 
@@ -318,16 +323,18 @@ class ConformanceSuite:
         return get
 
     @pytest.fixture(scope="class")
-    def subject(self, built, method_name) -> Built:
+    @classmethod
+    def subject(cls, built, method_name) -> Built:
         return built(method_name)
 
     @pytest.fixture(scope="class")
-    def through_ray_data(self, request, built, ray_session, tmp_path_factory) -> dict[str, Any]:
+    @classmethod
+    def through_ray_data(cls, built, ray_session, tmp_path_factory) -> dict[str, Any]:
         """Every checked method's store, from one Ray Data job per classifier."""
         import ray.cloudpickle
 
         by_kind: dict[str, list[Built]] = {}
-        for name in request.cls.methods():
+        for name in cls.methods():
             b = built(name)
             by_kind.setdefault(b.kind, []).append(b)
         root = tmp_path_factory.mktemp("ray_data")

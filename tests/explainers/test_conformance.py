@@ -24,11 +24,13 @@ class TestEveryRegisteredMethod(ConformanceSuite):
         return METHODS
 
     @pytest.fixture(scope="class", params=METHODS)
-    def method_name(self, request) -> str:
+    @classmethod
+    def method_name(cls, request) -> str:
         return request.param
 
     @pytest.fixture(scope="class")
-    def conformance_torch_threads(self, test_torch_threads) -> int:
+    @classmethod
+    def conformance_torch_threads(cls, test_torch_threads) -> int:
         return test_torch_threads  # --torch-threads (1 unless told otherwise), as every trained fixture runs
 
 

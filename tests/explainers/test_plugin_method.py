@@ -72,7 +72,8 @@ class TestThePluginConforms(ConformanceSuite):
     method = StrongestUnits.name
 
     @pytest.fixture(scope="class", autouse=True)
-    def plugin_registered(self):
+    @classmethod
+    def plugin_registered(cls):
         mp = registered()
         yield
         mp.undo()
@@ -90,6 +91,79 @@ def test_the_plugin_is_in_the_registry_and_explains_what_it_says(plugin):
     for e, a, logits in zip(got, acts["relu3"].numpy(), acts["logits"]):
         assert e.label == int(logits.argmax())
         assert list(e.attributes) == [f"unit_{j}" for j in np.argsort(-a, kind="stable")[:2]]
+
+
+# --------------------------------------------------------------------------- a learned plug-in and its specimen
+
+
+class NearestMean(Explainer):
+    """How far the input's penultimate activations are from each class's mean over the data it was fitted on (a
+    learned plug-in: its state is the class means, and it provides its own specimen)."""
+
+    name: ClassVar[str] = "plugin_nearest_mean"
+    needs = frozenset({"activations"})
+    produces = frozenset({"attributes"})
+    learned = True
+
+    def __init__(self, means: np.ndarray | None = None, class_names=None):
+        self.means, self.class_names = means, class_names
+
+    def layers(self) -> list[str]:
+        return ["relu3"]
+
+    def fit(self, batch, **_):
+        acts, labels = np.asarray(batch["relu3"], np.float32), np.asarray(batch["label"])
+        self.means = np.stack([acts[labels == c].mean(0) for c in range(int(labels.max()) + 1)])
+        return self
+
+    def explain(self, batch, params=None):
+        self.parse_params(params)
+        dist = np.linalg.norm(np.asarray(batch["relu3"])[:, None, :] - self.means[None], axis=2)
+        return [Explanation(label=int(c), method=self.name,
+                            attributes={f"class_{k}": round(float(d[k]), 5) for k in range(len(d))})
+                for d, c in zip(dist, np.asarray(batch["prediction"]))]
+
+    def save(self, path: str) -> str:
+        import torch
+
+        from interp_ray.checkpoint import save_checkpoint
+
+        return save_checkpoint(path, kind="explainer", config={"explainer": self.name, "class_names": self.class_names},
+                               state_dict={"means": torch.from_numpy(self.means)})
+
+    @classmethod
+    def load(cls, path: str, **_) -> "NearestMean":
+        from interp_ray.checkpoint import read_checkpoint
+
+        ckpt = read_checkpoint(path, kind="explainer")
+        return cls(ckpt.state_dict["means"].numpy(), ckpt.config.get("class_names"))
+
+    @classmethod
+    def specimen(cls, path, classifier) -> str:
+        """Fitted on the first 100 digits training images through the classifier."""
+        from interp_ray.activations import ActivationExtractor
+        from interp_ray.data import load_dataset
+
+        batch = load_dataset("digits", "train").get_batch(np.arange(100))
+        return cls(class_names=None).fit({**ActivationExtractor(str(classifier), ["relu3"])(batch),
+                                          "label": batch["label"]}).save(str(path))
+
+
+class TestALearnedPluginConforms(ConformanceSuite):
+    """A learned plug-in passes the same suite, save/load included, from the specimen it defines."""
+
+    method = NearestMean.name
+
+    @pytest.fixture(scope="class", autouse=True)
+    @classmethod
+    def plugin_registered(cls):
+        mp = pytest.MonkeyPatch()
+        mp.setitem(EXPLAINERS._items, NearestMean.name, NearestMean)
+        yield
+        mp.undo()
+
+    def test_its_specimen_is_what_it_explains_with(self, subject):
+        assert subject.checkpoint is not None and subject.session.explainer.means.shape[0] == 10
 
 
 @pytest.mark.ray

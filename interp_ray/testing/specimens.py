@@ -15,33 +15,31 @@ DIGITS_CLASSES = [str(i) for i in range(10)]
 SCENES_OPTS = {"num_classes": 12, "in_channels": 3, "image_size": 32, "width": 4, "hidden": 8}
 
 
-def save_digits_classifier(path: str | Path):
-    """A random-weight digits CNN on 8×8 images (seed 0); returns the model."""
+def save_random_classifier(path: str | Path, model_name: str, options: dict, class_names: list[str], data: str, *,
+                           seed: int):
+    """A random-weight ``model_name`` classifier checkpoint at ``path`` (seeded); returns the model."""
     import torch
 
     from interp_ray.checkpoint import save_classifier
     from interp_ray.models import build_model
 
-    torch.manual_seed(0)
-    model = build_model("digits_cnn", **DIGITS_OPTS)
-    save_classifier(path, model, model_name="digits_cnn", model_options=DIGITS_OPTS, class_names=DIGITS_CLASSES,
-                    data={"name": "digits"})
+    torch.manual_seed(seed)
+    model = build_model(model_name, **options)
+    save_classifier(path, model, model_name=model_name, model_options=options, class_names=class_names,
+                    data={"name": data})
     return model
+
+
+def save_digits_classifier(path: str | Path):
+    """A random-weight digits CNN on 8×8 images (seed 0); returns the model."""
+    return save_random_classifier(path, "digits_cnn", DIGITS_OPTS, DIGITS_CLASSES, "digits", seed=0)
 
 
 def save_scenes_classifier(path: str | Path):
     """A random-weight scenes CNN on 32×32 images (seed 3): its ``gap`` layer gives 32-value frame features."""
-    import torch
-
-    from interp_ray.checkpoint import save_classifier
     from interp_ray.data.scenes import CLASS_NAMES as SCENE_CLASSES
-    from interp_ray.models import build_model
 
-    torch.manual_seed(3)
-    model = build_model("scenes_cnn", **SCENES_OPTS)
-    save_classifier(path, model, model_name="scenes_cnn", model_options=SCENES_OPTS, class_names=SCENE_CLASSES,
-                    data={"name": "scenes"})
-    return model
+    return save_random_classifier(path, "scenes_cnn", SCENES_OPTS, SCENE_CLASSES, "scenes", seed=3)
 
 
 # What ``Explainer.specimen_classifier`` may name, and how to make it.

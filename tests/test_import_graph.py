@@ -199,5 +199,6 @@ def test_the_library_and_its_methods_load_no_pytest():
             "assert 'pytest' not in sys.modules, 'pytest was loaded'\n"
             "import interp_ray.testing.conformance\n"
             "assert 'pytest' in sys.modules\n")  # the check itself can see pytest load
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO,
+                          check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]

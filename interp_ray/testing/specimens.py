@@ -7,8 +7,8 @@ method's folder); a method with no learned state needs none.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 DIGITS_OPTS = {"num_classes": 10, "in_channels": 1, "image_size": 8}
 DIGITS_CLASSES = [str(i) for i in range(10)]

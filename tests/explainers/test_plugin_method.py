@@ -132,7 +132,7 @@ class NearestMean(Explainer):
                                state_dict={"means": torch.from_numpy(self.means)})
 
     @classmethod
-    def load(cls, path: str, **_) -> "NearestMean":
+    def load(cls, path: str, **_) -> NearestMean:
         from interp_ray.checkpoint import read_checkpoint
 
         ckpt = read_checkpoint(path, kind="explainer")

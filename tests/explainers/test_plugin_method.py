@@ -1,7 +1,9 @@
 """Adding a method is one class (plus its config): a method defined and registered here, in the test module, and
 nowhere else, is explained in-process, through the CLI, through the HTTP API and through Ray Data (on workers
 that never import it), passes the conformance suite by one import (``interp_ray.testing.conformance``), and runs as
-a stage of the main job (registered here with its own YAML config) — with no edit to any other file (no module list, no table of methods or stages, no constructor convention to teach)."""
+a stage of the main job (registered here with its own YAML config) — with no edit to any other file (no module
+list, no table of methods or stages, no constructor convention to teach). A learned plug-in provides its own
+specimen, and the suite fails a plug-in that breaks a clause."""
 
 from __future__ import annotations
 
@@ -13,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from interp_ray.explainers import Explainer, Explanation
 from interp_ray.explainers.base import EXPLAINERS
-from interp_ray.testing.conformance import (Built, ConformanceSuite, Workshop, check_ray_data,
-                                            explain_through_ray_data)
+from interp_ray.testing.conformance import (Built, ConformanceSuite, Workshop, check_bad_input, check_batch_invariance,
+                                            check_determinism, check_ray_data, explain_through_ray_data)
 
 
 class StrongestUnitsParams(BaseModel):
@@ -91,6 +93,37 @@ def test_the_plugin_is_in_the_registry_and_explains_what_it_says(plugin):
     for e, a, logits in zip(got, acts["relu3"].numpy(), acts["logits"]):
         assert e.label == int(logits.argmax())
         assert list(e.attributes) == [f"unit_{j}" for j in np.argsort(-a, kind="stable")[:2]]
+
+
+class BatchScaled(StrongestUnits):
+    """A broken plug-in: it scales each row's units by the batch's largest, so a row's answer depends on its batch."""
+
+    name: ClassVar[str] = "plugin_batch_scaled"
+
+    def explain(self, batch, params=None):
+        acts = np.asarray(batch["relu3"])
+        return super().explain({**batch, "relu3": acts / acts.max()}, params)
+
+
+class Jittery(StrongestUnits):
+    """A broken plug-in: random noise in its scores, so it does not repeat itself."""
+
+    name: ClassVar[str] = "plugin_jittery"
+
+    def explain(self, batch, params=None):
+        acts = np.asarray(batch["relu3"])
+        return super().explain({**batch, "relu3": acts + np.random.default_rng().random(acts.shape)}, params)
+
+
+@pytest.mark.parametrize(("broken", "fails", "holds"), [(BatchScaled, check_batch_invariance, check_determinism),
+                                                         (Jittery, check_determinism, check_bad_input)])
+def test_the_suite_fails_a_method_that_breaks_its_clause(broken, fails, holds, tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(EXPLAINERS._items, broken.name, broken)
+        b = Built(broken.name, Workshop(tmp_path_factory.mktemp("broken")))
+        with pytest.raises(AssertionError):
+            fails(b)
+        holds(b)  # the method is otherwise sound: the failure is that clause's
 
 
 # --------------------------------------------------------------------------- a learned plug-in and its specimen

@@ -113,20 +113,19 @@ def _verdict(ok: bool) -> Verdict:
 @claim("InterpNET 1", "explainer training leaves the classifier unchanged; InterpNET_k's accuracy is the classifier's",
        "equal", "interpnet")
 def interpnet_classifier_unchanged(r: dict[str, Any]) -> Finding:
-    accs = {row["variant"]: row.get("accuracy") for row in r.get("rows") or []}
-    if not accs or not all(isinstance(a, float) for a in accs.values()):
-        return Finding("—", "scenes", "not tested", "no variant accuracy")
-    ours = ", ".join(f"{v} {_pct(a)}" for v, a in accs.items())
-    # Every variant shares one frozen classifier (the classifier phase, then stop-gradient): their accuracies on the
-    # same test rows must be identical. One variant alone cannot show it here; the test suite checks the weights.
-    if len(accs) < 2:
-        image = r.get("image_model_accuracy")
-        return Finding(ours, "scenes", "not tested",
-                       "one variant in this run; tests/jobs/test_train_explainer.py checks the classifier's weights are "
-                       "unchanged by explainer training" + (f" (image model {_pct(image)})" if image else ""))
-    spread = max(accs.values()) - min(accs.values())
-    return Finding(ours, "scenes", _verdict(spread == 0),
-                   f"largest difference between variants {spread * 100:.2f} points (must be 0)")
+    # Each variant trains its own classifier by design (captioning and interpnet_0 a softmax regression, interpnet_k
+    # an MLP of its own sizes), so accuracies differ between variants and say nothing here. The claim is per variant:
+    # the classifier frozen before the explainer network trains is the one the explainer is saved with (stop-gradient).
+    rows = [x for x in r.get("rows") or [] if "classifier_digest_frozen" in x and "classifier_digest_final" in x]
+    if not rows:
+        return Finding("—", "scenes", "not tested", "no variant recorded its classifier before and after explainer "
+                                                    "training")
+    moved = [x["variant"] for x in rows if x["classifier_digest_frozen"] != x["classifier_digest_final"]]
+    ours = ", ".join(f"{x['variant']} {_pct(x.get('accuracy'))} ({'moved' if x['variant'] in moved else 'unchanged'})"
+                     for x in rows)
+    return Finding(ours, "scenes", _verdict(not moved),
+                   "each variant's classifier weights bit-identical before and after its explainer's training "
+                   "(sha256 of the frozen state vs the saved one)" + (f"; moved: {', '.join(moved)}" if moved else ""))
 
 
 @claim("InterpNET 2", "InterpNET_2 on CUB: METEOR 37.9, BLEU 62.3, CIDEr 82.1, accuracy ≈ 79%", "METEOR 37.9%",

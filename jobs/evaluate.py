@@ -26,6 +26,7 @@ from interp_ray.errors import UserError
 from interp_ray.explainers.interpnet.config import VARIANTS, InterpNETTrainJob
 from interp_ray.explainers.interpnet.explainer import InterpNET
 from interp_ray.explainers.interpnet.tables import collect
+from interp_ray.explainers.interpnet.training import state_digest
 from interp_ray.metrics.captions import CaptionScorer, attribute_faithfulness, score_files
 from jobs.common import base_parser, exit_with, init_ray
 from jobs.train_explainer import role_stores, train, train_local
@@ -119,7 +120,8 @@ def evaluate(cfg: InterpNETTrainJob) -> dict[str, Any]:
             row = {"variant": variant, "name": NAMES[variant], **scores, "accuracy": accuracy,
                    "checkpoint": str(path), "train_s": train_s, "decode_s": decode_s,
                    "best_epoch": _best_epoch(explainer), "epochs": len(explainer.history.get("explainer", [])),
-                   "empty_sentences": sum(1 for s in sentences if not s.strip())}
+                   "empty_sentences": sum(1 for s in sentences if not s.strip()),
+                   **_classifier_digests(explainer)}
             if cfg.source.data.name == "scenes":
                 row.update(attribute_faithfulness(sentences, test.labels))
                 # The same shares against the class the classifier predicted: does the sentence explain the decision
@@ -137,6 +139,17 @@ def evaluate(cfg: InterpNETTrainJob) -> dict[str, Any]:
               "beam_width": cfg.evaluate.beam_width, "config": cfg.model_dump(), "seconds": time.perf_counter() - t_start}
     write_outputs(out_dir, result, cfg)
     return result
+
+
+def _classifier_digests(explainer: InterpNET) -> dict[str, str]:
+    """The variant's own classifier when its explainer network started training (the first explainer epoch records
+    it, just after the freeze) and as saved: equal digests mean explainer training left that classifier unchanged
+    (the claim InterpNET 1 reads them). Empty for an explainer without that history."""
+    hist = explainer.history.get("explainer") or []
+    if not hist or "classifier_digest" not in hist[0]:
+        return {}
+    return {"classifier_digest_frozen": hist[0]["classifier_digest"],
+            "classifier_digest_final": state_digest(explainer.classifier_state())}
 
 
 def _best_epoch(explainer: InterpNET) -> int | None:

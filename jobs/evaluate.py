@@ -26,8 +26,8 @@ from interp_ray.errors import UserError
 from interp_ray.explainers.interpnet.config import VARIANTS, InterpNETTrainJob
 from interp_ray.explainers.interpnet.explainer import InterpNET
 from interp_ray.explainers.interpnet.tables import collect
-from interp_ray.explainers.interpnet.training import state_digest
 from interp_ray.metrics.captions import CaptionScorer, attribute_faithfulness, score_files
+from interp_ray.training import state_digest
 from jobs.common import base_parser, exit_with, init_ray
 from jobs.train_explainer import role_stores, train, train_local
 

@@ -20,7 +20,7 @@ from interp_ray.config import ClassifierJobConfig, load_config
 from interp_ray.data import load_dataset
 from interp_ray.models import build_model
 from interp_ray.training import (distributed_sampler, evaluate, gather_from_ranks, make_optimizer,
-                                 seed_everything, train_epoch)
+                                 seed_everything, state_digest, train_epoch)
 from jobs.common import base_parser, check_storage_paths, exit_with, init_ray
 from jobs.train_loop import (epochs, export_dir, final_checkpoint, load_training_state, make_trainer, quiet_console,
                              rank_and_world, report_epoch, resolve_use_gpu, resume, training_state, worker_history)
@@ -74,7 +74,9 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         samples = gather_from_ranks(tr["samples"], world)
         row = {"epoch": epoch, "attempt": start.attempt, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
                "val_loss": va["loss"], "val_accuracy": va["accuracy"], "epoch_s": time.perf_counter() - t0,
-               "world_size": world, "samples_per_rank": samples}
+               "world_size": world, "samples_per_rank": samples,
+               # DDP keeps the replicas identical (all-reduced gradients, same optimiser steps): equal digests show it.
+               "params_digest_per_rank": gather_from_ranks(state_digest(dict(inner.named_parameters())), world)}
         history.append(row)
         t_report = time.perf_counter()
         report_epoch(row, history, checkpoint=rank == 0 and cfg.run.checkpoint_due(epoch, cfg.train.epochs),

@@ -28,7 +28,7 @@ from interp_ray.explainers.flint.training import (FlintSetup, epoch_row, finaliz
                                                   store_columns)
 from interp_ray.metrics.scene_attributes import scenes_attribute_table
 from interp_ray.store import ActivationStore
-from interp_ray.training import distributed_sampler, gather_from_ranks
+from interp_ray.training import distributed_sampler, gather_from_ranks, state_digest
 from jobs.common import base_parser, check_storage_paths, exit_with, init_ray
 from jobs.flint_inputs import flint_inputs, materialize
 from jobs.train_explainer import data_progress_bars, kept, shard_batches, store_datasets
@@ -86,6 +86,8 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
               if posthoc else flint_evaluate(inner, val_loader, device, recon_loss=recon, weights=weights))
         row = epoch_row(epoch, start.attempt, tr, va, weights, time.perf_counter() - t0, world)
         row["samples_per_rank"] = gather_from_ranks(tr["samples"], world)
+        # DDP keeps the replicas identical (all-reduced gradients, same optimiser steps): equal digests show it.
+        row["params_digest_per_rank"] = gather_from_ranks(state_digest(dict(inner.named_parameters())), world)
         history.append(row)
         report_epoch(row, history, checkpoint=rank == 0 and cfg.run.checkpoint_due(epoch, cfg.train.epochs),
                      state=lambda: training_state(inner, opt, sched, epoch),

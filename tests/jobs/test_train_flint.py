@@ -23,8 +23,14 @@ def test_ddp_two_workers_injected_failure_resumes_and_checkpoint_explains(ray_lo
     per_rank = hist[-1]["samples_per_rank"]
     assert hist[-1]["world_size"] == 2 and len(per_rank) == 2 and abs(per_rank[0] - per_rank[1]) <= 1
     assert sum(per_rank) >= 1257
+    # DDP all-reduces the gradients: both replicas hold bit-identical Ψ, h, d and f after every epoch, across the
+    # restart too (unsynchronised ranks drift apart at the first step).
+    assert all(len(set(h["params_digest_per_rank"])) == 1 for h in hist)
     test = out["test"]
-    assert 0.0 <= test["fidelity"] <= 1.0 and "cns_2" in test and test["samples"] == 360
+    assert "cns_2" in test and test["samples"] == 360
+    # Three epochs train f far above chance (0.1) and g to agree with it far above chance agreement; an optimiser
+    # that does not step leaves both near 0.1.
+    assert test["accuracy_f"] > 0.8 and test["fidelity"] > 0.5, test
     explainer = FlintExplainer.load(str(tmp_path / "out"))
     assert explainer.flint.global_relevance.abs().sum() > 0 and explainer.mas_images.shape[:2] == (25, 3)
     assert explainer.config["metrics"]["test"]["fidelity"] == pytest.approx(test["fidelity"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import numpy as np
@@ -17,19 +16,10 @@ from interp_ray.explainers._captioning.training import CaptionTrainer, PairBatch
 from interp_ray.explainers.base import Batch
 from interp_ray.explainers.interpnet.config import ClassifierTrainConfig, DecoderTrainConfig
 from interp_ray.explainers.interpnet.networks import FeatureMLP, sentence_loss
+from interp_ray.training import state_digest
 
 if TYPE_CHECKING:
     from interp_ray.explainers.interpnet.explainer import InterpNET
-
-
-def state_digest(state: Mapping[str, torch.Tensor]) -> str:
-    """sha256 over names, dtypes, shapes and raw bytes: equal digests ⇔ bit-identical tensors."""
-    h = hashlib.sha256()
-    for k in sorted(state):
-        t = state[k].detach().cpu().contiguous()
-        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.view(torch.int16).numpy().tobytes())
-    return h.hexdigest()
 
 
 class HeadTrainer:

@@ -38,7 +38,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 
 LAYERS = ["relu4", "relu_fc"]
 

@@ -1,4 +1,5 @@
-"""FLINT evaluation: BASE-f vs FLINT-f accuracy, fidelity, CNS(τ), post-hoc fidelity; scenes attribute matches; pictures.
+"""FLINT evaluation: BASE-f vs FLINT-f accuracy, fidelity, CNS(τ), post-hoc fidelity; scenes attribute matches;
+pictures.
 
     python -m benchmarks.flint_eval --config configs/flint_digits.yaml --seeds 0 1
     python -m benchmarks.flint_eval --config configs/flint_scenes.yaml --seeds 0
@@ -68,7 +69,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_config(FlintJobConfig, args.config, args.overrides)
-    cfg.scaling.use_gpu = False if cfg.scaling.use_gpu == "auto" and not torch.cuda.is_available() else cfg.scaling.use_gpu
+    if cfg.scaling.use_gpu == "auto" and not torch.cuda.is_available():
+        cfg.scaling.use_gpu = False
     out = Path(args.out or f"outputs/flint_eval_{cfg.data.name}")
     out.mkdir(parents=True, exist_ok=True)
     from interp_ray.checkpoint import save_classifier

@@ -4,7 +4,8 @@
 
 Both captioners share everything but λ: the clips and their frame features (scenes CNN ``gap`` per frame), the LDA
 topics, the vocabulary, the initial weights (same seed), the epochs and batches. Trained in this process with the
-same ``CaptionTrainer`` a Ray Train worker runs (jobs/train_explainer.py) (no Ray: the budget is one core). For each λ it measures
+same ``CaptionTrainer`` a Ray Train worker runs (jobs/train_explainer.py) (no Ray: the budget is one core). For each λ
+it measures
 
 (a) caption quality on the test clips: coco-caption METEOR (and BLEU-4, CIDEr), plus the share of captions that
     name every true discriminative attribute and no wrong attribute;
@@ -180,7 +181,7 @@ def run(args) -> dict:
             }
             results["runs"][str(lam)] = row
             if args.save_dir:
-                ex.info = {"data": data.model_dump(), "benchmark": "semantic_eval"}
+                ex.info = {"data": job.source.data.model_dump(), "benchmark": "semantic_eval"}
                 ex.save(str(Path(args.save_dir) / f"lambda_{lam}"))
             print(f"lambda={lam}: trained in {train_s:.0f} s, METEOR {100 * row['meteor']:.2f}, "
                   f"labels {row['labels']['correct']}/{row['labels']['confident']}, probe {row['probe']:.3f}",

@@ -136,7 +136,8 @@ def evaluate(cfg: InterpNETTrainJob) -> dict[str, Any]:
                   flush=True)
     result = {"rows": rows, "samples": samples, "image_model_accuracy": image_model_acc, "test_images": len(test),
               "references_per_image": float(np.mean([len(s) for s in test.sentences])),
-              "beam_width": cfg.evaluate.beam_width, "config": cfg.model_dump(), "seconds": time.perf_counter() - t_start}
+              "beam_width": cfg.evaluate.beam_width, "config": cfg.model_dump(),
+              "seconds": time.perf_counter() - t_start}
     write_outputs(out_dir, result, cfg)
     return result
 

@@ -39,7 +39,8 @@ NON_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def read_table(path: Path, columns: int, convert: Callable[[str], Any] = str) -> dict[int, list]:
-    """A CUB table "<id> <value> …" as {id: [convert(value), …]}; a malformed line is a UserError naming file and line."""
+    """A CUB table "<id> <value> …" as {id: [convert(value), …]}; a malformed line is a UserError naming file and
+    line."""
     if not path.is_file():
         raise UserError(f"missing CUB file {path}")
     rows: dict[int, list] = {}

@@ -64,8 +64,8 @@ def load_fashion_mnist(split: str = "train", *, root: str | os.PathLike | None =
     try:
         images_path, labels_path = (find_idx_file(root, stem) for stem in FILES[file_split])
     except UserError:
-        raise UserError(f"Fashion-MNIST not found in {root} (no {FILES[file_split][0]}.gz): {INSTALL_HINT}, "
-                        f"or set data.options.root / {ROOT_ENV} to a directory with the four *-ubyte.gz files") from None
+        raise UserError(f"Fashion-MNIST not found in {root} (no {FILES[file_split][0]}.gz): {INSTALL_HINT}, or set "
+                        f"data.options.root / {ROOT_ENV} to a directory with the four *-ubyte.gz files") from None
     images = parse_idx(images_path, ndim=3)
     labels = parse_idx(labels_path, ndim=1).astype(np.int64)
     if len(images) != len(labels):

@@ -259,7 +259,7 @@ def check_launcher_sync_and_install(cfg: dict) -> None:
     readme = readme.get("file") if isinstance(readme, dict) else readme
     includes = pyproject.get("tool", {}).get("setuptools", {}).get("packages", {}).get("find", {}).get("include", [])
     needed = {"pyproject.toml", *([readme] if readme else []), *(p.rstrip("*.") for p in includes)}
-    mounts = {r: l for r, l in cfg["file_mounts"].items() if r != AUTH_TOKEN_REMOTE}
+    mounts = {remote: local for remote, local in cfg["file_mounts"].items() if remote != AUTH_TOKEN_REMOTE}
     synced = {}
     for remote, local in mounts.items():
         assert remote.startswith("~/interp-ray/"), remote
@@ -524,7 +524,8 @@ def check_kuberay(doc: dict, kind: str) -> None:
         check_rayservice(doc)
     check_ray_autoscaler_reads(cluster_spec(doc), doc["metadata"]["name"])
     stores = storage_values(doc)
-    assert stores and all(str(s).startswith(BUCKET_SCHEMES) for s in stores), f"storage must be s3:// or gs://: {stores}"
+    assert stores and all(str(s).startswith(BUCKET_SCHEMES) for s in stores), \
+        f"storage must be s3:// or gs://: {stores}"
 
 
 # --------------------------------------------------------------------------- tests: the files as they are
@@ -593,7 +594,8 @@ def test_rayservice_matches_the_projects_serve_config():
     theirs = load_yaml(path)
 
     def shape(cfg):
-        return {a["name"]: (a["import_path"], sorted(d["name"] for d in a.get("deployments", []))) for a in cfg["applications"]}
+        return {a["name"]: (a["import_path"], sorted(d["name"] for d in a.get("deployments", [])))
+                for a in cfg["applications"]}
 
     assert shape(ours) == shape(theirs)
 
@@ -602,7 +604,8 @@ def test_one_image_everywhere_matching_installed_ray():
     m = re.search(r"^ARG RAY_IMAGE=rayproject/ray:(\S+)$", DOCKERFILE.read_text(), re.M)
     assert m, "cluster/Dockerfile must start from an ARG RAY_IMAGE=rayproject/ray:<tag>"
     tag = m[1]
-    assert re.fullmatch(rf"{re.escape(RAY_VERSION)}-py3\d+-gpu", tag), f"base image {tag} vs installed ray {RAY_VERSION}"
+    assert re.fullmatch(rf"{re.escape(RAY_VERSION)}-py3\d+-gpu", tag), \
+        f"base image {tag} vs installed ray {RAY_VERSION}"
     for provider, path in LAUNCHER.items():
         assert load_yaml(path)["docker"]["image"] == f"rayproject/ray:{tag}", provider
     images = set()
@@ -735,7 +738,8 @@ LAUNCHER_BREAKS = {
         ("typo in a node type key", _set(["available_node_types", "ray.worker.cpu", "min_worker"], 0)),
         ("GPU min_workers removed", _drop(["available_node_types", "ray.worker.gpu.spot", "min_workers"])),
         ("GPU min_workers 1", _set(["available_node_types", "ray.worker.gpu.ondemand", "min_workers"], 1)),
-        ("spot market removed", _drop(["available_node_types", "ray.worker.gpu.spot", "node_config", "InstanceMarketOptions"])),
+        ("spot market removed",
+         _drop(["available_node_types", "ray.worker.gpu.spot", "node_config", "InstanceMarketOptions"])),
         ("idle_timeout_minutes removed", _drop(["idle_timeout_minutes"])),
         ("head gets CPUs", _set(["available_node_types", "ray.head.cpu", "resources"], {"CPU": 8})),
         ("8265 opened to 0.0.0.0/0", _open_dashboard),
@@ -747,7 +751,8 @@ LAUNCHER_BREAKS = {
     "gcp": [
         ("no provider", _drop(["provider"])),
         ("GPU max_workers removed", _drop(["available_node_types", "ray_worker_gpu_spot", "max_workers"])),
-        ("Spot scheduling removed", _drop(["available_node_types", "ray_worker_gpu_spot", "node_config", "scheduling"])),
+        ("Spot scheduling removed",
+         _drop(["available_node_types", "ray_worker_gpu_spot", "node_config", "scheduling"])),
         ("network tag removed", _drop(["available_node_types", "ray_worker_cpu", "node_config", "tags"])),
         ("token file mount removed", _drop(["file_mounts", AUTH_TOKEN_REMOTE])),
         ("dashboard on 0.0.0.0", _dashboard_on_all_interfaces),
@@ -789,7 +794,8 @@ KUBERAY_BREAKS = [
     ("RayCluster", "head runs tasks", _drop(["spec", "headGroupSpec", "rayStartParams", "num-cpus"])),
     ("RayCluster", "apiVersion v1alpha1", _set(["apiVersion"], "ray.io/v1alpha1")),
     ("RayCluster", "misspelled field", _set(["spec", "enableInTreeAutoScaling"], True)),
-    ("RayCluster", "limits removed", lambda d: cluster_spec(d)["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"].pop("limits")),
+    ("RayCluster", "limits removed",
+     lambda d: cluster_spec(d)["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"].pop("limits")),
     ("RayJob", "entrypoint removed", _drop(["spec", "entrypoint"])),
     ("RayJob", "shutdownAfterJobFinishes removed", _drop(["spec", "shutdownAfterJobFinishes"])),
     ("RayJob", "ttlSecondsAfterFinished removed", _drop(["spec", "ttlSecondsAfterFinished"])),

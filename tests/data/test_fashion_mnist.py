@@ -1,4 +1,5 @@
-"""Fashion-MNIST: a tiny fixture in the exact IDX .gz layout of Debian's package, and (when installed) the real files."""
+"""Fashion-MNIST: a tiny fixture in the exact IDX .gz layout of Debian's package, and (when installed) the real
+files."""
 
 import gzip
 import subprocess
@@ -74,7 +75,8 @@ def test_test_split_is_the_test_file_in_order(fixture_root):
 def test_limit_keeps_each_splits_first_rows_and_the_splits_disjoint(fixture_root):
     root, _, _ = fixture_root
     whole = {s: file_rows(load_dataset("fashion_mnist", s, root=str(root), val_rows=8)) for s in ("train", "val")}
-    cut = {s: file_rows(load_dataset("fashion_mnist", s, root=str(root), val_rows=8, limit=5)) for s in ("train", "val")}
+    cut = {s: file_rows(load_dataset("fashion_mnist", s, root=str(root), val_rows=8, limit=5))
+           for s in ("train", "val")}
     for s in ("train", "val"):
         np.testing.assert_array_equal(cut[s], whole[s][:5])
     assert set(cut["train"]).isdisjoint(cut["val"])

@@ -1,4 +1,5 @@
-"""Fixtures for the explainer tests: a tiny CNN and a few random images (the models live in interp_ray/testing/toy_models.py)."""
+"""Fixtures for the explainer tests: a tiny CNN and a few random images (the models live in
+interp_ray/testing/toy_models.py)."""
 
 from __future__ import annotations
 

@@ -133,7 +133,8 @@ def test_labels_follow_the_largest_word_score_and_the_margin_rule():
     phi = np.array([[0.9, 0.1, 0.0], [0.0, 0.1, 0.9]])        # topic 0 → "red", topic 1 → "blue"
     acts = np.array([[1.0, 1.0, 0.0], [2.0, 1.0, 0.0]])
     tops = [np.array([0, 1]), np.array([1]), np.array([], dtype=np.int64)]
-    labels = label_neurons(pd, tops, acts, phi, ["red", "ball", "blue"], LabelConfig(margin=0.2, concepts=["red", "blue"]))
+    labels = label_neurons(pd, tops, acts, phi, ["red", "ball", "blue"],
+                           LabelConfig(margin=0.2, concepts=["red", "blue"]))
     assert labels[0].label == "red" and labels[0].confident and labels[0].typical == pytest.approx(1.5)
     assert labels[1].label == "red" and not labels[1].confident   # 0.45 vs 0.405: margin 0.1 < 0.2
     assert labels[2].label is None and not labels[2].confident

@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from jobs.common import run_main
 from jobs.explain import main

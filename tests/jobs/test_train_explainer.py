@@ -164,8 +164,8 @@ def test_evaluate_writes_the_table_for_every_variant(tmp_path, tiny_cnn, store_r
     import jobs.evaluate as evaluate
 
     job = interpnet_job(tmp_path, tiny_cnn, store_root, "train.epochs=2", f"train.seed={fixture_seed}",
-                        "evaluate.trainer=local", "evaluate.meteor=false", "evaluate.variants=[captioning, interpnet_1]",
-                        "evaluate.samples=2")
+                        "evaluate.trainer=local", "evaluate.meteor=false",
+                        "evaluate.variants=[captioning, interpnet_1]", "evaluate.samples=2")
     result = evaluate.evaluate(job)
     assert [r["variant"] for r in result["rows"]] == ["captioning", "interpnet_1"]
     for row in result["rows"]:

@@ -249,7 +249,8 @@ def test_serve_explainers_on_two_nodes_survive_losing_one(cluster, bucket, monke
     deploy(cluster, ckpt, port, tmp_path / "serve_config.yaml", two_fixed_replicas)
     try:
         wait_for(lambda: len(set(running_on(cluster))) == 2, 300,
-                 lambda: f"no 2 Explainer replicas on 2 nodes: {serve_status(cluster)}; nodes: {node_resources(cluster)}")
+                 lambda: f"no 2 Explainer replicas on 2 nodes: {serve_status(cluster)}; "
+                         f"nodes: {node_resources(cluster)}")
         with Load(f"http://127.0.0.1:{port}/v1/explain/gradient", digits_png()) as load:
             wait_for(load.answered, 300, lambda: f"no answer: {load.results[-5:]}", every=0.5)
             warm = time.time()
@@ -259,7 +260,8 @@ def test_serve_explainers_on_two_nodes_survive_losing_one(cluster, bucket, monke
             killed_at = cluster.kill_node(victim.name)
             cluster.add_node(victim.replacement(), timeout=300)
             back_at = wait_for(lambda: (lambda r: len(set(r)) == 2 and set(r) != nodes_before)(running_on(cluster)),
-                               600, lambda: f"replicas not back: {serve_status(cluster)}; nodes: {node_resources(cluster)}")
+                               600, lambda: f"replicas not back: {serve_status(cluster)}; "
+                                            f"nodes: {node_resources(cluster)}")
             time.sleep(10)                                         # and steady again on the new replica
         run = load.since(warm)
         failed = [r for r in run if r[2] != 200]

@@ -3,7 +3,8 @@
 Losses, computed exactly as the code does (``flint_losses``; the test checks them on a hand-worked example):
 
 * ``pred`` = CE(f(x), y)
-* ``fid``  = −mean_x Σ_c softmax(f(x))_c · log softmax(h(Φ(x)))_c, **f(x) detached** (``loss_cce(expl, output.detach())``);
+* ``fid``  = −mean_x Σ_c softmax(f(x))_c · log softmax(h(Φ(x)))_c, **f(x) detached**
+  (``loss_cce(expl, output.detach())``);
   f's hidden layers still receive gradients through Φ(f_I(x)).
 * ``rec``  = MSE(d(Φ(x)), x), mean over every element (``nn.MSELoss``); L1 for CIFAR-10 (``recon_loss="l1"``).
 * ``ent``  = mean_x E(|Φ(x)|) − E(mean_x |Φ(x)|), E(v) = −Σ softmax(v) log softmax(v), per mini-batch
@@ -11,8 +12,9 @@ Losses, computed exactly as the code does (``flint_losses``; the test checks the
 * ``l1``   = mean |Φ| over every element of the batch (``nn.L1Loss()(embed, 0)``; i.e. ||Φ(x)||₁ / J, batch-averaged).
 
 The total is Σ_term weight(term, epoch) · term, with the warm-up schedules of the code (``SCHEDULES``; epochs are
-counted from 1 as in ``for epoch in range(1, N_EPOCH + 1)``; they are configuration and live in ``config``). Terms whose weight is 0 are still computed and
-multiplied by 0, so every parameter takes part in every step (DDP needs that) and the random streams of a BASE run
+counted from 1 as in ``for epoch in range(1, N_EPOCH + 1)``; they are configuration and live in ``config``). Terms
+whose weight is 0 are still computed and multiplied by 0, so every parameter takes part in every step (DDP needs that)
+and the random streams of a BASE run
 (all interpretation weights 0) and a FLINT run are the same: the only difference between them is the losses.
 """
 

@@ -79,7 +79,8 @@ def flint_train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer
 def flint_train_steps(model: nn.Module, steps: Iterable[Step], optimizer: torch.optim.Optimizer,
                       device: torch.device, weights: dict[str, float], *, recon_loss: str = "mse"
                       ) -> dict[str, float]:
-    """One pass over ``steps`` (``image_steps`` or, post hoc, ``row_steps`` of the store), minimising Σ weights·terms."""
+    """One pass over ``steps`` (``image_steps`` or, post hoc, ``row_steps`` of the store), minimising Σ
+    weights·terms."""
     model.train()
     sums = {t: 0.0 for t in (*TERMS, "loss")}
     correct_f = correct_g = agree = seen = 0

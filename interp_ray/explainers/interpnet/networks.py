@@ -24,7 +24,7 @@ class FeatureMLP(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.out = nn.Linear(dims[-1], num_classes)
         with torch.no_grad():
-            for lin, bias in [*((l, 0.1) for l in self.layers), (self.out, 0.0)]:
+            for lin, bias in [*((layer, 0.1) for layer in self.layers), (self.out, 0.0)]:
                 w = torch.randn_like(lin.weight)
                 lin.weight.copy_(w / w.norm(dim=1, keepdim=True))
                 lin.bias.fill_(bias)

@@ -70,7 +70,8 @@ def test_fidelity_loss_does_not_reach_the_predictor_output():
 
 def test_entropy_is_of_the_softmax():
     assert entropy(torch.tensor([0.0, 0.0, 0.0, 0.0])).item() == pytest.approx(math.log(4))
-    assert entropy(torch.tensor([[LN3, 0.0]]))[0].item() == pytest.approx(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
+    expected = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert entropy(torch.tensor([[LN3, 0.0]]))[0].item() == pytest.approx(expected)
     # Not v / Σv: (1, 0) would have entropy 0 under L1 normalisation.
     assert entropy(torch.tensor([1.0, 0.0])).item() > 0.5
 

@@ -14,8 +14,8 @@ Losses, computed exactly as the code does (``flint_losses``; the test checks the
 The total is Σ_term weight(term, epoch) · term, with the warm-up schedules of the code (``SCHEDULES``; epochs are
 counted from 1 as in ``for epoch in range(1, N_EPOCH + 1)``; they are configuration and live in ``config``). Terms
 whose weight is 0 are still computed and multiplied by 0, so every parameter takes part in every step (DDP needs that)
-and the random streams of a BASE run
-(all interpretation weights 0) and a FLINT run are the same: the only difference between them is the losses.
+and the random streams of a BASE run (all interpretation weights 0) and a FLINT run are the same: the only
+difference between them is the losses.
 """
 
 from __future__ import annotations

@@ -198,6 +198,19 @@ class Context:
         self.results: dict[str, Any] = {}   # the finished entries' results (a stage may read an earlier one's)
         self.stage = ""                     # the entry now running: its config is ``cfg.ref(ctx.stage)``
 
+    def job(self, cfg: "PipelineConfig", cls: type[C], *, checkpoint: str | None = None, store: str | None = None,
+            output: str | None = None, runs: str | None = None, **forced: Any) -> tuple[JobRef, C]:
+        """The running entry and its job config, with the paths the pipeline decides: each keyword names the job's
+        config key that gets the entry classifier's checkpoint, the activation store root, the entry's local output
+        directory, and Ray Train's storage path; ``forced`` sets other keys (dots spelled ``__``)."""
+        ref = cfg.ref(self.stage)
+        paths = {checkpoint: self.checkpoint(ref.classifier) if checkpoint else None,
+                 store: join_uri(self.out, "activations"), output: str(self.local / self.stage),
+                 runs: join_uri(self.out, "ray_runs")}
+        fixed = {k: v for k, v in paths.items() if k}
+        fixed.update({k.replace("__", "."): v for k, v in forced.items()})
+        return ref, ref.load(cls, smoke=self.smoke, forced=fixed)
+
     def checkpoint(self, key: str) -> str:
         if key not in self.checkpoints:
             raise UserError(f"no classifier {key!r} was trained in this run; classifiers: "

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from interp_ray.checkpoint import join_uri
 from jobs.pipeline.engine import Context, PipelineConfig, StageRef, pipeline_stage, progress, rel_path, reports
 
 
@@ -16,10 +15,7 @@ from jobs.pipeline.engine import Context, PipelineConfig, StageRef, pipeline_sta
 def run_cnn_inte(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
     from jobs.fit_cnn_inte import CnnInteJobConfig, fit
 
-    ref = cfg.ref(ctx.stage)
-    job = ref.load(CnnInteJobConfig, smoke=ctx.smoke, forced={
-        "checkpoint": ctx.checkpoint(ref.classifier), "store.root": join_uri(ctx.out, "activations"),
-        "output": str(ctx.local / ctx.stage)})
+    ref, job = ctx.job(cfg, CnnInteJobConfig, checkpoint="checkpoint", store="store.root", output="output")
     t0 = progress(f"CNN-INTE on {job.data.name} ({ref.classifier} classifier, layer {job.cnn_inte.layer}): "
                   f"extracting activations into the store, then fitting")
     r = fit(job)

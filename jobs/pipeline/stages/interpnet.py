@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from interp_ray.checkpoint import join_uri
 from jobs.pipeline.engine import Context, PipelineConfig, StageRef, pipeline_stage, progress, reports
 
 
@@ -17,10 +16,8 @@ def run_interpnet(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
     from interp_ray.explainers.interpnet.config import InterpNETTrainJob
     from jobs.evaluate import evaluate, format_table
 
-    ref = cfg.ref(ctx.stage)
-    job = ref.load(InterpNETTrainJob, smoke=ctx.smoke, forced={
-        "source.checkpoint": ctx.checkpoint(ref.classifier), "source.store.root": join_uri(ctx.out, "activations"),
-        "evaluate.output_dir": str(ctx.local / ctx.stage), "run.storage_path": join_uri(ctx.out, "ray_runs")})
+    _, job = ctx.job(cfg, InterpNETTrainJob, checkpoint="source.checkpoint", store="source.store.root",
+                     output="evaluate.output_dir", runs="run.storage_path")
     t0 = progress(f"InterpNET on {job.source.data.name} ({', '.join(job.evaluate.variants)}): activations into the "
                   f"store, training on Ray Train from it, then scoring with pycocoevalcap")
     r = evaluate(job)

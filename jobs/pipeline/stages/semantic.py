@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from interp_ray.checkpoint import join_uri
 from jobs.pipeline.engine import Context, PipelineConfig, StageRef, pipeline_stage, progress, reports
 
 
@@ -21,10 +20,8 @@ def run_semantic(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
     from interp_ray.metrics.semantic import caption_faithfulness, label_precision
     from jobs.train_explainer import role_stores, train
 
-    ref = cfg.ref(ctx.stage)
-    job = ref.load(SemanticTrainJob, smoke=ctx.smoke, forced={
-        "source.checkpoint": ctx.checkpoint(ref.classifier), "source.store.root": join_uri(ctx.out, "activations"),
-        "output": str(ctx.local / ctx.stage), "run.storage_path": join_uri(ctx.out, "ray_runs")})
+    _, job = ctx.job(cfg, SemanticTrainJob, checkpoint="source.checkpoint", store="source.store.root",
+                     output="output", runs="run.storage_path")
     t0 = progress(f"semantic captioner (Dong et al., λ = {job.explainer.interp_weight}) on {job.source.data.name}: "
                   f"frame features into the store, topics, Ray Train, neuron labels, scoring")
     stores = role_stores(job, ("train", "val", "test"))  # every store the stage reads, in one extraction pipeline

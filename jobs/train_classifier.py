@@ -22,8 +22,8 @@ from interp_ray.models import build_model
 from interp_ray.training import (distributed_sampler, evaluate, gather_from_ranks, make_optimizer,
                                  seed_everything, state_digest, train_epoch)
 from jobs.common import base_parser, check_storage_paths, exit_with, init_ray
-from jobs.train_loop import (epochs, export_dir, final_checkpoint, load_training_state, make_trainer, quiet_console,
-                             rank_and_world, report_epoch, resolve_use_gpu, resume, training_state, worker_history)
+from jobs.train_loop import (epochs, export_dir, final_checkpoint, make_trainer, rank_and_world, report_epoch,
+                             resolve_use_gpu, start_worker, training_state, worker_history)
 
 log = logging.getLogger("interp_ray.train_classifier")
 MODEL_DIR = "model"          # inside each Ray checkpoint: a complete interp-ray classifier checkpoint
@@ -44,22 +44,14 @@ def model_options(cfg: ClassifierJobConfig, ds) -> dict[str, Any]:
 
 def train_func(config: dict[str, Any]) -> dict[str, Any]:
     """Runs on every Ray Train worker."""
-    import ray.train.torch
-
     cfg = ClassifierJobConfig.model_validate(config)
     rank, world = rank_and_world()
     seed_everything(cfg.train.seed)
     train_ds, val_ds, model, options = build_from_config(cfg)
     opt, sched = make_optimizer(model, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                                 schedule=cfg.train.schedule, epochs=cfg.train.epochs)
-    quiet_console(cfg.run.log_level)
-    start = resume()
-    load_training_state(start, model, opt, sched)
+    start, model, inner, device = start_worker(model, opt, sched, cfg.run.log_level)
     history = start.history
-
-    device = ray.train.torch.get_device()
-    model = ray.train.torch.prepare_model(model)
-    inner = getattr(model, "module", model)
     sampler = distributed_sampler(train_ds, world_size=world, rank=rank, shuffle=True, seed=cfg.train.seed)
     train_loader = train_ds.loader(cfg.train.batch_size, sampler=sampler)
     val_loader = val_ds.loader(512)

@@ -32,8 +32,8 @@ from interp_ray.training import distributed_sampler, gather_from_ranks, state_di
 from jobs.common import base_parser, check_storage_paths, exit_with, init_ray
 from jobs.flint_inputs import flint_inputs, materialize
 from jobs.train_explainer import data_progress_bars, kept, shard_batches, store_datasets
-from jobs.train_loop import (epochs, final_checkpoint, load_training_state, make_trainer, quiet_console,
-                             rank_and_world, report_epoch, resolve_use_gpu, resume, training_state, worker_history)
+from jobs.train_loop import (epochs, final_checkpoint, make_trainer, rank_and_world, report_epoch, resolve_use_gpu,
+                             start_worker, training_state, worker_history)
 
 log = logging.getLogger("interp_ray.train_flint")
 MODEL_DIR = "flint"          # inside each Ray checkpoint: a complete interp-ray FLINT checkpoint (no relevance yet)
@@ -52,14 +52,8 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     st = setup(cfg, flint_inputs(cfg, data=not posthoc))
     model = st.model
     opt, sched = make_flint_optimizer(model, cfg.train)
-    quiet_console(cfg.run.log_level)
-    start = resume()
-    load_training_state(start, model, opt, sched)
+    start, model, inner, device = start_worker(model, opt, sched, cfg.run.log_level)
     history = start.history
-
-    device = ray.train.torch.get_device()
-    model = ray.train.torch.prepare_model(model)
-    inner = getattr(model, "module", model)
     recon, layers = st.spec["recon_loss"], st.spec["layers"]
     if posthoc:
         shard = ray.train.get_dataset_shard("train")

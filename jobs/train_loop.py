@@ -134,6 +134,21 @@ def load_training_state(start: Resume, model: nn.Module, optimizer: torch.optim.
     scheduler.load_state_dict(start.state["scheduler"])
 
 
+def start_worker(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, log_level: str
+                 ) -> tuple[Resume, nn.Module, nn.Module, torch.device]:
+    """A Ray Train worker's start for a job that trains one module: quiet the console, put the run's last checkpoint
+    back into model, optimiser and schedule (nothing on a fresh start), then wrap the model for DDP. Returns the
+    resume point, the wrapped model, the bare one (its ``module``) and the worker's device."""
+    import ray.train.torch
+
+    quiet_console(log_level)
+    start = resume()
+    load_training_state(start, model, optimizer, scheduler)
+    device = ray.train.torch.get_device()
+    wrapped = ray.train.torch.prepare_model(model)
+    return start, wrapped, getattr(wrapped, "module", wrapped), device
+
+
 def write_checkpoint(directory: Path, state: dict[str, Any], history: list[Row],
                      save_model: Callable[[Path], None]) -> None:
     """Fill ``directory`` as one checkpoint; ``save_model(directory)`` writes the job's model directory in it."""

@@ -275,6 +275,12 @@ class CnnInte(Explainer):
             out.append(e)
         return out
 
+    def draw(self, image: np.ndarray, explanation: Explanation, **drawing: Any) -> bytes:
+        """The route diagram: the image, its level-1 and level-2 clusters (their representative images), the forest's
+        votes and the label."""
+        self.parse_drawing(drawing)
+        return route_diagram(self, explanation, image)
+
     def class_name(self, c: int) -> str | None:
         if self.class_names is not None and 0 <= c < len(self.class_names):
             return self.class_names[c]

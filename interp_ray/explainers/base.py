@@ -341,24 +341,28 @@ def get_explainer(name: str) -> type[Explainer]:
 
 
 def explainer_names(*, learned: bool | None = None, slow: bool | None = None, produces: str | None = None,
-                    needs: str | None = None, kind: type | None = None) -> list[str]:
+                    needs: str | None = None, needs_only: Iterable[str] | None = None,
+                    kind: type | None = None) -> list[str]:
     """The registered methods, sorted, narrowed by what they declare: ``learned``/``slow`` (True or False),
-    ``produces``/``needs`` (one ``Explanation`` field / batch input the method lists), ``kind`` (a class the
-    method subclasses, e.g. ``Trainable``); None leaves a criterion open."""
+    ``produces`` (an ``Explanation`` field it fills), ``needs`` (an input it reads), ``needs_only`` (it reads
+    nothing else: ``{"image", "model"}`` for a method that runs on the classifier alone), ``kind`` (a class it
+    subclasses, e.g. ``Trainable``); None leaves a criterion open."""
     return [cls.name for cls in find_explainers(learned=learned, slow=slow, produces=produces, needs=needs,
-                                                kind=kind)]
+                                                needs_only=needs_only, kind=kind)]
 
 
 def find_explainers(*, learned: bool | None = None, slow: bool | None = None, produces: str | None = None,
-                    needs: str | None = None, kind: type | None = None) -> list[type[Explainer]]:
+                    needs: str | None = None, needs_only: Iterable[str] | None = None,
+                    kind: type | None = None) -> list[type[Explainer]]:
     """The registered method classes ``explainer_names`` lists, in its order."""
     load_explainer_modules()
+    only = None if needs_only is None else frozenset(needs_only)
     out = []
     for name in EXPLAINERS.names():
         cls = EXPLAINERS.get(name)
         if (learned is None or bool(cls.learned) == learned) and (slow is None or bool(cls.slow) == slow) \
                 and (produces is None or produces in cls.produces) and (needs is None or needs in cls.needs) \
-                and (kind is None or issubclass(cls, kind)):
+                and (only is None or cls.needs <= only) and (kind is None or issubclass(cls, kind)):
             out.append(cls)
     return out
 

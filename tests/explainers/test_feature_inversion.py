@@ -17,7 +17,6 @@ import torch.nn.functional as F
 import interp_ray.explainers.feature_inversion.optimisation as fi
 from interp_ray.errors import UserError
 from interp_ray.explainers import explainer_names, get_explainer
-from interp_ray.explainers._common import default_layers
 from interp_ray.explainers.feature_inversion import FeatureInversion, GFISettings
 from interp_ray.models import build_model
 
@@ -175,7 +174,11 @@ def test_request_params_override_the_explainer_settings(model, images):
     ("resnet50", {"inversion": "layer4", "base": "layer4.1", "gradcam": "layer4"}),
 ])
 def test_default_layers_per_architecture(name, expected):
-    layers = default_layers(build_model(name, num_classes=4) if "cnn" not in name else build_model(name))
+    from interp_ray.explainers.baselines import GradCAM
+
+    model = build_model(name, num_classes=4) if "cnn" not in name else build_model(name)
+    fi = FeatureInversion.defaults_for(model)
+    layers = {"inversion": fi["inversion_layer"], "base": fi["base_layer"], "gradcam": GradCAM.defaults_for(model)["layer"]}
     assert {k: layers[k] for k in expected} == expected
 
 

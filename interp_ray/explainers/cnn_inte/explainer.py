@@ -71,6 +71,7 @@ class CnnInte(Explainer):
     produces = frozenset({"path"})
     learned = True
     Params = CnnInteParams
+    summary_skips = frozenset({"diagram_png"})   # the route diagram, base64: a picture, not a reader's number
 
     def __init__(self, config: CnnInteConfig | Mapping[str, Any] | None = None, *,
                  class_names: Sequence[str] | None = None):

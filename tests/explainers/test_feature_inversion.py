@@ -238,9 +238,12 @@ def test_bad_construction_raises_user_error(model, kw, match):
         FeatureInversion(model, **{**LAYERS, **kw})
 
 
-def test_unknown_architecture_needs_explicit_layers(model):
-    with pytest.raises(UserError, match="no default layers"):
-        FeatureInversion(model)
+def test_an_unregistered_architecture_reads_its_last_maps_role(model):
+    """No settings kept for this model: l1 is the earlier of its last two spatial levels, l0 the later."""
+    earlier, later = model.roles()["last_maps"]
+    fi = FeatureInversion(model)
+    assert (fi.inversion_layer, fi.base_layer("paper")) == (later, earlier)
+    assert fi.base_layer("code") == later  # the code variant inverts l0 when l1 was not named, as before
 
 
 def test_registered_with_its_contract():

@@ -3,8 +3,8 @@
 Adding a method is one folder (or one file, for a small one): subclass ``Explainer`` and decorate it with
 ``@register("name")`` in a subpackage or module of the ``interp_ray.explainers`` package (found by scanning the
 package; a subpackage's ``__init__`` imports the module that registers), or in any installed package that names the
-module under the ``interp_ray.explainers`` entry-point group. Serving (``/v1/explain/{name}``), the CLI, the jobs and the
-conformance tests read the registry and construct every method the same way: ``build_explainer`` below.
+module under the ``interp_ray.explainers`` entry-point group. Serving (``/v1/explain/{name}``), the CLI, the jobs and
+the conformance tests read the registry and construct every method the same way: ``build_explainer`` below.
 
 The protocol declares what consumers would otherwise guess:
 

@@ -19,7 +19,7 @@ stay out of the state dict (the checkpoint records them among the model's option
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import torch
 from torch import nn

@@ -178,7 +178,8 @@ def test_default_layers_per_architecture(name, expected):
 
     model = build_model(name, num_classes=4) if "cnn" not in name else build_model(name)
     fi = FeatureInversion.defaults_for(model)
-    layers = {"inversion": fi["inversion_layer"], "base": fi["base_layer"], "gradcam": GradCAM.defaults_for(model)["layer"]}
+    layers = {"inversion": fi["inversion_layer"], "base": fi["base_layer"],
+              "gradcam": GradCAM.defaults_for(model)["layer"]}
     assert {k: layers[k] for k in expected} == expected
 
 

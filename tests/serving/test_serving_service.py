@@ -118,7 +118,7 @@ def test_model_methods_are_built_with_the_model_and_class_names(serving_checkpoi
 
 def test_learned_method_without_checkpoint_is_skipped(serving_checkpoints):
     loaded = load_classifier(serving_checkpoints["classifier"])
-    learned = sorted(n for n in explainer_names() if EXPLAINERS.get(n).learned)
+    learned = explainer_names(learned=True)
     assert {"cnn_inte", "flint", "interpnet", "semantic"} <= set(learned)
     for name in learned:
         with pytest.raises(SkipMethod, match=f"{name} is learned and no checkpoint"):

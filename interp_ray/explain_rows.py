@@ -85,12 +85,7 @@ def check_method(name: str, options: dict[str, Any] | None = None, params: dict[
 def saliency_method_names() -> list[str]:
     """Registry methods that produce saliency from an image and the classifier alone (what the saliency report
     compares)."""
-    out = []
-    for n in explainer_names():
-        cls = get_explainer(n)
-        if "saliency" in cls.produces and cls.needs <= {"image", "model"} and not cls.learned:
-            out.append(n)
-    return out
+    return explainer_names(produces="saliency", needs_only={"image", "model"}, learned=False)
 
 
 # --- the callable ------------------------------------------------------------------------------------------------

@@ -23,11 +23,32 @@ def _image_hwc(image: np.ndarray) -> np.ndarray:
     return np.clip(img, 0.0, 1.0)
 
 
+def figure_png(fig) -> bytes:
+    """A Figure as PNG bytes."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _save(fig, path: str | os.PathLike) -> str:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(str(path), format="png")
+    return str(path)
+
+
 def save_overlays(path: str | os.PathLike, image: np.ndarray, maps: Sequence[np.ndarray], *,
                   titles: Sequence[str] | None = None, boxes: np.ndarray | None = None, alpha: float = 0.5,
                   cmap: str = "jet", dpi: int = 100) -> str:
+    """``overlays_figure`` as a PNG file. Returns its path."""
+    return _save(overlays_figure(image, maps, titles=titles, boxes=boxes, alpha=alpha, cmap=cmap, dpi=dpi), path)
+
+
+def overlays_figure(image: np.ndarray, maps: Sequence[np.ndarray], *, titles: Sequence[str] | None = None,
+                    boxes: np.ndarray | None = None, alpha: float = 0.5, cmap: str = "jet", dpi: int = 100):
     """One row of panels: the image, then each saliency map laid over it (with its peak marked and the
-    ground-truth ``boxes`` (x0, y0, x1, y1, exclusive) drawn when given). Returns the PNG's path."""
+    ground-truth ``boxes`` (x0, y0, x1, y1, exclusive) drawn when given)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
@@ -58,9 +79,7 @@ def save_overlays(path: str | os.PathLike, image: np.ndarray, maps: Sequence[np.
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(str(path), format="png")
-    return str(path)
+    return fig
 
 
 def save_overlay(path: str | os.PathLike, image: np.ndarray, saliency: np.ndarray, *, title: str = "",
@@ -70,7 +89,12 @@ def save_overlay(path: str | os.PathLike, image: np.ndarray, saliency: np.ndarra
 
 
 def save_captioned(path: str | os.PathLike, image: np.ndarray, text: str, *, title: str = "", dpi: int = 100) -> str:
-    """The image with a sentence under it (InterpNET's explanation), as a PNG. Returns its path."""
+    """``captioned_figure`` as a PNG file. Returns its path."""
+    return _save(captioned_figure(image, text, title=title, dpi=dpi), path)
+
+
+def captioned_figure(image: np.ndarray, text: str, *, title: str = "", dpi: int = 100):
+    """The image with a sentence under it (a captioner's explanation)."""
     import textwrap
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -86,6 +110,4 @@ def save_captioned(path: str | os.PathLike, image: np.ndarray, text: str, *, tit
     if title:
         ax.set_title(title, fontsize=8)
     fig.text(0.5, 0.14, "\n".join(textwrap.wrap(text, 48)), ha="center", va="center", fontsize=8, wrap=True)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(str(path), format="png")
-    return str(path)
+    return fig

@@ -87,3 +87,63 @@ class ExplainSession:
         if len(explanations) != len(images):
             raise RuntimeError(f"{self.name} returned {len(explanations)} explanations for {len(images)} images")
         return explanations
+
+
+def open_session(name: str, *, classifier: Any = None, checkpoint: str | None = None, device: str | None = None,
+                 **options: Any) -> ExplainSession:
+    """Registered method ``name`` ready to explain images: the one way the CLI and serving open a method.
+
+    ``classifier``: the classifier whose predictions are explained, a ``LoadedClassifier`` or its checkpoint (local
+    or a URI). ``checkpoint``: a learned method's own checkpoint. A method that is not learned needs the classifier
+    and takes no checkpoint; a learned one needs its checkpoint, and when it reads the classifier's activations and
+    no classifier is given, uses the one its checkpoint records (``Explainer.trained_on``). ``options`` are the
+    method's constructor options. Anything wrong is one UserError line.
+    """
+    from interp_ray.explainers.base import check_fits, get_explainer
+
+    cls = get_explainer(name)  # UnknownNameError (a UserError) lists the valid names
+    if not cls.learned:
+        if checkpoint is not None:
+            raise UserError(f"{name} is not learned and has no checkpoint of its own; it explains the classifier")
+        if classifier is None:
+            raise UserError(f"{name} explains a classifier: give the classifier checkpoint")
+        return ExplainSession.build(name, _loaded(classifier), None, device=device, **options)
+    if not checkpoint:
+        raise UserError(f"{name} is learned: give the checkpoint it was trained into")
+    check_checkpoint(checkpoint, "checkpoint")
+    if classifier is not None:
+        return ExplainSession.build(name, _loaded(classifier), checkpoint, device=device, **options)
+    explainer = build_explainer(name, None, checkpoint, device=device, **options)
+    loaded = None
+    if explainer.layers():
+        source = explainer.trained_on()
+        if not source:
+            raise UserError(f"{name} reads the classifier's activations and its checkpoint does not record which "
+                            f"classifier: pass --classifier DIR")
+        loaded = _loaded(source)
+        if "model" in cls.needs:
+            # a learned method that also runs the classifier itself (VIBI scores its rationale with f): built around it
+            return ExplainSession.build(name, loaded, checkpoint, device=device, **options)
+        check_fits(explainer, loaded)
+    return ExplainSession.around(explainer, loaded)
+
+
+def check_checkpoint(path: str, what: str) -> None:
+    """A local checkpoint directory exists (a URI is checked when it is read)."""
+    from pathlib import Path
+
+    from interp_ray.checkpoint import CONFIG_FILE, is_remote
+
+    if not is_remote(path) and not (Path(path.removeprefix("file://")) / CONFIG_FILE).is_file():
+        raise UserError(f"{what} {path} does not exist (expected a directory holding {CONFIG_FILE})")
+
+
+def _loaded(classifier: Any) -> Any:
+    """A ``LoadedClassifier`` as given, or read from its checkpoint path."""
+    if not isinstance(classifier, (str, bytes)) and not hasattr(classifier, "__fspath__"):
+        return classifier
+    from interp_ray.checkpoint import load_classifier
+
+    path = str(classifier)
+    check_checkpoint(path, "classifier checkpoint")
+    return load_classifier(path)

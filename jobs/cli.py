@@ -11,17 +11,13 @@ from typing import Sequence
 
 from jobs.common import EXIT_USAGE, import_from_cwd, run_main
 
-# command -> job module; each module has main(argv) -> int.
-COMMANDS: dict[str, str] = {
+# command -> job module for the jobs of no particular method; each module has main(argv) -> int. A method's own job
+# (its training, its fit) declares its commands itself, ``CLI_COMMANDS = ("name", …)`` at the module's top level.
+GENERIC_COMMANDS: dict[str, str] = {
     "train-classifier": "jobs.train_classifier",
     "extract": "jobs.extract_activations",
-    "fit-cnn-inte": "jobs.fit_cnn_inte",
     "pipeline": "jobs.pipeline",
-    "train-flint": "jobs.train_flint",
     "train-explainer": "jobs.train_explainer",
-    # the commands of the two jobs train-explainer replaced (the config's ``method`` says what is trained)
-    "train-interpnet": "jobs.train_explainer",
-    "train-semantic": "jobs.train_explainer",
     "revise-caption": "jobs.revise_caption",
     "evaluate": "jobs.evaluate",
     "explain": "jobs.explain",
@@ -29,6 +25,24 @@ COMMANDS: dict[str, str] = {
     "import-model": "jobs.import_model",
     "layers": "jobs.layers",
 }
+
+
+def declared_commands() -> dict[str, str]:
+    """command → module for each ``jobs/*.py`` declaring ``CLI_COMMANDS``, read with ``ast`` (importing the jobs
+    would load torch and Ray)."""
+    spec = importlib.util.find_spec("jobs")
+    out: dict[str, str] = {}
+    for path in sorted(Path(spec.origin).parent.glob("*.py")) if spec and spec.origin else []:
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "CLI_COMMANDS"
+                                                    for t in node.targets):
+                out.update({name: f"jobs.{path.stem}" for name in ast.literal_eval(node.value)})
+    return out
+
+
+def commands() -> dict[str, str]:
+    """Every command → its job module."""
+    return {**GENERIC_COMMANDS, **declared_commands()}
 
 
 def summary(module: str) -> str:
@@ -52,7 +66,7 @@ def usage(available: dict[str, str]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    available = {c: m for c, m in COMMANDS.items() if importlib.util.find_spec(m) is not None}
+    available = {c: m for c, m in commands().items() if importlib.util.find_spec(m) is not None}
     if not args or args[0] in ("-h", "--help"):
         print(usage(available))
         return 0 if args else EXIT_USAGE

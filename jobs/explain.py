@@ -1,18 +1,18 @@
 """Explain image files with any registered method: ``interp-ray explain METHOD --checkpoint DIR IMAGE [IMAGE …]``.
 
-    interp-ray explain flint --checkpoint outputs/flint_digits digit.png            # local interpretation
-    interp-ray explain flint --checkpoint outputs/flint_digits digit.png --tau 3 --json
+    interp-ray explain METHOD --checkpoint outputs/method_digits digit.png          # a learned method's checkpoint
+    interp-ray explain METHOD --checkpoint outputs/method_digits digit.png --tau 3 --json
     interp-ray explain gradcam --checkpoint outputs/scenes_cnn scene.png --picture cam.png
 
-The method is looked up in the explainer registry and built as every consumer builds it
-(``interp_ray.session.ExplainSession``): a learned method (``learned = True``: flint, cnn_inte, interpnet, semantic,
-vibi) loads its own checkpoint ``DIR``; any other is built around the classifier checkpoint ``DIR``. A learned method
-that reads the classifier's activations (cnn_inte, interpnet, semantic, vibi) also needs that classifier:
-``--classifier``, by default the checkpoint its training recorded; one that also runs it (vibi scores its rationale
-with f) is built around it. Each image is decoded once (``interp_ray.data.images.decode_image``)
-and resized to the model's input (grey-scale for 1-channel models). ``--param key=value`` passes any field of the
-method's ``Params``; ``--tau`` and ``--target`` are shorthands. Bad input (unknown method, unreadable image, missing
-checkpoint, bad parameter) is a ``UserError``: one line on stderr, exit code 2.
+The method is looked up in the explainer registry and opened as every consumer opens it
+(``interp_ray.session.open_session``): a learned method (``learned = True``) loads its own checkpoint ``DIR``; any
+other is built around the classifier checkpoint ``DIR``. A learned method that reads the classifier's activations
+also needs that classifier: ``--classifier``, by default the checkpoint its training recorded. Each image is decoded
+once (``interp_ray.data.images.decode_image``) and resized to the model's input (grey-scale for 1-channel models).
+``--param key=value`` passes any field of the method's ``Params``; ``--tau`` and ``--target`` are shorthands. The text
+is the method's ``summary``; ``--picture`` writes its ``draw``, with ``--draw key=value`` for any field of its
+``Drawing`` parameters. Bad input (unknown method, unreadable image, missing checkpoint, bad parameter) is a
+``UserError``: one line on stderr, exit code 2.
 """
 
 from __future__ import annotations
@@ -28,56 +28,52 @@ import yaml
 
 from interp_ray.errors import UserError
 
-# Extra keys printed as "key=value" in the text output when a method reports them (scalars only).
-_SKIP_EXTRA = {"phi", "relevance", "attribute_labels", "class_attributes", "weights", "stage1_saliency",
-               "stage1_weights", "stage2_loss", "stage1_loss"}
-
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="interp-ray explain", description=__doc__.splitlines()[0])
-    p.add_argument("method", help="a registered explainer (e.g. flint, gradcam, feature_inversion)")
+    p.add_argument("method", help="a registered explainer (an unknown name is answered with the list)")
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, …)")
     p.add_argument("--checkpoint", required=True,
                    help="the method's checkpoint (learned methods) or the classifier checkpoint to explain")
     p.add_argument("--classifier", default=None, metavar="DIR",
-                   help="learned methods that read activations (cnn_inte, interpnet, semantic, vibi): the classifier "
-                        "checkpoint (default: the one the method was trained over)")
+                   help="learned methods that read the classifier's activations: the classifier checkpoint "
+                        "(default: the one the method was trained over)")
     p.add_argument("--param", dest="params", action="append", default=[], metavar="KEY=VALUE",
                    help="a field of the method's parameters, value parsed as YAML (repeatable)")
     p.add_argument("--tau", type=float, default=None, help="relevance threshold 1/tau (methods with a tau parameter)")
     p.add_argument("--target", type=int, default=None, help="class to explain (default: the predicted class)")
     p.add_argument("--json", action="store_true", help="print one JSON list of {image, explanation}")
     p.add_argument("--picture", default=None, metavar="PNG",
-                   help="also write a picture: FLINT's local interpretation sheet, or the saliency overlay "
-                        "(with several images, _<i> is added before the suffix)")
-    p.add_argument("--am", dest="am", action="append", default=[], metavar="KEY=VALUE",
-                   help="FLINT picture: activation-maximisation setting (rounds, n_iter, kappa, lr, lambda_tv …)")
+                   help="also write the method's picture (the saliency overlay, the captioned image, or the "
+                        "method's own; with several images, _<i> is added before the suffix)")
+    p.add_argument("--draw", "--am", dest="drawing", action="append", default=[], metavar="KEY=VALUE",
+                   help="a field of the method's drawing parameters, value parsed as YAML (repeatable; e.g. the "
+                        "activation-maximisation settings of attribute pictures: rounds, n_iter, kappa, lr …)")
     return p
 
 
-def parse_am(pairs: Sequence[str], explainer) -> Any:
-    """``--am`` pairs over the checkpoint's AM+PI settings → ``AMSection``; bad keys are a UserError."""
-    from interp_ray.config import validate
-    from interp_ray.explainers.flint.config import AMSection
-
-    raw: dict[str, Any] = {}
+def key_values(pairs: Sequence[str], flag: str) -> dict[str, Any]:
+    """``key=value`` pairs (values parsed as YAML) → a dict; a pair without ``=`` is a UserError."""
+    out: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
-            raise UserError(f"--am {pair!r} must look like key=value")
-        key, value = pair.split("=", 1)
-        raw[key.strip()] = yaml.safe_load(value)
-    base = explainer.am_settings().model_dump() if hasattr(explainer, "am_settings") else {}
-    return validate(AMSection, {**base, **raw}, source="--am")
+            raise UserError(f"{flag} {pair!r} must look like key=value")
+        key, raw = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(raw)
+    return out
+
+
+def parse_drawing(explainer, pairs: Sequence[str]) -> Any:
+    """``--draw`` pairs → the method's validated drawing parameters; a bad one is a UserError naming the field."""
+    try:
+        return explainer.parse_drawing(key_values(pairs, "--draw"))
+    except UserError as e:
+        raise UserError(f"--draw: {e}") from None
 
 
 def parse_params(cls, pairs: Sequence[str], tau: float | None, target: int | None) -> dict[str, Any]:
     """``--param`` pairs and shorthands → a dict the method's ``Params`` model accepts (checked here)."""
-    params: dict[str, Any] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise UserError(f"--param {pair!r} must look like key=value")
-        key, raw = pair.split("=", 1)
-        params[key.strip()] = yaml.safe_load(raw)
+    params = key_values(pairs, "--param")
     fields = set(cls.Params.model_fields)
     for key, value in (("tau", tau), ("target", target)):
         if value is None:
@@ -94,43 +90,20 @@ def parse_params(cls, pairs: Sequence[str], tau: float | None, target: int | Non
     return params
 
 
-def _check_checkpoint(path: str, what: str) -> None:
-    from interp_ray.checkpoint import CONFIG_FILE, is_remote
-
-    if not is_remote(path) and not (Path(path.removeprefix("file://")) / CONFIG_FILE).is_file():
-        raise UserError(f"{what} {path} does not exist (expected a directory holding {CONFIG_FILE})")
-
-
-def build_session(method: str, checkpoint: str, classifier: str | None = None):
-    """The method ``method`` (registry name) ready to explain images, from ``checkpoint`` (and ``classifier``)."""
-    from interp_ray.checkpoint import load_classifier
+def open_method(method: str, checkpoint: str, classifier: str | None = None):
+    """The method ``method`` (registry name) ready to explain images: ``--checkpoint`` is a learned method's own
+    checkpoint or the classifier any other method explains; ``--classifier`` is for learned methods only."""
     from interp_ray.explainers import get_explainer
-    from interp_ray.explainers.base import build_explainer, check_fits
-    from interp_ray.session import ExplainSession
+    from interp_ray.session import open_session
 
-    cls = get_explainer(method)  # UnknownNameError (a UserError) lists the valid names
-    _check_checkpoint(checkpoint, "checkpoint")
-    if not cls.learned:
+    if not get_explainer(method).learned:  # UnknownNameError (a UserError) lists the valid names
         if classifier is not None:
             raise UserError(f"--classifier is for learned methods; {method} explains the classifier --checkpoint")
-        return ExplainSession.build(method, load_classifier(checkpoint), None)
-    explainer = build_explainer(method, None, checkpoint)
-    source = None
-    if explainer.layers():
-        source = classifier or explainer.trained_on()
-        if not source:
-            raise UserError(f"{method} reads the classifier's activations and its checkpoint does not record which "
-                            f"classifier: pass --classifier DIR")
-        _check_checkpoint(source, "classifier checkpoint")
-    elif classifier is not None:
+        return open_session(method, classifier=checkpoint)
+    session = open_session(method, checkpoint=checkpoint, classifier=classifier)
+    if classifier is not None and not session.explainer.layers():
         raise UserError(f"{method} carries its own predictor; --classifier is not used")
-    loaded = load_classifier(source) if source else None
-    if loaded is not None and "model" in cls.needs:
-        # a learned method that also runs the classifier itself (VIBI scores its rationale with f): built around it
-        return ExplainSession.build(method, loaded, checkpoint)
-    if loaded is not None:
-        check_fits(explainer, loaded)
-    return ExplainSession.around(explainer, loaded)
+    return session
 
 
 def read_image(path: str, model) -> np.ndarray:
@@ -149,44 +122,9 @@ def read_image(path: str, model) -> np.ndarray:
     return decode_image(data, size=model.image_size, mode=mode, name=path)
 
 
-def format_explanation(path: str, method: str, e) -> list[str]:
-    """Human-readable lines for one explanation (any method)."""
-    name = f" '{e.label_name}'" if e.label_name is not None else ""
-    head = f"{path}: {method} -> class {e.label}{name}"
-    ex = e.extra or {}
-    if "interpreter_probability" in ex:  # FLINT
-        fname = ex.get("predictor_class_name")
-        agree = "agrees" if ex.get("agrees") else "DISAGREES"
-        head += (f" (interpreter g p={ex['interpreter_probability']:.3f}; predictor f: {ex['predictor_class']}"
-                 f"{f' {fname!r}' if fname is not None else ''} p={ex['predictor_probability']:.3f}, {agree})")
-    lines = [head]
-    if e.attributes is not None:
-        tau = ex.get("tau")
-        labels = ex.get("attribute_labels") or {}
-        lines.append(f"  relevant attributes{f' (tau={tau:g}, relevance > {1 / tau:.3f})' if tau else ''}:"
-                     + ("" if e.attributes else " none"))
-        for attr, value in e.attributes.items():
-            lines.append(f"    {attr:<10} {value:+.3f}" + (f"   ~ {labels[attr]}" if attr in labels else ""))
-        if ex.get("class_attributes") is not None:
-            lines.append(f"  attributes of class {e.label_name or e.label} (global): "
-                         + (", ".join(ex["class_attributes"]) or "none"))
-    if e.sentence:
-        lines.append(f"  sentence: {e.sentence}")
-    if e.saliency is not None:
-        sal = np.asarray(e.saliency)
-        r, c = np.unravel_index(int(np.argmax(sal)), sal.shape)
-        lines.append(f"  saliency {sal.shape[0]}x{sal.shape[1]}: peak at row {r}, column {c}; mean {sal.mean():.3f}")
-    if e.path:
-        lines.append(f"  path: {json.dumps(e.path, default=str)}")
-    if e.neurons:
-        lines.append(f"  neurons: {json.dumps(e.neurons)}")
-    scalars = {k: v for k, v in ex.items() if k not in _SKIP_EXTRA and isinstance(v, (int, float, str, bool))
-               and k not in ("interpreter_probability", "predictor_class", "predictor_probability", "agrees",
-                             "predictor_class_name", "tau", "interpreter_class")}
-    if scalars:
-        lines.append("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                      for k, v in scalars.items()))
-    return lines
+def format_explanation(path: str, explainer, e) -> list[str]:
+    """Human-readable lines for one explanation: the method's ``summary`` after the image's path."""
+    return f"{path}: {explainer.summary(e)}".splitlines()
 
 
 def picture_path(template: str, i: int, n: int) -> str:
@@ -196,31 +134,27 @@ def picture_path(template: str, i: int, n: int) -> str:
     return str(p.with_name(f"{p.stem}_{i}{p.suffix or '.png'}"))
 
 
-def write_picture(explainer, image: np.ndarray, explanation, path: str, params: dict[str, Any], am=None) -> str:
-    if explainer.name == "flint":
-        from interp_ray.explainers.flint.plots import write_local_sheet
+def write_picture(explainer, image: np.ndarray, explanation, path: str, drawing: Any = None) -> str:
+    """The method's picture of ``explanation`` (``Explainer.draw``) as a PNG file at ``path``."""
+    from interp_ray.explainers.base import picture_png
 
-        out, _ = write_local_sheet(explainer, image, path, tau=params.get("tau"), target=params.get("target", -1),
-                                   am=am)
-        return out
-    if explanation.saliency is not None:
-        from interp_ray.plots import save_overlay
-
-        return save_overlay(path, image, explanation.saliency, title=f"{explainer.name}: {explanation.label}")
-    raise UserError(f"method {explainer.name!r} has no picture to write")
+    png = picture_png(explainer.draw(image, explanation, **(drawing.model_dump() if drawing is not None else {})))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(png)
+    return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    session = build_session(args.method, args.checkpoint, args.classifier)
+    session = open_method(args.method, args.checkpoint, args.classifier)
     explainer = session.explainer
     params = parse_params(type(explainer), args.params, args.tau, args.target)
-    am = parse_am(args.am, explainer)
+    drawing = parse_drawing(explainer, args.drawing)
     images = [read_image(p, session.model) for p in args.images]  # every image checked before any work
     results = []
     for i, (path, image) in enumerate(zip(args.images, images)):
         e = session.explain(image[None], [params.get("target", -1)], params)[0]
-        pic = write_picture(explainer, image, e, picture_path(args.picture, i, len(images)), params, am) \
+        pic = write_picture(explainer, image, e, picture_path(args.picture, i, len(images)), drawing) \
             if args.picture else None
         results.append((path, e, pic))
     if args.json:
@@ -228,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           for path, e, pic in results]))
     else:
         for path, e, pic in results:
-            print("\n".join(format_explanation(os.fspath(path), args.method, e)))
+            print("\n".join(format_explanation(os.fspath(path), explainer, e)))
             if pic:
                 print(f"  picture: {pic}")
     return 0

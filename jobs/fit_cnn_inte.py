@@ -26,6 +26,9 @@ from interp_ray.explainers.cnn_inte import CnnInte, CnnInteConfig, global_figure
 from jobs.common import base_parser, exit_with
 from jobs.extract_activations import ComputeSection, ExtractJobConfig, StoreSection, extract
 
+# The interp-ray commands that run this job (jobs/cli.py reads this line without importing the module).
+CLI_COMMANDS = ("fit-cnn-inte",)
+
 
 class CnnInteJobConfig(Section):
     checkpoint: str = "outputs/digits_cnn"          # the classifier whose layer is explained

@@ -36,11 +36,15 @@ import numpy as np
 
 from interp_ray.config import LearnedJobConfig, deep_merge, parse_overrides, read_yaml, validate
 from interp_ray.errors import UserError
-from interp_ray.explainers.base import EXPLAINERS, Trainable, explainer_names, get_explainer
+from interp_ray.explainers.base import Trainable, explainer_names, get_explainer
 from interp_ray.store import shuffled
 from jobs.common import base_parser, check_storage_paths, exit_with, init_ray
 from jobs.train_loop import (epochs, final_checkpoint, make_trainer, quiet_console, rank_and_world, report_epoch,
                              resolve_use_gpu, resume, run_path, worker_history)
+
+# The interp-ray commands of the two jobs this one replaced (the config's ``method`` says what is trained),
+# besides the generic train-explainer; jobs/cli.py reads this line without importing the module.
+CLI_COMMANDS = ("train-interpnet", "train-semantic")
 
 log = logging.getLogger("interp_ray.train_explainer")
 MODEL_DIR = "model"          # inside each Ray checkpoint: the best epoch's explainer so far
@@ -50,7 +54,7 @@ INIT_DIR = "explainer_init"  # beside the Ray run: the untrained explainer every
 # --- config --------------------------------------------------------------------------------------------------------
 
 def learned_methods() -> list[str]:
-    return [n for n in explainer_names() if issubclass(EXPLAINERS.get(n), Trainable)]
+    return explainer_names(kind=Trainable)
 
 
 def method_class(method: Any) -> type:

@@ -35,6 +35,9 @@ from jobs.train_explainer import data_progress_bars, kept, shard_batches, store_
 from jobs.train_loop import (epochs, final_checkpoint, make_trainer, rank_and_world, report_epoch, resolve_use_gpu,
                              start_worker, training_state, worker_history)
 
+# The interp-ray commands that run this job (jobs/cli.py reads this line without importing the module).
+CLI_COMMANDS = ("train-flint",)
+
 log = logging.getLogger("interp_ray.train_flint")
 MODEL_DIR = "flint"          # inside each Ray checkpoint: a complete interp-ray FLINT checkpoint (no relevance yet)
 

@@ -320,7 +320,7 @@ class Routes:
             response_class=Response, responses={200: {"content": {"image/png": {}},
                                                        "description": "the explanation drawn as a PNG"},
                                                   **error_doc(400, 401, 404, 408, 413, 415, 422, 503)},
-            summary="Explain one image and draw it (saliency overlay, FLINT sheet, CNN-INTE route, sentence)")
+            summary="Explain one image and draw it (the method's picture: a saliency overlay, a caption or its own)")
         add(f"{v}/jobs/{{method}}", self.submit, methods=["POST"], tags=["jobs"], status_code=202,
             response_model=schemas.JobStatus,
             responses=error_doc(400, 401, 404, 413, 415, 422, 503), summary="Explain images as an asynchronous job")

@@ -1,8 +1,9 @@
 """The Ray-free core of the explanation service: settings, and the service object.
 
-``ExplainerService`` loads the classifier once, builds every registered method around it as every consumer does
-(``interp_ray.session.ExplainSession``: the explainer protocol's ``from_classifier``, and ``ActivationExtractor``
-for the layers a method reads) and runs batches. The Serve deployments in
+``ExplainerService`` loads the classifier once, opens every registered method around it as every consumer does
+(``interp_ray.session.open_session``: the explainer protocol's ``from_classifier``, and ``ActivationExtractor``
+for the layers a method reads) and runs batches; what a method is (slow or not) and how its explanation looks
+(``draw``) the method declares. The Serve deployments in
 ``serving.deployments`` are thin wrappers around it, and ``LocalBackend`` runs it in-process behind the same
 interface the HTTP routes use, so the routes can be tested without a cluster.
 """
@@ -27,7 +28,6 @@ log = logging.getLogger("interp_ray.serving")
 
 TOKEN_ENV = "INTERP_RAY_SERVE_TOKEN"
 ROOT_ENV = "INTERP_RAY_ROOT"
-DEFAULT_SLOW_METHODS = ("feature_inversion", "occlusion")
 PREDICT = "predict"  # the batching key of /v1/predict
 
 
@@ -78,8 +78,8 @@ class ServeArgs(BaseModel):
                                                description="'default', 'predict' or a method → batch settings")
     forwarding: ForwardSettings = Field(default_factory=ForwardSettings,
                                         description="how the Ingress groups images into Explainer calls")
-    slow_methods: list[str] = Field(list(DEFAULT_SLOW_METHODS),
-                                    description="methods flagged for the asynchronous /v1/jobs route")
+    slow_methods: list[str] | None = Field(None, description="methods flagged for the asynchronous /v1/jobs route; "
+                                                             "default: those that declare themselves slow")
     max_body_bytes: int = Field(16 * 2**20, ge=1024, description="larger request bodies get 413")
     max_images_per_request: int = Field(64, ge=1, description="images per synchronous request")
     max_images_per_job: int = Field(4096, ge=1, description="images per asynchronous job")
@@ -146,26 +146,26 @@ class SkipMethod(Exception):
     """A registered method that cannot be served with this configuration; the message says why."""
 
 
-def build_session(name: str, classifier: Any, checkpoint: str | None = None, **options: Any):
-    """Registered method ``name`` as serving runs it around ``classifier`` (a ``LoadedClassifier``): built and checked
-    the way every consumer builds it (``interp_ray.session.ExplainSession``); ``options`` are the config's
+def serve_session(name: str, classifier: Any, checkpoint: str | None = None, **options: Any):
+    """Registered method ``name`` as serving runs it around ``classifier`` (a ``LoadedClassifier``), opened the way
+    every consumer opens it (``interp_ray.session.open_session``); ``options`` are the config's
     ``method_options[name]``. A method that cannot be served with this configuration raises ``SkipMethod`` with the
-    reason, with the server's paths replaced by the config keys that name them."""
+    reason, in the config's words, with the server's paths replaced by the config keys that name them."""
     from interp_ray.explainers import get_explainer
-    from interp_ray.session import ExplainSession
+    from interp_ray.session import open_session
 
-    cls = get_explainer(name)
-    if cls.learned and not checkpoint:
+    learned = get_explainer(name).learned
+    if learned and not checkpoint:
         raise SkipMethod(f"{name} is learned and no checkpoint is configured "
                          f"(set explainer_checkpoints.{name} or checkpoint_dir)")
-    if cls.learned and not is_remote(checkpoint) \
+    if learned and not is_remote(checkpoint) \
             and not Path(checkpoint.removeprefix("file://"), "config.json").is_file():
         log.warning("%s: no checkpoint at %s", name, checkpoint)  # the operator's log keeps the path
         raise SkipMethod(f"{name} is learned and its checkpoint (explainer_checkpoints.{name}) has not been "
                          f"written: run the main job (python -m jobs.pipeline) first, or point "
                          f"explainer_checkpoints.{name} at a trained {name}")
     try:
-        return ExplainSession.build(name, classifier, checkpoint, **options)
+        return open_session(name, classifier=classifier, checkpoint=checkpoint if learned else None, **options)
     except (UserError, NotImplementedError, OSError) as e:
         log.warning("%s cannot be built from %s: %s", name, checkpoint, e)
         raise SkipMethod(f"{name} cannot be served: "
@@ -240,6 +240,8 @@ class ExplainerService:
         unknown = sorted(set(wanted) - set(registered))
         if unknown:
             raise UserError(f"unknown method(s) {', '.join(unknown)} in 'methods'; registered: {', '.join(registered)}")
+        slow = self.args.slow_methods
+        self.slow_methods = set(explainer_names(slow=True) if slow is None else slow)
         self.sessions: dict[str, Any] = {}  # method → interp_ray.session.ExplainSession
         self.skipped: dict[str, str] = {}
         for name in wanted:
@@ -251,7 +253,7 @@ class ExplainerService:
 
     def _add(self, name: str) -> None:
         try:
-            self.sessions[name] = build_session(name, self.classifier, self.args.explainer_checkpoint(name),
+            self.sessions[name] = serve_session(name, self.classifier, self.args.explainer_checkpoint(name),
                                                 **self.args.method_options.get(name, {}))
         except SkipMethod as e:
             self.skipped[name] = str(e)
@@ -271,7 +273,7 @@ class ExplainerService:
 
     def method_metadata(self, name: str) -> dict[str, Any]:
         meta = type(self.sessions[name].explainer).metadata()
-        meta["slow"] = name in self.args.slow_methods
+        meta["slow"] = name in self.slow_methods
         meta["batching"] = self.args.batch_settings(name).model_dump()
         meta["routes"] = {"explain": f"/v1/explain/{name}", "job": f"/v1/jobs/{name}"}
         return meta
@@ -311,15 +313,16 @@ class ExplainerService:
                                              rows[0].params)
 
     def picture_rows(self, method: str, rows: list[Row]) -> list[Outcome]:
-        """Each row explained and drawn as a PNG by the plotting code the reports use: the saliency overlay
-        (``interp_ray.plots``), FLINT's local interpretation sheet (its relevant attributes, each with the AM+PI
-        picture grown from the input), CNN-INTE's route diagram, the image captioned with the sentence."""
+        """Each row explained and drawn as a PNG by the method's own ``draw`` (the one the CLI's --picture uses):
+        the saliency overlay or the captioned image by default, a method's own picture where it has one."""
+        from interp_ray.explainers.base import picture_png
+
         out = []
         for row in rows:
             o = self.explain_rows(method, [row])[0]
             if o.ok:
                 try:
-                    o.picture = self._picture(method, row, o.explanation)
+                    o.picture = picture_png(self.sessions[method].explainer.draw(row.image, o.explanation))
                 except UserError as e:
                     o = Outcome(status=422, error=str(e))
                 except Exception as e:
@@ -327,33 +330,6 @@ class ExplainerService:
                     o = Outcome(status=500, error=f"drawing {method}'s explanation failed: {type(e).__name__}")
             out.append(o)
         return out
-
-    def _picture(self, method: str, row: Row, exp: Any) -> bytes:
-        import tempfile
-
-        explainer = self.sessions[method].explainer
-        name = exp.label_name or str(exp.label)
-        if exp.path is not None and hasattr(explainer, "representative_images"):
-            from interp_ray.explainers.cnn_inte import route_diagram
-
-            return route_diagram(explainer, exp, row.image)
-        with tempfile.TemporaryDirectory(prefix="interp-ray-picture-") as tmp:
-            path = Path(tmp) / "picture.png"
-            if exp.attributes is not None and hasattr(explainer, "attribute_names"):
-                from interp_ray.explainers.flint.plots import write_local_sheet
-
-                write_local_sheet(explainer, row.image, path, tau=row.params.get("tau"), target=row.target)
-            elif exp.saliency is not None:
-                from interp_ray.plots import save_overlay
-
-                save_overlay(path, row.image, np.asarray(exp.saliency), title=f"{method}: class {name}")
-            elif exp.sentence is not None:
-                from interp_ray.plots import save_captioned
-
-                save_captioned(path, row.image, exp.sentence, title=f"{method}: class {name}")
-            else:
-                raise UserError(f"{method}'s explanation has nothing to draw")
-            return path.read_bytes()
 
     def predict_rows(self, rows: list[Row]) -> list[Outcome]:
         import torch

@@ -1,4 +1,4 @@
-"""What every saliency explainer shares: input checks, target classes, map normalisation, default layers.
+"""What every saliency explainer shares: input checks, target classes, map normalisation, torchvision layers.
 
 Kept apart from the methods so GFI, Grad-CAM, gradient and occlusion validate a request the same way and fail with
 the same ``UserError`` messages (a serving client sees one contract, whichever method it calls).
@@ -100,26 +100,24 @@ def upsample_maps(maps: torch.Tensor, size: Sequence[int], *, align_corners: boo
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Default layers per architecture
+# torchvision architectures, as their papers and code read them
 # ---------------------------------------------------------------------------------------------------------------
-# The registry's classifiers are recognised by structure (a Classifier does not carry its registry name). The
-# choices follow Du et al. (KDD'18): l0 = the last pooling layer before the classifier head, l1 = the last
-# convolutional feature map (VGG-19: pool5 / conv5_4; ResNet-18: "pool5" = layer4 / the next-to-last block).
 
 
-def default_layers(model: Classifier) -> dict:
-    """``{"inversion": l0, "base": l1, "gradcam": layer}`` (plus ``blur_sigma`` where the paper's blur does not suit
-    the data), as the model declares them (``explainer_defaults``, set in ``interp_ray.models.zoo``), else a
-    UserError asking for the layer names."""
-    declared = getattr(model, "explainer_defaults", {})
-    fi, cam = declared.get("feature_inversion") or {}, declared.get("gradcam") or {}
-    if not fi or not cam:
-        raise UserError("this model declares no default layers for the saliency methods; pass the layer names "
-                        f"explicitly (valid: {', '.join(model.layer_names())})")
-    out = {"inversion": fi["inversion_layer"], "base": fi["base_layer"], "gradcam": cam["layer"]}
-    if "blur_sigma" in fi:
-        out["blur_sigma"] = fi["blur_sigma"]
-    return out
+def torchvision_layers(model: Classifier) -> dict[str, str]:
+    """Named layers of a torchvision VGG or ResNet (the methods' papers name these): VGG ``pool5`` (the last max pool)
+    and ``conv5_relu`` (the ReLU before it); ResNet ``layer4``, ``layer4_penultimate`` (its next-to-last block) and
+    ``layer4_first`` (its first block). Empty for any other model."""
+    import torchvision.models as tvm
+
+    net = getattr(model, "net", model)
+    if isinstance(net, tvm.VGG):
+        pools = [i for i, m in enumerate(net.features) if isinstance(m, nn.MaxPool2d)]
+        last_relu = max(i for i, m in enumerate(net.features[:pools[-1]]) if isinstance(m, nn.ReLU))
+        return {"pool5": f"features.{pools[-1]}", "conv5_relu": f"features.{last_relu}"}
+    if isinstance(net, tvm.ResNet):
+        return {"layer4": "layer4", "layer4_penultimate": f"layer4.{len(net.layer4) - 2}", "layer4_first": "layer4.0"}
+    return {}
 
 
 def resolve_one_layer(model: Classifier, name: str) -> str:

@@ -3,8 +3,8 @@
 Adding a method is one folder (or one file, for a small one): subclass ``Explainer`` and decorate it with
 ``@register("name")`` in a subpackage or module of the ``interp_ray.explainers`` package (found by scanning the
 package; a subpackage's ``__init__`` imports the module that registers), or in any installed package that names the
-module under the ``interp_ray.explainers`` entry-point group. Serving (``/v1/explain/{name}``), the CLI, the jobs and the
-conformance tests read the registry and construct every method the same way: ``build_explainer`` below.
+module under the ``interp_ray.explainers`` entry-point group. Serving (``/v1/explain/{name}``), the CLI, the jobs and
+the conformance tests read the registry and construct every method the same way: ``build_explainer`` below.
 
 The protocol declares what consumers would otherwise guess:
 
@@ -12,7 +12,15 @@ The protocol declares what consumers would otherwise guess:
   optimisation methods, ``cls.load(checkpoint, classifier=…, device=…)`` for learned ones);
 * which classifier layers it reads (``layers``), which ``ActivationExtractor`` — the one code path that runs a
   classifier for activations — computes, and how those columns become its batch (``batch_from``);
-* its request parameters (``Params``, validated by ``parse_params``).
+* its request parameters (``Params``, validated by ``parse_params``);
+* its layer defaults for a classifier, from the classifier's layer roles (``defaults_for``; ``role_layers`` says in
+  one line when the model has no layer in a role the method needs, before any work);
+* whether it is slow (``slow``: served as an asynchronous job by default);
+* how its explanation reads (``summary``: the CLI's text) and looks (``draw``, with its ``Drawing`` parameters:
+  the CLI's ``--picture`` and serving's picture route).
+
+The registry answers queries (``explainer_names(learned=…, produces=…, needs=…, slow=…)``), so a consumer never
+filters it by hand.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from interp_ray.errors import UserError
 from interp_ray.jsonsafe import json_safe
+from interp_ray.models.roles import layers_for_role
 from interp_ray.registry import Registry
 
 EXPLAINERS: Registry = Registry("explainer")
@@ -81,14 +90,39 @@ class Explainer(abc.ABC):
               "model" (the classifier itself, given at construction or load).
     produces: which ``Explanation`` fields it fills.
     learned:  has state learned from data, saved with ``save`` and read back with ``load``.
+    slow:     takes seconds an image (an optimisation per image): serving offers it as an asynchronous job by default.
     Params:   the per-request parameters (a pydantic model); every consumer validates them with ``parse_params``.
+    Drawing:  the parameters of ``draw`` (a pydantic model), validated with ``parse_drawing``.
     """
 
     name: ClassVar[str]
     needs: ClassVar[frozenset[str]] = frozenset({"image"})
     produces: ClassVar[frozenset[str]] = frozenset()
     learned: ClassVar[bool] = False
+    slow: ClassVar[bool] = False
     Params: ClassVar[type[BaseModel]] = NoParams
+    Drawing: ClassVar[type[BaseModel]] = NoParams
+    # Keys of ``Explanation.extra`` the default ``summary`` leaves out (internals, not a reader's numbers).
+    summary_skips: ClassVar[frozenset[str]] = frozenset()
+
+    # -- what it reads of a classifier ---------------------------------------------------------------------------
+
+    @classmethod
+    def defaults_for(cls, classifier: Any) -> dict[str, Any]:
+        """The method's own options (layer names, …) for ``classifier`` (a ``Classifier`` or a ``LoadedClassifier``)
+        when the caller names none: from the classifier's layer roles (``role_layers``), or from settings the
+        method keeps for a registered architecture (``Classifier.arch``) in its own folder. The method's constructor
+        takes them for the options it is not given (so a layer given explicitly stays distinguishable)."""
+        return {}
+
+    @classmethod
+    def role_layers(cls, classifier: Any, role: str) -> list[str]:
+        """The classifier's layers in ``role`` (``interp_ray.models.roles``), or a one-line UserError saying that
+        this method cannot apply to the model and why."""
+        try:
+            return layers_for_role(classifier_model(classifier), role)
+        except UserError as e:
+            raise UserError(f"{cls.name} cannot explain this model: {e}") from None
 
     # -- construction ---------------------------------------------------------------------------------------------
 
@@ -176,11 +210,86 @@ class Explainer(abc.ABC):
                                       f"that saves a small instance of it at path")
         return None
 
+    # -- how an explanation reads and looks ----------------------------------------------------------------------
+
+    def summary(self, explanation: Explanation) -> str:
+        """The explanation as text for a reader (the CLI prints it after the image's path): a head line with the
+        class, then a line per field the method filled. Methods with more to say override it."""
+        return "\n".join(summary_lines(explanation, self.name, skip=self.summary_skips))
+
+    def parse_drawing(self, drawing: BaseModel | dict[str, Any] | None) -> BaseModel:
+        """The drawing parameters as ``Drawing``; a bad one is a UserError naming each bad field."""
+        return parse_params(self.Drawing, drawing, method=getattr(self, "name", None))
+
+    def draw(self, image: np.ndarray, explanation: Explanation, **drawing: Any) -> Any:
+        """A picture of ``explanation`` of ``image`` (C×H×W in [0, 1]): a matplotlib Figure or PNG bytes
+        (``picture_png`` turns either into bytes). By default the saliency map laid over the image, or the image
+        captioned with the sentence; a method with pictures of its own overrides it."""
+        from interp_ray import plots
+
+        self.parse_drawing(drawing)
+        title = f"{self.name}: class {explanation.label_name or explanation.label}"
+        if explanation.saliency is not None:
+            return plots.overlays_figure(image, [np.asarray(explanation.saliency)], titles=[title])
+        if explanation.sentence is not None:
+            return plots.captioned_figure(image, explanation.sentence, title=title)
+        raise UserError(f"{self.name}'s explanation has nothing to draw")
+
     @classmethod
     def metadata(cls) -> dict[str, Any]:
         return {"name": cls.name, "needs": sorted(cls.needs), "produces": sorted(cls.produces),
-                "learned": cls.learned, "params": cls.Params.model_json_schema(),
+                "learned": cls.learned, "slow": cls.slow, "params": cls.Params.model_json_schema(),
+                "drawing": cls.Drawing.model_json_schema(),
                 "doc": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""}
+
+
+def picture_png(picture: Any) -> bytes:
+    """What ``Explainer.draw`` returned (PNG bytes or a matplotlib Figure) as PNG bytes."""
+    if isinstance(picture, (bytes, bytearray)):
+        return bytes(picture)
+    from interp_ray.plots import figure_png
+
+    return figure_png(picture)
+
+
+def summary_lines(e: Explanation, method: str, *, head: str = "", skip: Iterable[str] = ()) -> list[str]:
+    """The default ``summary``'s lines: ``method -> class L 'name'`` (+ ``head``), then each filled field, then the
+    scalar extras not in ``skip``."""
+    import json
+
+    name = f" '{e.label_name}'" if e.label_name is not None else ""
+    lines = [f"{method} -> class {e.label}{name}{head}"]
+    ex = e.extra or {}
+    if e.attributes is not None:
+        tau = ex.get("tau")
+        lines.append(f"  relevant attributes{f' (tau={tau:g}, relevance > {1 / tau:.3f})' if tau else ''}:"
+                     + ("" if e.attributes else " none"))
+        labels = ex.get("attribute_labels") or {}
+        for attr, value in e.attributes.items():
+            lines.append(f"    {attr:<10} {value:+.3f}" + (f"   ~ {labels[attr]}" if attr in labels else ""))
+    if e.sentence:
+        lines.append(f"  sentence: {e.sentence}")
+    if e.saliency is not None:
+        sal = np.asarray(e.saliency)
+        r, c = np.unravel_index(int(np.argmax(sal)), sal.shape)
+        lines.append(f"  saliency {sal.shape[0]}x{sal.shape[1]}: peak at row {r}, column {c}; mean {sal.mean():.3f}")
+    if e.path:
+        lines.append(f"  path: {json.dumps(e.path, default=str)}")
+    if e.neurons:
+        lines.append(f"  neurons: {json.dumps(e.neurons)}")
+    skip = set(skip) | {"tau"}
+    scalars = {k: v for k, v in ex.items() if k not in skip and isinstance(v, (int, float, str, bool))}
+    if scalars:
+        lines.append("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                      for k, v in scalars.items()))
+    return lines
+
+
+def classifier_model(classifier: Any) -> Any:
+    """The ``Classifier`` of a ``LoadedClassifier`` (or the ``Classifier`` itself)."""
+    from interp_ray.models import Classifier
+
+    return classifier if isinstance(classifier, Classifier) else getattr(classifier, "model", classifier)
 
 
 def parse_params(schema: type[BaseModel], params: BaseModel | dict[str, Any] | None, *,
@@ -231,9 +340,31 @@ def get_explainer(name: str) -> type[Explainer]:
     return EXPLAINERS.get(name)
 
 
-def explainer_names() -> list[str]:
+def explainer_names(*, learned: bool | None = None, slow: bool | None = None, produces: str | None = None,
+                    needs: str | None = None, needs_only: Iterable[str] | None = None,
+                    kind: type | None = None) -> list[str]:
+    """The registered methods, sorted, narrowed by what they declare: ``learned``/``slow`` (True or False),
+    ``produces`` (an ``Explanation`` field it fills), ``needs`` (an input it reads), ``needs_only`` (it reads
+    nothing else: ``{"image", "model"}`` for a method that runs on the classifier alone), ``kind`` (a class it
+    subclasses, e.g. ``Trainable``); None leaves a criterion open."""
+    return [cls.name for cls in find_explainers(learned=learned, slow=slow, produces=produces, needs=needs,
+                                                needs_only=needs_only, kind=kind)]
+
+
+def find_explainers(*, learned: bool | None = None, slow: bool | None = None, produces: str | None = None,
+                    needs: str | None = None, needs_only: Iterable[str] | None = None,
+                    kind: type | None = None) -> list[type[Explainer]]:
+    """The registered method classes ``explainer_names`` lists, in its order."""
     load_explainer_modules()
-    return EXPLAINERS.names()
+    only = None if needs_only is None else frozenset(needs_only)
+    out = []
+    for name in EXPLAINERS.names():
+        cls = EXPLAINERS.get(name)
+        if (learned is None or bool(cls.learned) == learned) and (slow is None or bool(cls.slow) == slow) \
+                and (produces is None or produces in cls.produces) and (needs is None or needs in cls.needs) \
+                and (only is None or cls.needs <= only) and (kind is None or issubclass(cls, kind)):
+            out.append(cls)
+    return out
 
 
 def adopt_explainer(cls: type[Explainer]) -> None:

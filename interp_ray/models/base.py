@@ -19,7 +19,7 @@ stay out of the state dict (the checkpoint records them among the model's option
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -40,7 +40,7 @@ class Classifier(nn.Module):
     """``forward(x) -> logits`` plus ``activations(x, layers) -> {name: tensor}``."""
 
     def __init__(self, net: nn.Module, *, num_classes: int, in_channels: int, image_size: int,
-                 default_layers: Iterable[str] = (), explainer_defaults: dict[str, dict[str, Any]] | None = None,
+                 default_layers: Iterable[str] = (), arch: str | None = None,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
         super().__init__()
         self.net = net
@@ -50,13 +50,9 @@ class Classifier(nn.Module):
         self.default_layers = list(default_layers)
         if self.default_layers:
             self.resolve_layers(self.default_layers)
-        # Per-explainer settings declared with the architecture (e.g. ``{"flint": {"layers": [...], ...}}``), so an
-        # explainer need not recognise the model by its structure; their layer names are checked here, once.
-        self.explainer_defaults = {k: dict(v) for k, v in (explainer_defaults or {}).items()}
-        for settings in self.explainer_defaults.values():
-            for key in ("layers", "layer", "inversion_layer", "base_layer"):
-                if key in settings:
-                    self.resolve_layers(settings[key])
+        # The registry name the model was built from (None for a user's own model): a method may keep settings
+        # for a registered architecture under this name, in its own folder; the model never names a method.
+        self.arch = arch
         self.set_normalisation(mean, std)
 
     def set_normalisation(self, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:

@@ -41,7 +41,7 @@ from torch import nn
 from interp_ray.errors import UserError
 from interp_ray.models.base import Classifier
 from interp_ray.models.roles import find_roles, probe
-from interp_ray.models.zoo import MODELS, torchvision_defaults
+from interp_ray.models.zoo import MODELS
 
 # Options that describe the input and output, owned by interp-ray (the rest go to the builder).
 INPUT_OPTIONS = ("num_classes", "in_channels", "image_size", "mean", "std")
@@ -155,7 +155,7 @@ def _build_foreign(spec: ModelSpec, options: dict[str, Any]) -> Classifier:
     roles = find_roles(net, probed=probed)
     default_layers = list(dict.fromkeys(roles.get("last_maps", []) + roles.get("penultimate", [])))
     model = Classifier(net, num_classes=int(out.shape[1]), in_channels=in_channels, image_size=image_size,
-                       default_layers=default_layers, explainer_defaults=torchvision_defaults(net),
+                       default_layers=default_layers,
                        mean=mean, std=std)
     model._roles = roles
     return model

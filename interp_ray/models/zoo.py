@@ -27,17 +27,7 @@ def digits_cnn(*, num_classes: int = 10, in_channels: int = 1, image_size: int =
     net.add_module("dropout", nn.Dropout(dropout))
     net.add_module("fc2", nn.Linear(hidden, num_classes))
     return Classifier(net, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
-                      default_layers=["relu2", "relu3"], explainer_defaults=SMALL_CNN_DEFAULTS)
-
-
-# What the explainers read of digits_cnn and flint_mnist (relu2: the last conv map; pool: the block after pooling).
-# Guided feature inversion: l0 = pool, l1 = relu2; blur σ = 2 px on 8×8 / 28×28 inputs. Grad-CAM: relu2.
-# FLINT: Ψ on the conv block after pooling (2w×4×4 here), as the MNIST net's 32×14×14 feature block.
-SMALL_CNN_DEFAULTS = {
-    "feature_inversion": {"inversion_layer": "pool", "base_layer": "relu2", "blur_sigma": 2.0},
-    "gradcam": {"layer": "relu2"},
-    "flint": {"layers": ["pool"], "psi_activation": "leaky_relu", "decoder": "convt", "decoder_channels": [8, 16]},
-}
+                      default_layers=["relu2", "relu3"], arch="digits_cnn")
 
 
 @MODELS.register("flint_mnist")
@@ -62,12 +52,8 @@ def flint_mnist(*, num_classes: int = 10, in_channels: int = 1, image_size: int 
     net.add_module("relu3", nn.ReLU())
     net.add_module("dropout2", nn.Dropout(dropout))
     net.add_module("fc2", nn.Linear(hidden, num_classes))
-    # FLINT (the code's MNIST setting): Ψ = attr_MNIST (conv 64 + LeakyReLU) on the feature block after the last
-    # ReLU; d = decode_MNIST, FC(J→2·7·7) → ConvT(2→8)+ReLU → ConvT(8→1)+ReLU.
-    flint = {"layers": ["relu2"], "psi_activation": "leaky_relu", "decoder": "convt", "decoder_channels": [2, 8]}
     return Classifier(net, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
-                      default_layers=["relu2", "relu3"],
-                      explainer_defaults={**SMALL_CNN_DEFAULTS, "flint": flint})
+                      default_layers=["relu2", "relu3"], arch="flint_mnist")
 
 
 @MODELS.register("scenes_cnn")
@@ -89,22 +75,7 @@ def scenes_cnn(*, num_classes: int = 12, in_channels: int = 3, image_size: int =
     net.add_module("dropout", nn.Dropout(dropout))
     net.add_module("fc2", nn.Linear(hidden, num_classes))
     return Classifier(net, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
-                      default_layers=["relu4", "relu_fc"], explainer_defaults=SCENES_CNN_DEFAULTS)
-
-
-# Guided feature inversion on scenes_cnn (64×64 input, relu3 16×16×4w, relu4 8×8×8w, then global pooling):
-# l1 = relu3 (16×16) rather than relu4 (8×8): an object of the scenes is 10–20 px wide, and an 8×8 grid puts a whole
-# object into one or two cells. GAP (1×1) keeps no layout to invert, so l0 = relu4, the last map with spatial
-# extent — the role pool5 (7×7) plays in VGG. Chosen on the val split (docs/saliency.md). Blur σ = 8 px: with the
-# paper's blur scaled to 64 px (σ ≈ 3) the blurred scene alone is still classified correctly 20% of the time (the
-# objects are small blobs of one colour), and then stage 2 has nothing to find; at σ = 8 the blurred image is at
-# chance (8.7% vs 8.3%). FLINT: Ψ on relu3 and relu4 (the two last conv maps, sizes 2:1), the RN18-multi pattern.
-SCENES_CNN_DEFAULTS = {
-    "feature_inversion": {"inversion_layer": "relu4", "base_layer": "relu3", "blur_sigma": 8.0},
-    "gradcam": {"layer": "relu4"},
-    "flint": {"layers": ["relu3", "relu4"], "psi_activation": "relu", "decoder": "convt",
-              "decoder_channels": [10, 24]},
-}
+                      default_layers=["relu4", "relu_fc"], arch="scenes_cnn")
 
 
 def _torchvision(builder_name: str, default_layers: list[str]):
@@ -118,33 +89,11 @@ def _torchvision(builder_name: str, default_layers: list[str]):
         if weights_path:
             load_weights_file(net, weights_path)
         return Classifier(net, num_classes=num_classes, in_channels=3, image_size=image_size,
-                          default_layers=default_layers, explainer_defaults=torchvision_defaults(net))
+                          default_layers=default_layers, arch=builder_name)
 
     build.__name__ = builder_name
     build.__doc__ = f"torchvision {builder_name} (weights=None unless a local weights file is given)."
     return build
-
-
-def torchvision_defaults(net: nn.Module) -> dict[str, dict]:
-    """What the explainers read of a torchvision VGG or ResNet, as their papers and code do.
-
-    VGG (guided feature inversion's own setting): l0 = pool5, l1 = the last conv5 ReLU, Grad-CAM on that ReLU.
-    ResNet: l0 = layer4, l1 = its second-to-last block, Grad-CAM on layer4; FLINT on layer3 and layer4's first block
-    with an upsampling decoder, as the FLINT code's ResNet-18.
-    """
-    import torchvision.models as tvm
-
-    if isinstance(net, tvm.VGG):
-        pools = [i for i, m in enumerate(net.features) if isinstance(m, nn.MaxPool2d)]
-        last_relu = max(i for i, m in enumerate(net.features[:pools[-1]]) if isinstance(m, nn.ReLU))
-        return {"feature_inversion": {"inversion_layer": f"features.{pools[-1]}", "base_layer": f"features.{last_relu}"},
-                "gradcam": {"layer": f"features.{last_relu}"}}
-    if isinstance(net, tvm.ResNet):
-        return {"feature_inversion": {"inversion_layer": "layer4", "base_layer": f"layer4.{len(net.layer4) - 2}"},
-                "gradcam": {"layer": "layer4"},
-                "flint": {"layers": ["layer3", "layer4.0"], "psi_activation": "relu", "decoder": "upsample",
-                          "decoder_channels": [128, 128, 128, 64]}}
-    return {}
 
 
 def load_weights_file(net: nn.Module, path: str) -> None:

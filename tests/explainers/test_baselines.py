@@ -173,11 +173,26 @@ def test_bad_input_raises_user_error(model, images, name):
         ex.explain({"image": images[:1]}, {"taget": 1})
 
 
-def test_gradcam_unknown_layer_and_architecture_raise_user_error(model):
+def test_gradcam_unknown_layer_and_a_model_without_maps_raise_user_error(model):
     with pytest.raises(UserError, match="unknown layer"):
         GradCAM(model, layer="conv7")
-    with pytest.raises(UserError, match="no default layers"):
-        GradCAM(model)
+    assert GradCAM(model).layer == model.roles()["saliency"][0]  # no layer named: the model's saliency role
+    mlp = Classifier(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * SIZE * SIZE, 8), torch.nn.ReLU(),
+                                         torch.nn.Linear(8, 3)), num_classes=3, in_channels=3, image_size=SIZE)
+    for cls in (GradCAM, FeatureInversion):
+        with pytest.raises(UserError, match=f"{cls.name} cannot explain this model: no layer .* spatial map") as e:
+            cls(mlp)
+        assert "\n" not in str(e.value)
+
+
+def test_gradcam_layer_per_registered_model():
+    """flint_mnist: the last convolution (conv2), where the Grad-CAM map is not all zero for a share of the images as
+    at relu2 (after pool, dropout and ReLU, with an FC head); digits_cnn: relu2, directly after its last conv."""
+    from interp_ray.models import build_model
+
+    assert GradCAM(build_model("flint_mnist")).layer == "conv2"
+    assert GradCAM(build_model("digits_cnn")).layer == "relu2"
+    assert GradCAM.defaults_for(build_model("scenes_cnn")) == {"layer": "relu4"}
 
 
 def test_occlusion_window_larger_than_image_raises_user_error(model, images):
@@ -190,5 +205,5 @@ def test_all_baselines_are_registered():
     for name in ("gradcam", "gradient", "occlusion", "center"):
         assert name in names
         meta = get_explainer(name).metadata()
-        assert "saliency" in meta["produces"]
+        assert "saliency" in meta["produces"] and meta["slow"] == (name == "occlusion")
         json.dumps(meta)

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 import interp_ray.explainers.feature_inversion.optimisation as fi
 from interp_ray.errors import UserError
 from interp_ray.explainers import explainer_names, get_explainer
-from interp_ray.explainers._common import default_layers
 from interp_ray.explainers.feature_inversion import FeatureInversion, GFISettings
 from interp_ray.models import build_model
 
@@ -175,7 +174,12 @@ def test_request_params_override_the_explainer_settings(model, images):
     ("resnet50", {"inversion": "layer4", "base": "layer4.1", "gradcam": "layer4"}),
 ])
 def test_default_layers_per_architecture(name, expected):
-    layers = default_layers(build_model(name, num_classes=4) if "cnn" not in name else build_model(name))
+    from interp_ray.explainers.baselines import GradCAM
+
+    model = build_model(name, num_classes=4) if "cnn" not in name else build_model(name)
+    fi = FeatureInversion.defaults_for(model)
+    layers = {"inversion": fi["inversion_layer"], "base": fi["base_layer"],
+              "gradcam": GradCAM.defaults_for(model)["layer"]}
     assert {k: layers[k] for k in expected} == expected
 
 
@@ -235,9 +239,12 @@ def test_bad_construction_raises_user_error(model, kw, match):
         FeatureInversion(model, **{**LAYERS, **kw})
 
 
-def test_unknown_architecture_needs_explicit_layers(model):
-    with pytest.raises(UserError, match="no default layers"):
-        FeatureInversion(model)
+def test_an_unregistered_architecture_reads_its_last_maps_role(model):
+    """No settings kept for this model: l1 is the earlier of its last two spatial levels, l0 the later."""
+    earlier, later = model.roles()["last_maps"]
+    fi = FeatureInversion(model)
+    assert (fi.inversion_layer, fi.base_layer("paper")) == (later, earlier)
+    assert fi.base_layer("code") == later  # the code variant inverts l0 when l1 was not named, as before
 
 
 def test_registered_with_its_contract():

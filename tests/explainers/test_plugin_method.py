@@ -3,7 +3,9 @@ nowhere else, is explained in-process, through the CLI, through the HTTP API and
 that never import it), passes the conformance suite by one import (``interp_ray.testing.conformance``), and runs as
 a stage of the main job (registered here with its own YAML config) — with no edit to any other file (no module
 list, no table of methods or stages, no constructor convention to teach). A learned plug-in provides its own
-specimen, and the suite fails a plug-in that breaks a clause."""
+specimen, and the suite fails a plug-in that breaks a clause. What the consumers show of it is what it declares: the
+CLI prints its ``summary`` and writes its ``draw`` (with its ``Drawing`` parameters), serving draws the same picture
+and flags it ``slow``."""
 
 from __future__ import annotations
 
@@ -25,13 +27,21 @@ class StrongestUnitsParams(BaseModel):
     top: int = Field(3, ge=1, le=64, description="how many units to report")
 
 
+class StrongestUnitsDrawing(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    scale: int = Field(1, ge=1, le=16, description="pixels per unit")
+
+
 class StrongestUnits(Explainer):
     """The classifier's most active units of its penultimate layer, for its prediction (a plug-in's method)."""
 
     name: ClassVar[str] = "plugin_strongest_units"
     needs = frozenset({"activations"})
     produces = frozenset({"attributes"})
+    slow = True   # not really: to see serving take its async default from the method
     Params = StrongestUnitsParams
+    Drawing = StrongestUnitsDrawing
 
     def __init__(self, model, *, class_names=None):
         self.model, self.class_names = model, class_names
@@ -48,6 +58,33 @@ class StrongestUnits(Explainer):
             out.append(Explanation(label=int(c), method=self.name,
                                    attributes={f"unit_{j}": round(float(a[j]), 6) for j in top}))
         return out
+
+    def summary(self, explanation):
+        return f"strongest units for class {explanation.label}: {' '.join(explanation.attributes)}"
+
+    def draw(self, image, explanation, **drawing):
+        """A grey strip, one ``scale``-wide block per reported unit, its grey level the unit's index: PNG bytes."""
+        import io
+
+        from PIL import Image
+
+        scale = self.parse_drawing(drawing).scale
+        units = [int(name.split("_")[1]) for name in explanation.attributes]
+        strip = np.repeat(np.asarray([units], dtype=np.uint8), scale, axis=1)
+        buf = io.BytesIO()
+        Image.fromarray(strip, mode="L").save(buf, format="PNG")
+        return buf.getvalue()
+
+
+def units_drawn(png: bytes, scale: int) -> list[int]:
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as im:
+        row = np.asarray(im)[0]
+    assert len(row) % scale == 0
+    return [int(v) for v in row[::scale]]
 
 
 def registered():
@@ -93,6 +130,52 @@ def test_the_plugin_is_in_the_registry_and_explains_what_it_says(plugin):
     for e, a, logits in zip(got, acts["relu3"].numpy(), acts["logits"]):
         assert e.label == int(logits.argmax())
         assert list(e.attributes) == [f"unit_{j}" for j in np.argsort(-a, kind="stable")[:2]]
+
+
+def test_the_cli_prints_the_plugins_summary_and_writes_its_picture(plugin, tmp_path, capsys):
+    from PIL import Image
+
+    from jobs.common import run_main
+    from jobs.explain import main, read_image
+
+    png = tmp_path / "input.png"
+    Image.fromarray((plugin.images[0, 0] * 255).round().astype(np.uint8)).save(png)
+    want = plugin.session.explain(read_image(str(png), plugin.session.model)[None], params={"top": 4})[0]
+    picture = tmp_path / "units.png"
+    assert run_main(main, [plugin.name, "--checkpoint", str(plugin.classifier_path), str(png), "--param", "top=4",
+                           "--picture", str(picture), "--draw", "scale=3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{png}: strongest units for class {want.label}: {' '.join(want.attributes)}"
+    assert out[1] == f"  picture: {picture}"
+    assert units_drawn(picture.read_bytes(), 3) == [int(u.split("_")[1]) for u in want.attributes]
+    # its drawing parameters are its own: a field it lacks is one line, exit 2, before any work
+    assert run_main(main, [plugin.name, "--checkpoint", str(plugin.classifier_path), str(png), "--picture",
+                           str(picture), "--draw", "colour=red"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--draw" in err[0] and "colour" in err[0], err
+
+
+def test_serving_answers_with_the_plugins_json_picture_and_slow_flag(plugin):
+    from serving.api import make_api
+    from serving.jobs import JobRunner
+    from serving.service import ExplainerService, LocalBackend
+    from serving_helpers import asgi_client
+
+    service = ExplainerService({"checkpoint": str(plugin.classifier_path), "methods": [plugin.name],
+                                "token_env": "INTERP_RAY_TEST_UNSET_TOKEN"})
+    backend = LocalBackend(service)
+    want = plugin.session.explain(plugin.images[:1], params={"top": 5})[0]
+    with asgi_client(make_api(backend, JobRunner(backend=backend), service.args, token="")) as client:
+        meta = client.get(f"/v1/methods/{plugin.name}").json()
+        assert meta["slow"] is True  # from the method's declaration; slow_methods not configured
+        resp = client.post(f"/v1/explain/{plugin.name}", json={"tensor": plugin.images[:1].tolist(),
+                                                                "params": {"top": 5}})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["explanations"][0]["attributes"] == want.attributes
+        pic = client.post(f"/v1/explain/{plugin.name}/picture", json={"tensor": plugin.images[0].tolist(),
+                                                                      "params": {"top": 5}})
+        assert pic.status_code == 200 and pic.headers["content-type"] == "image/png", pic.text[:200]
+        assert units_drawn(pic.content, 1) == [int(u.split("_")[1]) for u in want.attributes]
 
 
 class BatchScaled(StrongestUnits):

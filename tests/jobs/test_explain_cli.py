@@ -71,7 +71,7 @@ def test_json_tau_and_picture(flint_checkpoint, digit_png, capsys, tmp_path):
     png, _ = digit_png
     sheet = tmp_path / "sheet.png"
     assert run_main(main, ["flint", "--checkpoint", str(ckpt), str(png), str(png), "--json", "--tau", "5",
-                           "--picture", str(sheet), "--am", "rounds=2", "--am", "n_iter=10"]) == 0
+                           "--picture", str(sheet), "--draw", "rounds=2", "--am", "n_iter=10"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 2 and rows[0]["explanation"] == rows[1]["explanation"]
     e = rows[0]["explanation"]
@@ -100,7 +100,8 @@ def test_bad_input_exit_2_with_one_line(flint_checkpoint, digits_checkpoint, dig
         "not a decodable image": ["flint", "--checkpoint", str(ckpt), str(junk)],
         "unknown parameter(s) colour": ["flint", "--checkpoint", str(ckpt), str(png), "--param", "colour=1"],
         "invalid parameters": ["flint", "--checkpoint", str(ckpt), str(png), "--tau", "-1"],
-        "--am: bogus: Extra inputs are not permitted": ["flint", "--checkpoint", str(ckpt), str(png), "--am", "bogus=1"],
+        "--draw: invalid parameters for flint: bogus: Extra inputs are not permitted":
+            ["flint", "--checkpoint", str(ckpt), str(png), "--draw", "bogus=1"],
         "has no 'tau' parameter": ["gradient", "--checkpoint", str(digits_checkpoint), str(png), "--tau", "2"],
         "holds a 'flint', not a 'classifier'": ["gradient", "--checkpoint", str(ckpt), str(png)],
     }

@@ -127,8 +127,9 @@ def test_flint_mnist_is_the_papers_network():
     assert not torch.equal(m(x), m(x))
 
 
-def test_flint_mnist_declares_flints_taps_and_decoder():
-    """FLINT reads the model's own declaration: Ψ on relu2 (after the last ReLU, not ``pool``), d = decode_MNIST."""
+def test_flint_mnist_gets_flints_taps_and_decoder():
+    """FLINT's settings for flint_mnist (kept in FLINT's folder, by the model's registry name): Ψ on relu2 (after the
+    last ReLU, not ``pool``), d = decode_MNIST."""
     from interp_ray.explainers.flint.config import FlintSection
     from interp_ray.explainers.flint.model import build_flint, resolved_flint_spec
 
@@ -140,8 +141,7 @@ def test_flint_mnist_declares_flints_taps_and_decoder():
     out = flint(torch.rand(2, 1, 28, 28))
     assert out.phi.shape == (2, 25) and out.recon.shape == (2, 1, 28, 28)
     assert flint.decoder.fc.out_features == 98  # FC(J → 2×7×7)
-    # a declaration naming a layer the network lacks fails when the model is built, not in the explainer
-    from interp_ray.models.base import Classifier
-
+    # a FLINT config naming a layer the network lacks fails when the architecture is resolved, before any training
     with pytest.raises(UnknownLayerError):
-        Classifier(m.net, num_classes=10, in_channels=1, image_size=28, explainer_defaults={"flint": {"layers": ["x"]}})
+        resolved_flint_spec(m, FlintSection(layers=["x"]))
+    assert m.arch == "flint_mnist"

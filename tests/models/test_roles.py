@@ -34,10 +34,12 @@ def test_a_levels_map_is_a_block_output_not_a_strided_blocks_insides():
 
 
 def test_roles_agree_with_the_registrys_hand_made_tables():
+    from interp_ray.explainers.baselines import GradCAM
+
     for name, options in {"digits_cnn": {}, "scenes_cnn": {}, "vgg16": {"num_classes": 3, "image_size": 64}}.items():
         m = build_model(name, **options)
         roles = m.roles()
-        assert roles["saliency"] == [m.explainer_defaults["gradcam"]["layer"]], name
+        assert roles["saliency"] == [GradCAM.defaults_for(m)["layer"]], name
         assert roles["penultimate"][0] in m.default_layers, name
 
 

@@ -12,7 +12,7 @@ from serving_helpers import digit_images
 from interp_ray.checkpoint import load_classifier
 from interp_ray.explainers import EXPLAINERS, explainer_names
 from interp_ray.explainers.base import Explainer, Explanation
-from serving.service import ExplainerService, Row, SkipMethod, build_session
+from serving.service import ExplainerService, Row, SkipMethod, serve_session
 
 
 def rows(images: np.ndarray, targets=None, params=None) -> list[Row]:
@@ -105,24 +105,24 @@ def test_the_captioner_from_another_layer_width_or_cnn_is_skipped(semantic_check
         assert "semantic" not in svc.explainers and expected in svc.skipped["semantic"], (name, svc.skipped)
     loaded = load_classifier(semantic_checkpoints["classifier"])
     with pytest.raises(SkipMethod, match="no checkpoint"):
-        build_session("semantic", loaded)
+        serve_session("semantic", loaded)
 
 
 def test_model_methods_are_built_with_the_model_and_class_names(serving_checkpoints):
     loaded = load_classifier(serving_checkpoints["classifier"])
     for name in ("gradcam", "feature_inversion"):
-        e = build_session(name, loaded).explainer
+        e = serve_session(name, loaded).explainer
         assert e.model is loaded.model
         assert e.class_names == loaded.class_names
 
 
 def test_learned_method_without_checkpoint_is_skipped(serving_checkpoints):
     loaded = load_classifier(serving_checkpoints["classifier"])
-    learned = sorted(n for n in explainer_names() if EXPLAINERS.get(n).learned)
+    learned = explainer_names(learned=True)
     assert {"cnn_inte", "flint", "interpnet", "semantic"} <= set(learned)
     for name in learned:
         with pytest.raises(SkipMethod, match=f"{name} is learned and no checkpoint"):
-            build_session(name, loaded)
+            serve_session(name, loaded)
 
 
 def test_flint_is_loaded_from_the_checkpoint_dir(service, serving_checkpoints):

@@ -71,6 +71,7 @@ class CnnInte(Explainer):
     produces = frozenset({"path"})
     learned = True
     Params = CnnInteParams
+    summary_skips = frozenset({"diagram_png"})   # the route diagram, base64: a picture, not a reader's number
 
     def __init__(self, config: CnnInteConfig | Mapping[str, Any] | None = None, *,
                  class_names: Sequence[str] | None = None):
@@ -274,6 +275,12 @@ class CnnInte(Explainer):
                 e.extra["diagram_png"] = base64.b64encode(png).decode("ascii")
             out.append(e)
         return out
+
+    def draw(self, image: np.ndarray, explanation: Explanation, **drawing: Any) -> bytes:
+        """The route diagram: the image, its level-1 and level-2 clusters (their representative images), the forest's
+        votes and the label."""
+        self.parse_drawing(drawing)
+        return route_diagram(self, explanation, image)
 
     def class_name(self, c: int) -> str | None:
         if self.class_names is not None and 0 <= c < len(self.class_names):

@@ -12,11 +12,12 @@ import torch
 from pydantic import BaseModel
 
 from interp_ray.errors import UserError
-from interp_ray.explainers._common import (default_layers, eval_mode, get_module, prepare_images, resolve_one_layer,
+from interp_ray.explainers._common import (eval_mode, get_module, prepare_images, resolve_one_layer,
                                            resolve_targets, row_targets)
-from interp_ray.explainers.base import Explainer, Explanation, register
+from interp_ray.explainers.base import Explainer, Explanation, classifier_model, register
 from interp_ray.explainers.feature_inversion.config import (REQUEST_SETTINGS, FeatureInversionParams, GFISettings,
                                                             Variant)
+from interp_ray.explainers.feature_inversion.defaults import layer_defaults
 from interp_ray.explainers.feature_inversion.optimisation import GFIResult, run_gfi
 from interp_ray.models import Classifier
 
@@ -43,7 +44,9 @@ class FeatureInversion(Explainer):
     name = "feature_inversion"
     needs = frozenset({"image", "model"})
     produces = frozenset({"saliency"})
+    slow = True   # two optimisations per image (~1 s each on a small CNN)
     Params = FeatureInversionParams
+    summary_skips = frozenset({"weights", "stage1_saliency", "stage1_weights", "stage1_loss", "stage2_loss"})
 
     def __init__(self, model: Classifier, *, variant: Variant = "paper", inversion_layer: str | None = None,
                  base_layer: str | None = None, class_names: list[str] | None = None,
@@ -53,14 +56,22 @@ class FeatureInversion(Explainer):
         if max_batch is not None and max_batch < 1:
             raise UserError("max_batch must be >= 1")
         self.max_batch = max_batch
-        defaults = default_layers(model) if inversion_layer is None or base_layer is None else {}
+        defaults = self.defaults_for(model) if inversion_layer is None or base_layer is None else {}
         if "blur_sigma" in defaults and "blur_sigma" not in settings:
             settings["blur_sigma"] = defaults["blur_sigma"]
         self._overrides = dict(settings)
         self.settings = GFISettings.for_variant(variant, **settings)
-        self.inversion_layer = resolve_one_layer(model, inversion_layer or defaults["inversion"])
+        self.inversion_layer = resolve_one_layer(model, inversion_layer or defaults["inversion_layer"])
         self._explicit_base = base_layer is not None
-        self._default_base = resolve_one_layer(model, base_layer or defaults["base"])
+        self._default_base = resolve_one_layer(model, base_layer or defaults["base_layer"])
+
+    @classmethod
+    def defaults_for(cls, classifier: Any) -> dict[str, Any]:
+        """``{"inversion_layer": l0, "base_layer": l1}`` (plus ``blur_sigma`` where the paper's blur does not suit
+        the data): the settings kept for a registered architecture (``defaults.ARCH_DEFAULTS``), a torchvision VGG's
+        or ResNet's layers as the paper reads them, else the classifier's ``last_maps`` role (l1 the earlier map,
+        l0 the later)."""
+        return layer_defaults(cls, classifier_model(classifier))
 
     def base_layer(self, variant: str) -> str:
         """l1: the explicit or per-architecture layer; the code variant uses l0 unless l1 was given explicitly."""

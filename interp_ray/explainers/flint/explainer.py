@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from interp_ray.errors import UserError
-from interp_ray.explainers.base import Explainer, Explanation, register
+from interp_ray.explainers.base import Explainer, Explanation, parse_params, register, summary_lines
 from interp_ray.explainers.flint.config import AMSection, FlintJobConfig
 from interp_ray.explainers.flint.interpretation import (contributions, global_interpretation, interpreter_weight,
                                                         local_interpretation, relevance)
@@ -90,6 +90,12 @@ class FlintExplainer(Explainer):
     produces = frozenset({"attributes"})
     learned = True
     Params = FlintParams
+    # The attribute pictures are grown by activation maximisation (AM+PI); its settings are the drawing parameters
+    # (the CLI's --draw), over the checkpoint's own (``am_settings``).
+    Drawing = AMSection
+    summary_skips = frozenset({"phi", "relevance", "attribute_labels", "class_attributes", "interpreter_probability",
+                               "predictor_class", "predictor_probability", "agrees", "predictor_class_name",
+                               "interpreter_class"})
 
     def __init__(self, flint: FlintModel, *, class_names: Sequence[str] | None = None,
                  attribute_names: Sequence[str] | None = None, tau: float = 2.0, config: dict | None = None,
@@ -211,6 +217,38 @@ class FlintExplainer(Explainer):
                        "class_attributes": glob,
                        "attribute_labels": self.attribute_labels()}))
         return out
+
+    # -- how an explanation reads and looks ----------------------------------------------------------------------
+
+    def summary(self, explanation: Explanation) -> str:
+        """The default summary with g's and f's predictions in the head line and the class's global attributes."""
+        ex = explanation.extra or {}
+        fname = ex.get("predictor_class_name")
+        head = (f" (interpreter g p={ex['interpreter_probability']:.3f}; predictor f: {ex['predictor_class']}"
+                f"{f' {fname!r}' if fname is not None else ''} p={ex['predictor_probability']:.3f}, "
+                f"{'agrees' if ex.get('agrees') else 'DISAGREES'})") if "interpreter_probability" in ex else ""
+        lines = summary_lines(explanation, self.name, head=head, skip=self.summary_skips)
+        if ex.get("class_attributes") is not None:
+            at = 1 + (1 + len(explanation.attributes) if explanation.attributes is not None else 0)
+            lines.insert(at, f"  attributes of class {explanation.label_name or explanation.label} (global): "
+                             + (", ".join(ex["class_attributes"]) or "none"))
+        return "\n".join(lines)
+
+    def parse_drawing(self, drawing: BaseModel | dict[str, Any] | None) -> AMSection:
+        """AM+PI settings: the checkpoint's, then ``drawing``'s; a bad one is a UserError naming the field."""
+        if isinstance(drawing, AMSection):
+            return drawing
+        given = drawing.model_dump() if isinstance(drawing, BaseModel) else dict(drawing or {})
+        return parse_params(AMSection, {**self.am_settings().model_dump(), **given}, method=self.name)
+
+    def draw(self, image: np.ndarray, explanation: Explanation, **drawing: Any) -> Any:
+        """The local interpretation sheet: the relevance of every attribute with the 1/τ line, and per relevant
+        attribute its AM+PI picture grown from the input (and its maximum-activating samples)."""
+        from interp_ray.explainers.flint.plots import local_sheet
+
+        fig, _ = local_sheet(self, image, tau=(explanation.extra or {}).get("tau"), target=explanation.label,
+                             am=self.parse_drawing(drawing))
+        return fig
 
     def am_settings(self, **overrides: Any) -> AMSection:
         """AM+PI settings: the checkpoint's (from the training config's ``pictures.am``), then ``overrides``."""

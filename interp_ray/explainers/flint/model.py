@@ -18,7 +18,9 @@ from torch import nn
 
 from interp_ray.errors import UserError
 from interp_ray.explainers.flint.config import FlintSection
+from interp_ray.explainers.flint.defaults import architecture_defaults
 from interp_ray.models import Classifier
+from interp_ray.models.roles import layers_for_role
 
 
 class FlintOutput(NamedTuple):
@@ -235,15 +237,15 @@ def forward_step(model: nn.Module, x: torch.Tensor, taps: Mapping[str, torch.Ten
 # ---------------------------------------------------------------------------------------------------------------
 
 def default_architecture(predictor: Classifier) -> dict[str, Any]:
-    """Taps, Ψ activation and decoder: what the model declares in ``explainer_defaults["flint"]`` (every registry
-    model, ``interp_ray.models.zoo``), else Ψ on its first default layer."""
-    declared = getattr(predictor, "explainer_defaults", {}).get("flint")
-    if declared:
-        return {"layers": list(declared["layers"]), "psi_activation": declared.get("psi_activation", "leaky_relu"),
-                "decoder": declared.get("decoder", "convt"),
-                "decoder_channels": list(declared.get("decoder_channels", [8, 16]))}
-    return {"layers": predictor.default_layers[:1], "psi_activation": "leaky_relu",
-            "decoder": "convt" if predictor.image_size % 4 == 0 else "upsample", "decoder_channels": [8, 16]}
+    """Taps, Ψ activation and decoder for ``predictor`` (``flint.defaults``: kept per registered architecture, else
+    from the predictor's layer roles)."""
+    def role_layers(model, role):
+        try:
+            return layers_for_role(model, role)
+        except UserError as e:
+            raise UserError(f"flint cannot explain this model: {e}") from None
+
+    return architecture_defaults(predictor, role_layers)
 
 
 def resolved_flint_spec(predictor: Classifier, section: FlintSection) -> dict[str, Any]:

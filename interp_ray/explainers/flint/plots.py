@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 
 from interp_ray.explainers.flint.am import activation_maximisation
 from interp_ray.explainers.flint.config import AMSection
-from interp_ray.explainers.flint.explainer import FlintExplainer
 from interp_ray.explainers.flint.interpretation import (collect, compute_global_relevance, global_interpretation,
                                                         max_activating)
+
+
+if TYPE_CHECKING:
+    from interp_ray.explainers.flint.explainer import FlintExplainer
 
 
 def _display(image: np.ndarray, bounds: Sequence[float] = (0.0, 1.0)) -> np.ndarray:
@@ -67,11 +70,17 @@ def save_pair_picture(path: str | os.PathLike, mas_images: np.ndarray, am_images
     return _save(fig, path)
 
 
-def save_local_sheet(path: str | os.PathLike, image: np.ndarray, relevance: Sequence[float], tau: float, *,
-                     attribute_names: Sequence[str], relevant: Sequence[str], am_images: dict[str, np.ndarray],
-                     mas: dict[str, np.ndarray] | None = None, title: str = "",
-                     attribute_labels: dict[str, str] | None = None, bounds: Sequence[float] = (0.0, 1.0),
-                     dpi: int = 100) -> str:
+def save_local_sheet(path: str | os.PathLike, image: np.ndarray, relevance: Sequence[float], tau: float,
+                     **kwargs: Any) -> str:
+    """``local_sheet_figure`` as a PNG file. Returns its path."""
+    return _save(local_sheet_figure(image, relevance, tau, **kwargs), path)
+
+
+def local_sheet_figure(image: np.ndarray, relevance: Sequence[float], tau: float, *,
+                       attribute_names: Sequence[str], relevant: Sequence[str], am_images: dict[str, np.ndarray],
+                       mas: dict[str, np.ndarray] | None = None, title: str = "",
+                       attribute_labels: dict[str, str] | None = None, bounds: Sequence[float] = (0.0, 1.0),
+                       dpi: int = 100):
     """The input, a bar chart of every attribute's relevance with the 1/τ line, then one row per relevant attribute:
     its AM+PI image grown from the input, and its maximum-activating samples."""
     mas = mas or {}
@@ -98,13 +107,21 @@ def save_local_sheet(path: str | os.PathLike, image: np.ndarray, relevance: Sequ
         for k, m in enumerate(mas.get(name, [])):
             _imshow(fig.add_subplot(grid[r, 1 + k]), m, bounds, f"MAS {k + 1}")
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def write_local_sheet(explainer: FlintExplainer, image: np.ndarray, path: str | os.PathLike, *,
                       tau: float | None = None, am: AMSection | None = None, target: int = -1) -> tuple[str, Any]:
     """Explain one image (C×H×W in [0, 1]) and write its local interpretation sheet. Returns (path, Explanation).
     ``am`` defaults to the checkpoint's AM+PI settings."""
+    fig, exp = local_sheet(explainer, image, tau=tau, am=am, target=target)
+    return _save(fig, path), exp
+
+
+def local_sheet(explainer: FlintExplainer, image: np.ndarray, *, tau: float | None = None,
+                am: AMSection | None = None, target: int = -1) -> tuple[Any, Any]:
+    """Explain one image and draw its local interpretation sheet (``local_sheet_figure``). Returns
+    (Figure, Explanation)."""
     am = am or explainer.am_settings()
     tau = tau or explainer.tau
     exp = explainer.explain({"image": np.asarray(image, dtype=np.float32)[None]}, {"tau": tau, "target": target})[0]
@@ -119,10 +136,10 @@ def write_local_sheet(explainer: FlintExplainer, image: np.ndarray, path: str | 
         mas = {name: explainer.mas_images[explainer.attribute_names.index(name)] for name in relevant}
     title = (f"g: {exp.label_name or exp.label} (p={exp.extra['interpreter_probability']:.2f}), "
              f"f: {exp.extra['predictor_class_name'] or exp.extra['predictor_class']}, tau={tau:g}")
-    out = save_local_sheet(path, image, exp.extra["relevance"], tau, attribute_names=explainer.attribute_names,
-                           relevant=relevant, am_images=am_images, mas=mas, title=title,
-                           attribute_labels=explainer.attribute_labels(), bounds=am.bounds)
-    return out, exp
+    fig = local_sheet_figure(image, exp.extra["relevance"], tau, attribute_names=explainer.attribute_names,
+                             relevant=relevant, am_images=am_images, mas=mas, title=title,
+                             attribute_labels=explainer.attribute_labels(), bounds=am.bounds)
+    return fig, exp
 
 
 def write_global_pictures(explainer: FlintExplainer, ds, out_dir: str | os.PathLike, *, tau: float | None = None,

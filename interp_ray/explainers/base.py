@@ -182,6 +182,22 @@ class Explainer(abc.ABC):
                 "learned": cls.learned, "params": cls.Params.model_json_schema(),
                 "doc": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""}
 
+    def checkpoint_defaults(self) -> dict[str, Any]:
+        """What this instance uses for parameters whose class default is None ("the checkpoint's"), by name."""
+        return {}
+
+    def instance_metadata(self) -> dict[str, Any]:
+        """``metadata()`` with this instance's own defaults (``checkpoint_defaults``) in its parameter schema, as
+        ``default`` and in the description, so a form or a reader sees the value a request without it gets."""
+        meta = self.metadata()
+        props = meta["params"].get("properties", {})
+        for name, value in self.checkpoint_defaults().items():
+            if name in props:
+                shown = f"{value:g}" if isinstance(value, float) else str(value)
+                props[name]["default"] = value
+                props[name]["description"] = f"{props[name].get('description', name)} ({shown})"
+        return meta
+
 
 def parse_params(schema: type[BaseModel], params: BaseModel | dict[str, Any] | None, *,
                  method: str | None = None) -> BaseModel:

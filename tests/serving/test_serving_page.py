@@ -203,6 +203,21 @@ def test_openapi_declares_the_image_encoding_the_routes_check(openapi, local_api
     assert local_api.post(url, json={"image": f"data:image/png;base64,{png}"}).status_code in (200, 202)
 
 
+def test_a_checkpoints_own_default_is_what_the_page_shows(local_api, service, tmp_path):
+    """FLINT's τ defaults to the checkpoint's (the job's flint.tau), and the served schema the page's form is built
+    from says which value that is: no hint with another number in it."""
+    from interp_ray.explainers.flint.explainer import FlintExplainer
+
+    if "flint" not in service.explainers:
+        pytest.skip(f"flint is not served by the test service: {service.skipped.get('flint')}")
+    served = service.explainers["flint"]
+    tau = local_api.get("/v1/methods/flint").json()["params"]["properties"]["tau"]
+    assert tau["default"] == served.tau and tau["description"].endswith(f"τ ({served.tau:g})"), tau
+    ten = FlintExplainer(served.flint, tau=10.0).instance_metadata()["params"]["properties"]["tau"]
+    assert ten["default"] == 10.0 and "(10)" in ten["description"] and "(2)" not in ten["description"]
+    assert FlintExplainer.metadata()["params"]["properties"]["tau"].get("default") is None   # the class's own
+
+
 def test_openapi_sizes_come_from_the_classifier(openapi, service):
     c, h, w = service.model.input_shape
     tensor = body_schema(openapi, "/v1/predict")["properties"]["tensor"]["oneOf"][0]

@@ -77,6 +77,10 @@ def dataset_of(store: SaliencyStore):
     ident = store.manifest.identity
     data = ident.get("data") or {}
     ds = load_dataset(data["name"], ident["split"], **data.get("options", {}))
+    if data.get("rows") is not None:  # the job explained the split's first rows only (its `rows:`)
+        from interp_ray.data.base import HeadDataset
+
+        ds = HeadDataset(ds, int(data["rows"]))
     if json_round_trip(ds.describe()) != ident["dataset"]:
         raise UserError(f"{data['name']}/{ident['split']} no longer matches what store {store.key} was computed "
                         f"over (its description changed); recompute the store")

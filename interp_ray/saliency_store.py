@@ -51,9 +51,12 @@ DEFAULT_SHARD_ROWS = 256      # masks are cheap to store but slow to compute (GF
 def make_identity(*, checkpoint_digest: str, method: dict[str, Any], dataset: dict[str, Any], split: str,
                   data: dict[str, Any] | None, target: str | int) -> dict[str, Any]:
     """What the key hashes: everything that selects the rows and everything that could change a mask. ``method``:
-    the method's identity (its name, options, params and checkpoint digest: ``MethodChoice.identity()``)."""
+    the method's identity (its name, options, params and checkpoint digest: ``MethodChoice.identity()``). ``data``:
+    how to load the rows again: the loader's name and options, and ``rows`` when only the split's first rows were
+    explained (kept only then, so a whole split's key is what it always was)."""
     if data is not None:
-        data = {"name": data["name"], "options": dict(data.get("options") or {})}
+        head = {"rows": int(data["rows"])} if data.get("rows") is not None else {}
+        data = {"name": data["name"], "options": dict(data.get("options") or {}), **head}
     return json_round_trip({"format": SALIENCY_FORMAT, "checkpoint_digest": checkpoint_digest,
                       "method": method, "dataset": dataset, "split": split, "data": data,
                       "target": target})

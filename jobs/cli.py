@@ -24,6 +24,7 @@ GENERIC_COMMANDS: dict[str, str] = {
     "explain-dataset": "jobs.explain_dataset",
     "import-model": "jobs.import_model",
     "layers": "jobs.layers",
+    "serve": "serving.run",   # Ray Serve's `serve run`, its local Ray on 127.0.0.1
 }
 
 

@@ -148,9 +148,22 @@ def check_methods(cfg: ExplainDatasetConfig) -> list[MethodChoice]:
             for m in cfg.methods]
 
 
+def head_rows(cfg: ExplainDatasetConfig, split: str) -> int | None:
+    """``rows``: only the explained split is cut to its first rows (the tuning split is sized by ``tune_rows``)."""
+    return cfg.rows if split == cfg.split else None
+
+
 def split_dataset(cfg: ExplainDatasetConfig, split: str) -> ImageDataset:
     ds = load_dataset(cfg.data.name, split, **cfg.data_options(split))
-    return HeadDataset(ds, cfg.rows) if cfg.rows is not None and split == cfg.split else ds
+    rows = head_rows(cfg, split)
+    return HeadDataset(ds, rows) if rows is not None else ds
+
+
+def data_identity(cfg: ExplainDatasetConfig, split: str) -> dict[str, Any]:
+    """How to load the store's rows again (``interp_ray.saliency_report.dataset_of``): loader, options and, for a
+    head of the split, its row count (absent otherwise, so the keys of whole-split stores do not change)."""
+    rows = head_rows(cfg, split)
+    return {"name": cfg.data.name, "options": cfg.data_options(split), **({"rows": rows} if rows is not None else {})}
 
 
 def dry_run(mapper: ExplanationMapper, dataset: ImageDataset) -> tuple[dict[str, Any], dict[str, str], dict]:
@@ -193,7 +206,7 @@ def make_plans(cfg: ExplainDatasetConfig) -> list[StorePlan]:
     for choice in choices:
         schema: tuple[dict[str, Any], dict[str, str], dict] | None = None
         for split, ds in datasets.items():
-            data = {"name": cfg.data.name, "options": cfg.data_options(split)}
+            data = data_identity(cfg, split)
             identity = make_identity(checkpoint_digest=loaded.digest, method=choice.identity(), dataset=ds.describe(),
                                      split=split, data=data, target=cfg.target)
             key = store_key(identity)

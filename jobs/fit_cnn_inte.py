@@ -24,7 +24,8 @@ from interp_ray.config import DataConfig, Section, load_config
 from interp_ray.errors import UserError
 from interp_ray.explainers.cnn_inte import CnnInte, CnnInteConfig, global_figure, route_diagram
 from jobs.common import base_parser, exit_with
-from jobs.extract_activations import ComputeSection, ExtractJobConfig, StoreSection, extract
+from jobs.extract_activations import (ComputeSection, ExtractJobConfig, ExtractPlan, StoreSection, absolute, extract,
+                                      make_plan)
 
 # The interp-ray commands that run this job (jobs/cli.py reads this line without importing the module).
 CLI_COMMANDS = ("fit-cnn-inte",)
@@ -49,6 +50,58 @@ def extract_config(cfg: CnnInteJobConfig) -> ExtractJobConfig:
                             store=cfg.store, compute=cfg.compute)
 
 
+def store_holding(plan: ExtractPlan, root: str) -> Any:
+    """A complete store under ``<root>/<model>/`` over the plan's rows (same checkpoint, dataset, split, options …)
+    that holds the plan's layers among others, e.g. one `interp-ray extract` wrote with the model's default layers,
+    or None. Its key differs from the plan's (the key hashes the layer list), so only a look at every manifest there
+    finds it; anything else in the identity must be equal."""
+    import posixpath
+
+    import pyarrow.fs as pafs
+
+    from interp_ray.store import ActivationStore, read_manifest, resolve_location, store_location
+
+    model_name = plan.manifest.model["name"]
+    want = plan.manifest.identity
+    fs, folder = resolve_location(store_location(root, model_name, plan.manifest.key))
+    for info in sorted(fs.get_file_info(pafs.FileSelector(posixpath.dirname(folder), allow_not_found=True)),
+                       key=lambda i: i.path):
+        if info.type != pafs.FileType.Directory:
+            continue
+        manifest = read_manifest(fs, info.path)
+        if manifest is None or manifest.key != posixpath.basename(info.path) or not manifest.complete:
+            continue
+        have = manifest.identity
+        if ({k: v for k, v in have.items() if k not in ("layers", "keep")}
+                == {k: v for k, v in want.items() if k not in ("layers", "keep")}
+                and set(want["layers"]) <= set(have.get("layers") or [])
+                and set(want.get("keep") or []) <= set(have.get("keep") or [])):
+            try:
+                return ActivationStore.open(store_location(root, model_name, manifest.key), key=manifest.key)
+            except UserError:   # damaged or half-written after all: extract as if it were not there
+                continue
+    return None
+
+
+def stores_for(cfg: CnnInteJobConfig, *, address: str | None = None) -> dict[str, Any]:
+    """Each split's store: one that already holds the layer (``store_holding``), else extracted (only the missing
+    shards of the job's own store are computed)."""
+    from interp_ray.store import ActivationStore
+
+    ecfg = extract_config(cfg)
+    found: dict[str, Any] = {}
+    if not cfg.store.path:   # a named path is the store the user chose: no search
+        for split in ecfg.splits:
+            store = store_holding(make_plan(ecfg, split), absolute(cfg.store.root))
+            if store is not None:
+                found[split] = store
+    missing = [s for s in ecfg.splits if s not in found]
+    if missing:
+        done = extract(ecfg.model_copy(update={"splits": missing}), address=address)
+        found.update({s["split"]: ActivationStore.open(s["location"]) for s in done})
+    return found
+
+
 def with_images(store, dataset, batch_rows: int) -> Iterator[dict[str, np.ndarray]]:
     """The store's batches plus each row's image from the dataset (the store keeps activations, not pixels)."""
     for batch in store.iter_batches(batch_rows):
@@ -60,12 +113,11 @@ def with_images(store, dataset, batch_rows: int) -> Iterator[dict[str, np.ndarra
 def fit(cfg: CnnInteJobConfig, *, address: str | None = None) -> dict[str, Any]:
     """Extract (or reuse) the activations, fit, report, save and draw. Returns the report."""
     from interp_ray.data import load_dataset
-    from interp_ray.store import ActivationStore
 
     if cfg.cnn_inte.target == "prediction" and not cfg.eval_splits:
         raise UserError("eval_splits is empty: name at least one split to measure fidelity on")
     t0 = time.perf_counter()
-    stores = {s["split"]: ActivationStore.open(s["location"]) for s in extract(extract_config(cfg), address=address)}
+    stores = stores_for(cfg, address=address)
     extract_s = time.perf_counter() - t0
     datasets = {split: load_dataset(cfg.data.name, split, **cfg.data.options) for split in stores}
     model = CnnInte(cfg.cnn_inte, class_names=stores[cfg.fit_split].class_names)

@@ -125,6 +125,7 @@ def run_name(cfg: FlintJobConfig) -> str:
 def prepare(cfg: FlintJobConfig) -> tuple[FlintJobConfig, FlintSetup]:
     """Resolve paths and build everything once in this process, so bad names, layers or a missing predictor
     checkpoint fail here (a ``UserError``) before Ray starts or any worker runs."""
+    cfg.check_fidelity_trained()
     # Workers may not share this process's working directory: hand them an absolute predictor path.
     ckpt = cfg.flint.predictor_checkpoint
     if ckpt and not is_remote(ckpt):

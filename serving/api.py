@@ -240,8 +240,8 @@ def body_doc(spec: ModelSpec, *, max_images: int, explain: bool) -> dict[str, An
 
     chw = exactly(c, exactly(h, exactly(w, {"type": "number"})))
     binary = {"type": "string", "format": "binary"}
-    image = {"type": "string", "minLength": 1,
-             "description": f"{schemas.IMAGE_DOC}; {w}×{h} pixels ({colour}), other sizes only with resize=true"}
+    image = schemas.image_string_schema(f"{schemas.IMAGE_DOC}; {w}×{h} pixels ({colour}), other sizes only with "
+                                        "resize=true")
     props: dict[str, Any] = {
         "image": image,
         "images": {"type": "array", "items": image, "minItems": 1, "maxItems": max_images},
@@ -325,9 +325,9 @@ class Routes:
             response_model=schemas.JobStatus,
             responses=error_doc(400, 401, 404, 413, 415, 422, 503), summary="Explain images as an asynchronous job")
         add(f"{v}/jobs/{{job_id}}", self.job, methods=["GET"], tags=["jobs"], response_model=schemas.JobStatus,
-            responses=error_doc(401, 404), summary="A job's status, and its result once it has succeeded")
+            responses=error_doc(401, 404, 405), summary="A job's status, and its result once it has succeeded")
         add(f"{v}/jobs/{{job_id}}", self.cancel, methods=["DELETE"], tags=["jobs"], response_model=schemas.JobStatus,
-            responses=error_doc(401, 404), summary="Cancel a job")
+            responses=error_doc(401, 404, 405), summary="Cancel a job")
         # Last, so the routes above match first: one URL template serves POST (a method) and GET/DELETE (a job id),
         # and Starlette would answer OPTIONS or PUT with the first route's Allow (POST) alone.
         add(f"{v}/jobs/{{job_id}}", self.job_options, methods=["OPTIONS", "PUT", "PATCH"], include_in_schema=False)
@@ -378,14 +378,24 @@ class Routes:
         root = request.scope.get("root_path", "").rstrip("/")
         return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title=f"{self.api.title} - docs")
 
+    async def submit_url(self, segment: str) -> bool:
+        """Whether /v1/jobs/<segment> is a submit URL: a served method's name, never a job (job ids are uuid hex)."""
+        return segment in (await self.info())["methods"]
+
+    async def job_allow(self, segment: str) -> str:
+        """The Allow header of /v1/jobs/<segment>: POST on a method's submit URL, GET and DELETE on a job's."""
+        return "POST, OPTIONS" if await self.submit_url(segment) else "GET, DELETE, OPTIONS"
+
+    async def not_allowed(self, segment: str, verb: str) -> Response:
+        allow = await self.job_allow(segment)
+        template = "{method}" if allow.startswith("POST") else "{job_id}"
+        return error_response(405, "method_not_allowed", f"{verb} is not allowed on /{API_VERSION}/jobs/{template}; "
+                                                         f"allowed: {allow}", headers={"Allow": allow})
+
     async def job_options(self, job_id: str, request: Request) -> Response:
-        info = await self.info()
-        allow = ", ".join((["POST"] if job_id in info["methods"] else []) + ["GET", "DELETE", "OPTIONS"])
         if request.method == "OPTIONS":
-            return Response(status_code=204, headers={"Allow": allow})
-        return error_response(405, "method_not_allowed", f"{request.method} is not allowed on "
-                                                         f"/{API_VERSION}/jobs/{{job_id}}; allowed: {allow}",
-                              headers={"Allow": allow})
+            return Response(status_code=204, headers={"Allow": await self.job_allow(job_id)})
+        return await self.not_allowed(job_id, request.method)
 
     # ---- service
 
@@ -465,10 +475,16 @@ class Routes:
         return json_response(await self.job_body(job), 202, headers={"Location": url})
 
     async def job(self, job_id: str) -> Response:
-        return json_response(await self.job_body(await self.found(await self.jobs.status(job_id), job_id)))
+        job = await self.jobs.status(job_id)
+        if job is None and await self.submit_url(job_id):
+            return await self.not_allowed(job_id, "GET")
+        return json_response(await self.job_body(await self.found(job, job_id)))
 
     async def cancel(self, job_id: str) -> Response:
-        return json_response(await self.job_body(await self.found(await self.jobs.cancel(job_id), job_id)))
+        job = await self.jobs.cancel(job_id)
+        if job is None and await self.submit_url(job_id):
+            return await self.not_allowed(job_id, "DELETE")
+        return json_response(await self.job_body(await self.found(job, job_id)))
 
     @staticmethod
     async def found(job: dict[str, Any] | None, job_id: str) -> dict[str, Any]:

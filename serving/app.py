@@ -1,6 +1,7 @@
 """The explanation service as a Ray Serve application (``import_path: serving.app:app``).
 
-    serve run serving/serve_config.yaml          # or: serve deploy serving/serve_config.yaml (a running cluster)
+    interp-ray serve                             # serve run serving/serve_config.yaml, its local Ray on 127.0.0.1
+    serve deploy serving/serve_config.yaml       # a running cluster
 
 An ``Explainer`` deployment (``serving.deployments``) runs the methods; an ``Ingress`` deployment serves the HTTP API
 (``serving.api``) and forwards images to it. The routes are listed in ``serving.api``.

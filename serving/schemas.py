@@ -69,6 +69,20 @@ ExplanationOut = explanation_model()
 # --------------------------------------------------------------------------- requests
 
 IMAGE_DOC = "one image: base64 of its PNG/JPEG/… bytes, or a data: URL"
+# Standard padded base64 (RFC 4648 §4) of at least one byte, written once and used twice: as the OpenAPI pattern of
+# `image`/`images` and as the service's own check (serving.inputs.b64decode), so a body the published schema
+# accepts is never refused as "not valid base64", and one it refuses never gets through. The syntax is common to
+# ECMA-262 (JSON Schema's dialect) and Python's re.
+BASE64_BODY = "(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{4}|[A-Za-z0-9+/]{3}=|[A-Za-z0-9+/]{2}==)"
+DATA_URL_PREFIX = "data:[^,]*,"   # a data: URL's media type and parameters; its payload is read as base64
+
+
+def image_string_schema(description: str) -> dict[str, Any]:
+    """The JSON schema of one encoded image: base64 text, or a data: URL whose payload is base64."""
+    return {"description": description, "oneOf": [
+        {"type": "string", "format": "byte", "contentEncoding": "base64", "minLength": 4,
+         "pattern": f"^{BASE64_BODY}$"},
+        {"type": "string", "format": "uri", "pattern": f"^{DATA_URL_PREFIX}{BASE64_BODY}$"}]}
 TENSOR_DOC = "C×H×W or N×C×H×W nested lists of float32 in the model's input space (no decoding, no resizing)"
 
 

@@ -272,7 +272,7 @@ class ExplainerService:
         }
 
     def method_metadata(self, name: str) -> dict[str, Any]:
-        meta = type(self.sessions[name].explainer).metadata()
+        meta = self.sessions[name].explainer.instance_metadata()   # a checkpoint's own defaults (FLINT's τ)
         meta["slow"] = name in self.slow_methods
         meta["batching"] = self.args.batch_settings(name).model_dump()
         meta["routes"] = {"explain": f"/v1/explain/{name}", "job": f"/v1/jobs/{name}"}

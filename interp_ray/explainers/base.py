@@ -242,6 +242,22 @@ class Explainer(abc.ABC):
                 "drawing": cls.Drawing.model_json_schema(),
                 "doc": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""}
 
+    def checkpoint_defaults(self) -> dict[str, Any]:
+        """What this instance uses for parameters whose class default is None ("the checkpoint's"), by name."""
+        return {}
+
+    def instance_metadata(self) -> dict[str, Any]:
+        """``metadata()`` with this instance's own defaults (``checkpoint_defaults``) in its parameter schema, as
+        ``default`` and in the description, so a form or a reader sees the value a request without it gets."""
+        meta = self.metadata()
+        props = meta["params"].get("properties", {})
+        for name, value in self.checkpoint_defaults().items():
+            if name in props:
+                shown = f"{value:g}" if isinstance(value, float) else str(value)
+                props[name]["default"] = value
+                props[name]["description"] = f"{props[name].get('description', name)} ({shown})"
+        return meta
+
 
 def picture_png(picture: Any) -> bytes:
     """What ``Explainer.draw`` returned (PNG bytes or a matplotlib Figure) as PNG bytes."""

@@ -160,3 +160,27 @@ def test_the_learned_methods_config_reads_the_main_jobs_outputs():
     with pytest.raises(UserError, match="no checkpoint at"):   # before the main job ran: one clear error
         check_methods(cfg.model_copy(update={"methods": [m.model_copy(update={"checkpoint": "/nonexistent/x"})
                                                          for m in cfg.methods[:1]]}))
+
+
+def test_rows_with_the_default_evaluation_evaluates_those_rows(scenes_checkpoint, tmp_path):
+    """`rows:` explains the split's first rows; the evaluation (on by default: α tuned on val) reloads exactly those
+    rows from the store's identity, and reports on them rather than refusing the store it just computed."""
+    from interp_ray.config import load_config
+    from jobs.explain_dataset import ExplainDatasetConfig, explain_dataset
+
+    sets = [f"checkpoint={scenes_checkpoint}", "data.name=scenes", f"data.options={{size: {SIZE}, n: {ROWS}}}",
+            "split=test", "rows=6", "methods=[{name: gradient}, {name: center}]", f"store.root={tmp_path}",
+            "compute.engine=local", "evaluation.tune_rows=5", "evaluation.causal_steps=4", "evaluation.overlays=1"]
+    cfg = load_config(ExplainDatasetConfig, None, sets)
+    assert cfg.evaluation.enabled and cfg.evaluation.alpha is None   # the default evaluation
+    result = explain_dataset(cfg)
+    assert {(s["split"], s["rows"]) for s in result.stores} == {("test", 6), ("val", 5)}
+    assert result.results is not None and result.results["rows"] == 6 and result.results["split"] == "test"
+    assert set(result.results["methods"]) == {"gradient", "center"}
+    assert (result.report_dir / "report.md").is_file()
+    # The head is recorded as such (the whole split's store would be another, with its own key).
+    identities = {i["split"]: i for i in (SaliencyStore.open(str(p)).manifest.identity
+                                          for p in (tmp_path / "scenes_cnn" / "gradient").iterdir()
+                                          if (p / MANIFEST_FILE).is_file())}
+    assert identities["test"]["data"]["rows"] == 6 and identities["test"]["dataset"]["head_of"] == ROWS
+    assert "rows" not in identities["val"]["data"]

@@ -39,3 +39,28 @@ def test_bad_layer_exits_2_with_one_line(digits_checkpoint, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nope" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_reuses_a_store_that_holds_its_layer_among_others(digits_checkpoint, tmp_path):
+    """A store `interp-ray extract` wrote with more layers than relu3 (its key hashes the layer list, so not the
+    job's own key) is read as it is: no second extraction, no part rewritten."""
+    from jobs.extract_activations import main as extract_main
+
+    root = tmp_path / "store"
+    assert run_main(extract_main, ["--set", f"checkpoint={digits_checkpoint}", "--set", "data.name=digits",
+                                   "--set", "splits=[train, test]", "--set", "layers=[relu2, relu3]",
+                                   "--set", f"store.root={root}", "--set", "compute.engine=local"]) == 0
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*.parquet")}
+    (model_dir,) = root.iterdir()
+    stores = sorted(p.name for p in model_dir.iterdir())
+    assert len(stores) == 2
+    assert run_main(main, _args(digits_checkpoint, tmp_path)) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert sorted(p.name for p in model_dir.iterdir()) == stores                 # nothing extracted
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*.parquet")} == before  # nothing rewritten
+    assert set(report["stores"]) == {"train", "test"}
+    assert {loc.rsplit("/", 1)[-1] for loc in report["stores"].values()} == set(stores)
+    assert report["fit_rows"] == 1257
+    # A store of other rows (another split seed) is not the job's: it extracts its own.
+    assert run_main(main, _args(digits_checkpoint, tmp_path, "--set", "data.options={seed: 7}")) == 0
+    assert len(list(model_dir.iterdir())) == 4

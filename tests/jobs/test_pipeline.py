@@ -62,6 +62,8 @@ def test_base_f_must_share_flint_fs_budget(override, needle, tmp_path, capsys):
     (["--set", "cnn_inte.classifier=cifar"], "cnn_inte.classifier: 'cifar'"),
     (["--set", "interpnet.config=configs/missing.yaml"], "configs/missing.yaml does not exist"),
     (["--only", "cnn_inte"], "need the classifiers stage"),
+    (["--set", "flint.set={train.epochs: 2}"], "flint: flint.schedule: the mnist schedule's fidelity term (fid) turns "
+                                               "on at epoch 3, but train.epochs is 2"),
 ])
 def test_mistakes_exit_2_with_one_line_before_ray_starts(args, needle, tmp_path, capsys):
     code = run_main(main, ["--config", "configs/pipeline.yaml", "--set", f"output_dir={tmp_path / 'out'}", *args])

@@ -57,6 +57,7 @@ def test_posthoc_workers_stream_their_shard_of_the_store_and_f_stays_as_it_was(r
     cfg = load_config(FlintJobConfig, "configs/flint_digits.yaml", [
         f"run.storage_path={tmp_path / 'runs'}", f"output={tmp_path / 'out'}", "train.epochs=2",
         "train.batch_size=64", "scaling.num_workers=2", "train.fail_at_epoch=1", "run.max_failures=1",
+        'flint.schedule={"rec": [[1, 0.8]], "fid": [[2, 0.5]]}',   # two epochs: fidelity on in the second
         "flint.mode=posthoc", f"flint.predictor_checkpoint={digits_checkpoint}", f"store.root={tmp_path / 'acts'}",
         "flint.relevance_samples=100", "pictures.enabled=false"])
     out = train(cfg)
@@ -87,6 +88,11 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
         "unknown layer 'conv9'": ["--config", "configs/flint_digits.yaml", "--set", "flint.layers=[conv9]"],
         "unknown FLINT schedule": ["--config", "configs/flint_digits.yaml", "--set", "flint.schedule=svhn"],
         "does not exist": ["--config", str(tmp_path / "missing.yaml")],
+        # every preset turns fidelity on at epoch 3: a shorter run is refused before anything is loaded (the missing
+        # predictor checkpoint is not reached)
+        "fidelity term (fid) turns on at epoch 3, but train.epochs is 2": [
+            "--config", "configs/flint_digits.yaml", "--set", "flint.mode=posthoc", "--set", "train.epochs=2",
+            "--set", f"flint.predictor_checkpoint={tmp_path / 'missing'}"],
     }
     for expected, argv in cases.items():
         assert run_main(main, argv) == 2, expected

@@ -89,6 +89,9 @@ def test_the_captioner_answers_an_uploaded_image_as_the_library_does(semantic_ch
         lib = library_explanation(service, "semantic", pixels)
         assert_same(http, lib)
         assert http["sentence"] and http["neurons"] == lib["neurons"]
+        # The answer names the class it captions: the classifier's name for its label, not only the index.
+        names = service.classifier.class_names
+        assert http["label"] >= 0 and http["label_name"] == names[http["label"]]
         picture = api.post("/v1/explain/semantic/picture", content=png, headers=PNG)
         assert picture.status_code == 200 and picture.content[:8] == b"\x89PNG\r\n\x1a\n", picture.text[:200]
 

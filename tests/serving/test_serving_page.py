@@ -177,6 +177,47 @@ def test_openapi_bodies_say_what_the_routes_accept(openapi, local_api, path):
     assert not jsonschema.Draft202012Validator(schema).is_valid({})
 
 
+@pytest.mark.parametrize("path", ["/v1/predict", "/v1/explain/{method}", "/v1/jobs/{method}",
+                                  "/v1/explain/{method}/picture"])
+def test_openapi_declares_the_image_encoding_the_routes_check(openapi, local_api, path):
+    """The image string is declared base64 (format, contentEncoding, pattern), and the pattern is the check: a string
+    the schema accepts is never refused as "not valid base64", one it refuses always is (on every image route)."""
+    import jsonschema
+
+    schema = body_schema(openapi, path)
+    image_schema = schema["properties"]["image"]
+    plain = image_schema["oneOf"][0]
+    assert plain["format"] == "byte" and plain["contentEncoding"] == "base64" and plain["minLength"] == 4
+    assert schema["properties"]["images"]["items"] == image_schema
+    png = base64.b64encode(png_bytes(digit_images(1)[0])).decode()
+    strings = ["0", "AA", "AAA", "AA=", "A===", "AA=A", "AAAA====", "AA==AA==", "", "***", "AAAA\nAAAA", "data:,",
+               "data:image/png;base64,0", "data:image/png", "AAAA", "AB==", "AAA=", "data:image/png;base64,AAAA",
+               png, f"data:image/png;base64,{png}", png.rstrip("=")]
+    url = path.replace("{method}", "gradient")
+    for s in strings:
+        valid = jsonschema.Draft202012Validator(schema).is_valid({"image": s})
+        resp = local_api.post(url, json={"image": s})
+        err = resp.json()["error"] if resp.status_code >= 400 else {}
+        assert valid == (err.get("code") != "invalid_base64"), (s[:40], valid, err)
+        assert jsonschema.Draft202012Validator(schema).is_valid({"images": [s]}) == valid
+    assert local_api.post(url, json={"image": f"data:image/png;base64,{png}"}).status_code in (200, 202)
+
+
+def test_a_checkpoints_own_default_is_what_the_page_shows(local_api, service, tmp_path):
+    """FLINT's τ defaults to the checkpoint's (the job's flint.tau), and the served schema the page's form is built
+    from says which value that is: no hint with another number in it."""
+    from interp_ray.explainers.flint.explainer import FlintExplainer
+
+    if "flint" not in service.explainers:
+        pytest.skip(f"flint is not served by the test service: {service.skipped.get('flint')}")
+    served = service.explainers["flint"]
+    tau = local_api.get("/v1/methods/flint").json()["params"]["properties"]["tau"]
+    assert tau["default"] == served.tau and tau["description"].endswith(f"τ ({served.tau:g})"), tau
+    ten = FlintExplainer(served.flint, tau=10.0).instance_metadata()["params"]["properties"]["tau"]
+    assert ten["default"] == 10.0 and "(10)" in ten["description"] and "(2)" not in ten["description"]
+    assert FlintExplainer.metadata()["params"]["properties"]["tau"].get("default") is None   # the class's own
+
+
 def test_openapi_sizes_come_from_the_classifier(openapi, service):
     c, h, w = service.model.input_shape
     tensor = body_schema(openapi, "/v1/predict")["properties"]["tensor"]["oneOf"][0]
@@ -204,11 +245,18 @@ def test_options_on_a_job_answers_its_methods(local_api):
     resp = local_api.put("/v1/jobs/0123abcd")
     assert resp.status_code == 405 and resp.headers["allow"] == "GET, DELETE, OPTIONS"
     assert "allowed: GET, DELETE" in resp.json()["error"]["message"]
-    # The same URL template with a served method's name also takes POST (submitting a job).
-    assert local_api.options("/v1/jobs/gradient").headers["allow"] == "POST, GET, DELETE, OPTIONS"
+    # The same URL template with a served method's name is that method's submit URL: POST only, never a job.
+    assert local_api.options("/v1/jobs/gradient").headers["allow"] == "POST, OPTIONS"
+    for verb in ("GET", "DELETE", "PUT"):
+        resp = local_api.request(verb, "/v1/jobs/gradient")
+        assert resp.status_code == 405 and resp.headers["allow"] == "POST, OPTIONS", (verb, resp.text)
+        assert "/v1/jobs/{method}; allowed: POST" in resp.json()["error"]["message"]
     # The routes themselves still answer.
     assert local_api.get("/v1/jobs/0123abcd").status_code == 404
-    assert local_api.post("/v1/jobs/gradient", json={"tensor": digit_images(1)[0].tolist()}).status_code == 202
+    assert local_api.delete("/v1/jobs/0123abcd").status_code == 404
+    job = local_api.post("/v1/jobs/gradient", json={"tensor": digit_images(1)[0].tolist()})
+    assert job.status_code == 202
+    assert local_api.get(job.headers["location"]).status_code == 200
 
 
 # --------------------------------------------------------------------------- what errors may say

@@ -44,6 +44,10 @@ class ScheduleSection(Section):
                 raise ValueError(f"schedule {term}: weights must be >= 0")
         return self
 
+    def first_epoch(self, term: str) -> int | None:
+        """The first epoch (from 1) at which ``term`` weighs more than 0; None if it never does."""
+        return next((first for first, w in getattr(self, term) if w > 0), None)
+
     def weights(self, epoch: int) -> dict[str, float]:
         """The weight of every term at ``epoch`` (counted from 1)."""
         out = {}
@@ -178,3 +182,17 @@ class FlintJobConfig(Section):
     compute: ComputeSection = Field(default_factory=ComputeSection)
     stream: StreamSection = Field(default_factory=StreamSection)
     output: str = "outputs/flint_digits"
+
+    def check_fidelity_trained(self, where: str = "") -> None:
+        """Refuse a run whose fidelity term (L_of: g matching f, the interpreter's only link to f) never turns on within
+        ``train.epochs``: every preset starts it at epoch 3, so a shorter run would train g on reconstruction alone and
+        report a chance-level fidelity as a result. BASE runs have no interpreter terms by design."""
+        if self.flint.mode == "base":
+            return
+        start = self.flint.resolved_schedule().first_epoch("fid")
+        if start is None or start > self.train.epochs:
+            name = self.flint.schedule if isinstance(self.flint.schedule, str) else "given"
+            when = f"turns on at epoch {start}" if start else "never turns on"
+            raise UserError(f"{where}flint.schedule: the {name} schedule's fidelity term (fid) {when}, but "
+                            f"train.epochs is {self.train.epochs}: g would never learn to match f; set train.epochs >= "
+                            f"{start or 1} or a schedule whose fid starts earlier")

@@ -77,7 +77,7 @@ class FlintParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tau: float | None = Field(None, gt=0, description="relevance threshold 1/τ; default: the checkpoint's τ (2)")
+    tau: float | None = Field(None, gt=0, description="relevance threshold 1/τ; default: the checkpoint's τ")
     target: int = Field(-1, ge=-1, description="class to interpret; -1 = the class the interpreter g predicts")
 
 
@@ -189,6 +189,9 @@ class FlintExplainer(Explainer):
         phi = out.phi.cpu().numpy()
         alpha = contributions(phi, self.weight, classes)
         return {"phi": phi, "prob_f": pf, "prob_g": pg, "classes": classes, "alpha": alpha, "r": relevance(alpha)}
+
+    def checkpoint_defaults(self) -> dict[str, Any]:
+        return {"tau": self.tau}   # the τ the job chose (flint.tau), not the class's 2
 
     def explain(self, batch: dict[str, np.ndarray], params: BaseModel | dict | None = None) -> list[Explanation]:
         from interp_ray.explainers._common import prepare_images, row_targets

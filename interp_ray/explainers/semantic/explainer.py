@@ -87,6 +87,7 @@ class SemanticExplainer(Explainer, Trainable):
         self.history: list[dict] = []
         self.info: dict[str, Any] = {}
         self.frame_column = "features"            # the row column that holds the frame features
+        self.class_names: list[str] | None = None  # of the classifier whose classes label the clips
 
     # -- set-up and training -----------------------------------------------------------------------------------
 
@@ -187,6 +188,7 @@ class SemanticExplainer(Explainer, Trainable):
         topic_model, _ = fit_topics(sentences, job.topics)
         self = cls(job.explainer)
         self.frame_column = job.frame_column
+        self.class_names = list(class_names) if class_names else None
         self.setup(SimpleNamespace(sentences=sentences, dim=dim), topic_model, seed=job.train.seed)
         src, opts = job.source, job.source.data.options
         # ``data`` in the shape serving and ``revise-caption`` read: which CNN layer, over which generated clips.
@@ -377,11 +379,26 @@ class SemanticExplainer(Explainer, Trainable):
         labels = np.asarray(batch.get("label", np.full(len(sentences), -1)), dtype=np.int64)
         out = []
         for i, sentence in enumerate(sentences):
-            out.append(Explanation(label=int(labels[i]), method=self.name, sentence=sentence,
+            out.append(Explanation(label=int(labels[i]), label_name=self.class_name(int(labels[i])),
+                                   method=self.name, sentence=sentence,
                                    neurons=self.driving_neurons(acts[i], p.top_neurons),
                                    extra={"topics": [int(k) for k in np.argsort(-s_hat[i])[:3]],
                                           "edit": asdict(edit) if edit else None}))
         return out
+
+    def class_name(self, label: int) -> str | None:
+        names = self.class_names
+        return names[label] if names and 0 <= label < len(names) else None
+
+    @classmethod
+    def from_classifier(cls, classifier: Any, checkpoint: str | None = None, *, device: str | None = None,
+                        **options: Any) -> "SemanticExplainer":
+        """As every learned method; the labels it explains are the classifier's classes (a target, or its
+        prediction), so their names are the classifier's (checkpoints written before they kept names have none)."""
+        self = super().from_classifier(classifier, checkpoint, device=device, **options)
+        if classifier is not None and classifier.class_names:
+            self.class_names = list(classifier.class_names)
+        return self
 
     def driving_neurons(self, a: np.ndarray, k: int) -> dict[str, str]:
         """The ``k`` confidently labelled neurons most active relative to their typical top activation."""
@@ -394,7 +411,8 @@ class SemanticExplainer(Explainer, Trainable):
     def checkpoint_config(self) -> dict[str, Any]:
         return {"explainer": METHOD, "semantic": self.config.model_dump(), "frame_dim": self.frame_dim,
                 "num_topics": self.topics.num_topics, "vocab_size": len(self.vocab),
-                "vocab_digest": self.vocab.digest, "history": self.history, "info": self.info}
+                "vocab_digest": self.vocab.digest, "history": self.history, "info": self.info,
+                "class_names": self.class_names}
 
     def files(self) -> dict[str, bytes]:
         """What the checkpoint keeps beside the weights and the vocabulary: the topic model and the neuron labels."""
@@ -440,6 +458,7 @@ class SemanticExplainer(Explainer, Trainable):
         self.frame_dim = int(cfg["frame_dim"])
         self.history, self.info = cfg.get("history", []), cfg.get("info", {})
         self.frame_column = self.info.get("frame_column", "features")
+        self.class_names = cfg.get("class_names")
         self.model = SemanticCaptioner(self.frame_dim, len(self.vocab), self.topics.num_topics, self.config)
         try:
             self.model.load_state_dict(ckpt.state_dict)

@@ -43,7 +43,9 @@ class FlintStageRef(JobRef):
 
     def check_entry(self, cfg: "PipelineConfig", name: str, job: Any, *, smoke: bool) -> None:
         """BASE-f is the classifier the entry names, so it must have been trained as FLINT-f is (same model, data and
-        optimisation budget) with L_pred alone; a mismatch is a config error, not a comparison."""
+        optimisation budget) with L_pred alone; a mismatch is a config error, not a comparison. And like the job,
+        the entry must train g: its fidelity term has to turn on within its epochs."""
+        job.check_fidelity_trained(f"{name}: ")
         if not self.names_base_f(job):
             return
         clf = cfg.classifiers[self.classifier].load(ClassifierJobConfig, smoke=smoke)

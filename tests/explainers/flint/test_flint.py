@@ -91,6 +91,26 @@ def test_mnist_and_quickdraw_schedules_at_given_epochs():
     assert (c.weights(2)["l1"], c.weights(3)["fid"], c.weights(1)["rec"]) == (0.001, 0.6, 2.0)
 
 
+def test_a_run_must_reach_its_fidelity_term():
+    """g learns to match f only through L_of (fid): a run that ends before the schedule turns it on is refused,
+    joint or post hoc, whatever the schedule; BASE has no interpreter terms by design."""
+    def cfg(epochs, **flint):
+        return FlintJobConfig.model_validate({"flint": flint, "train": {"epochs": epochs}})
+
+    assert schedule_preset("mnist").first_epoch("fid") == 3 and schedule_preset("mnist").first_epoch("ent") == 5
+    for epochs, flint in [(2, {}), (2, {"mode": "posthoc", "predictor_checkpoint": "f"}),
+                          (1, {"schedule": "cifar10"}), (9, {"schedule": {"rec": [[1, 1.0]], "fid": [[1, 0.0]]}}),
+                          (4, {"schedule": {"fid": [[5, 0.5]]}})]:
+        with pytest.raises(UserError, match=r"^flint\.schedule: .*fidelity term \(fid\)") as e:
+            cfg(epochs, **flint).check_fidelity_trained()
+        assert "\n" not in str(e.value) and f"train.epochs is {epochs}" in str(e.value)
+    for epochs, flint in [(3, {}), (3, {"mode": "posthoc", "predictor_checkpoint": "f"}), (1, {"mode": "base"}),
+                          (1, {"schedule": {"fid": [[1, 0.5]]}})]:
+        cfg(epochs, **flint).check_fidelity_trained()
+    with pytest.raises(UserError, match="turns on at epoch 2"):
+        cfg(1, schedule={"fid": [[1, 0.0], [2, 0.3]]}).check_fidelity_trained()
+
+
 def test_learning_rate_steps_count_epochs_from_one():
     from interp_ray.explainers.flint.config import FlintOptimConfig
     from interp_ray.explainers.flint.training import make_flint_optimizer

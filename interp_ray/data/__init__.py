@@ -19,6 +19,7 @@ LOADERS: dict[str, str] = {
     "fashion_mnist": "interp_ray.data.fashion_mnist:load_fashion_mnist",
     "image_folder": "interp_ray.data.image_folder:load_image_folder",
     "parquet": "interp_ray.data.parquet:load_parquet_images",
+    "webdataset": "interp_ray.data.webdataset:load_webdataset",
 }
 
 

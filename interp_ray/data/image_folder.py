@@ -113,6 +113,9 @@ class ImageFolderDataset(ImageDataset):
     class_names: list[str]
     image_size: int
     mode: str = "RGB"
+    # (pyarrow filesystem, root inside it) of a remote root, opened on the driver: it pickles with its endpoint, so a
+    # Ray task reads from where the driver listed whatever its own environment says (as the Parquet loader's files)
+    remote: tuple[Any, str] | None = None
 
     def __post_init__(self):
         self.image_shape = (channels_for(self.mode), self.image_size, self.image_size)
@@ -122,9 +125,9 @@ class ImageFolderDataset(ImageDataset):
 
     def read(self, rel: str) -> np.ndarray:
         """One image, decoded and resized; an unreadable one is a UserError naming it."""
-        if not is_remote(self.root):
+        if self.remote is None:
             return read_image_file(Path(self.root) / rel, self.image_size, self.mode)
-        fs, inner = filesystem(self.root)  # cheap; opened here so the dataset pickles without a live client
+        fs, inner = self.remote
         try:
             with fs.open_input_file(posixpath.join(inner, rel)) as f:
                 data = f.read()
@@ -153,12 +156,12 @@ def load_image_folder(split: str = "train", *, root: str | os.PathLike, image_si
         extensions = tuple(e.strip() for e in extensions.split(","))
     if is_remote(root):
         root = str(root)
-        _, _, rels = remote_files(root, extensions)
+        fs, inner, rels = remote_files(root, extensions)
         prefix, class_names = remote_layout(root, rels, split)
         index = {n: i for i, n in enumerate(class_names)}
         chosen = [r for r in rels if r.startswith(prefix) and r[len(prefix):].count("/") >= 1]
         paths, labels = chosen, [index[r[len(prefix):].split("/")[0]] for r in chosen]
-        where, resolved = f"{root.rstrip('/')}/{prefix}", root
+        where, resolved, remote = f"{root.rstrip('/')}/{prefix}", root, (fs, inner)
     else:
         root_path = Path(root)
         if not root_path.is_dir():
@@ -172,9 +175,9 @@ def load_image_folder(split: str = "train", *, root: str | os.PathLike, image_si
             for path in list_images(split_dir / name, extensions):
                 paths.append(path.relative_to(root_path).as_posix())
                 labels.append(label)
-        where, resolved = str(split_dir), str(root_path.resolve())
+        where, resolved, remote = str(split_dir), str(root_path.resolve()), None
     if not paths:
         raise UserError(f"no images with extensions {', '.join(extensions)} in class directories under {where}")
     return ImageFolderDataset(name="image_folder", split=split, root=resolved, paths=paths,
                               labels=np.asarray(labels, dtype=np.int64), class_names=class_names,
-                              image_size=int(image_size), mode=mode)
+                              image_size=int(image_size), mode=mode, remote=remote)

@@ -213,6 +213,9 @@ class WebDatasetImages(ImageDataset):
 
     def __post_init__(self):
         self.image_shape = (channels_for(self.mode), self.image_size, self.image_size)
+        # (filesystem, path) per shard, opened on the driver: a filesystem pickles with its endpoint, so a Ray task
+        # reads from where the driver listed (as the Parquet loader's files do)
+        self.locations = [filesystem(s) for s in self.shards]
         self._open: dict[int, Any] = {}
 
     def __getstate__(self) -> dict[str, Any]:
@@ -229,7 +232,7 @@ class WebDatasetImages(ImageDataset):
         if shard not in self._open:
             if len(self._open) >= MAX_OPEN_FILES:
                 self._open.pop(next(iter(self._open))).close()
-            fs, inner = filesystem(self.shards[shard])
+            fs, inner = self.locations[shard]
             self._open[shard] = fs.open_input_file(inner)
         return self._open[shard]
 

@@ -1,0 +1,146 @@
+"""Extraction and explain-dataset fed from object storage (moto's S3 on 127.0.0.1) and from WebDataset shards: the
+store equals the one made from the same images in a folder on local disk."""
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from interp_ray.checkpoint import save_classifier
+from interp_ray.models import build_model
+from interp_ray.saliency_store import SaliencyStore
+from interp_ray.storage import filesystem
+from interp_ray.store import MANIFEST_FILE, ActivationStore
+from jobs.common import run_main
+from jobs.explain_dataset import main as explain_main
+from jobs.extract_activations import main as extract_main
+
+CLASSES = ["ant", "bee", "cow"]
+PER_CLASS = 5
+LAYERS = ["relu2", "relu3"]
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def images():
+    """(relative path, class index, PNG bytes) in the folder loader's order: classes sorted, files sorted."""
+    rng = np.random.default_rng(3)
+    return [(f"{name}/{i:02d}.png", c, png_bytes(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)))
+            for c, name in enumerate(CLASSES) for i in range(PER_CLASS)]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    opts = {"num_classes": 3, "in_channels": 3, "image_size": 8}
+    path = tmp_path_factory.mktemp("ckpt") / "rgb"
+    save_classifier(path, build_model("digits_cnn", **opts), model_name="digits_cnn", model_options=opts,
+                    class_names=CLASSES)
+    return path
+
+
+def put(location: str, data: bytes) -> None:
+    fs, inner = filesystem(location)
+    fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)  # local parents (a no-op on S3)
+    with fs.open_output_stream(inner) as out:
+        out.write(data)
+
+
+def write_folder(base: str, images) -> None:
+    for rel, _, data in images:
+        put(f"{base}/{rel}", data)
+
+
+def write_shards(base: str, images, per_shard=6) -> None:
+    """``shard-00000{i}.tar`` with ``<key>.png`` + ``<key>.cls``, and ``classes.txt`` beside them."""
+    for s in range(0, len(images), per_shard):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for rel, c, data in images[s:s + per_shard]:
+                key = rel.replace("/", "_").removesuffix(".png")
+                for suffix, blob in (("png", data), ("cls", str(c).encode())):
+                    info = tarfile.TarInfo(f"{key}.{suffix}")
+                    info.size = len(blob)
+                    tar.addfile(info, io.BytesIO(blob))
+        put(f"{base}/shard-{s // per_shard:06d}.tar", buf.getvalue())
+    put(f"{base}/classes.txt", "\n".join(CLASSES).encode())
+
+
+def extract(checkpoint, out, data_name, options, engine="local"):
+    args = [f"checkpoint={checkpoint}", f"store.root={out}", f"data.name={data_name}", f"data.options={options}",
+            f"layers=[{','.join(LAYERS)}]", "store.shard_rows=4", "compute.batch_size=3", f"compute.engine={engine}"]
+    assert run_main(extract_main, [a for s in args for a in ("--set", s)]) == 0
+    (store,) = [p for p in Path(out).glob("*/*") if (p / MANIFEST_FILE).is_file()] if "://" not in str(out) else [None]
+    return store
+
+
+def read_store(location) -> dict[str, np.ndarray]:
+    return ActivationStore.open(str(location)).read()
+
+
+def assert_same_rows(got, want):
+    np.testing.assert_array_equal(got["index"], np.arange(len(want["index"])))
+    for key in ("label", "prediction", "probabilities", *LAYERS):
+        np.testing.assert_array_equal(got[key], want[key])
+
+
+def only_remote_store(root: str) -> str:
+    import pyarrow.fs as pafs
+
+    fs, inner = filesystem(root)
+    infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
+    (manifest,) = [i.path for i in infos if i.path.endswith(MANIFEST_FILE)]
+    return root.rstrip("/") + "/" + manifest[len(inner) + 1:].removesuffix("/" + MANIFEST_FILE)
+
+
+def test_folder_and_shards_on_s3_and_local_shards_give_the_local_folders_store(s3, tmp_path, images, checkpoint):
+    _, bucket = s3
+    write_folder(str(tmp_path / "folder"), images)
+    write_folder(f"s3://{bucket}/folder", images)
+    write_shards(str(tmp_path / "wds"), images)
+    write_shards(f"s3://{bucket}/wds", images)
+    want = read_store(extract(checkpoint, tmp_path / "a", "image_folder", f"{{root: '{tmp_path}/folder', "
+                                                                           "image_size: 8}"))
+    assert list(want["id"])[:2] == ["ant/00.png", "ant/01.png"]
+    extract(checkpoint, f"s3://{bucket}/acts1", "image_folder", f"{{root: 's3://{bucket}/folder', image_size: 8}}")
+    got = read_store(only_remote_store(f"s3://{bucket}/acts1"))
+    assert_same_rows(got, want)
+    assert list(got["id"]) == list(want["id"])
+    for n, path in enumerate([str(tmp_path / "wds"), f"s3://{bucket}/wds/shard-{{000000..000002}}.tar"]):
+        got = read_store(extract(checkpoint, tmp_path / f"w{n}", "webdataset", f"{{path: '{path}', image_size: 8}}"))
+        assert_same_rows(got, want)
+        assert got["id"][0] == "shard-000000.tar/ant_00"
+
+
+@pytest.mark.ray
+def test_ray_loader_tasks_read_shards_and_equal_the_in_process_store(ray_local, tmp_path, images, checkpoint):
+    write_shards(str(tmp_path / "wds"), images)
+    options = f"{{path: '{tmp_path}/wds', image_size: 8}}"
+    want = read_store(extract(checkpoint, tmp_path / "a", "webdataset", options))
+    got = read_store(extract(checkpoint, tmp_path / "b", "webdataset", options, engine="ray"))
+    assert_same_rows(got, want)
+
+
+def test_explain_dataset_reads_webdataset_shards_on_s3(s3, tmp_path, images, checkpoint):
+    _, bucket = s3
+    write_folder(str(tmp_path / "folder"), images)
+    write_shards(f"s3://{bucket}/wds", images)
+    stores = {}
+    for name, data in (("folder", f"{{name: image_folder, options: {{root: '{tmp_path}/folder', image_size: 8}}}}"),
+                       ("wds", f"{{name: webdataset, options: {{path: 's3://{bucket}/wds', image_size: 8}}}}")):
+        args = [f"checkpoint={checkpoint}", f"data={data}", "split=train", "methods=[{name: gradcam}]",
+                f"store.root={tmp_path / name}", "evaluation.enabled=false", "compute.engine=local"]
+        assert run_main(explain_main, [a for s in args for a in ("--set", s)]) == 0
+        (store,) = [p for p in (tmp_path / name).rglob(MANIFEST_FILE)]
+        stores[name] = SaliencyStore.open(str(store.parent)).read()
+    np.testing.assert_array_equal(stores["wds"]["index"], np.arange(len(images)))
+    np.testing.assert_array_equal(stores["wds"]["saliency"], stores["folder"]["saliency"])

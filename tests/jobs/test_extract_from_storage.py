@@ -15,9 +15,12 @@ from interp_ray.models import build_model
 from interp_ray.saliency_store import SaliencyStore
 from interp_ray.storage import filesystem
 from interp_ray.store import MANIFEST_FILE, ActivationStore
-from jobs.common import run_main
+from jobs.common import EXIT_USAGE, run_main
 from jobs.explain_dataset import main as explain_main
 from jobs.extract_activations import main as extract_main
+
+# The in-process side computes with the one thread Ray gives each 1-CPU worker: float32 sums depend on it.
+pytestmark = pytest.mark.usefixtures("ray_worker_torch_threads")
 
 CLASSES = ["ant", "bee", "cow"]
 PER_CLASS = 5
@@ -75,10 +78,14 @@ def write_shards(base: str, images, per_shard=6) -> None:
     put(f"{base}/classes.txt", "\n".join(CLASSES).encode())
 
 
-def extract(checkpoint, out, data_name, options, engine="local"):
+def run_extract(checkpoint, out, data_name, options, engine="local") -> int:
     args = [f"checkpoint={checkpoint}", f"store.root={out}", f"data.name={data_name}", f"data.options={options}",
             f"layers=[{','.join(LAYERS)}]", "store.shard_rows=4", "compute.batch_size=3", f"compute.engine={engine}"]
-    assert run_main(extract_main, [a for s in args for a in ("--set", s)]) == 0
+    return run_main(extract_main, [a for s in args for a in ("--set", s)])
+
+
+def extract(checkpoint, out, data_name, options, engine="local"):
+    assert run_extract(checkpoint, out, data_name, options, engine) == 0
     (store,) = [p for p in Path(out).glob("*/*") if (p / MANIFEST_FILE).is_file()] if "://" not in str(out) else [None]
     return store
 
@@ -144,3 +151,37 @@ def test_explain_dataset_reads_webdataset_shards_on_s3(s3, tmp_path, images, che
         stores[name] = SaliencyStore.open(str(store.parent)).read()
     np.testing.assert_array_equal(stores["wds"]["index"], np.arange(len(images)))
     np.testing.assert_array_equal(stores["wds"]["saliency"], stores["folder"]["saliency"])
+
+
+def test_a_corrupt_jpeg_in_a_shard_on_s3_is_one_line_and_every_other_row_lands(s3, tmp_path, images, checkpoint,
+                                                                                caplog):
+    _, bucket = s3
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(buf, format="JPEG", quality=90)
+    broken = list(images)
+    broken[4] = ("ant/04.jpg", 0, buf.getvalue()[: len(buf.getvalue()) // 2])  # truncated: the header survives
+    write_shards(f"s3://{bucket}/wds", [(r.replace(".jpg", ".png"), c, d) for r, c, d in broken])
+    # the member is named .png but holds half a JPEG: PIL reads the header and fails on the data
+    write_folder(str(tmp_path / "folder"), images)
+    want = read_store(extract(checkpoint, tmp_path / "a", "image_folder", f"{{root: '{tmp_path}/folder', "
+                                                                           "image_size: 8}"))
+    caplog.clear()
+    store = extract(checkpoint, tmp_path / "b", "webdataset", f"{{path: 's3://{bucket}/wds', image_size: 8}}")
+    lines = [ln for ln in caplog.text.splitlines() if "ant_04" in ln]
+    assert len(lines) == 1 and "shard-000000.tar/ant_04: not a decodable image" in lines[0], caplog.text
+    got = read_store(store)
+    keep = np.arange(len(images)) != 4
+    np.testing.assert_array_equal(got["index"], np.arange(len(images))[keep])
+    np.testing.assert_array_equal(got["label"], want["label"][keep])
+    for key in LAYERS:  # a batch holding the placeholder instead of the image sums in another order: last bits only
+        np.testing.assert_allclose(got[key], want[key][keep], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, option", [("image_folder", "root"), ("webdataset", "path"), ("parquet", "path")])
+def test_a_missing_path_exits_2_with_one_line_naming_it(s3, tmp_path, checkpoint, capsys, name, option):
+    _, bucket = s3
+    for where in (str(tmp_path / "nowhere"), f"s3://{bucket}/nowhere"):
+        assert run_extract(checkpoint, tmp_path / "acts", name, f"{{{option}: '{where}'}}") == EXIT_USAGE
+        lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: ") and f"{where} does not exist" in lines[0], lines
+        assert not (tmp_path / "acts").exists()

@@ -35,6 +35,7 @@ from pydantic import Field, field_validator, model_validator
 from interp_ray.checkpoint import load_classifier
 from interp_ray.config import DataConfig, Section, load_config
 from interp_ray.data import load_dataset
+from interp_ray.data.select import align_classes
 from interp_ray.data.base import HeadDataset, ImageDataset
 from interp_ray.errors import UserError
 from interp_ray.explain_rows import (TARGET_RULES, ExplanationMapper, MethodChoice, check_method, constant_info,
@@ -189,6 +190,8 @@ def make_plans(cfg: ExplainDatasetConfig) -> list[StorePlan]:
         datasets = {cfg.split: datasets[cfg.split]}
     loaded = load_classifier(checkpoint)
     model_name = loaded.config["model"]["name"]
+    datasets = {split: align_classes(ds, loaded.class_names, what=f"{cfg.data.name}/{split}")
+                for split, ds in datasets.items()}
     plans = []
     for choice in choices:
         schema: tuple[dict[str, Any], dict[str, str], dict] | None = None

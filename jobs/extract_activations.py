@@ -37,6 +37,7 @@ from interp_ray.activations import DEFAULT_PASSTHROUGH, ActivationExtractor
 from interp_ray.config import ComputeSection, DataConfig, Section, StoreSection, load_config
 from interp_ray.data import load_dataset
 from interp_ray.data.base import ImageDataset, read_rows
+from interp_ray.data.select import align_classes
 from interp_ray.errors import UserError
 from interp_ray.store import (UNREADABLE, Manifest, ShardAssembler, check_store, drill, extra_spec, finalize_store,
                               make_identity, pack_strings, prepare_store, rows_per_part, storage_identity, store_key,
@@ -93,6 +94,7 @@ def make_plan(cfg: ExtractJobConfig, split: str) -> ExtractPlan:
     dataset = load_dataset(cfg.data.name, split, **cfg.data.options)
     checkpoint = absolute(cfg.checkpoint)
     extractor = ActivationExtractor(checkpoint, cfg.layers, device="cpu")
+    dataset = align_classes(dataset, extractor.class_names, what=f"{cfg.data.name}/{split}")
     model_shape = tuple(extractor.model.input_shape)
     image_shape = tuple(dataset.image_shape)
     # A clip dataset's rows are T frames of the model's input: one store row per clip (interp_ray.activations).

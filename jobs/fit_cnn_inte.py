@@ -57,6 +57,7 @@ def with_images(store, dataset, batch_rows: int) -> Iterator[dict[str, np.ndarra
 def fit(cfg: CnnInteJobConfig, *, address: str | None = None) -> dict[str, Any]:
     """Extract (or reuse) the activations, fit, report, save and draw. Returns the report."""
     from interp_ray.data import load_dataset
+    from interp_ray.data.select import align_classes
     from interp_ray.store import ActivationStore
 
     if cfg.cnn_inte.target == "prediction" and not cfg.eval_splits:
@@ -64,7 +65,9 @@ def fit(cfg: CnnInteJobConfig, *, address: str | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     stores = {s["split"]: ActivationStore.open(s["location"]) for s in extract(extract_config(cfg), address=address)}
     extract_s = time.perf_counter() - t0
-    datasets = {split: load_dataset(cfg.data.name, split, **cfg.data.options) for split in stores}
+    # the stores' labels are in the model's numbering (extraction aligned them); the images' dataset is read alike
+    datasets = {split: align_classes(load_dataset(cfg.data.name, split, **cfg.data.options), store.class_names,
+                                     what=f"{cfg.data.name}/{split}") for split, store in stores.items()}
     model = CnnInte(cfg.cnn_inte, class_names=stores[cfg.fit_split].class_names)
     t1 = time.perf_counter()
     model.fit(with_images(stores[cfg.fit_split], datasets[cfg.fit_split], cfg.batch_rows))

@@ -185,3 +185,48 @@ def test_a_missing_path_exits_2_with_one_line_naming_it(s3, tmp_path, checkpoint
         lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
         assert len(lines) == 1 and lines[0].startswith("error: ") and f"{where} does not exist" in lines[0], lines
         assert not (tmp_path / "acts").exists()
+
+
+def write_parquet(path: Path, images, order, rename=None) -> None:
+    """The images as one Parquet file whose integer labels follow ``order`` (its ClassLabel names); ``rename``:
+    class → the name this file gives it."""
+    rename = rename or {}
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    meta = {"info": {"features": {"label": {"names": order, "_type": "ClassLabel"}}}}
+    table = pa.table({"image": pa.array([d for _, _, d in images], pa.binary()),
+                      "label": pa.array([order.index(rename.get(CLASSES[c], CLASSES[c])) for _, c, _ in images], pa.int64())})
+    pq.write_table(table.replace_schema_metadata({"huggingface": json.dumps(meta)}), path)
+
+
+def test_a_parquet_copy_in_another_class_order_is_remapped_and_other_names_refused(tmp_path, images, checkpoint,
+                                                                                   caplog, capsys):
+    write_folder(str(tmp_path / "folder"), images)
+    want = read_store(extract(checkpoint, tmp_path / "a", "image_folder", f"{{root: '{tmp_path}/folder', "
+                                                                           "image_size: 8}"))
+    write_parquet(tmp_path / "copy.parquet", images, ["cow", "ant", "bee"])
+    caplog.clear()
+    got = read_store(extract(checkpoint, tmp_path / "b", "parquet", f"{{path: '{tmp_path}/copy.parquet', "
+                                                                     "image_size: 8}"))
+    assert "labels are translated to the model's indices" in caplog.text
+    assert_same_rows(got, want)  # labels in the model's numbering, as the folder's
+    write_parquet(tmp_path / "other.parquet", images, ["cow", "ant", "elk"], {"bee": "elk"})
+    capsys.readouterr()
+    assert run_extract(checkpoint, tmp_path / "c", "parquet", f"{{path: '{tmp_path}/other.parquet'}}") == EXIT_USAGE
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "classes elk are not among the model's" in lines[0]
+    assert not (tmp_path / "c").exists()
+
+
+def test_subset_option_reaches_the_store(tmp_path, images, checkpoint):
+    write_folder(str(tmp_path / "folder"), images)
+    whole = read_store(extract(checkpoint, tmp_path / "a", "image_folder", f"{{root: '{tmp_path}/folder', "
+                                                                            "image_size: 8}"))
+    some = read_store(extract(checkpoint, tmp_path / "b", "image_folder", f"{{root: '{tmp_path}/folder', "
+                                                                           "image_size: 8, subset: {classes: [bee], "
+                                                                           "per_class: 2}}"))
+    assert list(some["id"]) == ["bee/00.png", "bee/01.png"] and list(some["label"]) == [1, 1]
+    np.testing.assert_allclose(some["relu3"], whole["relu3"][5:7], rtol=1e-5, atol=1e-6)

@@ -124,12 +124,15 @@ def unnamed(names: Sequence[str]) -> bool:
 def align_classes(dataset: ImageDataset, model_classes: Sequence[str], *, what: str) -> ImageDataset:
     """``dataset`` with labels in ``model_classes``' numbering: itself when they already agree, a remapped view (one
     log line) when its names are the model's in another order (or some of them), a UserError when it has names the
-    model lacks. Unnamed classes (indices as text) are taken as the model's indices."""
+    model lacks. Unnamed classes (indices as text) on either side are taken as the model's indices."""
     ours, theirs = list(dataset.class_names), list(model_classes)
     if ours == theirs[:len(ours)]:
         return dataset
-    if unnamed(ours) and len(ours) <= len(theirs):
-        log.info("%s: the dataset's classes are unnamed (0..%d), taken as the model's indices", what, len(ours) - 1)
+    if (unnamed(ours) or unnamed(theirs)) and len(ours) <= len(theirs):
+        # one side knows its classes only by index (a Parquet file without ClassLabel names, a model imported
+        # without names): positions are all there is to go by
+        log.info("%s: %s classes are unnamed (indices), taken as the model's indices", what,
+                 "the dataset's" if unnamed(ours) else "the model's")
         return dataset
     missing = [c for c in ours if c not in theirs]
     if missing:

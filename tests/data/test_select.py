@@ -91,3 +91,6 @@ def test_names_the_model_lacks_are_refused(folder):
     unnamed = load_dataset("image_folder", root=str(folder), image_size=4)
     unnamed.class_names = ["0", "1", "2"]
     assert align_classes(unnamed, CLASSES, what="x") is unnamed  # indices only: nothing to check against
+    assert align_classes(ds, ["0", "1", "2"], what="x") is ds  # a model imported without names, likewise
+    with pytest.raises(UserError, match="not among the model's"):
+        align_classes(ds, ["0", "1"], what="x")  # more classes than the model has outputs

@@ -28,14 +28,13 @@ import numpy as np
 
 from interp_ray.data.base import ImageDataset
 from interp_ray.data.images import IMAGE_EXTENSIONS, as_hw, channels_for, decode_image, stack_images
+from interp_ray.data.parquet import select_split  # the same split rule as a directory of Parquet files
 from interp_ray.errors import UserError
 from interp_ray.storage import filesystem
 
 LABEL_SUFFIXES = ("cls", "json")
 JSON_LABEL_KEYS = ("label", "cls", "class")
 CLASS_FILES = ("classes.txt", "classes.json")
-KNOWN_SPLITS = ("train", "val", "valid", "validation", "test")
-FLAT_SPLIT = "train"
 MAX_OPEN_FILES = 16
 _BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
@@ -59,11 +58,6 @@ def expand_braces(pattern: str) -> list[str]:
     width = len(m.group(1)) if m.group(1).startswith("0") else 0
     head, tail = pattern[:m.start()], pattern[m.end():]
     return [p for i in range(lo, hi + 1) for p in expand_braces(f"{head}{i:0{width}d}{tail}")]
-
-
-def split_of(rel: str, split: str) -> bool:
-    *dirs, base = rel.split("/")
-    return split in dirs or re.match(rf"{re.escape(split)}[-_.]", base) is not None
 
 
 def find_shards(path: str | os.PathLike | Sequence[str | os.PathLike], split: str) -> list[str]:
@@ -105,15 +99,7 @@ def shards_in_directory(fs: Any, inner: str, location: str, split: str) -> list[
                   and not posixpath.basename(i.path).startswith("."))
     if not rels:
         raise UserError(f"no .tar shards under {location}")
-    chosen = [r for r in rels if split_of(r, split)]
-    if not chosen:
-        present = [s for s in KNOWN_SPLITS if any(split_of(r, s) for r in rels)]
-        if present:
-            raise UserError(f"unknown split {split!r} for webdataset {location}; valid: {', '.join(present)}")
-        if split != FLAT_SPLIT:
-            raise UserError(f"webdataset {location} has no split directories or <split>-*.tar shards, so its only "
-                            f"split is {FLAT_SPLIT!r}; got {split!r}")
-        chosen = rels
+    chosen = select_split(rels, split, location, kind="webdataset", suffix=".tar")
     head, sep, query = location.partition("?")
     return ["/".join([head.rstrip("/"), r]) + sep + query if "://" in location else posixpath.join(inner, r)
             for r in chosen]

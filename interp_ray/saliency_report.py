@@ -72,11 +72,14 @@ def read_stores(stores: Mapping[str, str]) -> dict[str, StoredMasks]:
 def dataset_of(store: SaliencyStore):
     """The dataset split the store was computed over, checked against its recorded description."""
     from interp_ray.data import load_dataset
+    from interp_ray.data.select import align_classes
     from interp_ray.jsonsafe import json_round_trip
 
     ident = store.manifest.identity
     data = ident.get("data") or {}
-    ds = load_dataset(data["name"], ident["split"], **data.get("options", {}))
+    # numbered as the model's classes, as the job that made the store numbered them
+    ds = align_classes(load_dataset(data["name"], ident["split"], **data.get("options", {})),
+                       store.manifest.class_names, what=f"{data['name']}/{ident['split']}")
     if json_round_trip(ds.describe()) != ident["dataset"]:
         raise UserError(f"{data['name']}/{ident['split']} no longer matches what store {store.key} was computed "
                         f"over (its description changed); recompute the store")

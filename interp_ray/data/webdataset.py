@@ -6,8 +6,8 @@ to the first dot of its base name): ``<key>.jpg|png|…`` holds the image, ``<ke
 
 ``path`` is a brace pattern (``s3://b/shards-{000000..000009}.tar``), one ``.tar``, a directory of ``.tar`` files
 (split by ``<split>/`` subdirectories or ``<split>-…`` file names, as the Parquet loader does), or a list of shards.
-Class names: ``class_names`` given, else a ``classes.txt`` (one per line) or ``classes.json`` (a list, or name → index)
-beside the shards, else the indices as text (``.cls``) or the sorted names (``.json`` names).
+Class names: ``class_names`` given, else a ``classes.txt`` (one per line) or ``classes.json`` (a list, or
+name → index) beside the shards, else the indices as text (``.cls``) or the sorted names (``.json`` names).
 
 Loading streams each shard once (on the driver) to index its samples: where each image's bytes start and how long
 they are, and the small label members. ``get_batch`` then reads only the images it needs, by offset, and decodes them

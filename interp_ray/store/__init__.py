@@ -62,5 +62,5 @@ __all__ = ['ActivationStore', 'BASE_COLUMNS', 'DEFAULT_PART_BYTES', 'DEFAULT_SHA
            'check_store', 'data_context', 'drill', 'expected_key', 'extra_array', 'extra_spec', 'finalize_store',
            'find_store', 'layer_array', 'list_names', 'make_identity', 'pack_strings', 'part_files', 'part_metadata',
            'part_name', 'part_skips', 'prepare_store', 'read_manifest', 'read_part_metadata', 'resolve_location',
-           'rows_per_part', 'shuffled', 'storage_identity', 'store_key', 'store_location', 'tensor_array', 'unpack_strings', 'utc_now',
-           'widen', 'widen_layers', 'write_manifest', 'write_part']
+           'rows_per_part', 'shuffled', 'storage_identity', 'store_key', 'store_location', 'tensor_array',
+           'unpack_strings', 'utc_now', 'widen', 'widen_layers', 'write_manifest', 'write_part']

@@ -203,8 +203,8 @@ def write_parquet(path: Path, images, order, rename=None) -> None:
     import pyarrow.parquet as pq
 
     meta = {"info": {"features": {"label": {"names": order, "_type": "ClassLabel"}}}}
-    table = pa.table({"image": pa.array([d for _, _, d in images], pa.binary()),
-                      "label": pa.array([order.index(rename.get(CLASSES[c], CLASSES[c])) for _, c, _ in images], pa.int64())})
+    labels = [order.index(rename.get(CLASSES[c], CLASSES[c])) for _, c, _ in images]
+    table = pa.table({"image": pa.array([d for _, _, d in images], pa.binary()), "label": pa.array(labels, pa.int64())})
     pq.write_table(table.replace_schema_metadata({"huggingface": json.dumps(meta)}), path)
 
 
@@ -236,3 +236,20 @@ def test_subset_option_reaches_the_store(tmp_path, images, checkpoint):
                                                                            "per_class: 2}}"))
     assert list(some["id"]) == ["bee/00.png", "bee/01.png"] and list(some["label"]) == [1, 1]
     np.testing.assert_allclose(some["relu3"], whole["relu3"][5:7], rtol=1e-5, atol=1e-6)
+
+
+def test_explain_dataset_on_a_reordered_parquet_copy_scores_the_models_labels(tmp_path, images, checkpoint):
+    """The saliency store holds labels in the model's numbering, and its evaluation finds the same dataset again."""
+    from interp_ray.saliency_report import dataset_of
+
+    write_parquet(tmp_path / "copy.parquet", images, ["cow", "ant", "bee"])
+    data = f"{{name: parquet, options: {{path: '{tmp_path}/copy.parquet', image_size: 8}}}}"
+    args = [f"checkpoint={checkpoint}", f"data={data}", "split=train", "methods=[{name: gradcam}]",
+            f"store.root={tmp_path / 'expl'}", "evaluation.enabled=false", "compute.engine=local"]
+    assert run_main(explain_main, [a for s in args for a in ("--set", s)]) == 0
+    (manifest,) = (tmp_path / "expl").rglob(MANIFEST_FILE)
+    store = SaliencyStore.open(str(manifest.parent))
+    np.testing.assert_array_equal(store.read()["label"], [c for _, c, _ in images])
+    ds = dataset_of(store)
+    assert ds.class_names == CLASSES
+    assert list(ds.get_batch(np.arange(len(images)))["label"]) == [c for _, c, _ in images]

@@ -20,7 +20,7 @@ from interp_ray.data.base import ImageDataset
 from interp_ray.data.images import (IMAGE_EXTENSIONS, as_hw, channels_for, decode_image, has_image_extension,
                                     read_image_file, stack_images)
 from interp_ray.errors import UserError
-from interp_ray.storage import filesystem, is_remote
+from interp_ray.storage import filesystem, is_remote, map_ordered
 
 # Subdirectory names taken to mean "this root is split into train/val/test" rather than "these are classes".
 KNOWN_SPLITS = ("train", "val", "valid", "validation", "test")
@@ -138,7 +138,7 @@ class ImageFolderDataset(ImageDataset):
     def get_batch(self, indices) -> dict[str, np.ndarray]:
         idx = np.asarray(indices, dtype=np.int64)
         rel = [self.paths[i] for i in idx]
-        images = [self.read(p) for p in rel]
+        images = [self.read(p) for p in rel] if self.remote is None else map_ordered(self.read, rel)
         return {"id": np.array(rel, dtype=str), "image": stack_images(images, rel, self.image_shape),
                 "label": self.labels[idx]}
 

@@ -30,7 +30,7 @@ from interp_ray.data.base import ImageDataset
 from interp_ray.data.images import IMAGE_EXTENSIONS, as_hw, channels_for, decode_image, stack_images
 from interp_ray.data.parquet import select_split  # the same split rule as a directory of Parquet files
 from interp_ray.errors import UserError
-from interp_ray.storage import filesystem
+from interp_ray.storage import READ_THREADS, filesystem, is_remote, map_ordered
 
 LABEL_SUFFIXES = ("cls", "json")
 JSON_LABEL_KEYS = ("label", "cls", "class")
@@ -118,7 +118,9 @@ def index_shard(shard: str, extensions: Sequence[str]) -> list[tuple[str, int, i
     image_suffixes = {e.lower().lstrip(".") for e in extensions}
     samples: dict[str, dict[str, Any]] = {}
     try:
-        with fs.open_input_stream(inner) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+        # buffered: tarfile reads 512-byte headers, and each unbuffered read of a remote object is a request
+        with fs.open_input_stream(inner, compression=None, buffer_size=1 << 20) as stream, \
+                tarfile.open(fileobj=stream, mode="r|") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
@@ -229,13 +231,18 @@ class WebDatasetImages(ImageDataset):
         idx = np.asarray(indices, dtype=np.int64)
         chosen = [self.samples[i] for i in idx]
         ids = [self.row_id(s) for s in chosen]
-        images = []
-        for sample, row_id in zip(chosen, ids):
+        files = {s.shard: self._file(s.shard) for s in chosen}  # opened here, read from threads below
+
+        def read(item: tuple[Sample, str]) -> np.ndarray:
+            sample, row_id = item
             try:
-                data = self._file(sample.shard).read_at(sample.size, sample.offset)
+                data = files[sample.shard].read_at(sample.size, sample.offset)
             except OSError as exc:
                 raise UserError(f"{row_id}: cannot read it ({' '.join(str(exc).split())[:300]})") from None
-            images.append(decode_image(data, self.image_size, self.mode, name=row_id))
+            return decode_image(data, self.image_size, self.mode, name=row_id)
+
+        remote = any(is_remote(self.shards[s]) for s in files)
+        images = map_ordered(read, list(zip(chosen, ids)), threads=READ_THREADS if remote else 1)
         return {"id": np.array(ids, dtype=str), "image": stack_images(images, ids, self.image_shape),
                 "label": self.labels[idx]}
 

@@ -1,6 +1,5 @@
 """The subset option and class alignment with a model, on a real image folder and a Parquet copy of it."""
 
-import io
 import logging
 
 import numpy as np

@@ -72,6 +72,7 @@ def read_stores(stores: Mapping[str, str]) -> dict[str, StoredMasks]:
 def dataset_of(store: SaliencyStore):
     """The dataset split the store was computed over, checked against its recorded description."""
     from interp_ray.data import load_dataset
+    from interp_ray.data.select import align_classes
     from interp_ray.jsonsafe import json_round_trip
 
     ident = store.manifest.identity
@@ -81,6 +82,8 @@ def dataset_of(store: SaliencyStore):
         from interp_ray.data.base import HeadDataset
 
         ds = HeadDataset(ds, int(data["rows"]))
+    # numbered as the model's classes, as the job that made the store numbered them (head first, as the job did)
+    ds = align_classes(ds, store.manifest.class_names, what=f"{data['name']}/{ident['split']}")
     if json_round_trip(ds.describe()) != ident["dataset"]:
         raise UserError(f"{data['name']}/{ident['split']} no longer matches what store {store.key} was computed "
                         f"over (its description changed); recompute the store")

@@ -35,6 +35,7 @@ from pydantic import Field, field_validator, model_validator
 from interp_ray.checkpoint import load_classifier
 from interp_ray.config import DataConfig, Section, load_config
 from interp_ray.data import load_dataset
+from interp_ray.data.select import align_classes
 from interp_ray.data.base import HeadDataset, ImageDataset
 from interp_ray.errors import UserError
 from interp_ray.explain_rows import (TARGET_RULES, ExplanationMapper, MethodChoice, check_method, constant_info,
@@ -42,11 +43,11 @@ from interp_ray.explain_rows import (TARGET_RULES, ExplanationMapper, MethodChoi
 from interp_ray.explainers.base import adopt_explainer, get_explainer
 from interp_ray.saliency_store import (DEFAULT_SHARD_ROWS, EXPLANATION_COLUMN, EXTRA_PREFIX, SALIENCY_COLUMN,
                                        SaliencyManifest, make_identity, store_key, store_location)
-from interp_ray.store import check_store, finalize_store, prepare_store
+from interp_ray.store import UNREADABLE, check_store, finalize_store, prepare_store
 from jobs.common import base_parser, check_storage_paths, exit_with, init_ray
 from jobs.extract_activations import (STORE, ComputeSection, PlanLoader, RoutedWriter, absolute,
-                                      as_records, check_resources, gpus_per_actor, pipeline_records, routed_pipeline,
-                                      run_routed)
+                                      as_records, check_resources, gpus_per_actor, pipeline_records, report_skipped,
+                                      routed_pipeline, run_routed)
 
 log = logging.getLogger("interp_ray.explain_dataset")
 
@@ -202,6 +203,8 @@ def make_plans(cfg: ExplainDatasetConfig) -> list[StorePlan]:
         datasets = {cfg.split: datasets[cfg.split]}
     loaded = load_classifier(checkpoint)
     model_name = loaded.config["model"]["name"]
+    datasets = {split: align_classes(ds, loaded.class_names, what=f"{cfg.data.name}/{split}")
+                for split, ds in datasets.items()}
     plans = []
     for choice in choices:
         schema: tuple[dict[str, Any], dict[str, str], dict] | None = None
@@ -266,6 +269,8 @@ class RoutedMapper:
             sub = {k: np.asarray(v)[sel] for k, v in batch.items()}
             out = self.mappers[int(m)](sub)
             out[STORE] = sub[STORE]
+            if UNREADABLE in sub:  # the loader's mark of a row to leave out (the writer's to read)
+                out[UNREADABLE] = sub[UNREADABLE]
             n = len(out[STORE])
             for col in self.extra_columns:
                 out[col] = np.asarray(out[col], dtype=np.float64) if col in out else np.full(n, np.nan)
@@ -337,6 +342,7 @@ def fill_stores(cfg: ExplainDatasetConfig, prepared: list[tuple[StorePlan, list[
     out = []
     for (plan, _), prog in zip(prepared, progress):
         manifest = finalize_store(plan.location, plan.manifest)
+        report_skipped(f"{plan.method.name}/{plan.split}", manifest)
         out.append({"method": plan.method.name, "split": plan.split, "location": plan.location, "key": manifest.key,
                     "rows": manifest.rows, "parts": manifest.num_shards, "computed_parts": prog.shards,
                     "computed_rows": prog.rows, "seconds": round(prog.seconds, 3)})

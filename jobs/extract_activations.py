@@ -36,10 +36,12 @@ from pydantic import Field, model_validator
 from interp_ray.activations import DEFAULT_PASSTHROUGH, ActivationExtractor
 from interp_ray.config import ComputeSection, DataConfig, Section, StoreSection, load_config
 from interp_ray.data import load_dataset
-from interp_ray.data.base import ImageDataset
+from interp_ray.data.base import ImageDataset, read_rows
+from interp_ray.data.select import align_classes
 from interp_ray.errors import UserError
-from interp_ray.store import (Manifest, ShardAssembler, check_store, drill, extra_spec, finalize_store, make_identity,
-                              pack_strings, prepare_store, rows_per_part, storage_identity, store_key, store_location)
+from interp_ray.store import (UNREADABLE, Manifest, ShardAssembler, check_store, drill, extra_spec, finalize_store,
+                              make_identity, pack_strings, prepare_store, rows_per_part, storage_identity, store_key,
+                              store_location)
 from jobs.common import base_parser, check_storage_paths, exit_with, init_ray
 
 log = logging.getLogger("interp_ray.extract")
@@ -92,6 +94,7 @@ def make_plan(cfg: ExtractJobConfig, split: str) -> ExtractPlan:
     dataset = load_dataset(cfg.data.name, split, **cfg.data.options)
     checkpoint = absolute(cfg.checkpoint)
     extractor = ActivationExtractor(checkpoint, cfg.layers, device="cpu")
+    dataset = align_classes(dataset, extractor.class_names, what=f"{cfg.data.name}/{split}")
     model_shape = tuple(extractor.model.input_shape)
     image_shape = tuple(dataset.image_shape)
     # A clip dataset's rows are T frames of the model's input: one store row per clip (interp_ray.activations).
@@ -145,11 +148,15 @@ def kept_columns(dataset: ImageDataset, keep: Sequence[str], *, what: str) -> di
 # --- the stages --------------------------------------------------------------------------------------------------
 
 class ShardLoader:
-    """Shard ids → the shard's rows (``index``, ``shard``, ``id``, ``image``, ``label``), ``chunk_rows`` at a time.
+    """Shard ids → the shard's rows (``index``, ``shard``, ``id``, ``image``, ``label``, ``unreadable``),
+    ``chunk_rows`` at a time: the loading stage, where images are read, decoded and resized (in parallel tasks, never
+    in the model's actors).
 
     Handed to Ray Data as an instance (not a class), so it runs as tasks; Ray Data puts it (and the dataset it holds)
     in the object store once per operator, not once per task.
     Only the columns extraction needs are kept: extras such as masks or sentences would only cost transfer.
+    A row whose input cannot be read (``read_rows``) travels on as a placeholder (zero image, label 0) with its reason
+    in ``unreadable``, so the writer accounts for it (``interp_ray.store.UNREADABLE``); every other row is kept.
     """
 
     def __init__(self, dataset: ImageDataset, manifest: Manifest, chunk_rows: int):
@@ -160,10 +167,30 @@ class ShardLoader:
         lo, hi = self.manifest.shard_range(shard)
         for a in range(lo, hi, self.chunk_rows):
             idx = np.arange(a, min(a + self.chunk_rows, hi), dtype=np.int64)
-            rows = self.dataset.get_batch(idx)
+            good, rows, bad = read_rows(self.dataset, idx)
+            if bad:
+                rows = self.with_placeholders(len(idx), good, rows, bad)
             yield {"index": idx, "shard": np.full(len(idx), shard, dtype=np.int64), "id": np.asarray(rows["id"]),
                    "image": rows["image"], "label": np.asarray(rows["label"], dtype=np.int64),
-                   **{c: pack_strings(rows[c]) for c in self.keep}}
+                   **{c: pack_strings(rows[c]) for c in self.keep},
+                   UNREADABLE: np.array([bad.get(i, "") for i in range(len(idx))], dtype=object)}
+
+    def with_placeholders(self, n: int, good: np.ndarray, rows: dict[str, np.ndarray], bad: dict[int, str]
+                          ) -> dict[str, np.ndarray]:
+        """``n`` rows: those read at ``good``, the rest placeholders of the same shapes (never stored)."""
+        out = {"id": np.full(n, "", dtype=object), "image": np.zeros((n, *self.dataset.image_shape), np.float32),
+               "label": np.zeros(n, dtype=np.int64)}
+        for c in self.keep:
+            spec = self.manifest.kept[c]
+            out[c] = (np.full((n, *spec["shape"]), "", dtype=object) if spec["dtype"] == "string"
+                      else np.zeros((n, *spec["shape"]), dtype=np.int64))
+        for key, arr in out.items():
+            if len(good):
+                arr[good] = rows[key]
+        out["id"] = out["id"].astype(str)
+        for c in self.keep:
+            out[c] = out[c].astype(str) if out[c].dtype == object else out[c]
+        return out
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         for shard in np.asarray(batch["shard"]).tolist():
@@ -202,7 +229,7 @@ class RoutedWriter:
         records = []
         for sid in np.unique(sids).tolist():
             assembler = self.assemblers[sid]
-            keep = set(assembler.manifest.column_names()) | {"index", "shard"}
+            keep = set(assembler.manifest.column_names()) | {"index", "shard", UNREADABLE}
             sel = sids == sid
             rows = {k: np.asarray(v)[sel] for k, v in batch.items() if k in keep}
             records.append({STORE: sid, "shard": RECEIVED, "rows": int(sel.sum()), "bytes": 0, "skipped": False})
@@ -292,8 +319,8 @@ def extractor_kwargs(cfg: ExtractJobConfig, plans: list[ExtractPlan]) -> dict[st
     # every plan of a job has the job's checkpoint and layers; the kept columns are the job's ``keep``
     c, plan = cfg.compute, plans[0]
     return {"checkpoint": plan.checkpoint, "layers": plan.layers, "device": c.device, "torch_threads": c.torch_threads,
-            "expect_digest": plan.digest, "passthrough": [*DEFAULT_PASSTHROUGH, STORE, *plan.manifest.kept],
-            "storage": plan.storage}
+            "expect_digest": plan.digest,
+            "passthrough": [*DEFAULT_PASSTHROUGH, STORE, UNREADABLE, *plan.manifest.kept], "storage": plan.storage}
 
 
 def writer_kwargs(cfg: ExtractJobConfig, plans: list[ExtractPlan]) -> dict[str, Any]:
@@ -433,13 +460,25 @@ def fill_stores(cfg: ExtractJobConfig, prepared: list[tuple[ExtractPlan, list[in
     out = []
     for (plan, missing), prog in zip(prepared, progress):
         manifest = finalize_store(plan.location, plan.manifest)
+        report_skipped(plan.split, manifest)
         out.append({"split": plan.split, "location": plan.location, "key": manifest.key, "rows": manifest.rows,
+                    "skipped": len(manifest.skipped),
                     "shards": manifest.num_shards, "computed_shards": prog.shards, "computed_rows": prog.rows,
                     "rows_per_s": prog.rate if missing else 0.0, "steady_rows_per_s": prog.steady_rate,
                     "startup_s": prog.startup_s, "seconds": prog.seconds, "first_at": prog.first_at,
                     "last_at": prog.last_at, "first_rows": prog.first_rows,
                     "steady_rows": prog.extracted - prog.first_rows})
     return out
+
+
+def report_skipped(label: str, manifest: Manifest) -> None:
+    """One line per row left out of a store because its input could not be read (the reason names the file), and
+    their count: at every run, resumed or not, since the manifest keeps them."""
+    for row in manifest.skipped:
+        log.warning("%s: skipped row %d: %s", label, row["index"], row["reason"])
+    if manifest.skipped:
+        log.warning("%s: %d of %d rows skipped as unreadable; the store holds the other %d", label,
+                    len(manifest.skipped), manifest.rows, manifest.rows - len(manifest.skipped))
 
 
 def pipeline_group(cfg: ExtractJobConfig, plan: ExtractPlan) -> str:
@@ -488,7 +527,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for out in extract(cfg, address=args.address):
         done = "already complete" if out["computed_shards"] == 0 else (
             f"{out['computed_shards']} shard(s) computed at {out['rows_per_s']:.0f} rows/s")
-        print(f"{out['split']}: {out['rows']} rows in {out['shards']} shard(s), {done}; "
+        skipped = f" ({out['skipped']} skipped as unreadable)" if out["skipped"] else ""
+        print(f"{out['split']}: {out['rows']} rows{skipped} in {out['shards']} shard(s), {done}; "
               f"store {out['location']} (key {out['key']})")
     return 0
 

@@ -113,13 +113,16 @@ def with_images(store, dataset, batch_rows: int) -> Iterator[dict[str, np.ndarra
 def fit(cfg: CnnInteJobConfig, *, address: str | None = None) -> dict[str, Any]:
     """Extract (or reuse) the activations, fit, report, save and draw. Returns the report."""
     from interp_ray.data import load_dataset
+    from interp_ray.data.select import align_classes
 
     if cfg.cnn_inte.target == "prediction" and not cfg.eval_splits:
         raise UserError("eval_splits is empty: name at least one split to measure fidelity on")
     t0 = time.perf_counter()
     stores = stores_for(cfg, address=address)
     extract_s = time.perf_counter() - t0
-    datasets = {split: load_dataset(cfg.data.name, split, **cfg.data.options) for split in stores}
+    # the stores' labels are in the model's numbering (extraction aligned them); the images' dataset is read alike
+    datasets = {split: align_classes(load_dataset(cfg.data.name, split, **cfg.data.options), store.class_names,
+                                     what=f"{cfg.data.name}/{split}") for split, store in stores.items()}
     model = CnnInte(cfg.cnn_inte, class_names=stores[cfg.fit_split].class_names)
     t1 = time.perf_counter()
     model.fit(with_images(stores[cfg.fit_split], datasets[cfg.fit_split], cfg.batch_rows))

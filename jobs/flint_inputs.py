@@ -34,6 +34,18 @@ def load_splits(cfg: FlintJobConfig, splits: Sequence[str] = ("train", "val")) -
     return [materialize(load_dataset(cfg.data.name, s, **cfg.data.options), cfg.materialize_rows) for s in splits]
 
 
+def align_to_predictor(cfg: FlintJobConfig, datasets: Sequence, splits: Sequence[str]) -> list:
+    """Post hoc, the data's labels numbered as the frozen predictor's outputs (``align_classes``: another order is
+    translated, other names refused); joint and BASE runs build f from the data, so its numbering is f's."""
+    if cfg.flint.mode != "posthoc":
+        return list(datasets)
+    from interp_ray.checkpoint import load_classifier
+    from interp_ray.data.select import align_classes
+
+    names = load_classifier(cfg.flint.predictor_checkpoint).class_names
+    return [align_classes(ds, names, what=f"{cfg.data.name}/{split}") for ds, split in zip(datasets, splits)]
+
+
 def load_predictor(cfg: FlintJobConfig, train_ds) -> tuple[Classifier, dict[str, Any], str | None]:
     """The predictor to train (joint/base: built from ``cfg.model``) or to freeze (post-hoc: the checkpoint, checked
     against ``train_ds`` when given).
@@ -64,6 +76,6 @@ def flint_inputs(cfg: FlintJobConfig, *, data: bool = True) -> FlintInputs:
     from interp_ray.training import seed_everything
 
     seed_everything(cfg.train.seed)
-    train_ds, val_ds = load_splits(cfg) if data else (None, None)
+    train_ds, val_ds = align_to_predictor(cfg, load_splits(cfg), ("train", "val")) if data else (None, None)
     predictor, spec, digest = load_predictor(cfg, train_ds)
     return FlintInputs(predictor, spec, digest, train_ds, val_ds)

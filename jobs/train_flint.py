@@ -30,7 +30,7 @@ from interp_ray.metrics.scene_attributes import scenes_attribute_table
 from interp_ray.store import ActivationStore
 from interp_ray.training import distributed_sampler, gather_from_ranks, state_digest
 from jobs.common import base_parser, check_storage_paths, exit_with, init_ray
-from jobs.flint_inputs import flint_inputs, materialize
+from jobs.flint_inputs import align_to_predictor, flint_inputs, materialize
 from jobs.train_explainer import data_progress_bars, kept, shard_batches, store_datasets
 from jobs.train_loop import (epochs, final_checkpoint, make_trainer, rank_and_world, report_epoch, resolve_use_gpu,
                              start_worker, training_state, worker_history)
@@ -142,7 +142,8 @@ def train(cfg: FlintJobConfig, prepared: FlintSetup | None = None) -> dict[str, 
     if prepared is None:
         cfg, prepared = prepare(cfg)
     st = prepared
-    test_ds = materialize(load_dataset(cfg.data.name, "test", **cfg.data.options), cfg.materialize_rows)
+    (test_ds,) = align_to_predictor(cfg, [materialize(load_dataset(cfg.data.name, "test", **cfg.data.options),
+                                                      cfg.materialize_rows)], ["test"])
     loop_config = {"job": cfg.model_dump(mode="json"), "class_names": list(st.train_ds.class_names)}
     stores = posthoc_stores(cfg, st.spec) if cfg.flint.mode == "posthoc" else None
     with data_progress_bars(False):   # the datasets keep the context they are made in

@@ -19,6 +19,7 @@ LOADERS: dict[str, str] = {
     "fashion_mnist": "interp_ray.data.fashion_mnist:load_fashion_mnist",
     "image_folder": "interp_ray.data.image_folder:load_image_folder",
     "parquet": "interp_ray.data.parquet:load_parquet_images",
+    "webdataset": "interp_ray.data.webdataset:load_webdataset",
 }
 
 
@@ -34,14 +35,23 @@ def get_loader(name: str):
 
 
 def load_dataset(name: str, split: str = "train", **options: Any) -> ImageDataset:
-    """Load dataset ``name`` (see ``dataset_names()``); unknown options fail with the list of valid ones."""
+    """Load dataset ``name`` (see ``dataset_names()``); unknown options fail with the list of valid ones.
+
+    ``subset`` (every loader that knows its labels at load time): which rows, see ``interp_ray.data.select``."""
     loader = get_loader(name)
     params = inspect.signature(loader).parameters
+    subset = options.pop("subset", None)
     valid = [p for p in params if p != "split"]
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise UserError(f"unknown option(s) {', '.join(unknown)} for dataset {name!r}; valid: {', '.join(valid)}")
-    return loader(split, **options)
+        raise UserError(f"unknown option(s) {', '.join(unknown)} for dataset {name!r}; valid: "
+                        f"{', '.join(valid + ['subset'])}")
+    dataset = loader(split, **options)
+    if subset is None:
+        return dataset
+    from interp_ray.data.select import apply_subset
+
+    return apply_subset(dataset, subset)
 
 
 __all__ = ["ArrayDataset", "ImageDataset", "LOADERS", "dataset_names", "get_loader", "load_dataset"]

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.utils.data
 
+from interp_ray.errors import UserError
+
 
 class ImageDataset(torch.utils.data.Dataset, abc.ABC):
     """Base class. Subclasses implement ``__len__`` and ``get_batch``."""
@@ -76,6 +78,30 @@ class ImageDataset(torch.utils.data.Dataset, abc.ABC):
         """What identifies this dataset's content (used in content hashes and checkpoints)."""
         return {"name": self.name, "split": self.split, "rows": len(self), "image_shape": list(self.image_shape),
                 "classes": list(self.class_names)}
+
+
+def read_rows(dataset: ImageDataset, indices: np.ndarray
+              ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[int, str]]:
+    """``dataset.get_batch(indices)``, keeping going past rows whose input cannot be read (a corrupt or missing image
+    file, bytes that do not decode): (positions read, their rows, position → the one-line reason for each other).
+
+    A batch that reads whole costs one ``get_batch``; only a batch that fails is read again row by row, to learn
+    which rows fail — a ``UserError`` for a single row is that row's input, never the whole job's.
+    """
+    idx = np.asarray(indices, dtype=np.int64)
+    try:
+        return np.arange(len(idx)), dataset.get_batch(idx), {}
+    except UserError:
+        pass
+    good, batches, bad = [], [], {}
+    for pos in range(len(idx)):
+        try:
+            batches.append(dataset.get_batch(idx[pos:pos + 1]))
+            good.append(pos)
+        except UserError as exc:
+            bad[pos] = str(exc)
+    rows = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]} if batches else {}
+    return np.asarray(good, dtype=np.int64), rows, bad
 
 
 class _IndexDataset(torch.utils.data.Dataset):

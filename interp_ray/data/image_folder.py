@@ -1,11 +1,15 @@
 """A torchvision-ImageFolder directory: ``root/<split>/<class>/<image>``, or ``root/<class>/<image>`` without splits.
 
-Only the file list is built at load time; pixels are decoded per batch, so a folder far larger than memory works.
+``root`` is a local directory or a URI that ``interp_ray.storage`` opens (``s3://bucket/prefix``, with
+``INTERP_RAY_S3_ENDPOINT`` for S3-compatible stores). Only the file list is built at load time, in one listing (on
+the driver); pixels are read and decoded per batch, where ``get_batch`` runs (Ray Data's loader tasks), so a folder
+far larger than memory works and decoding runs in parallel, never in the model's actors.
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -13,9 +17,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from interp_ray.data.base import ImageDataset
-from interp_ray.data.images import (IMAGE_EXTENSIONS, as_hw, channels_for, has_image_extension, read_image_file,
-                                    stack_images)
+from interp_ray.data.images import (IMAGE_EXTENSIONS, as_hw, channels_for, decode_image, has_image_extension,
+                                    read_image_file, stack_images)
 from interp_ray.errors import UserError
+from interp_ray.storage import filesystem, is_remote, map_ordered
 
 # Subdirectory names taken to mean "this root is split into train/val/test" rather than "these are classes".
 KNOWN_SPLITS = ("train", "val", "valid", "validation", "test")
@@ -64,16 +69,53 @@ def list_images(class_dir: Path, extensions: Sequence[str]) -> list[Path]:
     return sorted(found)
 
 
+def remote_files(root: str, extensions: Sequence[str]) -> tuple[Any, str, list[str]]:
+    """(filesystem, root inside it, image paths relative to it, sorted) of a folder on object storage: one
+    recursive listing. Hidden files and directories are left out, as ``list_images`` does locally."""
+    import pyarrow.fs as pafs
+
+    fs, inner = filesystem(root)
+    try:
+        info = fs.get_file_info(inner)
+        if info.type != pafs.FileType.Directory:
+            raise UserError(f"image folder root {root} does not exist (or is not a directory)")
+        infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
+    except OSError as exc:
+        raise UserError(f"image folder root {root}: cannot list it ({' '.join(str(exc).split())[:300]})") from None
+    rels = [posixpath.relpath(i.path, inner) for i in infos if i.type == pafs.FileType.File]
+    rels = [r for r in rels if not any(p.startswith(".") for p in r.split("/")) and has_image_extension(r, extensions)]
+    return fs, inner, sorted(rels)
+
+
+def remote_layout(root: str, rels: list[str], split: str) -> tuple[str, list[str]]:
+    """(prefix of the split's class directories, "" for a flat root; class names) from a file listing, by the same
+    rules as a local folder: split directories if any of ``KNOWN_SPLITS`` is present, classes their union."""
+    tops = sorted({r.split("/")[0] for r in rels if "/" in r})
+    present = [t for t in tops if t.lower() in KNOWN_SPLITS]
+    if not present:
+        if split != FLAT_SPLIT:
+            raise UserError(f"image folder {root} has no split directories ({', '.join(KNOWN_SPLITS)}), so its only "
+                            f"split is {FLAT_SPLIT!r}; got {split!r}")
+        return "", tops
+    if split not in present:
+        raise UserError(f"unknown split {split!r} for image folder {root}; valid: {', '.join(present)}")
+    names = sorted({r.split("/")[1] for r in rels if r.count("/") >= 2 and r.split("/")[0] in present})
+    return split + "/", names
+
+
 @dataclass
 class ImageFolderDataset(ImageDataset):
     name: str
     split: str
-    root: str
+    root: str  # an absolute local directory or a URI
     paths: list[str]  # relative to root, POSIX separators; also the row ids
     labels: np.ndarray
     class_names: list[str]
     image_size: int
     mode: str = "RGB"
+    # (pyarrow filesystem, root inside it) of a remote root, opened on the driver: it pickles with its endpoint, so a
+    # Ray task reads from where the driver listed whatever its own environment says (as the Parquet loader's files)
+    remote: tuple[Any, str] | None = None
 
     def __post_init__(self):
         self.image_shape = (channels_for(self.mode), self.image_size, self.image_size)
@@ -81,10 +123,22 @@ class ImageFolderDataset(ImageDataset):
     def __len__(self) -> int:
         return len(self.paths)
 
+    def read(self, rel: str) -> np.ndarray:
+        """One image, decoded and resized; an unreadable one is a UserError naming it."""
+        if self.remote is None:
+            return read_image_file(Path(self.root) / rel, self.image_size, self.mode)
+        fs, inner = self.remote
+        try:
+            with fs.open_input_file(posixpath.join(inner, rel)) as f:
+                data = f.read()
+        except OSError as exc:
+            raise UserError(f"{rel}: cannot read it ({' '.join(str(exc).split())[:300]})") from None
+        return decode_image(data, self.image_size, self.mode, name=rel)
+
     def get_batch(self, indices) -> dict[str, np.ndarray]:
         idx = np.asarray(indices, dtype=np.int64)
         rel = [self.paths[i] for i in idx]
-        images = [read_image_file(Path(self.root) / p, self.image_size, self.mode) for p in rel]
+        images = [self.read(p) for p in rel] if self.remote is None else map_ordered(self.read, rel)
         return {"id": np.array(rel, dtype=str), "image": stack_images(images, rel, self.image_shape),
                 "label": self.labels[idx]}
 
@@ -94,25 +148,36 @@ class ImageFolderDataset(ImageDataset):
 
 def load_image_folder(split: str = "train", *, root: str | os.PathLike, image_size: int = 64,
                       extensions: Sequence[str] = IMAGE_EXTENSIONS, mode: str = "RGB") -> ImageFolderDataset:
-    """Images under ``root/<split>/<class>/`` (or ``root/<class>/``), resized to image_size², ``mode`` "RGB" or "L"."""
+    """Images under ``root/<split>/<class>/`` (or ``root/<class>/``), resized to image_size², ``mode`` "RGB" or "L";
+    ``root`` local or a URI (``s3://…``)."""
     channels_for(mode)
-    as_hw(image_size)
+    as_hw(image_size)  # a bad size fails now, not at the first batch
     if isinstance(extensions, str):  # ".png,.jpg" from a command line, not a sequence of characters
-        extensions = tuple(e.strip() for e in extensions.split(","))  # a bad size fails now, not at the first batch
-    root_path = Path(root)
-    if not root_path.is_dir():
-        raise UserError(f"image folder root {root} is not a directory")
-    split_dir = find_split_dir(root_path, split)
-    class_names = class_names_for(root_path, split_dir)
-    paths, labels = [], []
-    for label, name in enumerate(class_names):
-        if not (split_dir / name).is_dir():
-            continue  # a class present only in another split
-        for path in list_images(split_dir / name, extensions):
-            paths.append(path.relative_to(root_path).as_posix())
-            labels.append(label)
+        extensions = tuple(e.strip() for e in extensions.split(","))
+    if is_remote(root):
+        root = str(root)
+        fs, inner, rels = remote_files(root, extensions)
+        prefix, class_names = remote_layout(root, rels, split)
+        index = {n: i for i, n in enumerate(class_names)}
+        chosen = [r for r in rels if r.startswith(prefix) and r[len(prefix):].count("/") >= 1]
+        paths, labels = chosen, [index[r[len(prefix):].split("/")[0]] for r in chosen]
+        where, resolved, remote = f"{root.rstrip('/')}/{prefix}", root, (fs, inner)
+    else:
+        root_path = Path(root)
+        if not root_path.is_dir():
+            raise UserError(f"image folder root {root} does not exist (or is not a directory)")
+        split_dir = find_split_dir(root_path, split)
+        class_names = class_names_for(root_path, split_dir)
+        paths, labels = [], []
+        for label, name in enumerate(class_names):
+            if not (split_dir / name).is_dir():
+                continue  # a class present only in another split
+            for path in list_images(split_dir / name, extensions):
+                paths.append(path.relative_to(root_path).as_posix())
+                labels.append(label)
+        where, resolved, remote = str(split_dir), str(root_path.resolve()), None
     if not paths:
-        raise UserError(f"no images with extensions {', '.join(extensions)} in class directories under {split_dir}")
-    return ImageFolderDataset(name="image_folder", split=split, root=str(root_path.resolve()), paths=paths,
+        raise UserError(f"no images with extensions {', '.join(extensions)} in class directories under {where}")
+    return ImageFolderDataset(name="image_folder", split=split, root=resolved, paths=paths,
                               labels=np.asarray(labels, dtype=np.int64), class_names=class_names,
-                              image_size=int(image_size), mode=mode)
+                              image_size=int(image_size), mode=mode, remote=remote)

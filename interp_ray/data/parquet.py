@@ -79,16 +79,18 @@ def split_of(rel: str, split: str) -> bool:
     return split in dirs or re.match(rf"{re.escape(split)}[-_.]", base) is not None
 
 
-def select_split(rels: list[str], split: str, directory: str) -> list[str]:
-    """The files of ``split`` in a directory listing; see the module docstring for the rule."""
+def select_split(rels: list[str], split: str, directory: str, *, kind: str = "parquet", suffix: str = ".parquet"
+                 ) -> list[str]:
+    """The files of ``split`` in a directory listing; see the module docstring for the rule (the WebDataset loader's
+    too: ``kind`` and ``suffix`` name its files in the messages)."""
     chosen = [r for r in rels if split_of(r, split)]
     if chosen:
         return chosen
     present = [s for s in KNOWN_SPLITS if any(split_of(r, s) for r in rels)]
     if present:
-        raise UserError(f"unknown split {split!r} for parquet directory {directory}; valid: {', '.join(present)}")
+        raise UserError(f"unknown split {split!r} for {kind} directory {directory}; valid: {', '.join(present)}")
     if split != FLAT_SPLIT:
-        raise UserError(f"parquet directory {directory} has no split directories or <split>-*.parquet files, so its "
+        raise UserError(f"{kind} directory {directory} has no split directories or <split>-*{suffix} files, so its "
                         f"only split is {FLAT_SPLIT!r}; got {split!r} (or pass the file itself as path)")
     return rels
 

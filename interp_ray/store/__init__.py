@@ -44,22 +44,23 @@ from interp_ray.store.layout import (atomic_write_bytes, BASE_COLUMNS, bfloat16_
                                      KEY_HEX, LAYER_DTYPES, list_names, make_identity, MANIFEST_FILE, NARROW_DTYPES,
                                      PARQUET_DATASOURCE_V2, part_files, part_name, PART_RE, resolve_location,
                                      ROW_GROUP_BYTES, rows_per_part, SCHEMA_META_KEY, storage_identity, store_key,
-                                     StoreKeyMismatch, STREAM_BLOCK_MIB, TMP_MARK, utc_now, widen, WRITE_CHUNK_BYTES)
+                                     StoreKeyMismatch, STREAM_BLOCK_MIB, TMP_MARK, UNREADABLE, utc_now, widen,
+                                     WRITE_CHUNK_BYTES)
 from interp_ray.store.arrow import (batch_from_arrow, build_part_table, extra_array, extra_spec, layer_array,
                                     pack_strings, part_metadata, read_part_metadata, tensor_array, unpack_strings)
 from interp_ray.store.manifest import Manifest, read_manifest, write_manifest
-from interp_ray.store.writer import (check_parts, check_store, drill, finalize_store, prepare_store, ShardAssembler,
-                                     write_part)
+from interp_ray.store.writer import (check_parts, check_store, drill, finalize_store, part_skips, prepare_store,
+                                     ShardAssembler, write_part)
 from interp_ray.store.reader import (ActivationStore, data_context, expected_key, find_store, shuffled, store_location,
                                      widen_layers)
 
 __all__ = ['ActivationStore', 'BASE_COLUMNS', 'DEFAULT_PART_BYTES', 'DEFAULT_SHARD_ROWS', 'DTYPE_FIELD_KEY', 'FORMAT',
            'InjectedFailure', 'KEY_HEX', 'LAYER_DTYPES', 'MANIFEST_FILE', 'Manifest', 'NARROW_DTYPES',
            'PARQUET_DATASOURCE_V2', 'PART_RE', 'ROW_GROUP_BYTES', 'SCHEMA_META_KEY', 'STREAM_BLOCK_MIB',
-           'ShardAssembler', 'StoreKeyMismatch', 'TMP_MARK', 'WRITE_CHUNK_BYTES', 'atomic_write_bytes',
+           'ShardAssembler', 'StoreKeyMismatch', 'TMP_MARK', 'UNREADABLE', 'WRITE_CHUNK_BYTES', 'atomic_write_bytes',
            'batch_from_arrow', 'bfloat16_bits', 'bfloat16_to_float32', 'build_part_table', 'check_parts',
            'check_store', 'data_context', 'drill', 'expected_key', 'extra_array', 'extra_spec', 'finalize_store',
            'find_store', 'layer_array', 'list_names', 'make_identity', 'pack_strings', 'part_files', 'part_metadata',
-           'part_name', 'prepare_store', 'read_manifest', 'read_part_metadata', 'resolve_location', 'rows_per_part',
-           'shuffled', 'storage_identity', 'store_key', 'store_location', 'tensor_array', 'unpack_strings', 'utc_now',
-           'widen', 'widen_layers', 'write_manifest', 'write_part']
+           'part_name', 'part_skips', 'prepare_store', 'read_manifest', 'read_part_metadata', 'resolve_location',
+           'rows_per_part', 'shuffled', 'storage_identity', 'store_key', 'store_location', 'tensor_array',
+           'unpack_strings', 'utc_now', 'widen', 'widen_layers', 'write_manifest', 'write_part']

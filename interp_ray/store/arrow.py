@@ -22,6 +22,9 @@ def tensor_array(values: np.ndarray, dtype: Any = np.float32):
     arr = np.ascontiguousarray(values, dtype=dtype)
     if arr.ndim == 1:  # a per-row scalar still gets a shape, so readers never special-case it
         arr = arr[:, None]
+    if not len(arr):  # a part whose every row was unreadable: pyarrow's constructor refuses an empty array
+        kind = pa.fixed_shape_tensor(pa.from_numpy_dtype(arr.dtype), arr.shape[1:])
+        return pa.ExtensionArray.from_storage(kind, pa.array([], kind.storage_type))
     return pa.FixedShapeTensorArray.from_numpy_ndarray(arr)
 
 

@@ -39,6 +39,10 @@ LAYER_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uin
 NARROW_DTYPES = ("float16", "bfloat16")  # what readers widen to float32 unless asked for the kept dtype
 DTYPE_FIELD_KEY = b"interp_ray.dtype"  # a layer field's metadata: its logical dtype
 BASE_COLUMNS = ("index", "id", "label", "prediction", "probabilities")
+# A loader's column: why a row's input could not be read (a corrupt image file), "" for a row that was. The writer
+# keeps such a row out of its part and records it in the part's metadata (``skipped``), so the part still accounts
+# for every row of its shard — resume and the exactly-once check stay what they were — and the manifest lists them.
+UNREADABLE = "unreadable"
 # Ray Data's blocks of a store read: about a part each. With Ray's default bound (128 MiB) a 160k-row store was read
 # as one 128 MiB block, and a consumer's private memory grew by about that block's size over a pass (measured with
 # benchmarks/stream_memory.py: +138 MiB at 160k rows against +20 MiB at 10k; with 2 MiB blocks +22 and +17).

@@ -43,6 +43,8 @@ class Manifest:
     completed: str | None = None
     # kept dataset columns: name → {"dtype": "string" | "int64", "shape": [per-row shape]} (see the module doc)
     kept: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # rows left out because their input could not be read: {"index", "reason"}, collected from the parts at the end
+    skipped: list[dict[str, Any]] = field(default_factory=list)
     part_bytes: int | None = None         # the byte bound shard_rows was derived from (None: stores made before it)
     compression: str | None = None        # the parts' Parquet codec, kept for every part of the store
 

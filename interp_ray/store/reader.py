@@ -61,7 +61,8 @@ class ActivationStore:
         return list(self.manifest.class_names)
 
     def __len__(self) -> int:
-        return self.manifest.rows
+        """Rows held: the split's rows less those skipped as unreadable (``index`` keeps each row's own number)."""
+        return self.manifest.rows - len(self.manifest.skipped)
 
     @property
     def columns(self) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import posixpath
 import time
@@ -13,7 +14,7 @@ import numpy as np
 from interp_ray.errors import UserError
 from interp_ray.store.layout import (_exists, _info, _is_dir, _tmp_path, InjectedFailure, list_names, MANIFEST_FILE,
                                      part_files, part_name, resolve_location, ROW_GROUP_BYTES, StoreKeyMismatch,
-                                     TMP_MARK, utc_now, WRITE_CHUNK_BYTES)
+                                     TMP_MARK, UNREADABLE, utc_now, WRITE_CHUNK_BYTES)
 from interp_ray.store.arrow import read_part_metadata
 from interp_ray.store.manifest import Manifest, read_manifest, write_manifest
 
@@ -68,7 +69,13 @@ def check_store(location: str, manifest: Manifest) -> Manifest | None:
 
 def check_parts(fs: Any, directory: str, manifest: Manifest) -> set[int]:
     """The shards whose parts are present and whole; a part of another store or of the wrong size is a UserError."""
-    done = set()
+    return set(part_skips(fs, directory, manifest))
+
+
+def part_skips(fs: Any, directory: str, manifest: Manifest) -> dict[int, list[dict[str, Any]]]:
+    """shard → the rows its part left out (unreadable input), for every part present and whole: a part's rows plus
+    the rows it records as skipped are exactly its shard's range."""
+    done = {}
     for shard, path in part_files(fs, directory).items():
         if shard >= manifest.num_shards:
             raise UserError(f"{path}: shard {shard} is beyond this store's {manifest.num_shards} shards")
@@ -76,9 +83,11 @@ def check_parts(fs: Any, directory: str, manifest: Manifest) -> set[int]:
         lo, hi = manifest.shard_range(shard)
         if meta.get("key") != manifest.key:
             raise UserError(f"{path} belongs to store {meta.get('key')}, not {manifest.key}; refusing to mix them")
-        if num_rows != hi - lo or meta.get("rows") != [lo, hi]:
-            raise UserError(f"{path} holds {num_rows} rows, expected rows [{lo}, {hi}); delete it to recompute")
-        done.add(shard)
+        skipped = list(meta.get("skipped") or [])
+        if num_rows + len(skipped) != hi - lo or meta.get("rows") != [lo, hi]:
+            raise UserError(f"{path} holds {num_rows} rows (and {len(skipped)} skipped), expected rows [{lo}, {hi}); "
+                            f"delete it to recompute")
+        done[shard] = skipped
     return done
 
 
@@ -95,13 +104,17 @@ def _remove_stale_temps(fs: Any, directory: str, names: Iterable[str]) -> None:
 def finalize_store(location: str, manifest: Manifest) -> Manifest:
     """Mark the store complete once every shard's part is present and whole; raise if any is missing."""
     fs, directory = resolve_location(location)
-    done = check_parts(fs, directory, manifest)
-    missing = sorted(set(range(manifest.num_shards)) - done)
+    done = part_skips(fs, directory, manifest)
+    missing = sorted(set(range(manifest.num_shards)) - set(done))
     if missing:
         raise RuntimeError(f"store {location} is missing {len(missing)} of {manifest.num_shards} shards "
                            f"(first: {missing[0]}); run the job again to finish it")
-    if not manifest.complete:
-        manifest.complete, manifest.completed = True, utc_now()
+    skipped = sorted((row for rows in done.values() for row in rows), key=lambda r: r["index"])
+    if manifest.rows and len(skipped) == manifest.rows:
+        raise UserError(f"no input row of {location} could be read; the first: {skipped[0]['reason']}")
+    if not manifest.complete or manifest.skipped != skipped:
+        manifest.skipped = skipped
+        manifest.complete, manifest.completed = True, manifest.completed or utc_now()
         write_manifest(fs, directory, manifest)
     return manifest
 
@@ -191,7 +204,8 @@ class ShardAssembler:
     def _write(self, shard: int, cols: dict[str, np.ndarray]) -> dict[str, Any]:
         import pyarrow as pa
 
-        table = self.manifest.build_table(shard, cols)
+        cols, skipped = split_unreadable(cols)
+        table = with_skipped(self.manifest.build_table(shard, cols), self.manifest.META_KEY, skipped)
         del cols  # the Arrow table shares the tensors' memory; the rest (ids) can go before encoding
         row = max(1, table.nbytes // max(1, table.num_rows))
         table = pa.Table.from_batches(table.to_batches(max_chunksize=max(1, WRITE_CHUNK_BYTES // row)),
@@ -205,6 +219,25 @@ class ShardAssembler:
 
     def pending_rows(self) -> int:
         return int(sum(p.seen.sum() for p in self.pending.values()))
+
+
+def split_unreadable(cols: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+    """A shard's rows without those whose input was unreadable (``UNREADABLE``), and those as {index, reason}."""
+    if UNREADABLE not in cols:
+        return cols, []
+    reasons = np.asarray([str(r) for r in cols[UNREADABLE]], dtype=object)
+    bad = reasons != ""
+    skipped = [{"index": int(i), "reason": str(r)} for i, r in zip(cols["index"][bad], reasons[bad])]
+    return {k: (v[~bad] if bad.any() else v) for k, v in cols.items() if k != UNREADABLE}, skipped
+
+
+def with_skipped(table, meta_key: bytes, skipped: list[dict[str, Any]]):
+    """``table`` whose store metadata also lists the shard's ``skipped`` rows (what ``part_skips`` counts)."""
+    if not skipped:
+        return table
+    meta = dict(table.schema.metadata or {})
+    meta[meta_key] = json.dumps({**json.loads(meta[meta_key]), "skipped": skipped}, sort_keys=True).encode()
+    return table.replace_schema_metadata(meta)
 
 
 def write_part(fs: Any, directory: str, shard: int, table, *, compression: str = "zstd",

@@ -80,3 +80,29 @@ def test_bad_roots_and_splits(tmp_path):
         load_dataset("image_folder", "test", root=tmp_path)
     with pytest.raises(UserError, match="unknown option"):
         load_dataset("image_folder", root=tmp_path, size=3)
+
+
+def test_folder_on_s3_equals_the_same_folder_on_disk(tmp_path, s3):
+    """One listing on S3 gives the local folder's classes, rows and pixels; a missing prefix is one line."""
+    from interp_ray.storage import filesystem
+
+    _, bucket = s3
+    make_split_tree(tmp_path)
+    (tmp_path / "train" / ".hidden").mkdir()
+    (tmp_path / "train" / ".hidden" / "x.png").write_bytes((tmp_path / "train" / "dog" / "b.png").read_bytes())
+    fs, inner = filesystem(f"s3://{bucket}/folder")
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            with fs.open_output_stream(f"{inner}/{path.relative_to(tmp_path).as_posix()}") as out:
+                out.write(path.read_bytes())
+    for split in ("train", "val"):
+        local = load_dataset("image_folder", split, root=str(tmp_path), image_size=8)
+        remote = load_dataset("image_folder", split, root=f"s3://{bucket}/folder", image_size=8)
+        assert remote.class_names == local.class_names and remote.paths == local.paths
+        a, b = local.get_batch(np.arange(len(local))), remote.get_batch(np.arange(len(remote)))
+        for key in ("id", "label", "image"):
+            np.testing.assert_array_equal(a[key], b[key])
+    with pytest.raises(UserError, match=f"image folder root s3://{bucket}/nothing does not exist"):
+        load_dataset("image_folder", root=f"s3://{bucket}/nothing")
+    with pytest.raises(UserError, match="unknown split 'test'.*valid: train, val"):
+        load_dataset("image_folder", "test", root=f"s3://{bucket}/folder")

@@ -37,7 +37,7 @@ def scenes_checkpoint(tmp_path_factory):
     opts = {"num_classes": 12, "in_channels": 3, "image_size": SIZE, "width": 4, "hidden": 8}
     path = tmp_path_factory.mktemp("ckpt") / "scenes_cnn"
     save_classifier(path, build_model("scenes_cnn", **opts), model_name="scenes_cnn", model_options=opts,
-                    class_names=[f"c{i}" for i in range(12)])
+                    class_names=[str(i) for i in range(12)])  # scenes: by index
     return path
 
 

@@ -140,11 +140,48 @@ def run_on_folder(root, checkpoint, out, engine):
                            "--set", "store.shard_rows=2", "--set", f"compute.engine={engine}"])
 
 
-def test_unreadable_input_file_exits_2_naming_it(tmp_path, capsys):
+def assert_broken_row_skipped(root, out, err):
+    """The corrupt file is named in one line, and every other row landed once, its label its class's."""
+    lines = [ln for ln in err.splitlines() if "zz_broken.png" in ln]
+    assert len(lines) == 1 and "not a decodable image" in lines[0], err
+    assert "1 of 4 rows skipped as unreadable" in err
+    (store,) = [p for p in Path(out).glob("*/*") if (p / MANIFEST_FILE).is_file()]
+    opened = ActivationStore.open(str(store))
+    got = opened.read()
+    assert len(opened) == 3 and [r["index"] for r in opened.manifest.skipped] == [1]
+    assert list(got["index"]) == [0, 2, 3] and list(got["id"]) == ["a/ok.png", "b/ok.png", "c/ok.png"]
+    np.testing.assert_array_equal(got["label"], [0, 1, 2])
+    return store
+
+
+def logged(caplog) -> str:
+    text = caplog.text
+    caplog.clear()
+    return text
+
+
+def test_unreadable_input_file_is_one_line_and_every_other_row_lands(tmp_path, caplog):
     root, ckpt = broken_image_folder(tmp_path, tmp_path / "ckpt")
+    assert run_on_folder(root, ckpt, tmp_path / "acts", "local") == 0
+    store = assert_broken_row_skipped(root, tmp_path / "acts", logged(caplog))
+    # a rerun finds the store complete (the part of the skipped row accounts for it): nothing is rewritten, the
+    # skipped row is reported again
+    before = parts_snapshot(store)
+    assert run_on_folder(root, ckpt, tmp_path / "acts", "local") == 0
+    assert "1 of 4 rows skipped" in logged(caplog) and parts_snapshot(store) == before
+    # the part holding the skipped row deleted by hand: only it is recomputed, with the same skip
+    (store / "part-000000.parquet").unlink()
+    assert run_on_folder(root, ckpt, tmp_path / "acts", "local") == 0
+    assert_broken_row_skipped(root, tmp_path / "acts", logged(caplog))
+    assert parts_snapshot(store)["part-000001.parquet"] == before["part-000001.parquet"]
+
+
+def test_a_store_whose_every_row_is_unreadable_is_refused(tmp_path, capsys):
+    root, ckpt = broken_image_folder(tmp_path, tmp_path / "ckpt")
+    for png in root.glob("*/ok.png"):
+        png.write_bytes(b"broken too")
     assert run_on_folder(root, ckpt, tmp_path / "acts", "local") == EXIT_USAGE
-    err = capsys.readouterr().err
-    assert "zz_broken.png" in err and "not a decodable image" in err
+    assert "no input row of" in capsys.readouterr().err
 
 
 def test_user_error_is_recovered_from_ray_task_text():
@@ -161,10 +198,10 @@ def test_user_error_is_recovered_from_ray_task_text():
 # --- on Ray ------------------------------------------------------------------------------------------------------
 
 @pytest.mark.ray
-def test_ray_unreadable_input_file_exits_2(ray_local, tmp_path, capsys):
+def test_ray_unreadable_input_file_is_skipped_in_the_loader_tasks(ray_local, tmp_path, caplog):
     root, ckpt = broken_image_folder(tmp_path, tmp_path / "ckpt")
-    assert run_on_folder(root, ckpt, tmp_path / "acts", "ray") == EXIT_USAGE
-    assert "zz_broken.png" in capsys.readouterr().err
+    assert run_on_folder(root, ckpt, tmp_path / "acts", "ray") == 0
+    assert_broken_row_skipped(root, tmp_path / "acts", logged(caplog))
 
 
 @pytest.mark.ray

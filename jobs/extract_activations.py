@@ -484,7 +484,8 @@ def report_skipped(label: str, manifest: Manifest) -> None:
 def pipeline_group(cfg: ExtractJobConfig, plan: ExtractPlan) -> str:
     """What the stores one pipeline fills share: the classifier, its layers, the kept columns, how the stages run."""
     return json.dumps([plan.checkpoint, plan.layers, plan.storage, cfg.keep, cfg.compute.model_dump(),
-                       cfg.store.compression, cfg.fail_after_shards, cfg.fail_mode, cfg.progress_every], sort_keys=True, default=str)
+                       cfg.store.compression, cfg.fail_after_shards, cfg.fail_mode, cfg.progress_every],
+                      sort_keys=True, default=str)
 
 
 def extract_many(cfgs: Sequence[ExtractJobConfig], *, address: str | None = None) -> list[dict[str, Any]]:

@@ -1,7 +1,8 @@
 """Train FLINT (joint, post-hoc or the BASE-f control) with Ray Train (TorchTrainer, DDP), one checkpoint per epoch,
 resumable; then compute global relevance, MAS, test metrics (and pictures) and write a FLINT checkpoint.
 
-    python -m jobs.train_flint --config configs/flint_digits.yaml [--set flint.mode=posthoc --set flint.predictor_checkpoint=DIR]
+    python -m jobs.train_flint --config configs/flint_digits.yaml \
+        [--set flint.mode=posthoc --set flint.predictor_checkpoint=DIR]
 
 The per-epoch work is ``interp_ray.explainers.flint.training.flint_train_steps`` — the same function ``train_local``
 runs without Ray. Joint and BASE train f, so they run it over images; post hoc, f is frozen and never runs here: its
@@ -191,8 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = train(cfg, prepared)
     t = out["test"]
     tau = cfg.flint.tau
-    print(f"flint ({cfg.flint.mode}) on {cfg.data.name}: test accuracy f {t['accuracy_f']:.4f}, g {t['accuracy_g']:.4f}, "
-          f"fidelity {t['fidelity']:.4f}, CNS(tau={tau:g}) {t.get(f'cns_{tau:g}', float('nan')):.3f} "
+    cns = t.get(f"cns_{tau:g}", float("nan"))
+    print(f"flint ({cfg.flint.mode}) on {cfg.data.name}: test accuracy f {t['accuracy_f']:.4f}, "
+          f"g {t['accuracy_g']:.4f}, fidelity {t['fidelity']:.4f}, CNS(tau={tau:g}) {cns:.3f} "
           f"({len(out['history'])} epochs); checkpoint: {out['checkpoint']}")
     for cls, attrs in out["global"].items():
         print(f"  class {cls}: " + ", ".join(f"{a} ({r:.2f})" for a, r in attrs))

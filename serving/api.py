@@ -425,7 +425,8 @@ class Routes:
             return info["methods"][method]
         if method in info["skipped"]:
             raise ApiError(404, "method_not_served", f"method {method!r} is not served here: {info['skipped'][method]}")
-        raise ApiError(404, "unknown_method", f"unknown method {method!r}; served: {', '.join(sorted(info['methods']))}")
+        served = ", ".join(sorted(info["methods"]))
+        raise ApiError(404, "unknown_method", f"unknown method {method!r}; served: {served}")
 
     # ---- explain and predict
 

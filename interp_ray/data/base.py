@@ -38,7 +38,8 @@ class ImageDataset(torch.utils.data.Dataset, abc.ABC):
 
     @abc.abstractmethod
     def get_batch(self, indices: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
-        """Rows ``indices`` as a dict of arrays: ``id`` (str), ``image`` (float32 N×C×H×W), ``label`` (int64), extras."""
+        """Rows ``indices`` as a dict of arrays: ``id`` (str), ``image`` (float32 N×C×H×W), ``label`` (int64),
+        extras."""
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not -len(self) <= index < len(self):
@@ -46,7 +47,8 @@ class ImageDataset(torch.utils.data.Dataset, abc.ABC):
         batch = self.get_batch([index % len(self)])
         return {k: v[0] for k, v in batch.items()}
 
-    def iter_batches(self, batch_size: int, *, start: int = 0, stop: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    def iter_batches(self, batch_size: int, *, start: int = 0, stop: int | None = None
+                     ) -> Iterator[dict[str, np.ndarray]]:
         """Consecutive batches in index order, never more than one batch in memory."""
         stop = len(self) if stop is None else min(stop, len(self))
         for lo in range(start, stop, batch_size):

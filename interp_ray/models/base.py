@@ -118,7 +118,8 @@ class Classifier(nn.Module):
         """Run ``x`` through the model and return the outputs of ``layers`` (plus ``"logits"`` when asked)."""
         names = self.resolve_layers(layers)
         modules = dict(self.net.named_modules())
-        captured: dict[str, torch.Tensor] = {INPUT_LAYER: x} if INPUT_LAYER in names and INPUT_LAYER not in modules else {}
+        wants_input = INPUT_LAYER in names and INPUT_LAYER not in modules
+        captured: dict[str, torch.Tensor] = {INPUT_LAYER: x} if wants_input else {}
         handles = []
         try:
             for name in names:
@@ -137,7 +138,8 @@ class Classifier(nn.Module):
     def check_input(self, x: torch.Tensor) -> None:
         """Fail clearly on an input the model cannot take (wrong rank, channels or size)."""
         if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
-            raise UserError(f"input has shape {tuple(x.shape)}; this model takes N×{'×'.join(map(str, self.input_shape))}")
+            takes = "×".join(map(str, self.input_shape))
+            raise UserError(f"input has shape {tuple(x.shape)}; this model takes N×{takes}")
 
 
 def _per_channel(values: Sequence[float] | float, channels: int, what: str) -> list[float]:

@@ -105,7 +105,8 @@ def test_cli_bad_param_exits_2_with_one_line(scenes_checkpoint, tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == EXIT_USAGE, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0] == "error: invalid parameters for feature_inversion: lr: Input should be greater than 0", proc.stderr
+    expected = "error: invalid parameters for feature_inversion: lr: Input should be greater than 0"
+    assert len(lines) == 1 and lines[0] == expected, proc.stderr
     assert not (tmp_path / "scenes_cnn").exists()
 
 

@@ -128,7 +128,8 @@ def test_picture_errors(local_api):
     assert resp.status_code == 422 and "at most 1" in resp.json()["error"]["message"]
     resp = local_api.post("/v1/explain/nope/picture", json={"tensor": digit_images(1)[0].tolist()})
     assert resp.status_code == 404 and "nope" in resp.json()["error"]["message"]
-    resp = local_api.post("/v1/explain/gradient/picture", content=b"not an image", headers={"content-type": "image/png"})
+    resp = local_api.post("/v1/explain/gradient/picture", content=b"not an image",
+                          headers={"content-type": "image/png"})
     assert resp.status_code == 400
 
 

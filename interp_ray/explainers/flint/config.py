@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from interp_ray.config import (ComputeSection, DataConfig, ModelConfig, OptimConfig, RunSection, ScalingSection, Section,
-                               StoreSection, StreamSection)
+from interp_ray.config import (ComputeSection, DataConfig, ModelConfig, OptimConfig, RunSection, ScalingSection,
+                               Section, StoreSection, StreamSection)
 from interp_ray.errors import UserError
 
 
@@ -150,7 +150,8 @@ class FlintSection(Section):
 
 
 class FlintOptimConfig(OptimConfig):
-    """Defaults of the MNIST run of the code: Adam (AdamW with weight decay 0), lr 1e-4 constant, batch 16, 12 epochs."""
+    """Defaults of the MNIST run of the code: Adam (AdamW with weight decay 0), lr 1e-4 constant, batch 16, 12
+    epochs."""
 
     epochs: int = Field(12, gt=0)
     batch_size: int = Field(16, gt=0)

@@ -157,7 +157,8 @@ class FlintExplainer(Explainer):
         try:
             model.load_state_dict(ck.state_dict)
         except RuntimeError as e:
-            raise UserError(f"checkpoint {path}: weights do not fit the FLINT model ({str(e).splitlines()[0]})") from None
+            first = str(e).splitlines()[0]
+            raise UserError(f"checkpoint {path}: weights do not fit the FLINT model ({first})") from None
         mas = None
         if MAS_FILE in ck.files:
             mas = np.load(io.BytesIO(ck.files[MAS_FILE]))["images"]

@@ -328,13 +328,6 @@ class SemanticExplainer(Explainer, Trainable):
     # -- the explainer protocol ------------------------------------------------------------------------------
 
     @classmethod
-    def from_classifier(cls, classifier: Any, checkpoint: str | None = None, *, device: str | None = None,
-                        **options: Any) -> "SemanticExplainer":
-        # The captioner decodes step by step on the CPU tensors it makes of its (small) features, whatever device
-        # the classifier that computed them runs on.
-        return super().from_classifier(classifier, checkpoint, device=device or "cpu", **options)
-
-    @classmethod
     def takes_target(cls) -> bool:
         return True  # an image is captioned as a clip of the target class (else of the prediction)
 
@@ -393,9 +386,11 @@ class SemanticExplainer(Explainer, Trainable):
     @classmethod
     def from_classifier(cls, classifier: Any, checkpoint: str | None = None, *, device: str | None = None,
                         **options: Any) -> "SemanticExplainer":
-        """As every learned method; the labels it explains are the classifier's classes (a target, or its
-        prediction), so their names are the classifier's (checkpoints written before they kept names have none)."""
-        self = super().from_classifier(classifier, checkpoint, device=device, **options)
+        """As every learned method, on the CPU unless told otherwise: the captioner decodes step by step on the CPU
+        tensors it makes of its (small) features, whatever device the classifier that computed them runs on. The
+        labels it explains are the classifier's classes (a target, or its prediction), so their names are the
+        classifier's (checkpoints written before they kept names have none)."""
+        self = super().from_classifier(classifier, checkpoint, device=device or "cpu", **options)
         if classifier is not None and classifier.class_names:
             self.class_names = list(classifier.class_names)
         return self

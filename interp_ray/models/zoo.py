@@ -21,13 +21,20 @@ def digits_cnn(*, num_classes: int = 10, in_channels: int = 1, image_size: int =
     net.add_module("conv2", nn.Conv2d(width, 2 * width, 3, padding=1))
     net.add_module("relu2", nn.ReLU())
     net.add_module("pool", nn.MaxPool2d(2))
-    net.add_module("flatten", nn.Flatten())
-    net.add_module("fc1", nn.Linear(2 * width * (image_size // 2) ** 2, hidden))
-    net.add_module("relu3", nn.ReLU())
-    net.add_module("dropout", nn.Dropout(dropout))
-    net.add_module("fc2", nn.Linear(hidden, num_classes))
+    dense_head(net, 2 * width * (image_size // 2) ** 2, hidden, num_classes, dropout, dropout_name="dropout")
     return Classifier(net, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
                       default_layers=["relu2", "relu3"], arch="digits_cnn")
+
+
+def dense_head(net: nn.Sequential, features: int, hidden: int, num_classes: int, dropout: float, *,
+               dropout_name: str) -> None:
+    """The small CNNs' head: flatten, fc1, ``relu3`` (the dense hidden layer CNN-INTE explains), dropout, fc2. The
+    module names are the checkpoints' keys and the layers' names, so they stay as they were."""
+    net.add_module("flatten", nn.Flatten())
+    net.add_module("fc1", nn.Linear(features, hidden))
+    net.add_module("relu3", nn.ReLU())
+    net.add_module(dropout_name, nn.Dropout(dropout))
+    net.add_module("fc2", nn.Linear(hidden, num_classes))
 
 
 @MODELS.register("flint_mnist")
@@ -47,11 +54,7 @@ def flint_mnist(*, num_classes: int = 10, in_channels: int = 1, image_size: int 
     net.add_module("pool", nn.MaxPool2d(2))
     net.add_module("dropout1", nn.Dropout(dropout))
     net.add_module("relu2", nn.ReLU())
-    net.add_module("flatten", nn.Flatten())
-    net.add_module("fc1", nn.Linear(32 * (image_size // 2) ** 2, hidden))
-    net.add_module("relu3", nn.ReLU())
-    net.add_module("dropout2", nn.Dropout(dropout))
-    net.add_module("fc2", nn.Linear(hidden, num_classes))
+    dense_head(net, 32 * (image_size // 2) ** 2, hidden, num_classes, dropout, dropout_name="dropout2")
     return Classifier(net, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
                       default_layers=["relu2", "relu3"], arch="flint_mnist")
 

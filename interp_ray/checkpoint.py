@@ -21,7 +21,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -164,6 +164,22 @@ def read_checkpoint(path: str | os.PathLike, *, kind: str | None = None) -> Load
         files = {p.name: p.read_bytes() for p in d.iterdir()
                  if p.is_file() and p.name not in (CONFIG_FILE, WEIGHTS_FILE)}
     return LoadedCheckpoint(str(path), config, state, files, digest)
+
+
+EXPLAINER_KIND = "explainer"
+
+
+def read_explainer(path: str | os.PathLike, method: str, *, required: Sequence[str] = ()) -> LoadedCheckpoint:
+    """A learned explainer's checkpoint: one of ``method`` (its config's ``explainer``) with the ``required`` files
+    beside its weights, or a UserError naming what is wrong with it."""
+    ckpt = read_checkpoint(path, kind=EXPLAINER_KIND)
+    held = ckpt.config.get("explainer")
+    if held != method:
+        raise UserError(f"checkpoint {path} holds a {held!r} explainer, not {method!r}")
+    for name in required:
+        if name not in ckpt.files:
+            raise UserError(f"checkpoint {path} has no {name}")
+    return ckpt
 
 
 # --- classifiers -------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import torch
 
-from interp_ray.checkpoint import LoadedCheckpoint, read_checkpoint, save_checkpoint
+from interp_ray.checkpoint import LoadedCheckpoint, read_explainer, save_checkpoint
 from interp_ray.errors import UserError
 from interp_ray.text import Vocabulary
 
@@ -26,15 +26,9 @@ def save_captioner(path: str, *, config: dict[str, Any], state_dict: dict[str, t
 
 def read_captioner(path: str, method: str, *, required: Sequence[str] = ()) -> tuple[LoadedCheckpoint, Vocabulary]:
     """(the checkpoint, its vocabulary) of a ``method`` explainer, or a UserError naming what is wrong with it."""
-    ckpt = read_checkpoint(path, kind=KIND)
-    cfg = ckpt.config
-    if cfg.get("explainer") != method:
-        raise UserError(f"checkpoint {path} holds a {cfg.get('explainer')!r} explainer, not {method!r}")
+    ckpt = read_explainer(path, method, required=required)
     if VOCAB_FILE not in ckpt.files:
         raise UserError(f"checkpoint {path} has no {VOCAB_FILE}: cannot map token ids to words")
-    for name in required:
-        if name not in ckpt.files:
-            raise UserError(f"checkpoint {path} has no {name}")
     return ckpt, Vocabulary.from_json(ckpt.files[VOCAB_FILE], source=f"{path}/{VOCAB_FILE}")
 
 

@@ -369,14 +369,10 @@ class CnnInte(Explainer):
     def load(cls, path: str, **_: Any) -> "CnnInte":
         import sklearn
 
-        from interp_ray.checkpoint import read_checkpoint
+        from interp_ray.checkpoint import read_explainer
 
-        ckpt = read_checkpoint(path, kind=KIND)
+        ckpt = read_explainer(path, METHOD, required=[ESTIMATORS_FILE])
         cfg = ckpt.config
-        if cfg.get("explainer") != METHOD:
-            raise UserError(f"checkpoint {path} holds a {cfg.get('explainer')!r} explainer, not {METHOD!r}")
-        if ESTIMATORS_FILE not in ckpt.files:
-            raise UserError(f"checkpoint {path} has no {ESTIMATORS_FILE}")
         if cfg.get("sklearn_version") != sklearn.__version__:
             warnings.warn(f"checkpoint {path} was written with scikit-learn {cfg.get('sklearn_version')}; this is "
                           f"{sklearn.__version__}: the trees load, but check the fidelity report", stacklevel=2)

@@ -243,12 +243,10 @@ class VIBI(Explainer, Trainable):
     def load(cls, path: str, *, classifier: nn.Module | None = None, device: str | torch.device = "cpu",
              **_: Any) -> "VIBI":
         """A saved VIBI; ``classifier`` (the black box it explains) scores its rationales."""
-        from interp_ray.checkpoint import read_checkpoint
+        from interp_ray.checkpoint import read_explainer
 
-        ckpt = read_checkpoint(path, kind=KIND)
+        ckpt = read_explainer(path, METHOD)
         cfg = ckpt.config
-        if cfg.get("explainer") != METHOD:
-            raise UserError(f"checkpoint {path} holds a {cfg.get('explainer')!r} explainer, not {METHOD!r}")
         self = cls(cfg["vibi"], class_names=cfg.get("class_names"), device=device, model=classifier)
         self.build(cfg["input_shape"], cfg["num_classes"])
         try:

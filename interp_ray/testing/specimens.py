@@ -15,9 +15,10 @@ DIGITS_CLASSES = [str(i) for i in range(10)]
 SCENES_OPTS = {"num_classes": 12, "in_channels": 3, "image_size": 32, "width": 4, "hidden": 8}
 
 
-def save_random_classifier(path: str | Path, model_name: str, options: dict, class_names: list[str], data: str, *,
-                           seed: int):
-    """A random-weight ``model_name`` classifier checkpoint at ``path`` (seeded); returns the model."""
+def save_random_classifier(path: str | Path, model_name: str, options: dict, class_names: list[str],
+                           data: str | None, *, seed: int):
+    """A random-weight ``model_name`` classifier checkpoint at ``path`` (seeded; ``data``: the dataset it records,
+    if any); returns the model."""
     import torch
 
     from interp_ray.checkpoint import save_classifier
@@ -26,7 +27,7 @@ def save_random_classifier(path: str | Path, model_name: str, options: dict, cla
     torch.manual_seed(seed)
     model = build_model(model_name, **options)
     save_classifier(path, model, model_name=model_name, model_options=options, class_names=class_names,
-                    data={"name": data})
+                    data={"name": data} if data else None)
     return model
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from interp_ray.checkpoint import load_classifier, save_classifier
+from interp_ray.checkpoint import load_classifier
+from interp_ray.testing.specimens import SCENES_OPTS, save_random_classifier
 from interp_ray.data.scenes import load_scenes
 from interp_ray.errors import UserError
 from interp_ray.explainers import get_explainer
@@ -29,15 +30,9 @@ GFI_FAST = {"stage1_iterations": 1, "stage2_iterations": 1}
 @pytest.fixture(scope="module")
 def scenes_checkpoint(tmp_path_factory):
     """A tiny untrained scenes CNN on 32×32 scenes (random weights suffice for equality and plumbing)."""
-    import torch
-
-    from interp_ray.models import build_model
-
-    torch.manual_seed(1)
-    opts = {"num_classes": 12, "in_channels": 3, "image_size": SIZE, "width": 4, "hidden": 8}
     path = tmp_path_factory.mktemp("ckpt") / "scenes_cnn"
-    save_classifier(path, build_model("scenes_cnn", **opts), model_name="scenes_cnn", model_options=opts,
-                    class_names=[str(i) for i in range(12)])  # scenes: by index
+    save_random_classifier(path, "scenes_cnn", {**SCENES_OPTS, "image_size": SIZE}, [str(i) for i in range(12)],
+                           None, seed=1)  # scenes: by index
     return path
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 import torch
@@ -93,3 +93,26 @@ def gather_from_ranks(value: Any, world: int) -> list[Any]:
     out: list[Any] = [None] * world
     torch.distributed.all_gather_object(out, value)
     return out
+
+
+class ResumableTrainer:
+    """``state_dict`` / ``load_state_dict`` of an epoch trainer (``interp_ray.explainers.base.EpochTrainer``) whose
+    restart state is one module's weights, its optimiser ``opt`` and a few plain attributes (best value, epoch and
+    weights, lr …). The optimiser's own state carries its param groups' lr, so a restore puts that back too.
+
+    STATE_MODULE: the attribute holding the trained module (its weights are saved under that name);
+    STATE_KEPT:   the other attributes, saved and restored as they are.
+    """
+
+    STATE_MODULE: ClassVar[str]
+    STATE_KEPT: ClassVar[tuple[str, ...]]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {self.STATE_MODULE: getattr(self, self.STATE_MODULE).state_dict(), "optimizer": self.opt.state_dict(),
+                **{k: getattr(self, k) for k in self.STATE_KEPT}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        getattr(self, self.STATE_MODULE).load_state_dict(state[self.STATE_MODULE])
+        self.opt.load_state_dict(state["optimizer"])
+        for k in self.STATE_KEPT:
+            setattr(self, k, state[k])

@@ -24,6 +24,7 @@ from torch import nn
 
 from interp_ray.errors import UserError
 from interp_ray.text import Vocabulary
+from interp_ray.training import ResumableTrainer
 
 Batch = Mapping[str, Any]
 
@@ -133,13 +134,15 @@ def run_epochs(trainer: Any, rows: Callable[[int], Iterable[Batch]], val_rows: C
     return history
 
 
-class CaptionTrainer:
+class CaptionTrainer(ResumableTrainer):
     """The epoch trainer of a captioning model (an ``EpochTrainer``; see the module docstring).
 
     ``module``: the model whose weights are trained and kept; ``model``: what runs the steps (``module`` or its DDP
     wrapper). ``prepare(batch) -> PairBatch``; ``loss(model, pair_batch, idx) -> {"loss": …, other metrics}`` for
     pair indices ``idx``. ``metrics``: the loss keys reported; ``select`` (one of them) picks the best epoch.
     """
+
+    STATE_MODULE, STATE_KEPT = "module", ("lr", "best_value", "best_epoch", "best_state")
 
     def __init__(self, module: nn.Module, *, prepare: Callable[[Batch], PairBatch],
                  loss: Callable[[nn.Module, PairBatch, np.ndarray], dict[str, torch.Tensor]], epochs: int,
@@ -214,15 +217,3 @@ class CaptionTrainer:
                 n += len(idx)
         return {k: v / max(n, 1) for k, v in sums.items()}
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"module": self.module.state_dict(), "optimizer": self.opt.state_dict(), "lr": self.lr,
-                "best_value": self.best_value, "best_epoch": self.best_epoch, "best_state": self.best_state}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.module.load_state_dict(state["module"])
-        self.opt.load_state_dict(state["optimizer"])
-        self.lr = float(state["lr"])
-        for g in self.opt.param_groups:
-            g["lr"] = self.lr
-        self.best_value, self.best_epoch = float(state["best_value"]), int(state["best_epoch"])
-        self.best_state = state["best_state"]

@@ -16,15 +16,17 @@ from interp_ray.explainers._captioning.training import CaptionTrainer, PairBatch
 from interp_ray.explainers.base import Batch
 from interp_ray.explainers.interpnet.config import ClassifierTrainConfig, DecoderTrainConfig
 from interp_ray.explainers.interpnet.networks import FeatureMLP, sentence_loss
-from interp_ray.training import state_digest
+from interp_ray.training import ResumableTrainer, state_digest
 
 if TYPE_CHECKING:
     from interp_ray.explainers.interpnet.explainer import InterpNET
 
 
-class HeadTrainer:
+class HeadTrainer(ResumableTrainer):
     """Step 1 of Algorithm 1, streamed: the classifier head on (h_0, label) — Adam, the best epoch by validation
     accuracy, the lr halved after each epoch without improvement. ``features(batch) -> (x, y)`` tensors."""
+
+    STATE_MODULE, STATE_KEPT = "head", ("lr", "best_acc", "best_epoch", "best_state")
 
     def __init__(self, head: FeatureMLP, features: Callable[[Batch], tuple[torch.Tensor, torch.Tensor]],
                  settings: ClassifierTrainConfig, *, model: nn.Module | None = None):
@@ -70,18 +72,6 @@ class HeadTrainer:
         return {"epoch": epoch, "phase": "classifier", "train_loss": total / max(seen, 1), "val_accuracy": val_acc,
                 "lr": self.lr, "rows_seen": seen}
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"head": self.head.state_dict(), "optimizer": self.opt.state_dict(), "lr": self.lr,
-                "best_acc": self.best_acc, "best_epoch": self.best_epoch, "best_state": self.best_state}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.head.load_state_dict(state["head"])
-        self.opt.load_state_dict(state["optimizer"])
-        self.lr = float(state["lr"])
-        for g in self.opt.param_groups:
-            g["lr"] = self.lr
-        self.best_acc, self.best_epoch, self.best_state = float(state["best_acc"]), int(state["best_epoch"]), \
-            state["best_state"]
 
 
 def _pair_loss(model: nn.Module, pb: PairBatch, idx: np.ndarray) -> dict[str, torch.Tensor]:

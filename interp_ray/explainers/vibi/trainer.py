@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from interp_ray.explainers.base import Batch
 from interp_ray.explainers.vibi.config import VibiTrainConfig
 from interp_ray.explainers.vibi.networks import VibiNet, prior_kl
 from interp_ray.models.base import INPUT_LAYER
+from interp_ray.training import ResumableTrainer
 
 LN2 = math.log(2)
 
@@ -37,8 +38,9 @@ def rows_to_tensors(batch: Batch, device: torch.device | str) -> tuple[torch.Ten
     return x, y
 
 
-class VibiTrainer:
+class VibiTrainer(ResumableTrainer):
     select = "val_infidelity"
+    STATE_MODULE, STATE_KEPT = "net", ("ema", "best_score", "best_epoch", "best_state")
 
     def __init__(self, net: VibiNet, settings: VibiTrainConfig, *, device: torch.device | str = "cpu",
                  wrap: Callable[[nn.Module], nn.Module] | None = None, black_box: nn.Module | None = None):
@@ -132,13 +134,3 @@ class VibiTrainer:
             out["val_rationale_fidelity"] = rationale / max(n, 1)
         return out
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"net": self.net.state_dict(), "optimizer": self.opt.state_dict(), "ema": self.ema,
-                "best_score": self.best_score, "best_epoch": self.best_epoch, "best_state": self.best_state}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.net.load_state_dict(state["net"])
-        self.opt.load_state_dict(state["optimizer"])
-        self.ema = state["ema"]
-        self.best_score, self.best_epoch = float(state["best_score"]), int(state["best_epoch"])
-        self.best_state = state["best_state"]

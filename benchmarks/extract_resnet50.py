@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.extract import descendants, du
+from benchmarks.extract import TreeSampler, descendants, du
 
 LAYERS = ["layer3", "layer4", "avgpool"]
 SIZE = 224
@@ -175,14 +175,15 @@ def bare_forward(checkpoint: str, folder: str, args) -> dict[str, float]:
     ds = load_dataset("image_folder", "train", root=folder, image_size=args.image_size)
     batches = [torch.from_numpy(ds.get_batch(np.arange(lo, min(lo + args.batch_size, len(ds))))["image"])
                for lo in range(0, len(ds), args.batch_size)]
-    stamps, t0 = [], time.perf_counter()
+    stamps, t0, c0 = [], time.perf_counter(), time.process_time()
     with torch.inference_mode(), autocast(args):
         for x in batches:
             model(x.to(args.device)).float().cpu()
             sync(args.device)
             stamps.append((time.perf_counter(), len(x)))
     whole, steady = steady_rate(stamps, t0)
-    return {"bare_rows_per_s": whole, "bare_steady_rows_per_s": steady}
+    return {"bare_rows_per_s": whole, "bare_steady_rows_per_s": steady,
+            "bare_cpu_ms_per_row": (time.process_time() - c0) / len(ds) * 1000}
 
 
 def autocast(args):
@@ -331,21 +332,28 @@ def main(argv=None) -> dict[str, float]:
               f"load_average_at_start: {loads()}", flush=True)
         figures.update(bare_forward(checkpoint, str(folder), args))
         print(f"bare_steady_rows_per_s: {figures['bare_steady_rows_per_s']:.2f} (load {loads()})", flush=True)
-        peaks = ProcessPeaks(os.getpid())
+        peaks, cpu = ProcessPeaks(os.getpid()), TreeSampler(os.getpid())
         peaks.start()
+        cpu.start()
+        c0 = cpu.timeline[-1][1]
         figures.update(loop(checkpoint, str(folder), str(work / "loop.parquet"), args))
         loop_peaks = peaks.stop()
+        cpu.stop()
+        figures["loop_cpu_ms_per_row"] = (cpu.timeline[-1][1] - c0) / figures["loop_rows"] * 1000
         print(f"loop_rows_per_s: {figures['loop_rows_per_s']:.2f} (load {loads()})", flush=True)
         import ray
 
         ours = not ray.is_initialized()
-        peaks = ProcessPeaks(os.getpid())
+        peaks, cpu = ProcessPeaks(os.getpid()), TreeSampler(os.getpid())
         peaks.start()
+        cpu.start()
         figures["ray_init_s"] = start_ray(os.cpu_count() or 2)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu.timeline[-1][1]
         out = store_job(checkpoint, str(folder), str(work / "store"), args)
         wall = time.perf_counter() - t0
         store_peaks = peaks.stop()
+        cpu.stop()
+        figures["store_cpu_ms_per_row"] = (cpu.timeline[-1][1] - c0) / out["rows"] * 1000
         if ours:
             ray.shutdown()
         if out["rows"] != figures["loop_rows"]:
@@ -361,6 +369,8 @@ def main(argv=None) -> dict[str, float]:
         figures["ratio_store_over_loop"] = figures["store_rows_per_s"] / figures["loop_rows_per_s"]
         figures["ratio_store_steady_over_loop_steady"] = (figures["store_steady_rows_per_s"]
                                                           / figures["loop_steady_rows_per_s"])
+        # CPU per row (every process of each side): what the shared cores' load does not change
+        figures["ratio_loop_cpu_over_store_cpu"] = figures["loop_cpu_ms_per_row"] / figures["store_cpu_ms_per_row"]
         figures["ratio_store_bytes_over_loop_bytes"] = figures["store_bytes_per_row"] / figures["loop_bytes_per_row"]
         figures["ratio_store_steady_over_bare"] = figures["store_steady_rows_per_s"] / figures["bare_steady_rows_per_s"]
         for k, v in figures.items():

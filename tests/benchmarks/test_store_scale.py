@@ -1,13 +1,28 @@
 """benchmarks/store_scale.py at tiny sizes: two sizes into moto's S3 with one training epoch each, and the kill -9 run
 at a third whose rerun leaves every row present exactly once."""
 
+import fcntl
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from benchmarks.store_scale import main
 
 
+@pytest.fixture
+def machine_lock():
+    """The test sessions' machine-wide lock (tests/conftest.py): this test's drivers start their own Ray clusters."""
+    with open(Path(tempfile.gettempdir()) / "interp-ray-tests.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 @pytest.mark.ray
-def test_tiny_sizes_and_kill_at_half(tmp_path, capsys):
+def test_tiny_sizes_and_kill_at_half(tmp_path, capsys, machine_lock):
     got = main(["--sizes", "600,1200,2400", "--shard-rows", "200", "--batches", "1", "--kill-at", "0.5",
                 "--workdir", str(tmp_path)])
     small, large = got["sizes"][600], got["sizes"][1200]

@@ -26,7 +26,6 @@ job, equal output), ``ratio_store_steady_over_loop_steady`` and ``ratio_store_st
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import shutil
 import tempfile
@@ -310,11 +309,9 @@ def parse(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict[str, float]:
     args = parse(argv)
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_worker_niceness", "0")  # as benchmarks.extract: every side at nice 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("ray").setLevel(logging.WARNING)
-    from benchmarks.extract import start_ray
+    from benchmarks.extract import benchmark_env, start_ray
+
+    benchmark_env()  # both sides at nice 0
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="interp-ray-resnet50-bench-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -31,8 +31,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARD_ROWS = 8192
@@ -132,7 +133,7 @@ def run_child(mode: str, cfg: dict[str, Any], work: Path, env: dict[str, str]) -
     path = work / f"{mode}-{uuid.uuid4().hex[:6]}.json"
     path.write_text(json.dumps(cfg))
     proc = subprocess.run([sys.executable, "-m", "benchmarks.store_scale", f"--child-{mode}", str(path)],
-                          capture_output=True, text=True, env=env, cwd=ROOT)
+                          capture_output=True, text=True, env=env, cwd=ROOT, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not lines:
         raise RuntimeError(f"{mode} child failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -234,8 +235,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print("RESULT " + json.dumps(out), flush=True)
         return out
     sys.path.insert(0, str(ROOT / "tests"))
-    from benchmarks.train_from_store import make_classifier
     from moto_s3 import CREDENTIALS, create_bucket, moto_server
+
+    from benchmarks.train_from_store import make_classifier
 
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="interp-ray-store-scale-")).resolve()

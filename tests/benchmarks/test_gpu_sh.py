@@ -14,6 +14,8 @@ RATIOS = ["extract | ratio_store_over_loop:", "extract | ratio_store_steady_over
           "extract | ratio_store_bytes_over_loop_bytes:", "extract | ratio_store_steady_over_bare:",
           "gfi | ratio loop/batched", "gfi | ratio network batch1/batch2", "serve | batched_vs_unbatched_rps:",
           "serve | batched_per_image_vs_unbatched_rps:", "serve | handle_batched_vs_unbatched_rps:"]
+# A steady rate needs rows to arrive after the first ones; the dry run's 6 rows come as one block, so "nan" is right
+STEADY = {"extract | ratio_store_steady_over_loop_steady:", "extract | ratio_store_steady_over_bare:"}
 
 
 @pytest.mark.ray
@@ -29,8 +31,9 @@ def test_dry_run_prints_every_ratio(tmp_path):
     for name in RATIOS:
         line = next((ln for ln in block.splitlines() if name in ln), None)
         assert line is not None, f"missing ratio {name!r} in:\n{block}"
-        assert re.search(r"\d+\.\d+", line.split(name, 1)[1]), line  # a number, not nan
-    # the extraction saw the same rows on every side and wrote the same columns: bytes within a few percent
+        value = re.search(r"nan|\d+\.\d+", line.split(name, 1)[1])  # the first figure after the name
+        assert value and (value.group() != "nan" or name in STEADY), line
+    # same rows and columns on both sides: bytes of one order (the codecs' defaults differ: BENCHMARKS.md)
     bytes_ratio = float(re.search(r"ratio_store_bytes_over_loop_bytes: ([\d.]+)", out).group(1))
     assert 0.5 < bytes_ratio < 2.0
 

@@ -210,6 +210,15 @@ def start_ray(num_cpus: int) -> float:
     return time.perf_counter() - t0
 
 
+def benchmark_env() -> None:
+    """What every extraction benchmark sets first: a local Ray on 127.0.0.1, its workers at nice 0 like the plain
+    side (see ``main``), and the job's own progress lines readable among Ray's."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("ray").setLevel(logging.WARNING)
+
+
 def du(path: str) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 

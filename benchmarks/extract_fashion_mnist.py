@@ -24,7 +24,6 @@ line per split gives its rows and when, after the pipeline's start, its first ro
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import shutil
 import tempfile
@@ -115,11 +114,9 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=1, help="torch threads, both contenders (the actor has 1 CPU)")
     p.add_argument("--workdir", default=None)
     args = p.parse_args(argv)
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_worker_niceness", "0")  # as benchmarks.extract: both sides at nice 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("ray").setLevel(logging.WARNING)
-    from benchmarks.extract import TreeSampler, du, start_ray
+    from benchmarks.extract import TreeSampler, benchmark_env, du, start_ray
+
+    benchmark_env()  # both sides at nice 0
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="interp-ray-fmnist-bench-"))
     work.mkdir(parents=True, exist_ok=True)

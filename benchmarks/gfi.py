@@ -23,11 +23,14 @@ from benchmarks.scenes_model import DEFAULT_PATH, load_or_train
 
 def network_pass_ms(model, n: int, dtype: torch.dtype, reps: int = 5) -> float:
     """Best-of-``reps`` milliseconds per image of forward + backward-to-input at batch ``n``."""
-    x = torch.rand(n, *model.input_shape, dtype=dtype, requires_grad=True)
+    device = next(model.parameters()).device
+    x = torch.rand(n, *model.input_shape, dtype=dtype, device=device, requires_grad=True)
     best = float("inf")
     for _ in range(reps):
         t0 = time.perf_counter()
         (grad,) = torch.autograd.grad(model(x).sum(), [x])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
     return best / n * 1e3
 
@@ -50,10 +53,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-batch", type=int, default=None, help="images optimised together (default: --n)")
     ap.add_argument("--stage1", type=int, default=10, help="stage-1 iterations (paper: 10)")
     ap.add_argument("--stage2", type=int, default=70, help="stage-2 iterations (paper: 70)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the model and the optimisation run there)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    model = load_or_train(args.model).model
+    model = load_or_train(args.model).model.to(args.device)
     images = load_dataset("scenes", "val", n=args.n).get_batch(np.arange(args.n))["image"]
     ex = FeatureInversion(model, precision=args.precision, max_batch=args.max_batch or args.n,
                           stage1_iterations=args.stage1,
@@ -71,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     dtype = next(net.parameters()).dtype
     pass_1, pass_n = network_pass_ms(net, 1, dtype), network_pass_ms(net, args.n, dtype)
 
-    print(f"device: cpu, torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
+    print(f"device: {args.device}, torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
     print(f"images: {args.n}, batch: {args.max_batch or args.n}")
     print(f"precision: {args.precision}, iterations: {args.stage1} + {args.stage2}")
     print(f"loop_s_per_image: {(t_a + t_b) / args.n:.4f}")

@@ -23,6 +23,7 @@ store row is then one clip, so a shard or a Ray Train split never cuts a clip in
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, Iterable, Sequence
 
@@ -106,10 +107,11 @@ class ActivationExtractor:
     def __init__(self, checkpoint: str | os.PathLike, layers: Iterable[str] | str | None = None, *,
                  device: str | None = None, torch_threads: int | None = None,
                  passthrough: Sequence[str] = DEFAULT_PASSTHROUGH, expect_digest: str | None = None,
-                 storage: dict[str, LayerStore | dict[str, Any]] | None = None):
+                 storage: dict[str, LayerStore | dict[str, Any]] | None = None, autocast: str | None = None):
         loaded, device = load_worker_classifier(checkpoint, device=device, torch_threads=torch_threads,
                                                 expect_digest=expect_digest)
         self._bind(loaded, device, layers, passthrough, checkpoint=str(checkpoint))
+        self.autocast = autocast
         if storage:
             self.keep_as(storage)
 
@@ -140,6 +142,14 @@ class ActivationExtractor:
             raise UserError(f"layer name(s) {', '.join(clash)} clash with the store's own columns")
         self.passthrough = tuple(passthrough)
         self.storage: dict[str, LayerStore] = {}
+        self.autocast: str | None = None
+
+    def _forward_context(self):
+        """The model call's precision: float32, or mixed under ``torch.autocast`` (``autocast``: float16/bfloat16),
+        which is how a GPU reaches its tensor-core rate; the kept layers are cast to their store dtype after it."""
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=TORCH_DTYPES[self.autocast])
 
     def keep_as(self, storage: dict[str, LayerStore | dict[str, Any]]) -> "ActivationExtractor":
         """Give the named layers' columns as ``storage`` says (``keep_layer``); checked against the layers' shapes
@@ -181,7 +191,8 @@ class ActivationExtractor:
         x = torch.from_numpy(images).to(self.device, non_blocking=True)
         self.model.check_input(x)
         with torch.inference_mode():
-            acts = self.model.activations(x, self.layers, with_logits=True)
+            with self._forward_context():
+                acts = self.model.activations(x, self.layers, with_logits=True)
             logits = acts.pop("logits")
             acts = self._kept(acts)  # on the device, before the copy out: a reduced map is what crosses
             probs = torch.softmax(logits.float(), dim=1)

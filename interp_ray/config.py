@@ -184,6 +184,9 @@ class ComputeSection(Section):
     num_cpus: float = Field(1.0, gt=0)     # per extractor actor
     torch_threads: int | None = Field(None, gt=0)  # default: what Ray gives an actor (its CPU count)
     device: str | None = None              # None: CUDA when the actor sees one, else CPU
+    # Mixed-precision forward (torch.autocast) in the extractor: a GPU's tensor-core rate. Not part of the store key
+    # (the kept dtype is): give an autocast run its own store.root if its rows must not mix with float32 ones.
+    autocast: Literal["float16", "bfloat16"] | None = None
     load_num_cpus: float = Field(0.5, gt=0)   # per loader task (image decoding / scene generation)
     write_num_cpus: float = Field(0.25, gt=0)  # the single writer actor (Parquet encoding)
     wait_for_resources: bool = False       # autoscaling clusters: let the pipeline wait for nodes to join

@@ -320,7 +320,8 @@ def extractor_kwargs(cfg: ExtractJobConfig, plans: list[ExtractPlan]) -> dict[st
     c, plan = cfg.compute, plans[0]
     return {"checkpoint": plan.checkpoint, "layers": plan.layers, "device": c.device, "torch_threads": c.torch_threads,
             "expect_digest": plan.digest,
-            "passthrough": [*DEFAULT_PASSTHROUGH, STORE, UNREADABLE, *plan.manifest.kept], "storage": plan.storage}
+            "passthrough": [*DEFAULT_PASSTHROUGH, STORE, UNREADABLE, *plan.manifest.kept], "storage": plan.storage,
+            "autocast": c.autocast}
 
 
 def writer_kwargs(cfg: ExtractJobConfig, plans: list[ExtractPlan]) -> dict[str, Any]:

@@ -134,3 +134,15 @@ def test_bad_storage_fails_at_init_with_one_line_naming_the_field(digits_checkpo
         ActivationExtractor(digits_checkpoint, LAYERS, storage={"relu3": {"reduce": "mean"}})
     with pytest.raises(UserError, match=r"^store\.layers\.relu9: not an extracted layer; extracted: relu2, relu3$"):
         ActivationExtractor(digits_checkpoint, LAYERS, storage={"relu9": {}})
+
+
+def test_autocast_runs_the_model_in_the_lower_precision(digits_checkpoint, digits_rows):
+    """compute.autocast: the forward under torch.autocast — close to float32, not equal to it (so it really ran in
+    bfloat16), columns still float32, and the same predictions as the direct call on nearly every row."""
+    plain = ActivationExtractor(digits_checkpoint, LAYERS)(digits_rows)
+    mixed = ActivationExtractor(digits_checkpoint, LAYERS, autocast="bfloat16")(digits_rows)
+    for layer in LAYERS:
+        assert mixed[layer].dtype == np.float32 and mixed[layer].shape == plain[layer].shape
+        assert not np.array_equal(mixed[layer], plain[layer])
+        np.testing.assert_allclose(mixed[layer], plain[layer], rtol=0.1, atol=0.1 * np.abs(plain[layer]).max())
+    assert (mixed["prediction"] == plain["prediction"]).mean() >= 0.95

@@ -1,0 +1,39 @@
+"""benchmarks/store_scale.py at tiny sizes: two sizes into moto's S3 with one training epoch each, and the kill -9 run
+at a third whose rerun leaves every row present exactly once."""
+
+import fcntl
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from benchmarks.store_scale import main
+
+
+@pytest.fixture
+def machine_lock():
+    """The test sessions' machine-wide lock (tests/conftest.py): this test's drivers start their own Ray clusters."""
+    with open(Path(tempfile.gettempdir()) / "interp-ray-tests.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@pytest.mark.ray
+def test_tiny_sizes_and_kill_at_half(tmp_path, capsys, machine_lock):
+    got = main(["--sizes", "600,1200,2400", "--shard-rows", "200", "--batches", "1", "--kill-at", "0.5",
+                "--workdir", str(tmp_path)])
+    small, large = got["sizes"][600], got["sizes"][1200]
+    assert small["store_rows"] == 600 and large["store_rows"] == 1200
+    assert small["store_parts"] == 3 and large["store_parts"] == 6  # 200 rows a part
+    assert small["extract_rows_per_s"] > 0 and large["train_rows_per_s"] > 0
+    assert small["store_manifest_bytes"] > 0 and large["store_open_s"] > 0
+    kill = got["kill"]
+    # killed partway (some parts, not all), then the rerun computed only the rest and nothing is doubled or lost
+    assert 0 < kill["parts_at_kill"] < kill["parts_total"] == 12
+    assert kill["rerun_computed_rows"] == 2400 - 200 * kill["parts_at_kill"]
+    assert kill["every_row_once"] and kill["rows_read"] == kill["distinct_indices"] == 2400
+    out = capsys.readouterr().out
+    assert "ratio_extract_rows_per_s_largest_over_smallest:" in out and "kill.every_row_once: True" in out

@@ -18,7 +18,7 @@ RATIOS = ["extract | ratio_store_over_loop:", "extract | ratio_store_steady_over
 STEADY = {"extract | ratio_store_steady_over_loop_steady:", "extract | ratio_store_steady_over_bare:"}
 
 
-@pytest.mark.ray
+@pytest.mark.benchmark_run
 def test_dry_run_prints_every_ratio(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable, "RAY_TMPDIR": os.environ.get("RAY_TMPDIR", str(tmp_path)),
            "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "scripts"), os.environ.get("PYTHONPATH", "")])}

@@ -22,6 +22,7 @@ def machine_lock():
 
 
 @pytest.mark.ray
+@pytest.mark.benchmark_run
 def test_tiny_sizes_and_kill_at_half(tmp_path, capsys, machine_lock):
     got = main(["--sizes", "600,1200,2400", "--shard-rows", "200", "--batches", "1", "--kill-at", "0.5",
                 "--workdir", str(tmp_path)])

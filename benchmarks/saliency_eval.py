@@ -110,7 +110,7 @@ def score(model, rows: list[MethodMaps], tune: dict, test: dict) -> list[dict]:
 def two_object_check(model, two: dict, class_names, out: Path | None) -> dict[str, float]:
     """Class discrimination (Du et al. Fig. elephant/zebra) for GFI (paper; log-prob score) and Grad-CAM."""
     from interp_ray.explainers import get_explainer
-    from interp_ray.metrics.saliency import pointing_hit
+    from interp_ray.metrics.saliency import class_discrimination
     from interp_ray.plots import save_overlays
 
     a, b = two["box_labels"][:, 0], two["box_labels"][:, 1]
@@ -121,21 +121,17 @@ def two_object_check(model, two: dict, class_names, out: Path | None) -> dict[st
     for name, (explainer, params) in configs.items():
         ea, _ = explain_all(explainer, two["image"], a, params)
         eb, _ = explain_all(explainer, two["image"], b, params)
-        both, covers = [], []
-        for i in range(len(a)):
-            hit_a = pointing_hit(ea[i].saliency, two["boxes"][i, :1], two["box_labels"][i, :1], int(a[i]))
-            hit_b = pointing_hit(eb[i].saliency, two["boxes"][i, 1:], two["box_labels"][i, 1:], int(b[i]))
-            both.append(hit_a and hit_b)
-            if params:
-                s1 = ea[i].extra["stage1_saliency"]
-                covers.append(all(s1[y0:y1, x0:x1].max() >= 0.5 for x0, y0, x1, y1 in two["boxes"][i]))
-            if out is not None and params and i < 6:
-                maps = [ea[i].extra["stage1_saliency"], ea[i].saliency, eb[i].saliency]
-                save_overlays(out / f"two_{_slug(name)}_{i}.png", two["image"][i], maps,
-                              titles=["stage 1", f"stage 2: {class_names[a[i]]}", f"stage 2: {class_names[b[i]]}"],
-                              boxes=two["boxes"][i])
-        results[name] = {"both_peaks_in_own_box": float(np.mean(both)),
-                         "stage1_covers_both": float(np.mean(covers)) if covers else float("nan")}
+        stage1 = [e.extra["stage1_saliency"] for e in ea] if params else None
+        res = class_discrimination([e.saliency for e in ea], [e.saliency for e in eb], stage1, two["boxes"],
+                                   two["box_labels"])
+        shown = min(len(a), 6) if out is not None and params else 0
+        for i in range(shown):
+            maps = [ea[i].extra["stage1_saliency"], ea[i].saliency, eb[i].saliency]
+            save_overlays(out / f"two_{_slug(name)}_{i}.png", two["image"][i], maps,
+                          titles=["stage 1", f"stage 2: {class_names[a[i]]}", f"stage 2: {class_names[b[i]]}"],
+                          boxes=two["boxes"][i])
+        results[name] = {"both_peaks_in_own_box": res["both_peaks_in_own_box"],
+                         "stage1_covers_both": res.get("stage1_covers_both", float("nan"))}
     return results
 
 

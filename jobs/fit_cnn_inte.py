@@ -134,26 +134,33 @@ def fit(cfg: CnnInteJobConfig, *, address: str | None = None) -> dict[str, Any]:
     model.save(str(out))
     pictures = [str(out / "global.png")]
     global_figure(model, path=pictures[0])
-    pictures += draw_routes(model, stores[cfg.eval_splits[0]], datasets[cfg.eval_splits[0]], out, cfg.diagrams)
+    routes, diagrams = draw_routes(model, stores[cfg.eval_splits[0]], datasets[cfg.eval_splits[0]], out, cfg.diagrams)
+    pictures += diagrams
     result = {"layer": cfg.cnn_inte.layer, "fit_rows": len(stores[cfg.fit_split]), "extract_s": extract_s,
               "fit_s": fit_s, "timings": model.info.get("timings"), "splits": reports, "checkpoint": str(out),
               "stores": {split: store.location for split, store in stores.items()},
-              "pictures": pictures}
+              "pictures": pictures, "routes": routes}
     (out / "report.json").write_text(json.dumps(result, indent=2, default=str))
     return result
 
 
-def draw_routes(model: CnnInte, store, dataset, out: Path, n: int) -> list[str]:
-    """Route diagrams for the first ``n`` rows: the explanation's own route, drawn with the input image."""
+def draw_routes(model: CnnInte, store, dataset, out: Path, n: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """Route diagrams for the first ``n`` rows: the explanation's own route, drawn with the input image. Also returns,
+    per diagram, what it draws against what the meta-model predicts for that row (``predict``, a separate pass):
+    the label, the forest vote drawn largest, the prediction."""
     if n == 0:
-        return []
+        return [], []
     batch = next(iter(with_images(store, dataset, n)))
-    paths = []
+    predicted = model.predict(batch)
+    routes, paths = [], []
     for i, e in enumerate(model.explain(batch)):
         path = out / f"route_{i}.png"
         route_diagram(model, e, image=batch["image"][i], path=str(path))
+        votes = e.path["votes"]
+        routes.append({"row": i, "level1": e.path["level1"], "level2": e.path["level2"], "label": int(e.label),
+                       "votes_argmax": int(max(votes, key=votes.get)), "prediction": int(predicted[i])})
         paths.append(str(path))
-    return paths
+    return routes, paths
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -107,6 +107,23 @@ def pointing_game(maps: Sequence[np.ndarray], boxes: np.ndarray, box_labels: np.
             "class_mean": _class_mean(hits, np.asarray(targets)), "n": int(len(hits))}
 
 
+def class_discrimination(maps_a: Sequence[np.ndarray], maps_b: Sequence[np.ndarray],
+                         stage1: Sequence[np.ndarray] | None, boxes: np.ndarray, box_labels: np.ndarray,
+                         *, cover: float = 0.5) -> dict[str, float]:
+    """Du et al.'s class-discrimination check on two-object images (object 0 of class A, object 1 of class B, as the
+    scenes' ``boxes`` / ``box_labels`` give them): the share of images in which A's map peaks in A's box **and** B's
+    in B's (the two maps pick different objects), and, with ``stage1`` (GFI's class-free inversion masks), the share
+    in which that mask reaches ``cover`` inside both boxes."""
+    a, b = box_labels[:, 0], box_labels[:, 1]
+    both = [pointing_hit(maps_a[i], boxes[i, :1], box_labels[i, :1], int(a[i]))
+            and pointing_hit(maps_b[i], boxes[i, 1:2], box_labels[i, 1:2], int(b[i])) for i in range(len(a))]
+    out = {"scenes": len(a), "both_peaks_in_own_box": float(np.mean(both)) if both else float("nan")}
+    if stage1 is not None:
+        out["stage1_covers_both"] = float(np.mean([all(s[y0:y1, x0:x1].max() >= cover for x0, y0, x1, y1 in bx[:2])
+                                                   for s, bx in zip(stage1, boxes)])) if len(a) else float("nan")
+    return out
+
+
 def _class_mean(values: np.ndarray, classes: np.ndarray) -> float:
     if not len(values):
         return float("nan")

@@ -50,3 +50,46 @@ def label_precision(ex: Any, train, presence: float = 0.5) -> dict:
             "share": len(correct) / len(confident) if confident else float("nan"),
             "chance": float(np.mean([present_share(n) for n in confident])) if confident else float("nan"),
             "labels": sorted({n.label for n in confident})}
+
+
+def caption_errors(caption: str, label: int, attrs: dict[str, str]) -> tuple[list[str], list[str]]:
+    """What makes a caption wrong (``caption_faithfulness``'s rule): (untrue, missing) — the attribute words it names
+    that the clip does not have, and the discriminative attributes of its class it does not name."""
+    named = attribute_mentions(caption)
+    return sorted(named - set(attrs.values())), [w for w in discriminative_attributes(label) if w not in named]
+
+
+def correcting_edit(ex: Any, caption: str, label: int, attrs: dict[str, str]) -> tuple[list[str], list[str]]:
+    """The edit a user would make from the neuron labels, (suppress, boost): suppress the neurons labelled with each
+    untrue word, boost those labelled with the clip's true value of that word's kind and with each missing word.
+    Words no confidently labelled neuron carries are left out (there is nothing to edit for them)."""
+    labelled = {n.label for n in ex.neurons if n.confident}
+    untrue, missing = caption_errors(caption, label, attrs)
+    suppress = [w for w in untrue if w in labelled]
+    boost: list[str] = []
+    for w in [attrs[ATTRIBUTE_VOCAB[w]] for w in suppress] + missing:
+        if w in labelled and w not in boost:
+            boost.append(w)
+    return suppress, boost
+
+
+def first_correction(ex: Any, items, captions: list[str]) -> dict[str, Any] | None:
+    """The edit example, chosen by rule, not by hand: the first clip (in the items' order) whose caption is wrong
+    (``caption_errors``) and has a wrong or missing word that a confidently labelled neuron carries. Applies
+    ``correcting_edit`` with ``ex.revise`` and says whether it worked: the suppressed words gone, the boosted ones
+    named, the caption no longer wrong. None when no wrong caption can be edited."""
+    attrs = clip_attributes(items)
+    for i, (caption, label) in enumerate(zip(captions, items.labels)):
+        untrue, missing = caption_errors(caption, int(label), attrs[i])
+        if not (untrue or missing):
+            continue
+        suppress, boost = correcting_edit(ex, caption, int(label), attrs[i])
+        if not (suppress or boost):
+            continue
+        before, after = ex.revise(items.features[i:i + 1], items.mask[i:i + 1], wrong=suppress, right=boost)
+        named = attribute_mentions(after[0])
+        still_untrue, still_missing = caption_errors(after[0], int(label), attrs[i])
+        return {"id": str(items.ids[i]), "untrue": untrue, "missing": missing, "suppress": suppress, "boost": boost,
+                "before": before[0], "after": after[0], "suppressed_gone": not set(suppress) & named,
+                "boosted_named": set(boost) <= named, "corrected": not (still_untrue or still_missing)}
+    return None

@@ -31,6 +31,10 @@ def test_fits_from_the_store_and_reports_what_the_saved_model_predicts(digits_ch
     assert all(model.representative_images(i) is not None for i in range(4))
     for name in ("global.png", "route_0.png", "route_2.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Each diagram's route is the saved meta-model's own decision for its row (the first test rows, in order).
+    first = {k: v[:3] for k, v in rows.items()}
+    assert [r["prediction"] for r in report["routes"]] == model.predict(first).tolist()
+    assert all(r["label"] == r["votes_argmax"] == r["prediction"] for r in report["routes"])
     assert "fidelity" in capsys.readouterr().out
 
 

@@ -160,3 +160,38 @@ def test_the_engine_names_no_stage_outside_its_comments():
     methods = [s for s in engine.stage_names() if s != "classifiers"]
     assert len(methods) >= 5
     assert [m for m in methods if m in code] == []
+
+
+def test_the_two_object_check_is_gfi_as_the_saliency_job_configures_it_on_two_object_scenes(tmp_path):
+    """The saliency stage's class-discrimination figures (GFI 4) are those of GFI, with the job's params, run
+    directly on the first two-object test scenes for each object's class; a job without GFI is refused."""
+    import numpy as np
+
+    from interp_ray.checkpoint import load_classifier
+    from interp_ray.config import validate
+    from interp_ray.data.scenes import load_scenes
+    from interp_ray.errors import UserError
+    from interp_ray.explainers import get_explainer
+    from interp_ray.metrics.saliency import class_discrimination
+    from interp_ray.testing.specimens import SCENES_OPTS, save_random_classifier
+    from jobs.explain_dataset import ExplainDatasetConfig
+    from jobs.pipeline.stages.saliency import two_object_discrimination
+
+    ckpt = str(tmp_path / "scenes_cnn")
+    save_random_classifier(ckpt, "scenes_cnn", {**SCENES_OPTS, "image_size": 32}, [str(i) for i in range(12)], None,
+                           seed=1)
+    fast = {"stage1_iterations": 2, "stage2_iterations": 2}
+    raw = {"checkpoint": ckpt, "data": {"name": "scenes", "options": {"size": 32}},
+           "methods": [{"name": "gradcam"}, {"name": "feature_inversion", "params": fast}]}
+    r = two_object_discrimination(validate(ExplainDatasetConfig, raw, source="test"), ckpt, 3)
+    two = load_scenes("test", n=3, size=32, two_objects=True).get_batch(np.arange(3))
+    gfi = get_explainer("feature_inversion")(load_classifier(ckpt).model)
+    ea, eb = (gfi.explain({"image": two["image"], "target": two["box_labels"][:, k]}, {**fast, "return_stage1": True})
+              for k in (0, 1))
+    want = class_discrimination([e.saliency for e in ea], [e.saliency for e in eb],
+                                [e.extra["stage1_saliency"] for e in ea], two["boxes"], two["box_labels"])
+    assert r == {**want, "fallback_share": float(np.mean([e.extra["fallback"] for e in ea + eb]))}
+    assert r["scenes"] == 3
+    with pytest.raises(UserError, match="feature_inversion"):
+        two_object_discrimination(validate(ExplainDatasetConfig, {**raw, "methods": [{"name": "gradcam"}]},
+                                           source="test"), ckpt, 3)

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from interp_ray.errors import UserError
-from interp_ray.metrics.saliency import (_auc, box_iou, causal_curves, localisation_error, localisation_hit,
-                                         pixel_order, point_in_box, pointing_game, pointing_hit, saliency_box,
-                                         tune_alpha)
+from interp_ray.metrics.saliency import (_auc, box_iou, causal_curves, class_discrimination, localisation_error,
+                                         localisation_hit, pixel_order, point_in_box, pointing_game, pointing_hit,
+                                         saliency_box, tune_alpha)
 from interp_ray.models import Classifier
 
 BOX = np.array([[10, 20, 30, 40], [-1, -1, -1, -1]])  # x0, y0, x1, y1 (exclusive); the second slot is absent
@@ -35,6 +35,20 @@ def peak_at(r: int, c: int, size: int = 64) -> np.ndarray:
 ])
 def test_pointing_hit_respects_exclusive_box_ends(r, c, hit):
     assert pointing_hit(peak_at(r, c), BOX, LABELS, 3) is hit
+
+
+def test_class_discrimination_asks_each_class_map_to_peak_in_its_own_objects_box():
+    # two scenes, object 0 (class 3) at the top left, object 1 (class 5) at the bottom right
+    boxes = np.array([[[0, 0, 10, 10], [40, 40, 50, 50]]] * 2)
+    labels = np.array([[3, 5]] * 2)
+    a, b = [peak_at(5, 5), peak_at(5, 5)], [peak_at(45, 45), peak_at(5, 5)]   # scene 2: B's map points at A
+    cover = np.zeros((64, 64), dtype=np.float32)
+    cover[5, 5], cover[45, 45] = 0.6, 0.5
+    half = cover.copy()
+    half[45, 45] = 0.4                                                          # reaches only object 0
+    r = class_discrimination(a, b, [cover, half], boxes, labels)
+    assert r == {"scenes": 2, "both_peaks_in_own_box": 0.5, "stage1_covers_both": 0.5}
+    assert class_discrimination(b, a, None, boxes, labels) == {"scenes": 2, "both_peaks_in_own_box": 0.0}
 
 
 def test_pointing_needs_a_box_of_the_target_class():

@@ -173,7 +173,11 @@ def write_global_pictures(explainer: FlintExplainer, ds, out_dir: str | os.PathL
         path = save_pair_picture(out_dir / f"class{c:02d}_{name}.png", images, grown, bounds=am.bounds,
                                  title=f"class {cname} - {name} (r={r:.2f})")
         records.append({"class": c, "class_name": cname, "attribute": name, "relevance": r, "path": path,
-                        "mas_rows": [str(i) for i in idx[rows]]})
+                        "mas_rows": [str(i) for i in idx[rows]],
+                        # what the picture shows, measured: φ_j recomputed on the pictured images, beside its mean
+                        # over the random subset (all classes) the MAS were drawn from
+                        "activation": {"mas": _mean_attribute(flint, images, j), "am": _mean_attribute(flint, grown, j),
+                                       "random": float(data["phi"][:, j].mean())}})
         if j not in attrs_seen:
             attrs_seen.append(j)
     if random_init:
@@ -185,6 +189,18 @@ def write_global_pictures(explainer: FlintExplainer, ds, out_dir: str | os.PathL
             records.append({"class": None, "attribute": explainer.attribute_names[j], "relevance": None,
                             "path": _save(fig, out_dir / f"random_init_{explainer.attribute_names[j]}.png")})
     return records
+
+
+@torch.no_grad()
+def _mean_attribute(flint, images: np.ndarray, j: int) -> float:
+    """Mean φ_j over ``images`` (N×C×H×W), through the model in eval mode."""
+    was = flint.training
+    flint.eval()
+    try:
+        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+        return float(flint.attributes(x.to(next(flint.parameters()).device))[:, j].mean())
+    finally:
+        flint.train(was)
 
 
 def png_pixel_variance(path: str | os.PathLike, *, ignore_background: bool = True) -> float:

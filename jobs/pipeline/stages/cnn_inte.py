@@ -35,5 +35,10 @@ def report_cnn_inte(r: dict[str, Any], root: Path) -> list[str]:
     for split, s in r["splits"].items():
         lines.append(f"| {split} | {s['fidelity']:.4f} | {s.get('meta_accuracy', float('nan')):.4f} | "
                      f"{s.get('cnn_accuracy', float('nan')):.4f} | {s.get('accuracy_gap_points', float('nan')):+.2f} |")
+    routes = r.get("routes") or []
+    if routes:
+        agree = sum(x["label"] == x["votes_argmax"] == x["prediction"] for x in routes)
+        lines += ["", f"Route diagrams: the label drawn and the largest forest vote drawn equal the meta-model's "
+                      f"prediction for the row in {agree} of {len(routes)}."]
     lines += [""] + [f"![{Path(p).stem}]({rel_path(p, root)})" for p in r["pictures"]]
     return lines

@@ -97,7 +97,11 @@ def run_flint(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
              f"{t['lime_images']} images" if "lime_fidelity" in t else ""), flush=True)
     return {"mode": mode, "dataset": job.data.name, "epochs": len(r["history"]), "test": t,
             "tau": job.flint.tau, "global": r["global"], "pictures": [p["path"] for p in r.get("pictures") or []],
-            "pictures_enabled": job.pictures.enabled, "checkpoint": r["checkpoint"], "classifier": ref.classifier,
+            "pictures_enabled": job.pictures.enabled,
+            # per pictured pair, φ_j on its MAS and AM+PI images against random training images (FLINT 6's check)
+            "picture_checks": [{"class": p["class"], "attribute": p["attribute"], **p["activation"]}
+                               for p in r.get("pictures") or [] if "activation" in p],
+            "checkpoint": r["checkpoint"], "classifier": ref.classifier,
             **extra, "seconds": time.perf_counter() - t0}
 
 
@@ -131,6 +135,10 @@ def lime_beside_flint(checkpoint: str, job: Any, images: int) -> dict[str, Any]:
             "flint_fidelity_lime_images": float((pg == pf).mean()), "lime_seconds": time.perf_counter() - t0}
 
 
+def _median(xs: list[float]) -> float:
+    return sorted(xs)[len(xs) // 2] if xs else float("nan")
+
+
 @reports("flint")
 def report_flint(r: dict[str, Any], root: Path) -> list[str]:
     t, tau = r["test"], r["tau"]
@@ -151,6 +159,13 @@ def report_flint(r: dict[str, Any], root: Path) -> list[str]:
                   f"{t['lime_seconds'] / max(t['lime_images'], 1):.2f} s per image, 1,000 perturbations each).", ""]
     lines += ["Relevant attributes per class (τ = {:g}):".format(tau), ""]
     lines += [f"- class {c}: " + ", ".join(f"{a} ({rel:.2f})" for a, rel in attrs) for c, attrs in r["global"].items()]
+    checks = r.get("picture_checks") or []
+    if checks:
+        shown = sum(c["mas"] > c["random"] and c["am"] > c["random"] for c in checks)
+        lines += ["", "What the pair pictures show: the attribute's mean activation φ_j on the pictured MAS images "
+                      f"and on their AM+PI images is above its mean over random training images for {shown} of "
+                      f"{len(checks)} pairs (median ratio MAS / random "
+                      f"{_median([c['mas'] / c['random'] for c in checks if c['random'] > 0]):.1f})."]
     pics = r["pictures"][:6] + r["pictures"][-1:] if len(r["pictures"]) > 7 else r["pictures"]
     lines += [""] + [f"![{Path(p).stem}]({rel_path(p, root)})" for p in pics]
     if len(r["pictures"]) > len(pics):

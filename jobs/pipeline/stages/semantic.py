@@ -1,5 +1,6 @@
 """Dong et al.'s semantic captioner: frame features into the store, topics, Ray Train, neuron labels, caption
-scores and one human-in-the-loop edit (``jobs.train_explainer``), and its report section."""
+scores and one human-in-the-loop edit, on a wrong caption chosen by rule (``jobs.train_explainer``), and its report
+section."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def run_semantic(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
     from interp_ray.explainers.semantic.config import SemanticTrainJob
     from interp_ray.explainers.semantic.explainer import SemanticExplainer
     from interp_ray.metrics.captions import CaptionScorer
-    from interp_ray.metrics.semantic import caption_faithfulness, label_precision
+    from interp_ray.metrics.semantic import caption_faithfulness, first_correction, label_precision
     from jobs.train_explainer import role_stores, train
 
     _, job = ctx.job(cfg, SemanticTrainJob, checkpoint="source.checkpoint", store="source.store.root",
@@ -43,29 +44,11 @@ def run_semantic(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
         out["faithful_captions"] = caption_faithfulness(captions, test)
         precision = label_precision(ex, items["train"])
         out["label_precision"] = {k: v for k, v in precision.items() if k != "labels"}
-        out["revision"] = revision_example(ex, test)
+        out["revision"] = first_correction(ex, test, captions)
     out["seconds"] = time.perf_counter() - t0
     print(f"[pipeline] semantic: METEOR {scores.get('meteor_segment_mean', float('nan')) * 100:.1f}, "
           f"{len(out['neurons'])} confident neuron labels shown", flush=True)
     return out
-
-
-def revision_example(ex: Any, test: Any) -> dict[str, Any] | None:
-    """The human-in-the-loop edit on the first test clip whose caption names a colour that has confidently labelled
-    neurons, while another colour has some too: suppress the named colour's neurons, boost the other's, decode."""
-    from interp_ray.data.scenes import ATTRIBUTE_VALUES, attribute_mentions
-
-    labelled = {n.label for n in ex.neurons if n.confident}
-    colours = [c for c in ATTRIBUTE_VALUES["colour"] if c in labelled]
-    for i in range(len(test)):
-        caption = ex.caption(test.features[i:i + 1], test.mask[i:i + 1])[0]
-        named = [c for c in colours if c in attribute_mentions(caption)]
-        others = [c for c in colours if c not in named]
-        if named and others:
-            before, after = ex.revise(test.features[i:i + 1], test.mask[i:i + 1], wrong=named[:1], right=others[:1])
-            return {"id": str(test.ids[i]), "suppress": named[0], "boost": others[0], "before": before[0],
-                    "after": after[0]}
-    return None
 
 
 @reports("semantic")
@@ -87,8 +70,21 @@ def report_semantic(r: dict[str, Any], root: Path) -> list[str]:
     lines += [f"- neuron {n['neuron']}: **{n['label']}** ({', '.join(n['words'])})" for n in r["neurons"]] or ["- none"]
     lines += ["", "Captions:", ""] + [f"- `{s['id']}`: {s['caption']} (a reference: {s['reference']})"
                                       for s in r["samples"]]
-    rev = r.get("revision")
+    if "revision" not in r:   # clips without ground-truth attributes: no caption can be called wrong
+        return lines
+    rev = r["revision"]
+    lines += ["", "Human-in-the-loop edit, on the clip chosen by this rule: the first test clip whose caption is wrong "
+                  "(names an attribute the clip does not have, or leaves out one that tells its class apart) and has "
+                  "a wrong or missing word that a confidently labelled neuron carries; suppress the neurons labelled "
+                  "with each untrue word, boost those labelled with the clip's true value of its kind and with each "
+                  "missing word, decode again."]
     if rev:
-        lines += ["", f"Human-in-the-loop edit on `{rev['id']}` (suppress the neurons labelled *{rev['suppress']}*, "
-                      f"boost those labelled *{rev['boost']}*): “{rev['before']}” → “{rev['after']}”"]
+        lines += ["", f"`{rev['id']}` (untrue: {', '.join(rev['untrue']) or '—'}; missing: "
+                      f"{', '.join(rev['missing']) or '—'}; suppress *{', '.join(rev['suppress']) or '—'}*, boost "
+                      f"*{', '.join(rev['boost']) or '—'}*): “{rev['before']}” → “{rev['after']}” — suppressed words "
+                      f"{'gone' if rev['suppressed_gone'] else 'still named'}, boosted words "
+                      f"{'named' if rev['boosted_named'] else 'not all named'}; the caption is "
+                      f"{'now right' if rev['corrected'] else 'still wrong'}."]
+    else:
+        lines += ["", "No test caption qualifies (none is wrong in a word a labelled neuron carries): no edit shown."]
     return lines

@@ -361,7 +361,18 @@ def test_pictures_are_written_and_not_blank(trained, digits_test, tmp_path):
     records = write_global_pictures(explainer, load_dataset("digits", "train"), tmp_path / "pics", tau=2.0, am=am,
                                     samples=300, max_pairs=2)
     assert len(records) == 2 and all(r["class"] is not None for r in records)
+    train = load_dataset("digits", "train")
     for r in records:
         assert png_pixel_variance(r["path"]) > floor + 0.05, r
+        # what the picture shows, measured: φ_j of its MAS images (read again from the dataset) is the recorded
+        # figure, and above the attribute's mean over random training images (MAS are its top rows of the class)
+        j = explainer.attribute_names.index(r["attribute"])
+        was = explainer.flint.training
+        with torch.no_grad():
+            phi = explainer.flint.eval().attributes(torch.from_numpy(
+                train.get_batch([int(i) for i in r["mas_rows"]])["image"]))[:, j]
+        explainer.flint.train(was)
+        assert r["activation"]["mas"] == pytest.approx(float(phi.mean()), rel=1e-5)
+        assert r["activation"]["mas"] > r["activation"]["random"], r
     sheet, exp = write_local_sheet(explainer, digits_test.get_batch([0])["image"][0], tmp_path / "local.png", am=am)
     assert exp.attributes and png_pixel_variance(sheet) > floor + 0.05

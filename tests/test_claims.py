@@ -5,28 +5,46 @@ import re
 
 import pytest
 
-from interp_ray.claims import CLAIMS, evaluate_claims, evaluate_goals, markdown_claims, markdown_goals
+from interp_ray.claims import (CLAIMS, REPRODUCTION, Finding, evaluate_claims, evaluate_goals, markdown_claims,
+                               markdown_goals, reproduction_link_from, row_counts)
 
-# The figures of the 22 November full main job (docs/pipeline/report.md of then), in the stage-result layout.
+# The figures of the 22 November full main job (docs/pipeline/report.md of then), in the stage-result layout, with
+# the checks the stages record since (picture_checks, routes, two_objects, the rule-chosen edit) at made-up values.
 RUN = {
     "cnn_inte": {"dataset": "digits", "pictures": ["o/cnn_inte/global.png", "o/cnn_inte/route_0.png"],
                  "splits": {"test": {"fidelity": 0.9917, "meta_accuracy": 0.9944, "cnn_accuracy": 0.9972,
-                                     "accuracy_gap_points": -0.28}}},
+                                     "accuracy_gap_points": -0.28}},
+                 "routes": [{"row": 0, "level1": 2, "level2": 1, "label": 7, "votes_argmax": 7, "prediction": 7}]},
     "flint": {"dataset": "digits", "tau": 2.0,
               "test": {"accuracy_f": 0.9833, "accuracy_g": 0.9806, "fidelity": 0.9833, "cns_2": 1.403},
               "global": {"0": [["phi_08", 0.96]], "1": [["phi_19", 0.85], ["phi_01", 0.69]]},
               "pictures": ["o/flint/pictures/class00_phi_08.png", "o/flint/pictures/class01_phi_19.png",
-                           "o/flint/pictures/class01_phi_01.png", "o/flint/pictures/local_test0000.png"]},
+                           "o/flint/pictures/class01_phi_01.png", "o/flint/pictures/local_test0000.png"],
+              "picture_checks": [{"class": 0, "attribute": "phi_08", "mas": 2.1, "am": 3.0, "random": 0.4},
+                                 {"class": 1, "attribute": "phi_19", "mas": 1.7, "am": 2.2, "random": 0.3},
+                                 {"class": 1, "attribute": "phi_01", "mas": 0.9, "am": 1.5, "random": 0.5}]},
     "interpnet": {"rows": [{"variant": "interpnet_2", "meteor_segment_mean": 0.460, "accuracy": 0.94}],
                   "image_model_accuracy": 0.986},
     "saliency": {"split": "test", "rows": 48, "params": {"feature_inversion": {}},
-                 "methods": {"feature_inversion": {"pointing": 0.896, "loc_error": 0.354},
+                 "methods": {"feature_inversion": {"pointing": 0.896, "loc_error": 0.354, "fallback_share": 0.062},
                              "gradcam": {"pointing": 0.812, "loc_error": 0.438},
                              "gradient": {"pointing": 0.917, "loc_error": 0.125},
-                             "center": {"pointing": 0.062, "loc_error": 1.0}}},
+                             "center": {"pointing": 0.062, "loc_error": 1.0}},
+                 "two_objects": {"scenes": 12, "both_peaks_in_own_box": 0.417, "stage1_covers_both": 0.75,
+                                 "fallback_share": 0.1}},
     "semantic": {"lambda": 0.1, "scores": {"meteor_segment_mean": 0.507},
-                 "label_precision": {"share": 0.926, "chance": 0.31, "correct": 25, "confident": 27}},
+                 "label_precision": {"share": 0.926, "chance": 0.31, "correct": 25, "confident": 27},
+                 "revision": {"id": "clips/test/7", "untrue": ["blue"], "missing": ["red"], "suppress": ["blue"],
+                              "boost": ["red"], "before": "a blue striped circle.", "after": "a red striped circle.",
+                              "suppressed_gone": True, "boosted_named": True, "corrected": True}},
 }
+# Every claim ID of PAPERS.md's "What a faithful reimplementation must reproduce", by paper.
+CLAIM_IDS = [f"{paper} {i}" for paper, n in (("InterpNET", 3), ("Dong", 4), ("FLINT", 6), ("CNN-INTE", 3), ("GFI", 6))
+             for i in range(1, n + 1)]
+# Claims nothing here can test (CUB, SENN, the PDF, VGG-19 weights, MSRA-B): never a verdict, whatever the numbers.
+UNTESTABLE = {"InterpNET 2", "FLINT 3", "CNN-INTE 3", "GFI 5", "GFI 6"}
+# Claims the main job never measures (the reproduction job does): never a verdict from its numbers either.
+REPRODUCED = {"Dong 1", "Dong 3", "Dong 4", "FLINT 4", "GFI 2"}
 
 
 def verdicts(stages):
@@ -49,11 +67,83 @@ def test_the_full_runs_figures_give_the_verdicts_the_report_shows():
     # gradient beats GFI on both localisation and pointing on scenes; GFI is above Grad-CAM and center.
     assert v["GFI 1"] == "not met" and v["GFI 3"] == "not met"
     assert v["FLINT 6"] == "met" and v["Dong 2"] == "met"
+    # both stage-2 peaks in their own box in 5 of 12 two-object scenes: not a majority
+    assert v["GFI 4"] == "not met"
     # nothing the run does not measure gets a verdict
-    for name in ("InterpNET 1", "InterpNET 2", "InterpNET 3", "Dong 1", "Dong 4", "FLINT 1", "FLINT 2", "FLINT 3",
-                 "GFI 4", "GFI 5"):
+    for name in ("InterpNET 1", "InterpNET 2", "InterpNET 3", "Dong 1", "Dong 3", "Dong 4", "FLINT 1", "FLINT 2",
+                 "FLINT 3", "FLINT 4", "CNN-INTE 3", "GFI 2", "GFI 5", "GFI 6"):
         assert v[name] == "not tested", name
-    assert len(v) == len(CLAIMS) == 17
+    assert len(v) == len(CLAIMS) == 22
+
+
+def test_every_claim_id_of_the_papers_has_a_row_and_says_where_it_is_measured():
+    rows = evaluate_claims(RUN)
+    assert [c.name for c in CLAIMS] == CLAIM_IDS and {r.claim for r in rows} == set(CLAIM_IDS)
+    where = {r.claim: r.where for r in rows}
+    assert {c for c, w in where.items() if w == "untestable"} == UNTESTABLE
+    # one InterpNET variant and no LIME on digits: InterpNET 3, FLINT 1 and 2 are the reproduction job's here too
+    assert {c for c, w in where.items() if w == "reproduction"} == REPRODUCED | {"InterpNET 3", "FLINT 1", "FLINT 2"}
+    for r in rows:   # a row not measured here says why, and where it is measured
+        if r.where == "reproduction":
+            assert r.verdict == "not tested" and REPRODUCTION in r.why, r
+        if r.where == "untestable":
+            assert r.verdict == "not tested" and r.why.startswith("not testable here: "), r
+
+
+def _every_number(node, value):
+    """``node`` with every number in it (not a bool) replaced by ``value``."""
+    if isinstance(node, dict):
+        return {k: _every_number(v, value) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_every_number(v, value) for v in node]
+    return value if isinstance(node, (int, float)) and not isinstance(node, bool) else node
+
+
+def _every_number_but_tau(run, value):
+    """τ is a setting (> 0), not a measurement: the others all change."""
+    out = _every_number(run, value)
+    for name, r in run.items():
+        if "tau" in r:
+            out[name]["tau"] = r["tau"]
+    return out
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0, 100.0])
+def test_a_claim_not_measured_here_stays_not_tested_whatever_the_numbers(value):
+    run = _every_number_but_tau({**copy.deepcopy(RUN), **copy.deepcopy(FMNIST)}, value)
+    run["semantic"]["revision"].update(suppressed_gone=True, boosted_named=True, corrected=True)
+    for r in evaluate_claims(run, ALL_KINDS):
+        if r.claim in UNTESTABLE | REPRODUCED:
+            assert r.verdict == "not tested" and r.where != "here", r
+        if r.claim in UNTESTABLE:
+            assert r.where == "untestable", r
+
+
+def test_a_finding_measured_elsewhere_cannot_carry_a_verdict():
+    with pytest.raises(ValueError, match="no verdict"):
+        Finding("—", "scenes", "met", "", "reproduction")
+
+
+def test_the_rows_link_the_reproduction_report_relative_to_the_report():
+    lines = markdown_claims(evaluate_claims(RUN), "../reproduction.md")
+    dong1 = next(ln for ln in lines if ln.startswith("| Dong 1 "))
+    assert f"[{REPRODUCTION}](../reproduction.md)" in dong1
+    assert reproduction_link_from("docs/pipeline") == "../reproduction.md"
+    assert reproduction_link_from("outputs/pipeline") == "../../docs/reproduction.md"
+    assert reproduction_link_from("/elsewhere/report", repo_root="/repo") == REPRODUCTION
+
+
+def test_the_edit_row_shows_the_edit_and_whether_it_worked():
+    row = next(r for r in evaluate_claims(RUN) if r.claim == "Dong 4")
+    assert "“a blue striped circle.” → “a red striped circle.” (corrected: suppressed blue gone, boosted red " \
+           "named)" in row.ours
+    run = copy.deepcopy(RUN)
+    run["semantic"]["revision"].update(after="a blue striped circle.", suppressed_gone=False, boosted_named=False,
+                                       corrected=False)
+    row = next(r for r in evaluate_claims(run) if r.claim == "Dong 4")
+    assert "(not corrected: suppressed blue still named, boosted red not named)" in row.ours
+    run["semantic"]["revision"] = None
+    assert "no wrong test caption" in next(r for r in evaluate_claims(run) if r.claim == "Dong 4").ours
 
 
 @pytest.mark.parametrize("path, value, claim, verdict", [
@@ -110,7 +200,11 @@ def test_a_missing_stage_says_so_and_the_table_counts_verdicts():
     flint = next(r for r in rows if r.claim == "FLINT 6")
     assert flint.verdict == "not tested" and "`flint` stage" in flint.why
     lines = markdown_claims(rows)
-    assert lines[0] == "## Paper claims" and "1 met, 1 not met, 15 not tested" in lines[2]
+    n = row_counts(rows)
+    assert (n["met"], n["not met"], n["not tested"], n["reproduction"], n["untestable"]) == (1, 1, 10, 5, 5)
+    assert lines[0] == "## Paper claims" and "22 claims, 22 rows" in lines[2]
+    assert "2 rows measured in this run (1 met, 1 not met), 10 that this run could measure but did not; 5 measured " \
+           "only by the reproduction job" in lines[2] and "5 not testable here" in lines[2]
     body = [ln for ln in lines if ln.startswith("| FLINT 1 ")]
     # a "|" inside a cell is escaped, so the row keeps its 7 cells
     assert "\\|acc(FLINT-f)" in body[0] and len(re.split(r"(?<!\\)\|", body[0])) == 9
@@ -196,11 +290,20 @@ THRESHOLDS = [
     ("cnn_inte", ("splits", "test", "accuracy_gap_points"), 0.0, -0.01, "CNN-INTE 1", "digits"),
     ("fashion_mnist_cnn_inte", ("splits", "test", "fidelity"), 1.0, 0.9999, "CNN-INTE 1", "fashion_mnist"),
     ("cnn_inte", ("pictures",), ["route_0.png"], ["global.png"], "CNN-INTE 2", "digits"),
+    # the diagram's route must be the meta-model's own decision
+    ("cnn_inte", ("routes", 0, "prediction"), 7, 3, "CNN-INTE 2", "digits"),
+    ("cnn_inte", ("routes", 0, "votes_argmax"), 7, 1, "CNN-INTE 2", "digits"),
     ("saliency", ("methods", "feature_inversion", "loc_error"), 0.125, 0.126, "GFI 1", "scenes"),
     # GFI 3: gradient and center below GFI, then Grad-CAM 0.01 above GFI (met) or more (not met)
     ("saliency", ("methods", "gradcam", "pointing"), 0.906, 0.907, "GFI 3", "scenes"),
     ("flint", ("pictures",), ["class00_a.png", "class01_b.png", "class01_c.png"], ["class00_a.png", "class01_b.png"],
      "FLINT 6", "digits"),
+    # a picture must show its attribute: φ_j above random images on the MAS images and on the AM+PI images
+    ("flint", ("picture_checks", 2, "mas"), 0.51, 0.5, "FLINT 6", "digits"),
+    ("flint", ("picture_checks", 0, "am"), 0.41, 0.4, "FLINT 6", "digits"),
+    # GFI 4: a majority of two-object scenes for each property
+    ("saliency", ("two_objects", "both_peaks_in_own_box"), 0.51, 0.5, "GFI 4", "scenes"),
+    ("saliency", ("two_objects", "stage1_covers_both"), 0.51, 0.5, "GFI 4", "scenes"),
     ("fashion_mnist_flint", ("test", "accuracy_base_f"), 0.9126, 0.9128, "FLINT 1", "fashion_mnist"),   # ≤ 1 point
     ("fashion_mnist_flint", ("test", "lime_fidelity"), 0.912, 0.913, "FLINT 2", "fashion_mnist"),       # strictly >
     ("fashion_mnist_flint_posthoc", ("test", "fidelity"), 0.90, 0.899, "FLINT 5", "fashion_mnist"),
@@ -215,6 +318,7 @@ def _set(stages, entry, path, value):
     run = copy.deepcopy(stages)
     run["saliency"]["methods"]["gradient"]["pointing"] = 0.85   # GFI above gradient and center: GFI 3 hinges on
     # Grad-CAM alone
+    run["saliency"]["two_objects"]["both_peaks_in_own_box"] = 0.9   # GFI 4 hinges on the one number set below
     run["interpnet"]["rows"] = [
         {"variant": "interpnet_2", "meteor_segment_mean": 0.46, "classifier_digest_frozen": "d0",
          "classifier_digest_final": "d0"},

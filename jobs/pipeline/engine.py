@@ -26,7 +26,8 @@ from typing import Any, Callable, Sequence, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from interp_ray.checkpoint import is_remote, join_uri, upload_dir
-from interp_ray.claims import evaluate_claims, evaluate_goals, markdown_claims, markdown_goals
+from interp_ray.claims import (REPRODUCTION, evaluate_claims, evaluate_goals, markdown_claims, markdown_goals,
+                               reproduction_link_from)
 from interp_ray.config import (ClassifierJobConfig, Section, deep_merge, load_config, parse_overrides, read_yaml,
                                validate)
 from interp_ray.errors import UserError
@@ -241,8 +242,11 @@ def rel_path(path: str, root: Path) -> str:
 # --- the report ----------------------------------------------------------------------------------------------------
 
 def write_report(local: Path, results: dict[str, Any], seconds: float, smoke: bool,
-                 reused: Sequence[str] = (), kinds: dict[str, str] | None = None) -> Path:
-    """``kinds``: entry → the stage that ran it (default: each entry is its own stage)."""
+                 reused: Sequence[str] = (), kinds: dict[str, str] | None = None,
+                 reproduction_link: str | None = None) -> Path:
+    """``kinds``: entry → the stage that ran it (default: each entry is its own stage). ``reproduction_link``: how
+    the claims table links the reproduction job's report (default: relative from ``local`` to the repository's
+    copy, the working directory being the repository's root as for every config path)."""
     kinds = {name: (kinds or {}).get(name, name) for name in results}
     size = "smoke (tiny budgets: plumbing, not numbers)" if smoke else "full"
     per_stage = ", ".join(f"{name} {stage_seconds(r):.0f} s" + (" in an earlier run" if name in reused else "")
@@ -254,7 +258,7 @@ def write_report(local: Path, results: dict[str, Any], seconds: float, smoke: bo
         lines += load_stages()[kinds[name]].report(r, local) + [""]
     claims = evaluate_claims(results, kinds)
     goals = evaluate_goals(results, kinds)
-    lines += markdown_claims(claims) + [""]
+    lines += markdown_claims(claims, reproduction_link or reproduction_link_from(local)) + [""]
     if goals:
         lines += markdown_goals(goals) + [""]
     report = local / "report.md"
@@ -319,7 +323,9 @@ def selected_stages(cfg: PipelineConfig, only: Sequence[str] | None) -> list[str
 
 # --- reuse of finished stages --------------------------------------------------------------------------------------
 
-STAGE_FORMAT = 1
+# 2: the stages record what the claims table checks (FLINT's picture_checks, CNN-INTE's routes, the saliency stage's
+# two_objects, the semantic stage's rule-chosen edit), which a result of format 1 lacks
+STAGE_FORMAT = 2
 
 
 def stage_key(cfg: PipelineConfig, name: str, smoke: bool, classifiers_key: str | None) -> str:
@@ -400,7 +406,9 @@ def run(cfg: PipelineConfig, *, smoke: bool = False, only: Sequence[str] | None 
         ctx = Context(out, local, smoke)
         results, reused = run_stages(cfg, ctx, stages, fresh=fresh)
         report = write_report(local, results, time.perf_counter() - t0, smoke, reused,
-                              kinds={name: cfg.kind(name) for name in results})
+                              kinds={name: cfg.kind(name) for name in results},
+                              # uploaded, the report has no repository beside it: name the file instead
+                              reproduction_link=REPRODUCTION if is_remote(out) else None)
         if is_remote(out):
             upload_dir(local, out)
             return join_uri(out, report.name)

@@ -454,7 +454,7 @@ def gfi_pointing(r: dict[str, Any]) -> Finding | None:
     pts = {n: (r.get("methods") or {}).get(n, {}).get("pointing") for n in need}
     if any(v is None for v in pts.values()):
         return Finding("—", _saliency_data(r), "not tested", f"needs all of {', '.join(need)} in the saliency stage")
-    delta = (r.get("params") or {}).get("feature_inversion", {}).get("delta", 1.0)
+    delta = r.get("gfi_delta") or 1.0   # the stage records the δ GFI ran with (1 unless the job sets it)
     g = pts["feature_inversion"]
     met = g >= pts["gradcam"] - 0.01 and g > pts["gradient"] and g > pts["center"]
     return Finding(" / ".join(_num(pts[n]) for n in need) + f" (δ = {delta:g})", _saliency_data(r), _verdict(met),

@@ -380,3 +380,10 @@ def test_each_goal_flips_where_its_number_crosses_the_bar(entry, path, met, not_
         return goal_verdicts(run)[name]
 
     assert goal_at(met) == "met" and goal_at(not_met) == "not met"
+
+
+def test_the_pointing_row_names_the_delta_gfi_ran_with_against_the_papers_10():
+    row = next(r for r in evaluate_claims(RUN) if r.claim == "GFI 3")
+    assert row.ours.endswith("(δ = 1)") and "the paper uses 10 for this game" in row.why
+    row = next(r for r in evaluate_claims(with_(("saliency", "gfi_delta"), 10.0)) if r.claim == "GFI 3")
+    assert row.ours.endswith("(δ = 10)") and "the paper uses 10" not in row.why

@@ -192,6 +192,15 @@ def test_the_two_object_check_is_gfi_as_the_saliency_job_configures_it_on_two_ob
                                 [e.extra["stage1_saliency"] for e in ea], two["boxes"], two["box_labels"])
     assert r == {**want, "fallback_share": float(np.mean([e.extra["fallback"] for e in ea + eb]))}
     assert r["scenes"] == 3
+    # δ as GFI runs it: an option, else the variant's default (the paper's pointing game used 10)
+    from jobs.pipeline.stages.saliency import gfi_delta
+
+    def delta(spec):
+        return gfi_delta(validate(ExplainDatasetConfig, {**raw, "methods": [spec]}, source="test"))
+
+    assert delta({"name": "feature_inversion"}) == 1.0 and delta({"name": "gradcam"}) is None
+    assert delta({"name": "feature_inversion", "options": {"delta": 10}}) == 10.0
+    assert delta({"name": "feature_inversion", "options": {"variant": "code"}}) == 2.0
     with pytest.raises(UserError, match="feature_inversion"):
         two_object_discrimination(validate(ExplainDatasetConfig, {**raw, "methods": [{"name": "gradcam"}]},
                                            source="test"), ckpt, 3)

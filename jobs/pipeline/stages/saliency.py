@@ -58,10 +58,22 @@ def run_saliency(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
                             **({"fallback_share": m["extras"]["fallback"]}
                                if "fallback" in (m.get("extras") or {}) else {})}
                         for n, m in r.results["methods"].items()},
-            "two_objects": two,
+            "two_objects": two, "gfi_delta": gfi_delta(job),
             "overlays": [str(out / p) for p in r.results.get("overlays", [])],
             "params": {m.name: m.params for m in job.methods},
             "stores": r.stores, "seconds": time.perf_counter() - t0}
+
+
+def gfi_delta(job: Any) -> float | None:
+    """δ, GFI's stage-2 L1 weight, as the job runs it (an option; else its variant's default): the paper's pointing
+    game used δ = 10, its other experiments δ = 1. None without GFI."""
+    from interp_ray.explainers.feature_inversion.config import GFISettings
+
+    spec = next((m for m in job.methods if m.name == "feature_inversion"), None)
+    if spec is None:
+        return None
+    variant = spec.params.get("variant") or spec.options.get("variant", "paper")
+    return float(spec.options.get("delta", GFISettings.for_variant(variant).delta))
 
 
 def two_object_discrimination(job: Any, checkpoint: str, n: int) -> dict[str, Any]:
@@ -95,7 +107,9 @@ def report_saliency(r: dict[str, Any], root: Path) -> list[str]:
     lines = [f"## Saliency: Guided Feature Inversion and baselines ({r.get('dataset', 'scenes')}, {r['rows']} "
              f"{r['split']} images, {r['target']} class)", "",
              f"Masks computed on Ray Data into Parquet explanation stores ({computed} rows computed in this run; "
-             f"α {r['alpha_source'] or '—'}).", "", r["table"], ""]
+             f"α {r['alpha_source'] or '—'}"
+             + (f"; GFI's stage-2 L1 weight δ = {r['gfi_delta']:g}, where the paper's pointing game used δ = 10"
+                if r.get("gfi_delta") is not None else "") + ").", "", r["table"], ""]
     two = r.get("two_objects")
     if two:
         lines += [f"Class discrimination on {two['scenes']} two-object test scenes (GFI as above, explained once per "

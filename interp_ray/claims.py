@@ -391,8 +391,9 @@ def cnn_inte_diagrams(r: dict[str, Any]) -> Finding:
         return Finding(f"{len(routes)} route diagrams", r.get("dataset", "digits"), "not tested",
                        "the run did not record the diagrams' routes against the meta-model's predictions")
     agree = [c for c in checks if c["label"] == c["votes_argmax"] == c["prediction"]]
-    return Finding(f"{len(routes)} route diagrams; the route agrees with the meta-model's prediction in {len(agree)} "
-                   f"of {len(checks)}", r.get("dataset", "digits"),
+    drawn = f"{len(routes)} route diagram{'' if len(routes) == 1 else 's'}"
+    return Finding(f"{drawn}; the route agrees with the meta-model's prediction in {len(agree)} of {len(checks)}",
+                   r.get("dataset", "digits"),
                    _verdict(bool(routes) and len(checks) == len(routes) == len(agree)),
                    "a diagram per explained row, each showing the meta-model's own decision: the label it draws and "
                    "the forest vote it draws as largest equal the meta-model's prediction for that row")

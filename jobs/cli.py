@@ -17,6 +17,7 @@ GENERIC_COMMANDS: dict[str, str] = {
     "train-classifier": "jobs.train_classifier",
     "extract": "jobs.extract_activations",
     "pipeline": "jobs.pipeline",
+    "reproduce": "jobs.reproduce",
     "train-explainer": "jobs.train_explainer",
     "revise-caption": "jobs.revise_caption",
     "evaluate": "jobs.evaluate",

@@ -5,3 +5,7 @@
 ``engine`` runs the stages seed by seed, resumably, and writes the report; ``stages/`` holds one module per method,
 each defining ``NAME``, ``run(section, seed, workdir)`` and ``rows(per_seed, section)`` (the engine's docstring).
 """
+
+from jobs.reproduce.engine import ReproduceConfig, main, run, shared_dir
+
+__all__ = ["ReproduceConfig", "main", "run", "shared_dir"]

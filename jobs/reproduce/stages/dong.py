@@ -55,7 +55,7 @@ def measure(section: dict[str, Any], seed: int, workdir: Path, ckpt: str, lam: f
     from interp_ray.explainers.semantic.explainer import SemanticExplainer
     from interp_ray.metrics.captions import CaptionScorer
     from interp_ray.metrics.semantic import caption_faithfulness, label_precision
-    from jobs.train_explainer import role_stores, train
+    from jobs.train_explainer import role_stores, train, train_local
 
     model_dir = workdir / _key(lam)
     job = job_config(section, SemanticTrainJob, f"stages.{NAME}", source__checkpoint=ckpt,
@@ -63,7 +63,8 @@ def measure(section: dict[str, Any], seed: int, workdir: Path, ckpt: str, lam: f
                      run__storage_path=str(workdir / "runs"), run__name=f"dong-seed{seed}-{_key(lam)}",
                      explainer__interp_weight=lam, train__seed=seed, topics__seed=seed)
     if not (model_dir / "config.json").is_file():   # a rerun after a kill keeps a finished λ
-        train(job)
+        # trainer: ray (the job's Ray Train path, the default) or local (the same trainer in this process: smoke)
+        (train_local if section.get("trainer", "ray") == "local" else train)(job)
     ex = SemanticExplainer.load(str(model_dir))
     stores = role_stores(job, ("train", "test"))
     items = {role: items_from_rows(store.iter_batches(256), job.frame_column) for role, store in stores.items()}
@@ -163,7 +164,7 @@ def rows(per_seed: dict[int, dict[str, Any]], section: dict[str, Any]) -> list[d
     if on not in first or off not in first:
         return [row(c, "—", "—", "—", "not tested", "this config does not train both λ = 0.1 and λ = 0")
                 for c in CLAIMS]
-    a, b = first[on], first[off]
+    a = first[on]
     budget = (f"generated scene clips ({a['train_clips']} train / {a['test_clips']} test), {a['epochs']} epochs, "
               f"a small captioner (paper: MSVD 1200/100/670, 100 LDA topics, GoogLeNet frames, full model size); the "
               f"frame CNN is one scenes CNN for every seed")

@@ -27,10 +27,11 @@ seed leaves the files already written intact, the other seeds and stages still r
 finished, and the job exits 1. A file with another key (the section changed) is left in place but not reported
 until the seed is rerun (``--fresh`` reruns everything).
 
-**Report.** ``<out>/reproduction.md`` and ``<out>/results.json``, and a copy of the Markdown at ``report`` (default
-``docs/reproduction.md``): the command, wall time and machine, then one table with a row for every claim ID
-(``interp_ray.reproduction.CLAIM_IDS``; an ID no stage answers shows as "not tested — no stage"), then the stages'
-side tables.
+**Report.** ``<out>/reproduction.md`` and ``<out>/results.json``, copied to ``report`` (default
+``docs/reproduction.md``) and beside it (``docs/reproduction.json``): the command, wall time and machine, then one
+table with a row for every claim ID (``interp_ray.reproduction.CLAIM_IDS``; an ID no stage answers shows as "not
+tested — no stage"), then the stages' side tables. ``results.json``'s ``claims`` is that table: a list of the rows
+(the keys above plus ``stage``, None for a "no stage" row) in PAPERS.md order.
 """
 
 from __future__ import annotations
@@ -298,9 +299,10 @@ def write_report(cfg: ReproduceConfig, out: Path, modules: dict[str, ModuleType]
     (out / "reproduction.md").write_text(text)
     (out / "results.json").write_text(json.dumps({**header, "claims": table, "stages": per_stage,
                                                   "config": cfg.model_dump()}, indent=2, default=str))
-    if cfg.report:
+    if cfg.report:   # the Markdown, and beside it the results (docs/reproduction.json) for the claims table to read
         Path(cfg.report).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out / "reproduction.md", cfg.report)
+        shutil.copyfile(out / "results.json", Path(cfg.report).with_suffix(".json"))
     return out / "reproduction.md"
 
 

@@ -17,7 +17,7 @@ from jobs.common import run_main
 from jobs.reproduce import engine
 from jobs.reproduce.engine import ReproduceConfig
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SMOKE = REPO / "configs" / "reproduce_smoke.yaml"
 
 

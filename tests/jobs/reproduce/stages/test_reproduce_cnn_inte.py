@@ -1,18 +1,10 @@
-"""The CNN-INTE reproduction stage's verdicts (jobs/reproduce/stages/cnn_inte.py) flip with the seeds' numbers
-(the measurements run() returns; tests/jobs/reproduce/test_reproduce_engine.py runs it for real at smoke size)."""
+"""The CNN-INTE reproduction stage's verdicts (jobs/reproduce/stages/cnn_inte.py) flip with the seeds' numbers."""
 
 from __future__ import annotations
 
+from stage_rows import SEEDS, by_claim
+
 from jobs.reproduce.stages import cnn_inte
-
-SEEDS = (0, 1, 2)
-
-
-def _by_claim(rows):
-    out = {}
-    for r in rows:
-        out.setdefault(r["claim"], []).append(r)
-    return out
 
 
 def _cnn_inte(meta: list[float], cnn: list[float]):
@@ -25,10 +17,10 @@ def _cnn_inte(meta: list[float], cnn: list[float]):
 
 
 def test_cnn_inte_same_accuracy_flips_with_the_gap():
-    rows = _by_claim(cnn_inte.rows(_cnn_inte([0.985, 0.987, 0.986], [0.988] * 3), {}))
+    rows = by_claim(cnn_inte.rows(_cnn_inte([0.985, 0.987, 0.986], [0.988] * 3), {}))
     assert rows["CNN-INTE 1"][0]["verdict"] == "met" and rows["CNN-INTE 2"][0]["verdict"] == "met"
-    rows = _by_claim(cnn_inte.rows(_cnn_inte([0.97, 0.971, 0.972], [0.988] * 3), {}))
+    rows = by_claim(cnn_inte.rows(_cnn_inte([0.97, 0.971, 0.972], [0.988] * 3), {}))
     assert rows["CNN-INTE 1"][0]["verdict"] == "not met"
     broken = _cnn_inte([0.985] * 3, [0.988] * 3)
     broken[1]["digits"]["routes"]["consistent"] = 2
-    assert _by_claim(cnn_inte.rows(broken, {}))["CNN-INTE 2"][0]["verdict"] == "not met"
+    assert by_claim(cnn_inte.rows(broken, {}))["CNN-INTE 2"][0]["verdict"] == "not met"

@@ -1,20 +1,12 @@
-"""The Dong et al. reproduction stage's verdicts (jobs/reproduce/stages/dong.py) flip with the seeds' numbers
-(the measurements run() returns; tests/jobs/reproduce/test_reproduce_engine.py runs it for real at smoke size)."""
+"""The Dong et al. reproduction stage's verdicts (jobs/reproduce/stages/dong.py) flip with the seeds' numbers."""
 
 from __future__ import annotations
 
 import copy
 
+from stage_rows import SEEDS, by_claim
+
 from jobs.reproduce.stages import dong
-
-SEEDS = (0, 1, 2)
-
-
-def _by_claim(rows):
-    out = {}
-    for r in rows:
-        out.setdefault(r["claim"], []).append(r)
-    return out
 
 
 def _dong(on: dict, off: dict):
@@ -36,13 +28,13 @@ OFF = {"meteor": [0.30, 0.31, 0.31], "cider": [1.0, 1.05, 1.1], "purity": [0.20,
 
 
 def test_dong_verdicts_flip_with_the_numbers():
-    rows = _by_claim(dong.rows(_dong(ON, OFF), {}))
+    rows = by_claim(dong.rows(_dong(ON, OFF), {}))
     assert [rows[c][0]["verdict"] for c in dong.CLAIMS] == ["met"] * 4
     worse = copy.deepcopy(ON)
     worse.update(meteor=[0.20, 0.21, 0.20], purity=[0.20, 0.22, 0.21], probe=[0.80, 0.81, 0.80],
                  rate=[0.05, 0.10, 0.08])
-    rows = _by_claim(dong.rows(_dong(worse, OFF), {}))
+    rows = by_claim(dong.rows(_dong(worse, OFF), {}))
     assert [rows[c][0]["verdict"] for c in dong.CLAIMS] == ["not met"] * 4
     # a high rate that a random edit matches is not an effect of the identified neurons
     lucky = dict(ON, control=[0.30, 0.35, 0.40])
-    assert _by_claim(dong.rows(_dong(lucky, OFF), {}))["Dong 4"][0]["verdict"] == "not met"
+    assert by_claim(dong.rows(_dong(lucky, OFF), {}))["Dong 4"][0]["verdict"] == "not met"

@@ -1,18 +1,10 @@
-"""The InterpNET reproduction stage's verdicts (jobs/reproduce/stages/interpnet.py) flip with the seeds' numbers
-(the measurements run() returns; tests/jobs/reproduce/test_reproduce_engine.py runs it for real at smoke size)."""
+"""The InterpNET reproduction stage's verdicts (jobs/reproduce/stages/interpnet.py) flip with the seeds' numbers."""
 
 from __future__ import annotations
 
+from stage_rows import SEEDS, by_claim
+
 from jobs.reproduce.stages import interpnet
-
-SEEDS = (0, 1, 2)
-
-
-def _by_claim(rows):
-    out = {}
-    for r in rows:
-        out.setdefault(r["claim"], []).append(r)
-    return out
 
 
 def _interpnet(meteor: dict[str, list[float]], unchanged: bool = True):
@@ -31,20 +23,20 @@ PAPER_ORDER = {"interpnet_2": [0.45, 0.46, 0.45], "interpnet_1": [0.42, 0.43, 0.
 
 
 def test_interpnet_ordering_and_worst_flip_with_the_numbers():
-    rows = _by_claim(interpnet.rows(_interpnet(PAPER_ORDER), {}))
+    rows = by_claim(interpnet.rows(_interpnet(PAPER_ORDER), {}))
     assert [r["verdict"] for r in rows["InterpNET 3"]] == ["met"] * 4 + ["not tested"]   # 2 protocols × 2, GVE
     assert rows["InterpNET 1"][0]["verdict"] == "met" and rows["InterpNET 2"][0]["verdict"] == "not tested"
     swapped = dict(PAPER_ORDER, interpnet_0=[0.36, 0.37, 0.36], captioning=[0.39, 0.40, 0.39])  # _0 below captioning
-    rows = _by_claim(interpnet.rows(_interpnet(swapped), {}))
+    rows = by_claim(interpnet.rows(_interpnet(swapped), {}))
     ordering, worst = rows["InterpNET 3"][0], rows["InterpNET 3"][1]
     assert ordering["verdict"] == "not met" and "_0 > captioning" in ordering["how"]
     assert worst["verdict"] == "met"
     noisy = dict(PAPER_ORDER, interpnet_3=[0.20, 0.45, 0.33])   # _3 lowest on average, but within the spread
-    assert _by_claim(interpnet.rows(_interpnet(noisy), {}))["InterpNET 3"][1]["verdict"] == "not met"
+    assert by_claim(interpnet.rows(_interpnet(noisy), {}))["InterpNET 3"][1]["verdict"] == "not met"
 
 
 def test_interpnet_1_fails_when_a_classifier_changed():
     per_seed = _interpnet(PAPER_ORDER)
     per_seed[2]["variants"]["interpnet_1"]["classifier_unchanged"] = False
-    row = _by_claim(interpnet.rows(per_seed, {}))["InterpNET 1"][0]
+    row = by_claim(interpnet.rows(per_seed, {}))["InterpNET 1"][0]
     assert row["verdict"] == "not met" and "14 of 15" in row["ours"]

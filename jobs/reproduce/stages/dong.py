@@ -35,6 +35,9 @@ NAME = "dong"
 CLAIMS = ("Dong 1", "Dong 2", "Dong 3", "Dong 4")
 LAMBDAS = (0.1, 0.0)
 NON_TRIVIAL = 0.10   # Dong 4: "a non-trivial fraction" read as at least 10% of the wrong captions, beyond the spread
+# Dong 4 needs this many wrong test captions per seed (on average) for a rate to mean anything: a captioner right on
+# 239 of 240 clips (seed 0 at the full config's budget) leaves a rate of 0 or 1 over one caption.
+MIN_WRONG = 10
 
 
 def _key(lam: float) -> str:
@@ -204,10 +207,13 @@ def rows(per_seed: dict[int, dict[str, Any]], section: dict[str, Any]) -> list[d
     controls = values(per_seed, on, "edits", "control_rate")
     wrong = values(per_seed, on, "edits", "wrong")
     applicable = values(per_seed, on, "edits", "applicable")
-    if not rates:
+    if not rates or mean_std(wrong)[0] < MIN_WRONG:
+        shown = (f"{fmt_mean_std(rates, pct=True)} of {fmt_mean_std(wrong, digits=0)} wrong test captions corrected"
+                 if rates else "no wrong test caption in any seed")
         out.append(row("Dong 4", "editing the identified neurons corrects a non-trivial fraction of wrong captions",
-                       "a non-trivial fraction", "no wrong test caption in any seed", "not tested",
-                       "every test caption was already right: nothing to correct"))
+                       "a non-trivial fraction (MSVD; no figure)", shown, "not tested",
+                       f"fewer than {MIN_WRONG} wrong test captions per seed: the captioner is right on nearly every "
+                       f"test clip, so a correction rate over so few says nothing (more test clips: source.rows.test)"))
     else:
         mean, std = mean_std(rates)
         out.append(row("Dong 4", "editing the identified neurons corrects a non-trivial fraction of wrong captions",

@@ -38,3 +38,11 @@ def test_dong_verdicts_flip_with_the_numbers():
     # a high rate that a random edit matches is not an effect of the identified neurons
     lucky = dict(ON, control=[0.30, 0.35, 0.40])
     assert by_claim(dong.rows(_dong(lucky, OFF), {}))["Dong 4"][0]["verdict"] == "not met"
+
+
+def test_dong_4_is_not_tested_over_too_few_wrong_captions():
+    per_seed = _dong(ON, OFF)
+    for s in per_seed.values():
+        s["lambda_0.1"]["edits"]["wrong"] = 1   # one wrong caption: a rate of 0 or 1 says nothing
+    row = by_claim(dong.rows(per_seed, {}))["Dong 4"][0]
+    assert row["verdict"] == "not tested" and f"fewer than {dong.MIN_WRONG}" in row["how"]

@@ -52,6 +52,7 @@ from typing import Any, Sequence
 
 from pydantic import Field
 
+from interp_ray.claims import REPRODUCTION
 from interp_ray.config import Section, load_config
 from interp_ray.errors import UserError
 from interp_ray.reproduction import CLAIM_IDS, VERDICTS
@@ -65,7 +66,7 @@ SEED_FORMAT = 1
 
 class ReproduceConfig(Section):
     output_dir: str = "outputs/reproduce"
-    report: str | None = "docs/reproduction.md"   # where the Markdown report is copied (None: only <out>)
+    report: str | None = REPRODUCTION   # the Markdown report copied here (None: only <out>); the claims table links it
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     stages: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

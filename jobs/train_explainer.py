@@ -86,24 +86,56 @@ def store_layers(job: LearnedJobConfig) -> list[str] | None:
     return layers() if callable(layers) else job.source.layers
 
 
+def role_data(job: LearnedJobConfig, role: str) -> Any:
+    """The dataset config of ``role`` (train, val, test): ``source.data`` with ``source.rows`` as its ``n`` option."""
+    from interp_ray.data import get_loader
+
+    src = job.source
+    if role not in src.splits:
+        raise UserError(f"source.splits has no split for {role!r}; it maps {src.splits}")
+    data = src.data.model_copy(deep=True)
+    if src.rows.get(role) is not None:
+        if "n" not in inspect.signature(get_loader(data.name)).parameters:
+            raise UserError(f"source.rows: dataset {data.name!r} has no n option; remove source.rows.{role}")
+        data.options["n"] = int(src.rows[role])
+    return data
+
+
+def check_data(job: LearnedJobConfig, roles: Iterable[str] = ("train", "val")) -> None:
+    """Before any Ray or extraction work: each role's dataset loads (a malformed captions file fails here, naming its
+    line), carries what the method trains on (``Trainable.trains_on``: captions, the ``sentences`` column) and every
+    column ``source.keep`` names. Loading lists files and reads labels and captions only, never the images."""
+    from interp_ray.data import load_dataset
+    from interp_ray.data.captions import CAPTIONS_COLUMN, captions_hint
+
+    cls, src = method_class(job.method), job.source
+    wants_captions = "captions" in getattr(cls, "trains_on", frozenset())
+    if wants_captions and CAPTIONS_COLUMN not in src.keep:
+        raise UserError(f"source.keep must name {CAPTIONS_COLUMN!r}: {job.method} learns from the captions kept in "
+                        f"the store beside the activations")
+    for role in roles:
+        data = role_data(job, role)
+        what = f"{data.name}/{src.splits[role]}"
+        columns = load_dataset(data.name, src.splits[role], **data.options).extra_columns()
+        if wants_captions and CAPTIONS_COLUMN not in columns:
+            raise UserError(captions_hint(job.method, data.name))
+        missing = [c for c in src.keep if c not in columns]
+        if missing:
+            raise UserError(f"source.keep: {what} has no column {', '.join(missing)}; remove it from source.keep "
+                            f"(the dataset's own columns: {', '.join(columns) or 'none'})")
+
+
 def role_stores(job: LearnedJobConfig, roles: Iterable[str], *, address: str | None = None) -> dict[str, Any]:
     """The store of each role (train, val, test), extracted first where it is missing (``jobs.extract_activations``:
     the one path that runs the classifier; all roles in one pipeline). ``source.rows`` becomes the dataset's ``n``
     option for that split."""
-    from interp_ray.data import get_loader
     from interp_ray.store import ActivationStore
     from jobs.extract_activations import ExtractJobConfig, extract_many
 
     src, roles = job.source, list(roles)
     cfgs = []
     for role in roles:
-        if role not in src.splits:
-            raise UserError(f"source.splits has no split for {role!r}; it maps {src.splits}")
-        data = src.data.model_copy(deep=True)
-        if src.rows.get(role) is not None:
-            if "n" not in inspect.signature(get_loader(data.name)).parameters:
-                raise UserError(f"source.rows: dataset {data.name!r} has no n option; remove source.rows.{role}")
-            data.options["n"] = int(src.rows[role])
+        data = role_data(job, role)
         cfgs.append(ExtractJobConfig(checkpoint=src.checkpoint, layers=store_layers(job), data=data,
                                      splits=[src.splits[role]], keep=src.keep, store=src.store, compute=src.compute))
     outs = extract_many(cfgs, address=address)
@@ -267,7 +299,8 @@ def starting_point(cls: type, job: LearnedJobConfig, train_store: Any, init_path
                 raise UserError(f"{init_path} was made with another explainer config; use a new run.name")
             log.info("reusing the starting point of %s", init_path)
             return explainer
-    explainer = cls.from_rows(job, rows(job, train_store), class_names=train_store.class_names)
+    explainer = cls.from_rows(job, rows(job, train_store), class_names=train_store.class_names,
+                              store=train_store.describe())
     explainer.info = {**getattr(explainer, "info", {}), "store": {"train": train_store.key},
                       "source": job.source.model_dump()}
     if init_path is not None:
@@ -343,6 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--local", action="store_true", help="train in this process, without Ray")
     args = p.parse_args(argv)
     job = load_job(args.config, args.overrides)
+    check_data(job)   # captions and kept columns: one line now, not after Ray and an extraction started
     if args.local:
         out = train_local(job)
     else:

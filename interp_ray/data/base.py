@@ -76,6 +76,14 @@ class ImageDataset(torch.utils.data.Dataset, abc.ABC):
         ds = ray.data.range(n, override_num_blocks=max(1, math.ceil(n / rows_per_block)))
         return ds.map_batches(_RayBatchFn(self), batch_format="numpy", batch_size=rows_per_block)
 
+    def extra_columns(self) -> list[str]:
+        """The row columns besides ``id``, ``image`` and ``label`` (e.g. ``sentences``: captions), which a job can
+        keep in the activation store. Here read off one row; a loader that knows them at load time says so without
+        reading a row."""
+        if len(self) == 0:
+            return []
+        return sorted(set(self.get_batch(np.arange(1))) - {"id", "image", "label"})
+
     def describe(self) -> dict[str, Any]:
         """What identifies this dataset's content (used in content hashes and checkpoints)."""
         return {"name": self.name, "split": self.split, "rows": len(self), "image_shape": list(self.image_shape),
@@ -209,6 +217,9 @@ class HeadDataset(ImageDataset):
         if idx.size and (idx.min() < 0 or idx.max() >= self.rows):
             raise IndexError(f"index out of range for the first {self.rows} rows")
         return self.base.get_batch(idx)
+
+    def extra_columns(self) -> list[str]:
+        return self.base.extra_columns()
 
     def describe(self) -> dict[str, Any]:
         # the base's identity (its own options, generator seeds …) with this row count in place of its own

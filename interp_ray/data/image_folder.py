@@ -4,6 +4,10 @@
 ``INTERP_RAY_S3_ENDPOINT`` for S3-compatible stores). Only the file list is built at load time, in one listing (on
 the driver); pixels are read and decoded per batch, where ``get_batch`` runs (Ray Data's loader tasks), so a folder
 far larger than memory works and decoding runs in parallel, never in the model's actors.
+
+Captions (for InterpNET and Dong et al.): ``captions.jsonl`` at the root, or the file the ``captions`` option names,
+is read at load time and joined to the rows by their id (the path relative to the root); each row then carries its
+captions as ``sentences``. The file's schema and checks: ``interp_ray.data.captions``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from interp_ray.data.base import ImageDataset
+from interp_ray.data.captions import CAPTIONS_COLUMN, CAPTIONS_FILE, CaptionsFile, parse_captions
 from interp_ray.data.images import (IMAGE_EXTENSIONS, as_hw, channels_for, decode_image, has_image_extension,
                                     read_image_file, stack_images)
 from interp_ray.errors import UserError
@@ -116,6 +121,8 @@ class ImageFolderDataset(ImageDataset):
     # (pyarrow filesystem, root inside it) of a remote root, opened on the driver: it pickles with its endpoint, so a
     # Ray task reads from where the driver listed whatever its own environment says (as the Parquet loader's files)
     remote: tuple[Any, str] | None = None
+    captions: np.ndarray | None = None  # N × K caption strings ("" pads), joined to ``paths`` at load time
+    captions_source: dict[str, str] | None = None  # the captions file and its digest (part of the identity)
 
     def __post_init__(self):
         self.image_shape = (channels_for(self.mode), self.image_size, self.image_size)
@@ -139,17 +146,27 @@ class ImageFolderDataset(ImageDataset):
         idx = np.asarray(indices, dtype=np.int64)
         rel = [self.paths[i] for i in idx]
         images = [self.read(p) for p in rel] if self.remote is None else map_ordered(self.read, rel)
-        return {"id": np.array(rel, dtype=str), "image": stack_images(images, rel, self.image_shape),
-                "label": self.labels[idx]}
+        out = {"id": np.array(rel, dtype=str), "image": stack_images(images, rel, self.image_shape),
+               "label": self.labels[idx]}
+        if self.captions is not None:
+            out[CAPTIONS_COLUMN] = self.captions[idx]
+        return out
+
+    def extra_columns(self) -> list[str]:
+        return [CAPTIONS_COLUMN] if self.captions is not None else []
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "source": self.root}
+        # the captions file's digest only when there is one: a folder without captions keeps its store keys
+        return {**super().describe(), "source": self.root,
+                **({"captions": self.captions_source} if self.captions_source else {})}
 
 
 def load_image_folder(split: str = "train", *, root: str | os.PathLike, image_size: int = 64,
-                      extensions: Sequence[str] = IMAGE_EXTENSIONS, mode: str = "RGB") -> ImageFolderDataset:
+                      extensions: Sequence[str] = IMAGE_EXTENSIONS, mode: str = "RGB",
+                      captions: str | bool | None = None) -> ImageFolderDataset:
     """Images under ``root/<split>/<class>/`` (or ``root/<class>/``), resized to image_size², ``mode`` "RGB" or "L";
-    ``root`` local or a URI (``s3://…``)."""
+    ``root`` local or a URI (``s3://…``). ``captions``: None reads ``root/captions.jsonl`` when it is there, a path
+    (relative to ``root``, absolute, or a URI) reads that file (which must exist), False reads none."""
     channels_for(mode)
     as_hw(image_size)  # a bad size fails now, not at the first batch
     if isinstance(extensions, str):  # ".png,.jpg" from a command line, not a sequence of characters
@@ -162,6 +179,8 @@ def load_image_folder(split: str = "train", *, root: str | os.PathLike, image_si
         chosen = [r for r in rels if r.startswith(prefix) and r[len(prefix):].count("/") >= 1]
         paths, labels = chosen, [index[r[len(prefix):].split("/")[0]] for r in chosen]
         where, resolved, remote = f"{root.rstrip('/')}/{prefix}", root, (fs, inner)
+        every = set(rels)
+        exists = every.__contains__
     else:
         root_path = Path(root)
         if not root_path.is_dir():
@@ -176,8 +195,54 @@ def load_image_folder(split: str = "train", *, root: str | os.PathLike, image_si
                 paths.append(path.relative_to(root_path).as_posix())
                 labels.append(label)
         where, resolved, remote = str(split_dir), str(root_path.resolve()), None
+
+        def exists(rel: str) -> bool:
+            return has_image_extension(rel, extensions) and (root_path / rel).is_file()
     if not paths:
         raise UserError(f"no images with extensions {', '.join(extensions)} in class directories under {where}")
+    found = read_folder_captions(str(root), remote, captions)
+    table = source = None
+    if found is not None:
+        found.check_images(exists)
+        table, source = found.table(paths), {"file": found.source, "sha256": found.digest}
     return ImageFolderDataset(name="image_folder", split=split, root=resolved, paths=paths,
                               labels=np.asarray(labels, dtype=np.int64), class_names=class_names,
-                              image_size=int(image_size), mode=mode, remote=remote)
+                              image_size=int(image_size), mode=mode, remote=remote, captions=table,
+                              captions_source=source)
+
+
+def read_folder_captions(root: str, remote: tuple[Any, str] | None, option: str | bool | None
+                         ) -> CaptionsFile | None:
+    """The folder's captions file (``load_image_folder``'s ``captions`` option), parsed; None when there is none."""
+    import pyarrow.fs as pafs
+
+    from interp_ray.storage import filesystem
+
+    if option is False or option == "":
+        return None
+    if option is None or option is True:
+        named, location = False, CAPTIONS_FILE
+    elif isinstance(option, (str, os.PathLike)):
+        named, location = True, os.fspath(option)
+    else:
+        raise UserError(f"captions must be a path to a {CAPTIONS_FILE}-style file (or false), got {option!r}")
+    if is_remote(location) or os.path.isabs(location):
+        fs, inner = filesystem(location)
+        shown = location
+    elif remote is not None:
+        fs, inner = remote[0], posixpath.join(remote[1], location)
+        shown = f"{root.rstrip('/')}/{location}"
+    else:
+        fs, inner = filesystem(os.path.join(root, location))
+        shown = os.path.join(root, location)
+    try:
+        kind = fs.get_file_info(inner).type
+        if kind != pafs.FileType.File:
+            if named or option is True:
+                raise UserError(f"captions file {shown} does not exist")
+            return None
+        with fs.open_input_file(inner) as f:
+            data = f.read()
+    except OSError as exc:
+        raise UserError(f"captions file {shown}: cannot read it ({' '.join(str(exc).split())[:300]})") from None
+    return parse_captions(data, shown)

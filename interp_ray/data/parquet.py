@@ -8,6 +8,10 @@ works. The image column may hold raw bytes or, as Hugging Face datasets write it
 Split selection for a directory: ``path/<split>/…`` or files named ``<split>-…``/``<split>_…``/``<split>.…`` (the
 Hugging Face layout, e.g. ``data/train-00000-of-00001.parquet``); a directory with neither is the single split
 "train". An explicit file (or list of files) is whatever split you call it.
+
+Captions (for InterpNET and Dong et al.): ``captions_column`` names a column holding each row's caption (a string)
+or captions (a list of strings). It is read at load time with the labels, so each row carries its own captions as
+``sentences``; a missing column, a null or an empty caption is a UserError naming the file and row.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from interp_ray.data.base import ImageDataset
+from interp_ray.data.captions import CAPTIONS_COLUMN, caption_array, column_captions, is_caption_type
 from interp_ray.data.images import as_hw, channels_for, decode_image, stack_images
 from interp_ray.errors import UserError
 
@@ -204,6 +209,8 @@ class ParquetImageDataset(ImageDataset):
     image_size: int | None
     mode: str
     image_shape: tuple[int, int, int]
+    captions: np.ndarray | None = None   # N × K caption strings ("" pads), read with the labels
+    captions_column: str | None = None
 
     def __post_init__(self):
         self._starts = np.array([g.start for g in self.row_groups], dtype=np.int64)
@@ -285,19 +292,28 @@ class ParquetImageDataset(ImageDataset):
             if blob is None:
                 raise UserError(f"row {row_id}: image column {self.image_column!r} is null or holds no bytes")
             images.append(decode_image(blob, self.image_size, self.mode, name=f"row {row_id}"))
-        return {"id": ids, "image": stack_images(images, [f"row {i}" for i in ids], self.image_shape),
-                "label": self.labels[idx]}
+        out = {"id": ids, "image": stack_images(images, [f"row {i}" for i in ids], self.image_shape),
+               "label": self.labels[idx]}
+        if self.captions is not None:
+            out[CAPTIONS_COLUMN] = self.captions[idx]
+        return out
+
+    def extra_columns(self) -> list[str]:
+        return [CAPTIONS_COLUMN] if self.captions is not None else []
 
     def describe(self) -> dict[str, Any]:
+        # the caption column only when one is read: a dataset without captions keeps its store keys
         return {**super().describe(), "source": self.source, "files": [f.name for f in self.files],
-                "image_column": self.image_column}
+                "image_column": self.image_column,
+                **({"captions_column": self.captions_column} if self.captions_column else {})}
 
 
 def load_parquet_images(split: str = "train", *, path: str | os.PathLike | Sequence[str | os.PathLike],
                         image_column: str = "image", label_column: str = "label", id_column: str | None = None,
                         image_size: int | None = None, class_names: Sequence[str] | None = None,
-                        mode: str = "RGB") -> ParquetImageDataset:
-    """Encoded images with labels from Parquet; ``image_size`` None keeps the stored size (all images must match)."""
+                        mode: str = "RGB", captions_column: str | None = None) -> ParquetImageDataset:
+    """Encoded images with labels from Parquet; ``image_size`` None keeps the stored size (all images must match);
+    ``captions_column``: the column of each row's caption(s) (a string or a list of strings), read as ``sentences``."""
     channels = channels_for(mode)
     size = as_hw(image_size)
     if isinstance(class_names, str):  # "cat,dog" from a command line
@@ -310,11 +326,17 @@ def load_parquet_images(split: str = "train", *, path: str | os.PathLike | Seque
     ids: list[str] = []
     label_types: set[str] = set()
     recorded: list[str] | None = None
+    captions: list[list[str]] = []
     for f, ref in enumerate(files):
         pf = open_parquet(ref)
         check_columns(pf, ref, wanted)
         check_image_type(pf, ref, image_column)
-        small = pf.read(columns=wanted[1:])  # labels (and ids) only: never the image bytes
+        if captions_column:
+            check_caption_column(pf, ref, captions_column)
+        small = pf.read(columns=wanted[1:] + ([captions_column] if captions_column else []))  # never the images
+        if captions_column:
+            captions += column_captions(small.column(captions_column).to_pylist(),
+                                        lambda r, name=ref.name: f"{name} row {r}: column {captions_column!r}")
         label_types.add(label_kind(small.schema.field(label_column).type, ref, label_column))
         recorded = recorded or hf_class_names(pf, label_column)
         label_values += small.column(label_column).to_pylist()
@@ -335,10 +357,22 @@ def load_parquet_images(split: str = "train", *, path: str | os.PathLike | Seque
     dataset = ParquetImageDataset(
         name="parquet", split=split, source=sources, files=files, row_groups=row_groups, labels=labels,
         ids=np.array(ids, dtype=str), class_names=names, image_column=image_column, image_size=image_size, mode=mode,
-        image_shape=(channels, *size) if size else (channels, 0, 0))
+        image_shape=(channels, *size) if size else (channels, 0, 0),
+        captions=caption_array(captions) if captions_column else None, captions_column=captions_column or None)
     if size is None:  # keep the stored size: learn it from the first image
         dataset.image_shape = first_image_shape(dataset)
     return dataset
+
+
+def check_caption_column(pf, ref: ParquetFileRef, column: str) -> None:
+    """``captions_column`` is there and holds text (a string or a list of strings a row)."""
+    names = pf.schema_arrow.names
+    if column not in names:
+        raise UserError(f"{ref.name}: captions_column {column!r} is not a column; columns present: {', '.join(names)}")
+    kind = pf.schema_arrow.field(column).type
+    if not is_caption_type(kind):
+        raise UserError(f"{ref.name}: captions_column {column!r} has type {kind}; expected a string or a list of "
+                        f"strings a row")
 
 
 def label_kind(kind, ref: ParquetFileRef, column: str) -> str:

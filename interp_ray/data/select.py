@@ -63,6 +63,9 @@ class RowsDataset(ImageDataset):
             batch["label"] = self.label_map[np.asarray(batch["label"], dtype=np.int64)]
         return batch
 
+    def extra_columns(self) -> list[str]:
+        return self.base.extra_columns()
+
     def describe(self) -> dict[str, Any]:
         return {**self.base.describe(), "rows": len(self), "classes": list(self.class_names), **self.note}
 

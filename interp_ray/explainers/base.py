@@ -19,8 +19,8 @@ The protocol declares what consumers would otherwise guess:
 * how its explanation reads (``summary``: the CLI's text) and looks (``draw``, with its ``Drawing`` parameters:
   the CLI's ``--picture`` and serving's picture route).
 
-The registry answers queries (``explainer_names(learned=…, produces=…, needs=…, slow=…)``), so a consumer never
-filters it by hand.
+The registry answers queries (``explainer_names(learned=…, produces=…, needs=…, slow=…, trains_on=…)``), so a
+consumer never filters it by hand.
 """
 
 from __future__ import annotations
@@ -358,18 +358,19 @@ def get_explainer(name: str) -> type[Explainer]:
 
 def explainer_names(*, learned: bool | None = None, slow: bool | None = None, produces: str | None = None,
                     needs: str | None = None, needs_only: Iterable[str] | None = None,
-                    kind: type | None = None) -> list[str]:
+                    kind: type | None = None, trains_on: str | None = None) -> list[str]:
     """The registered methods, sorted, narrowed by what they declare: ``learned``/``slow`` (True or False),
     ``produces`` (an ``Explanation`` field it fills), ``needs`` (an input it reads), ``needs_only`` (it reads
     nothing else: ``{"image", "model"}`` for a method that runs on the classifier alone), ``kind`` (a class it
-    subclasses, e.g. ``Trainable``); None leaves a criterion open."""
+    subclasses, e.g. ``Trainable``), ``trains_on`` (what its training rows must carry: "captions");
+    None leaves a criterion open."""
     return [cls.name for cls in find_explainers(learned=learned, slow=slow, produces=produces, needs=needs,
-                                                needs_only=needs_only, kind=kind)]
+                                                needs_only=needs_only, kind=kind, trains_on=trains_on)]
 
 
 def find_explainers(*, learned: bool | None = None, slow: bool | None = None, produces: str | None = None,
                     needs: str | None = None, needs_only: Iterable[str] | None = None,
-                    kind: type | None = None) -> list[type[Explainer]]:
+                    kind: type | None = None, trains_on: str | None = None) -> list[type[Explainer]]:
     """The registered method classes ``explainer_names`` lists, in its order."""
     load_explainer_modules()
     only = None if needs_only is None else frozenset(needs_only)
@@ -378,7 +379,8 @@ def find_explainers(*, learned: bool | None = None, slow: bool | None = None, pr
         cls = EXPLAINERS.get(name)
         if (learned is None or bool(cls.learned) == learned) and (slow is None or bool(cls.slow) == slow) \
                 and (produces is None or produces in cls.produces) and (needs is None or needs in cls.needs) \
-                and (only is None or cls.needs <= only) and (kind is None or issubclass(cls, kind)):
+                and (only is None or cls.needs <= only) and (kind is None or issubclass(cls, kind)) \
+                and (trains_on is None or trains_on in getattr(cls, "trains_on", frozenset())):
             out.append(cls)
     return out
 
@@ -467,16 +469,22 @@ class Trainable(abc.ABC):
     TrainJob:   its training job's typed config (an ``interp_ray.config.LearnedJobConfig``: where the rows come
                 from, how they stream, scaling, run, output, plus the method's own sections; its ``train`` section
                 carries ``seed`` and the drill's ``fail_at_epoch``)
+    trains_on:  what its training rows must carry besides activations and labels: "captions" (reference sentences,
+                the ``sentences`` column of the dataset, kept in the store). The training job checks the dataset
+                for it before any work, and names the fix in one line when it is missing.
     """
 
     TrainJob: ClassVar[type[BaseModel]]
+    trains_on: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
     @abc.abstractmethod
-    def from_rows(cls, job: BaseModel, rows: Callable[[], Iterable[Batch]], *, class_names: Sequence[str] | None
-                  ) -> "Trainable":
+    def from_rows(cls, job: BaseModel, rows: Callable[[], Iterable[Batch]], *, class_names: Sequence[str] | None,
+                  store: Mapping[str, Any] | None = None) -> "Trainable":
         """The untrained explainer, fixed by streaming passes over the training rows on the driver (``rows()`` starts
-        one): vocabulary, input widths, standardisation, topics — statistics of the rows, never the rows."""
+        one): vocabulary, input widths, standardisation, topics — statistics of the rows, never the rows. ``store``:
+        the training store's ``describe()`` (its dataset's identity, e.g. ``image_shape`` T×C×H×W for clips, and the
+        per-row layer shapes), for a method whose rows mean different things for images and clips."""
 
     @abc.abstractmethod
     def train_columns(self) -> list[str]:

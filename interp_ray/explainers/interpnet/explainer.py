@@ -73,6 +73,7 @@ class InterpNET(Explainer, Trainable):
     learned = True
     Params = InterpNETParams
     TrainJob = InterpNETTrainJob
+    trains_on = frozenset({"captions"})   # the reference sentences it learns to write
 
     def __init__(self, config: InterpNETConfig | Mapping[str, Any] | None = None, *,
                  class_names: Sequence[str] | None = None, device: str | torch.device = "cpu"):
@@ -283,7 +284,8 @@ class InterpNET(Explainer, Trainable):
 
     @classmethod
     def from_rows(cls, job: InterpNETTrainJob, rows: Callable[[], Iterable[Batch]], *,
-                  class_names: Sequence[str] | None = None) -> "InterpNET":
+                  class_names: Sequence[str] | None = None, store: Mapping[str, Any] | None = None
+                  ) -> "InterpNET":
         """One streaming pass over the training rows: the vocabulary (word counts), the activation widths and h_0's
         mean and standard deviation — nothing else of the rows is kept."""
         self = cls(job.explainer, class_names=class_names)

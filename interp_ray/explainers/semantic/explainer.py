@@ -34,6 +34,7 @@ when the top score is positive and beats the runner-up by ``margin`` (relative):
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -58,6 +59,23 @@ from interp_ray.text import Vocabulary
 METHOD = "semantic"
 TOPICS_FILE = "topics.json"
 NEURONS_FILE = "neurons.json"
+log = logging.getLogger("interp_ray.semantic")
+
+
+def check_concepts(concepts: Sequence[str] | None, vocabulary: Sequence[str]) -> None:
+    """``labels.concepts`` against the words the topics were mined from: none of them there is a UserError (every
+    label would fail); some missing is said in the log (a word the captions never use cannot label a neuron)."""
+    if not concepts:
+        return
+    known = set(vocabulary)
+    missing = [w for w in concepts if w not in known]
+    if len(missing) == len(concepts):
+        raise UserError(f"labels.concepts: none of {', '.join(concepts[:8])} is a word of the training captions' "
+                        f"topics (stop words removed); name words the captions use, or set labels.concepts: null "
+                        f"for every topic word")
+    if missing:
+        log.warning("labels.concepts: %s never occur in the training captions' topics; they cannot label a neuron",
+                    ", ".join(missing))
 
 
 @register(METHOD)
@@ -70,6 +88,7 @@ class SemanticExplainer(Explainer, Trainable):
     learned = True
     Params = SemanticParams
     TrainJob = SemanticTrainJob
+    trains_on = frozenset({"captions"})   # its captions, and the topics mined from them
 
     def __init__(self, config: SemanticConfig | Mapping[str, Any] | None = None, *,
                  device: str | torch.device = "cpu"):
@@ -87,6 +106,9 @@ class SemanticExplainer(Explainer, Trainable):
         self.history: list[dict] = []
         self.info: dict[str, Any] = {}
         self.frame_column = "features"            # the row column that holds the frame features
+        # True when each training row is one still image (a user's image folder or Parquet), not a clip of frames:
+        # its layer column is then one frame, and the row a one-frame clip (as ``batch_from`` explains an image)
+        self.stills = False
         self.class_names: list[str] | None = None  # of the classifier whose classes label the clips
 
     # -- set-up and training -----------------------------------------------------------------------------------
@@ -148,7 +170,7 @@ class SemanticExplainer(Explainer, Trainable):
     def pair_batch(self, batch: Batch, device: torch.device | str = "cpu") -> PairBatch:
         """A batch of clip rows as training input: frame features, mask, the clips' topic vectors (of their own
         captions) and one pair per reference sentence."""
-        feats = frame_features(batch[self.frame_column])
+        feats = self.row_frames(batch[self.frame_column])
         self._check_dim(feats.shape[2])
         mask = (np.asarray(batch["mask"], dtype=bool) if "mask" in batch
                 else np.ones(feats.shape[:2], dtype=bool))
@@ -168,33 +190,46 @@ class SemanticExplainer(Explainer, Trainable):
                               weight_decay=settings.weight_decay, grad_clip=settings.grad_clip, seed=settings.seed,
                               select="nll", metrics=LOSS_METRICS, model=wrap(self.model))
 
+    def row_frames(self, column: Any) -> np.ndarray:
+        """A store's frame column as N × K × D frame features: a still image's row is a one-frame clip."""
+        return frame_features(np.asarray(column)[:, None] if self.stills else column)
+
     @classmethod
     def from_rows(cls, job: SemanticTrainJob, rows: Callable[[], Iterable[Batch]], *,
-                  class_names: Sequence[str] | None = None) -> "SemanticExplainer":
-        """One streaming pass over the training clips for their captions (text only: LDA topics and the vocabulary
-        are fitted on them) and the frame-feature width; then a seeded captioner."""
+                  class_names: Sequence[str] | None = None, store: Mapping[str, Any] | None = None
+                  ) -> "SemanticExplainer":
+        """One streaming pass over the training rows for their captions (text only: LDA topics and the vocabulary
+        are fitted on them) and the frame-feature width; then a seeded captioner. The rows are clips when the
+        store's dataset has T×C×H×W inputs (``scene_clips``), else still images, each a one-frame clip."""
         from types import SimpleNamespace
 
         from interp_ray.topics import fit_topics
 
+        self = cls(job.explainer)
+        self.frame_column = job.frame_column
+        shape = ((store or {}).get("dataset") or {}).get("image_shape")
+        self.stills = shape is not None and len(shape) == 3
         sentences: list[list[str]] = []
         dim = None
         for batch in rows():
-            feats = frame_features(batch[job.frame_column])
+            feats = self.row_frames(batch[job.frame_column])
             dim = int(feats.shape[2])
             sentences.extend(sentence_rows(batch["sentences"], len(feats)))
         if dim is None:
-            raise UserError("no training clips: the data is empty")
+            raise UserError("no training rows: the data is empty")
         topic_model, _ = fit_topics(sentences, job.topics)
-        self = cls(job.explainer)
-        self.frame_column = job.frame_column
+        check_concepts(job.labels.concepts, topic_model.vocabulary)
         self.class_names = list(class_names) if class_names else None
         self.setup(SimpleNamespace(sentences=sentences, dim=dim), topic_model, seed=job.train.seed)
         src, opts = job.source, job.source.data.options
-        # ``data`` in the shape serving and ``revise-caption`` read: which CNN layer, over which generated clips.
+        # ``data`` in the shape serving and ``revise-caption`` read: which CNN layer, over which clips or images.
         data = {"source": "scenes" if src.data.name == "scene_clips" else src.data.name, "layer": job.frame_column,
-                "checkpoint": src.checkpoint, "frames": opts.get("frames", 8), "seed": opts.get("seed", 0),
-                "size": opts.get("size", 64), "sentences_per_clip": opts.get("sentences_per_image", 5)}
+                "checkpoint": src.checkpoint, "frames": 1 if self.stills else opts.get("frames", 8)}
+        if self.stills:
+            data["stills"] = True
+        else:
+            data.update(seed=opts.get("seed", 0), size=opts.get("size", 64),
+                        sentences_per_clip=opts.get("sentences_per_image", 5))
         self.info = {"data": data, "source": src.model_dump(), "topics": job.topics.model_dump(),
                      "frame_column": job.frame_column}
         return self
@@ -216,7 +251,7 @@ class SemanticExplainer(Explainer, Trainable):
         layer's activations, N × D, are gathered)."""
         acts = []
         for batch in rows():
-            feats = frame_features(batch[self.frame_column])
+            feats = self.row_frames(batch[self.frame_column])
             mask = batch["mask"] if "mask" in batch else None
             acts.append(self.encode(feats, mask)["a"])
         labels = self.label_activations(np.concatenate(acts), job.labels)
@@ -335,7 +370,7 @@ class SemanticExplainer(Explainer, Trainable):
         """The classifier layer its frame features were taken from (``data.layer`` of its training job): a still
         image is explained as a one-frame clip of that layer's pooled features."""
         data = (self.info or {}).get("data") or {}
-        if data.get("source", "scenes") != "scenes":
+        if data.get("source", "scenes") == "video_features":
             raise UserError(f"{self.name} was trained on frame features of another CNN (data.source "
                             f"{data['source']!r}), not on a classifier checkpoint's")
         if not data.get("layer"):
@@ -453,6 +488,7 @@ class SemanticExplainer(Explainer, Trainable):
         self.frame_dim = int(cfg["frame_dim"])
         self.history, self.info = cfg.get("history", []), cfg.get("info", {})
         self.frame_column = self.info.get("frame_column", "features")
+        self.stills = bool((self.info.get("data") or {}).get("stills"))
         self.class_names = cfg.get("class_names")
         self.model = SemanticCaptioner(self.frame_dim, len(self.vocab), self.topics.num_topics, self.config)
         try:

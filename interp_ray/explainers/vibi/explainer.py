@@ -105,7 +105,8 @@ class VIBI(Explainer, Trainable):
 
     @classmethod
     def from_rows(cls, job: VibiTrainJob, rows: Callable[[], Iterable[Batch]], *,
-                  class_names: Sequence[str] | None = None) -> "VIBI":
+                  class_names: Sequence[str] | None = None, store: Mapping[str, Any] | None = None
+                  ) -> "VIBI":
         """The input shape and the number of classes, from the first batch of the training rows."""
         first = next(iter(rows()), None)
         if first is None or not len(first[INPUT_LAYER]):

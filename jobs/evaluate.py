@@ -29,7 +29,7 @@ from interp_ray.explainers.interpnet.tables import collect
 from interp_ray.metrics.captions import CaptionScorer, attribute_faithfulness, score_files
 from interp_ray.training import state_digest
 from jobs.common import base_parser, exit_with, init_ray
-from jobs.train_explainer import role_stores, train, train_local
+from jobs.train_explainer import check_data, role_stores, train, train_local
 
 log = logging.getLogger("interp_ray.evaluate")
 NAMES = {"captioning": "Captioning (input only)", "interpnet_0": "InterpNET_0 (output only)",
@@ -206,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{LABELS[key]}: {value:.4f}")
         return 0
     cfg = load_config(InterpNETTrainJob, args.config, args.overrides)
+    check_data(cfg, ("train", "val", "test"))   # captions on every split it trains on and scores, before any work
     if args.address:
         init_ray(args.address)
     result = evaluate(cfg)

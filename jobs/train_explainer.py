@@ -5,7 +5,9 @@
     interp-ray train-explainer --config …      (train-interpnet and train-semantic are the same command)
 
 The config's ``method`` names a registered explainer that is ``Trainable`` (interp_ray/explainers/base.py); its
-``TrainJob`` validates the file. Then, for any such method:
+``TrainJob`` validates the file, and ``check_data`` checks the dataset before any work: the captions a method trains
+on (``trains_on``; a user's ``captions.jsonl`` or Parquet ``captions_column``, docs/your_model.md#captions) and the
+``keep`` columns, each problem one line. Then, for any such method:
 
 1. ``source``: the extraction job (``jobs.extract_activations``, i.e. ``ActivationExtractor`` on Ray Data) writes the
    train and val splits' stores — the explainer's layers plus the ``keep`` columns (reference sentences) — or finds

@@ -64,6 +64,22 @@ class CaptionsFile:
                                 f"relative to the folder's root, with / separators)")
 
 
+class Captioned:
+    """What a loader whose captions are read at load time adds to its dataset (before ``ImageDataset`` in the bases):
+    ``captions`` (N × K strings, or None) travel in its rows as ``sentences``, and ``extra_columns`` says so without
+    reading a row."""
+
+    captions: np.ndarray | None
+
+    def with_captions(self, rows: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
+        if self.captions is not None:
+            rows[CAPTIONS_COLUMN] = self.captions[idx]
+        return rows
+
+    def extra_columns(self) -> list[str]:
+        return [CAPTIONS_COLUMN] if self.captions is not None else []
+
+
 def caption_array(rows: Sequence[Sequence[str]]) -> np.ndarray:
     """Per-row caption lists as one N × K string array, "" padding the rows with fewer than K."""
     width = max((len(r) for r in rows), default=1)

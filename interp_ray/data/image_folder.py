@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from interp_ray.data.base import ImageDataset
-from interp_ray.data.captions import CAPTIONS_COLUMN, CAPTIONS_FILE, CaptionsFile, parse_captions
+from interp_ray.data.captions import CAPTIONS_FILE, Captioned, CaptionsFile, parse_captions
 from interp_ray.data.images import (IMAGE_EXTENSIONS, as_hw, channels_for, decode_image, has_image_extension,
                                     read_image_file, stack_images)
 from interp_ray.errors import UserError
@@ -109,7 +109,7 @@ def remote_layout(root: str, rels: list[str], split: str) -> tuple[str, list[str
 
 
 @dataclass
-class ImageFolderDataset(ImageDataset):
+class ImageFolderDataset(Captioned, ImageDataset):
     name: str
     split: str
     root: str  # an absolute local directory or a URI
@@ -148,12 +148,7 @@ class ImageFolderDataset(ImageDataset):
         images = [self.read(p) for p in rel] if self.remote is None else map_ordered(self.read, rel)
         out = {"id": np.array(rel, dtype=str), "image": stack_images(images, rel, self.image_shape),
                "label": self.labels[idx]}
-        if self.captions is not None:
-            out[CAPTIONS_COLUMN] = self.captions[idx]
-        return out
-
-    def extra_columns(self) -> list[str]:
-        return [CAPTIONS_COLUMN] if self.captions is not None else []
+        return self.with_captions(out, idx)
 
     def describe(self) -> dict[str, Any]:
         # the captions file's digest only when there is one: a folder without captions keeps its store keys

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from interp_ray.data.base import ImageDataset
-from interp_ray.data.captions import CAPTIONS_COLUMN, caption_array, column_captions, is_caption_type
+from interp_ray.data.captions import Captioned, caption_array, column_captions, is_caption_type
 from interp_ray.data.images import as_hw, channels_for, decode_image, stack_images
 from interp_ray.errors import UserError
 
@@ -196,7 +196,7 @@ def labels_to_indices(values: list, is_text: bool, class_names: Sequence[str] | 
 
 
 @dataclass
-class ParquetImageDataset(ImageDataset):
+class ParquetImageDataset(Captioned, ImageDataset):
     name: str
     split: str
     source: list[str]
@@ -294,12 +294,7 @@ class ParquetImageDataset(ImageDataset):
             images.append(decode_image(blob, self.image_size, self.mode, name=f"row {row_id}"))
         out = {"id": ids, "image": stack_images(images, [f"row {i}" for i in ids], self.image_shape),
                "label": self.labels[idx]}
-        if self.captions is not None:
-            out[CAPTIONS_COLUMN] = self.captions[idx]
-        return out
-
-    def extra_columns(self) -> list[str]:
-        return [CAPTIONS_COLUMN] if self.captions is not None else []
+        return self.with_captions(out, idx)
 
     def describe(self) -> dict[str, Any]:
         # the caption column only when one is read: a dataset without captions keeps its store keys

@@ -112,6 +112,8 @@ def check_data(job: LearnedJobConfig, roles: Iterable[str] = ("train", "val")) -
 
     cls, src = method_class(job.method), job.source
     wants_captions = "captions" in getattr(cls, "trains_on", frozenset())
+    if not wants_captions and not src.keep:
+        return   # nothing to check: the dataset is loaded once, by the extraction (a WebDataset's index costs a pass)
     if wants_captions and CAPTIONS_COLUMN not in src.keep:
         raise UserError(f"source.keep must name {CAPTIONS_COLUMN!r}: {job.method} learns from the captions kept in "
                         f"the store beside the activations")

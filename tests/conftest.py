@@ -108,6 +108,22 @@ def digits_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def random_scenes_checkpoint(tmp_path_factory):
+    """``make(seed=, image_size=)`` → the path of a new tiny untrained scenes CNN checkpoint (random weights suffice for
+    equality and plumbing). Its 12 classes are named by index, as the dataset-vs-model class check takes any dataset's
+    names to be when the model's are indices."""
+    def make(*, seed: int, image_size: int = 32) -> Path:
+        from interp_ray.testing.specimens import SCENES_OPTS, save_random_classifier
+
+        path = tmp_path_factory.mktemp("ckpt") / "scenes_cnn"
+        save_random_classifier(path, "scenes_cnn", {**SCENES_OPTS, "image_size": image_size},
+                               [str(i) for i in range(12)], None, seed=seed)
+        return path
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def s3_server():
     """moto's S3 server on a free 127.0.0.1 port for the whole session (started only when a test asks)."""
     from moto_s3 import moto_server

@@ -8,7 +8,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from interp_ray.checkpoint import load_classifier
-from interp_ray.testing.specimens import SCENES_OPTS, save_random_classifier
 from interp_ray.data.scenes import load_scenes
 from interp_ray.errors import UserError
 from interp_ray.explainers import get_explainer
@@ -26,12 +25,8 @@ GFI_FAST = {"stage1_iterations": 1, "stage2_iterations": 1}
 
 
 @pytest.fixture(scope="module")
-def scenes_checkpoint(tmp_path_factory):
-    """A tiny untrained scenes CNN on 32×32 scenes (random weights suffice for equality and plumbing)."""
-    path = tmp_path_factory.mktemp("ckpt") / "scenes_cnn"
-    save_random_classifier(path, "scenes_cnn", {**SCENES_OPTS, "image_size": SIZE}, [str(i) for i in range(12)],
-                           None, seed=0)  # scenes: by index
-    return path
+def scenes_checkpoint(random_scenes_checkpoint):
+    return random_scenes_checkpoint(seed=0, image_size=SIZE)
 
 
 def methods_yaml(*methods: tuple[str, dict]) -> str:

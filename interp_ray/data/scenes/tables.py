@@ -36,20 +36,24 @@ ATTRIBUTE_VOCAB: dict[str, str] = {v: kind for kind, values in ATTRIBUTE_VALUES.
 # Class name → attribute values; the class index is the position in this table (keep the order stable).
 # Designed so that pairs differ in exactly one kind (colour: 0-1, 3-5, 6-8; pattern: 0-2, 6-7, 9-11;
 # size: 3-4, 9-10) and so that the discriminative set of every class is sufficient (see module docstring).
+# One class a row: its name, then its value of each kind in ATTRIBUTE_KINDS order (columns two spaces apart).
+_CLASS_TABLE = """
+alder warbler   circle    red     striped  large
+brook warbler   circle    blue    striped  large
+cedar warbler   circle    red     dotted   large
+dune finch      square    green   solid    small
+elm finch       square    green   solid    large
+fen finch       square    yellow  solid    small
+gorse tern      triangle  yellow  striped  small
+heath tern      triangle  yellow  dotted   small
+iris tern       triangle  red     striped  small
+juniper shrike  cross     blue    dotted   large
+kelp shrike     cross     blue    dotted   small
+larch shrike    cross     blue    solid    large
+"""
 CLASSES: dict[str, dict[str, str]] = {
-    "alder warbler": {"shape": "circle", "colour": "red", "pattern": "striped", "size": "large"},
-    "brook warbler": {"shape": "circle", "colour": "blue", "pattern": "striped", "size": "large"},
-    "cedar warbler": {"shape": "circle", "colour": "red", "pattern": "dotted", "size": "large"},
-    "dune finch": {"shape": "square", "colour": "green", "pattern": "solid", "size": "small"},
-    "elm finch": {"shape": "square", "colour": "green", "pattern": "solid", "size": "large"},
-    "fen finch": {"shape": "square", "colour": "yellow", "pattern": "solid", "size": "small"},
-    "gorse tern": {"shape": "triangle", "colour": "yellow", "pattern": "striped", "size": "small"},
-    "heath tern": {"shape": "triangle", "colour": "yellow", "pattern": "dotted", "size": "small"},
-    "iris tern": {"shape": "triangle", "colour": "red", "pattern": "striped", "size": "small"},
-    "juniper shrike": {"shape": "cross", "colour": "blue", "pattern": "dotted", "size": "large"},
-    "kelp shrike": {"shape": "cross", "colour": "blue", "pattern": "dotted", "size": "small"},
-    "larch shrike": {"shape": "cross", "colour": "blue", "pattern": "solid", "size": "large"},
-}
+    name: dict(zip(ATTRIBUTE_KINDS, values, strict=True))
+    for name, *values in (re.split(r"\s{2,}", row) for row in _CLASS_TABLE.strip().splitlines())}
 CLASS_NAMES: list[str] = list(CLASSES)
 NUM_CLASSES = len(CLASS_NAMES)
 

@@ -21,13 +21,28 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
-class DataConfig(Section):
-    name: str = "digits"
+class NamedSpec(Section):
+    """A name a registry must know (``check_name``: the name, or ValueError listing what is valid) and the options
+    that build it."""
+
+    name: str
     options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod
-    def _known_dataset(cls, v: str) -> str:
+    def _known_name(cls, v: str) -> str:
+        return cls.check_name(v)
+
+    @classmethod
+    def check_name(cls, v: str) -> str:
+        return v
+
+
+class DataConfig(NamedSpec):
+    name: str = "digits"
+
+    @classmethod
+    def check_name(cls, v: str) -> str:
         from interp_ray.data import dataset_names
 
         if v not in dataset_names():
@@ -35,13 +50,11 @@ class DataConfig(Section):
         return v
 
 
-class ModelConfig(Section):
+class ModelConfig(NamedSpec):
     name: str = "digits_cnn"
-    options: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("name")
     @classmethod
-    def _known_model(cls, v: str) -> str:
+    def check_name(cls, v: str) -> str:
         from interp_ray.models import check_spec
 
         try:  # a model spec: a registered name, torchvision:NAME, timm:NAME or module:callable

@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,38 +61,38 @@ def train_config(work: Path, bucket: str, size: int, args) -> dict[str, Any]:
 
 # --- one size, in a child process --------------------------------------------------------------------------------
 
-def child_extract(cfg_path: str) -> dict[str, Any]:
+def measured(cfg_path: str, config_class: type, step: Callable[[Any], Any]) -> tuple[Any, float, dict[str, float]]:
+    """``step(config)`` in this process with a Ray of its own, the config read from the JSON file: its result, its
+    wall seconds (after ``ray.init``) and the peak RSS of each process of the tree (driver; Ray's by title)."""
     from benchmarks.extract_resnet50 import ProcessPeaks
     from jobs.common import init_ray
-    from jobs.extract_activations import ExtractJobConfig, extract
 
-    cfg = ExtractJobConfig.model_validate(json.loads(Path(cfg_path).read_text()))
+    cfg = config_class.model_validate(json.loads(Path(cfg_path).read_text()))
     peaks = ProcessPeaks(os.getpid())
     peaks.start()
     init_ray(None)
     t0 = time.perf_counter()
-    (out,) = extract(cfg)
-    wall = time.perf_counter() - t0
+    out = step(cfg)
+    return out, time.perf_counter() - t0, peaks.stop()
+
+
+def child_extract(cfg_path: str) -> dict[str, Any]:
+    from jobs.extract_activations import ExtractJobConfig, extract
+
+    (out,), wall, peaks = measured(cfg_path, ExtractJobConfig, extract)
     return {"rows": out["rows"], "computed_rows": out["computed_rows"], "wall_s": wall,
             "rows_per_s": out["computed_rows"] / wall, "steady_rows_per_s": out["steady_rows_per_s"],
-            "location": out["location"], "peaks": peaks.stop()}
+            "location": out["location"], "peaks": peaks}
 
 
 def child_train(cfg_path: str) -> dict[str, Any]:
-    from benchmarks.extract_resnet50 import ProcessPeaks
     from interp_ray.explainers.interpnet.config import InterpNETTrainJob
-    from jobs.common import init_ray
     from jobs.train_explainer import train
 
-    job = InterpNETTrainJob.model_validate(json.loads(Path(cfg_path).read_text()))
-    peaks = ProcessPeaks(os.getpid())
-    peaks.start()
-    init_ray(None)
-    t0 = time.perf_counter()
-    out = train(job)
+    out, wall, peaks = measured(cfg_path, InterpNETTrainJob, train)
     (h,) = out["history"][-1:]
-    return {"rows": sum(h["rows_per_rank"]), "epoch_s": h["epoch_s"], "wall_s": time.perf_counter() - t0,
-            "rows_per_s": sum(h["rows_per_rank"]) / h["epoch_s"], "peaks": peaks.stop()}
+    return {"rows": sum(h["rows_per_rank"]), "epoch_s": h["epoch_s"], "wall_s": wall,
+            "rows_per_s": sum(h["rows_per_rank"]) / h["epoch_s"], "peaks": peaks}
 
 
 def listing(location: str) -> dict[str, Any]:

@@ -36,6 +36,8 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -223,6 +225,26 @@ def du(path: str) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
+
+@contextmanager
+def scratch_dir(workdir: str | None, prefix: str, *, keep: bool | None = None) -> Iterator[Path]:
+    """``workdir`` (created if missing) or a new temporary folder named ``prefix…``; removed when the block ends,
+    however it ends, unless ``keep`` (default: keep a folder the caller named, remove a temporary one)."""
+    work = Path(workdir or tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        yield work
+    finally:
+        if not (workdir is not None if keep is None else keep):
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def print_figures(figures: dict[str, object], digits: int) -> None:
+    """The figures as ``name: value`` lines: ratios to 3 decimals, other floats to ``digits``."""
+    for k, v in figures.items():
+        print(f"{k}: {v:.3f}" if isinstance(v, float) and k.startswith("ratio") else
+              f"{k}: {v:.{digits}f}" if isinstance(v, float) else f"{k}: {v}")
+
 # --- main --------------------------------------------------------------------------------------------------------
 
 def main() -> None:
@@ -238,28 +260,20 @@ def main() -> None:
     p.add_argument("--keep", action="store_true", help="keep the written store")
     p.add_argument("--workdir", default=None)
     args = p.parse_args()
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     # Ray starts its workers at nice 15 (so the raylet stays responsive). On a machine shared with other nice-0
     # work that alone starves the Ray side of a side-by-side comparison; both contenders run at nice 0 here.
-    os.environ.setdefault("RAY_worker_niceness", "0")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("ray").setLevel(logging.WARNING)  # keep the job's own progress lines readable
+    benchmark_env()
 
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="interp-ray-extract-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
-    checkpoint = args.checkpoint or random_checkpoint(work / "scenes_cnn", args.size)
-    print(f"rows: {args.rows}\nimage: 3x{args.size}x{args.size}\nlayers: {','.join(LAYERS)}\n"
-          f"batch_size: {args.batch_size}\nshard_rows: {args.shard_rows}\nactors: {args.actors}\n"
-          f"torch_threads: {args.threads}\ncpus: {os.cpu_count()}\n"
-          f"ray_worker_niceness: {os.environ['RAY_worker_niceness']}", flush=True)
-    try:
+    with scratch_dir(args.workdir, "interp-ray-extract-bench-", keep=args.keep) as work:
+        checkpoint = args.checkpoint or random_checkpoint(work / "scenes_cnn", args.size)
+        print(f"rows: {args.rows}\nimage: 3x{args.size}x{args.size}\nlayers: {','.join(LAYERS)}\n"
+              f"batch_size: {args.batch_size}\nshard_rows: {args.shard_rows}\nactors: {args.actors}\n"
+              f"torch_threads: {args.threads}\ncpus: {os.cpu_count()}\n"
+              f"ray_worker_niceness: {os.environ['RAY_worker_niceness']}", flush=True)
         if args.stream:
             stream(checkpoint, str(work / "store"), args)
         else:
             compare(checkpoint, str(work / "store"), args)
-    finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def steady_cpu_per_1000(sampler: TreeSampler, out: dict) -> float:

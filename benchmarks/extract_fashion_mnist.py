@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -114,21 +112,19 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=1, help="torch threads, both contenders (the actor has 1 CPU)")
     p.add_argument("--workdir", default=None)
     args = p.parse_args(argv)
-    from benchmarks.extract import TreeSampler, benchmark_env, du, start_ray
+    from benchmarks.extract import TreeSampler, benchmark_env, du, print_figures, scratch_dir, start_ray
 
     benchmark_env()  # both sides at nice 0
 
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="interp-ray-fmnist-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
-    layers = [s for s in args.layers.split(",") if s]
-    data = {**({"root": args.root} if args.root else {}),
-            **({"val_rows": args.val_rows} if args.val_rows else {})}
-    checkpoint = random_checkpoint(work / "flint_mnist") if args.random else os.path.abspath(args.checkpoint)
-    print(f"checkpoint: {'random flint_mnist' if args.random else checkpoint}\nlayers: {','.join(layers)}\n"
-          f"batch_size: {args.batch_size}\nshard_rows: {args.shard_rows}\ntorch_threads: {args.threads}\n"
-          f"cpus: {os.cpu_count()}\nload_average_at_start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
-          flush=True)
-    try:
+    with scratch_dir(args.workdir, "interp-ray-fmnist-bench-") as work:
+        layers = [s for s in args.layers.split(",") if s]
+        data = {**({"root": args.root} if args.root else {}),
+                **({"val_rows": args.val_rows} if args.val_rows else {})}
+        checkpoint = random_checkpoint(work / "flint_mnist") if args.random else os.path.abspath(args.checkpoint)
+        print(f"checkpoint: {'random flint_mnist' if args.random else checkpoint}\nlayers: {','.join(layers)}\n"
+              f"batch_size: {args.batch_size}\nshard_rows: {args.shard_rows}\ntorch_threads: {args.threads}\n"
+              f"cpus: {os.cpu_count()}\nload_average_at_start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+              flush=True)
         before = plain_loop(checkpoint, layers, data, args.batch_size, args.threads)
         print(f"plain_rows_per_s_before: {before['rows'] / before['wall_s']:.1f}", flush=True)
         import ray
@@ -152,14 +148,9 @@ def main(argv=None) -> dict:
             # one pipeline: every split's clock starts with it, and the splits' rows follow one another
             print(f"split_{o['split']}: {o['rows']} rows, first rows {o['startup_s'] or 0:.1f} s and last part "
                   f"{o['seconds']:.1f} s after the pipeline's start")
-        for k, v in figures.items():
-            print(f"{k}: {v:.3f}" if isinstance(v, float) and k.startswith("ratio") else
-                  f"{k}: {v:.1f}" if isinstance(v, float) else f"{k}: {v}")
+        print_figures(figures, digits=1)
         print(f"load_average_at_end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         return figures
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -309,14 +308,12 @@ def parse(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict[str, float]:
     args = parse(argv)
-    from benchmarks.extract import benchmark_env, start_ray
+    from benchmarks.extract import benchmark_env, print_figures, scratch_dir, start_ray
 
     benchmark_env()  # both sides at nice 0
 
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="interp-ray-resnet50-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
     figures: dict[str, float] = {}
-    try:
+    with scratch_dir(args.workdir, "interp-ray-resnet50-bench-") as work:
         folder = work / "jpegs"
         if not folder.is_dir() or sum(1 for _ in folder.rglob("*.jpg")) != args.n:
             shutil.rmtree(folder, ignore_errors=True)
@@ -370,9 +367,7 @@ def main(argv=None) -> dict[str, float]:
         figures["ratio_loop_cpu_over_store_cpu"] = figures["loop_cpu_ms_per_row"] / figures["store_cpu_ms_per_row"]
         figures["ratio_store_bytes_over_loop_bytes"] = figures["store_bytes_per_row"] / figures["loop_bytes_per_row"]
         figures["ratio_store_steady_over_bare"] = figures["store_steady_rows_per_s"] / figures["bare_steady_rows_per_s"]
-        for k, v in figures.items():
-            print(f"{k}: {v:.3f}" if k.startswith("ratio") else f"{k}: {v:.2f}" if isinstance(v, float) else
-                  f"{k}: {v}")
+        print_figures(figures, digits=2)
         for side, got in (("loop", loop_peaks), ("store", store_peaks)):
             for title, mib in sorted(got.items(), key=lambda kv: -kv[1]):
                 print(f"{side}_peak_rss_mib[{title}]: {mib:.0f}")
@@ -380,9 +375,6 @@ def main(argv=None) -> dict[str, float]:
         figures["loop_peak_rss_mib"] = loop_peaks["sum_of_process_peaks"]
         figures["store_peak_rss_mib"] = store_peaks["sum_of_process_peaks"]
         return figures
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

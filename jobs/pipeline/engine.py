@@ -212,6 +212,12 @@ class Context:
         fixed.update({k.replace("__", "."): v for k, v in forced.items()})
         return ref, ref.load(cls, smoke=self.smoke, forced=fixed)
 
+    def learned_job(self, cfg: "PipelineConfig", cls: type[C], *, output: str = "output") -> C:
+        """The running entry's ``jobs.train_explainer`` config (a ``LearnedJobConfig``): the paths go to the keys
+        every such config has; ``output`` names the key of the entry's output directory."""
+        return self.job(cfg, cls, checkpoint="source.checkpoint", store="source.store.root", output=output,
+                        runs="run.storage_path")[1]
+
     def checkpoint(self, key: str) -> str:
         if key not in self.checkpoints:
             raise UserError(f"no classifier {key!r} was trained in this run; classifiers: "

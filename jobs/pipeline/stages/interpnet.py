@@ -16,8 +16,7 @@ def run_interpnet(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
     from interp_ray.explainers.interpnet.config import InterpNETTrainJob
     from jobs.evaluate import evaluate, format_table
 
-    _, job = ctx.job(cfg, InterpNETTrainJob, checkpoint="source.checkpoint", store="source.store.root",
-                     output="evaluate.output_dir", runs="run.storage_path")
+    job = ctx.learned_job(cfg, InterpNETTrainJob, output="evaluate.output_dir")
     t0 = progress(f"InterpNET on {job.source.data.name} ({', '.join(job.evaluate.variants)}): activations into the "
                   f"store, training on Ray Train from it, then scoring with pycocoevalcap")
     r = evaluate(job)

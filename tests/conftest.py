@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
-import tempfile
 from pathlib import Path
 
 import pytest
+from machine_lock import MACHINE_LOCK
 from ray_head import free_ports
 from torch_settings import torch_threads
 
@@ -28,23 +27,22 @@ TEST_RAY_CPUS = 4
 
 @pytest.fixture(scope="session")
 def ray_session(tmp_path_factory):
-    """Start the session's local Ray once. Sessions on the same machine queue on a lock so their ports never clash."""
+    """Start the session's local Ray once. Sessions on the same machine queue on a lock (tests/machine_lock.py) so
+    their ports never clash; the session holds it until its end."""
     import ray
 
-    lock = open(Path(tempfile.gettempdir()) / "interp-ray-tests.lock", "w")
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    try:
-        # A dashboard of its own, on a free port: Ray Train V2's placement-group cleaner polls the State API (which
-        # lives in the dashboard) to see whether the run's controller is alive. Without one, its queries went to
-        # the default 127.0.0.1:8265, and when another Ray's dashboard answered there (a job run by hand beside the
-        # suite) it reported the controller unknown, hence dead, and removed a running test's placement group.
-        ray.init(num_cpus=TEST_RAY_CPUS, include_dashboard=True, dashboard_host="127.0.0.1",
-                 dashboard_port=free_ports(1)[0], object_store_memory=1_000_000_000, log_to_driver=False)
-        yield ray
-    finally:
-        ray.shutdown()
-        fcntl.flock(lock, fcntl.LOCK_UN)
-        lock.close()
+    with MACHINE_LOCK:
+        try:
+            # A dashboard of its own, on a free port: Ray Train V2's placement-group cleaner polls the State API
+            # (which lives in the dashboard) to see whether the run's controller is alive. Without one, its queries
+            # went to the default 127.0.0.1:8265, and when another Ray's dashboard answered there (a job run by hand
+            # beside the suite) it reported the controller unknown, hence dead, and removed a running test's
+            # placement group.
+            ray.init(num_cpus=TEST_RAY_CPUS, include_dashboard=True, dashboard_host="127.0.0.1",
+                     dashboard_port=free_ports(1)[0], object_store_memory=1_000_000_000, log_to_driver=False)
+            yield ray
+        finally:
+            ray.shutdown()
 
 
 def pytest_addoption(parser):
@@ -81,6 +79,14 @@ def ray_worker_torch_threads():
     """One torch thread for a module whose tests compare in-process results with Ray workers' (Ray sets a worker's
     OMP_NUM_THREADS to its CPU count, 1 in these tests): float32 sums, and so the last bits, depend on the count."""
     with torch_threads(1):
+        yield
+
+
+@pytest.fixture
+def machine_lock():
+    """The machine-wide test lock, for a test whose own subprocesses start Ray clusters: taken for the test, unless
+    this session holds it already (its ``ray_session``, started by an earlier test), whose hold then covers it."""
+    with MACHINE_LOCK:
         yield
 
 

@@ -1,24 +1,9 @@
 """benchmarks/store_scale.py at tiny sizes: two sizes into moto's S3 with one training epoch each, and the kill -9 run
 at a third whose rerun leaves every row present exactly once."""
 
-import fcntl
-import tempfile
-from pathlib import Path
-
 import pytest
 
 from benchmarks.store_scale import main
-
-
-@pytest.fixture
-def machine_lock():
-    """The test sessions' machine-wide lock (tests/conftest.py): this test's drivers start their own Ray clusters."""
-    with open(Path(tempfile.gettempdir()) / "interp-ray-tests.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @pytest.mark.ray

@@ -70,20 +70,14 @@ def read_stores(stores: Mapping[str, str]) -> dict[str, StoredMasks]:
 
 
 def dataset_of(store: SaliencyStore):
-    """The dataset split the store was computed over, checked against its recorded description."""
-    from interp_ray.data import load_dataset
-    from interp_ray.data.select import align_classes
+    """The dataset split the store was computed over, as its job loaded it, checked against its recorded
+    description."""
+    from interp_ray.data import load_as_explained
     from interp_ray.jsonsafe import json_round_trip
 
     ident = store.manifest.identity
     data = ident.get("data") or {}
-    ds = load_dataset(data["name"], ident["split"], **data.get("options", {}))
-    if data.get("rows") is not None:  # the job explained the split's first rows only (its `rows:`)
-        from interp_ray.data.base import HeadDataset
-
-        ds = HeadDataset(ds, int(data["rows"]))
-    # numbered as the model's classes, as the job that made the store numbered them (head first, as the job did)
-    ds = align_classes(ds, store.manifest.class_names, what=f"{data['name']}/{ident['split']}")
+    ds = load_as_explained(data, ident["split"], store.manifest.class_names)
     if json_round_trip(ds.describe()) != ident["dataset"]:
         raise UserError(f"{data['name']}/{ident['split']} no longer matches what store {store.key} was computed "
                         f"over (its description changed); recompute the store")

@@ -34,9 +34,8 @@ from pydantic import Field, field_validator, model_validator
 
 from interp_ray.checkpoint import load_classifier
 from interp_ray.config import DataConfig, Section, load_config
-from interp_ray.data import load_dataset
-from interp_ray.data.select import align_classes
-from interp_ray.data.base import HeadDataset, ImageDataset
+from interp_ray.data import load_as_explained
+from interp_ray.data.base import ImageDataset
 from interp_ray.errors import UserError
 from interp_ray.explain_rows import (TARGET_RULES, ExplanationMapper, MethodChoice, check_method, constant_info,
                                      scalar_extras)
@@ -154,14 +153,8 @@ def head_rows(cfg: ExplainDatasetConfig, split: str) -> int | None:
     return cfg.rows if split == cfg.split else None
 
 
-def split_dataset(cfg: ExplainDatasetConfig, split: str) -> ImageDataset:
-    ds = load_dataset(cfg.data.name, split, **cfg.data_options(split))
-    rows = head_rows(cfg, split)
-    return HeadDataset(ds, rows) if rows is not None else ds
-
-
 def data_identity(cfg: ExplainDatasetConfig, split: str) -> dict[str, Any]:
-    """How to load the store's rows again (``interp_ray.saliency_report.dataset_of``): loader, options and, for a
+    """How to load the store's rows again (``interp_ray.data.load_as_explained``): loader, options and, for a
     head of the split, its row count (absent otherwise, so the keys of whole-split stores do not change)."""
     rows = head_rows(cfg, split)
     return {"name": cfg.data.name, "options": cfg.data_options(split), **({"rows": rows} if rows is not None else {})}
@@ -191,7 +184,9 @@ def make_plans(cfg: ExplainDatasetConfig) -> list[StorePlan]:
     from a dry run on the driver when a store is still to be made (which also checks its options and layers)."""
     choices = check_methods(cfg)
     checkpoint = absolute(cfg.checkpoint)
-    datasets = {s: split_dataset(cfg, s) for s in cfg.splits()}
+    loaded = load_classifier(checkpoint)
+    # numbered as the model's classes, loaded as the saliency report will load them again from the store's record
+    datasets = {s: load_as_explained(data_identity(cfg, s), s, loaded.class_names) for s in cfg.splits()}
     for split, ds in datasets.items():
         if len(ds) == 0:
             raise UserError(f"{cfg.data.name}/{split} has no rows")
@@ -201,10 +196,7 @@ def make_plans(cfg: ExplainDatasetConfig) -> list[StorePlan]:
         log.info("%s has no boxes: no α tuning, pointing game or localisation error; deletion/insertion only",
                  cfg.data.name)
         datasets = {cfg.split: datasets[cfg.split]}
-    loaded = load_classifier(checkpoint)
     model_name = loaded.config["model"]["name"]
-    datasets = {split: align_classes(ds, loaded.class_names, what=f"{cfg.data.name}/{split}")
-                for split, ds in datasets.items()}
     plans = []
     for choice in choices:
         schema: tuple[dict[str, Any], dict[str, str], dict] | None = None

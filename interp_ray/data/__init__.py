@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from typing import Any
+from typing import Any, Mapping, Sequence
 
-from interp_ray.data.base import ArrayDataset, ImageDataset
+from interp_ray.data.base import ArrayDataset, HeadDataset, ImageDataset
 from interp_ray.errors import UnknownNameError, UserError
 
 # name -> "module:function"; each function takes (split, **options) and returns an ImageDataset.
@@ -54,4 +54,19 @@ def load_dataset(name: str, split: str = "train", **options: Any) -> ImageDatase
     return apply_subset(dataset, subset)
 
 
-__all__ = ["ArrayDataset", "ImageDataset", "LOADERS", "dataset_names", "get_loader", "load_dataset"]
+def load_as_explained(data: Mapping[str, Any], split: str, class_names: Sequence[str]) -> ImageDataset:
+    """The split an explanation job explained, as that job loaded it, from its record of it (``data``: ``name``,
+    ``options`` and, when it explained only the split's head, ``rows``) and the model's ``class_names``: loaded, cut
+    to its first ``rows``, then numbered as the model's classes. The head comes first, so the rows are the split's
+    first ones whatever the numbering; the job and whoever reads its store again (the saliency report) share this,
+    so they cannot drift apart."""
+    from interp_ray.data.select import align_classes
+
+    ds = load_dataset(data["name"], split, **data.get("options", {}))
+    if data.get("rows") is not None:
+        ds = HeadDataset(ds, int(data["rows"]))
+    return align_classes(ds, class_names, what=f"{data['name']}/{split}")
+
+
+__all__ = ["ArrayDataset", "ImageDataset", "LOADERS", "dataset_names", "get_loader", "load_as_explained",
+           "load_dataset"]

@@ -17,7 +17,7 @@ import dataclasses
 import math
 import os
 import re
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 Verdict = Literal["met", "not met", "not tested"]
 # Where a claim is measured: in this run; only by the reproduction job (jobs/reproduce → REPRODUCTION); nowhere here.
@@ -115,9 +115,11 @@ def claim(name: str, statement: str, paper: str, stage: str | None = None, scope
     return deco
 
 
-def evaluate_claims(stages: Stages, kinds: dict[str, str] | None = None) -> list[ClaimRow]:
-    """Every claim's rows; ``kinds`` maps an entry of ``stages`` to its stage (default: the entry's own name)."""
-    return [row for c in CLAIMS for row in c.rows(stages, kinds)]
+def evaluate_claims(stages: Stages, kinds: dict[str, str] | None = None,
+                    extra: Sequence[Claim] = ()) -> list[ClaimRow]:
+    """Every claim's rows, then ``extra``'s (a plug-in stage's claims); ``kinds`` maps an entry of ``stages`` to its
+    stage (default: the entry's own name)."""
+    return [row for c in [*CLAIMS, *extra] for row in c.rows(stages, kinds)]
 
 
 def row_counts(rows: list[ClaimRow]) -> dict[str, int]:

@@ -8,6 +8,9 @@ overrides on top (``set:``, and ``smoke:`` with ``--smoke``), so ``python -m job
 pipeline stage run the same thing. Stages run in order and print their progress; a stage that needs a classifier
 names it (``classifier: scenes``) and gets the checkpoint the classifiers stage wrote. The report (``report.md``,
 with its tables and PNG pictures, and ``results.json``) lands in ``output_dir``, local or s3:// / gs://.
+
+A stage defined outside this package (a plug-in method's) is named by the config that runs it: ``stages:
+[my_package.stage:STAGE]``, ``module:attr`` of a ``Stage`` object (see ``plugin_stage``).
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from interp_ray.checkpoint import is_remote, join_uri, upload_dir
-from interp_ray.claims import (REPRODUCTION, evaluate_claims, evaluate_goals, markdown_claims, markdown_goals,
+from interp_ray.claims import (REPRODUCTION, Claim, evaluate_claims, evaluate_goals, markdown_claims, markdown_goals,
                                reproduction_link_from)
 from interp_ray.config import (ClassifierJobConfig, Section, deep_merge, load_config, parse_overrides, read_yaml,
                                validate)
@@ -82,7 +85,9 @@ class Stage:
     report lines. ``job`` ("module:Class") is its job's config class, imported only when needed (the job modules
     import torch and Ray); ``default`` is its entry when the pipeline config has none (``StageRef`` when it explains
     a classifier; None for the classifiers stage, whose entries are the config's ``classifiers``). Stages run by
-    ``order``, then in the order they registered (the scan imports the stage modules by name)."""
+    ``order``, then in the order they registered (the scan imports the stage modules by name). ``claims``: the
+    paper-claim rows its results feed, for a stage defined outside the project (the project's own stages' rows are
+    in ``interp_ray.claims``, in PAPERS.md's order)."""
 
     name: str
     run: Callable[["PipelineConfig", "Context"], dict[str, Any]]
@@ -90,10 +95,11 @@ class Stage:
     default: JobRef | None = None
     report: Callable[[dict[str, Any], Path], list[str]] | None = None
     order: int = 100
+    claims: Sequence[Claim] = ()
 
 
-# name → stage, in run order. The scan of STAGES_PACKAGE fills it; a stage defined anywhere else (a plug-in, a test)
-# joins with @pipeline_stage and @reports after it.
+# name → stage, in run order. The scan of STAGES_PACKAGE fills it; a stage defined anywhere else joins the runs whose
+# config names it (``stages:``, see plugin_stage), not this registry.
 PIPELINE_STAGES: dict[str, Stage] = {}
 _scanned = False
 
@@ -138,18 +144,66 @@ def stage_names() -> list[str]:
     return list(load_stages())
 
 
+def plugin_stage(spec: str) -> Stage:
+    """The ``Stage`` that ``spec`` (``module:attr``) names: a stage defined outside this package, a plug-in method's.
+
+    Why a config entry (``stages: [module:attr]``) and not an entry-point group, as explainers have: a registered
+    stage runs in every pipeline run by default (with its default config), while a registered method costs nothing
+    until asked for. So a stage joins the runs whose config names it, the way Ray Serve's config names its app
+    (``import_path: module:app``) and a stage names its job's config class (``job: module:Class``): nothing to
+    install, and ``ray job submit --runtime-env-json '{"py_modules": [...]}'`` ships the module with the job. The
+    module is imported on the driver, where stages run; naming the object instead of relying on decorators run at
+    import keeps the import free of side effects (importing it twice registers nothing twice)."""
+    module, sep, attr = spec.partition(":")
+    if not (sep and module and attr):
+        raise ValueError(f"stages: {spec!r} is not module:attr (the Stage object of a plug-in stage)")
+    try:
+        found = getattr(importlib.import_module(module), attr)
+    except ImportError as e:
+        raise ValueError(f"stages: cannot import {module!r} for {spec!r} ({e}); is it on PYTHONPATH?") from None
+    except AttributeError:
+        raise ValueError(f"stages: module {module!r} has no {attr!r}") from None
+    if not isinstance(found, Stage):
+        raise ValueError(f"stages: {spec!r} is a {type(found).__name__}, not a jobs.pipeline.Stage")
+    return found
+
+
+def with_plugins(registry: dict[str, Stage], specs: Sequence[str]) -> dict[str, Stage]:
+    """``registry`` plus the plug-in stages ``specs`` name, in run order (``order``, then the registry's, then the
+    list's)."""
+    out = dict(registry)
+    for spec in specs:
+        stage = plugin_stage(spec)
+        if stage.name in out and out[stage.name] is not stage:
+            raise ValueError(f"stages: {spec!r} is stage {stage.name!r}, a name already taken")
+        out[stage.name] = stage
+    return dict(sorted(out.items(), key=lambda kv: kv[1].order))   # stable: ties keep their order
+
+
 class PipelineConfig(Section):
-    """``output_dir``, the ``classifiers`` and one entry per registered stage (top-level keys of the YAML file); a
-    stage the file does not mention runs with its registered default."""
+    """``output_dir``, the ``classifiers``, the plug-in ``stages`` (``module:attr`` each) and one entry per stage
+    (top-level keys of the YAML file); a stage the file does not mention runs with its default."""
 
     model_config = ConfigDict(extra="allow", protected_namespaces=())
 
     output_dir: str = "outputs/pipeline"
     classifiers: dict[str, JobRef] = Field(default_factory=_default_classifiers)
+    stages: list[str] = Field(default_factory=list)
+
+    @field_validator("stages")
+    @classmethod
+    def _plugins_load(cls, specs: list[str]) -> list[str]:
+        with_plugins(load_stages(), specs)   # a name that does not import fails here, with its field
+        return specs
+
+    def registry(self) -> dict[str, Stage]:
+        """The stages this config runs from: the package's, then its plug-ins (``stages``), in run order (read each
+        time: the registry is the live one, as a test that swaps it expects)."""
+        return with_plugins(load_stages(), self.stages)
 
     @model_validator(mode="after")
     def _stages(self) -> "PipelineConfig":
-        registry = load_stages()
+        registry = self.registry()
         extra = dict(self.__pydantic_extra__ or {})
         kinds = {name: _entry_stage(name, given) for name, given in extra.items()}
         unknown = sorted(name for name, kind in kinds.items() if kind not in registry or kind == "classifiers")
@@ -249,11 +303,13 @@ def rel_path(path: str, root: Path) -> str:
 
 def write_report(local: Path, results: dict[str, Any], seconds: float, smoke: bool,
                  reused: Sequence[str] = (), kinds: dict[str, str] | None = None,
-                 reproduction_link: str | None = None) -> Path:
+                 reproduction_link: str | None = None, stages: dict[str, Stage] | None = None) -> Path:
     """``kinds``: entry → the stage that ran it (default: each entry is its own stage). ``reproduction_link``: how
     the claims table links the reproduction job's report (default: relative from ``local`` to the repository's
-    copy, the working directory being the repository's root as for every config path)."""
+    copy, the working directory being the repository's root as for every config path). ``stages``: the stages that
+    ran (``PipelineConfig.registry()``; default: the package's)."""
     kinds = {name: (kinds or {}).get(name, name) for name in results}
+    stages = stages if stages is not None else load_stages()
     size = "smoke (tiny budgets: plumbing, not numbers)" if smoke else "full"
     per_stage = ", ".join(f"{name} {stage_seconds(r):.0f} s" + (" in an earlier run" if name in reused else "")
                           for name, r in results.items())
@@ -261,8 +317,8 @@ def write_report(local: Path, results: dict[str, Any], seconds: float, smoke: bo
     lines = ["# interp-ray pipeline report", "",
              f"Size: {size}. Run time: {total:.0f} s ({per_stage}).", ""]
     for name, r in results.items():
-        lines += load_stages()[kinds[name]].report(r, local) + [""]
-    claims = evaluate_claims(results, kinds)
+        lines += stages[kinds[name]].report(r, local) + [""]
+    claims = evaluate_claims(results, kinds, [c for st in stages.values() for c in st.claims])
     goals = evaluate_goals(results, kinds)
     lines += markdown_claims(claims, reproduction_link or reproduction_link_from(local)) + [""]
     if goals:
@@ -284,8 +340,8 @@ def stage_seconds(r: dict[str, Any]) -> float:
 
 # --- driver --------------------------------------------------------------------------------------------------------
 
-def job_class(kind: str) -> type[BaseModel]:
-    module, cls = load_stages()[kind].job.split(":")
+def job_class(cfg: PipelineConfig, kind: str) -> type[BaseModel]:
+    module, cls = cfg.registry()[kind].job.split(":")
     return getattr(importlib.import_module(module), cls)
 
 
@@ -293,7 +349,7 @@ def entry_job(cfg: PipelineConfig, name: str, smoke: bool) -> BaseModel:
     """Entry ``name``'s job config before the run: what a classifier's checkpoint will set is a placeholder."""
     ref = cfg.ref(name)
     placeholder = f"<checkpoint of classifier {getattr(ref, 'classifier', None)}>"
-    return ref.load(job_class(cfg.kind(name)), smoke=smoke,
+    return ref.load(job_class(cfg, cfg.kind(name)), smoke=smoke,
                     forced=ref.classifier_overrides(placeholder, smoke=smoke))
 
 
@@ -390,7 +446,7 @@ def run_stages(cfg: PipelineConfig, ctx: Context, stages: Sequence[str], *, fres
             reused.append(name)
         else:
             ctx.stage = name
-            results[name] = load_stages()[cfg.kind(name)].run(cfg, ctx)
+            results[name] = cfg.registry()[cfg.kind(name)].run(cfg, ctx)
             save_stage(ctx.local, name, key, results[name])
         ctx.results[name] = results[name]
         if name == "classifiers":
@@ -412,7 +468,7 @@ def run(cfg: PipelineConfig, *, smoke: bool = False, only: Sequence[str] | None 
         ctx = Context(out, local, smoke)
         results, reused = run_stages(cfg, ctx, stages, fresh=fresh)
         report = write_report(local, results, time.perf_counter() - t0, smoke, reused,
-                              kinds={name: cfg.kind(name) for name in results},
+                              kinds={name: cfg.kind(name) for name in results}, stages=cfg.registry(),
                               # uploaded, the report has no repository beside it: name the file instead
                               reproduction_link=REPRODUCTION if is_remote(out) else None)
         if is_remote(out):

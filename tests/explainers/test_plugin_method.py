@@ -1,24 +1,28 @@
 """Adding a method is one class (plus its config): a method defined and registered here, in the test module, and
 nowhere else, is explained in-process, through the CLI, through the HTTP API and through Ray Data (on workers
 that never import it), passes the conformance suite by one import (``interp_ray.testing.conformance``), and runs as
-a stage of the main job (registered here with its own YAML config) — with no edit to any other file (no module
-list, no table of methods or stages, no constructor convention to teach). A learned plug-in provides its own
+a stage of the main job (a Stage object here, with its own YAML file beside this one, found by the engine because the
+pipeline config names it) — with no edit to any other file (no module list, no table of methods or stages, no
+constructor convention to teach). A learned plug-in provides its own
 specimen, and the suite fails a plug-in that breaks a clause. What the consumers show of it is what it declares: the
 CLI prints its ``summary`` and writes its ``draw`` (with its ``Drawing`` parameters), serving draws the same picture
 and flags it ``slow``."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
+from interp_ray.claims import Claim, Finding
 from interp_ray.explainers import Explainer, Explanation
 from interp_ray.explainers.base import EXPLAINERS
 from interp_ray.testing.conformance import (Built, ConformanceSuite, Workshop, check_bad_input, check_batch_invariance,
                                             check_determinism, check_ray_data, explain_through_ray_data)
+from jobs.pipeline import JobRef, Stage
 
 
 class StrongestUnitsParams(BaseModel):
@@ -300,6 +304,10 @@ def test_the_plugin_runs_on_ray_data_workers_that_never_imported_it(plugin, ray_
 
 
 # --------------------------------------------------------------------------- and a stage of the main job
+# The plug-in's stage, defined here and not in jobs/: its job config, run body, report section and claim, gathered in
+# one Stage object that a pipeline config names (``stages: [test_plugin_method:STRONGEST_UNITS_STAGE]``).
+
+STRONGEST_UNITS_CONFIG = Path(__file__).with_name("plugin_strongest_units.yaml")   # the stage's own YAML file
 
 
 class StrongestUnitsJob(BaseModel):
@@ -307,45 +315,79 @@ class StrongestUnitsJob(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    images: int = Field(4, ge=1)
+    checkpoint: str                    # the classifier it explains
+    images: int = Field(4, ge=1)       # the first digits test images
     top: int = Field(2, ge=1)
 
 
-def test_the_plugin_runs_as_a_stage_of_the_main_job(plugin, tmp_path, monkeypatch):
-    import yaml
+def run_strongest_units(cfg, ctx) -> dict:
+    from interp_ray.checkpoint import load_classifier
+    from interp_ray.data import load_dataset
+    from interp_ray.session import ExplainSession
 
-    from jobs.pipeline import engine as pipeline
+    _, job = ctx.job(cfg, StrongestUnitsJob)
+    images = load_dataset("digits", "test").get_batch(np.arange(job.images))["image"]
+    got = ExplainSession.build(StrongestUnits.name, load_classifier(job.checkpoint)).explain(images,
+                                                                                           params={"top": job.top})
+    return {"top": job.top, "rows": [{"label": e.label, "units": list(e.attributes)} for e in got], "seconds": 0.0}
 
-    def run(cfg, ctx):
-        from interp_ray.checkpoint import load_classifier
-        from interp_ray.session import ExplainSession
 
-        ref = cfg.ref(StrongestUnits.name)
-        job = ref.load(StrongestUnitsJob, smoke=ctx.smoke)
-        session = ExplainSession.build(StrongestUnits.name, load_classifier(ctx.checkpoint(ref.classifier)))
-        got = session.explain(plugin.images[:job.images], params={"top": job.top})
-        return {"rows": [{"label": e.label, "units": list(e.attributes)} for e in got], "seconds": 0.0}
+def report_strongest_units(result: dict, root: Path) -> list[str]:
+    return ["## Strongest units", ""] + [f"- class {r['label']}: {', '.join(r['units'])}" for r in result["rows"]]
 
-    def report(result, root):
-        return ["## Strongest units", ""] + [f"- class {r['label']}: {', '.join(r['units'])}" for r in result["rows"]]
 
-    monkeypatch.setattr(pipeline, "PIPELINE_STAGES", dict(pipeline.load_stages()))  # the scanned ones, then ours
-    config = tmp_path / "strongest_units.yaml"
-    config.write_text(yaml.safe_dump({"images": 3, "top": 2}))
-    pipeline.pipeline_stage(StrongestUnits.name, job="test_plugin_method:StrongestUnitsJob",
-                            default=pipeline.StageRef(config=str(config), classifier="digits"))(run)
-    pipeline.reports(StrongestUnits.name)(report)
+def units_as_asked(result: dict) -> Finding:
+    counts = sorted({len(set(r["units"])) for r in result["rows"]})
+    return Finding(f"{', '.join(map(str, counts))} distinct units an image", "digits",
+                   "met" if counts == [result["top"]] else "not met",
+                   f"every explanation names top = {result['top']} distinct units")
 
-    cfg = pipeline.PipelineConfig.model_validate({"output_dir": str(tmp_path / "out"),
-                                                  StrongestUnits.name: {"config": str(config), "classifier": "digits",
-                                                                        "set": {"top": 3}}})
-    assert StrongestUnits.name in pipeline.selected_stages(cfg, None)
-    ctx = pipeline.Context(str(tmp_path / "out"), tmp_path / "out", smoke=False)
-    ctx.checkpoints["digits"] = str(plugin.classifier_path)
-    results, reused = pipeline.run_stages(cfg, ctx, [StrongestUnits.name], fresh=True)
-    rows = results[StrongestUnits.name]["rows"]
-    assert len(rows) == 3 and all(len(r["units"]) == 3 for r in rows) and not reused  # file, then the set: top 3
-    want = plugin.session.explain(plugin.images[:3], params={"top": 3})
-    assert [r["label"] for r in rows] == [e.label for e in want]
-    report = pipeline.write_report(tmp_path / "out", results, 1.0, smoke=False).read_text()
-    assert "## Strongest units" in report and f"- class {want[0].label}: {', '.join(want[0].attributes)}" in report
+
+STRONGEST_UNITS_STAGE = Stage(StrongestUnits.name, run_strongest_units, job=f"{__name__}:StrongestUnitsJob",
+                              default=JobRef(config=str(STRONGEST_UNITS_CONFIG)), report=report_strongest_units,
+                              claims=(Claim("Strongest units 1", "each explanation names `top` distinct units", "—",
+                                            StrongestUnits.name, units_as_asked),))
+
+
+def test_the_plugin_stage_is_found_by_the_config_and_runs_in_a_pipeline_run(plugin, tmp_path):
+    """The engine's scan takes the stage the config names; ``run`` checks, runs and reports it as it does its own
+    stages, with its report section and its claim row in report.md and results.json. A config that does not name it
+    has no such stage: naming it adds it to that run only."""
+    import json
+
+    from jobs.pipeline import PipelineConfig, load_stages, run, selected_stages
+
+    out = tmp_path / "out"
+    cfg = PipelineConfig.model_validate({
+        "output_dir": str(out), "stages": [f"{__name__}:STRONGEST_UNITS_STAGE"],
+        StrongestUnits.name: {"config": str(STRONGEST_UNITS_CONFIG),
+                              "set": {"checkpoint": str(plugin.classifier_path), "top": 3}}})
+    assert list(cfg.registry())[-1] == StrongestUnits.name and StrongestUnits.name in selected_stages(cfg, None)
+    assert StrongestUnits.name not in load_stages() and StrongestUnits.name not in PipelineConfig().registry()
+
+    report = Path(run(cfg, only=[StrongestUnits.name])).read_text()
+    want = plugin.session.explain(plugin.images[:3], params={"top": 3})   # the file's 3 images, the entry's top 3
+    assert "## Strongest units" in report
+    for e in want:
+        assert f"- class {e.label}: {', '.join(e.attributes)}" in report
+    results = json.loads((out / "results.json").read_text())
+    assert results["kinds"] == {StrongestUnits.name: StrongestUnits.name}
+    (row,) = [c for c in results["claims"] if c["claim"] == "Strongest units 1"]
+    assert row["verdict"] == "met" and row["ours"] == "3 distinct units an image"
+    assert "| Strongest units 1 | each explanation names `top` distinct units | — | 3 distinct units an image |" \
+           in report
+
+
+def test_a_stage_name_that_is_not_a_stage_is_one_line_naming_the_field(tmp_path):
+    from interp_ray.config import load_config
+    from interp_ray.errors import UserError
+    from jobs.pipeline import PipelineConfig
+
+    for spec, says in ((f"{__name__}:StrongestUnitsJob", "not a jobs.pipeline.Stage"),
+                       (f"{__name__}:NO_SUCH_STAGE", "has no 'NO_SUCH_STAGE'"),
+                       ("no_such_module_here:STAGE", "cannot import"), ("just_a_module", "not module:attr")):
+        path = tmp_path / "pipeline.yaml"
+        path.write_text(f"stages: [{spec!r}]\n")
+        with pytest.raises(UserError, match="stages") as e:
+            load_config(PipelineConfig, str(path))
+        assert says in str(e.value) and "\n" not in str(e.value), str(e.value)

@@ -5,8 +5,9 @@ import re
 
 import pytest
 
-from interp_ray.claims import (CLAIMS, REPRODUCTION, Finding, evaluate_claims, evaluate_goals, markdown_claims,
-                               markdown_goals, reproduction_link_from, row_counts)
+from interp_ray.claims import (CLAIMS, REPRODUCTION, Finding, evaluate_claims, markdown_claims, reproduction_link_from,
+                               row_counts)
+from interp_ray.goals import evaluate_goals, markdown_goals
 
 # The figures of the 22 November full main job (docs/pipeline/report.md of then), in the stage-result layout, with
 # the checks the stages record since (picture_checks, routes, two_objects, the rule-chosen edit) at made-up values.

@@ -29,11 +29,11 @@ from typing import Any, Callable, Sequence, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from interp_ray.checkpoint import is_remote, join_uri, upload_dir
-from interp_ray.claims import (REPRODUCTION, Claim, evaluate_claims, evaluate_goals, markdown_claims, markdown_goals,
-                               reproduction_link_from)
+from interp_ray.claims import REPRODUCTION, Claim, evaluate_claims, markdown_claims, reproduction_link_from
 from interp_ray.config import (ClassifierJobConfig, Section, deep_merge, load_config, parse_overrides, read_yaml,
                                validate)
 from interp_ray.errors import UserError
+from interp_ray.goals import evaluate_goals, markdown_goals
 from jobs.common import base_parser, check_storage_paths, init_ray
 
 log = logging.getLogger("interp_ray.pipeline")

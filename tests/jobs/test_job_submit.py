@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from interp_ray.claims import evaluate_claims, evaluate_goals, markdown_claims, markdown_goals
+from interp_ray.claims import evaluate_claims, markdown_claims
+from interp_ray.goals import evaluate_goals, markdown_goals
 
 
 def is_count(share: float, n: int) -> bool:

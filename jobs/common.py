@@ -9,6 +9,9 @@ import sys
 from typing import Callable, Sequence
 
 from interp_ray.errors import UserError
+from interp_ray.progress import ENV as PROGRESS_ENV
+from jobs.terminal import ENV_RAY_LOGS as RAY_LOGS_ENV
+from jobs.terminal import quiet_ray, ray_init_options
 
 EXIT_USAGE = 2
 log = logging.getLogger("interp_ray")
@@ -30,7 +33,25 @@ def base_parser(description: str) -> argparse.ArgumentParser:
                    help="override a config value, e.g. --set train.epochs=3 (repeatable)")
     p.add_argument("--address", default=None,
                    help="Ray address; default: RAY_ADDRESS, else a local Ray started by ray.init()")
+    p.add_argument("--quiet", nargs=0, action=_SetEnv, default=False, env=(PROGRESS_ENV, "off"),
+                   help=f"no progress bars or progress lines (the same as {PROGRESS_ENV}=off)")
+    p.add_argument("--ray-logs", nargs=0, action=_SetEnv, default=False, env=(RAY_LOGS_ENV, "1"),
+                   help="Ray's own output on the terminal as Ray prints it (workers' lines, Ray Data's execution "
+                        f"lines); by default they stay in the Ray session's log files ({RAY_LOGS_ENV}=1)")
     return p
+
+
+class _SetEnv(argparse.Action):
+    """A flag that sets an environment variable as it is parsed: the switch then holds for every job this process
+    runs (the pipeline runs its stages' jobs in-process) without each job passing it on."""
+
+    def __init__(self, *args, env: tuple[str, str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.env = env
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, True)
+        os.environ[self.env[0]] = self.env[1]
 
 
 def init_ray(address: str | None = None, **kwargs) -> None:
@@ -42,8 +63,10 @@ def init_ray(address: str | None = None, **kwargs) -> None:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
+    quiet_ray()   # before ray.init, which logs; also when Ray runs already (a test session's, the pipeline's)
     if ray.is_initialized():
         return
+    kwargs = {**ray_init_options(), **kwargs}
     if address:
         ray.init(address=address, **kwargs)
     else:

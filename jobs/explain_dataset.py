@@ -98,7 +98,7 @@ class ExplainDatasetConfig(Section):
     store: StoreSection = Field(default_factory=StoreSection)
     compute: ExplainComputeSection = Field(default_factory=ExplainComputeSection)
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
-    progress_every: int = Field(1, gt=0)   # a progress line every N finished parts
+    progress_every: int = Field(1, gt=0)   # off a terminal, a progress line every N written parts (and 10 s)
     # Drill: after writing this many parts the writer raises, or hangs until killed (tests of resumability).
     fail_after_shards: int | None = Field(None, gt=0)
     fail_mode: Literal["raise", "hang"] = "raise"

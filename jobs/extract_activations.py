@@ -39,6 +39,7 @@ from interp_ray.data import load_dataset
 from interp_ray.data.base import ImageDataset, read_rows
 from interp_ray.data.select import align_classes
 from interp_ray.errors import UserError
+from interp_ray.progress import Progress as Bar
 from interp_ray.store import (UNREADABLE, Manifest, ShardAssembler, check_store, drill, extra_spec, finalize_store,
                               make_identity, pack_strings, prepare_store, rows_per_part, storage_identity, store_key,
                               store_location)
@@ -59,7 +60,8 @@ class ExtractJobConfig(Section):
     splits: list[str] = Field(default_factory=lambda: ["train"], min_length=1)
     store: StoreSection = Field(default_factory=StoreSection)
     compute: ComputeSection = Field(default_factory=ComputeSection)
-    progress_every: int = Field(10, gt=0)  # log a progress line every N finished shards
+    # off a terminal, a progress line every N written parts (besides one every 10 s): interp_ray.progress
+    progress_every: int = Field(10, gt=0)
     # Drill: after writing this many parts the writer raises, or hangs until killed (tests of resumability).
     fail_after_shards: int | None = Field(None, gt=0)
     fail_mode: Literal["raise", "hang"] = "raise"
@@ -245,32 +247,53 @@ RECEIVED = -1  # the shard id of a "rows received" record
 
 # --- progress ----------------------------------------------------------------------------------------------------
 
-class Progress:
-    """Counts rows extracted and parts written; logs a line every ``every`` parts and at the end.
+class StoreProgress:
+    """Counts one store's rows extracted and parts written, from the writer's records (``RoutedWriter``), and shows
+    them as the store's progress bar (``interp_ray.progress``: a bar on a terminal, a line every 10 s and every
+    ``every`` parts off one, nothing with ``--quiet``); logs one summary line when the last part is written.
 
     ``steady_rate`` is rows/s from the first extracted batch on: the pipeline's throughput without its start-up
     (actor creation, torch import, checkpoint load), which ``rate`` includes.
     """
 
-    def __init__(self, split: str, total_shards: int, total_rows: int, every: int, start: float | None = None):
+    def __init__(self, split: str, total_shards: int, total_rows: int, every: int, start: float | None = None,
+                 unit: str = "parts"):
         self.split, self.total_shards, self.total_rows, self.every = split, total_shards, total_rows, every
+        self.unit = unit
         self.shards = self.rows = self.bytes = self.extracted = 0
         self.start = time.perf_counter() if start is None else start  # one pipeline's stores share its start
         self.first_at: float | None = None  # when the first extracted rows arrived
         self.last_at: float | None = None
         self.done_at: float | None = None   # when the last part was written
         self.first_rows = 0
+        self.bar: Bar | None = None
+
+    def open_bar(self) -> None:
+        if self.bar is None and self.total_shards:
+            self.bar = Bar(f"{self.split} rows", self.total_rows, "rows")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
     def update(self, record: dict[str, Any]) -> None:
         if int(record["shard"]) == RECEIVED:
             self.rows_extracted(int(record["rows"]))
+            self.show()
             return
         self.shards += 1
         self.rows += int(record["rows"])
         self.done_at = time.perf_counter()
         self.bytes += int(record["bytes"])
-        if self.shards % self.every == 0 or self.shards == self.total_shards:
+        self.show(force=self.shards % self.every == 0)
+        if self.shards == self.total_shards:
+            self.close()
             log.info("%s", self.line())
+
+    def show(self, force: bool = False) -> None:
+        if self.bar is not None:
+            self.bar.update_to(self.extracted, note=f"{self.shards}/{self.total_shards} {self.unit} written, "
+                                                    f"{self.bytes / 2**20:.0f} MiB", force=force)
 
     def rows_extracted(self, n: int) -> None:
         now = time.perf_counter()
@@ -301,9 +324,9 @@ class Progress:
 
     def line(self) -> str:
         steady = self.steady_rate or self.rate
-        eta = (self.total_rows - self.rows) / steady if steady > 0 else float("nan")
-        return (f"{self.split}: {self.shards}/{self.total_shards} shards written, {self.rows}/{self.total_rows} rows "
-                f"({self.extracted} extracted), {steady:.0f} rows/s, {self.bytes / 2**20:.0f} MiB, eta {eta:.0f} s")
+        return (f"{self.split}: {self.shards}/{self.total_shards} {self.unit} written, {self.rows}/{self.total_rows} "
+                f"rows ({self.extracted} extracted) in {self.seconds:.0f} s, {steady:.0f} rows/s, "
+                f"{self.bytes / 2**20:.0f} MiB")
 
 
 # --- running -----------------------------------------------------------------------------------------------------
@@ -432,22 +455,28 @@ def user_error_in(exc: BaseException) -> UserError | None:
 
 def run_routed(prepared: list[tuple[Any, list[int]]], labels: list[str], *, engine: str, every: int,
                records: Callable[[list[Item]], Iterable[dict[str, Any]]], address: str | None,
-               unit: str = "shards") -> list[Progress]:
+               unit: str = "parts") -> list[StoreProgress]:
     """Both store jobs' run: every prepared store's missing shards as the items of one routed pipeline
     (``records``), and each store's progress from the records it sends back."""
     items = [{STORE: sid, "shard": s} for sid, (_, missing) in enumerate(prepared) for s in missing]
     start, progress = time.perf_counter(), []
     for (plan, missing), label in zip(prepared, labels):
         rows = sum(hi - lo for lo, hi in map(plan.manifest.shard_range, missing))
-        progress.append(Progress(label, len(missing), rows, every, start=start))
+        progress.append(StoreProgress(label, len(missing), rows, every, start=start, unit=unit))
         if missing:
             log.info("%s: %d of %d %s to compute (%d rows) → %s", label, len(missing), plan.manifest.num_shards,
                      unit, rows, plan.location)
     if items:
         if engine == "ray":
             init_ray(address)
-        for record in records(items):
-            progress[int(record[STORE])].update(record)
+        for p in progress:   # after Ray's start-up: the rate is the pipeline's
+            p.open_bar()
+        try:
+            for record in records(items):
+                progress[int(record[STORE])].update(record)
+        finally:
+            for p in progress:
+                p.close()
     return progress
 
 

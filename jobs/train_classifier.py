@@ -98,7 +98,7 @@ def train(cfg: ClassifierJobConfig) -> dict[str, Any]:
     test_ds = load_dataset(cfg.data.name, "test", **cfg.data.options)
     build_model(cfg.model.name, **model_options(cfg, test_ds))
     result = make_trainer(train_func, cfg.model_dump(), name=run_name(cfg), scaling=cfg.scaling, run=cfg.run,
-                          use_gpu=resolve_use_gpu(cfg.scaling.use_gpu)).fit()
+                          use_gpu=resolve_use_gpu(cfg.scaling.use_gpu), epochs=cfg.train.epochs).fit()
     with final_checkpoint(result) as (d, history):
         export_dir(d / MODEL_DIR, cfg.output)
     loaded = load_classifier(cfg.output)

@@ -39,10 +39,11 @@ import numpy as np
 from interp_ray.config import LearnedJobConfig, deep_merge, parse_overrides, read_yaml, validate
 from interp_ray.errors import UserError
 from interp_ray.explainers.base import Trainable, explainer_names, get_explainer
+from interp_ray.progress import Progress as Bar
 from interp_ray.store import shuffled
 from jobs.common import base_parser, check_storage_paths, exit_with, init_ray
-from jobs.train_loop import (epochs, final_checkpoint, make_trainer, quiet_console, rank_and_world, report_epoch,
-                             resolve_use_gpu, resume, run_path, worker_history)
+from jobs.train_loop import (epochs, final_checkpoint, make_trainer, progress_note, quiet_console, rank_and_world,
+                             report_epoch, resolve_use_gpu, resume, run_path, worker_history)
 
 # The interp-ray commands of the two jobs this one replaced (the config's ``method`` says what is trained),
 # besides the generic train-explainer; jobs/cli.py reads this line without importing the module.
@@ -338,6 +339,7 @@ def train(job: LearnedJobConfig, *, address: str | None = None) -> dict[str, Any
     with data_progress_bars(False):   # a Dataset keeps the context it was made in: make them in here
         result = make_trainer(train_func, loop_config, name=name, scaling=job.scaling, run=job.run,
                               use_gpu=resolve_use_gpu(job.scaling.use_gpu),
+                              epochs=explainer.trainer(job, device="cpu").epochs,   # as the workers' (phases too)
                               **store_datasets(stores, columns, job.stream)).fit()
     with final_checkpoint(result) as (d, history):
         trained = cls.load(str(d / MODEL_DIR))
@@ -358,11 +360,13 @@ def train_local(job: LearnedJobConfig) -> dict[str, Any]:
     seed = int(getattr(settings, "seed", 0))
     trainer = explainer.trainer(job, device="cpu")
     history = []
-    for epoch in range(trainer.epochs):
-        train_rows = shuffled(stores["train"].iter_batches(job.stream.batch_rows, columns=columns),
-                              job.stream.shuffle_buffer, seed * 7919 + epoch, job.stream.batch_rows)
-        history.append(trainer.run_epoch(epoch, train_rows, rows(job, stores["val"], columns)()))
-        log.info("epoch %d: %s", epoch, {k: v for k, v in history[-1].items() if isinstance(v, float)})
+    with Bar(f"{job.method} epochs", trainer.epochs, "epochs") as bar:
+        for epoch in range(trainer.epochs):
+            train_rows = shuffled(stores["train"].iter_batches(job.stream.batch_rows, columns=columns),
+                                  job.stream.shuffle_buffer, seed * 7919 + epoch, job.stream.batch_rows)
+            history.append(trainer.run_epoch(epoch, train_rows, rows(job, stores["val"], columns)()))
+            log.info("epoch %d: %s", epoch, {k: v for k, v in history[-1].items() if isinstance(v, float)})
+            bar.update_to(epoch + 1, note=progress_note(history[-1]), force=True)
     explainer.use_state(trainer.best_state, history)
     finished = explainer.finish(job, rows(job, stores["train"], columns))
     explainer.save(job.output)

@@ -151,7 +151,8 @@ def train(cfg: FlintJobConfig, prepared: FlintSetup | None = None) -> dict[str, 
         # post hoc, both stores stream to the workers; joint and BASE read images
         datasets = store_datasets(stores, store_columns(st.spec["layers"]), cfg.stream) if stores else {}
         result = make_trainer(train_func, loop_config, name=run_name(cfg), scaling=cfg.scaling, run=cfg.run,
-                              use_gpu=resolve_use_gpu(cfg.scaling.use_gpu), **datasets).fit()
+                              use_gpu=resolve_use_gpu(cfg.scaling.use_gpu), epochs=cfg.train.epochs,
+                              **datasets).fit()
     with final_checkpoint(result) as (d, history):
         explainer = FlintExplainer.load(str(d / MODEL_DIR))
     extra = (finalize_from_store(explainer.flint, stores["train"], cfg.flint, seed=21) if stores

@@ -14,7 +14,9 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
@@ -24,6 +26,7 @@ from torch import nn
 
 from interp_ray.checkpoint import atomic_write_dir, is_remote, upload_dir
 from interp_ray.config import RunSection, ScalingSection
+from interp_ray.progress import Progress as Bar
 from interp_ray.storage import check_storage, join, ray_storage
 
 STATE_FILE = "train_state.pt"
@@ -221,32 +224,117 @@ def progress_line(name: str, row: dict[str, Any]) -> str:
     return f"[train] {name}: epoch {number}{took}" + (": " + ", ".join(shown) if shown else "")
 
 
-def epoch_progress(name: str):
-    """A Ray Train callback printing ``progress_line`` once per reported epoch (rank 0's row). It runs in Train's
-    controller, whose output Ray forwards to the driver's terminal: a line per epoch for people, where Ray Train's
-    own per-report INFO lines are kept to its log files (quiet_console)."""
+def progress_note(row: dict[str, Any]) -> str:
+    """The figures of ``progress_line`` alone: the epoch bar's note."""
+    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
+                     if k in PROGRESS_KEYS and isinstance(v, (int, float, str)))
+
+
+def epoch_progress(feed: Any):
+    """A Ray Train callback that runs in Train's controller and puts each reported epoch (rank 0's row, the figures
+    ``progress_line`` shows) and each worker failure on ``feed``, a ``ray.util.queue.Queue`` the driver reads
+    (``EpochFeed``). The driver draws the bar: the controller's own output stays in its log file
+    (``jobs.terminal``)."""
     from ray.train import UserCallback
+
+    keys = {"epoch", "epoch_s", *PROGRESS_KEYS}
 
     class EpochProgress(UserCallback):
         def after_report(self, run_context, metrics, checkpoint):
             if metrics:
-                print(progress_line(name, metrics[0]), flush=True)
+                feed.put({"row": {k: v for k, v in metrics[0].items() if k in keys}})
+
+        def after_exception(self, run_context, worker_exceptions):
+            feed.put({"failed": {int(rank): f"{type(e).__name__}: {e}" for rank, e in worker_exceptions.items()}})
 
     return EpochProgress()
 
 
+class EpochFeed:
+    """The driver's side of ``epoch_progress``: a queue actor (no CPU reserved) and, while ``fit()`` runs, a thread
+    moving what arrives onto the epoch bar (``interp_ray.progress``). A worker's failure is printed whatever the
+    progress mode (``--quiet`` included): Ray Train may retry it silently otherwise."""
+
+    def __init__(self, name: str, epochs: int, max_failures: int):
+        from ray.util.queue import Queue
+
+        self.name, self.epochs, self.max_failures = name, epochs, max_failures
+        self.queue = Queue(actor_options={"num_cpus": 0})
+        self.failures = 0
+
+    def handle(self, item: dict[str, Any], bar: Bar) -> None:
+        if "row" in item:
+            row = item["row"]
+            epoch = row.get("epoch")
+            done = epoch + 1 if isinstance(epoch, int) else bar.done + 1
+            if bar.mode == "bar":
+                bar.write(progress_line(self.name, row))   # each epoch's figures stay above the bar
+            bar.update_to(done, note=progress_note(row), force=True)
+        for rank, error in item.get("failed", {}).items():
+            self.failures += 1
+            retry = (f"Ray Train restarts the workers from the last checkpoint (failure {self.failures} of "
+                     f"run.max_failures={self.max_failures})" if self.failures <= self.max_failures
+                     else "no retries left")
+            line = error.strip().splitlines()[-1] if error.strip() else error
+            print(f"[train] {self.name}: worker rank {rank} failed: {line}; {retry}", file=sys.stderr, flush=True)
+
+    def follow(self, bar: Bar, stop: threading.Event) -> None:
+        from ray.util.queue import Empty
+
+        while True:
+            try:
+                item = self.queue.get(timeout=0.5)
+            except Empty:
+                if stop.is_set():
+                    return
+                continue
+            self.handle(item, bar)
+
+    def fit(self, trainer) -> Any:
+        stop = threading.Event()
+        with Bar(f"{self.name} epochs", self.epochs, "epochs") as bar:
+            thread = threading.Thread(target=self.follow, args=(bar, stop), daemon=True, name="epoch-progress")
+            thread.start()
+            try:
+                return trainer.fit()
+            finally:
+                stop.set()            # the thread drains what is queued, then ends
+                thread.join(timeout=10)
+                self.shutdown()
+
+    def shutdown(self) -> None:
+        import ray
+
+        try:
+            ray.kill(self.queue.actor)
+        except Exception:  # already gone with its job
+            pass
+
+
+class ProgressTrainer:
+    """A TorchTrainer whose ``fit()`` shows the epochs the workers report (``EpochFeed``)."""
+
+    def __init__(self, trainer, feed: EpochFeed):
+        self.trainer, self.feed = trainer, feed
+
+    def fit(self):
+        return self.feed.fit(self.trainer)
+
+
 def make_trainer(train_func: Callable[[dict[str, Any]], dict[str, Any]], loop_config: dict[str, Any], *, name: str,
-                 scaling: ScalingSection, run: RunSection, use_gpu: bool, datasets: dict[str, Any] | None = None,
-                 dataset_config: Any = None):
-    """The TorchTrainer of a job. ``datasets`` (Ray Datasets, e.g. ``ActivationStore.to_ray()``) reach the workers
-    through ``ray.train.get_dataset_shard``; ``dataset_config`` says which are split between them."""
+                 scaling: ScalingSection, run: RunSection, use_gpu: bool, epochs: int,
+                 datasets: dict[str, Any] | None = None, dataset_config: Any = None) -> ProgressTrainer:
+    """The TorchTrainer of a job, whose ``fit()`` draws a bar of its ``epochs`` as the workers report them.
+    ``datasets`` (Ray Datasets, e.g. ``ActivationStore.to_ray()``) reach the workers through
+    ``ray.train.get_dataset_shard``; ``dataset_config`` says which are split between them."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     # A bucket that is missing or refuses us fails here in one line, not inside Ray Train's controller.
     check_storage(run.storage_path, what="run.storage_path")
     storage_path, storage_fs = ray_storage(storage_root(run))
-    return TorchTrainer(
+    feed = EpochFeed(name, epochs, run.max_failures)
+    return ProgressTrainer(TorchTrainer(
         train_func,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=use_gpu,
@@ -256,11 +344,11 @@ def make_trainer(train_func: Callable[[dict[str, Any]], dict[str, Any]], loop_co
             failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
             # the controller's ray.train.* records; the workers' console is filtered by quiet_console
             logging_config=ray.train.LoggingConfig(log_level=run.log_level),
-            callbacks=[epoch_progress(name)],
+            callbacks=[epoch_progress(feed.queue)],
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=run.checkpoints_to_keep)),
         **({"datasets": datasets} if datasets else {}),
         **({"dataset_config": dataset_config} if dataset_config is not None else {}),
-    )
+    ), feed)
 
 
 @contextlib.contextmanager

@@ -34,6 +34,8 @@ from interp_ray.config import (ClassifierJobConfig, Section, deep_merge, load_co
                                validate)
 from interp_ray.errors import UserError
 from interp_ray.goals import evaluate_goals, markdown_goals
+from interp_ray.progress import Progress as Bar
+from interp_ray.progress import progress_mode
 from jobs.common import base_parser, check_storage_paths, init_ray
 
 log = logging.getLogger("interp_ray.pipeline")
@@ -436,6 +438,9 @@ def run_stages(cfg: PipelineConfig, ctx: Context, stages: Sequence[str], *, fres
     reused: list[str] = []
     classifiers_key = None
     reuse = not fresh and not is_remote(ctx.out)  # remote runs stage files in a temp dir: nothing to reuse
+    # The stages' own count, a line as each one finishes (never a bar: each stage draws its own bars below it)
+    done = Bar("pipeline stages", len(stages), "stages", mode="off" if progress_mode() == "off" else "lines",
+               every_s=0)
     for name in stages:
         key = stage_key(cfg, name, ctx.smoke, classifiers_key)
         old = load_stage(ctx.local, name, key) if reuse else None
@@ -452,6 +457,8 @@ def run_stages(cfg: PipelineConfig, ctx: Context, stages: Sequence[str], *, fres
         if name == "classifiers":
             classifiers_key = key
             ctx.checkpoints.update({k: c["checkpoint"] for k, c in results[name].items()})
+        done.update(1, note=f"{name} done")
+    done.close()
     return results, reused
 
 

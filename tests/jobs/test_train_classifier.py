@@ -40,9 +40,12 @@ def test_two_workers_both_train_and_checkpoint_loads(ray_local, tmp_path):
 
 
 @pytest.mark.ray
-def test_checkpoint_every_k_epochs_and_resume_repeats_only_the_unsaved_epoch(ray_local, tmp_path):
+def test_checkpoint_every_k_epochs_and_resume_repeats_only_the_unsaved_epoch(ray_local, tmp_path, capsys,
+                                                                              monkeypatch):
     """An injected failure resumes from the last checkpoint (every-epoch checkpoints, the default, are the k = 1
-    case of this; the FLINT and explainer drills run it)."""
+    case of this; the FLINT and explainer drills run it). The driver's terminal shows the failure, though Ray Train
+    recovers from it, and the epochs as the workers report them, the redone one included."""
+    monkeypatch.delenv("INTERP_RAY_PROGRESS", raising=False)
     from pathlib import Path
 
     cfg = _cfg(tmp_path, "train.epochs=4", "run.checkpoint_every=2", "run.checkpoints_to_keep=10",
@@ -54,6 +57,12 @@ def test_checkpoint_every_k_epochs_and_resume_repeats_only_the_unsaved_epoch(ray
     assert [h["attempt"] for h in hist] == [0, 0, 1, 1]
     assert len([p for p in Path(out["run_path"]).glob("checkpoint_*") if p.is_dir()]) == 2
     assert load_classifier(tmp_path / "out").config["metrics"]["epoch"] == 3
+    err = capsys.readouterr().err
+    failed = [ln for ln in err.splitlines() if "worker rank 0 failed" in ln]
+    assert len(failed) == 1 and "injected failure at epoch 3" in failed[0] and "failure 1 of run.max_failures=1" \
+        in failed[0], err
+    shown = [ln.split(": ")[1].split(" ")[0] for ln in err.splitlines() if ln.startswith("[progress] digits_cnn-")]
+    assert shown == ["1/4", "2/4", "3/4", "3/4", "4/4"], err   # epoch 3 again after the restore from epoch 2's
 
 
 def test_a_torchvision_spec_is_built_from_the_data_it_is_given():

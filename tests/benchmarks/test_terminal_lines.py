@@ -10,7 +10,7 @@ class name: 'PreemptionWatcher' has constructor arguments in the object store an
 \x1b[36m(TrainController pid=13130)\x1b[0m [train] digits_cnn-1: epoch 1 (0 s): train_loss 2.072
 digits_cnn on digits: test accuracy 0.8694 (val 0.8722, 2 epochs); checkpoint: /tmp/clf
 2026-12-06 07:20:25,538 interp_ray.extract: train: 1 of 1 shards to compute (1257 rows) → /tmp/act
-2026-12-06 07:20:25,833\tINFO streaming_executor.py:215 -- Starting execution of Dataset dataset_0. Full logs are in /tmp
+2026-12-06 07:20:25,833\tINFO streaming_executor.py:215 -- Starting execution of Dataset dataset_0. Full logs in
 [2026-12-06 07:20:25,857 E 14020 14020] core_worker.cc:2465: Actor with class name: 'MapWorker' has constructor args
 2026-12-06 07:20:26,131\tINFO logging_progress.py:225 -- Total Progress: 0/?
 /venv/lib/python3.11/site-packages/ray/data/_internal/execution/interfaces/execution_options.py:436: \

@@ -315,8 +315,9 @@ def starting_point(cls: type, job: LearnedJobConfig, train_store: Any, init_path
 
 def data_progress_bars(enabled: bool):
     """Ray Data's progress bars on or off while the block runs. Off for training: each epoch re-executes the store's
-    read for every worker, and their bars, forwarded to the terminal, drowned the one line per epoch people read
-    (train_loop.epoch_progress). The datasets carry the setting to the workers when Ray Train ships them."""
+    read for every worker, and their bars filled the workers' logs (and, when Ray forwards those, the terminal:
+    jobs/terminal.py) with lines no one reads. The datasets carry the setting to the workers when Ray Train ships
+    them."""
     from interp_ray.store import data_context
 
     return data_context(enable_progress_bars=enabled)

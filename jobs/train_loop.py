@@ -279,6 +279,7 @@ class EpochFeed:
             print(f"[train] {self.name}: worker rank {rank} failed: {line}; {retry}", file=sys.stderr, flush=True)
 
     def follow(self, bar: Bar, stop: threading.Event) -> None:
+        from ray.exceptions import RayError
         from ray.util.queue import Empty
 
         while True:
@@ -288,6 +289,8 @@ class EpochFeed:
                 if stop.is_set():
                     return
                 continue
+            except RayError:   # the queue went with a Ray that is shutting down: fit()'s own error says why
+                return
             self.handle(item, bar)
 
     def fit(self, trainer) -> Any:

@@ -149,11 +149,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     session = open_method(args.method, args.checkpoint, args.classifier)
     explainer = session.explainer
     params = parse_params(type(explainer), args.params, args.tau, args.target)
-    drawing = parse_drawing(explainer, args.drawing)
+    # No --draw: the method draws with its own defaults (a learned method may then use pictures its checkpoint keeps)
+    drawing = parse_drawing(explainer, args.drawing) if args.drawing else None
     images = [read_image(p, session.model) for p in args.images]  # every image checked before any work
     results = []
     for i, (path, image) in enumerate(zip(args.images, images)):
-        e = session.explain(image[None], [params.get("target", -1)], params)[0]
+        e = session.explain(image[None], [params.get("target", -1)], params, explains=True)[0]
         pic = write_picture(explainer, image, e, picture_path(args.picture, i, len(images)), drawing) \
             if args.picture else None
         results.append((path, e, pic))

@@ -324,7 +324,7 @@ def summary_lines(e: Explanation, method: str, *, head: str = "", skip: Iterable
 
 
 def explains_words(w: Mapping[str, Any]) -> str:
-    """``Explanation.explains`` in one sentence (the CLI's summary; the web page words it the same way)."""
+    """``Explanation.explains`` in one sentence (a summary's line; the web page words it the same way)."""
     def said(prefix: str = "") -> str:
         name = w.get(f"{prefix}label_name")
         return f"{name if name is not None else w.get(f'{prefix}label')} ({100 * w[f'{prefix}probability']:.1f}%)"

@@ -8,7 +8,7 @@ parameters. The same images give the same explanations whichever consumer runs t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import numpy as np
@@ -23,6 +23,7 @@ class ExplainSession:
     explainer: Explainer
     classifier: Any                 # the LoadedClassifier whose predictions are explained (None: FLINT's own)
     extractor: Any = None           # ActivationExtractor of explainer.layers(), None when it reads none
+    _own: Any = field(default=False, init=False, repr=False)   # own_predictor() unless it is the classifier (lazy)
 
     @classmethod
     def build(cls, name: str, classifier: Any, checkpoint: str | None = None, *, device: str | None = None,
@@ -81,12 +82,54 @@ class ExplainSession:
         return self.explainer.batch_from(images, targets, cols)
 
     def explain(self, images: np.ndarray, targets: Iterable[int] | np.ndarray | None = None,
-                params: BaseModel | dict[str, Any] | None = None) -> list[Explanation]:
+                params: BaseModel | dict[str, Any] | None = None, *, explains: bool = False) -> list[Explanation]:
+        """``explains``: also say in each explanation whose prediction it explains (``Explanation.explains``:
+        one more forward pass of the classifier, and of the method's own predictor when it has one)."""
         p = self.parse_params(params)
         explanations = self.explainer.explain(self.batch(images, targets), p)
         if len(explanations) != len(images):
             raise RuntimeError(f"{self.name} returned {len(explanations)} explanations for {len(images)} images")
+        if explains:
+            for e, record in zip(explanations, self.whose_predictions(images)):
+                e.explains = record
         return explanations
+
+    def own_predictor(self) -> Any:
+        """The method's own predictor (``Explainer.own_predictor``), or None when it has none or when its weights are
+        the classifier's (post hoc FLINT carries a frozen copy): then it explains the classifier's predictions."""
+        if self._own is False:
+            own = self.explainer.own_predictor()
+            if own is not None and self.classifier is not None and _same_weights(own.model, self.classifier.model):
+                own = None
+            self._own = own
+        return self._own
+
+    def whose_predictions(self, images: np.ndarray) -> list[dict[str, Any] | None]:
+        """Per image, whose prediction the method explains (``Explanation.explains``): the classifier's, or its own
+        predictor's with the classifier's beside it and whether the two agree."""
+        own = self.own_predictor()
+        served = self.classifier.model if self.classifier is not None else None
+        if own is None and served is None:
+            return [None] * len(images)
+        served_names = list(self.classifier.class_names or []) if self.classifier is not None else []
+        mine = _probabilities(own.model, images) if own is not None else None
+        theirs = _probabilities(served, images) if served is not None else None
+        out = []
+        for i in range(len(images)):
+            if own is None:
+                rec = {"model": "classifier", "about": "the served classifier", **_top(theirs[i], served_names),
+                       "agrees": True}
+                rec.update({f"classifier_{k}": v for k, v in _top(theirs[i], served_names).items()})
+            else:
+                rec = {"model": "own", "about": own.about,
+                       **_top(mine[i], list(own.class_names or served_names))}
+                if theirs is not None:
+                    rec.update({f"classifier_{k}": v for k, v in _top(theirs[i], served_names).items()})
+                    rec["agrees"] = rec["label"] == rec["classifier_label"]
+                else:
+                    rec["agrees"] = None   # no classifier given: nothing to compare with
+            out.append(rec)
+        return out
 
 
 def open_session(name: str, *, classifier: Any = None, checkpoint: str | None = None, device: str | None = None,
@@ -126,6 +169,30 @@ def open_session(name: str, *, classifier: Any = None, checkpoint: str | None = 
             return ExplainSession.build(name, loaded, checkpoint, device=device, **options)
         check_fits(explainer, loaded)
     return ExplainSession.around(explainer, loaded)
+
+
+def _probabilities(model: Any, images: np.ndarray) -> np.ndarray:
+    import torch
+
+    from interp_ray.explainers._common import eval_mode, model_device
+
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(model_device(model))
+    with torch.inference_mode(), eval_mode(model):
+        return torch.softmax(model(x).float(), 1).cpu().numpy()
+
+
+def _top(p: np.ndarray, names: list[str]) -> dict[str, Any]:
+    c = int(np.argmax(p))
+    return {"label": c, "label_name": names[c] if 0 <= c < len(names) else None, "probability": float(p[c])}
+
+
+def _same_weights(a: Any, b: Any) -> bool:
+    """Two modules with the same state (names, shapes and values)."""
+    import torch
+
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape
+                                          and torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
 
 
 def check_checkpoint(path: str, what: str) -> None:

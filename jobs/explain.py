@@ -149,7 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     session = open_method(args.method, args.checkpoint, args.classifier)
     explainer = session.explainer
     params = parse_params(type(explainer), args.params, args.tau, args.target)
-    drawing = parse_drawing(explainer, args.drawing)
+    # No --draw: the method draws with its own defaults (a learned method may then use pictures its checkpoint keeps)
+    drawing = parse_drawing(explainer, args.drawing) if args.drawing else None
     images = [read_image(p, session.model) for p in args.images]  # every image checked before any work
     results = []
     for i, (path, image) in enumerate(zip(args.images, images)):

@@ -1,5 +1,6 @@
 """Train FLINT (joint, post-hoc or the BASE-f control) with Ray Train (TorchTrainer, DDP), one checkpoint per epoch,
-resumable; then compute global relevance, MAS, test metrics (and pictures) and write a FLINT checkpoint.
+resumable; then compute global relevance, MAS, the AM+PI pictures it serves, test metrics (and the report's PNGs) and
+write a FLINT checkpoint.
 
     python -m jobs.train_flint --config configs/flint_digits.yaml \
         [--set flint.mode=posthoc --set flint.predictor_checkpoint=DIR]
@@ -155,8 +156,9 @@ def train(cfg: FlintJobConfig, prepared: FlintSetup | None = None) -> dict[str, 
                               **datasets).fit()
     with final_checkpoint(result) as (d, history):
         explainer = FlintExplainer.load(str(d / MODEL_DIR))
-    extra = (finalize_from_store(explainer.flint, stores["train"], cfg.flint, seed=21) if stores
-             else finalize(explainer.flint, st.train_ds, cfg.flint, seed=21))
+    pairs = cfg.pictures.max_pairs
+    extra = (finalize_from_store(explainer.flint, stores["train"], cfg.flint, seed=21, max_pairs=pairs) if stores
+             else finalize(explainer.flint, st.train_ds, cfg.flint, seed=21, max_pairs=pairs))
     explainer.mas_images = extra["mas_images"]
     # the report reads CNS at flint.tau, which need not be among flint.taus
     test = evaluate_model(explainer.flint, test_ds, taus=sorted({*cfg.flint.taus, cfg.flint.tau}))
@@ -167,6 +169,11 @@ def train(cfg: FlintJobConfig, prepared: FlintSetup | None = None) -> dict[str, 
         explainer.config["attribute_matches"] = matches
     explainer.config["metrics"] = {"test": test, "epochs": len(history)}
     explainer.config["am"] = cfg.pictures.am.model_dump(mode="json")
+    if cfg.pictures.stored:   # grown once here, so a served or drawn explanation composes its sheet from them
+        t0 = time.perf_counter()
+        explainer.grow_pictures(extra["pairs"], cfg.pictures.am)
+        log.info("FLINT pictures: %d attributes and %d pairs grown in %.1f s", len(explainer.mas_images),
+                 len(extra["pairs"]), time.perf_counter() - t0)
     explainer.save(cfg.output)
     out = {"test": test, "history": history, "checkpoint": str(cfg.output), "run_path": result.path,
            "attribute_matches": matches, "global": explainer.global_interpretation(cfg.flint.tau),

@@ -309,8 +309,10 @@ class ExplainerService:
             return Outcome(status=500, error=f"{method} failed: {type(e).__name__}")
 
     def _explain(self, method: str, rows: list[Row]) -> list[Any]:
+        # explains=True: every answer says whose prediction it explains (the served classifier's or a predictor the
+        # method carries), with both predictions, so a reader never mistakes one for the other.
         return self.sessions[method].explain(np.stack([r.image for r in rows]), [r.target for r in rows],
-                                             rows[0].params)
+                                             rows[0].params, explains=True)
 
     def picture_rows(self, method: str, rows: list[Row]) -> list[Outcome]:
         """Each row explained and drawn as a PNG by the method's own ``draw`` (the one the CLI's --picture uses):

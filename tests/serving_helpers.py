@@ -37,15 +37,29 @@ def asgi_client(app, **kwargs):
     return TestClient(app, **kwargs)
 
 
+def local_app(service, token: str = ""):
+    """The service's FastAPI app over the in-process backend and job runner (no Ray)."""
+    from serving.api import make_api
+    from serving.jobs import JobRunner
+    from serving.service import LocalBackend
+
+    backend = LocalBackend(service)
+    return make_api(backend, JobRunner(backend=backend), service.args, token=token)
+
+
 def library_explanation(service, method: str, image: np.ndarray, target: int = -1, params=None) -> dict:
     """What a user of the library gets: the method built by the protocol (``build_explainer``), its layers' columns
     computed by an ``ActivationExtractor`` of its own over the checkpoint, as the activation store has them, and the
     batch the method asks for (``batch_from``), explained once."""
     from interp_ray.activations import ActivationExtractor
     from interp_ray.explainers.base import build_explainer
+    from interp_ray.session import ExplainSession
 
     explainer = build_explainer(method, service.classifier, service.args.explainer_checkpoint(method))
     layers = explainer.layers()
     cols = ActivationExtractor(service.args.classifier_path(), layers)({"image": image[None]}) if layers else None
     batch = explainer.batch_from(image[None], np.array([target]), cols)
-    return explainer.explain(batch, params or {})[0].to_json()
+    out = explainer.explain(batch, params or {})[0]
+    # serving says whose prediction each answer explains, as the library's session does when asked
+    out.explains = ExplainSession(explainer, service.classifier).whose_predictions(image[None])[0]
+    return out.to_json()

@@ -60,6 +60,9 @@ class Explanation:
     path:        the route through a meta-model (CNN-INTE), e.g. {"level1": 3, "level2": 7, "votes": {...}}
     neurons:     neuron index → label (Dong et al.)
     extra:       anything else a method reports (losses, probabilities …), JSON-safe
+    explains:    whose prediction is explained: "model" "classifier" or "own" (a predictor the method carries)
+                 and "about" (in words), with that prediction ("label", "label_name", "probability"), the
+                 classifier's ("classifier_label", …) and whether they do ("agrees"); set by ExplainSession
     """
 
     label: int
@@ -71,10 +74,20 @@ class Explanation:
     path: dict[str, Any] | None = None
     neurons: dict[str, str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    explains: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-safe dict (numpy arrays become nested lists)."""
         return json_safe(asdict(self))
+
+
+@dataclass(frozen=True)
+class OwnPredictor:
+    """A predictor a method carries and explains (``Explainer.own_predictor``)."""
+
+    model: Any                      # a Classifier
+    about: str                      # what it is, in words: "FLINT's predictor f, trained jointly with its interpreter"
+    class_names: Sequence[str] | None = None
 
 
 class NoParams(BaseModel):
@@ -145,6 +158,13 @@ class Explainer(abc.ABC):
         if classifier is None:
             raise UserError(f"{cls.name} explains a classifier: give the classifier checkpoint")
         return cls(model, class_names=list(classifier.class_names or []) or None, **options)
+
+    def own_predictor(self) -> OwnPredictor | None:
+        """The model whose predictions this method explains when it is not the classifier it is built around: a
+        learned method that carries and explains a predictor of its own returns it, with a phrase saying what it is.
+        None (this default): the method explains the classifier's predictions. ``ExplainSession`` compares the two
+        (same weights count as the classifier) and says in each answer whose prediction it explains."""
+        return None
 
     def trained_on(self) -> str | None:
         """The classifier checkpoint a learned method was trained over, when its checkpoint records one (the CLI's
@@ -293,12 +313,29 @@ def summary_lines(e: Explanation, method: str, *, head: str = "", skip: Iterable
         lines.append(f"  path: {json.dumps(e.path, default=str)}")
     if e.neurons:
         lines.append(f"  neurons: {json.dumps(e.neurons)}")
+    if e.explains:
+        lines.append(f"  {explains_words(e.explains)}")
     skip = set(skip) | {"tau"}
     scalars = {k: v for k, v in ex.items() if k not in skip and isinstance(v, (int, float, str, bool))}
     if scalars:
         lines.append("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                       for k, v in scalars.items()))
     return lines
+
+
+def explains_words(w: Mapping[str, Any]) -> str:
+    """``Explanation.explains`` in one sentence (a summary's line; the web page words it the same way)."""
+    def said(prefix: str = "") -> str:
+        name = w.get(f"{prefix}label_name")
+        return f"{name if name is not None else w.get(f'{prefix}label')} ({100 * w[f'{prefix}probability']:.1f}%)"
+
+    if w.get("model") == "classifier":
+        return f"explains the served classifier's prediction: {said()}"
+    text = f"explains the prediction of {w.get('about')}, not the classifier's: {said()}"
+    if w.get("classifier_label") is not None:
+        text += (f"; the classifier predicts {said('classifier_')}, "
+                 f"{'the same class' if w.get('agrees') else 'another class'}")
+    return text
 
 
 def classifier_model(classifier: Any) -> Any:

@@ -271,8 +271,16 @@ function render(method, exp, extra) {
   const name = exp.label_name || String(exp.label);
   out.append(el("div", { class: "label", id: "explained-label", "data-label": String(exp.label) },
                 "explained class: ", el("b", { text: name })));
+  if (exp.explains) out.append(explains(exp.explains));
   if (exp.sentence !== null && exp.sentence !== undefined) {
     out.append(el("blockquote", { class: "sentence", id: "sentence", text: exp.sentence }));
+  }
+  if (exp.neurons && Object.keys(exp.neurons).length) {
+    const list = el("ul", { class: "neurons", id: "neurons" });
+    for (const [n, label] of Object.entries(exp.neurons)) {
+      list.append(el("li", { "data-neuron": n }, el("b", { text: "neuron " + n }), ": " + label));
+    }
+    out.append(el("div", {}, el("h3", { text: "neurons that drove the caption" }), list));
   }
   if (exp.saliency) out.append(overlay(exp.saliency));
   if (exp.attributes) {
@@ -297,6 +305,27 @@ function render(method, exp, extra) {
   } else {
     picture(method, extra);
   }
+}
+
+function said(w, prefix = "") {
+  const name = w[prefix + "label_name"] ?? String(w[prefix + "label"]);
+  return `${name} (${(100 * w[prefix + "probability"]).toFixed(1)}%)`;
+}
+
+function explains(w) {
+  // Whose prediction the answer explains (Explanation.explains): the served classifier's, or a predictor the method
+  // carries (FLINT's jointly trained f), with the served classifier's prediction beside it.
+  const p = el("p", { class: "explains", id: "explains", "data-model": w.model, "data-agrees": String(w.agrees) });
+  if (w.model === "classifier") {
+    p.append("explains the served classifier's prediction: ", el("b", { text: said(w) }));
+  } else {
+    p.append(`explains the prediction of ${w.about}, not the served classifier's: `, el("b", { text: said(w) }));
+    if (w.classifier_label !== undefined && w.classifier_label !== null) {
+      p.append("; the served classifier predicts ", el("b", { text: said(w, "classifier_") }),
+               w.agrees ? " (the same class)" : " (another class)");
+    }
+  }
+  return p;
 }
 
 async function picture(method, extra) {

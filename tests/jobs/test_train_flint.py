@@ -14,7 +14,7 @@ def test_ddp_two_workers_injected_failure_resumes_and_checkpoint_explains(ray_lo
     cfg = load_config(FlintJobConfig, "configs/flint_digits.yaml", [
         f"run.storage_path={tmp_path / 'runs'}", f"output={tmp_path / 'out'}", "train.epochs=3",
         "train.batch_size=64", "scaling.num_workers=2", "train.fail_at_epoch=1", "run.max_failures=1",
-        "flint.relevance_samples=100", "pictures.enabled=false"])
+        "flint.relevance_samples=100", "pictures.enabled=false", "pictures.am.rounds=1", "pictures.am.n_iter=3"])
     out = train(cfg)
     hist = out["history"]
     assert [h["epoch"] for h in hist] == [0, 1, 2]            # every epoch once, none repeated
@@ -34,6 +34,11 @@ def test_ddp_two_workers_injected_failure_resumes_and_checkpoint_explains(ray_lo
     explainer = FlintExplainer.load(str(tmp_path / "out"))
     assert explainer.flint.global_relevance.abs().sum() > 0 and explainer.mas_images.shape[:2] == (25, 3)
     assert explainer.config["metrics"]["test"]["fidelity"] == pytest.approx(test["fidelity"])
+    # the pictures it serves were grown once, with the job's AM+PI settings, and are in the checkpoint
+    pics = explainer.pictures
+    assert pics is not None and pics.am == cfg.pictures.am.model_dump(mode="json")
+    assert pics.attribute_am.shape == (25, 3, 1, 8, 8) and np.isfinite(pics.attribute_am).all()
+    assert pics.pair_am is None or pics.pair_am.shape[1:] == (3, 1, 8, 8)
     from interp_ray.data import load_dataset
 
     exps = explainer.explain(load_dataset("digits", "test").get_batch(np.arange(4)))
@@ -59,7 +64,7 @@ def test_posthoc_workers_stream_their_shard_of_the_store_and_f_stays_as_it_was(r
         "train.batch_size=64", "scaling.num_workers=2", "train.fail_at_epoch=1", "run.max_failures=1",
         'flint.schedule={"rec": [[1, 0.8]], "fid": [[2, 0.5]]}',   # two epochs: fidelity on in the second
         "flint.mode=posthoc", f"flint.predictor_checkpoint={digits_checkpoint}", f"store.root={tmp_path / 'acts'}",
-        "flint.relevance_samples=100", "pictures.enabled=false"])
+        "flint.relevance_samples=100", "pictures.enabled=false", "pictures.am.rounds=1", "pictures.am.n_iter=3"])
     out = train(cfg)
     hist = out["history"]
     assert [h["epoch"] for h in hist] == [0, 1] and [h["attempt"] for h in hist] == [0, 1]
@@ -78,6 +83,14 @@ def test_posthoc_workers_stream_their_shard_of_the_store_and_f_stays_as_it_was(r
     explainer = FlintExplainer.load(str(tmp_path / "out"))
     assert explainer.config["mode"] == "posthoc" and explainer.mas_images.shape[:2] == (25, 3)
     assert explainer.flint.global_relevance.abs().sum() > 0
+    # its pictures were grown from the store's input rows and kept; served with the classifier it was trained for,
+    # it explains that classifier's predictions (f is the classifier's weights)
+    assert explainer.pictures is not None
+    np.testing.assert_array_equal(explainer.pictures.attribute_mas, explainer.mas_images)
+    from interp_ray.session import ExplainSession
+
+    whose = ExplainSession.around(explainer, load_classifier(digits_checkpoint)).whose_predictions(rows["image"][:4])
+    assert [w["model"] for w in whose] == ["classifier"] * 4 and all(w["agrees"] for w in whose)
 
 
 def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from serving_helpers import asgi_client, digit_images, library_explanation, png_bytes
+from serving_helpers import asgi_client, digit_images, library_explanation, local_app, png_bytes
 
 from interp_ray.data.images import decode_image
 
@@ -68,20 +68,11 @@ def test_each_method_answers_as_the_library_does(local_api, service):
         assert_same(http, library_explanation(service, method, pixels, params=params))
 
 
-def test_the_captioner_answers_an_uploaded_image_as_the_library_does(semantic_checkpoints):
+def test_the_captioner_answers_an_uploaded_image_as_the_library_does(semantic_service, scene_frame_png):
     """semantic over a scenes classifier: an uploaded image is captioned as a one-frame clip."""
-    from interp_ray.data.scenes import load_scene_clips
-    from serving.api import make_api
-    from serving.jobs import JobRunner
-    from serving.service import ExplainerService, LocalBackend
-
-    service = ExplainerService({"checkpoint_dir": semantic_checkpoints["checkpoint_dir"], "classifier": "scenes",
-                                "methods": ["semantic"], "token_env": "INTERP_RAY_TEST_UNSET_TOKEN"})
-    backend = LocalBackend(service)
-    frame = load_scene_clips("test", n=1, frames=1, size=32).get_batch(np.arange(1))["clip"][0, 0]
-    png = png_bytes(frame)
+    service, png = semantic_service, scene_frame_png
     pixels = decode_image(png, None, "RGB")
-    with asgi_client(make_api(backend, JobRunner(backend=backend), service.args, token="")) as api:
+    with asgi_client(local_app(service)) as api:
         assert [m["name"] for m in api.get("/v1/methods").json()["methods"]] == ["semantic"]
         resp = api.post("/v1/explain/semantic", content=png, headers=PNG)
         assert resp.status_code == 200, resp.text
@@ -94,6 +85,34 @@ def test_the_captioner_answers_an_uploaded_image_as_the_library_does(semantic_ch
         assert http["label"] >= 0 and http["label_name"] == names[http["label"]]
         picture = api.post("/v1/explain/semantic/picture", content=png, headers=PNG)
         assert picture.status_code == 200 and picture.content[:8] == b"\x89PNG\r\n\x1a\n", picture.text[:200]
+
+
+def test_every_answer_says_whose_prediction_it_explains(local_api, service, flint_services):
+    """Each answer carries the served classifier's prediction and whose prediction the method explains: the
+    classifier's for the methods built around it and for a FLINT whose f has the classifier's weights (the
+    specimen, post hoc), FLINT's own f for one whose f differs (joint), with f's prediction and the agreement."""
+    images = digit_images(8)
+    predicted = local_api.post("/v1/predict", json=tensor_body(images)).json()["predictions"]
+    names = service.classifier.class_names
+    for method in sorted(service.explainers):
+        params = {"stage2_iterations": 2, "stage1_iterations": 2} if method == "feature_inversion" else {}
+        body = local_api.post(f"/v1/explain/{method}", json=tensor_body(images[:2], params=params)).json()
+        for p, e in zip(predicted, body["explanations"]):
+            w = e["explains"]
+            assert w["model"] == "classifier" and w["agrees"] is True, (method, w)
+            assert (w["label"], w["classifier_label"]) == (p["label"], p["label"])
+            assert w["label_name"] == names[p["label"]]
+            assert w["probability"] == pytest.approx(max(p["probabilities"]), abs=1e-6)
+    with asgi_client(local_app(flint_services["own"])) as api:
+        answers = api.post("/v1/explain/flint", json=tensor_body(images)).json()["explanations"]
+    for p, e in zip(predicted, answers):
+        w = e["explains"]
+        assert w["model"] == "own" and w["about"] == "FLINT's predictor f, trained jointly with its interpreter g"
+        # f's prediction as FLINT reports it, the served classifier's as /v1/predict answers
+        assert w["label"] == e["extra"]["predictor_class"] and w["label_name"] == e["extra"]["predictor_class_name"]
+        assert w["probability"] == pytest.approx(e["extra"]["predictor_probability"], abs=1e-6)
+        assert w["classifier_label"] == p["label"] and w["agrees"] == (w["label"] == p["label"])
+    assert not all(e["explains"]["agrees"] for e in answers)   # the perturbed f predicts otherwise for some digits
 
 
 def test_three_ways_to_send_an_image_agree(local_api):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from serving_helpers import local_app
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -67,18 +68,9 @@ class Server:
         self.thread.join(timeout=30)
 
 
-def app_over(service, token: str = ""):
-    from serving.api import make_api
-    from serving.jobs import JobRunner
-    from serving.service import LocalBackend
-
-    backend = LocalBackend(service)
-    return make_api(backend, JobRunner(backend=backend), service.args, token=token)
-
-
 @pytest.fixture(scope="module")
 def url(service):
-    with Server(app_over(service)) as u:
+    with Server(local_app(service)) as u:
         yield u
 
 
@@ -160,6 +152,9 @@ def test_each_served_method_shows_its_explanation(page, url, service, tmp_path):
             assert page.locator("#error").is_hidden(), page.inner_text("#error")
             (want,) = api.explain(png, name, params=FORM.get(name))["explanations"]
             assert int(page.get_attribute("#explained-label", "data-label")) == want["label"], name
+            whose = want["explains"]   # whose prediction: in words, with that prediction
+            assert page.get_attribute("#explains", "data-model") == whose["model"], name
+            assert f"{whose['label_name']} ({100 * whose['probability']:.1f}%)" in page.inner_text("#explains"), name
             if want["saliency"] is not None:
                 size = page.eval_on_selector("#overlay", "c => [c.width, c.height]")
                 assert size == [w, h], name  # the overlay has the image's size
@@ -182,6 +177,50 @@ def test_each_served_method_shows_its_explanation(page, url, service, tmp_path):
                 assert picture == list(im.size), name  # the report's figure, as curl gets it
             page.screenshot(path=str(tmp_path / f"method_{name}.png"), full_page=True)
     assert len(list(tmp_path.glob("method_*.png"))) == len(methods)
+
+
+def test_the_page_says_whose_prediction_flint_explains(page, flint_services, tmp_path):
+    """A FLINT whose f is not the served classifier: the page says so in words, with f's prediction, the served
+    classifier's, and whether they agree."""
+    with Server(local_app(flint_services["own"])) as url, client_for(url) as api:
+        answers = {}
+        for sample in ("digits_1.png", "digits_2.png", "digits_3.png"):
+            if (SAMPLES / sample).exists():
+                answers[sample] = api.explain((SAMPLES / sample).read_bytes(), "flint")["explanations"][0]["explains"]
+        # a sample on which f and the served classifier disagree, when there is one
+        sample = next((k for k, w in answers.items() if not w["agrees"]), next(iter(answers)))
+        w = answers[sample]
+        open_with_sample(page, url, sample)
+        page.select_option("#method", "flint")
+        page.click("#explain")
+        page.wait_for_selector("#explains")
+        text = page.inner_text("#explains")
+        assert page.get_attribute("#explains", "data-model") == "own"
+        assert text.startswith(f"explains the prediction of {w['about']}, not the served classifier's: "), text
+        assert f"{w['label_name']} ({100 * w['probability']:.1f}%)" in text
+        assert f"the served classifier predicts {w['classifier_label_name']} " \
+               f"({100 * w['classifier_probability']:.1f}%)" in text
+        assert text.endswith("(the same class)" if w["agrees"] else "(another class)"), text
+        page.screenshot(path=str(tmp_path / "flint_own_predictor.png"), full_page=True)
+
+
+def test_the_captioners_answer_shows_its_class_name_and_neurons(page, semantic_service, scene_frame_png, tmp_path):
+    with Server(local_app(semantic_service)) as url, client_for(url) as api:
+        (want,) = api.explain(scene_frame_png, "semantic")["explanations"]
+        page.goto(url + "/")
+        page.wait_for_selector("#method option", state="attached")
+        page.set_input_files("#file", files=[{"name": "frame.png", "mimeType": "image/png",
+                                              "buffer": scene_frame_png}])
+        page.wait_for_selector("#top li")
+        page.select_option("#method", "semantic")
+        page.click("#explain")
+        page.wait_for_selector("#explained-label")
+        assert want["label_name"] and page.inner_text("#explained-label") == f"explained class: {want['label_name']}"
+        assert page.inner_text("#sentence") == want["sentence"]
+        assert want["neurons"]   # the specimen's labelled neurons drive its captions
+        shown = page.eval_on_selector_all("#neurons li", "els => els.map(e => [e.dataset.neuron, e.textContent])")
+        assert shown == [[n, f"neuron {n}: {label}"] for n, label in want["neurons"].items()]
+        page.screenshot(path=str(tmp_path / "captioner.png"), full_page=True)
 
 
 # --------------------------------------------------------------------------- errors
@@ -230,7 +269,7 @@ def test_with_a_token_the_page_asks_for_it_and_sends_it(browser, service, tmp_pa
     page = browser.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     try:
-        with Server(app_over(service, token=TOKEN)) as url:
+        with Server(local_app(service, token=TOKEN)) as url:
             page.goto(url + "/")
             page.wait_for_selector("#auth:not([hidden])")
             assert error_text(page) == "missing or wrong bearer token (Authorization: Bearer …) (HTTP 401)"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_helpers import asgi_client, digit_images, library_explanation, png_bytes
+from serving_helpers import asgi_client, digit_images, library_explanation, local_app, png_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 WEB = REPO / "serving" / "web"
@@ -108,6 +108,73 @@ def test_each_kind_of_explanation_is_drawn(local_api, service, method):
     assert resp.content[:8] == PNG_MAGIC
     w, h = png_size(resp.content)
     assert w > 100 and h > 100  # a figure, not the 8×8 input
+
+
+def test_flint_picture_is_composed_from_the_checkpoints_stored_tiles(flint_services, monkeypatch):
+    """FLINT's served sheet shows, per relevant attribute, the tiles its checkpoint stores (the pair's for a stored
+    (class, attribute) pair, else the attribute's): AM+PI never runs while serving it."""
+    from interp_ray.explainers.flint import explainer as flint_explainer
+    from interp_ray.explainers.flint import plots as flint_plots
+    from interp_ray.plots import figure_png
+    from serving.service import Row
+
+    service = flint_services["stored"]
+    flint = service.explainers["flint"]
+    assert flint.pictures is not None and len(flint.pictures.pair_classes) == 2
+
+    def never(*_a, **_k):
+        raise AssertionError("AM+PI ran while a picture was served from stored tiles")
+
+    monkeypatch.setattr(flint_plots, "activation_maximisation", never)
+    monkeypatch.setattr(flint_explainer, "activation_maximisation", never)
+    image = digit_images(1)[0]
+    body = {"tensor": image.tolist(), "target": 0, "params": {"tau": 1000}}
+    with asgi_client(local_app(service)) as api:
+        resp = api.post("/v1/explain/flint/picture", json=body)
+    assert resp.status_code == 200, resp.text
+    (outcome,) = service.explain_rows("flint", [Row(image=image, target=0, params={"tau": 1000})])
+    exp = outcome.explanation
+    relevant = list(exp.attributes)
+    tiles = {name: flint.tiles(0, flint.attribute_names.index(name)) for name in relevant}
+    # the first relevant attribute has stored tiles of its own for class 0 (the fixture's pair); the rest the
+    # attribute's
+    assert tiles[relevant[0]][2] == "class" and {t[2] for t in list(tiles.values())[1:]} <= {"attribute"}
+    np.testing.assert_array_equal(tiles[relevant[0]][1], flint.pictures.pair_am[0])
+    j = flint.attribute_names.index(relevant[-1])
+    if len(relevant) > 1:
+        np.testing.assert_array_equal(tiles[relevant[-1]][1], flint.pictures.attribute_am[j])
+    expected = flint_plots.local_sheet_figure(
+        image, exp.extra["relevance"], 1000, attribute_names=flint.attribute_names, relevant=relevant,
+        am_images={n: t[1] for n, t in tiles.items()}, mas={n: t[0] for n, t in tiles.items()},
+        title=flint_plots.sheet_title(exp, 1000), attribute_labels=flint.attribute_labels())
+    assert resp.content == figure_png(expected)
+
+
+def test_flint_picture_from_a_checkpoint_without_stored_pictures(flint_services, monkeypatch):
+    """A checkpoint written before pictures were stored still answers: each relevant attribute's tiles are grown
+    once in the replica (from its stored MAS, or noise) and reused by the next request."""
+    from interp_ray.explainers.flint import explainer as flint_explainer
+
+    service = flint_services["old"]
+    flint = service.explainers["flint"]
+    assert flint.pictures is None
+    monkeypatch.setitem(flint.config, "am", {"rounds": 1, "n_iter": 3})   # cheap AM+PI for the test
+    grown: list[int] = []
+    real = flint_explainer.activation_maximisation
+
+    def counted(model, j, *args, **kwargs):
+        grown.extend([j] if isinstance(j, int) else j)
+        return real(model, j, *args, **kwargs)
+
+    monkeypatch.setattr(flint_explainer, "activation_maximisation", counted)
+    body = {"tensor": digit_images(1)[0].tolist(), "params": {"tau": 1000}}
+    with asgi_client(local_app(service)) as api:
+        first = api.post("/v1/explain/flint/picture", json=body)
+        second = api.post("/v1/explain/flint/picture", json=body)
+        attributes = api.post("/v1/explain/flint", json=body).json()["explanations"][0]["attributes"]
+    assert first.status_code == second.status_code == 200, first.text
+    assert first.content == second.content and first.content[:8] == PNG_MAGIC
+    assert attributes and sorted(grown) == sorted(flint.attribute_names.index(a) for a in attributes)
 
 
 def test_cnn_inte_picture_is_its_route_diagram(local_api, service):

@@ -20,11 +20,13 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
             + (x[:, :, :, :-1] - x[:, :, :, 1:]).abs().mean((1, 2, 3)))
 
 
-def activation_maximisation(model: FlintModel, j: int, init: torch.Tensor | None, settings: AMSection | None = None,
-                            *, shape: Sequence[int] | None = None, seed: int = 21) -> torch.Tensor:
+def activation_maximisation(model: FlintModel, j: int | Sequence[int], init: torch.Tensor | None,
+                            settings: AMSection | None = None, *, shape: Sequence[int] | None = None,
+                            seed: int = 21) -> torch.Tensor:
     """Maximise C·φ_j(x) − λ_tv TV(x) − λ_bound B(x) − λ_1 mean|x| over x (N×C×H×W), from κ·init (AM+PI) or from
-    U(0, 1) noise when ``init`` is None (random-init AM). Adam, ``rounds`` × ``n_iter`` steps, lr × ``lr_decay``
-    after each round. Returns the optimised inputs (detached, unclipped)."""
+    U(0, 1) noise when ``init`` is None (random-init AM). ``j``: one attribute for every image, or one per image
+    (N of them: the pictures of several attributes grown in one run). Adam, ``rounds`` × ``n_iter`` steps, lr ×
+    ``lr_decay`` after each round. Returns the optimised inputs (detached, unclipped)."""
     s = settings or AMSection()
     was = model.training
     model.eval()
@@ -35,6 +37,13 @@ def activation_maximisation(model: FlintModel, j: int, init: torch.Tensor | None
     else:
         x = s.kappa * init.detach().clone().float()
     x = x.to(dev).requires_grad_(True)
+    if isinstance(j, int):
+        pick = torch.full((len(x),), j, dtype=torch.long, device=dev)
+    else:
+        pick = torch.as_tensor(list(j), dtype=torch.long, device=dev)
+        if pick.shape != (len(x),):
+            raise ValueError(f"{len(pick)} attributes for {len(x)} images")
+    rows = torch.arange(len(x), device=dev)
     lo, hi = s.bounds
     lr = s.lr
     try:
@@ -48,7 +57,7 @@ def activation_maximisation(model: FlintModel, j: int, init: torch.Tensor | None
                     # Every term per image, then summed: a batch of N runs exactly as N single-image runs (the code
                     # optimises one image at a time; Adam is element-wise, eval mode keeps images independent).
                     bound = (((x > hi) | (x < lo)).float() * x.abs()).mean((1, 2, 3))
-                    objective = (s.C * phi[:, j] - s.lambda_l1 * x.abs().mean((1, 2, 3)) - s.lambda_bound * bound
+                    objective = (s.C * phi[rows, pick] - s.lambda_l1 * x.abs().mean((1, 2, 3)) - s.lambda_bound * bound
                                  - s.lambda_tv * total_variation(x)).sum()
                     (grad,) = torch.autograd.grad(-objective, [x])
                     x.grad = grad

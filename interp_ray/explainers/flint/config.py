@@ -161,7 +161,10 @@ class FlintOptimConfig(OptimConfig):
 
 
 class PicturesSection(Section):
-    enabled: bool = False
+    enabled: bool = False                  # write the PNGs (global pairs, a local sheet) beside the checkpoint
+    # Grow the AM+PI tiles (per attribute, per relevant pair) once after training and keep them in the checkpoint:
+    # a served or drawn explanation is composed from them. False: each process grows an attribute's on first use.
+    stored: bool = True
     dir: str | None = None                 # default: <output>/pictures
     max_pairs: int = Field(40, gt=0)       # at most this many (class, attribute) pairs get a picture
     am: AMSection = Field(default_factory=AMSection)

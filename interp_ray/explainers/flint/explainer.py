@@ -9,6 +9,7 @@ checkpoint; the pieces live beside it in this package, one concern each, each im
 * ``losses``: the five loss terms;
 * ``am``: activation maximisation with partial initialisation (AM+PI);
 * ``interpretation``: contributions, relevance, local / global interpretations, CNS, test metrics;
+* ``pictures``: the MAS and AM+PI tiles grown once after training and kept in the checkpoint (``PICTURES_FILE``);
 * ``training``: one epoch, evaluation, the Ray-free loop and ``finalize`` (global relevance, MAS);
 * ``plots`` (above this module): the pictures.
 
@@ -19,6 +20,7 @@ dataset's ground truth is a metric (``interp_ray.metrics.scene_attributes``).
 from __future__ import annotations
 
 import io
+import threading
 from typing import Any, Sequence
 
 import numpy as np
@@ -27,11 +29,14 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from interp_ray.errors import UserError
-from interp_ray.explainers.base import Explainer, Explanation, parse_params, register, summary_lines
+from interp_ray.explainers.base import (Explainer, Explanation, OwnPredictor, parse_params, register,
+                                        summary_lines)
+from interp_ray.explainers.flint.am import activation_maximisation
 from interp_ray.explainers.flint.config import AMSection, FlintJobConfig
 from interp_ray.explainers.flint.interpretation import (contributions, global_interpretation, interpreter_weight,
                                                         local_interpretation, relevance)
 from interp_ray.explainers.flint.model import FlintModel, build_flint
+from interp_ray.explainers.flint.pictures import FlintPictures, grow_pictures, read_pictures
 from interp_ray.explainers.flint.training import FlintInputs, FlintSetup, finalize, finalize_from_store, train_local
 
 
@@ -52,7 +57,10 @@ def save_flint(path, model: FlintModel, *, spec: dict[str, Any], predictor_spec:
                class_names: Sequence[str], mode: str, tau: float = 2.0, data: dict | None = None,
                metrics: dict | None = None, predictor_digest: str | None = None,
                mas_images: np.ndarray | None = None, attribute_names: Sequence[str] | None = None,
-               attribute_matches: list | None = None, am: dict | None = None) -> str:
+               attribute_matches: list | None = None, am: dict | None = None,
+               pictures: FlintPictures | None = None) -> str:
+    """Write a FLINT checkpoint. ``pictures`` (grown once after training) go in ``pictures.npz``, which the config
+    names with its sha256, so the checkpoint's digest covers them."""
     from interp_ray.checkpoint import save_checkpoint
 
     model = getattr(model, "module", model)
@@ -61,10 +69,15 @@ def save_flint(path, model: FlintModel, *, spec: dict[str, Any], predictor_spec:
         buf = io.BytesIO()
         np.savez_compressed(buf, images=np.asarray(mas_images, dtype=np.float32))
         files[MAS_FILE] = buf.getvalue()
+    record = None
+    if pictures is not None:
+        data_bytes = pictures.to_bytes()
+        record = pictures.record(data_bytes)
+        files[record["file"]] = data_bytes
     config = {"model": predictor_spec, "flint": spec, "class_names": list(class_names), "mode": mode, "tau": tau,
               "attribute_names": list(attribute_names or attribute_names_for(model.n_attributes)),
               "data": data or {}, "metrics": metrics or {}, "predictor_digest": predictor_digest,
-              "attribute_matches": attribute_matches, "am": am}
+              "attribute_matches": attribute_matches, "am": am, "pictures": record}
     return save_checkpoint(path, kind=CHECKPOINT_KIND, config=config, state_dict=model.state_dict(), files=files)
 
 
@@ -99,7 +112,7 @@ class FlintExplainer(Explainer):
 
     def __init__(self, flint: FlintModel, *, class_names: Sequence[str] | None = None,
                  attribute_names: Sequence[str] | None = None, tau: float = 2.0, config: dict | None = None,
-                 mas_images: np.ndarray | None = None):
+                 mas_images: np.ndarray | None = None, pictures: FlintPictures | None = None):
         self.flint = flint.eval()
         self.model = flint.predictor  # the classifier explained; its input_shape tells callers what to feed
         self.class_names = list(class_names) if class_names else None
@@ -107,6 +120,9 @@ class FlintExplainer(Explainer):
         self.tau = float(tau)
         self.config = dict(config or {})
         self.mas_images = mas_images
+        self.pictures = pictures          # stored at training time; None in checkpoints written before
+        self._grown: dict[int, tuple[np.ndarray, np.ndarray]] = {}   # attribute → tiles grown here (no stored ones)
+        self._grow_lock = threading.Lock()
 
     # -- learned state ------------------------------------------------------------------------------------------
     def fit(self, data: Any = None, **kwargs: Any) -> "FlintExplainer":
@@ -143,7 +159,8 @@ class FlintExplainer(Explainer):
                           mode=self.config.get("mode", "joint"), tau=self.tau, data=self.config.get("data"),
                           metrics=self.config.get("metrics"), predictor_digest=self.config.get("predictor_digest"),
                           mas_images=self.mas_images, attribute_names=self.attribute_names,
-                          attribute_matches=self.config.get("attribute_matches"), am=self.config.get("am"))
+                          attribute_matches=self.config.get("attribute_matches"), am=self.config.get("am"),
+                          pictures=self.pictures)
 
     @classmethod
     def load(cls, path: str, **kwargs: Any) -> "FlintExplainer":
@@ -165,7 +182,7 @@ class FlintExplainer(Explainer):
         device = kwargs.get("device", "cpu")
         return cls(model.to(device).eval(), class_names=ck.config.get("class_names"),
                    attribute_names=ck.config.get("attribute_names"), tau=kwargs.get("tau", ck.config.get("tau", 2.0)),
-                   config=ck.config, mas_images=mas)
+                   config=ck.config, mas_images=mas, pictures=read_pictures(ck.files, ck.config.get("pictures"), path))
 
     # -- interpretation ------------------------------------------------------------------------------------------
     @property
@@ -190,6 +207,15 @@ class FlintExplainer(Explainer):
         phi = out.phi.cpu().numpy()
         alpha = contributions(phi, self.weight, classes)
         return {"phi": phi, "prob_f": pf, "prob_g": pg, "classes": classes, "alpha": alpha, "r": relevance(alpha)}
+
+    def own_predictor(self) -> OwnPredictor:
+        """FLINT explains its predictor f (the interpreter g mimics f): trained with g (joint, BASE), or a frozen
+        copy of a classifier (post hoc; the session then finds it is the served classifier's weights)."""
+        mode = self.config.get("mode", "joint")
+        about = {"posthoc": "FLINT's predictor f, a frozen copy of the classifier it was trained for",
+                 "base": "FLINT's predictor f, trained alone (BASE)"}.get(
+                     mode, "FLINT's predictor f, trained jointly with its interpreter g")
+        return OwnPredictor(self.flint.predictor, about, self.class_names)
 
     def checkpoint_defaults(self) -> dict[str, Any]:
         return {"tau": self.tau}   # the τ the job chose (flint.tau), not the class's 2
@@ -247,12 +273,52 @@ class FlintExplainer(Explainer):
 
     def draw(self, image: np.ndarray, explanation: Explanation, **drawing: Any) -> Any:
         """The local interpretation sheet: the relevance of every attribute with the 1/τ line, and per relevant
-        attribute its AM+PI picture grown from the input (and its maximum-activating samples)."""
+        attribute its pictures. With no drawing parameters, they are the checkpoint's stored tiles (``tiles``: the
+        MAS of the explained class and attribute and the AM+PI images grown from them, computed once); given AM+PI
+        settings, the attribute's AM+PI picture is grown from this input with them (hundreds of steps each)."""
         from interp_ray.explainers.flint.plots import local_sheet
 
         fig, _ = local_sheet(self, image, tau=(explanation.extra or {}).get("tau"), target=explanation.label,
-                             am=self.parse_drawing(drawing))
+                             am=self.parse_drawing(drawing) if drawing else None)
         return fig
+
+    def grow_pictures(self, pairs: Sequence[tuple[int, int, np.ndarray]] = (), am: AMSection | None = None
+                      ) -> FlintPictures:
+        """Grow the stored pictures (after training: ``finalize``'s MAS and ``pairs``) with the checkpoint's AM+PI
+        settings (or ``am``); kept in ``self.pictures`` and saved with the checkpoint."""
+        if self.mas_images is None:
+            raise UserError("FLINT's pictures are grown from its maximum-activating samples: compute them first "
+                            "(training.finalize)")
+        self.pictures = grow_pictures(self.flint, self.mas_images, am or self.am_settings(), pairs=pairs)
+        return self.pictures
+
+    def tiles(self, cls: int, j: int) -> tuple[np.ndarray, np.ndarray, str]:
+        """(MAS, AM+PI images, "class" or "attribute") of attribute ``j`` for class ``cls``: ``tiles_for``."""
+        return self.tiles_for(cls, [j])[0]
+
+    def tiles_for(self, cls: int, attributes: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray, str]]:
+        """Per attribute, (MAS, AM+PI images, "class" or "attribute") for class ``cls``: the stored ones; for a
+        checkpoint written before pictures were stored, the attribute's grown from its MAS (from noise when it has
+        none) on first use, those missing in one batched AM+PI run, and kept for this process's later requests."""
+        if self.pictures is not None:
+            return [self.pictures.tiles(cls, j) for j in attributes]
+        with self._grow_lock:   # one replica thread grows an attribute once; the others wait and reuse it
+            missing = [j for j in dict.fromkeys(attributes) if j not in self._grown]
+            if missing:
+                am = self.am_settings()
+                if self.mas_images is not None:
+                    mas = np.asarray(self.mas_images, dtype=np.float32)[missing]
+                    seeds = torch.from_numpy(np.ascontiguousarray(mas.reshape(-1, *mas.shape[2:])))
+                    rows = [j for j in missing for _ in range(mas.shape[1])]
+                    grown = activation_maximisation(self.flint, rows, seeds, am).cpu().numpy().reshape(mas.shape)
+                else:
+                    shape = (len(missing), *self.flint.predictor.input_shape)
+                    grown = activation_maximisation(self.flint, missing, None, am, shape=shape).cpu().numpy()
+                    grown = grown[:, None]
+                    mas = np.zeros((len(missing), 0, *shape[1:]), dtype=np.float32)
+                for k, j in enumerate(missing):
+                    self._grown[j] = (mas[k], grown[k])
+            return [(*self._grown[j], "attribute") for j in attributes]
 
     def am_settings(self, **overrides: Any) -> AMSection:
         """AM+PI settings: the checkpoint's (from the training config's ``pictures.am``), then ``overrides``."""
@@ -287,8 +353,11 @@ def explainer_from_setup(st: FlintSetup, cfg: FlintJobConfig, extra: dict[str, A
     config = {"model": st.predictor_spec, "flint": st.spec, "mode": cfg.flint.mode, "data": cfg.data.model_dump(),
               "metrics": metrics or {}, "predictor_digest": st.predictor_digest,
               "attribute_matches": extra.get("attribute_matches"), "am": cfg.pictures.am.model_dump(mode="json")}
-    return FlintExplainer(st.model.cpu().eval(), class_names=st.train_ds.class_names, tau=cfg.flint.tau,
-                          config=config, mas_images=extra.get("mas_images"))
+    explainer = FlintExplainer(st.model.cpu().eval(), class_names=st.train_ds.class_names, tau=cfg.flint.tau,
+                               config=config, mas_images=extra.get("mas_images"))
+    if cfg.pictures.stored and explainer.mas_images is not None:
+        explainer.grow_pictures(extra.get("pairs", ()), cfg.pictures.am)
+    return explainer
 
 
 def train_explainer(cfg: FlintJobConfig, inputs: FlintInputs, *, log=None, stores: dict[str, Any] | None = None
@@ -298,6 +367,7 @@ def train_explainer(cfg: FlintJobConfig, inputs: FlintInputs, *, log=None, store
     not the images."""
     st, history = train_local(cfg, inputs, log=log, stores=stores)
     st.model.cpu()
-    extra = (finalize_from_store(st.model, stores["train"], cfg.flint) if cfg.flint.mode == "posthoc"
-             else finalize(st.model, st.train_ds, cfg.flint))
+    pairs = cfg.pictures.max_pairs
+    extra = (finalize_from_store(st.model, stores["train"], cfg.flint, max_pairs=pairs) if cfg.flint.mode == "posthoc"
+             else finalize(st.model, st.train_ds, cfg.flint, max_pairs=pairs))
     return explainer_from_setup(st, cfg, extra, {"history": history[-1:] if history else []}), history

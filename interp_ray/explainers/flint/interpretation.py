@@ -7,7 +7,8 @@
   ``relevance_samples`` rows, 1,020 as in the code); global interpretation = {(c, φ_j) : r_{j,c} > 1/τ};
 * conciseness CNS(τ) = mean_x |{j : r_{j,x} > 1/τ}|, in two readings: ``absolute=True`` counts |α_j| > max|α|/τ
   (the demo notebook), ``absolute=False`` counts α_j > max α / τ (``sparse_sense`` in ``flint.py``);
-* maximum-activating samples MAS(c, φ_j, l): the top-l samples of true class c by φ_j (``max_activating``).
+* maximum-activating samples MAS(c, φ_j, l): the top-l samples of true class c by φ_j (``max_activating``; per
+  relevant pair of the global interpretation: ``pair_rows``).
 """
 
 from __future__ import annotations
@@ -158,6 +159,18 @@ def max_activating(phi: np.ndarray, labels: np.ndarray | None, j: int, *, cls: i
     rows = np.arange(len(phi)) if cls is None else np.flatnonzero(np.asarray(labels) == cls)
     order = np.argsort(-np.asarray(phi)[rows, j], kind="stable")
     return rows[order[:count]]
+
+
+def pair_rows(phi: np.ndarray, labels: np.ndarray, rel: np.ndarray, tau: float, *, count: int,
+              max_pairs: int) -> list[tuple[int, int, np.ndarray]]:
+    """[(c, j, rows)]: the relevant pairs of the global interpretation at ``tau`` (at most ``max_pairs``), each with
+    its MAS(c, φ_j, l): the ``count`` rows of true class c with the largest φ_j (rows of ``phi``)."""
+    out = []
+    for c, j, _ in global_interpretation(rel, tau)[:max_pairs]:
+        rows = max_activating(phi, labels, j, cls=c, count=count)
+        if len(rows) == count:   # a class with fewer rows in the subset than l has no full set: attribute tiles
+            out.append((c, j, rows))
+    return out
 
 
 def evaluate_model(model: FlintModel, ds, *, taus: Sequence[float] = TAUS, batch_size: int = 512) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """FLINT pictures as PNG: per relevant (class, attribute) pair, the maximum-activating samples (MAS) and the
 activation-maximisation-with-partial-initialisation (AM+PI) image grown from each; per input, its local
-interpretation sheet. Matplotlib's object API on the Agg canvas (no pyplot state, no display), as ``interp_ray.plots``.
+interpretation sheet, composed from the tiles the checkpoint stores (``pictures``) unless AM+PI settings are given.
+Matplotlib's object API on the Agg canvas (no pyplot state, no display), as ``interp_ray.plots``.
 """
 
 from __future__ import annotations
@@ -82,10 +83,12 @@ def local_sheet_figure(image: np.ndarray, relevance: Sequence[float], tau: float
                        attribute_labels: dict[str, str] | None = None, bounds: Sequence[float] = (0.0, 1.0),
                        dpi: int = 100):
     """The input, a bar chart of every attribute's relevance with the 1/τ line, then one row per relevant attribute:
-    its AM+PI image grown from the input, and its maximum-activating samples."""
+    its AM+PI image(s) (``am_images[name]``: one C×H×W, or l×C×H×W), then its maximum-activating samples."""
     mas = mas or {}
+    am_images = {k: np.asarray(v) if np.asarray(v).ndim == 4 else np.asarray(v)[None] for k, v in am_images.items()}
     n_mas = max((len(v) for v in mas.values()), default=0)
-    cols = max(1 + n_mas, 4)
+    n_am = max((len(v) for v in am_images.values()), default=1)
+    cols = max(n_am + n_mas, 4)
     rows = 1 + len(relevant)
     fig = _figure(1.5 * cols, 1.7 * rows + 0.3, dpi)
     grid = fig.add_gridspec(rows, cols)
@@ -103,9 +106,11 @@ def local_sheet_figure(image: np.ndarray, relevance: Sequence[float], tau: float
     for r, name in enumerate(relevant, start=1):
         label = name if not attribute_labels or name not in attribute_labels else f"{name}\n{attribute_labels[name]}"
         j = list(attribute_names).index(name)
-        _imshow(fig.add_subplot(grid[r, 0]), am_images[name], bounds, f"{label}\nAM+PI  r={rel[j]:.2f}")
+        for k, a in enumerate(am_images[name]):
+            _imshow(fig.add_subplot(grid[r, k]), a, bounds, f"{label}\nAM+PI  r={rel[j]:.2f}" if k == 0
+                    else f"AM+PI {k + 1}")
         for k, m in enumerate(mas.get(name, [])):
-            _imshow(fig.add_subplot(grid[r, 1 + k]), m, bounds, f"MAS {k + 1}")
+            _imshow(fig.add_subplot(grid[r, n_am + k]), m, bounds, f"MAS {k + 1}")
     fig.tight_layout()
     return fig
 
@@ -113,7 +118,7 @@ def local_sheet_figure(image: np.ndarray, relevance: Sequence[float], tau: float
 def write_local_sheet(explainer: FlintExplainer, image: np.ndarray, path: str | os.PathLike, *,
                       tau: float | None = None, am: AMSection | None = None, target: int = -1) -> tuple[str, Any]:
     """Explain one image (C×H×W in [0, 1]) and write its local interpretation sheet. Returns (path, Explanation).
-    ``am`` defaults to the checkpoint's AM+PI settings."""
+    ``am`` None composes it from the stored tiles; given, AM+PI is grown from the image with it (``local_sheet``)."""
     fig, exp = local_sheet(explainer, image, tau=tau, am=am, target=target)
     return _save(fig, path), exp
 
@@ -121,25 +126,36 @@ def write_local_sheet(explainer: FlintExplainer, image: np.ndarray, path: str | 
 def local_sheet(explainer: FlintExplainer, image: np.ndarray, *, tau: float | None = None,
                 am: AMSection | None = None, target: int = -1) -> tuple[Any, Any]:
     """Explain one image and draw its local interpretation sheet (``local_sheet_figure``). Returns
-    (Figure, Explanation)."""
-    am = am or explainer.am_settings()
+    (Figure, Explanation). With ``am`` None, each relevant attribute's row is the explainer's stored tiles
+    (``FlintExplainer.tiles_for``: the AM+PI images grown once from the MAS of the explained class, or of the attribute,
+    then those MAS); with ``am``, its AM+PI image is grown from this input with those settings (the per-image
+    picture: hundreds of optimiser steps per attribute) beside the attribute's MAS."""
     tau = tau or explainer.tau
     exp = explainer.explain({"image": np.asarray(image, dtype=np.float32)[None]}, {"tau": tau, "target": target})[0]
     relevant = list(exp.attributes or {})
-    x = torch.from_numpy(np.asarray(image, dtype=np.float32)[None])
-    am_images = {}
-    for name in relevant:
-        j = explainer.attribute_names.index(name)
-        am_images[name] = activation_maximisation(explainer.flint, j, x, am)[0].cpu().numpy()
-    mas = None
-    if explainer.mas_images is not None:
-        mas = {name: explainer.mas_images[explainer.attribute_names.index(name)] for name in relevant}
-    title = (f"g: {exp.label_name or exp.label} (p={exp.extra['interpreter_probability']:.2f}), "
-             f"f: {exp.extra['predictor_class_name'] or exp.extra['predictor_class']}, tau={tau:g}")
+    idx = [explainer.attribute_names.index(name) for name in relevant]
+    if am is None:
+        tiles = explainer.tiles_for(exp.label, idx)
+        mas = {name: t[0] for name, t in zip(relevant, tiles)}
+        am_images = {name: t[1] for name, t in zip(relevant, tiles)}
+    else:
+        x = torch.from_numpy(np.asarray(image, dtype=np.float32)[None])
+        am_images = {name: activation_maximisation(explainer.flint, j, x, am)[0].cpu().numpy()
+                     for name, j in zip(relevant, idx)}
+        mas = ({name: explainer.mas_images[j] for name, j in zip(relevant, idx)}
+               if explainer.mas_images is not None else {})
+    bounds = (am or explainer.am_settings()).bounds
+    title = sheet_title(exp, tau)
     fig = local_sheet_figure(image, exp.extra["relevance"], tau, attribute_names=explainer.attribute_names,
                              relevant=relevant, am_images=am_images, mas=mas, title=title,
-                             attribute_labels=explainer.attribute_labels(), bounds=am.bounds)
+                             attribute_labels=explainer.attribute_labels(), bounds=bounds)
     return fig, exp
+
+
+def sheet_title(exp: Any, tau: float) -> str:
+    """A local sheet's title: g's class and probability, f's class, τ."""
+    return (f"g: {exp.label_name or exp.label} (p={exp.extra['interpreter_probability']:.2f}), "
+            f"f: {exp.extra['predictor_class_name'] or exp.extra['predictor_class']}, tau={tau:g}")
 
 
 def write_global_pictures(explainer: FlintExplainer, ds, out_dir: str | os.PathLike, *, tau: float | None = None,

@@ -18,7 +18,7 @@ from torch import nn
 from interp_ray.errors import UserError
 from interp_ray.explainers.flint.config import TERMS, FlintJobConfig, FlintOptimConfig, FlintSection, ScheduleSection
 from interp_ray.explainers.flint.interpretation import (collect_steps, compute_global_relevance, max_activating,
-                                                        relevance_subset, store_global_relevance)
+                                                        pair_rows, relevance_subset, store_global_relevance)
 from interp_ray.explainers.flint.losses import flint_losses, total_loss
 from interp_ray.explainers.flint.model import (FlintModel, Step, build_flint, forward_step, image_steps,
                                                resolved_flint_spec)
@@ -258,22 +258,26 @@ def epoch_row(epoch: int, attempt: int, tr: dict, va: dict, weights: dict, secon
 
 
 def finalize(model: FlintModel, train_ds, section: FlintSection, *, seed: int = 21,
-             device: torch.device | str = "cpu") -> dict[str, Any]:
+             device: torch.device | str = "cpu", max_pairs: int = 40) -> dict[str, Any]:
     """After training: global relevance (into the model's buffer) and each attribute's maximum-activating samples,
     both on the same random training subset, as the code does. Returns the MAS (indices into ``train_ds`` and
-    images, J×l[×C×H×W]) for the checkpoint."""
+    images, J×l[×C×H×W]) for the checkpoint, and ``pairs``: the MAS of each relevant (class, attribute) pair of the
+    global interpretation at ``section.tau`` (at most ``max_pairs``), [(c, j, l×C×H×W)], for ``grow_pictures``."""
     rel, idx, data = compute_global_relevance(model, train_ds, samples=section.relevance_samples, seed=seed,
                                               device=device)
     mas_idx = np.stack([idx[max_activating(data["phi"], None, j, count=section.n_mas)]
                         for j in range(model.n_attributes)])  # J×l rows of train_ds
     images = train_ds.get_batch(mas_idx.reshape(-1))["image"]
     mas = images.reshape(*mas_idx.shape, *images.shape[1:])
-    extra: dict[str, Any] = {"mas_indices": mas_idx, "mas_images": mas}
-    return extra
+    pairs = [(c, j, train_ds.get_batch(idx[rows])["image"])
+             for c, j, rows in pair_rows(data["phi"], data["labels"], rel, section.tau, count=section.n_mas,
+                                         max_pairs=max_pairs)]
+    return {"mas_indices": mas_idx, "mas_images": mas, "pairs": pairs}
 
 
 def finalize_from_store(model: FlintModel, store: Any, section: FlintSection, *, seed: int = 21,
-                        device: torch.device | str = "cpu", batch_rows: int = 512) -> dict[str, Any]:
+                        device: torch.device | str = "cpu", batch_rows: int = 512, max_pairs: int = 40
+                        ) -> dict[str, Any]:
     """``finalize`` post hoc: the same random subset of training rows, read from the train store (f's taps and the
     input) in one streaming pass instead of running f over images."""
     idx = relevance_subset(len(store), section.relevance_samples, seed)
@@ -288,7 +292,10 @@ def finalize_from_store(model: FlintModel, store: Any, section: FlintSection, *,
     steps = row_steps(({k: v[lo:lo + batch_rows] for k, v in rows.items()} for lo in range(0, len(order), batch_rows)),
                       model.layers)
     data = collect_steps(model, steps, device)
-    store_global_relevance(model, data)
+    rel = store_global_relevance(model, data)
     pos = np.stack([max_activating(data["phi"], None, j, count=section.n_mas) for j in range(model.n_attributes)])
     images = rows[INPUT_LAYER][pos.reshape(-1)]
-    return {"mas_indices": rows["index"][pos], "mas_images": images.reshape(*pos.shape, *images.shape[1:])}
+    pairs = [(c, j, rows[INPUT_LAYER][r]) for c, j, r in pair_rows(data["phi"], data["labels"], rel, section.tau,
+                                                                     count=section.n_mas, max_pairs=max_pairs)]
+    return {"mas_indices": rows["index"][pos], "mas_images": images.reshape(*pos.shape, *images.shape[1:]),
+            "pairs": pairs}

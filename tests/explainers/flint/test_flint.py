@@ -189,7 +189,9 @@ def test_architectures_shapes_and_gradient_paths(name, options, layers, shape):
 def _cfg(seed: int = 0, **flint):
     return FlintJobConfig.model_validate({
         "flint": {"relevance_samples": 300, **flint},
-        "train": {"epochs": 6, "batch_size": 32, "lr": 0.003, "seed": seed}, "scaling": {"use_gpu": False}})
+        "train": {"epochs": 6, "batch_size": 32, "lr": 0.003, "seed": seed}, "scaling": {"use_gpu": False},
+        # the stored pictures are grown after training: short AM+PI runs keep the tests quick
+        "pictures": {"max_pairs": 6, "am": {"kappa": 0.5, "rounds": 2, "n_iter": 10}}})
 
 
 def _posthoc_stores(cfg, tmp_path):
@@ -376,3 +378,75 @@ def test_pictures_are_written_and_not_blank(trained, digits_test, tmp_path):
         assert r["activation"]["mas"] > r["activation"]["random"], r
     sheet, exp = write_local_sheet(explainer, digits_test.get_batch([0])["image"][0], tmp_path / "local.png", am=am)
     assert exp.attributes and png_pixel_variance(sheet) > floor + 0.05
+
+
+def test_pictures_are_grown_once_after_training_and_kept_in_the_checkpoint(trained, tmp_path, monkeypatch):
+    """Training grows AM+PI from every attribute's MAS and from the MAS of each relevant pair of the global
+    interpretation (rows of that class), batched as single runs would be; the checkpoint keeps them (sha256 in its
+    config); the sheet is composed from them with no AM+PI run; a checkpoint without them still draws."""
+    import json
+
+    from interp_ray.explainers.flint import explainer as flint_explainer
+    from interp_ray.explainers.flint import plots as flint_plots
+    from interp_ray.explainers.base import picture_png
+    from interp_ray.explainers.flint.pictures import PICTURES_FILE
+
+    explainer, _ = trained
+    pics = explainer.pictures
+    am = explainer.am_settings()
+    assert pics is not None and pics.am == am.model_dump(mode="json") and am.rounds == 2
+    np.testing.assert_array_equal(pics.attribute_mas, explainer.mas_images)
+    pairs = [(c, j) for c, j, _ in global_interpretation(explainer.flint.global_relevance.numpy(), explainer.tau)]
+    got = list(zip(pics.pair_classes.tolist(), pics.pair_attributes.tolist()))
+    assert got and got == pairs[:len(got)] and len(got) <= 6
+    # each pair's MAS are digits of its class: f (accurate after training) mostly says so
+    pred = explainer.flint.predictor(torch.from_numpy(pics.pair_mas.reshape(-1, 1, 8, 8))).argmax(1).numpy()
+    assert (pred == np.repeat(pics.pair_classes, pics.pair_mas.shape[1])).mean() >= 0.8
+    # batched over attributes as one attribute at a time (jittered ties aside, as in the AM+PI test)
+    for j in (0, int(pics.pair_attributes[0])):
+        alone = activation_maximisation(explainer.flint, j, torch.from_numpy(pics.attribute_mas[j]), am).numpy()
+        np.testing.assert_allclose(pics.attribute_am[j], alone, atol=1e-3)
+    c0, j0 = got[0]
+    mas, grown, source = explainer.tiles(c0, j0)
+    assert source == "class" and np.array_equal(mas, pics.pair_mas[0]) and np.array_equal(grown, pics.pair_am[0])
+    other = next(c for c in range(10) if (c, j0) not in got)
+    assert explainer.tiles(other, j0)[2] == "attribute"
+
+    explainer.save(str(tmp_path / "ck"))
+    config = json.loads((tmp_path / "ck" / "config.json").read_text())
+    assert config["pictures"]["file"] == PICTURES_FILE and len(config["pictures"]["sha256"]) == 64
+    again = FlintExplainer.load(str(tmp_path / "ck"))
+    for name in ("attribute_mas", "attribute_am", "pair_classes", "pair_attributes", "pair_mas", "pair_am"):
+        np.testing.assert_array_equal(getattr(again.pictures, name), getattr(pics, name))
+
+    def never(*_a, **_k):
+        raise AssertionError("AM+PI ran although the pictures are stored")
+
+    with monkeypatch.context() as m:
+        m.setattr(flint_plots, "activation_maximisation", never)
+        m.setattr(flint_explainer, "activation_maximisation", never)
+        image = load_digits_image()
+        e = again.explain({"image": image[None]})[0]
+        assert e.attributes and picture_png(again.draw(image, e))[:8] == b"\x89PNG\r\n\x1a\n"
+
+    (tmp_path / "ck" / PICTURES_FILE).write_bytes(b"changed")
+    with pytest.raises(UserError, match="does not match the sha256"):
+        FlintExplainer.load(str(tmp_path / "ck"))
+    # a checkpoint written before pictures were stored: drawn from tiles grown on first use, then reused
+    (tmp_path / "ck" / PICTURES_FILE).unlink()
+    config["pictures"] = None
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(config))
+    old = FlintExplainer.load(str(tmp_path / "ck"))
+    assert old.pictures is None
+    first = old.tiles_for(c0, [j0, 0])
+    np.testing.assert_array_equal(first[0][0], explainer.mas_images[j0])   # the attribute's MAS
+    np.testing.assert_allclose(first[0][1], pics.attribute_am[j0], atol=1e-3)  # grown as training grew them
+    with monkeypatch.context() as m:
+        m.setattr(flint_explainer, "activation_maximisation", never)
+        assert all(np.array_equal(a[1], b[1]) for a, b in zip(old.tiles_for(c0, [j0, 0]), first))
+
+
+def load_digits_image() -> np.ndarray:
+    from interp_ray.data import load_dataset
+
+    return load_dataset("digits", "test").get_batch([0])["image"][0]

@@ -29,7 +29,7 @@ from interp_ray.explainers.interpnet.tables import collect
 from interp_ray.metrics.captions import CaptionScorer, attribute_faithfulness, score_files
 from interp_ray.training import state_digest
 from jobs.common import base_parser, exit_with, init_ray
-from jobs.train_explainer import check_data, role_stores, train, train_local
+from jobs.train_explainer import check_data, role_stores, train, train_local, with_layers
 
 log = logging.getLogger("interp_ray.evaluate")
 NAMES = {"captioning": "Captioning (input only)", "interpnet_0": "InterpNET_0 (output only)",
@@ -91,6 +91,7 @@ def test_table(cfg: InterpNETTrainJob):
 
 def evaluate(cfg: InterpNETTrainJob) -> dict[str, Any]:
     t_start = time.perf_counter()
+    cfg = with_layers(cfg)   # h_0 from the classifier's roles when the config names none; named layers checked
     out_dir = Path(cfg.evaluate.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for v in cfg.evaluate.variants:

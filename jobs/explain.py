@@ -9,10 +9,11 @@ The method is looked up in the explainer registry and opened as every consumer o
 other is built around the classifier checkpoint ``DIR``. A learned method that reads the classifier's activations
 also needs that classifier: ``--classifier``, by default the checkpoint its training recorded. Each image is decoded
 once (``interp_ray.data.images.decode_image``) and resized to the model's input (grey-scale for 1-channel models).
-``--param key=value`` passes any field of the method's ``Params``; ``--tau`` and ``--target`` are shorthands. The text
-is the method's ``summary``; ``--picture`` writes its ``draw``, with ``--draw key=value`` for any field of its
-``Drawing`` parameters. Bad input (unknown method, unreadable image, missing checkpoint, bad parameter) is a
-``UserError``: one line on stderr, exit code 2.
+``--option key=value`` passes a construction option (``--option layer=features``: the layer a saliency method reads
+instead of its role default); ``--param key=value`` passes any field of the method's ``Params``; ``--tau`` and
+``--target`` are shorthands. The text is the method's ``summary``; ``--picture`` writes its ``draw``, with
+``--draw key=value`` for any field of its ``Drawing`` parameters. Bad input (unknown method, unreadable image,
+missing checkpoint, bad parameter, a layer the model lacks) is a ``UserError``: one line on stderr, exit code 2.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ def parser() -> argparse.ArgumentParser:
                         "(default: the one the method was trained over)")
     p.add_argument("--param", dest="params", action="append", default=[], metavar="KEY=VALUE",
                    help="a field of the method's parameters, value parsed as YAML (repeatable)")
+    p.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                   help="a construction option of the method, value parsed as YAML (repeatable), e.g. the layer a "
+                        "saliency method reads: --option layer=features (`interp-ray layers CHECKPOINT` lists them; "
+                        "the same as an explain-dataset config's options and the serve config's method_options)")
     p.add_argument("--tau", type=float, default=None, help="relevance threshold 1/tau (methods with a tau parameter)")
     p.add_argument("--target", type=int, default=None, help="class to explain (default: the predicted class)")
     p.add_argument("--json", action="store_true", help="print one JSON list of {image, explanation}")
@@ -90,17 +95,24 @@ def parse_params(cls, pairs: Sequence[str], tau: float | None, target: int | Non
     return params
 
 
-def open_method(method: str, checkpoint: str, classifier: str | None = None):
+def open_method(method: str, checkpoint: str, classifier: str | None = None, options: dict[str, Any] | None = None):
     """The method ``method`` (registry name) ready to explain images: ``--checkpoint`` is a learned method's own
-    checkpoint or the classifier any other method explains; ``--classifier`` is for learned methods only."""
+    checkpoint or the classifier any other method explains; ``--classifier`` is for learned methods only;
+    ``options`` (``--option``) are the method's construction options."""
     from interp_ray.explainers import get_explainer
+    from interp_ray.models.base import UnknownLayerError
     from interp_ray.session import open_session
 
-    if not get_explainer(method).learned:  # UnknownNameError (a UserError) lists the valid names
-        if classifier is not None:
-            raise UserError(f"--classifier is for learned methods; {method} explains the classifier --checkpoint")
-        return open_session(method, classifier=checkpoint)
-    session = open_session(method, checkpoint=checkpoint, classifier=classifier)
+    options = options or {}
+    try:
+        if not get_explainer(method).learned:  # UnknownNameError (a UserError) lists the valid names
+            if classifier is not None:
+                raise UserError(f"--classifier is for learned methods; {method} explains the classifier --checkpoint")
+            return open_session(method, classifier=checkpoint, **options)
+        session = open_session(method, checkpoint=checkpoint, classifier=classifier, **options)
+    except UnknownLayerError as e:   # a layer named with --option: the line says which flag named it
+        named = [f"{k}={v}" for k, v in options.items() if f"'{v}'" in str(e)]
+        raise UserError(f"--option {named[0]}: {e}" if named else str(e)) from None
     if classifier is not None and not session.explainer.layers():
         raise UserError(f"{method} carries its own predictor; --classifier is not used")
     return session
@@ -146,7 +158,7 @@ def write_picture(explainer, image: np.ndarray, explanation, path: str, drawing:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    session = open_method(args.method, args.checkpoint, args.classifier)
+    session = open_method(args.method, args.checkpoint, args.classifier, key_values(args.options, "--option"))
     explainer = session.explainer
     params = parse_params(type(explainer), args.params, args.tau, args.target)
     # No --draw: the method draws with its own defaults (a learned method may then use pictures its checkpoint keeps)

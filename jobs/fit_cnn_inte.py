@@ -44,6 +44,15 @@ class CnnInteJobConfig(Section):
     output: str = "outputs/cnn_inte_digits"
 
 
+def with_layer(cfg: CnnInteJobConfig) -> CnnInteJobConfig:
+    """``cfg`` with ``cnn_inte.layer`` for its classifier: the named one, checked, else the classifier's penultimate
+    vector (``CnnInte.configured_for``); read from the checkpoint here, before any extraction or Ray start."""
+    from interp_ray.checkpoint import load_classifier
+
+    classifier = load_classifier(cfg.checkpoint, device="cpu")
+    return cfg.model_copy(update={"cnn_inte": CnnInte.configured_for(cfg.cnn_inte, classifier)})
+
+
 def extract_config(cfg: CnnInteJobConfig) -> ExtractJobConfig:
     splits = list(dict.fromkeys([cfg.fit_split, *cfg.eval_splits]))
     return ExtractJobConfig(checkpoint=cfg.checkpoint, layers=[cfg.cnn_inte.layer], data=cfg.data, splits=splits,
@@ -117,6 +126,7 @@ def fit(cfg: CnnInteJobConfig, *, address: str | None = None) -> dict[str, Any]:
 
     if cfg.cnn_inte.target == "prediction" and not cfg.eval_splits:
         raise UserError("eval_splits is empty: name at least one split to measure fidelity on")
+    cfg = with_layer(cfg)
     t0 = time.perf_counter()
     stores = stores_for(cfg, address=address)
     extract_s = time.perf_counter() - t0

@@ -82,6 +82,22 @@ def train_settings(job: LearnedJobConfig) -> Any:
     return getattr(job, "train", None)
 
 
+def with_layers(job: LearnedJobConfig) -> LearnedJobConfig:
+    """``job`` with the classifier layers its method reads settled (``Trainable.for_classifier``: named ones checked,
+    open ones from the classifier's roles) and every layer it will extract checked to exist in ``source.checkpoint``:
+    a wrong name is one line here, before any extraction or Ray start."""
+    from interp_ray.checkpoint import load_classifier
+    from interp_ray.explainers.base import check_named_layers
+
+    cls = method_class(job.method)
+    classifier = load_classifier(job.source.checkpoint, device="cpu")
+    job = cls.for_classifier(job, classifier)
+    layers = store_layers(job)
+    if layers:
+        check_named_layers(cls, classifier, layers, field="source.layers")
+    return job
+
+
 # --- the rows ------------------------------------------------------------------------------------------------------
 
 def store_layers(job: LearnedJobConfig) -> list[str] | None:
@@ -128,6 +144,12 @@ def check_data(job: LearnedJobConfig, roles: Iterable[str] = ("train", "val")) -
         if missing:
             raise UserError(f"source.keep: {what} has no column {', '.join(missing)}; remove it from source.keep "
                             f"(the dataset's own columns: {', '.join(columns) or 'none'})")
+
+
+def check_source(job: LearnedJobConfig, roles: Iterable[str] = ("train", "val")) -> None:
+    """Each role has a split, and ``source.rows`` only where the dataset takes a row count: one line, no work."""
+    for role in roles:
+        role_data(job, role)
 
 
 def role_stores(job: LearnedJobConfig, roles: Iterable[str], *, address: str | None = None) -> dict[str, Any]:
@@ -331,6 +353,7 @@ def rows(job: LearnedJobConfig, store: Any, columns: Sequence[str] | None = None
 def train(job: LearnedJobConfig, *, address: str | None = None) -> dict[str, Any]:
     """Extract what is missing, train on Ray Train, finish and save the best epoch to ``job.output``."""
     cls = method_class(job.method)
+    job = with_layers(job)
     stores = role_stores(job, ("train", "val"), address=address)
     name = run_name(job)
     init_path = run_path(job.run, name, INIT_DIR)
@@ -354,6 +377,7 @@ def train(job: LearnedJobConfig, *, address: str | None = None) -> dict[str, Any
 def train_local(job: LearnedJobConfig) -> dict[str, Any]:
     """The same training in this process, without Ray: the method's trainer over the store's batches."""
     cls = method_class(job.method)
+    job = with_layers(job)
     stores = role_stores(job, ("train", "val"))
     explainer = starting_point(cls, job, stores["train"], None)
     columns = list(dict.fromkeys(explainer.train_columns()))
@@ -385,7 +409,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--local", action="store_true", help="train in this process, without Ray")
     args = p.parse_args(argv)
     job = load_job(args.config, args.overrides)
+    check_source(job)
     check_data(job)   # captions and kept columns: one line now, not after Ray and an extraction started
+    job = with_layers(job)   # a layer it cannot read: refused before Ray
     if args.local:
         out = train_local(job)
     else:

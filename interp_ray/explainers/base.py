@@ -345,6 +345,18 @@ def classifier_model(classifier: Any) -> Any:
     return classifier if isinstance(classifier, Classifier) else getattr(classifier, "model", classifier)
 
 
+def check_named_layers(method: type[Explainer] | Explainer, classifier: Any, layers: Sequence[str], *,
+                       field: str) -> list[str]:
+    """``layers``, named by the user in ``field`` of a method's config, as module paths of ``classifier``; a name it
+    does not have is one UserError line naming the field and the valid layers (``interp-ray layers`` lists them with
+    their shapes), so a job refuses it before any extraction or Ray start."""
+    try:
+        return classifier_model(classifier).resolve_layers(list(layers))
+    except UserError as e:
+        raise UserError(f"{method.name}: {field}: {e}; `interp-ray layers CHECKPOINT` lists them with their shapes"
+                        ) from None
+
+
 def parse_params(schema: type[BaseModel], params: BaseModel | dict[str, Any] | None, *,
                  method: str | None = None) -> BaseModel:
     """Validate request parameters (a model, a dict or None) against ``schema``; a bad one is a UserError."""
@@ -522,6 +534,14 @@ class Trainable(abc.ABC):
         one): vocabulary, input widths, standardisation, topics — statistics of the rows, never the rows. ``store``:
         the training store's ``describe()`` (its dataset's identity, e.g. ``image_shape`` T×C×H×W for clips, and the
         per-row layer shapes), for a method whose rows mean different things for images and clips."""
+
+    @classmethod
+    def for_classifier(cls, job: BaseModel, classifier: Any) -> BaseModel:
+        """``job`` with the classifier layers it reads settled for ``classifier`` (the ``source.checkpoint``'s
+        ``LoadedClassifier``), before any extraction or Ray start: the ones the config names, checked to exist, and
+        the ones it leaves open taken from the classifier's roles (``role_layers``) the method's own way. The job
+        then also checks ``source.layers`` exist. By default nothing is left open (the method reads the input)."""
+        return job
 
     @abc.abstractmethod
     def train_columns(self) -> list[str]:

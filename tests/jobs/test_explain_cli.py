@@ -88,6 +88,21 @@ def test_other_methods_by_name(digits_checkpoint, digit_png, capsys):
     assert "gradient -> class" in out and "saliency 8x8: peak at row" in out
 
 
+def test_option_names_the_layer_a_method_reads(digits_checkpoint, digit_png, capsys):
+    """``--option layer=…`` reaches the method's constructor: Grad-CAM at relu1 (8×8) differs from its role's
+    default map; a layer the model lacks is one line naming the flag."""
+    png, _ = digit_png
+    maps = {}
+    for extra in ([], ["--option", "layer=relu1"]):
+        assert run_main(main, ["gradcam", "--checkpoint", str(digits_checkpoint), str(png), "--json", *extra]) == 0
+        maps[tuple(extra)] = np.asarray(json.loads(capsys.readouterr().out)[0]["explanation"]["saliency"])
+    default, named = maps.values()
+    assert default.shape == named.shape == (8, 8) and not np.allclose(default, named)
+    assert run_main(main, ["gradcam", "--checkpoint", str(digits_checkpoint), str(png), "--option", "layer=fc9"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --option layer=fc9: unknown layer 'fc9'; valid: "), err
+
+
 def test_bad_input_exit_2_with_one_line(flint_checkpoint, digits_checkpoint, digit_png, tmp_path, capsys):
     ckpt, _ = flint_checkpoint
     png, _ = digit_png

@@ -16,7 +16,9 @@ class CnnInteConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    layer: str = Field("relu3", description="activation column (layer name in the store) the meta-model reads")
+    layer: str | None = Field(
+        None, description="activation column (layer name in the store) the meta-model reads; None: the classifier's "
+                          "penultimate vector (its 'penultimate' role), filled in by the job before any work")
     target: Literal["prediction", "label"] = Field(
         "prediction", description="what the forests learn: the CNN's predicted class (fidelity) or the true label")
     k1: int = Field(10, ge=1, description="level-1 clusters [R: one per MNIST digit]")

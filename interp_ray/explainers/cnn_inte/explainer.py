@@ -51,7 +51,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from interp_ray.errors import UserError
-from interp_ray.explainers.base import Explainer, Explanation, register
+from interp_ray.explainers.base import Explainer, Explanation, check_named_layers, register
 from interp_ray.explainers.cnn_inte.config import METHOD, CnnInteConfig, CnnInteParams
 from interp_ray.explainers.cnn_inte.meta_model import (FitRows, Route, activation_matrix, cluster_summary, fit_forest,
                                                        fit_kmeans, gather_rows, int_column, int_keys, iter_batches,
@@ -91,11 +91,31 @@ class CnnInte(Explainer):
         self.rep_images: dict[str, np.ndarray] = {}  # "l1.i" / "l2.i.j" -> r × C × H × W uint8
         self.info: dict[str, Any] = {}
 
+    # -- the layer it reads -----------------------------------------------------------------------------------------
+
+    @classmethod
+    def defaults_for(cls, classifier: Any) -> dict[str, Any]:
+        """The penultimate vector (the layer the final classifier layer reads): the paper meta-learns over the
+        CNN's last hidden layer. From the classifier's roles, so any architecture has one, or a one-line refusal."""
+        return {"layer": cls.role_layers(classifier, "penultimate")[0]}
+
+    @classmethod
+    def configured_for(cls, config: CnnInteConfig, classifier: Any) -> CnnInteConfig:
+        """``config`` with its layer for ``classifier``: the one it names, checked to exist, else the default
+        (``defaults_for``); a name the model does not have is one line naming the field, before any work."""
+        if config.layer is None:
+            return config.model_copy(update=cls.defaults_for(classifier))
+        check_named_layers(cls, classifier, [config.layer], field="cnn_inte.layer")
+        return config
+
     # -- fitting ---------------------------------------------------------------------------------------------------
 
     def fit(self, data: Any, *, class_names: Sequence[str] | None = None, **_: Any) -> "CnnInte":
         """Fit on ``data`` (a batch dict or an iterable of them; see the module docstring)."""
         cfg = self.config
+        if cfg.layer is None:
+            raise UserError("cnn_inte.layer is not set: name the activation column to fit on (the jobs fill in the "
+                            "classifier's penultimate layer)")
         timings: dict[str, float] = {}
         t = time.perf_counter()
         rows = gather_rows(data, cfg.layer, cfg.target)

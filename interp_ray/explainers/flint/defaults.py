@@ -1,7 +1,8 @@
 """FLINT's architecture for a predictor when the config names none: which layers Ψ reads, its activation, the decoder.
 
 Kept per registered architecture (``Classifier.arch``) and for a torchvision ResNet as the FLINT code builds them;
-any other predictor: Ψ on the earlier of its ``last_maps`` (the role in ``interp_ray.models.roles``).
+any other predictor: Ψ on both of its ``last_maps`` (the role in ``interp_ray.models.roles``: the last module of each
+of the last two spatial resolutions), as the FLINT code's ResNet-18 reads ``layer3`` and ``layer4``'s first block.
 """
 
 from __future__ import annotations
@@ -34,5 +35,5 @@ def architecture_defaults(predictor: Any, role_layers: Any) -> dict[str, Any]:
     if "layer4" in tv:  # the FLINT code's ResNet-18: layer3 and layer4's first block, an upsampling decoder
         return {"layers": ["layer3", tv["layer4_first"]], "psi_activation": "relu", "decoder": "upsample",
                 "decoder_channels": [128, 128, 128, 64]}
-    return {"layers": role_layers(predictor, "last_maps")[:1], "psi_activation": "leaky_relu",
+    return {"layers": role_layers(predictor, "last_maps"), "psi_activation": "leaky_relu",
             "decoder": "convt" if predictor.image_size % 4 == 0 else "upsample", "decoder_channels": [8, 16]}

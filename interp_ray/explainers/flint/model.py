@@ -236,26 +236,35 @@ def forward_step(model: nn.Module, x: torch.Tensor, taps: Mapping[str, torch.Ten
 # Building
 # ---------------------------------------------------------------------------------------------------------------
 
-def default_architecture(predictor: Classifier) -> dict[str, Any]:
+def default_architecture(predictor: Classifier, layers: Sequence[str] | None = None) -> dict[str, Any]:
     """Taps, Ψ activation and decoder for ``predictor`` (``flint.defaults``: kept per registered architecture, else
-    from the predictor's layer roles)."""
+    from the predictor's layer roles). With ``layers`` named by the user, no role is looked for: a model without
+    spatial maps can still be read at the layers the user chose."""
     def role_layers(model, role):
+        if layers:
+            return list(layers)
         try:
             return layers_for_role(model, role)
         except UserError as e:
-            raise UserError(f"flint cannot explain this model: {e}") from None
+            raise UserError(f"flint cannot explain this model: {e}; or name its layers in flint.layers") from None
 
     return architecture_defaults(predictor, role_layers)
 
 
 def resolved_flint_spec(predictor: Classifier, section: FlintSection) -> dict[str, Any]:
-    """The architecture actually built: the section's values, defaults filled from ``default_architecture``."""
-    arch = default_architecture(predictor)
+    """The architecture actually built: the section's values, defaults filled from ``default_architecture``; a
+    named layer the predictor does not have is one line naming ``flint.layers``."""
+    arch = default_architecture(predictor, section.layers)
     layers = section.layers or arch["layers"]
     if not layers:
         raise UserError("no default FLINT layers for this predictor; set flint.layers "
                         f"(valid: {', '.join(predictor.layer_names())})")
-    return {"layers": predictor.resolve_layers(layers), "n_attributes": section.n_attributes,
+    try:
+        resolved = predictor.resolve_layers(layers)
+    except UserError as e:
+        raise UserError(f"flint: flint.layers: {e}; `interp-ray layers CHECKPOINT` lists them with their shapes"
+                        ) from None
+    return {"layers": resolved, "n_attributes": section.n_attributes,
             "psi_channels": section.psi_channels, "psi_activation": section.psi_activation or arch["psi_activation"],
             "decoder": section.decoder or arch["decoder"],
             "decoder_channels": section.decoder_channels or arch["decoder_channels"],

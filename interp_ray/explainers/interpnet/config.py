@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from interp_ray.config import LearnedJobConfig, Section, StoreSource
+from interp_ray.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,8 @@ class InterpNETConfig(Section):
 
     variant: Literal["captioning", "interpnet_0", "interpnet_1", "interpnet_2", "interpnet_3"] = "interpnet_2"
     classifier: Literal["head", "store"] = "head"
-    feature_layer: str = "gap"          # the activation column that is h_0
+    # the activation column that is h_0; None: the classifier's penultimate vector (filled in by the job)
+    feature_layer: str | None = None
     feature_pool: Literal["mean", "flatten"] = "mean"   # how an N×C×H×W column becomes N×D
     hidden: list[int] | None = None     # head mode: override the variant's hidden sizes
     layers: list[str] = Field(default_factory=list)     # store mode: the hidden-layer columns h_1..h_K
@@ -67,6 +69,9 @@ class InterpNETConfig(Section):
 
     def columns(self) -> list[str]:
         """Activation columns this explainer reads."""
+        if self.feature_layer is None:
+            raise UserError("explainer.feature_layer is not set: name the activation column that is h_0 (the "
+                            "training job fills in the classifier's penultimate layer)")
         cols = [self.feature_layer]
         if self.classifier == "store":
             cols += [c for c in self.layers if c not in cols] + ["probabilities"]

@@ -50,7 +50,8 @@ from interp_ray.errors import UserError
 from interp_ray.explainers._captioning.checkpoint import (VOCAB_FILE, check_vocab_digest, read_captioner,
                                                           save_captioner)
 from interp_ray.explainers._captioning.training import PairArrays, PairBatch, make_pairs, run_epochs, table_batches
-from interp_ray.explainers.base import Batch, EpochTrainer, Explainer, Explanation, Trainable, register
+from interp_ray.explainers.base import (Batch, EpochTrainer, Explainer, Explanation, Trainable, check_named_layers,
+                                        register)
 from interp_ray.explainers.interpnet.config import (ClassifierTrainConfig, DecoderTrainConfig, InterpNETConfig,
                                                     InterpNETParams, InterpNETTrainJob)
 from interp_ray.explainers.interpnet.decoding import beam_decode, greedy_decode
@@ -281,6 +282,24 @@ class InterpNET(Explainer, Trainable):
         return self
 
     # -- the training protocol (interp_ray.explainers.base.Trainable; jobs/train_explainer.py) ------------------
+
+    @classmethod
+    def defaults_for(cls, classifier: Any) -> dict[str, Any]:
+        """h_0 is the classifier's image features, the vector its final layer reads (the paper's h_0 is the
+        pooled CNN features of CUB images): its penultimate role. In store mode r(x) concatenates h_0, the hidden
+        layers the config names (``layers``: none by default) and the classifier's probabilities."""
+        return {"feature_layer": cls.role_layers(classifier, "penultimate")[0]}
+
+    @classmethod
+    def for_classifier(cls, job: InterpNETTrainJob, classifier: Any) -> InterpNETTrainJob:
+        cfg = job.explainer
+        if cfg.feature_layer is None:
+            cfg = cfg.model_copy(update=cls.defaults_for(classifier))
+        else:
+            check_named_layers(cls, classifier, [cfg.feature_layer], field="explainer.feature_layer")
+        if cfg.layers:
+            check_named_layers(cls, classifier, cfg.layers, field="explainer.layers")
+        return job.model_copy(update={"explainer": cfg})
 
     @classmethod
     def from_rows(cls, job: InterpNETTrainJob, rows: Callable[[], Iterable[Batch]], *,

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from interp_ray.config import LearnedJobConfig, Section, StoreSource
+from interp_ray.errors import UserError
 from interp_ray.topics import TopicConfig
 
 PAPER_ATTENTION_PENALTY = 0.70602
@@ -73,7 +74,7 @@ class SemanticTrainJob(LearnedJobConfig):
 
     method: Literal["semantic"] = "semantic"
     source: StoreSource = Field(default_factory=lambda: StoreSource(
-        data={"name": "scene_clips", "options": {"frames": 8}}, layers=["gap"], keep=["sentences", "attributes"],
+        data={"name": "scene_clips", "options": {"frames": 8}}, keep=["sentences", "attributes"],
         rows={"train": 1200, "val": 240, "test": 240}))
     topics: TopicConfig = Field(default_factory=TopicConfig)
     explainer: SemanticConfig = Field(default_factory=SemanticConfig)
@@ -83,7 +84,12 @@ class SemanticTrainJob(LearnedJobConfig):
 
     @property
     def frame_column(self) -> str:
-        return (self.source.layers or ["gap"])[0]
+        """The frame features' column: ``source.layers[0]``, which the training job fills in with the frame CNN's
+        penultimate vector when the config names none (``Semantic.for_classifier``)."""
+        if not self.source.layers:
+            raise UserError("source.layers is not set: name the frame CNN's layer whose features are captioned (the "
+                            "training job fills in the classifier's penultimate layer)")
+        return self.source.layers[0]
 
 
 class SemanticParams(BaseModel):

@@ -195,6 +195,19 @@ class SemanticExplainer(Explainer, Trainable):
         return frame_features(np.asarray(column)[:, None] if self.stills else column)
 
     @classmethod
+    def defaults_for(cls, classifier: Any) -> dict[str, Any]:
+        """Dong et al. caption a clip from its frames' CNN features, the vector a frame classifier's final layer
+        reads: the penultimate role (a spatial column would be pooled per frame anyway)."""
+        return {"frame_layer": cls.role_layers(classifier, "penultimate")[0]}
+
+    @classmethod
+    def for_classifier(cls, job: SemanticTrainJob, classifier: Any) -> SemanticTrainJob:
+        if job.source.layers:
+            return job   # the job checks source.layers exist
+        layer = cls.defaults_for(classifier)["frame_layer"]
+        return job.model_copy(update={"source": job.source.model_copy(update={"layers": [layer]})})
+
+    @classmethod
     def from_rows(cls, job: SemanticTrainJob, rows: Callable[[], Iterable[Batch]], *,
                   class_names: Sequence[str] | None = None, store: Mapping[str, Any] | None = None
                   ) -> "SemanticExplainer":

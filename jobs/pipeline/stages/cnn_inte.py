@@ -13,9 +13,10 @@ from jobs.pipeline.engine import Context, PipelineConfig, StageRef, pipeline_sta
 @pipeline_stage("cnn_inte", job="jobs.fit_cnn_inte:CnnInteJobConfig",
                 default=StageRef(config="configs/cnn_inte_digits.yaml", classifier="digits"))
 def run_cnn_inte(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
-    from jobs.fit_cnn_inte import CnnInteJobConfig, fit
+    from jobs.fit_cnn_inte import CnnInteJobConfig, fit, with_layer
 
     ref, job = ctx.job(cfg, CnnInteJobConfig, checkpoint="checkpoint", store="store.root", output="output")
+    job = with_layer(job)
     t0 = progress(f"CNN-INTE on {job.data.name} ({ref.classifier} classifier, layer {job.cnn_inte.layer}): "
                   f"extracting activations into the store, then fitting")
     r = fit(job)

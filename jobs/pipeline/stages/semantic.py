@@ -19,9 +19,9 @@ def run_semantic(cfg: PipelineConfig, ctx: Context) -> dict[str, Any]:
     from interp_ray.explainers.semantic.explainer import SemanticExplainer
     from interp_ray.metrics.captions import CaptionScorer
     from interp_ray.metrics.semantic import caption_faithfulness, first_correction, label_precision
-    from jobs.train_explainer import role_stores, train
+    from jobs.train_explainer import role_stores, train, with_layers
 
-    job = ctx.learned_job(cfg, SemanticTrainJob)
+    job = with_layers(ctx.learned_job(cfg, SemanticTrainJob))
     t0 = progress(f"semantic captioner (Dong et al., λ = {job.explainer.interp_weight}) on {job.source.data.name}: "
                   f"frame features into the store, topics, Ray Train, neuron labels, scoring")
     stores = role_stores(job, ("train", "val", "test"))  # every store the stage reads, in one extraction pipeline

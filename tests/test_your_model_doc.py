@@ -233,7 +233,8 @@ class Walk:
     def stop_serve(self) -> None:
         if self.serve is None:
             return
-        os.killpg(self.serve.pid, signal.SIGTERM)  # a backgrounded `serve run` ignores SIGINT
+        if self.serve.poll() is None:
+            os.killpg(self.serve.pid, signal.SIGTERM)  # a backgrounded `serve run` ignores SIGINT
         try:
             self.serve.wait(timeout=60)
         except subprocess.TimeoutExpired:

@@ -284,12 +284,12 @@ def test_the_page_parses_into_its_files_and_commands():
     steps = doc_steps(DOC.read_text())
     files = [s.name for s in steps if s.kind == "file"]
     assert files == ["my_models.py", "train_elsewhere.py", "extract.yaml", "cnn_inte.yaml", "flint.yaml",
-                     "explain.yaml", "serve.yaml"]
+                     "explain.yaml", "serve.yaml", "interpnet_shapes.yaml", "semantic_shapes.yaml"]
     commands = [s.text.split()[1] if s.text.startswith("interp-ray") else s.text.split()[0]
                 for s in steps if s.kind == "run"]
     for stage in ("layers", "import-model", "extract", "fit-cnn-inte", "train-flint", "explain-dataset", "serve"):
         assert stage in commands, stage
-    assert "train-classifier" not in commands   # marked as not run, with the reason
+    assert "train-classifier" not in commands and "train-explainer" not in commands   # marked not run, with why
     assert masked("train: 72 rows in 1 shard(s) (key 0eb662adf3e74e1e) 120 rows/s") == \
         "train: # rows in # shard(s) (key #) # rows/s"
 

@@ -1,6 +1,7 @@
 """LIME's local-surrogate class, as FLINT's fidelity comparison reads it, on a classifier whose reasons are known."""
 
 import numpy as np
+import pytest
 
 from interp_ray.metrics.fidelity import LimeSettings, lime_predictions, lime_surrogate_scores
 
@@ -44,3 +45,48 @@ def test_a_fixed_seed_reproduces():
     a = lime_surrogate_scores(left_right, images[0], 3, settings=FAST, seed=3)[0]
     b = lime_surrogate_scores(left_right, images[0], 3, settings=FAST, seed=3)[0]
     np.testing.assert_array_equal(a, b)
+
+
+# --- LIME under VIBI's comparison protocol (grid chunks, k kept, two fidelities) ---------------------------------
+
+def _one_chunk_model(row: int, col: int, size: int = 2):
+    """f's class is 1 exactly when the chunk at (row, col) is bright, whatever the other pixels are."""
+    def proba(x: np.ndarray) -> np.ndarray:
+        v = x[:, 0, row * size:(row + 1) * size, col * size:(col + 1) * size].mean(axis=(1, 2))
+        p1 = 1.0 / (1.0 + np.exp(-20 * (v - 0.5)))
+        return np.stack([1 - p1, p1], axis=1)
+
+    return proba
+
+
+def test_chunk_lime_finds_the_one_chunk_the_model_reads():
+    from interp_ray.metrics.fidelity import ChunkLimeSettings, chunk_lime
+
+    images = np.ones((3, 1, 8, 8), dtype=np.float32)
+    res = chunk_lime(_one_chunk_model(1, 2), images, settings=ChunkLimeSettings(k=1, chunk_size=2, num_samples=300))
+    assert (res.chunks[:, 0] == 1 * 4 + 2).all()          # row-major index of chunk (1, 2) in the 4×4 grid
+    assert (res.f_class == 1).all()
+    assert res.approximator_fidelity == 1.0 and res.rationale_fidelity == 1.0
+
+
+def test_chunk_lime_rationale_fails_when_k_chunks_cannot_carry_the_class():
+    """f says 1 only when the whole image is bright: one kept chunk (the rest set to 0) never gives f's class, so the
+    rationale fidelity is 0 whichever chunk is chosen — the measure can fail."""
+    from interp_ray.metrics.fidelity import ChunkLimeSettings, chunk_lime
+
+    def proba(x: np.ndarray) -> np.ndarray:
+        p1 = (x.reshape(len(x), -1).mean(1) > 0.99).astype(np.float64)
+        return np.stack([1 - p1, p1], axis=1)
+
+    res = chunk_lime(proba, np.ones((2, 1, 8, 8), dtype=np.float32),
+                     settings=ChunkLimeSettings(k=1, chunk_size=2, num_samples=200))
+    assert (res.f_class == 1).all() and res.rationale_fidelity == 0.0
+
+
+def test_chunk_lime_refuses_a_chunk_that_does_not_divide_the_image():
+    from interp_ray.errors import UserError
+    from interp_ray.metrics.fidelity import ChunkLimeSettings, chunk_lime
+
+    with pytest.raises(UserError, match="chunk_size 3"):
+        chunk_lime(_one_chunk_model(0, 0), np.ones((1, 1, 8, 8), dtype=np.float32),
+                   settings=ChunkLimeSettings(k=1, chunk_size=3))

@@ -1,0 +1,369 @@
+"""FLINT on Fashion-MNIST at the paper's budget, one seed per call: BASE-f, joint FLINT (FLINT-f, FLINT-g), the
+L1-only ablation (entropy weight 0), post hoc on the frozen BASE-f, each trained by ``jobs.train_flint`` on Ray Train;
+LIME under VIBI's comparison protocol (``interp_ray.metrics.fidelity.chunk_lime``) and the dense in-sample reading;
+VIBI trained by ``jobs.train_explainer`` on Ray Train against FLINT-f; and the FLINT 6 pictures checked for their
+property. ``rows`` turns the seeds into FLINT 1–6 beside FLINT's Table 1 (PAPERS.md §3).
+
+Section keys (``configs/reproduce*.yaml``, ``stages.flint_fashion_mnist``):
+
+    config: configs/flint_fashion_mnist.yaml     # the FLINT job; ``set`` overrides it for every training
+    set: {data.options.limit: 6000}              # what the machine cannot afford is cut here (and said in ``how``)
+    test_rows: 10000                             # the Fashion-MNIST test rows every figure is scored on
+    ablation_tau: 10.0                           # FLINT 4's threshold (1/τ = 0.1, the authors' FashionMNIST one)
+    posthoc_min_fidelity: 0.9                    # FLINT 5's "high fidelity"
+    accuracy_tolerance: 0.01                     # FLINT 1 / FLINT 4: "no material loss", "matched accuracy"
+    lime: {images: 1000, k: 4, chunk_size: 2, num_samples: 1000, dense_images: 100}
+    vibi: {config: configs/vibi_fashion_mnist.yaml, set: {train.epochs: 3}}
+    pictures: {max_pairs: 10, random_images: 500}
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from interp_ray.reproduction import beyond_spread, fmt_mean_std, mean_std, not_below
+from jobs.reproduce.jobkit import cached, job_config
+
+NAME = "flint_fashion_mnist"
+
+# FLINT's Table 1, FashionMNIST row (PAPERS.md §3), in %: (mean, std); None where the paper gives no std.
+TABLE1 = {"base_f_accuracy": (90.4, 0.1), "flint_f_accuracy": (90.5, 0.2), "flint_g_accuracy": (86.8, 0.4),
+          "lime_fidelity": (67.3, 1.3), "vibi_fidelity": (88.4, 0.3), "flint_g_fidelity": (91.5, 0.1)}
+# Conciseness read from the paper's figure by eye (PAPERS.md §3): FLINT ≈ 1.4 at τ = 1.5 → ≈ 3.0 at τ = 5.
+PAPER_CNS = {1.5: 1.4, 5.0: 3.0}
+# The L1-only ablation: the FashionMNIST warm-up without the entropy term (FLINT 4; the paper ran it on QuickDraw).
+L1_ONLY_SCHEDULE = {"pred": [[1, 1.0]], "rec": [[1, 0.8]], "fid": [[3, 0.5]], "l1": [[3, 0.1]], "ent": []}
+MODES = ("base", "joint", "l1_only", "posthoc")
+
+
+def _section(section: dict[str, Any]) -> dict[str, Any]:
+    """The section with its defaults filled in."""
+    lime = {"images": 1000, "k": 4, "chunk_size": 2, "num_samples": 1000, "dense_images": 100,
+            **(section.get("lime") or {})}
+    vibi = {"config": "configs/vibi_fashion_mnist.yaml", "set": {}, "enabled": True, **(section.get("vibi") or {})}
+    pictures = {"max_pairs": 10, "random_images": 500, **(section.get("pictures") or {})}
+    return {"config": "configs/flint_fashion_mnist.yaml", "set": {}, "test_rows": 10000, "ablation_tau": 10.0,
+            "posthoc_min_fidelity": 0.9, "accuracy_tolerance": 0.01, **section,
+            "lime": lime, "vibi": vibi, "pictures": pictures}
+
+
+def _flint_job(s: dict[str, Any], mode: str, seed: int, workdir: Path, **extra: Any):
+    from interp_ray.explainers.flint.config import FlintJobConfig
+
+    forced: dict[str, Any] = {"train.seed": seed, "output": str(workdir / mode), "run.name": f"flint-{mode}",
+                              "run.storage_path": str(workdir / "ray_runs"), "store.root": str(workdir / "activations"),
+                              "flint.mode": "joint" if mode == "l1_only" else mode,
+                              "pictures.enabled": mode == "joint", "pictures.dir": str(workdir / "pictures"),
+                              "pictures.max_pairs": int(s["pictures"]["max_pairs"]), **extra}
+    if mode == "l1_only":
+        forced["flint.schedule"] = L1_ONLY_SCHEDULE
+    return job_config(FlintJobConfig, s["config"], s["set"], forced)
+
+
+def _test_set(job, rows: int):
+    from interp_ray.data import load_dataset
+
+    options = {k: v for k, v in job.data.options.items() if k != "limit"}   # the cut is for training only
+    return load_dataset(job.data.name, "test", **options, limit=rows)
+
+
+def _train_mode(s: dict[str, Any], mode: str, seed: int, workdir: Path) -> dict[str, Any]:
+    """One FLINT training on Ray Train (``jobs.train_flint``), scored on the stage's test rows."""
+    from interp_ray.explainers.flint.explainer import FlintExplainer
+    from interp_ray.explainers.flint.interpretation import evaluate_model
+    from jobs.train_flint import prepare, train
+
+    extra = {"flint.predictor_checkpoint": str(workdir / "base_f_classifier")} if mode == "posthoc" else {}
+    job = _flint_job(s, mode, seed, workdir, **extra)
+    t0 = time.perf_counter()
+    job, prepared = prepare(job)
+    out = train(job, prepared)
+    explainer = FlintExplainer.load(out["checkpoint"])
+    taus = sorted({*job.flint.taus, float(s["ablation_tau"])})
+    test = evaluate_model(explainer.flint, _test_set(job, int(s["test_rows"])), taus=taus)
+    if mode == "base":   # post hoc freezes this f: hand it on as a classifier checkpoint
+        from interp_ray.checkpoint import save_classifier
+
+        save_classifier(workdir / "base_f_classifier", explainer.flint.predictor,
+                        model_name=explainer.config["model"]["name"], model_options=explainer.config["model"]["options"],
+                        class_names=explainer.class_names, data=job.data.model_dump())
+    return {"test": test, "epochs": len(out["history"]), "checkpoint": out["checkpoint"],
+            "pictures": [p for p in out.get("pictures") or [] if p.get("class") is not None],
+            "train_rows": len(prepared.train_ds), "seconds": time.perf_counter() - t0}
+
+
+def _pictures_check(s: dict[str, Any], joint: dict[str, Any], seed: int, workdir: Path) -> dict[str, Any]:
+    """FLINT 6: each (class, attribute) picture must show what it claims. Per pair: (a) φ_j is higher on its MAS
+    images than on random training images; (b) AM+PI raised φ_j above its initialisation κ·x₀; (c) φ_j is higher on
+    held-out test images of the class than on test images of the other classes (the attribute speaks for the
+    class)."""
+    import torch
+
+    from interp_ray.data import load_dataset
+    from interp_ray.explainers.flint.am import activation_maximisation
+    from interp_ray.explainers.flint.explainer import FlintExplainer
+
+    explainer = FlintExplainer.load(joint["checkpoint"])
+    flint = explainer.flint.eval()
+    job = _flint_job(s, "joint", seed, workdir)
+    train_ds = load_dataset(job.data.name, "train", **job.data.options)
+    test = _test_set(job, int(s["test_rows"]))
+    rng = np.random.default_rng(seed)
+    rand = train_ds.get_batch(np.sort(rng.choice(len(train_ds), min(int(s["pictures"]["random_images"]),
+                                                                     len(train_ds)), replace=False)))["image"]
+    tb = test.get_batch(np.arange(len(test)))
+    am = explainer.am_settings()
+
+    def phi(x: np.ndarray | torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            return flint.attributes(torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)).numpy()
+
+    phi_rand, phi_test = phi(rand), phi(tb["image"])
+    pairs = []
+    for p in joint["pictures"]:
+        j = explainer.attribute_names.index(p["attribute"])
+        c = int(p["class"])
+        mas = train_ds.get_batch(np.array([int(i) for i in p["mas_rows"]]))["image"]
+        init = torch.from_numpy(np.ascontiguousarray(mas))
+        grown = activation_maximisation(flint, j, init, am)
+        in_class = tb["label"] == c
+        pairs.append({"class": c, "attribute": p["attribute"], "file_exists": Path(p["path"]).is_file(),
+                      "mas_phi": float(phi(mas)[:, j].mean()), "random_phi": float(phi_rand[:, j].mean()),
+                      "am_phi": float(phi(grown)[:, j].mean()), "am_init_phi": float(phi(am.kappa * init)[:, j].mean()),
+                      "class_test_phi": float(phi_test[in_class, j].mean()),
+                      "other_test_phi": float(phi_test[~in_class, j].mean())})
+    for q in pairs:
+        q["ok"] = bool(q["file_exists"] and q["mas_phi"] > q["random_phi"] and q["am_phi"] > q["am_init_phi"]
+                       and q["class_test_phi"] > q["other_test_phi"])
+    return {"pairs": pairs, "pairs_ok": sum(q["ok"] for q in pairs), "pairs_total": len(pairs)}
+
+
+def _lime(s: dict[str, Any], joint: dict[str, Any], seed: int, workdir: Path) -> dict[str, Any]:
+    """LIME against FLINT-f on the first ``lime.images`` test rows, under VIBI's protocol (both fidelities), with
+    FLINT-g's fidelity on the same rows; and the dense in-sample reading on the first ``lime.dense_images``."""
+    import torch
+
+    from interp_ray.explainers.flint.explainer import FlintExplainer
+    from interp_ray.metrics.fidelity import ChunkLimeSettings, chunk_lime, lime_predictions, torch_proba
+
+    lime = s["lime"]
+    flint = FlintExplainer.load(joint["checkpoint"]).flint.eval()
+    test = _test_set(_flint_job(s, "joint", seed, workdir), int(s["test_rows"]))
+    n = min(int(lime["images"]), len(test))
+    images = test.get_batch(np.arange(n))["image"]
+    with torch.inference_mode():
+        out = flint(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)))
+    pf, pg = out.logits.argmax(1).numpy(), out.interp_logits.argmax(1).numpy()
+    proba = torch_proba(flint.predictor)
+    settings = ChunkLimeSettings(k=int(lime["k"]), chunk_size=int(lime["chunk_size"]),
+                                 num_samples=int(lime["num_samples"]))
+    t0 = time.perf_counter()
+    res = chunk_lime(proba, images, settings=settings, seed=seed * 100_003)
+    paper_s = time.perf_counter() - t0
+    nd = min(int(lime["dense_images"]), n)
+    t0 = time.perf_counter()
+    dense = lime_predictions(proba, images[:nd], test.num_classes, seed=seed * 100_003) if nd else np.array([])
+    return {"images": n, "k": settings.k, "chunk_size": settings.chunk_size, "num_samples": settings.num_samples,
+            "approximator_fidelity": res.approximator_fidelity, "rationale_fidelity": res.rationale_fidelity,
+            "flint_g_fidelity_same_images": float((pg == pf).mean()), "seconds_per_image": paper_s / max(n, 1),
+            "dense_images": nd, "dense_in_sample_fidelity": float((dense == pf[:nd]).mean()) if nd else None,
+            "dense_seconds_per_image": (time.perf_counter() - t0) / max(nd, 1)}
+
+
+def _vibi(s: dict[str, Any], joint: dict[str, Any], seed: int, workdir: Path) -> dict[str, Any]:
+    """VIBI trained by ``jobs.train_explainer`` on Ray Train against FLINT-f (saved as a classifier checkpoint), then
+    its two fidelities to FLINT-f on the stage's test rows."""
+    import torch
+
+    from interp_ray.checkpoint import load_classifier, save_classifier
+    from interp_ray.explainers.flint.explainer import FlintExplainer
+    from interp_ray.explainers.vibi.explainer import VIBI
+    from jobs.train_explainer import load_job, train
+
+    explainer = FlintExplainer.load(joint["checkpoint"])
+    fjob = _flint_job(s, "joint", seed, workdir)
+    f_dir = workdir / "flint_f_classifier"
+    save_classifier(f_dir, explainer.flint.predictor, model_name=explainer.config["model"]["name"],
+                    model_options=explainer.config["model"]["options"], class_names=explainer.class_names,
+                    data=fjob.data.model_dump())
+    v = s["vibi"]
+    overrides = {**v["set"], "source.checkpoint": str(f_dir), "source.data": fjob.data.model_dump(),
+                 "source.store.root": str(workdir / "vibi_activations"), "train.seed": seed,
+                 "output": str(workdir / "vibi"), "run.name": "vibi", "run.storage_path": str(workdir / "ray_runs")}
+    job = load_job(v["config"], [f"{k}={_yaml(val)}" for k, val in overrides.items()])
+    t0 = time.perf_counter()
+    out = train(job)
+    f = load_classifier(str(f_dir)).model.eval()
+    vibi = VIBI.load(out["checkpoint"], classifier=f)
+    test = _test_set(fjob, int(s["test_rows"]))
+    approx, rationale = [], []
+    for lo in range(0, len(test), 1000):
+        x = test.get_batch(np.arange(lo, min(lo + 1000, len(test))))["image"]
+        with torch.no_grad():
+            f_class = f(torch.from_numpy(np.ascontiguousarray(x))).argmax(1).numpy()
+        r = vibi.rationale(x)
+        approx.append(r["log_q"].argmax(1).cpu().numpy() == f_class)
+        rationale.append(vibi.rationale_classes(r["x"], r["z"]) == f_class)
+    return {"approximator_fidelity": float(np.concatenate(approx).mean()),
+            "rationale_fidelity": float(np.concatenate(rationale).mean()), "epochs": len(out["history"]),
+            "best_epoch": out["best_epoch"], "k": job.explainer.k, "chunk_size": job.explainer.chunk_size,
+            "seconds": time.perf_counter() - t0}
+
+
+def _yaml(value: Any) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+def run(section: dict[str, Any], seed: int, workdir: Path) -> dict[str, Any]:
+    s = _section(section)
+    workdir = Path(workdir)
+    out: dict[str, Any] = {}
+    for mode in MODES:
+        out[mode] = cached(workdir, mode, lambda m=mode: _train_mode(s, m, seed, workdir))
+        print(f"[reproduce] {NAME} seed {seed}: {mode} accuracy f {out[mode]['test']['accuracy_f']:.4f}, g "
+              f"{out[mode]['test']['accuracy_g']:.4f}, fidelity {out[mode]['test']['fidelity']:.4f}", flush=True)
+    out["pictures_check"] = cached(workdir, "pictures_check", lambda: _pictures_check(s, out["joint"], seed, workdir))
+    out["lime"] = cached(workdir, "lime", lambda: _lime(s, out["joint"], seed, workdir))
+    if s["vibi"]["enabled"]:
+        out["vibi"] = cached(workdir, "vibi", lambda: _vibi(s, out["joint"], seed, workdir))
+    out["budget"] = {"train_rows": out["joint"]["train_rows"], "epochs": out["joint"]["epochs"],
+                     "test_rows": out["joint"]["test"]["samples"]}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Report rows
+# ---------------------------------------------------------------------------------------------------------------
+
+def _vals(per_seed: dict[int, dict], *path: str) -> list[float]:
+    out = []
+    for r in per_seed.values():
+        for key in path:
+            r = r[key]
+        out.append(float(r))
+    return out
+
+
+def _pct(values: list[float]) -> str:
+    return fmt_mean_std(values, pct=True)
+
+
+def _budget(per_seed: dict[int, dict], s: dict[str, Any]) -> str:
+    b = next(iter(per_seed.values()))["budget"]
+    return (f"{len(per_seed)} seeds ({', '.join(map(str, per_seed))}); each model trained by jobs.train_flint on Ray "
+            f"Train with the paper's FashionMNIST settings ({b['epochs']} epochs, batch 16, Adam 1e-4, the mnist "
+            f"warm-up, J = 25) but on {b['train_rows']:,} of the 55,000 training images (cut for this 2-core CPU; "
+            f"stage config `set`: {s['set']}); scored on {b['test_rows']:,} test images")
+
+
+def rows(per_seed: dict[int, dict], section: dict) -> list[dict]:
+    s = _section(section)
+    budget = _budget(per_seed, s)
+    tol = float(s["accuracy_tolerance"])
+    base, ff = _vals(per_seed, "base", "test", "accuracy_f"), _vals(per_seed, "joint", "test", "accuracy_f")
+    fg_acc, fg_fid = _vals(per_seed, "joint", "test", "accuracy_g"), _vals(per_seed, "joint", "test", "fidelity")
+    out = []
+
+    ok1 = not_below(ff, base, tolerance=tol)
+    out.append({"claim": "FLINT 1", "statement": "Training with L_int does not materially reduce accuracy "
+                "(FLINT-f vs BASE-f, FashionMNIST)", "paper": "BASE-f 90.4 ± 0.1, FLINT-f 90.5 ± 0.2",
+                "ours": f"BASE-f {_pct(base)}, FLINT-f {_pct(ff)}", "verdict": "met" if ok1 else "not met",
+                "how": f"{budget}. Met when mean(BASE-f) − mean(FLINT-f) ≤ std + std + {tol:.0%} (not_below)."})
+
+    lime_a = _vals(per_seed, "lime", "approximator_fidelity")
+    lime_r = _vals(per_seed, "lime", "rationale_fidelity")
+    lime_best = [max(a, r) for a, r in zip(lime_a, lime_r)]
+    l0 = next(iter(per_seed.values()))["lime"]
+    dense = [r["lime"]["dense_in_sample_fidelity"] for r in per_seed.values()
+             if r["lime"].get("dense_in_sample_fidelity") is not None]
+    has_vibi = all("vibi" in r for r in per_seed.values())
+    vibi_a = _vals(per_seed, "vibi", "approximator_fidelity") if has_vibi else []
+    vibi_r = _vals(per_seed, "vibi", "rationale_fidelity") if has_vibi else []
+    vibi_best = [max(a, r) for a, r in zip(vibi_a, vibi_r)]
+    ok2 = beyond_spread(fg_fid, lime_best) and (beyond_spread(fg_fid, vibi_best) if has_vibi else False)
+    table1 = {"columns": ["BASE-f", "FLINT-f", "FLINT-g (acc)", "LIME (fid)", "VIBI (fid)", "FLINT-g (fid)"],
+              "paper": [f"{m} ± {sd}" for m, sd in (TABLE1[k] for k in ("base_f_accuracy", "flint_f_accuracy",
+                                                                        "flint_g_accuracy", "lime_fidelity",
+                                                                        "vibi_fidelity", "flint_g_fidelity"))],
+              "ours": [_pct(base), _pct(ff), _pct(fg_acc), _pct(lime_a), _pct(vibi_a) if has_vibi else "not run",
+                       _pct(fg_fid)],
+              "ours_other_fidelity": {"LIME rationale": _pct(lime_r),
+                                      "VIBI rationale": _pct(vibi_r) if has_vibi else "not run",
+                                      "LIME dense in-sample": _pct(dense) if dense else "not run"}}
+    vibi_how = (f"VIBI trained by jobs.train_explainer on Ray Train against FLINT-f "
+                f"({next(iter(per_seed.values()))['vibi']['epochs']} epochs, k = "
+                f"{next(iter(per_seed.values()))['vibi']['k']} of 2×2 chunks), scored on the test rows"
+                if has_vibi else "VIBI not run (vibi.enabled false): the row cannot be met")
+    out.append({"claim": "FLINT 2", "statement": "FLINT-g's fidelity to FLINT-f exceeds LIME's and VIBI's",
+                "paper": "FLINT-g 91.5 ± 0.1, LIME 67.3 ± 1.3, VIBI 88.4 ± 0.3 (FashionMNIST)",
+                "ours": (f"FLINT-g {_pct(fg_fid)}; LIME (VIBI protocol) approximator {_pct(lime_a)}, rationale "
+                         f"{_pct(lime_r)}; VIBI approximator {_pct(vibi_a) if has_vibi else 'not run'}, rationale "
+                         f"{_pct(vibi_r) if has_vibi else 'not run'}; LIME dense in-sample (not the paper's "
+                         f"protocol) {_pct(dense) if dense else 'not run'}"),
+                "verdict": "met" if ok2 else "not met", "table1": table1,
+                "how": (f"{budget}. LIME as VIBI's comparison code runs it (PAPERS.md §3): {l0['chunk_size']}×"
+                        f"{l0['chunk_size']}-pixel grid chunks as features ({(28 // l0['chunk_size']) ** 2} per "
+                        f"image), k = {l0['k']}, highest_weights selection, multinomial logistic-regression "
+                        f"surrogate, {l0['num_samples']} samples, hidden chunks 0; on the first {l0['images']} test "
+                        f"images against FLINT-f. The dense in-sample figure (quickshift superpixels, every one a "
+                        f"feature, scored at the image it was fitted on) on the first {l0['dense_images']}. "
+                        f"{vibi_how}. Met when FLINT-g's fidelity beats the better of each baseline's two "
+                        f"fidelities beyond the seeds' spread (beyond_spread).")})
+
+    taus = sorted(float(k.removeprefix("cns_")) for k in next(iter(per_seed.values()))["joint"]["test"]
+                  if k.startswith("cns_") and not k.startswith("cns_code"))
+    curve = {t: _vals(per_seed, "joint", "test", f"cns_{t:g}") for t in taus if t <= 5.0}
+    out.append({"claim": "FLINT 3", "statement": "CNS_g(τ), τ ∈ {1.5 … 5}, lies below SENN's at every τ",
+                "paper": "FLINT ≈ 1.4 at τ = 1.5 → ≈ 3.0 at τ = 5 (SENN ≈ 5.6 → 17.0), read from the figure",
+                "ours": "; ".join(f"τ={t:g}: {fmt_mean_std(v, digits=2)}" for t, v in curve.items()),
+                "verdict": "not tested",
+                "how": f"{budget}. SENN is not implemented here, so the comparison the claim makes cannot be run; "
+                       f"the curve is FLINT-g's (|r|, the notebook's reading) on the test images."})
+
+    at = float(s["ablation_tau"])
+    ent, l1 = _vals(per_seed, "joint", "test", f"cns_{at:g}"), _vals(per_seed, "l1_only", "test", f"cns_{at:g}")
+    l1_acc = _vals(per_seed, "l1_only", "test", "accuracy_f")
+    matched = not_below(l1_acc, ff, tolerance=tol) and not_below(ff, l1_acc, tolerance=tol)
+    fewer = beyond_spread(l1, ent)
+    diff = [a - b for a, b in zip(l1, ent)]
+    out.append({"claim": "FLINT 4", "statement": "Entropy + L1 gives about one fewer relevant attribute than L1 alone "
+                "at matched accuracy", "paper": "about one fewer (QuickDraw)",
+                "ours": (f"CNS(τ={at:g}) entropy+L1 {fmt_mean_std(ent, digits=2)}, L1 only {fmt_mean_std(l1, digits=2)}"
+                         f" (difference {fmt_mean_std(diff, digits=2)}); accuracy f {_pct(ff)} vs {_pct(l1_acc)}"),
+                "verdict": "met" if matched and fewer else "not met",
+                "how": (f"{budget}. On FashionMNIST, not QuickDraw (not available here). L1 only = the same warm-up "
+                        f"with the entropy weight 0. Met when L1-only's CNS exceeds entropy+L1's beyond the spread "
+                        f"and the two FLINT-f accuracies are within spread + {tol:.0%} of each other.")})
+
+    post_fid = _vals(per_seed, "posthoc", "test", "fidelity")
+    post_acc = _vals(per_seed, "posthoc", "test", "accuracy_f")
+    unchanged = all(abs(a - b) < 1e-9 for a, b in zip(post_acc, base))
+    m, sd = mean_std(post_fid)
+    floor = float(s["posthoc_min_fidelity"])
+    out.append({"claim": "FLINT 5", "statement": "Post hoc (f frozen) reaches high fidelity without changing f's "
+                "accuracy", "paper": "high fidelity, f unchanged (no FashionMNIST figure in Table 1)",
+                "ours": f"fidelity {_pct(post_fid)}; f accuracy {_pct(post_acc)} (BASE-f before: {_pct(base)})",
+                "verdict": "met" if unchanged and m - sd >= floor else "not met",
+                "how": (f"{budget}. Post hoc trains Ψ, h, d from the activation store of the frozen BASE-f of the "
+                        f"same seed. Met when f's test accuracy equals BASE-f's for every seed and mean − std of "
+                        f"the fidelity ≥ {floor:.0%}.")})
+
+    checks = [r["pictures_check"] for r in per_seed.values()]
+    ok_pairs, total = sum(c["pairs_ok"] for c in checks), sum(c["pairs_total"] for c in checks)
+    share = ok_pairs / total if total else 0.0
+    out.append({"claim": "FLINT 6", "statement": "MAS and AM+PI pictures per relevant (class, attribute) pair "
+                "(the 20-user study is not reproducible here)", "paper": "pictures; user study 77.5% / 83.7%",
+                "ours": f"{ok_pairs} of {total} pictured pairs show their property ({share:.0%})",
+                "verdict": "met" if total and share >= 0.8 else "not met",
+                "how": (f"{budget}. Up to {s['pictures']['max_pairs']} pairs per seed (τ of the job config). A pair "
+                        f"shows its property when its PNG exists, φ_j is higher on its MAS images than on "
+                        f"{s['pictures']['random_images']} random training images, AM+PI raised φ_j above its "
+                        f"κ·x₀ start, and φ_j is higher on the class's test images than on the other classes'. "
+                        f"Met when ≥ 80% of pairs pass. The user study is not tested.")})
+    return out

@@ -13,9 +13,9 @@ under a restricted protocol, most likely the one of VIBI's public comparison cod
 below runs it — grid chunks as the features, the k highest-weighted kept, a multinomial logistic-regression surrogate
 on those k, and two fidelities (approximator and rationale).
 
-Segmentation (dense reading): quickshift with ``kernel_size=1, max_dist=200, ratio=0.2``, the settings of LIME's own MNIST tutorial
-(its default kernel_size 4 gives one or two segments on a 28×28 image); hidden superpixels are set to 0 (black, the
-background of MNIST and Fashion-MNIST), as in that tutorial.
+Segmentation (dense reading): quickshift with ``kernel_size=1, max_dist=200, ratio=0.2``, the settings of LIME's own
+MNIST tutorial (its default kernel_size 4 gives one or two segments on a 28×28 image); hidden superpixels are set to 0
+(black, the background of MNIST and Fashion-MNIST), as in that tutorial.
 """
 
 from __future__ import annotations

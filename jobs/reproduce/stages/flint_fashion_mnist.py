@@ -13,7 +13,8 @@ Section keys (``configs/reproduce*.yaml``, ``stages.flint_fashion_mnist``):
     posthoc_min_fidelity: 0.9                    # FLINT 5's "high fidelity"
     accuracy_tolerance: 0.01                     # FLINT 1 / FLINT 4: "no material loss", "matched accuracy"
     lime: {images: 1000, k: 4, chunk_size: 2, num_samples: 1000, dense_images: 100}
-    vibi: {config: configs/vibi_fashion_mnist.yaml, set: {train.epochs: 3}}
+    vibi: {config: configs/vibi_fashion_mnist.yaml, set: {train.epochs: 8}, limit: 20000}   # limit: VIBI's
+                                                 # training rows (None: all 55,000; its own cut, VIBI is cheaper)
     pictures: {max_pairs: 10, random_images: 500}
 """
 
@@ -26,9 +27,11 @@ from typing import Any
 import numpy as np
 
 from interp_ray.reproduction import beyond_spread, fmt_mean_std, mean_std, not_below
-from jobs.reproduce.jobkit import cached, job_config
+from jobs.reproduce.stages._common import job_config, store_root, values
+from jobs.reproduce.stages._steps import cached
 
 NAME = "flint_fashion_mnist"
+CLAIMS = tuple(f"FLINT {i}" for i in range(1, 7))
 
 # FLINT's Table 1, FashionMNIST row (PAPERS.md §3), in %: (mean, std); None where the paper gives no std.
 TABLE1 = {"base_f_accuracy": (90.4, 0.1), "flint_f_accuracy": (90.5, 0.2), "flint_g_accuracy": (86.8, 0.4),
@@ -44,7 +47,8 @@ def _section(section: dict[str, Any]) -> dict[str, Any]:
     """The section with its defaults filled in."""
     lime = {"images": 1000, "k": 4, "chunk_size": 2, "num_samples": 1000, "dense_images": 100,
             **(section.get("lime") or {})}
-    vibi = {"config": "configs/vibi_fashion_mnist.yaml", "set": {}, "enabled": True, **(section.get("vibi") or {})}
+    vibi = {"config": "configs/vibi_fashion_mnist.yaml", "set": {}, "enabled": True, "limit": None,
+            **(section.get("vibi") or {})}
     pictures = {"max_pairs": 10, "random_images": 500, **(section.get("pictures") or {})}
     return {"config": "configs/flint_fashion_mnist.yaml", "set": {}, "test_rows": 10000, "ablation_tau": 10.0,
             "posthoc_min_fidelity": 0.9, "accuracy_tolerance": 0.01, **section,
@@ -54,14 +58,14 @@ def _section(section: dict[str, Any]) -> dict[str, Any]:
 def _flint_job(s: dict[str, Any], mode: str, seed: int, workdir: Path, **extra: Any):
     from interp_ray.explainers.flint.config import FlintJobConfig
 
-    forced: dict[str, Any] = {"train.seed": seed, "output": str(workdir / mode), "run.name": f"flint-{mode}",
-                              "run.storage_path": str(workdir / "ray_runs"), "store.root": str(workdir / "activations"),
-                              "flint.mode": "joint" if mode == "l1_only" else mode,
-                              "pictures.enabled": mode == "joint", "pictures.dir": str(workdir / "pictures"),
-                              "pictures.max_pairs": int(s["pictures"]["max_pairs"]), **extra}
+    forced: dict[str, Any] = {"train__seed": seed, "output": str(workdir / mode), "run__name": f"flint-{mode}",
+                              "run__storage_path": str(workdir / "ray_runs"), "store__root": store_root(workdir),
+                              "flint__mode": "joint" if mode == "l1_only" else mode,
+                              "pictures__enabled": mode == "joint", "pictures__dir": str(workdir / "pictures"),
+                              "pictures__max_pairs": int(s["pictures"]["max_pairs"]), **extra}
     if mode == "l1_only":
-        forced["flint.schedule"] = L1_ONLY_SCHEDULE
-    return job_config(FlintJobConfig, s["config"], s["set"], forced)
+        forced["flint__schedule"] = L1_ONLY_SCHEDULE
+    return job_config(s, FlintJobConfig, f"stages.{NAME}", **forced)
 
 
 def _test_set(job, rows: int):
@@ -77,7 +81,7 @@ def _train_mode(s: dict[str, Any], mode: str, seed: int, workdir: Path) -> dict[
     from interp_ray.explainers.flint.interpretation import evaluate_model
     from jobs.train_flint import prepare, train
 
-    extra = {"flint.predictor_checkpoint": str(workdir / "base_f_classifier")} if mode == "posthoc" else {}
+    extra = {"flint__predictor_checkpoint": str(workdir / "base_f_classifier")} if mode == "posthoc" else {}
     job = _flint_job(s, mode, seed, workdir, **extra)
     t0 = time.perf_counter()
     job, prepared = prepare(job)
@@ -86,14 +90,19 @@ def _train_mode(s: dict[str, Any], mode: str, seed: int, workdir: Path) -> dict[
     taus = sorted({*job.flint.taus, float(s["ablation_tau"])})
     test = evaluate_model(explainer.flint, _test_set(job, int(s["test_rows"])), taus=taus)
     if mode == "base":   # post hoc freezes this f: hand it on as a classifier checkpoint
-        from interp_ray.checkpoint import save_classifier
-
-        save_classifier(workdir / "base_f_classifier", explainer.flint.predictor,
-                        model_name=explainer.config["model"]["name"], model_options=explainer.config["model"]["options"],
-                        class_names=explainer.class_names, data=job.data.model_dump())
+        _save_f(explainer, workdir / "base_f_classifier", job)
     return {"test": test, "epochs": len(out["history"]), "checkpoint": out["checkpoint"],
             "pictures": [p for p in out.get("pictures") or [] if p.get("class") is not None],
             "train_rows": len(prepared.train_ds), "seconds": time.perf_counter() - t0}
+
+
+def _save_f(explainer, path: Path, job) -> None:
+    """A FLINT's f as an interp-ray classifier checkpoint: what post hoc freezes and VIBI explains."""
+    from interp_ray.checkpoint import save_classifier
+
+    save_classifier(path, explainer.flint.predictor, model_name=explainer.config["model"]["name"],
+                    model_options=explainer.config["model"]["options"], class_names=explainer.class_names,
+                    data=job.data.model_dump())
 
 
 def _pictures_check(s: dict[str, Any], joint: dict[str, Any], seed: int, workdir: Path) -> dict[str, Any]:
@@ -179,22 +188,24 @@ def _vibi(s: dict[str, Any], joint: dict[str, Any], seed: int, workdir: Path) ->
     its two fidelities to FLINT-f on the stage's test rows."""
     import torch
 
-    from interp_ray.checkpoint import load_classifier, save_classifier
+    from interp_ray.checkpoint import load_classifier
     from interp_ray.explainers.flint.explainer import FlintExplainer
     from interp_ray.explainers.vibi.explainer import VIBI
-    from jobs.train_explainer import load_job, train
+    from interp_ray.explainers.vibi.config import VibiTrainJob
+    from jobs.train_explainer import train
 
     explainer = FlintExplainer.load(joint["checkpoint"])
     fjob = _flint_job(s, "joint", seed, workdir)
     f_dir = workdir / "flint_f_classifier"
-    save_classifier(f_dir, explainer.flint.predictor, model_name=explainer.config["model"]["name"],
-                    model_options=explainer.config["model"]["options"], class_names=explainer.class_names,
-                    data=fjob.data.model_dump())
+    _save_f(explainer, f_dir, fjob)
     v = s["vibi"]
-    overrides = {**v["set"], "source.checkpoint": str(f_dir), "source.data": fjob.data.model_dump(),
-                 "source.store.root": str(workdir / "vibi_activations"), "train.seed": seed,
-                 "output": str(workdir / "vibi"), "run.name": "vibi", "run.storage_path": str(workdir / "ray_runs")}
-    job = load_job(v["config"], [f"{k}={_yaml(val)}" for k, val in overrides.items()])
+    data = fjob.data.model_dump()
+    data["options"] = {k: val for k, val in data["options"].items() if k != "limit"}
+    if v["limit"]:
+        data["options"]["limit"] = int(v["limit"])
+    job = job_config(v, VibiTrainJob, f"stages.{NAME}.vibi", source__checkpoint=str(f_dir),
+                     source__data=data, source__store__root=store_root(workdir), train__seed=seed,
+                     output=str(workdir / "vibi"), run__name="vibi", run__storage_path=str(workdir / "ray_runs"))
     t0 = time.perf_counter()
     out = train(job)
     f = load_classifier(str(f_dir)).model.eval()
@@ -211,13 +222,8 @@ def _vibi(s: dict[str, Any], joint: dict[str, Any], seed: int, workdir: Path) ->
     return {"approximator_fidelity": float(np.concatenate(approx).mean()),
             "rationale_fidelity": float(np.concatenate(rationale).mean()), "epochs": len(out["history"]),
             "best_epoch": out["best_epoch"], "k": job.explainer.k, "chunk_size": job.explainer.chunk_size,
+            "lr": job.train.lr, "train_rows": int(v["limit"] or 55000),
             "seconds": time.perf_counter() - t0}
-
-
-def _yaml(value: Any) -> str:
-    import json
-
-    return json.dumps(value)
 
 
 def run(section: dict[str, Any], seed: int, workdir: Path) -> dict[str, Any]:
@@ -241,15 +247,6 @@ def run(section: dict[str, Any], seed: int, workdir: Path) -> dict[str, Any]:
 # Report rows
 # ---------------------------------------------------------------------------------------------------------------
 
-def _vals(per_seed: dict[int, dict], *path: str) -> list[float]:
-    out = []
-    for r in per_seed.values():
-        for key in path:
-            r = r[key]
-        out.append(float(r))
-    return out
-
-
 def _pct(values: list[float]) -> str:
     return fmt_mean_std(values, pct=True)
 
@@ -266,8 +263,8 @@ def rows(per_seed: dict[int, dict], section: dict) -> list[dict]:
     s = _section(section)
     budget = _budget(per_seed, s)
     tol = float(s["accuracy_tolerance"])
-    base, ff = _vals(per_seed, "base", "test", "accuracy_f"), _vals(per_seed, "joint", "test", "accuracy_f")
-    fg_acc, fg_fid = _vals(per_seed, "joint", "test", "accuracy_g"), _vals(per_seed, "joint", "test", "fidelity")
+    base, ff = values(per_seed, "base", "test", "accuracy_f"), values(per_seed, "joint", "test", "accuracy_f")
+    fg_acc, fg_fid = values(per_seed, "joint", "test", "accuracy_g"), values(per_seed, "joint", "test", "fidelity")
     out = []
 
     ok1 = not_below(ff, base, tolerance=tol)
@@ -276,37 +273,44 @@ def rows(per_seed: dict[int, dict], section: dict) -> list[dict]:
                 "ours": f"BASE-f {_pct(base)}, FLINT-f {_pct(ff)}", "verdict": "met" if ok1 else "not met",
                 "how": f"{budget}. Met when mean(BASE-f) − mean(FLINT-f) ≤ std + std + {tol:.0%} (not_below)."})
 
-    lime_a = _vals(per_seed, "lime", "approximator_fidelity")
-    lime_r = _vals(per_seed, "lime", "rationale_fidelity")
+    lime_a = values(per_seed, "lime", "approximator_fidelity")
+    lime_r = values(per_seed, "lime", "rationale_fidelity")
     lime_best = [max(a, r) for a, r in zip(lime_a, lime_r)]
     l0 = next(iter(per_seed.values()))["lime"]
     dense = [r["lime"]["dense_in_sample_fidelity"] for r in per_seed.values()
              if r["lime"].get("dense_in_sample_fidelity") is not None]
     has_vibi = all("vibi" in r for r in per_seed.values())
-    vibi_a = _vals(per_seed, "vibi", "approximator_fidelity") if has_vibi else []
-    vibi_r = _vals(per_seed, "vibi", "rationale_fidelity") if has_vibi else []
+    vibi_a = values(per_seed, "vibi", "approximator_fidelity") if has_vibi else []
+    vibi_r = values(per_seed, "vibi", "rationale_fidelity") if has_vibi else []
     vibi_best = [max(a, r) for a, r in zip(vibi_a, vibi_r)]
     ok2 = beyond_spread(fg_fid, lime_best) and (beyond_spread(fg_fid, vibi_best) if has_vibi else False)
-    table1 = {"columns": ["BASE-f", "FLINT-f", "FLINT-g (acc)", "LIME (fid)", "VIBI (fid)", "FLINT-g (fid)"],
-              "paper": [f"{m} ± {sd}" for m, sd in (TABLE1[k] for k in ("base_f_accuracy", "flint_f_accuracy",
-                                                                        "flint_g_accuracy", "lime_fidelity",
-                                                                        "vibi_fidelity", "flint_g_fidelity"))],
-              "ours": [_pct(base), _pct(ff), _pct(fg_acc), _pct(lime_a), _pct(vibi_a) if has_vibi else "not run",
-                       _pct(fg_fid)],
-              "ours_other_fidelity": {"LIME rationale": _pct(lime_r),
-                                      "VIBI rationale": _pct(vibi_r) if has_vibi else "not run",
-                                      "LIME dense in-sample": _pct(dense) if dense else "not run"}}
-    vibi_how = (f"VIBI trained by jobs.train_explainer on Ray Train against FLINT-f "
-                f"({next(iter(per_seed.values()))['vibi']['epochs']} epochs, k = "
-                f"{next(iter(per_seed.values()))['vibi']['k']} of 2×2 chunks), scored on the test rows"
-                if has_vibi else "VIBI not run (vibi.enabled false): the row cannot be met")
+    columns = ["BASE-f (acc)", "FLINT-f (acc)", "FLINT-g (acc)", "LIME (fid)", "VIBI (fid)", "FLINT-g (fid)"]
+    paper = [f"{m} ± {sd}" for m, sd in (TABLE1[k] for k in ("base_f_accuracy", "flint_f_accuracy",
+                                                            "flint_g_accuracy", "lime_fidelity", "vibi_fidelity",
+                                                            "flint_g_fidelity"))]
+    ours = [_pct(base), _pct(ff), _pct(fg_acc), _pct(lime_a), _pct(vibi_a) if has_vibi else "not run", _pct(fg_fid)]
+    table = {"title": "FLINT's Table 1, FashionMNIST row (%), beside ours (mean ± std over seeds; LIME: VIBI's "
+                      "protocol, approximator fidelity; VIBI: approximator fidelity)",
+             "columns": ["", *columns],
+             "rows": [["paper", *paper], ["ours", *ours],
+                      ["ours, other fidelity", "", "", "", f"rationale {_pct(lime_r)}",
+                       f"rationale {_pct(vibi_r)}" if has_vibi else "", ""],
+                      ["ours, LIME dense in-sample (not the paper's protocol)", "", "", "",
+                       _pct(dense) if dense else "not run", "", ""]]}
+    v0 = next(iter(per_seed.values())).get("vibi") or {}
+    vibi_how = (f"VIBI trained by jobs.train_explainer on Ray Train against FLINT-f (k = {v0.get('k')} of "
+                f"{v0.get('chunk_size')}×{v0.get('chunk_size')} chunks, {v0.get('epochs')} epochs at lr "
+                f"{v0.get('lr')} on {v0.get('train_rows', 0):,} training rows; its released code runs 50 epochs at "
+                f"1e-4 on all 55,000), scored on the test rows" if has_vibi
+                else "VIBI not run (vibi.enabled false): the row cannot be met")
     out.append({"claim": "FLINT 2", "statement": "FLINT-g's fidelity to FLINT-f exceeds LIME's and VIBI's",
                 "paper": "FLINT-g 91.5 ± 0.1, LIME 67.3 ± 1.3, VIBI 88.4 ± 0.3 (FashionMNIST)",
                 "ours": (f"FLINT-g {_pct(fg_fid)}; LIME (VIBI protocol) approximator {_pct(lime_a)}, rationale "
                          f"{_pct(lime_r)}; VIBI approximator {_pct(vibi_a) if has_vibi else 'not run'}, rationale "
                          f"{_pct(vibi_r) if has_vibi else 'not run'}; LIME dense in-sample (not the paper's "
                          f"protocol) {_pct(dense) if dense else 'not run'}"),
-                "verdict": "met" if ok2 else "not met", "table1": table1,
+                "verdict": "met" if ok2 else "not met", "table": table,
+                "table1": {"columns": columns, "paper": paper, "ours": ours},
                 "how": (f"{budget}. LIME as VIBI's comparison code runs it (PAPERS.md §3): {l0['chunk_size']}×"
                         f"{l0['chunk_size']}-pixel grid chunks as features ({(28 // l0['chunk_size']) ** 2} per "
                         f"image), k = {l0['k']}, highest_weights selection, multinomial logistic-regression "
@@ -318,7 +322,7 @@ def rows(per_seed: dict[int, dict], section: dict) -> list[dict]:
 
     taus = sorted(float(k.removeprefix("cns_")) for k in next(iter(per_seed.values()))["joint"]["test"]
                   if k.startswith("cns_") and not k.startswith("cns_code"))
-    curve = {t: _vals(per_seed, "joint", "test", f"cns_{t:g}") for t in taus if t <= 5.0}
+    curve = {t: values(per_seed, "joint", "test", f"cns_{t:g}") for t in taus if t <= 5.0}
     out.append({"claim": "FLINT 3", "statement": "CNS_g(τ), τ ∈ {1.5 … 5}, lies below SENN's at every τ",
                 "paper": "FLINT ≈ 1.4 at τ = 1.5 → ≈ 3.0 at τ = 5 (SENN ≈ 5.6 → 17.0), read from the figure",
                 "ours": "; ".join(f"τ={t:g}: {fmt_mean_std(v, digits=2)}" for t, v in curve.items()),
@@ -327,8 +331,8 @@ def rows(per_seed: dict[int, dict], section: dict) -> list[dict]:
                        f"the curve is FLINT-g's (|r|, the notebook's reading) on the test images."})
 
     at = float(s["ablation_tau"])
-    ent, l1 = _vals(per_seed, "joint", "test", f"cns_{at:g}"), _vals(per_seed, "l1_only", "test", f"cns_{at:g}")
-    l1_acc = _vals(per_seed, "l1_only", "test", "accuracy_f")
+    ent, l1 = values(per_seed, "joint", "test", f"cns_{at:g}"), values(per_seed, "l1_only", "test", f"cns_{at:g}")
+    l1_acc = values(per_seed, "l1_only", "test", "accuracy_f")
     matched = not_below(l1_acc, ff, tolerance=tol) and not_below(ff, l1_acc, tolerance=tol)
     fewer = beyond_spread(l1, ent)
     diff = [a - b for a, b in zip(l1, ent)]
@@ -341,8 +345,8 @@ def rows(per_seed: dict[int, dict], section: dict) -> list[dict]:
                         f"with the entropy weight 0. Met when L1-only's CNS exceeds entropy+L1's beyond the spread "
                         f"and the two FLINT-f accuracies are within spread + {tol:.0%} of each other.")})
 
-    post_fid = _vals(per_seed, "posthoc", "test", "fidelity")
-    post_acc = _vals(per_seed, "posthoc", "test", "accuracy_f")
+    post_fid = values(per_seed, "posthoc", "test", "fidelity")
+    post_acc = values(per_seed, "posthoc", "test", "accuracy_f")
     unchanged = all(abs(a - b) < 1e-9 for a, b in zip(post_acc, base))
     m, sd = mean_std(post_fid)
     floor = float(s["posthoc_min_fidelity"])

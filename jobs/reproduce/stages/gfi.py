@@ -7,7 +7,7 @@ two-object check over many scenes (GFI 4); GFI's seconds per image at batch 1 (G
 
 Section keys (``stages.gfi``):
 
-    classifier: {config: configs/scenes.yaml, set: {}}
+    classifier: {config: configs/scenes.yaml, set: {train.epochs: 8}}   # the main job's (configs/pipeline.yaml)
     n_test: 40          # one-object test scenes scored
     n_tune: 16          # val scenes α is tuned on
     n_two: 20           # two-object test scenes (each explained for both classes)
@@ -25,9 +25,11 @@ from typing import Any
 import numpy as np
 
 from interp_ray.reproduction import beyond_spread, fmt_mean_std, not_below
-from jobs.reproduce.jobkit import cached, job_config
+from jobs.reproduce.stages._common import classifier, job_config, values
+from jobs.reproduce.stages._steps import cached
 
 NAME = "gfi"
+CLAIMS = tuple(f"GFI {i}" for i in range(1, 7))
 
 # Du et al.'s figures (PAPERS.md §5)
 PAPER_LOC_ERROR = {"gfi": 0.382, "gradient": 0.417, "cam": 0.481}
@@ -36,25 +38,26 @@ METHODS = ("gfi_delta1", "gfi_delta10", "gradcam", "gradient", "center")
 
 
 def _section(section: dict[str, Any]) -> dict[str, Any]:
-    clf = {"config": "configs/scenes.yaml", "set": {}, **(section.get("classifier") or {})}
+    clf = {"config": "configs/scenes.yaml", "set": {"train.epochs": 8}, **(section.get("classifier") or {})}
     return {"n_test": 40, "n_tune": 16, "n_two": 20, "n_runtime": 4, "two_object_target": 0.9, "gfi_settings": {},
             **section,
             "classifier": clf}
 
 
-def _classifier_job(s: dict[str, Any], seed: int, workdir: Path):
+def _classifier_ref(s: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The section's classifier with the seed as its training seed: one network per seed, trained once into
+    ``<out>/shared`` (seed 0 is the very network the other scenes stages explain when they name the same config)."""
+    ref = s["classifier"]
+    return {**ref, "set": {**(ref.get("set") or {}), "train.seed": seed}}
+
+
+def _scenes(s: dict[str, Any], seed: int, split: str, n: int, **extra: Any):
+    """``n`` scenes of ``split`` generated as the classifier's data (same size and generator seed)."""
     from interp_ray.config import ClassifierJobConfig
+    from interp_ray.data import load_dataset
 
-    return job_config(ClassifierJobConfig, s["classifier"]["config"], s["classifier"]["set"],
-                      {"train.seed": seed, "output": str(workdir / "scenes_cnn"), "run.name": "scenes-cnn",
-                       "run.storage_path": str(workdir / "ray_runs")})
-
-
-def _train_classifier(s: dict[str, Any], seed: int, workdir: Path) -> dict[str, Any]:
-    from jobs.train_classifier import train
-
-    out = train(_classifier_job(s, seed, workdir))
-    return {"test_accuracy": out["test_accuracy"], "epochs": len(out["history"]), "checkpoint": out["checkpoint"]}
+    options = job_config(_classifier_ref(s, seed), ClassifierJobConfig, f"stages.{NAME}.classifier").data.options
+    return load_dataset("scenes", split, **{**options, "n": n, **extra})
 
 
 def _gfi(model, class_names, settings: dict[str, Any], **extra: Any):
@@ -83,13 +86,10 @@ def _maps(explainer, batch: dict[str, np.ndarray], targets: np.ndarray, params=N
 def _saliency(s: dict[str, Any], clf: dict[str, Any], seed: int, workdir: Path) -> dict[str, Any]:
     """GFI 1–3 and the empty-map shares on the one-object scenes, every method on the same images."""
     from interp_ray.checkpoint import load_classifier
-    from interp_ray.data import load_dataset
     from interp_ray.metrics.saliency import empty_share, localisation_error, pointing_game, tune_alpha
 
     loaded = load_classifier(clf["checkpoint"])
-    options = _classifier_job(s, seed, workdir).data.options
-    test = load_dataset("scenes", "test", **{**options, "n": int(s["n_test"])})
-    tune = load_dataset("scenes", "val", **{**options, "n": int(s["n_tune"])})
+    test, tune = _scenes(s, seed, "test", int(s["n_test"])), _scenes(s, seed, "val", int(s["n_tune"]))
     tb, vb = test.get_batch(np.arange(len(test))), tune.get_batch(np.arange(len(tune)))
     out = {}
     methods = _explainers(loaded.model.eval(), loaded.class_names, s["gfi_settings"])
@@ -114,12 +114,10 @@ def _two_objects(s: dict[str, Any], clf: dict[str, Any], seed: int, workdir: Pat
     both boxes (``stage1_covers_both``)? GFI with the paper's probability score, with the log-prob score, and
     Grad-CAM beside (the checks of ``benchmarks.saliency_eval``, here with the stage's GFI settings)."""
     from interp_ray.checkpoint import load_classifier
-    from interp_ray.data import load_dataset
     from interp_ray.metrics.saliency import pointing_hit
 
     loaded = load_classifier(clf["checkpoint"])
-    options = _classifier_job(s, seed, workdir).data.options
-    two = load_dataset("scenes", "test", **{**options, "n": int(s["n_two"]), "two_objects": True})
+    two = _scenes(s, seed, "test", int(s["n_two"]), two_objects=True)
     batch = two.get_batch(np.arange(len(two)))
     a, b = batch["box_labels"][:, 0], batch["box_labels"][:, 1]
     methods = _explainers(loaded.model.eval(), loaded.class_names, s["gfi_settings"])
@@ -144,12 +142,10 @@ def _runtime(s: dict[str, Any], clf: dict[str, Any], seed: int, workdir: Path) -
     import torch
 
     from interp_ray.checkpoint import load_classifier
-    from interp_ray.data import load_dataset
 
     loaded = load_classifier(clf["checkpoint"])
-    options = _classifier_job(s, seed, workdir).data.options
     n = int(s["n_runtime"])
-    batch = load_dataset("scenes", "test", **{**options, "n": n}).get_batch(np.arange(n))
+    batch = _scenes(s, seed, "test", n).get_batch(np.arange(n))
     gfi = _gfi(loaded.model.eval(), loaded.class_names, s["gfi_settings"])
     gfi.explain({"image": batch["image"][:1], "target": batch["label"][:1]})   # warm-up
     t0 = time.perf_counter()
@@ -162,7 +158,8 @@ def _runtime(s: dict[str, Any], clf: dict[str, Any], seed: int, workdir: Path) -
 def run(section: dict[str, Any], seed: int, workdir: Path) -> dict[str, Any]:
     s = _section(section)
     workdir = Path(workdir)
-    clf = cached(workdir, "classifier", lambda: _train_classifier(s, seed, workdir))
+    ckpt, meta = classifier(_classifier_ref(s, seed), workdir, f"stages.{NAME}.classifier")
+    clf = {**meta, "checkpoint": ckpt}
     print(f"[reproduce] {NAME} seed {seed}: scenes classifier test accuracy {clf['test_accuracy']:.4f}", flush=True)
     return {"classifier": clf,
             "saliency": cached(workdir, "saliency", lambda: _saliency(s, clf, seed, workdir)),
@@ -175,15 +172,6 @@ def run(section: dict[str, Any], seed: int, workdir: Path) -> dict[str, Any]:
 # Report rows
 # ---------------------------------------------------------------------------------------------------------------
 
-def _v(per_seed: dict[int, dict], *path: str) -> list[float]:
-    out = []
-    for r in per_seed.values():
-        for key in path:
-            r = r[key]
-        out.append(float(r))
-    return out
-
-
 def _f(values: list[float]) -> str:
     return fmt_mean_std(values, digits=3)
 
@@ -192,14 +180,14 @@ def rows(per_seed: dict[int, dict], section: dict) -> list[dict]:
     s = _section(section)
     first = next(iter(per_seed.values()))
     b = first["budget"]
-    acc = _v(per_seed, "classifier", "test_accuracy")
+    acc = values(per_seed, "classifier", "test_accuracy")
     setup = (f"{len(per_seed)} seeds ({', '.join(map(str, per_seed))}); per seed the scenes CNN trained by "
              f"jobs.train_classifier on Ray Train as the main job's ({s['classifier']['config']}, the seed as its "
              f"training seed; test accuracy {_f(acc)}); {b['n_test']} one-object test scenes, α tuned on "
              f"{b['n_tune']} val scenes; GFI at the paper's settings (10 + 70 iterations, blur background), Grad-CAM "
              f"at `{first['saliency']['grad_cam_layer']}` (its default: the last conv map, the layer a practitioner "
              f"reads)" + (f"; GFI settings changed: {s['gfi_settings']}" if s["gfi_settings"] else ""))
-    sal = {m: {k: _v(per_seed, "saliency", m, k) for k in ("pointing", "loc_error", "loc_error_alpha0",
+    sal = {m: {k: values(per_seed, "saliency", m, k) for k in ("pointing", "loc_error", "loc_error_alpha0",
                                                            "empty_share")} for m in METHODS}
     empty = "; ".join(f"{m} {_f(sal[m]['empty_share'])}" for m in METHODS)
     out = []
@@ -237,10 +225,10 @@ def rows(per_seed: dict[int, dict], section: dict) -> list[dict]:
                         f"(δ = 10) is not below Grad-CAM or the gradient beyond the spread (not_below) and above "
                         f"the centre baseline beyond it. Empty-map shares: {empty}.")})
 
-    both = _v(per_seed, "two_objects", "gfi_delta1", "both_peaks_in_own_box")
-    cover = _v(per_seed, "two_objects", "gfi_delta1", "stage1_covers_both")
-    cam = _v(per_seed, "two_objects", "gradcam", "both_peaks_in_own_box")
-    logp = _v(per_seed, "two_objects", "gfi_log_prob", "both_peaks_in_own_box")
+    both = values(per_seed, "two_objects", "gfi_delta1", "both_peaks_in_own_box")
+    cover = values(per_seed, "two_objects", "gfi_delta1", "stage1_covers_both")
+    cam = values(per_seed, "two_objects", "gradcam", "both_peaks_in_own_box")
+    logp = values(per_seed, "two_objects", "gfi_log_prob", "both_peaks_in_own_box")
     target = float(s["two_object_target"])
     ok4 = min(both) >= target and min(cover) >= target
     out.append({"claim": "GFI 4", "statement": "Two objects: the stage-2 masks for the two classes pick different "
@@ -252,7 +240,7 @@ def rows(per_seed: dict[int, dict], section: dict) -> list[dict]:
                         f"objects' classes by the classifier trained on one-object scenes as the main job's. Met when "
                         f"every seed reaches {target:.0%} on both shares.")})
 
-    rt = _v(per_seed, "runtime", "seconds_per_image")
+    rt = values(per_seed, "runtime", "seconds_per_image")
     out.append({"claim": "GFI 5", "statement": "Run time ≈ 8 s per image (VGG-19, batch 1)",
                 "paper": "8.04 s (VGG-19, PyTorch GPU)", "ours": f"{_f(rt)} s per image (scenes CNN, 64×64, CPU)",
                 "verdict": "not tested",

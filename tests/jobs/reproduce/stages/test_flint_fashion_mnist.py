@@ -1,23 +1,22 @@
 """The FLINT reproduction stage: one seed's run at a tiny budget on Ray (every training path, LIME, VIBI, the
 pictures check), and FLINT 1–6 verdicts that flip with the numbers."""
 
-import copy
 from pathlib import Path
 
 import pytest
 
+from interp_ray.config import read_yaml
 from jobs.reproduce.stages import flint_fashion_mnist as stage
 
-TINY = {"set": {"data.options.limit": 160, "train.epochs": 3, "train.batch_size": 32,
-                "flint.relevance_samples": 80, "pictures.am.rounds": 1, "pictures.am.n_iter": 3},
-        "test_rows": 120, "lime": {"images": 3, "dense_images": 1, "num_samples": 60},
-        "vibi": {"set": {"train.epochs": 1}}, "pictures": {"max_pairs": 2, "random_images": 40}}
+# the smoke config's section: the budget the whole-job smoke test runs too
+TINY = read_yaml(Path(__file__).parents[4] / "configs" / "reproduce_smoke.yaml")["stages"]["flint_fashion_mnist"]
 
 
 @pytest.mark.ray
 @pytest.mark.slow
 def test_one_seed_runs_every_step_and_a_restart_reuses_them(ray_local, tmp_path):
-    out = stage.run(TINY, 3, tmp_path)
+    workdir = tmp_path / stage.NAME / "seed0"          # the engine's layout: <out>/shared beside it
+    out = stage.run(TINY, 3, workdir)
     for mode in stage.MODES:
         t = out[mode]["test"]
         assert t["samples"] == 120 and 0.0 <= t["accuracy_f"] <= 1.0 and "cns_10" in t
@@ -31,8 +30,8 @@ def test_one_seed_runs_every_step_and_a_restart_reuses_them(ray_local, tmp_path)
     assert check["pairs_total"] == len(out["joint"]["pictures"]) <= 2
     assert all(Path(p["path"]).is_file() for p in out["joint"]["pictures"])
     # every finished step is cached in the workdir: a restart recomputes nothing (a new run would retrain)
-    (tmp_path / "ray_runs").rename(tmp_path / "gone")
-    assert stage.run(TINY, 3, tmp_path) == out
+    (workdir / "ray_runs").rename(workdir / "gone")
+    assert stage.run(TINY, 3, workdir) == out
 
 
 def _seed(base=0.90, joint=0.905, g_fid=0.915, lime=(0.67, 0.40), vibi=(0.88, 0.30), ent=2.0, l1=3.0,
@@ -44,7 +43,8 @@ def _seed(base=0.90, joint=0.905, g_fid=0.915, lime=(0.67, 0.40), vibi=(0.88, 0.
             "posthoc": {"test": {"accuracy_f": base if post_acc is None else post_acc, "fidelity": post_fid}},
             "lime": {"approximator_fidelity": lime[0], "rationale_fidelity": lime[1], "images": 1000, "k": 4,
                      "chunk_size": 2, "num_samples": 1000, "dense_images": 100, "dense_in_sample_fidelity": 0.96},
-            "vibi": {"approximator_fidelity": vibi[0], "rationale_fidelity": vibi[1], "epochs": 3, "k": 4},
+            "vibi": {"approximator_fidelity": vibi[0], "rationale_fidelity": vibi[1], "epochs": 3, "k": 4,
+                     "chunk_size": 2, "lr": 0.001, "train_rows": 20000},
             "pictures_check": {"pairs_ok": pairs_ok, "pairs_total": 10},
             "budget": {"train_rows": 6000, "epochs": 12, "test_rows": 10000}}
 

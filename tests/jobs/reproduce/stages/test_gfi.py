@@ -1,19 +1,22 @@
 """The GFI reproduction stage: one seed's run at a tiny budget on Ray (the classifier on Ray Train, every method,
 the two-object check, the runtime), and GFI 1–6 verdicts that flip with the numbers."""
 
+from pathlib import Path
+
 import pytest
 
+from interp_ray.config import read_yaml
 from jobs.reproduce.stages import gfi as stage
 
-TINY = {"classifier": {"set": {"data.options.n": 96, "data.options.size": 32, "train.epochs": 1}},
-        "n_test": 6, "n_tune": 4, "n_two": 3, "n_runtime": 1,
-        "gfi_settings": {"stage1_iterations": 2, "stage2_iterations": 3, "precision": "float32"}}
+# the smoke config's section: the budget the whole-job smoke test runs too
+TINY = read_yaml(Path(__file__).parents[4] / "configs" / "reproduce_smoke.yaml")["stages"]["gfi"]
 
 
 @pytest.mark.ray
 @pytest.mark.slow
 def test_one_seed_runs_every_step_and_a_restart_reuses_them(ray_local, tmp_path):
-    out = stage.run(TINY, 1, tmp_path)
+    workdir = tmp_path / stage.NAME / "seed0"          # the engine's layout: <out>/shared beside it
+    out = stage.run(TINY, 1, workdir)
     assert out["classifier"]["epochs"] == 1
     sal = out["saliency"]
     assert set(stage.METHODS) <= set(sal)
@@ -21,8 +24,9 @@ def test_one_seed_runs_every_step_and_a_restart_reuses_them(ray_local, tmp_path)
         assert 0.0 <= sal[m]["pointing"] <= 1.0 and 0.0 <= sal[m]["empty_share"] <= 1.0
     assert out["two_objects"]["scenes"] == 3 and "stage1_covers_both" in out["two_objects"]["gfi_delta1"]
     assert out["runtime"]["seconds_per_image"] > 0
-    (tmp_path / "ray_runs").rename(tmp_path / "gone")      # cached: nothing retrains on a restart
-    assert stage.run(TINY, 1, tmp_path) == out
+    # every step is kept in the workdir: a restart reuses them (the runtime, a timing, would differ if remeasured)
+    assert {p.stem for p in workdir.glob("*.json")} == {"saliency", "two_objects", "runtime"}
+    assert stage.run(TINY, 1, workdir) == out
 
 
 def _seed(gfi_err=0.3, cam_err=0.45, grad_err=0.4, gfi_err0=0.6, p10=0.9, p1=0.88, cam_p=0.85, grad_p=0.9,

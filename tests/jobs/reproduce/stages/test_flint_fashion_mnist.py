@@ -22,7 +22,10 @@ def test_one_seed_runs_every_step_and_a_restart_reuses_them(ray_local, tmp_path)
         assert t["samples"] == 120 and 0.0 <= t["accuracy_f"] <= 1.0 and "cns_10" in t
     # post hoc freezes BASE-f: same f, same test rows, so exactly the same accuracy
     assert out["posthoc"]["test"]["accuracy_f"] == out["base"]["test"]["accuracy_f"]
-    assert out["budget"] == {"train_rows": 160, "epochs": 3, "test_rows": 120}
+    # the entropy term turns on at epoch 5: the L1-only ablation then trains another interpreter than joint FLINT
+    cns = [{k: v for k, v in out[m]["test"].items() if k.startswith("cns_")} for m in ("joint", "l1_only")]
+    assert cns[0] != cns[1]
+    assert out["budget"] == {"train_rows": 160, "epochs": 5, "test_rows": 120}
     lime = out["lime"]
     assert (lime["images"], lime["k"], lime["dense_images"]) == (3, 4, 1)
     assert out["vibi"]["epochs"] == 1 and 0.0 <= out["vibi"]["approximator_fidelity"] <= 1.0

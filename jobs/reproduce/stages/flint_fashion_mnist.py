@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from interp_ray.reproduction import beyond_spread, fmt_mean_std, mean_std, not_below
-from jobs.reproduce.stages._common import job_config, store_root, values
+from jobs.reproduce.stages._common import job_config, row, store_root, values
 from jobs.reproduce.stages._steps import cached
 
 NAME = "flint_fashion_mnist"
@@ -36,8 +36,6 @@ CLAIMS = tuple(f"FLINT {i}" for i in range(1, 7))
 # FLINT's Table 1, FashionMNIST row (PAPERS.md §3), in %: (mean, std); None where the paper gives no std.
 TABLE1 = {"base_f_accuracy": (90.4, 0.1), "flint_f_accuracy": (90.5, 0.2), "flint_g_accuracy": (86.8, 0.4),
           "lime_fidelity": (67.3, 1.3), "vibi_fidelity": (88.4, 0.3), "flint_g_fidelity": (91.5, 0.1)}
-# Conciseness read from the paper's figure by eye (PAPERS.md §3): FLINT ≈ 1.4 at τ = 1.5 → ≈ 3.0 at τ = 5.
-PAPER_CNS = {1.5: 1.4, 5.0: 3.0}
 # The L1-only ablation: the FashionMNIST warm-up without the entropy term (FLINT 4; the paper ran it on QuickDraw).
 L1_ONLY_SCHEDULE = {"pred": [[1, 1.0]], "rec": [[1, 0.8]], "fid": [[3, 0.5]], "l1": [[3, 0.1]], "ent": []}
 MODES = ("base", "joint", "l1_only", "posthoc")
@@ -268,10 +266,10 @@ def rows(per_seed: dict[int, dict], section: dict) -> list[dict]:
     out = []
 
     ok1 = not_below(ff, base, tolerance=tol)
-    out.append({"claim": "FLINT 1", "statement": "Training with L_int does not materially reduce accuracy "
-                "(FLINT-f vs BASE-f, FashionMNIST)", "paper": "BASE-f 90.4 ± 0.1, FLINT-f 90.5 ± 0.2",
-                "ours": f"BASE-f {_pct(base)}, FLINT-f {_pct(ff)}", "verdict": "met" if ok1 else "not met",
-                "how": f"{budget}. Met when mean(BASE-f) − mean(FLINT-f) ≤ std + std + {tol:.0%} (not_below)."})
+    out.append(row("FLINT 1", "Training with L_int does not materially reduce accuracy "
+                   "(FLINT-f vs BASE-f, FashionMNIST)", "BASE-f 90.4 ± 0.1, FLINT-f 90.5 ± 0.2",
+                   f"BASE-f {_pct(base)}, FLINT-f {_pct(ff)}", "met" if ok1 else "not met",
+                   f"{budget}. Met when mean(BASE-f) − mean(FLINT-f) ≤ std + std + {tol:.0%} (not_below)."))
 
     lime_a = values(per_seed, "lime", "approximator_fidelity")
     lime_r = values(per_seed, "lime", "rationale_fidelity")
@@ -303,32 +301,32 @@ def rows(per_seed: dict[int, dict], section: dict) -> list[dict]:
                 f"{v0.get('lr')} on {v0.get('train_rows', 0):,} training rows; its released code runs 50 epochs at "
                 f"1e-4 on all 55,000), scored on the test rows" if has_vibi
                 else "VIBI not run (vibi.enabled false): the row cannot be met")
-    out.append({"claim": "FLINT 2", "statement": "FLINT-g's fidelity to FLINT-f exceeds LIME's and VIBI's",
-                "paper": "FLINT-g 91.5 ± 0.1, LIME 67.3 ± 1.3, VIBI 88.4 ± 0.3 (FashionMNIST)",
-                "ours": (f"FLINT-g {_pct(fg_fid)}; LIME (VIBI protocol) approximator {_pct(lime_a)}, rationale "
-                         f"{_pct(lime_r)}; VIBI approximator {_pct(vibi_a) if has_vibi else 'not run'}, rationale "
-                         f"{_pct(vibi_r) if has_vibi else 'not run'}; LIME dense in-sample (not the paper's "
-                         f"protocol) {_pct(dense) if dense else 'not run'}"),
-                "verdict": "met" if ok2 else "not met", "table": table,
-                "table1": {"columns": columns, "paper": paper, "ours": ours},
-                "how": (f"{budget}. LIME as VIBI's comparison code runs it (PAPERS.md §3): {l0['chunk_size']}×"
-                        f"{l0['chunk_size']}-pixel grid chunks as features ({(28 // l0['chunk_size']) ** 2} per "
-                        f"image), k = {l0['k']}, highest_weights selection, multinomial logistic-regression "
-                        f"surrogate, {l0['num_samples']} samples, hidden chunks 0; on the first {l0['images']} test "
-                        f"images against FLINT-f. The dense in-sample figure (quickshift superpixels, every one a "
-                        f"feature, scored at the image it was fitted on) on the first {l0['dense_images']}. "
-                        f"{vibi_how}. Met when FLINT-g's fidelity beats the better of each baseline's two "
-                        f"fidelities beyond the seeds' spread (beyond_spread).")})
+    out.append(row("FLINT 2", "FLINT-g's fidelity to FLINT-f exceeds LIME's and VIBI's",
+                   "FLINT-g 91.5 ± 0.1, LIME 67.3 ± 1.3, VIBI 88.4 ± 0.3 (FashionMNIST)",
+                   (f"FLINT-g {_pct(fg_fid)}; LIME (VIBI protocol) approximator {_pct(lime_a)}, rationale "
+                    f"{_pct(lime_r)}; VIBI approximator {_pct(vibi_a) if has_vibi else 'not run'}, rationale "
+                    f"{_pct(vibi_r) if has_vibi else 'not run'}; LIME dense in-sample (not the paper's "
+                    f"protocol) {_pct(dense) if dense else 'not run'}"),
+                   "met" if ok2 else "not met",
+                   (f"{budget}. LIME as VIBI's comparison code runs it (PAPERS.md §3): {l0['chunk_size']}×"
+                    f"{l0['chunk_size']}-pixel grid chunks as features ({(28 // l0['chunk_size']) ** 2} per "
+                    f"image), k = {l0['k']}, highest_weights selection, multinomial logistic-regression "
+                    f"surrogate, {l0['num_samples']} samples, hidden chunks 0; on the first {l0['images']} test "
+                    f"images against FLINT-f. The dense in-sample figure (quickshift superpixels, every one a "
+                    f"feature, scored at the image it was fitted on) on the first {l0['dense_images']}. "
+                    f"{vibi_how}. Met when FLINT-g's fidelity beats the better of each baseline's two "
+                    f"fidelities beyond the seeds' spread (beyond_spread)."),
+                   table=table, table1={"columns": columns, "paper": paper, "ours": ours}))
 
     taus = sorted(float(k.removeprefix("cns_")) for k in next(iter(per_seed.values()))["joint"]["test"]
                   if k.startswith("cns_") and not k.startswith("cns_code"))
     curve = {t: values(per_seed, "joint", "test", f"cns_{t:g}") for t in taus if t <= 5.0}
-    out.append({"claim": "FLINT 3", "statement": "CNS_g(τ), τ ∈ {1.5 … 5}, lies below SENN's at every τ",
-                "paper": "FLINT ≈ 1.4 at τ = 1.5 → ≈ 3.0 at τ = 5 (SENN ≈ 5.6 → 17.0), read from the figure",
-                "ours": "; ".join(f"τ={t:g}: {fmt_mean_std(v, digits=2)}" for t, v in curve.items()),
-                "verdict": "not tested",
-                "how": f"{budget}. SENN is not implemented here, so the comparison the claim makes cannot be run; "
-                       f"the curve is FLINT-g's (|r|, the notebook's reading) on the test images."})
+    out.append(row("FLINT 3", "CNS_g(τ), τ ∈ {1.5 … 5}, lies below SENN's at every τ",
+                   "FLINT ≈ 1.4 at τ = 1.5 → ≈ 3.0 at τ = 5 (SENN ≈ 5.6 → 17.0), read from the figure",
+                   "; ".join(f"τ={t:g}: {fmt_mean_std(v, digits=2)}" for t, v in curve.items()),
+                   "not tested",
+                   f"{budget}. SENN is not implemented here, so the comparison the claim makes cannot be run; "
+                   f"the curve is FLINT-g's (|r|, the notebook's reading) on the test images."))
 
     at = float(s["ablation_tau"])
     ent, l1 = values(per_seed, "joint", "test", f"cns_{at:g}"), values(per_seed, "l1_only", "test", f"cns_{at:g}")
@@ -336,38 +334,38 @@ def rows(per_seed: dict[int, dict], section: dict) -> list[dict]:
     matched = not_below(l1_acc, ff, tolerance=tol) and not_below(ff, l1_acc, tolerance=tol)
     fewer = beyond_spread(l1, ent)
     diff = [a - b for a, b in zip(l1, ent)]
-    out.append({"claim": "FLINT 4", "statement": "Entropy + L1 gives about one fewer relevant attribute than L1 alone "
-                "at matched accuracy", "paper": "about one fewer (QuickDraw)",
-                "ours": (f"CNS(τ={at:g}) entropy+L1 {fmt_mean_std(ent, digits=2)}, L1 only {fmt_mean_std(l1, digits=2)}"
-                         f" (difference {fmt_mean_std(diff, digits=2)}); accuracy f {_pct(ff)} vs {_pct(l1_acc)}"),
-                "verdict": "met" if matched and fewer else "not met",
-                "how": (f"{budget}. On FashionMNIST, not QuickDraw (not available here). L1 only = the same warm-up "
-                        f"with the entropy weight 0. Met when L1-only's CNS exceeds entropy+L1's beyond the spread "
-                        f"and the two FLINT-f accuracies are within spread + {tol:.0%} of each other.")})
+    out.append(row("FLINT 4", "Entropy + L1 gives about one fewer relevant attribute than L1 alone "
+                   "at matched accuracy", "about one fewer (QuickDraw)",
+                   (f"CNS(τ={at:g}) entropy+L1 {fmt_mean_std(ent, digits=2)}, L1 only {fmt_mean_std(l1, digits=2)}"
+                    f" (difference {fmt_mean_std(diff, digits=2)}); accuracy f {_pct(ff)} vs {_pct(l1_acc)}"),
+                   "met" if matched and fewer else "not met",
+                   (f"{budget}. On FashionMNIST, not QuickDraw (not available here). L1 only = the same warm-up "
+                    f"with the entropy weight 0. Met when L1-only's CNS exceeds entropy+L1's beyond the spread "
+                    f"and the two FLINT-f accuracies are within spread + {tol:.0%} of each other.")))
 
     post_fid = values(per_seed, "posthoc", "test", "fidelity")
     post_acc = values(per_seed, "posthoc", "test", "accuracy_f")
     unchanged = all(abs(a - b) < 1e-9 for a, b in zip(post_acc, base))
     m, sd = mean_std(post_fid)
     floor = float(s["posthoc_min_fidelity"])
-    out.append({"claim": "FLINT 5", "statement": "Post hoc (f frozen) reaches high fidelity without changing f's "
-                "accuracy", "paper": "high fidelity, f unchanged (no FashionMNIST figure in Table 1)",
-                "ours": f"fidelity {_pct(post_fid)}; f accuracy {_pct(post_acc)} (BASE-f before: {_pct(base)})",
-                "verdict": "met" if unchanged and m - sd >= floor else "not met",
-                "how": (f"{budget}. Post hoc trains Ψ, h, d from the activation store of the frozen BASE-f of the "
-                        f"same seed. Met when f's test accuracy equals BASE-f's for every seed and mean − std of "
-                        f"the fidelity ≥ {floor:.0%}.")})
+    out.append(row("FLINT 5", "Post hoc (f frozen) reaches high fidelity without changing f's "
+                   "accuracy", "high fidelity, f unchanged (no FashionMNIST figure in Table 1)",
+                   f"fidelity {_pct(post_fid)}; f accuracy {_pct(post_acc)} (BASE-f before: {_pct(base)})",
+                   "met" if unchanged and m - sd >= floor else "not met",
+                   (f"{budget}. Post hoc trains Ψ, h, d from the activation store of the frozen BASE-f of the "
+                    f"same seed. Met when f's test accuracy equals BASE-f's for every seed and mean − std of "
+                    f"the fidelity ≥ {floor:.0%}.")))
 
     checks = [r["pictures_check"] for r in per_seed.values()]
     ok_pairs, total = sum(c["pairs_ok"] for c in checks), sum(c["pairs_total"] for c in checks)
     share = ok_pairs / total if total else 0.0
-    out.append({"claim": "FLINT 6", "statement": "MAS and AM+PI pictures per relevant (class, attribute) pair "
-                "(the 20-user study is not reproducible here)", "paper": "pictures; user study 77.5% / 83.7%",
-                "ours": f"{ok_pairs} of {total} pictured pairs show their property ({share:.0%})",
-                "verdict": "met" if total and share >= 0.8 else "not met",
-                "how": (f"{budget}. Up to {s['pictures']['max_pairs']} pairs per seed (τ of the job config). A pair "
-                        f"shows its property when its PNG exists, φ_j is higher on its MAS images than on "
-                        f"{s['pictures']['random_images']} random training images, AM+PI raised φ_j above its "
-                        f"κ·x₀ start, and φ_j is higher on the class's test images than on the other classes'. "
-                        f"Met when ≥ 80% of pairs pass. The user study is not tested.")})
+    out.append(row("FLINT 6", "MAS and AM+PI pictures per relevant (class, attribute) pair "
+                   "(the 20-user study is not reproducible here)", "pictures; user study 77.5% / 83.7%",
+                   f"{ok_pairs} of {total} pictured pairs show their property ({share:.0%})",
+                   "met" if total and share >= 0.8 else "not met",
+                   (f"{budget}. Up to {s['pictures']['max_pairs']} pairs per seed (τ of the job config). A pair "
+                    f"shows its property when its PNG exists, φ_j is higher on its MAS images than on "
+                    f"{s['pictures']['random_images']} random training images, AM+PI raised φ_j above its "
+                    f"κ·x₀ start, and φ_j is higher on the class's test images than on the other classes'. "
+                    f"Met when ≥ 80% of pairs pass. The user study is not tested.")))
     return out

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from interp_ray.reproduction import beyond_spread, fmt_mean_std, not_below
-from jobs.reproduce.stages._common import classifier, job_config, values
+from jobs.reproduce.stages._common import classifier, job_config, row, values
 from jobs.reproduce.stages._steps import cached
 
 NAME = "gfi"
@@ -194,36 +194,36 @@ def rows(per_seed: dict[int, dict], section: dict) -> list[dict]:
 
     gfi_err = sal["gfi_delta1"]["loc_error"]
     ok1 = beyond_spread(sal["gradcam"]["loc_error"], gfi_err) and beyond_spread(sal["gradient"]["loc_error"], gfi_err)
-    out.append({"claim": "GFI 1", "statement": "Weakly-supervised localisation error lower than the gradient and CAM "
-                "baselines (38.2% at α ≈ 1.5 on ImageNet; scenes analogue)",
-                "paper": "GFI 38.2%, Grad 41.7%, CAM 48.1% (ImageNet val, VGG-19)",
-                "ours": "; ".join(f"{m} {_f(sal[m]['loc_error'])}" for m in METHODS),
-                "verdict": "met" if ok1 else "not met",
-                "how": (f"{setup}. Error = 1 − share of scenes whose α·mean box has IoU > 0.5 with the class's box. "
-                        f"Met when GFI (δ = 1) has a lower error than Grad-CAM and the gradient beyond the seeds' "
-                        f"spread. Empty-map shares: {empty}.")})
+    out.append(row("GFI 1", "Weakly-supervised localisation error lower than the gradient and CAM "
+                   "baselines (38.2% at α ≈ 1.5 on ImageNet; scenes analogue)",
+                   "GFI 38.2%, Grad 41.7%, CAM 48.1% (ImageNet val, VGG-19)",
+                   "; ".join(f"{m} {_f(sal[m]['loc_error'])}" for m in METHODS),
+                   "met" if ok1 else "not met",
+                   (f"{setup}. Error = 1 − share of scenes whose α·mean box has IoU > 0.5 with the class's box. "
+                    f"Met when GFI (δ = 1) has a lower error than Grad-CAM and the gradient beyond the seeds' "
+                    f"spread. Empty-map shares: {empty}.")))
 
     acc0 = [1 - e for e in sal["gfi_delta1"]["loc_error_alpha0"]]
     acc_t = [1 - e for e in gfi_err]
-    out.append({"claim": "GFI 2", "statement": "At α = 0 (no thresholding) GFI's localisation accuracy is already "
-                "≈ 49.9%, below its tuned-α accuracy", "paper": "49.9% at α = 0, 61.8% at α = 1.5",
-                "ours": f"α = 0: {_f(acc0)}; tuned α: {_f(acc_t)}",
-                "verdict": "met" if beyond_spread(acc_t, acc0) else "not met",
-                "how": (f"{setup}. The figure itself is not comparable (ImageNet vs scenes); the checkable part is "
-                        f"that thresholding at the tuned α localises better than α = 0: met when tuned > α = 0 "
-                        f"beyond the seeds' spread.")})
+    out.append(row("GFI 2", "At α = 0 (no thresholding) GFI's localisation accuracy is already "
+                   "≈ 49.9%, below its tuned-α accuracy", "49.9% at α = 0, 61.8% at α = 1.5",
+                   f"α = 0: {_f(acc0)}; tuned α: {_f(acc_t)}",
+                   "met" if beyond_spread(acc_t, acc0) else "not met",
+                   (f"{setup}. The figure itself is not comparable (ImageNet vs scenes); the checkable part is "
+                    f"that thresholding at the tuned α localises better than α = 0: met when tuned > α = 0 "
+                    f"beyond the seeds' spread.")))
 
     p10, p1 = sal["gfi_delta10"]["pointing"], sal["gfi_delta1"]["pointing"]
     ok3 = (not_below(p10, sal["gradcam"]["pointing"]) and not_below(p10, sal["gradient"]["pointing"])
            and beyond_spread(p10, sal["center"]["pointing"]))
-    out.append({"claim": "GFI 3", "statement": "Pointing game (δ = 10): GFI ≈ Grad-CAM, above the gradient and "
-                "the centre baseline", "paper": "GFI 0.547, Grad-CAM 0.550, Grad 0.531, centre 0.483 (VOC07)",
-                "ours": (f"GFI δ = 10 {_f(p10)}; GFI δ = 1 {_f(p1)}; Grad-CAM {_f(sal['gradcam']['pointing'])}; "
-                         f"gradient {_f(sal['gradient']['pointing'])}; centre {_f(sal['center']['pointing'])}"),
-                "verdict": "met" if ok3 else "not met",
-                "how": (f"{setup}. Hit = the map's maximum inside the class's box, no tolerance. Met when GFI "
-                        f"(δ = 10) is not below Grad-CAM or the gradient beyond the spread (not_below) and above "
-                        f"the centre baseline beyond it. Empty-map shares: {empty}.")})
+    out.append(row("GFI 3", "Pointing game (δ = 10): GFI ≈ Grad-CAM, above the gradient and "
+                   "the centre baseline", "GFI 0.547, Grad-CAM 0.550, Grad 0.531, centre 0.483 (VOC07)",
+                   (f"GFI δ = 10 {_f(p10)}; GFI δ = 1 {_f(p1)}; Grad-CAM {_f(sal['gradcam']['pointing'])}; "
+                    f"gradient {_f(sal['gradient']['pointing'])}; centre {_f(sal['center']['pointing'])}"),
+                   "met" if ok3 else "not met",
+                   (f"{setup}. Hit = the map's maximum inside the class's box, no tolerance. Met when GFI "
+                    f"(δ = 10) is not below Grad-CAM or the gradient beyond the spread (not_below) and above "
+                    f"the centre baseline beyond it. Empty-map shares: {empty}.")))
 
     both = values(per_seed, "two_objects", "gfi_delta1", "both_peaks_in_own_box")
     cover = values(per_seed, "two_objects", "gfi_delta1", "stage1_covers_both")
@@ -231,24 +231,24 @@ def rows(per_seed: dict[int, dict], section: dict) -> list[dict]:
     logp = values(per_seed, "two_objects", "gfi_log_prob", "both_peaks_in_own_box")
     target = float(s["two_object_target"])
     ok4 = min(both) >= target and min(cover) >= target
-    out.append({"claim": "GFI 4", "statement": "Two objects: the stage-2 masks for the two classes pick different "
-                "objects, the stage-1 mask covers both", "paper": "shown on one elephant/zebra image",
-                "ours": (f"both stage-2 peaks in their own box {_f(both)}, stage 1 covers both {_f(cover)} "
-                         f"(log-prob class score: {_f(logp)}; Grad-CAM {_f(cam)})"),
-                "verdict": "met" if ok4 else "not met",
-                "how": (f"{setup}. Over {b['n_two']} two-object test scenes per seed, each explained for both "
-                        f"objects' classes by the classifier trained on one-object scenes as the main job's. Met when "
-                        f"every seed reaches {target:.0%} on both shares.")})
+    out.append(row("GFI 4", "Two objects: the stage-2 masks for the two classes pick different "
+                   "objects, the stage-1 mask covers both", "shown on one elephant/zebra image",
+                   (f"both stage-2 peaks in their own box {_f(both)}, stage 1 covers both {_f(cover)} "
+                    f"(log-prob class score: {_f(logp)}; Grad-CAM {_f(cam)})"),
+                   "met" if ok4 else "not met",
+                   (f"{setup}. Over {b['n_two']} two-object test scenes per seed, each explained for both "
+                    f"objects' classes by the classifier trained on one-object scenes as the main job's. Met when "
+                    f"every seed reaches {target:.0%} on both shares.")))
 
     rt = values(per_seed, "runtime", "seconds_per_image")
-    out.append({"claim": "GFI 5", "statement": "Run time ≈ 8 s per image (VGG-19, batch 1)",
-                "paper": "8.04 s (VGG-19, PyTorch GPU)", "ours": f"{_f(rt)} s per image (scenes CNN, 64×64, CPU)",
-                "verdict": "not tested",
-                "how": (f"GFI (paper settings, {first['runtime']['precision']}) one image at a time on this 2-core "
-                        f"CPU ({first['runtime']['torch_threads']} torch thread(s)), {first['runtime']['images']} "
-                        f"images per seed. Not comparable: another network, input size and device.")})
-    out.append({"claim": "GFI 6", "statement": "Stage-1 masks detect salient objects on MSRA-B slightly better than SS "
-                "and SIM", "paper": "F_β and MAE in a figure", "ours": "—", "verdict": "not tested",
-                "how": ("No MSRA-B here, and the baselines (SS, SIM, RC, FT, SF, BL) are not implemented; a scenes "
-                        "analogue would compare stage 1 against nothing the paper compared with, so it is not run.")})
+    out.append(row("GFI 5", "Run time ≈ 8 s per image (VGG-19, batch 1)",
+                   "8.04 s (VGG-19, PyTorch GPU)", f"{_f(rt)} s per image (scenes CNN, 64×64, CPU)",
+                   "not tested",
+                   (f"GFI (paper settings, {first['runtime']['precision']}) one image at a time on this 2-core "
+                    f"CPU ({first['runtime']['torch_threads']} torch thread(s)), {first['runtime']['images']} "
+                    f"images per seed. Not comparable: another network, input size and device.")))
+    out.append(row("GFI 6", "Stage-1 masks detect salient objects on MSRA-B slightly better than SS "
+                   "and SIM", "F_β and MAE in a figure", "—", "not tested",
+                   ("No MSRA-B here, and the baselines (SS, SIM, RC, FT, SF, BL) are not implemented; a scenes "
+                    "analogue would compare stage 1 against nothing the paper compared with, so it is not run.")))
     return out

@@ -7,6 +7,7 @@ import pytest
 
 from interp_ray.config import read_yaml
 from jobs.reproduce.stages import flint_fashion_mnist as stage
+from tests.jobs.reproduce.stages.seeds import verdict_rows
 
 # the smoke config's section: the budget the whole-job smoke test runs too
 TINY = read_yaml(Path(__file__).parents[4] / "configs" / "reproduce_smoke.yaml")["stages"]["flint_fashion_mnist"]
@@ -53,9 +54,7 @@ def _seed(base=0.90, joint=0.905, g_fid=0.915, lime=(0.67, 0.40), vibi=(0.88, 0.
 
 
 def _verdicts(**kw):
-    per_seed = {s: _seed(**{k: (v[i] if isinstance(v, list) else v) for k, v in kw.items()})
-                for i, s in enumerate((0, 1, 2))}
-    return {r["claim"]: r for r in stage.rows(per_seed, {})}
+    return verdict_rows(stage, _seed, **kw)
 
 
 def test_rows_cover_flint_1_to_6_and_carry_table1():

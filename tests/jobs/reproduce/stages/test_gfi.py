@@ -7,6 +7,7 @@ import pytest
 
 from interp_ray.config import read_yaml
 from jobs.reproduce.stages import gfi as stage
+from tests.jobs.reproduce.stages.seeds import verdict_rows
 
 # the smoke config's section: the budget the whole-job smoke test runs too
 TINY = read_yaml(Path(__file__).parents[4] / "configs" / "reproduce_smoke.yaml")["stages"]["gfi"]
@@ -46,9 +47,7 @@ def _seed(gfi_err=0.3, cam_err=0.45, grad_err=0.4, gfi_err0=0.6, p10=0.9, p1=0.8
 
 
 def _verdicts(**kw):
-    per_seed = {s: _seed(**{k: (v[i] if isinstance(v, list) else v) for k, v in kw.items()})
-                for i, s in enumerate((0, 1, 2))}
-    return {r["claim"]: r for r in stage.rows(per_seed, {})}
+    return verdict_rows(stage, _seed, **kw)
 
 
 def test_rows_cover_gfi_1_to_6():

@@ -31,7 +31,7 @@ def test_one_seed_runs_every_step_and_a_restart_reuses_them(ray_local, tmp_path)
     assert (lime["images"], lime["k"], lime["dense_images"]) == (3, 4, 1)
     assert out["vibi"]["epochs"] == 1 and 0.0 <= out["vibi"]["approximator_fidelity"] <= 1.0
     check = out["pictures_check"]
-    assert check["pairs_total"] == len(out["joint"]["pictures"]) <= 2
+    assert 1 <= check["pairs_total"] == len(out["joint"]["pictures"]) <= 2   # the check ran on real pictures
     assert all(Path(p["path"]).is_file() for p in out["joint"]["pictures"])
     # every finished step is cached in the workdir: a restart recomputes nothing (a new run would retrain)
     (workdir / "ray_runs").rename(workdir / "gone")

@@ -1,13 +1,14 @@
 """The GFI reproduction stage: one seed's run at a tiny budget on Ray (the classifier on Ray Train, every method,
 the two-object check, the runtime), and GFI 1–6 verdicts that flip with the numbers."""
 
+from functools import partial
 from pathlib import Path
 
 import pytest
+from stage_rows import verdict_rows
 
 from interp_ray.config import read_yaml
 from jobs.reproduce.stages import gfi as stage
-from tests.jobs.reproduce.stages.seeds import verdict_rows
 
 # the smoke config's section: the budget the whole-job smoke test runs too
 TINY = read_yaml(Path(__file__).parents[4] / "configs" / "reproduce_smoke.yaml")["stages"]["gfi"]
@@ -46,8 +47,7 @@ def _seed(gfi_err=0.3, cam_err=0.45, grad_err=0.4, gfi_err0=0.6, p10=0.9, p1=0.8
             "budget": {"n_test": 40, "n_tune": 16, "n_two": 20}}
 
 
-def _verdicts(**kw):
-    return verdict_rows(stage, _seed, **kw)
+_verdicts = partial(verdict_rows, stage, _seed)   # rows by claim from three made-up seeds
 
 
 def test_rows_cover_gfi_1_to_6():

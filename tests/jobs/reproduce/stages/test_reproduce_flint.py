@@ -1,13 +1,14 @@
 """The FLINT reproduction stage: one seed's run at a tiny budget on Ray (every training path, LIME, VIBI, the
 pictures check), and FLINT 1–6 verdicts that flip with the numbers."""
 
+from functools import partial
 from pathlib import Path
 
 import pytest
+from stage_rows import verdict_rows
 
 from interp_ray.config import read_yaml
 from jobs.reproduce.stages import flint_fashion_mnist as stage
-from tests.jobs.reproduce.stages.seeds import verdict_rows
 
 # the smoke config's section: the budget the whole-job smoke test runs too
 TINY = read_yaml(Path(__file__).parents[4] / "configs" / "reproduce_smoke.yaml")["stages"]["flint_fashion_mnist"]
@@ -53,8 +54,7 @@ def _seed(base=0.90, joint=0.905, g_fid=0.915, lime=(0.67, 0.40), vibi=(0.88, 0.
             "budget": {"train_rows": 6000, "epochs": 12, "test_rows": 10000}}
 
 
-def _verdicts(**kw):
-    return verdict_rows(stage, _seed, **kw)
+_verdicts = partial(verdict_rows, stage, _seed)   # rows by claim from three made-up seeds
 
 
 def test_rows_cover_flint_1_to_6_and_carry_table1():

@@ -9,7 +9,7 @@ Section keys (``configs/reproduce*.yaml``, ``stages.flint_fashion_mnist``):
     config: configs/flint_fashion_mnist.yaml     # the FLINT job; ``set`` overrides it for every training
     set: {data.options.limit: 6000}              # what the machine cannot afford is cut here (and said in ``how``)
     test_rows: 10000                             # the Fashion-MNIST test rows every figure is scored on
-    ablation_tau: 10.0                           # FLINT 4's threshold (1/τ = 0.1, the authors' FashionMNIST one)
+    ablation_tau: 10.0                           # FLINT 4: CNS also shown here (1/τ = 0.1, the FashionMNIST one)
     posthoc_min_fidelity: 0.9                    # FLINT 5's "high fidelity"
     accuracy_tolerance: 0.01                     # FLINT 1 / FLINT 4: "no material loss", "matched accuracy"
     lime: {images: 1000, k: 4, chunk_size: 2, num_samples: 1000, dense_images: 100}
@@ -328,20 +328,26 @@ def rows(per_seed: dict[int, dict], section: dict) -> list[dict]:
                    f"{budget}. SENN is not implemented here, so the comparison the claim makes cannot be run; "
                    f"the curve is FLINT-g's (|r|, the notebook's reading) on the test images."))
 
+    # FLINT 4 is judged on the paper's conciseness grid τ ∈ {1.5 … 5} (its QuickDraw threshold, τ = 5, is the grid's
+    # end); CNS at ``ablation_tau`` (the authors' FashionMNIST threshold) is shown beside it, not judged.
     at = float(s["ablation_tau"])
-    ent, l1 = values(per_seed, "joint", "test", f"cns_{at:g}"), values(per_seed, "l1_only", "test", f"cns_{at:g}")
+    grid = list(curve)
+    l1_curve = {t: values(per_seed, "l1_only", "test", f"cns_{t:g}") for t in [*grid, at]}
+    ent_curve = {**curve, at: values(per_seed, "joint", "test", f"cns_{at:g}")}
     l1_acc = values(per_seed, "l1_only", "test", "accuracy_f")
     matched = not_below(l1_acc, ff, tolerance=tol) and not_below(ff, l1_acc, tolerance=tol)
-    fewer = beyond_spread(l1, ent)
-    diff = [a - b for a, b in zip(l1, ent)]
+    fewer = bool(grid) and all(beyond_spread(l1_curve[t], ent_curve[t]) for t in grid)
+    diff = {t: [a - b for a, b in zip(l1_curve[t], ent_curve[t])] for t in [*grid, at]}
     out.append(row("FLINT 4", "Entropy + L1 gives about one fewer relevant attribute than L1 alone "
                    "at matched accuracy", "about one fewer (QuickDraw)",
-                   (f"CNS(τ={at:g}) entropy+L1 {fmt_mean_std(ent, digits=2)}, L1 only {fmt_mean_std(l1, digits=2)}"
-                    f" (difference {fmt_mean_std(diff, digits=2)}); accuracy f {_pct(ff)} vs {_pct(l1_acc)}"),
+                   ("CNS L1 only − entropy+L1: " + "; ".join(f"τ={t:g}: {fmt_mean_std(d, digits=2)}"
+                                                              for t, d in diff.items())
+                    + f" (τ={at:g} not judged); accuracy f {_pct(ff)} vs L1 only {_pct(l1_acc)}"),
                    "met" if matched and fewer else "not met",
                    (f"{budget}. On FashionMNIST, not QuickDraw (not available here). L1 only = the same warm-up "
-                    f"with the entropy weight 0. Met when L1-only's CNS exceeds entropy+L1's beyond the spread "
-                    f"and the two FLINT-f accuracies are within spread + {tol:.0%} of each other.")))
+                    f"with the entropy weight 0. Met when L1-only's CNS exceeds entropy+L1's beyond the spread at "
+                    f"every τ of the paper's grid {{{', '.join(f'{t:g}' for t in grid)}}} and the two FLINT-f "
+                    f"accuracies are within spread + {tol:.0%} of each other.")))
 
     post_fid = values(per_seed, "posthoc", "test", "fidelity")
     post_acc = values(per_seed, "posthoc", "test", "accuracy_f")

@@ -40,11 +40,14 @@ def test_one_seed_runs_every_step_and_a_restart_reuses_them(ray_local, tmp_path)
 
 
 def _seed(base=0.90, joint=0.905, g_fid=0.915, lime=(0.67, 0.40), vibi=(0.88, 0.30), ent=2.0, l1=3.0,
-          l1_acc=0.90, post_fid=0.95, post_acc=None, pairs_ok=9):
-    cns = {f"cns_{t:g}": ent for t in (1.5, 2, 2.5, 3, 4, 5, 10)}
+          l1_acc=0.90, post_fid=0.95, post_acc=None, pairs_ok=9, ent10=None, l1_10=None):
+    cns = {f"cns_{t:g}": ent for t in (1.5, 2, 2.5, 3, 4, 5)}
+    cns["cns_10"] = ent if ent10 is None else ent10
+    l1_cns = {f"cns_{t:g}": l1 for t in (1.5, 2, 2.5, 3, 4, 5)}
+    l1_cns["cns_10"] = l1 if l1_10 is None else l1_10
     return {"base": {"test": {"accuracy_f": base}},
             "joint": {"test": {"accuracy_f": joint, "accuracy_g": 0.87, "fidelity": g_fid, **cns}},
-            "l1_only": {"test": {"accuracy_f": l1_acc, "cns_10": l1}},
+            "l1_only": {"test": {"accuracy_f": l1_acc, **l1_cns}},
             "posthoc": {"test": {"accuracy_f": base if post_acc is None else post_acc, "fidelity": post_fid}},
             "lime": {"approximator_fidelity": lime[0], "rationale_fidelity": lime[1], "images": 1000, "k": 4,
                      "chunk_size": 2, "num_samples": 1000, "dense_images": 100, "dense_in_sample_fidelity": 0.96},
@@ -72,6 +75,7 @@ def test_rows_cover_flint_1_to_6_and_carry_table1():
     ("FLINT 2", {}, {"lime": (0.5, 0.92)}),                 # the better of LIME's two fidelities counts
     ("FLINT 4", {}, {"l1": 2.0}),                           # no fewer attributes with entropy
     ("FLINT 4", {}, {"l1_acc": 0.80}),                      # accuracies not matched
+    ("FLINT 4", {"ent10": 6.0}, {"l1": 2.0, "ent10": 4.0, "l1_10": 6.0}),   # judged on τ ≤ 5, not at τ = 10
     ("FLINT 5", {}, {"post_fid": 0.6}),
     ("FLINT 5", {}, {"post_acc": 0.89}),                    # f moved: it was not frozen
     ("FLINT 6", {}, {"pairs_ok": 5}),

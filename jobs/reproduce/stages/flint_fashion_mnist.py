@@ -59,7 +59,10 @@ def _flint_job(s: dict[str, Any], mode: str, seed: int, workdir: Path, **extra: 
     forced: dict[str, Any] = {"train__seed": seed, "output": str(workdir / mode), "run__name": f"flint-{mode}",
                               "run__storage_path": str(workdir / "ray_runs"), "store__root": store_root(workdir),
                               "flint__mode": "joint" if mode == "l1_only" else mode,
-                              "pictures__enabled": mode == "joint", "pictures__dir": str(workdir / "pictures"),
+                              # only joint FLINT's pictures are drawn and checked (FLINT 6): no other training
+                              # grows its AM+PI images
+                              "pictures__enabled": mode == "joint", "pictures__stored": mode == "joint",
+                              "pictures__dir": str(workdir / "pictures"),
                               "pictures__max_pairs": int(s["pictures"]["max_pairs"]), **extra}
     if mode == "l1_only":
         forced["flint__schedule"] = L1_ONLY_SCHEDULE

@@ -4,7 +4,7 @@
     python -m jobs.train_explainer --config configs/semantic_scenes.yaml [--local]
     interp-ray train-explainer --config …      (train-interpnet and train-semantic are the same command)
 
-The config's ``method`` names a registered explainer that is ``Trainable`` (interp_ray/explainers/base.py); its
+The config's ``method`` names a registered explainer that is ``Trainable`` (interp_ray/explainers/_trainable.py); its
 ``TrainJob`` validates the file, and ``check_data`` checks the dataset before any work: the captions a method trains
 on (``trains_on``; a user's ``captions.jsonl`` or Parquet ``captions_column``, docs/your_model.md#captions) and the
 ``keep`` columns, each problem one line. Then, for any such method:

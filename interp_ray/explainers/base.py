@@ -20,7 +20,9 @@ The protocol declares what consumers would otherwise guess:
   the CLI's ``--picture`` and serving's picture route).
 
 The registry answers queries (``explainer_names(learned=…, produces=…, needs=…, slow=…, trains_on=…)``), so a
-consumer never filters it by hand.
+consumer never filters it by hand. A learned method trained from the store also subclasses ``Trainable``
+(``_trainable.py``, re-exported here with ``EpochTrainer`` and ``Batch``); the default summary's text is built in
+``_summary.py`` (``summary_lines``, ``explains_words``, re-exported here).
 """
 
 from __future__ import annotations
@@ -29,12 +31,15 @@ import abc
 import importlib
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, ClassVar, Iterable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, ClassVar, Iterable, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from interp_ray.errors import UserError
+# Re-exported: a learned method's training protocol and the summary's text live beside this module (issue #34).
+from interp_ray.explainers._summary import explains_words, summary_lines  # noqa: F401
+from interp_ray.explainers._trainable import Batch, EpochTrainer, Trainable  # noqa: F401
 from interp_ray.jsonsafe import json_safe
 from interp_ray.models.roles import layers_for_role
 from interp_ray.registry import Registry
@@ -288,56 +293,6 @@ def picture_png(picture: Any) -> bytes:
     return figure_png(picture)
 
 
-def summary_lines(e: Explanation, method: str, *, head: str = "", skip: Iterable[str] = ()) -> list[str]:
-    """The default ``summary``'s lines: ``method -> class L 'name'`` (+ ``head``), then each filled field, then the
-    scalar extras not in ``skip``."""
-    import json
-
-    name = f" '{e.label_name}'" if e.label_name is not None else ""
-    lines = [f"{method} -> class {e.label}{name}{head}"]
-    ex = e.extra or {}
-    if e.attributes is not None:
-        tau = ex.get("tau")
-        lines.append(f"  relevant attributes{f' (tau={tau:g}, relevance > {1 / tau:.3f})' if tau else ''}:"
-                     + ("" if e.attributes else " none"))
-        labels = ex.get("attribute_labels") or {}
-        for attr, value in e.attributes.items():
-            lines.append(f"    {attr:<10} {value:+.3f}" + (f"   ~ {labels[attr]}" if attr in labels else ""))
-    if e.sentence:
-        lines.append(f"  sentence: {e.sentence}")
-    if e.saliency is not None:
-        sal = np.asarray(e.saliency)
-        r, c = np.unravel_index(int(np.argmax(sal)), sal.shape)
-        lines.append(f"  saliency {sal.shape[0]}x{sal.shape[1]}: peak at row {r}, column {c}; mean {sal.mean():.3f}")
-    if e.path:
-        lines.append(f"  path: {json.dumps(e.path, default=str)}")
-    if e.neurons:
-        lines.append(f"  neurons: {json.dumps(e.neurons)}")
-    if e.explains:
-        lines.append(f"  {explains_words(e.explains)}")
-    skip = set(skip) | {"tau"}
-    scalars = {k: v for k, v in ex.items() if k not in skip and isinstance(v, (int, float, str, bool))}
-    if scalars:
-        lines.append("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                      for k, v in scalars.items()))
-    return lines
-
-
-def explains_words(w: Mapping[str, Any]) -> str:
-    """``Explanation.explains`` in one sentence (a summary's line; the web page words it the same way)."""
-    def said(prefix: str = "") -> str:
-        name = w.get(f"{prefix}label_name")
-        return f"{name if name is not None else w.get(f'{prefix}label')} ({100 * w[f'{prefix}probability']:.1f}%)"
-
-    if w.get("model") == "classifier":
-        return f"explains the served classifier's prediction: {said()}"
-    text = f"explains the prediction of {w.get('about')}, not the classifier's: {said()}"
-    if w.get("classifier_label") is not None:
-        text += (f"; the classifier predicts {said('classifier_')}, "
-                 f"{'the same class' if w.get('agrees') else 'another class'}")
-    return text
-
-
 def classifier_model(classifier: Any) -> Any:
     """The ``Classifier`` of a ``LoadedClassifier`` (or the ``Classifier`` itself)."""
     from interp_ray.models import Classifier
@@ -477,85 +432,3 @@ def check_fits(explainer: Explainer, classifier: Any) -> None:
             and tuple(own.input_shape) != tuple(model.input_shape):
         raise UserError(f"{name}'s checkpoint explains a model taking {tuple(own.input_shape)}; the classifier "
                         f"takes {tuple(model.input_shape)}")
-
-
-# ======================================================================================================================
-# Learned explainers: the epoch trainer one Ray Train job drives (jobs/train_explainer.py)
-#
-# A learned explainer that learns from store rows also subclasses ``Trainable``. The job streams each Ray Train
-# worker's shard of the rows (``ray.train.get_dataset_shard``) into ``run_epoch``; nothing holds the whole table.
-# ======================================================================================================================
-
-Batch = Mapping[str, Any]   # one batch of rows: column name → N×… array (the store's columns, as Ray Data gives them)
-
-
-@runtime_checkable
-class EpochTrainer(Protocol):
-    """One learned explainer's training, an epoch at a time — the same object in plain Python and on a worker.
-
-    epochs:      how many epochs the whole run has (the job runs those left after its last checkpoint)
-    run_epoch:   one pass over ``train`` (this worker's shard, in row batches), then an evaluation over ``val`` (every
-                 validation row); returns the epoch's metrics (JSON-safe scalars; ``select`` names the one that
-                 chooses the best epoch, lower is better)
-    best_state:  the explainer's weights at its best epoch so far: what is exported
-    state_dict / load_state_dict: everything a restarted worker needs to go on (weights, optimiser, lr, best)
-    """
-
-    epochs: int
-    select: str
-    best_state: dict[str, Any]
-
-    def run_epoch(self, epoch: int, train: Iterable[Batch], val: Iterable[Batch]) -> dict[str, Any]: ...
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
-
-
-class Trainable(abc.ABC):
-    """What a learned explainer adds to ``Explainer`` to be trained by ``jobs/train_explainer.py`` from the store.
-
-    TrainJob:   its training job's typed config (an ``interp_ray.config.LearnedJobConfig``: where the rows come
-                from, how they stream, scaling, run, output, plus the method's own sections; its ``train`` section
-                carries ``seed`` and the drill's ``fail_at_epoch``)
-    trains_on:  what its training rows must carry besides activations and labels: "captions" (reference sentences,
-                the ``sentences`` column of the dataset, kept in the store). The training job checks the dataset
-                for it before any work, and names the fix in one line when it is missing.
-    """
-
-    TrainJob: ClassVar[type[BaseModel]]
-    trains_on: ClassVar[frozenset[str]] = frozenset()
-
-    @classmethod
-    @abc.abstractmethod
-    def from_rows(cls, job: BaseModel, rows: Callable[[], Iterable[Batch]], *, class_names: Sequence[str] | None,
-                  store: Mapping[str, Any] | None = None) -> "Trainable":
-        """The untrained explainer, fixed by streaming passes over the training rows on the driver (``rows()`` starts
-        one): vocabulary, input widths, standardisation, topics — statistics of the rows, never the rows. ``store``:
-        the training store's ``describe()`` (its dataset's identity, e.g. ``image_shape`` T×C×H×W for clips, and the
-        per-row layer shapes), for a method whose rows mean different things for images and clips."""
-
-    @classmethod
-    def for_classifier(cls, job: BaseModel, classifier: Any) -> BaseModel:
-        """``job`` with the classifier layers it reads settled for ``classifier`` (the ``source.checkpoint``'s
-        ``LoadedClassifier``), before any extraction or Ray start: the ones the config names, checked to exist, and
-        the ones it leaves open taken from the classifier's roles (``role_layers``) the method's own way. The job
-        then also checks ``source.layers`` exist. By default nothing is left open (the method reads the input)."""
-        return job
-
-    @abc.abstractmethod
-    def train_columns(self) -> list[str]:
-        """The row columns the trainer reads (store layers and kept columns)."""
-
-    @abc.abstractmethod
-    def trainer(self, job: BaseModel, *, device: Any = "cpu", wrap: Callable[[Any], Any] | None = None
-                ) -> EpochTrainer:
-        """The epoch trainer. ``wrap`` is applied to each module it trains (Ray Train's ``prepare_model``: DDP)."""
-
-    @abc.abstractmethod
-    def use_state(self, state: Mapping[str, Any], history: Sequence[Mapping[str, Any]] = ()) -> None:
-        """Put a trainer's ``best_state`` (and the run's per-epoch ``history``) into this explainer, to be saved."""
-
-    def finish(self, job: BaseModel, rows: Callable[[], Iterable[Batch]]) -> dict[str, Any]:
-        """After training, on the driver, with the best state in place (e.g. label neurons); returns a report."""
-        return {}

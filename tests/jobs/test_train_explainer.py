@@ -129,7 +129,7 @@ def test_local_training_reads_the_store_and_matches_its_config(tmp_path, tiny_cn
     assert len(store) == 96 and "sentences" in store.columns      # the sentences travel in the store's rows
     ex = InterpNET.load(str(tmp_path / "out"))
     assert ex.dims == {"gap": 32} and ex.info["store"]["train"] == store.key
-    trainer = ex.trainer(job)      # the protocol the job drives (interp_ray/explainers/base.py)
+    trainer = ex.trainer(job)      # the protocol the job drives (interp_ray/explainers/_trainable.py)
     assert isinstance(ex, Trainable) and isinstance(trainer, EpochTrainer) and trainer.select == "val_loss"
     assert trainer.epochs == 2     # a trained head is not trained again: only the explainer network's epochs
 

@@ -89,6 +89,10 @@ def error_response(status: int, code: str, message: str, *, detail: Any = None,
     return json_response(schemas.error_body(status, code, message, detail), status, headers)
 
 
+def unavailable_response(e: ServiceUnavailable) -> Response:
+    return error_response(503, e.code, str(e), headers={"Retry-After": str(max(1, round(e.retry_after_s)))})
+
+
 HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
               408: "timeout", 413: "body_too_large", 415: "unsupported_media_type", 422: "invalid_request",
               503: "unavailable"}
@@ -110,7 +114,7 @@ def install_error_handlers(api: FastAPI) -> None:
 
     @api.exception_handler(ServiceUnavailable)
     async def _unavailable(_: Request, e: ServiceUnavailable) -> Response:
-        return error_response(503, "unavailable", str(e), headers={"Retry-After": str(max(1, round(e.retry_after_s)))})
+        return unavailable_response(e)
 
     @api.exception_handler(JobsFull)
     async def _jobs_full(_: Request, e: JobsFull) -> Response:
@@ -405,6 +409,8 @@ class Routes:
     async def health(self) -> Response:
         try:  # asks the Explainer each time (not the cached info): a probe must see it die
             info = await asyncio.wait_for(self.backend.info(refresh=True), HEALTH_TIMEOUT_S)
+        except ServiceUnavailable as e:  # the service says why (e.g. the model's code did not reach the replica)
+            return unavailable_response(e)
         except Exception as e:  # the Explainer is not reachable: not healthy, but not a crash either
             return error_response(503, "unavailable", f"explainer not ready ({type(e).__name__})",
                                   headers={"Retry-After": "1"})

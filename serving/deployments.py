@@ -26,7 +26,7 @@ from serving.api import make_api
 from serving.batching import Batcher
 from serving.errors import JobsFull, ServiceUnavailable
 from serving.jobs import JobRunner
-from serving.service import PREDICT, ExplainerService, Outcome, Row, ServeArgs, load_args
+from serving.service import PREDICT, Outcome, Row, ServeArgs, checked_info, load_args, open_service
 
 log = logging.getLogger("interp_ray.serving")
 
@@ -97,7 +97,8 @@ class BatchMetrics:
 @serve.deployment(name=EXPLAINER, max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
 class ExplainerDeployment:
     def __init__(self, args: dict[str, Any]):
-        self.service = ExplainerService(args)
+        # A classifier whose model code did not reach this replica gives a service that answers why (no crash loop).
+        self.service = open_service(args)
         self.args = self.service.args
         # One thread: batches never overlap (Captum methods hook the shared model), the event loop stays free.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="interp-ray-batch")
@@ -191,7 +192,7 @@ class HandleBackend:
 
     async def info(self, refresh: bool = False) -> dict[str, Any]:
         if self._info is None or refresh:
-            self._info = await self._call("info")
+            self._info = checked_info(await self._call("info"))
         return self._info
 
     async def explain(self, method: str, rows: list[Row]) -> list[Outcome]:

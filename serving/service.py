@@ -23,12 +23,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from interp_ray.checkpoint import is_remote
 from interp_ray.errors import UserError
+from serving.errors import ServiceUnavailable
 
 log = logging.getLogger("interp_ray.serving")
 
 TOKEN_ENV = "INTERP_RAY_SERVE_TOKEN"
 ROOT_ENV = "INTERP_RAY_ROOT"
 PREDICT = "predict"  # the batching key of /v1/predict
+UNAVAILABLE = "unavailable"  # the key of info() when the service could not be built; its value says why
+# How a served model's own code reaches the replicas (docs/your_model.md, serving/serve_config.yaml).
+SERVE_CODE_HINT = "ship your code with `interp-ray serve CONFIG --working-dir DIR` or runtime_env.py_modules"
 
 
 class BatchSettings(BaseModel):
@@ -351,6 +355,48 @@ class ExplainerService:
         return f"unknown method {method!r}; served: {', '.join(sorted(self.sessions)) or 'none'}"
 
 
+class UnloadableService:
+    """Stands in for ``ExplainerService`` in a replica whose classifier's model code cannot be imported: the replica
+    stays up and every call answers why (503), instead of failing its constructor, which Serve retries in a loop
+    that shows the client only a bare "not ready"."""
+
+    def __init__(self, args: ServeArgs, message: str):
+        self.args, self.message = args, message
+        self.sessions: dict[str, Any] = {}
+        self.skipped: dict[str, str] = {}
+
+    def info(self) -> dict[str, Any]:
+        return {UNAVAILABLE: self.message}
+
+    def predict_rows(self, rows: list[Row]) -> list[Outcome]:
+        return [Outcome(status=503, error=self.message) for _ in rows]
+
+    def unknown_method(self, method: str) -> str:
+        return self.message
+
+
+def open_service(args: ServeArgs | dict[str, Any]) -> ExplainerService | UnloadableService:
+    """The service of a replica; an ``UnloadableService`` saying which model spec could not be imported (one line,
+    with the fix) when the checkpoint names a ``module:callable`` whose module did not reach this process."""
+    from interp_ray.models.spec import ModelImportError
+
+    try:
+        return ExplainerService(args)
+    except ModelImportError as e:
+        log.error("cannot build the classifier: %s", e)   # the operator's log keeps the full message
+        return UnloadableService(load_args(args), f"model spec {e.spec!r} of the classifier checkpoint could not be "
+                                                  f"imported on this replica ({redact(e.reason)}); {SERVE_CODE_HINT}")
+
+
+def checked_info(info: dict[str, Any]) -> dict[str, Any]:
+    """A service's info, or ``ServiceUnavailable`` with the reason when it could not be built (every route asks for
+    the info first, so health and the explain routes all answer 503 with that one line)."""
+    if UNAVAILABLE in info:
+        # Not healed by waiting: only a redeploy with the code shipped fixes it.
+        raise ServiceUnavailable(info[UNAVAILABLE], retry_after_s=30, code="model_not_importable")
+    return info
+
+
 def _groups(rows: list[Row]) -> list[list[int]]:
     """Row indices grouped by identical parameters, in first-seen order."""
     groups: dict[str, list[int]] = {}
@@ -375,7 +421,7 @@ class LocalBackend:
 
     async def info(self, refresh: bool = False) -> dict[str, Any]:
         if self._info is None or refresh:
-            self._info = self.service.info()
+            self._info = checked_info(self.service.info())
         return self._info
 
     async def explain(self, method: str, rows: list[Row]) -> list[Outcome]:

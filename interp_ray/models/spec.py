@@ -56,6 +56,15 @@ RUNTIME_ENV_HINT = ("ship your code with Ray's runtime_env (working_dir or py_mo
                     "`ray job submit --working-dir .`) or install it on every node")
 
 
+class ModelImportError(UserError):
+    """A ``module:callable`` spec whose module cannot be imported here: the user's code did not reach this process.
+    Serving catches it to keep the replica up and say so on ``/v1/health`` (a crash loop would hide the message)."""
+
+    def __init__(self, spec: str, module: str, reason: str):
+        self.spec, self.module, self.reason = spec, module, reason
+        super().__init__(f"model {spec!r}: cannot import {module!r} here ({reason}); {RUNTIME_ENV_HINT}")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     text: str
@@ -223,7 +232,7 @@ def _import_callable(spec: ModelSpec) -> Callable[..., nn.Module]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise UserError(f"model {spec.text!r}: cannot import {module_name!r} here ({e}); {RUNTIME_ENV_HINT}") from None
+        raise ModelImportError(spec.text, module_name, str(e)) from None
     obj = getattr(module, attr, None)
     if obj is None:
         raise UserError(f"model {spec.text!r}: module {module_name!r} has no attribute {attr!r}")

@@ -44,3 +44,23 @@ def test_the_suite_covers_what_the_registry_holds():
     # The package scan finds every method module: the five papers' methods and the baselines.
     assert {"interpnet", "semantic", "flint", "cnn_inte", "feature_inversion", "gradcam", "gradient", "occlusion",
             "center"} <= set(METHODS)
+
+
+def test_the_suite_explains_a_normalised_classifier(tmp_path):
+    """The cross-path checks above run over the digits specimen, which normalises its input in forward (issue 36):
+    normalisation applied on one path only (or twice) would make that path's explanations differ from the rest."""
+    import torch
+
+    from interp_ray.checkpoint import load_classifier
+    from interp_ray.testing.specimens import save_digits_classifier
+
+    save_digits_classifier(tmp_path / "digits")
+    model = load_classifier(tmp_path / "digits").model
+    norm = model.normalisation
+    assert norm["mean"] == pytest.approx([0.3]) and norm["std"] == pytest.approx([0.4])
+    x = torch.rand(3, 1, 8, 8)
+    with torch.no_grad():
+        normalised = model(x)
+        model.set_normalisation(None, None)
+        assert torch.allclose(model((x - 0.3) / 0.4), normalised, atol=1e-5)
+        assert not torch.allclose(model(x), normalised, atol=1e-3)

@@ -61,7 +61,14 @@ class AtLeast(logging.Filter):
         self.level = level
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= self.level
+        # Only Ray's own records are held back: a handler can be shared (Ray may hand the root's handlers to its
+        # loggers, and then the filter sits on the root's console or pytest's capture handler too), and our warnings,
+        # such as an unreadable image's one line, must reach the terminal whatever Ray did.
+        return record.levelno >= self.level or not _from_ray(record)
+
+
+def _from_ray(record: logging.LogRecord) -> bool:
+    return record.name == "ray" or record.name.startswith("ray.")
 
 
 class DropAdvice(logging.Filter):

@@ -261,9 +261,9 @@ def resolved_flint_spec(predictor: Classifier, section: FlintSection) -> dict[st
                         f"(valid: {', '.join(predictor.layer_names())})")
     try:
         resolved = predictor.resolve_layers(layers)
-    except UserError as e:
-        raise UserError(f"flint: flint.layers: {e}; `interp-ray layers CHECKPOINT` lists them with their shapes"
-                        ) from None
+    except UserError as e:   # the same kind (an unknown layer stays an UnknownLayerError), said with the key to fix
+        raise type(e)(f"flint: flint.layers: {e}; `interp-ray layers CHECKPOINT` lists them with their shapes"
+                      ) from None
     return {"layers": resolved, "n_attributes": section.n_attributes,
             "psi_channels": section.psi_channels, "psi_activation": section.psi_activation or arch["psi_activation"],
             "decoder": section.decoder or arch["decoder"],

@@ -240,12 +240,25 @@ def epoch_progress(feed: Any):
     keys = {"epoch", "epoch_s", *PROGRESS_KEYS}
 
     class EpochProgress(UserCallback):
+        def __init__(self):
+            self.lost = False
+
+        def _put(self, item: dict[str, Any]) -> None:
+            # Progress must never fail a run: an exception in a callback ends Train's controller, so a queue that is
+            # gone (its node lost, the driver gone) only stops the progress, and the run goes on.
+            if self.lost:
+                return
+            try:
+                feed.put(item, timeout=5)
+            except Exception:
+                self.lost = True
+
         def after_report(self, run_context, metrics, checkpoint):
             if metrics:
-                feed.put({"row": {k: v for k, v in metrics[0].items() if k in keys}})
+                self._put({"row": {k: v for k, v in metrics[0].items() if k in keys}})
 
         def after_exception(self, run_context, worker_exceptions):
-            feed.put({"failed": {int(rank): f"{type(e).__name__}: {e}" for rank, e in worker_exceptions.items()}})
+            self._put({"failed": {int(rank): f"{type(e).__name__}: {e}" for rank, e in worker_exceptions.items()}})
 
     return EpochProgress()
 
@@ -259,7 +272,13 @@ class EpochFeed:
         from ray.util.queue import Queue
 
         self.name, self.epochs, self.max_failures = name, epochs, max_failures
-        self.queue = Queue(actor_options={"num_cpus": 0})
+        # On the driver's own node (no CPU reserved): a worker node that is lost mid-run (Ray Train restarts from a
+        # checkpoint) must not take the driver's progress feed with it.
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        self.queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
         self.failures = 0
 
     def handle(self, item: dict[str, Any], bar: Bar) -> None:

@@ -90,14 +90,17 @@ def test_a_ray_job_off_a_terminal_shows_a_workers_error_and_its_progress_but_no_
         return proc.returncode, proc.stdout + proc.stderr
 
     code, failed = run("--set", "fail_after_shards=2")
-    # the worker's error reaches the terminal (raised in the driver with the actor's traceback)
-    assert code != 0 and "injected failure after writing 2 shard(s)" in failed, failed
+    # the worker's error reaches the terminal (raised in the driver with the actor's traceback); the writer counts
+    # its own parts, and a retried write task may land one more before the drill fires (2 or 3 of 5, by timing)
+    found = re.search(r"injected failure after writing (\d+) shard\(s\)", failed)
+    assert code != 0 and found and int(found.group(1)) >= 2, failed
     code, resumed = run()
     assert code == 0, resumed
-    # the job's own progress: the rerun's 3 missing parts, a line for each (progress_every: 1)
+    # the job's own progress: the rerun's missing parts, a line for each (progress_every: 1)
+    missing = 5 - int(found.group(1))
     shown = [ln for ln in resumed.splitlines() if ln.startswith("[progress] train rows: ")]
-    assert shown and re.match(r"\[progress\] train rows: (\d+)/\1 rows \(100%\), .*; 3/3 parts written", shown[-1]), \
-        resumed
+    last = rf"\[progress\] train rows: (\d+)/\1 rows \(100%\), .*; {missing}/{missing} parts written"
+    assert shown and re.match(last, shown[-1]), resumed
     for terminal in (failed, resumed):
         # Ray Data's execution lines are in the session's Ray Data log, not on the terminal
         assert not [ln for ln in terminal.splitlines() if any(c in ln for c in CHATTER)], terminal

@@ -1,6 +1,17 @@
-"""Helpers for the reproduction stages' verdict tests: three seeds, and a stage's rows grouped by claim ID."""
+"""Helpers for the reproduction stages' tests: three seeds, a stage's rows grouped by claim ID, and a stage's section
+of the smoke config."""
+
+from pathlib import Path
 
 SEEDS = (0, 1, 2)
+SMOKE = Path(__file__).parents[4] / "configs" / "reproduce_smoke.yaml"
+
+
+def smoke_section(name: str) -> dict:
+    """The smoke config's section of stage ``name``: the budget the whole-job smoke test runs it at too."""
+    from interp_ray.config import read_yaml
+
+    return read_yaml(SMOKE)["stages"][name]
 
 
 def by_claim(rows: list[dict]) -> dict[str, list[dict]]:

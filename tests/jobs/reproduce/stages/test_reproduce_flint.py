@@ -5,13 +5,11 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from stage_rows import verdict_rows
+from stage_rows import smoke_section, verdict_rows
 
-from interp_ray.config import read_yaml
 from jobs.reproduce.stages import flint_fashion_mnist as stage
 
-# the smoke config's section: the budget the whole-job smoke test runs too
-TINY = read_yaml(Path(__file__).parents[4] / "configs" / "reproduce_smoke.yaml")["stages"]["flint_fashion_mnist"]
+TINY = smoke_section("flint_fashion_mnist")
 
 
 @pytest.mark.ray

@@ -2,16 +2,13 @@
 the two-object check, the runtime), and GFI 1–6 verdicts that flip with the numbers."""
 
 from functools import partial
-from pathlib import Path
 
 import pytest
-from stage_rows import verdict_rows
+from stage_rows import smoke_section, verdict_rows
 
-from interp_ray.config import read_yaml
 from jobs.reproduce.stages import gfi as stage
 
-# the smoke config's section: the budget the whole-job smoke test runs too
-TINY = read_yaml(Path(__file__).parents[4] / "configs" / "reproduce_smoke.yaml")["stages"]["gfi"]
+TINY = smoke_section("gfi")
 
 
 @pytest.mark.ray

@@ -267,6 +267,36 @@ def test_bfloat16_bits_round_as_torch_does_and_widen_exactly():
     assert np.isnan(bfloat16_to_float32(bfloat16_bits(np.array([np.nan], np.float32)))).all()
 
 
+def leaf_encodings(path, column: str) -> list[str]:
+    """The Parquet encodings of a tensor column's values in a part's first row group."""
+    meta = pq.ParquetFile(path).metadata
+    leaf = [i for i in range(meta.num_columns) if meta.schema.column(i).path == f"{column}.list.element"]
+    return list(meta.row_group(0).column(leaf[0]).encodings)
+
+
+def test_bfloat16_relu_maps_are_dictionary_encoded_and_smaller(tmp_path):
+    """A part of bfloat16 ReLU maps (many zeros, few distinct 16-bit patterns) written by write_part is smaller than
+    the same table without a dictionary on its values; a float32 layer gets no dictionary."""
+    from interp_ray.store import bfloat16_bits
+    from interp_ray.store.arrow import layer_array
+    from interp_ray.store.layout import DTYPE_FIELD_KEY
+
+    rng = np.random.default_rng(0)
+    maps = np.maximum(rng.normal(size=(32, 64, 7, 7)), 0).astype(np.float32)
+    layers = {"bf": layer_array("bf", bfloat16_bits(maps), "bfloat16"), "f32": layer_array("f32", maps, "float32")}
+    fields = [pa.field("index", pa.int64()), pa.field("label", pa.int64())]
+    fields += [pa.field(name, arr.type, metadata={DTYPE_FIELD_KEY: dtype.encode()})
+               for (name, arr), dtype in zip(layers.items(), ("bfloat16", "float32"))]
+    table = pa.Table.from_arrays([pa.array(np.arange(32)), pa.array(np.arange(32) % 3), *layers.values()],
+                                 schema=pa.schema(fields))
+    size = write_part(_local_fs(), str(tmp_path), 0, table)
+    plain = tmp_path / "plain.parquet"
+    pq.write_table(table, plain, compression="zstd", use_dictionary=["label"])
+    assert "RLE_DICTIONARY" in leaf_encodings(tmp_path / part_name(0), "bf")
+    assert "RLE_DICTIONARY" not in leaf_encodings(tmp_path / part_name(0), "f32")
+    assert size < os.path.getsize(plain) - 0.05 * 32 * 64 * 49 * 2  # ≥ 5% of the bfloat16 values' raw bytes saved
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_16_bit_layers_round_trip_and_widen_for_training(tmp_path, dtype):
     """A 16-bit layer is stored as 16 bits (Parquet: float16, or bfloat16's bits as uint16 with the logical dtype in
@@ -283,6 +313,9 @@ def test_16_bit_layers_round_trip_and_widen_for_training(tmp_path, dtype):
     field_ = table.schema.field("conv")
     assert field_.type.value_type == (pa.float16() if dtype == "float16" else pa.uint16())
     assert field_.metadata[b"interp_ray.dtype"] == dtype.encode()
+    # bfloat16 values are dictionary-encoded (few distinct 16-bit patterns), float16 values are not (nearly all
+    # distinct: a dictionary would overflow and cost CPU): writer.dictionary_columns.
+    assert leaf_encodings(os.path.join(loc, part_name(0)), "conv").count("RLE_DICTIONARY") == (dtype == "bfloat16")
     assert json.loads(table.schema.metadata[SCHEMA_META_KEY])["layers"]["conv"]["dtype"] == dtype
     store = ActivationStore.open(loc, key=m.key)
     got = store.read()  # float32 by default, exactly the 16-bit values

@@ -15,6 +15,8 @@ def test_tiny_sizes_and_kill_at_half(tmp_path, capsys, machine_lock):
     assert small["store_rows"] == 600 and large["store_rows"] == 1200
     assert small["store_parts"] == 3 and large["store_parts"] == 6  # 200 rows a part
     assert small["extract_rows_per_s"] > 0 and large["train_rows_per_s"] > 0
+    # the stream's start-up is apart from its rate: streaming alone is at least the whole epoch's rate
+    assert large["train_first_batch_s"] > 0 and large["train_stream_rows_per_s"] >= large["train_rows_per_s"]
     assert small["store_manifest_bytes"] > 0 and large["store_open_s"] > 0
     kill = got["kill"]
     # killed partway (some parts, not all), then the rerun computed only the rest and nothing is doubled or lost

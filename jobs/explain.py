@@ -166,7 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     images = [read_image(p, session.model) for p in args.images]  # every image checked before any work
     results = []
     for i, (path, image) in enumerate(zip(args.images, images)):
-        e = session.explain(image[None], [params.get("target", -1)], params)[0]
+        # explains=True: each answer says whose prediction it explains, as the served answers do
+        e = session.explain(image[None], [params.get("target", -1)], params, explains=True)[0]
         pic = write_picture(explainer, image, e, picture_path(args.picture, i, len(images)), drawing) \
             if args.picture else None
         results.append((path, e, pic))

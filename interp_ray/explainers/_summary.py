@@ -57,7 +57,7 @@ def explains_words(w: Mapping[str, Any]) -> str:
         return f"{name if name is not None else w.get(f'{prefix}label')} ({100 * w[f'{prefix}probability']:.1f}%)"
 
     if w.get("model") == "classifier":
-        return f"explains the served classifier's prediction: {said()}"
+        return f"explains the classifier's prediction: {said()}"
     text = f"explains the prediction of {w.get('about')}, not the classifier's: {said()}"
     if w.get("classifier_label") is not None:
         text += (f"; the classifier predicts {said('classifier_')}, "

@@ -62,6 +62,9 @@ def test_flint_prints_the_local_interpretation(flint_checkpoint, digit_png, caps
     for name, value in want.attributes.items():
         assert printed[name] == pytest.approx(value, abs=1.5e-3)
     assert "+1.000" in out   # the top attribute has relevance 1 by definition
+    # FLINT explains its own predictor f (no classifier given): the answer says so, with f's class
+    assert f"explains the prediction of {explainer.own_predictor().about}, not the classifier's: " \
+           f"{want.label_name}" in out
 
 
 def test_json_tau_and_picture(flint_checkpoint, digit_png, capsys, tmp_path):
@@ -86,6 +89,11 @@ def test_other_methods_by_name(digits_checkpoint, digit_png, capsys):
     assert run_main(main, ["gradient", "--checkpoint", str(digits_checkpoint), str(png)]) == 0
     out = capsys.readouterr().out
     assert "gradient -> class" in out and "saliency 8x8: peak at row" in out
+    assert "explains the classifier's prediction: " in out
+    assert run_main(main, ["gradient", "--checkpoint", str(digits_checkpoint), str(png), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    w = row["explanation"]["explains"]
+    assert w["model"] == "classifier" and w["label"] == row["explanation"]["label"] and w["agrees"] is True
 
 
 def test_option_names_the_layer_a_method_reads(digits_checkpoint, digit_png, capsys):

@@ -109,6 +109,16 @@ def _title(pid: int) -> str:
     return os.path.basename(raw.split(" ")[0]) or "?"
 
 
+def cpu_by_title(cpu: TreeSampler, titles: dict[int, str], root: int) -> dict[str, float]:
+    """CPU seconds per process title (processes sharing a title summed) from a stopped ``TreeSampler`` and the
+    titles a ``ProcessPeaks`` saw over the same run; ``root`` is "driver"."""
+    out: dict[str, float] = {}
+    for (pid, start), last in cpu.last.items():
+        title = "driver" if pid == root else titles.get(pid, "?")
+        out[title] = out.get(title, 0.0) + (last - cpu.first[(pid, start)]) / cpu.tick
+    return out
+
+
 class ProcessPeaks(threading.Thread):
     """Peak RSS of every process under ``root`` (this one included), sampled every ``interval`` s, by pid and title
     (the title last seen: a Ray worker is ``ray::IDLE`` until it gets an actor)."""
@@ -333,6 +343,7 @@ def main(argv=None) -> dict[str, float]:
         figures.update(loop(checkpoint, str(folder), str(work / "loop.parquet"), args))
         loop_peaks = peaks.stop()
         cpu.stop()
+        loop_cpu = cpu_by_title(cpu, peaks.titles, os.getpid())
         figures["loop_cpu_ms_per_row"] = (cpu.timeline[-1][1] - c0) / figures["loop_rows"] * 1000
         print(f"loop_rows_per_s: {figures['loop_rows_per_s']:.2f} (load {loads()})", flush=True)
         import ray
@@ -347,6 +358,7 @@ def main(argv=None) -> dict[str, float]:
         wall = time.perf_counter() - t0
         store_peaks = peaks.stop()
         cpu.stop()
+        store_cpu = cpu_by_title(cpu, peaks.titles, os.getpid())
         figures["store_cpu_ms_per_row"] = (cpu.timeline[-1][1] - c0) / out["rows"] * 1000
         if ours:
             ray.shutdown()
@@ -371,6 +383,10 @@ def main(argv=None) -> dict[str, float]:
         for side, got in (("loop", loop_peaks), ("store", store_peaks)):
             for title, mib in sorted(got.items(), key=lambda kv: -kv[1]):
                 print(f"{side}_peak_rss_mib[{title}]: {mib:.0f}")
+        # where each side's CPU went, per row (the store's ray.init included): what to cut when the store spends more
+        for side, got, rows in (("loop", loop_cpu, figures["loop_rows"]), ("store", store_cpu, out["rows"])):
+            for title, seconds in sorted(got.items(), key=lambda kv: -kv[1])[:10]:
+                print(f"{side}_cpu_ms_per_row[{title}]: {seconds * 1000 / rows:.1f}")
         print(f"load_average_at_end: {loads()}")
         figures["loop_peak_rss_mib"] = loop_peaks["sum_of_process_peaks"]
         figures["store_peak_rss_mib"] = store_peaks["sum_of_process_peaks"]

@@ -336,7 +336,7 @@ def main(argv=None) -> dict[str, float]:
               f"load_average_at_start: {loads()}", flush=True)
         figures.update(bare_forward(checkpoint, str(folder), args))
         print(f"bare_steady_rows_per_s: {figures['bare_steady_rows_per_s']:.2f} (load {loads()})", flush=True)
-        peaks, cpu = ProcessPeaks(os.getpid()), TreeSampler(os.getpid())
+        peaks, cpu = ProcessPeaks(os.getpid()), TreeSampler(os.getpid(), pss_every=0)  # CPU only: PSS costs
         peaks.start()
         cpu.start()
         c0 = cpu.timeline[-1][1]
@@ -349,7 +349,7 @@ def main(argv=None) -> dict[str, float]:
         import ray
 
         ours = not ray.is_initialized()
-        peaks, cpu = ProcessPeaks(os.getpid()), TreeSampler(os.getpid())
+        peaks, cpu = ProcessPeaks(os.getpid()), TreeSampler(os.getpid(), pss_every=0)  # CPU only: PSS costs
         peaks.start()
         cpu.start()
         figures["ray_init_s"] = start_ray(os.cpu_count() or 2)

@@ -93,8 +93,8 @@ def child_train(cfg_path: str) -> dict[str, Any]:
     out, wall, peaks = measured(cfg_path, InterpNETTrainJob, train)
     (h,) = out["history"][-1:]
     rows = sum(h["rows_per_rank"])
-    # the epoch = the stream's start-up (planning the read: one footer per part) + streaming; apart, because the
-    # first grows with the part count and the second is what a long epoch runs at
+    # the epoch = the stream's start-up (until its first batch) + streaming; apart, because a short epoch's rate is
+    # mostly start-up, and the streaming rate is what a long epoch runs at
     return {"rows": rows, "epoch_s": h["epoch_s"], "wall_s": wall, "rows_per_s": rows / h["epoch_s"],
             "first_batch_s": h["first_batch_s"], "stream_rows_per_s": rows / max(h["stream_s"], 1e-9),
             "peaks": peaks}

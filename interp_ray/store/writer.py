@@ -243,7 +243,7 @@ def with_skipped(table, meta_key: bytes, skipped: list[dict[str, Any]]):
 def dictionary_columns(schema) -> list[str]:
     """The Parquet columns worth a dictionary: label and prediction (a few distinct ints), and the values of bfloat16
     layers. A bfloat16 ReLU map holds few distinct 16-bit patterns and many zeros, so its dictionary page is small
-    and its indices run-length encode: 15% smaller parts on ResNet-like maps (``tests/store/test_writer.py``).
+    and its indices run-length encode: 15% smaller parts on ResNet-like maps (``tests/test_store.py``).
     float32 and float16 values are nearly all distinct: a dictionary there overflows, falls back to plain, and costs
     up to ~40% of the encoding CPU for parts ~8% larger, so they get none."""
     cols = ["label", "prediction"]

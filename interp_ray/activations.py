@@ -30,6 +30,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
+from interp_ray.data.base import image_tensor
 from interp_ray.config import LayerStore, check_layer_names
 from interp_ray.devices import pick_device
 from interp_ray.errors import UserError
@@ -182,13 +183,12 @@ class ActivationExtractor:
                 for name, t in acts.items()}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        # Ray Data hands out read-only, zero-copy views: copy into a fresh contiguous array torch may own.
-        images = np.array(batch["image"], dtype=np.float32, copy=True)
+        images = np.asarray(batch["image"])  # float32 in [0, 1], or the loader's uint8 pixels
         n = len(images)
         frames = images.shape[1] if images.ndim == len(self.model.input_shape) + 2 else None
         if frames is not None:
             images = images.reshape(n * frames, *images.shape[2:])
-        x = torch.from_numpy(images).to(self.device, non_blocking=True)
+        x = image_tensor(images, self.device)
         self.model.check_input(x)
         with torch.inference_mode():
             with self._forward_context():

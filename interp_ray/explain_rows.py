@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from interp_ray.data.base import fresh_float_images
 from interp_ray.errors import UserError
 from interp_ray.explainers.base import explainer_names, get_explainer
 from interp_ray.jsonsafe import json_round_trip, json_safe
@@ -156,8 +157,7 @@ class ExplanationMapper:
         prediction, whatever the rule, records the class it explained in ``target``)."""
         import torch
 
-        # Ray Data hands out read-only, zero-copy views: copy into memory torch may own.
-        images = np.array(batch["image"], dtype=np.float32, copy=True)
+        images = fresh_float_images(batch["image"])  # the loader's uint8 pixels, or floats, as floats torch may own
         labels = np.asarray(batch["label"], dtype=np.int64) if "label" in batch else np.full(len(images), -1)
         if self.target == "label" and (labels < 0).any():
             raise UserError("target rule 'label' needs labelled rows; this dataset has unlabelled ones "

@@ -152,7 +152,9 @@ def kept_columns(dataset: ImageDataset, keep: Sequence[str], *, what: str) -> di
 class ShardLoader:
     """Shard ids → the shard's rows (``index``, ``shard``, ``id``, ``image``, ``label``, ``unreadable``),
     ``chunk_rows`` at a time: the loading stage, where images are read, decoded and resized (in parallel tasks, never
-    in the model's actors).
+    in the model's actors). Images travel as the dataset's pixels (``get_pixel_batch``): uint8 for anything decoded
+    from files, a quarter of float32's bytes through the object store; the model's actor scales them
+    (``image_tensor``) to the same floats ``get_batch`` gives.
 
     Handed to Ray Data as an instance (not a class), so it runs as tasks; Ray Data puts it (and the dataset it holds)
     in the object store once per operator, not once per task.
@@ -169,9 +171,12 @@ class ShardLoader:
         lo, hi = self.manifest.shard_range(shard)
         for a in range(lo, hi, self.chunk_rows):
             idx = np.arange(a, min(a + self.chunk_rows, hi), dtype=np.int64)
-            good, rows, bad = read_rows(self.dataset, idx)
+            good, rows, bad = read_rows(self.dataset, idx, pixels=True)
             if bad:
                 rows = self.with_placeholders(len(idx), good, rows, bad)
+            if rows["image"].dtype != self.dataset.pixel_dtype:  # Ray Data cannot join blocks of two dtypes
+                raise TypeError(f"{type(self.dataset).__name__}.get_pixel_batch gave {rows['image'].dtype} images; "
+                                f"its pixel_dtype says {self.dataset.pixel_dtype}")
             yield {"index": idx, "shard": np.full(len(idx), shard, dtype=np.int64), "id": np.asarray(rows["id"]),
                    "image": rows["image"], "label": np.asarray(rows["label"], dtype=np.int64),
                    **{c: pack_strings(rows[c]) for c in self.keep},
@@ -180,7 +185,8 @@ class ShardLoader:
     def with_placeholders(self, n: int, good: np.ndarray, rows: dict[str, np.ndarray], bad: dict[int, str]
                           ) -> dict[str, np.ndarray]:
         """``n`` rows: those read at ``good``, the rest placeholders of the same shapes (never stored)."""
-        out = {"id": np.full(n, "", dtype=object), "image": np.zeros((n, *self.dataset.image_shape), np.float32),
+        out = {"id": np.full(n, "", dtype=object),
+               "image": np.zeros((n, *self.dataset.image_shape), self.dataset.pixel_dtype),
                "label": np.zeros(n, dtype=np.int64)}
         for c in self.keep:
             spec = self.manifest.kept[c]

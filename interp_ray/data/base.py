@@ -10,6 +10,7 @@ faster than N single rows. Nothing forces the whole dataset into memory: scenes 
 from __future__ import annotations
 
 import abc
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
+from interp_ray.data.images import to_unit_float, unit_float_table
 from interp_ray.errors import UserError
 
 
@@ -40,6 +42,16 @@ class ImageDataset(torch.utils.data.Dataset, abc.ABC):
     def get_batch(self, indices: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
         """Rows ``indices`` as a dict of arrays: ``id`` (str), ``image`` (float32 N×C×H×W), ``label`` (int64),
         extras."""
+
+    # The dtype of ``get_pixel_batch``'s ``image``: "uint8" where rows are decoded from image files or kept as bytes,
+    # "float32" where they are made as floats (generated scenes, digits).
+    pixel_dtype: str = "float32"
+
+    def get_pixel_batch(self, indices: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
+        """``get_batch`` with ``image`` in ``pixel_dtype``. A loading stage ships these to the model's process, a
+        quarter of float32's bytes where they are uint8, and ``image_tensor`` scales them there to ``get_batch``'s
+        very values."""
+        return self.get_batch(indices)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not -len(self) <= index < len(self):
@@ -90,23 +102,25 @@ class ImageDataset(torch.utils.data.Dataset, abc.ABC):
                 "classes": list(self.class_names)}
 
 
-def read_rows(dataset: ImageDataset, indices: np.ndarray
+def read_rows(dataset: ImageDataset, indices: np.ndarray, *, pixels: bool = False
               ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[int, str]]:
-    """``dataset.get_batch(indices)``, keeping going past rows whose input cannot be read (a corrupt or missing image
-    file, bytes that do not decode): (positions read, their rows, position → the one-line reason for each other).
+    """``dataset.get_batch(indices)`` (``pixels``: ``get_pixel_batch``), keeping going past rows whose input cannot be
+    read (a corrupt or missing image file, bytes that do not decode): (positions read, their rows, position → the
+    one-line reason for each other).
 
     A batch that reads whole costs one ``get_batch``; only a batch that fails is read again row by row, to learn
     which rows fail — a ``UserError`` for a single row is that row's input, never the whole job's.
     """
     idx = np.asarray(indices, dtype=np.int64)
+    get = dataset.get_pixel_batch if pixels else dataset.get_batch
     try:
-        return np.arange(len(idx)), dataset.get_batch(idx), {}
+        return np.arange(len(idx)), get(idx), {}
     except UserError:
         pass
     good, batches, bad = [], [], {}
     for pos in range(len(idx)):
         try:
-            batches.append(dataset.get_batch(idx[pos:pos + 1]))
+            batches.append(get(idx[pos:pos + 1]))
             good.append(pos)
         except UserError as exc:
             bad[pos] = str(exc)
@@ -158,8 +172,33 @@ def _arrow_friendly(arr: np.ndarray) -> np.ndarray:
 def to_float_images(images: np.ndarray) -> np.ndarray:
     """uint8 (0..255) or float images → float32 in [0, 1]."""
     if images.dtype == np.uint8:
-        return images.astype(np.float32) / 255.0
+        return to_unit_float(images)
     return images.astype(np.float32, copy=False)
+
+
+def fresh_float_images(images: np.ndarray) -> np.ndarray:
+    """A batch's ``image`` (float32 in [0, 1], or ``get_pixel_batch``'s uint8) → a new, writable float32 array in
+    [0, 1]. Ray Data hands out read-only, zero-copy views, which torch must not share."""
+    images = np.asarray(images)
+    return to_unit_float(images) if images.dtype == np.uint8 else np.array(images, dtype=np.float32, copy=True)
+
+
+@functools.lru_cache(maxsize=8)
+def _unit_table(device: str) -> torch.Tensor:
+    return torch.from_numpy(unit_float_table()).to(device)
+
+
+def image_tensor(images: np.ndarray, device: str | torch.device) -> torch.Tensor:
+    """A batch's ``image`` (as ``fresh_float_images`` takes it) → a float32 tensor in [0, 1] on ``device``.
+
+    uint8 pixels cross to the device as uint8 (a quarter of the bytes) and are scaled there by a 256-entry table
+    lookup, which gives ``get_batch``'s values bit for bit on any device, where ``/ 255`` might not.
+    """
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        return torch.from_numpy(fresh_float_images(images)).to(device, non_blocking=True)
+    pixels = torch.from_numpy(np.array(images, copy=True)).to(device, non_blocking=True)
+    return _unit_table(str(torch.device(device)))[pixels.long()]
 
 
 @dataclass
@@ -192,9 +231,19 @@ class ArrayDataset(ImageDataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    @property
+    def pixel_dtype(self) -> str:  # type: ignore[override]
+        return "uint8" if self.images.dtype == np.uint8 else "float32"
+
     def get_batch(self, indices) -> dict[str, np.ndarray]:
+        return self._rows(indices, to_float_images)
+
+    def get_pixel_batch(self, indices) -> dict[str, np.ndarray]:
+        return self._rows(indices, lambda images: images if images.dtype == np.uint8 else to_float_images(images))
+
+    def _rows(self, indices, image: Any) -> dict[str, np.ndarray]:
         idx = np.asarray(indices, dtype=np.int64)
-        out = {"id": self.ids[idx], "image": to_float_images(self.images[idx]), "label": self.labels[idx]}
+        out = {"id": self.ids[idx], "image": image(self.images[idx]), "label": self.labels[idx]}
         out.update({k: v[idx] for k, v in self.extras.items()})
         return out
 
@@ -212,11 +261,21 @@ class HeadDataset(ImageDataset):
     def __len__(self) -> int:
         return self.rows
 
-    def get_batch(self, indices) -> dict[str, np.ndarray]:
+    @property
+    def pixel_dtype(self) -> str:  # type: ignore[override]
+        return self.base.pixel_dtype
+
+    def _checked(self, indices) -> np.ndarray:
         idx = np.asarray(indices, dtype=np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= self.rows):
             raise IndexError(f"index out of range for the first {self.rows} rows")
-        return self.base.get_batch(idx)
+        return idx
+
+    def get_batch(self, indices) -> dict[str, np.ndarray]:
+        return self.base.get_batch(self._checked(indices))
+
+    def get_pixel_batch(self, indices) -> dict[str, np.ndarray]:
+        return self.base.get_pixel_batch(self._checked(indices))
 
     def extra_columns(self) -> list[str]:
         return self.base.extra_columns()

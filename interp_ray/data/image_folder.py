@@ -12,6 +12,7 @@ captions as ``sentences``. The file's schema and checks: ``interp_ray.data.capti
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 from dataclasses import dataclass
@@ -130,23 +131,32 @@ class ImageFolderDataset(Captioned, ImageDataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def read(self, rel: str) -> np.ndarray:
-        """One image, decoded and resized; an unreadable one is a UserError naming it."""
+    def read(self, rel: str, pixels: bool = False) -> np.ndarray:
+        """One image, decoded and resized (float32, or uint8 ``pixels``); an unreadable one is a UserError naming it."""
         if self.remote is None:
-            return read_image_file(Path(self.root) / rel, self.image_size, self.mode)
+            return read_image_file(Path(self.root) / rel, self.image_size, self.mode, pixels=pixels)
         fs, inner = self.remote
         try:
             with fs.open_input_file(posixpath.join(inner, rel)) as f:
                 data = f.read()
         except OSError as exc:
             raise UserError(f"{rel}: cannot read it ({' '.join(str(exc).split())[:300]})") from None
-        return decode_image(data, self.image_size, self.mode, name=rel)
+        return decode_image(data, self.image_size, self.mode, name=rel, pixels=pixels)
+
+    pixel_dtype = "uint8"
 
     def get_batch(self, indices) -> dict[str, np.ndarray]:
+        return self._rows(indices, pixels=False)
+
+    def get_pixel_batch(self, indices) -> dict[str, np.ndarray]:
+        return self._rows(indices, pixels=True)
+
+    def _rows(self, indices, *, pixels: bool) -> dict[str, np.ndarray]:
         idx = np.asarray(indices, dtype=np.int64)
         rel = [self.paths[i] for i in idx]
-        images = [self.read(p) for p in rel] if self.remote is None else map_ordered(self.read, rel)
-        out = {"id": np.array(rel, dtype=str), "image": stack_images(images, rel, self.image_shape),
+        read = functools.partial(self.read, pixels=pixels)
+        images = [read(p) for p in rel] if self.remote is None else map_ordered(read, rel)
+        out = {"id": np.array(rel, dtype=str), "image": stack_images(images, rel, self.image_shape, pixels=pixels),
                "label": self.labels[idx]}
         return self.with_captions(out, idx)
 

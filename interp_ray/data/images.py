@@ -2,6 +2,8 @@
 
 One place decides how pixels are made (PIL decode, convert to RGB or L, bilinear resize, scale to [0, 1]), so a
 model sees the same pixels whether an image came from CUB, an image folder, a Parquet file or an upload.
+``pixels=True`` stops before the scaling: uint8 C×H×W, what a loading stage ships to the model's process (a quarter
+of float32's bytes); ``to_unit_float`` scales it there to the very same float32 values.
 """
 
 from __future__ import annotations
@@ -69,8 +71,9 @@ def open_image(source: bytes | str | os.PathLike, *, name: str | None = None):
     return img
 
 
-def image_to_array(img, size: Size | None = None, mode: str = "RGB") -> np.ndarray:
-    """A PIL image → float32 C×H×W in [0, 1]: convert to ``mode``, then bilinear resize to ``size``."""
+def image_to_array(img, size: Size | None = None, mode: str = "RGB", *, pixels: bool = False) -> np.ndarray:
+    """A PIL image → float32 C×H×W in [0, 1] (``pixels``: uint8 0..255): convert to ``mode``, then bilinear resize to
+    ``size``."""
     from PIL import Image
 
     channels = channels_for(mode)
@@ -84,22 +87,41 @@ def image_to_array(img, size: Size | None = None, mode: str = "RGB") -> np.ndarr
         arr = arr[None, :, :]
     else:
         arr = arr.transpose(2, 0, 1)
-    return arr.astype(np.float32) / 255.0
+    return np.ascontiguousarray(arr) if pixels else to_unit_float(arr)
 
 
-def decode_image(data: bytes, size: Size | None = None, mode: str = "RGB", *, name: str | None = None) -> np.ndarray:
-    """Encoded image bytes (PNG, JPEG, …) → float32 C×H×W in [0, 1]; bad bytes → UserError("not a decodable image")."""
+# uint8 value → its float32 in [0, 1], computed once as image_to_array always has (float32 ÷ 255.0)
+_UNIT_FLOAT = np.arange(256, dtype=np.uint8).astype(np.float32) / 255.0
+
+
+def to_unit_float(pixels: np.ndarray) -> np.ndarray:
+    """uint8 pixels → a new float32 array in [0, 1]: exactly the values ``image_to_array`` gives."""
+    return pixels.astype(np.float32) / 255.0
+
+
+def unit_float_table() -> np.ndarray:
+    """The 256 float32 values of ``to_unit_float``: a lookup table, so a device scales uint8 pixels by indexing and
+    gets the very same values (a GPU may divide by multiplying with 1/255, which differs in the last bit)."""
+    return _UNIT_FLOAT.copy()
+
+
+def decode_image(data: bytes, size: Size | None = None, mode: str = "RGB", *, name: str | None = None,
+                 pixels: bool = False) -> np.ndarray:
+    """Encoded image bytes (PNG, JPEG, …) → float32 C×H×W in [0, 1] (``pixels``: uint8); bad bytes →
+    UserError("not a decodable image")."""
     channels_for(mode)  # a bad mode is the caller's error, report it before touching the bytes
-    return image_to_array(open_image(bytes(data), name=name), size, mode)
+    return image_to_array(open_image(bytes(data), name=name), size, mode, pixels=pixels)
 
 
-def read_image_file(path: str | os.PathLike, size: Size | None = None, mode: str = "RGB") -> np.ndarray:
-    """An image file → float32 C×H×W in [0, 1]; an unreadable file is a UserError naming it."""
+def read_image_file(path: str | os.PathLike, size: Size | None = None, mode: str = "RGB", *,
+                    pixels: bool = False) -> np.ndarray:
+    """An image file → float32 C×H×W in [0, 1] (``pixels``: uint8); an unreadable file is a UserError naming it."""
     channels_for(mode)
-    return image_to_array(open_image(path), size, mode)
+    return image_to_array(open_image(path), size, mode, pixels=pixels)
 
 
-def stack_images(images: Sequence[np.ndarray], names: Sequence[str], image_shape: tuple[int, int, int]) -> np.ndarray:
+def stack_images(images: Sequence[np.ndarray], names: Sequence[str], image_shape: tuple[int, int, int], *,
+                 pixels: bool = False) -> np.ndarray:
     """Decoded images → one N×C×H×W array; an image not of ``image_shape`` is a UserError naming it.
 
     Checking against the dataset's shape (not just the batch's first image) keeps every batch the same shape.
@@ -109,8 +131,8 @@ def stack_images(images: Sequence[np.ndarray], names: Sequence[str], image_shape
             raise UserError(f"{name}: image is {arr.shape[2]}×{arr.shape[1]} but this dataset's images are "
                             f"{image_shape[2]}×{image_shape[1]}; pass image_size to resize every image to one size")
     if not images:
-        return np.zeros((0, *image_shape), dtype=np.float32)
-    return np.stack(images).astype(np.float32, copy=False)
+        return np.zeros((0, *image_shape), dtype=np.uint8 if pixels else np.float32)
+    return np.stack(images)  # float32 images stay float32, uint8 pixels uint8
 
 
 def has_image_extension(filename: str, extensions: Sequence[str]) -> bool:

@@ -274,7 +274,15 @@ class ParquetImageDataset(Captioned, ImageDataset):
             values = values.flatten()[values.type.get_field_index("bytes")]
         return values.to_pylist()
 
+    pixel_dtype = "uint8"
+
     def get_batch(self, indices) -> dict[str, np.ndarray]:
+        return self._rows(indices, pixels=False)
+
+    def get_pixel_batch(self, indices) -> dict[str, np.ndarray]:
+        return self._rows(indices, pixels=True)
+
+    def _rows(self, indices, *, pixels: bool) -> dict[str, np.ndarray]:
         n = len(self)
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if len(idx) and (idx.min() < -n or idx.max() >= n):
@@ -291,8 +299,8 @@ class ParquetImageDataset(Captioned, ImageDataset):
         for row_id, blob in zip(ids, blobs):
             if blob is None:
                 raise UserError(f"row {row_id}: image column {self.image_column!r} is null or holds no bytes")
-            images.append(decode_image(blob, self.image_size, self.mode, name=f"row {row_id}"))
-        out = {"id": ids, "image": stack_images(images, [f"row {i}" for i in ids], self.image_shape),
+            images.append(decode_image(blob, self.image_size, self.mode, name=f"row {row_id}", pixels=pixels))
+        out = {"id": ids, "image": stack_images(images, [f"row {i}" for i in ids], self.image_shape, pixels=pixels),
                "label": self.labels[idx]}
         return self.with_captions(out, idx)
 

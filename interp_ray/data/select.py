@@ -17,7 +17,7 @@ Scoring labels numbered otherwise than the model's outputs gave 24.7% for a mode
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -54,11 +54,21 @@ class RowsDataset(ImageDataset):
         labels = np.asarray(self.base.labels)[self._base_rows(idx)]
         return labels if self.label_map is None else self.label_map[labels]
 
+    @property
+    def pixel_dtype(self) -> str:  # type: ignore[override]
+        return self.base.pixel_dtype
+
     def get_batch(self, indices) -> dict[str, np.ndarray]:
+        return self._rows(indices, self.base.get_batch)
+
+    def get_pixel_batch(self, indices) -> dict[str, np.ndarray]:
+        return self._rows(indices, self.base.get_pixel_batch)
+
+    def _rows(self, indices, get: Callable[[np.ndarray], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         idx = np.asarray(indices, dtype=np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
             raise IndexError(f"index out of range for {len(self)} rows")
-        batch = self.base.get_batch(self._base_rows(idx))
+        batch = get(self._base_rows(idx))
         if self.label_map is not None:
             batch["label"] = self.label_map[np.asarray(batch["label"], dtype=np.int64)]
         return batch

@@ -227,7 +227,15 @@ class WebDatasetImages(ImageDataset):
     def row_id(self, sample: Sample) -> str:
         return f"{posixpath.basename(self.shards[sample.shard].partition('?')[0])}/{sample.key}"
 
+    pixel_dtype = "uint8"
+
     def get_batch(self, indices) -> dict[str, np.ndarray]:
+        return self._rows(indices, pixels=False)
+
+    def get_pixel_batch(self, indices) -> dict[str, np.ndarray]:
+        return self._rows(indices, pixels=True)
+
+    def _rows(self, indices, *, pixels: bool) -> dict[str, np.ndarray]:
         idx = np.asarray(indices, dtype=np.int64)
         chosen = [self.samples[i] for i in idx]
         ids = [self.row_id(s) for s in chosen]
@@ -239,11 +247,11 @@ class WebDatasetImages(ImageDataset):
                 data = files[sample.shard].read_at(sample.size, sample.offset)
             except OSError as exc:
                 raise UserError(f"{row_id}: cannot read it ({' '.join(str(exc).split())[:300]})") from None
-            return decode_image(data, self.image_size, self.mode, name=row_id)
+            return decode_image(data, self.image_size, self.mode, name=row_id, pixels=pixels)
 
         remote = any(is_remote(self.shards[s]) for s in files)
         images = map_ordered(read, list(zip(chosen, ids)), threads=READ_THREADS if remote else 1)
-        return {"id": np.array(ids, dtype=str), "image": stack_images(images, ids, self.image_shape),
+        return {"id": np.array(ids, dtype=str), "image": stack_images(images, ids, self.image_shape, pixels=pixels),
                 "label": self.labels[idx]}
 
     def describe(self) -> dict[str, Any]:

@@ -140,7 +140,7 @@ def run_on_folder(root, checkpoint, out, engine):
                            "--set", "store.shard_rows=2", "--set", f"compute.engine={engine}"])
 
 
-def assert_broken_row_skipped(root, out, err):
+def assert_broken_row_skipped(root, out, err, ckpt):
     """The corrupt file is named in one line, and every other row landed once, its label its class's."""
     lines = [ln for ln in err.splitlines() if "zz_broken.png" in ln]
     assert len(lines) == 1 and "not a decodable image" in lines[0], err
@@ -151,6 +151,12 @@ def assert_broken_row_skipped(root, out, err):
     assert len(opened) == 3 and [r["index"] for r in opened.manifest.skipped] == [1]
     assert list(got["index"]) == [0, 2, 3] and list(got["id"]) == ["a/ok.png", "b/ok.png", "c/ok.png"]
     np.testing.assert_array_equal(got["label"], [0, 1, 2])
+    # the loader ships uint8 pixels and the extractor scales them: the store holds what the model gives on the
+    # dataset's float images (a pixel left at 0..255 would saturate the softmax)
+    images = load_dataset("image_folder", "train", root=str(root), image_size=8).get_batch([0, 2, 3])["image"]
+    with torch.inference_mode():
+        logits = load_classifier(str(ckpt)).model(torch.from_numpy(images))
+    np.testing.assert_allclose(got["probabilities"], torch.softmax(logits, 1).numpy(), rtol=1e-5, atol=1e-6)
     return store
 
 
@@ -163,7 +169,7 @@ def logged(caplog) -> str:
 def test_unreadable_input_file_is_one_line_and_every_other_row_lands(tmp_path, caplog):
     root, ckpt = broken_image_folder(tmp_path, tmp_path / "ckpt")
     assert run_on_folder(root, ckpt, tmp_path / "acts", "local") == 0
-    store = assert_broken_row_skipped(root, tmp_path / "acts", logged(caplog))
+    store = assert_broken_row_skipped(root, tmp_path / "acts", logged(caplog), ckpt)
     # a rerun finds the store complete (the part of the skipped row accounts for it): nothing is rewritten, the
     # skipped row is reported again
     before = parts_snapshot(store)
@@ -172,7 +178,7 @@ def test_unreadable_input_file_is_one_line_and_every_other_row_lands(tmp_path, c
     # the part holding the skipped row deleted by hand: only it is recomputed, with the same skip
     (store / "part-000000.parquet").unlink()
     assert run_on_folder(root, ckpt, tmp_path / "acts", "local") == 0
-    assert_broken_row_skipped(root, tmp_path / "acts", logged(caplog))
+    assert_broken_row_skipped(root, tmp_path / "acts", logged(caplog), ckpt)
     assert parts_snapshot(store)["part-000001.parquet"] == before["part-000001.parquet"]
 
 
@@ -201,7 +207,7 @@ def test_user_error_is_recovered_from_ray_task_text():
 def test_ray_unreadable_input_file_is_skipped_in_the_loader_tasks(ray_local, tmp_path, caplog):
     root, ckpt = broken_image_folder(tmp_path, tmp_path / "ckpt")
     assert run_on_folder(root, ckpt, tmp_path / "acts", "ray") == 0
-    assert_broken_row_skipped(root, tmp_path / "acts", logged(caplog))
+    assert_broken_row_skipped(root, tmp_path / "acts", logged(caplog), ckpt)
 
 
 @pytest.mark.ray

@@ -278,17 +278,14 @@ def test_bfloat16_relu_maps_are_dictionary_encoded_and_smaller(tmp_path):
     """A part of bfloat16 ReLU maps (many zeros, few distinct 16-bit patterns) written by write_part is smaller than
     the same table without a dictionary on its values; a float32 layer gets no dictionary."""
     from interp_ray.store import bfloat16_bits
-    from interp_ray.store.arrow import layer_array
-    from interp_ray.store.layout import DTYPE_FIELD_KEY
+    from interp_ray.store.arrow import layer_array, tag_layer_fields
 
     rng = np.random.default_rng(0)
     maps = np.maximum(rng.normal(size=(32, 64, 7, 7)), 0).astype(np.float32)
-    layers = {"bf": layer_array("bf", bfloat16_bits(maps), "bfloat16"), "f32": layer_array("f32", maps, "float32")}
-    fields = [pa.field("index", pa.int64()), pa.field("label", pa.int64())]
-    fields += [pa.field(name, arr.type, metadata={DTYPE_FIELD_KEY: dtype.encode()})
-               for (name, arr), dtype in zip(layers.items(), ("bfloat16", "float32"))]
-    table = pa.Table.from_arrays([pa.array(np.arange(32)), pa.array(np.arange(32) % 3), *layers.values()],
-                                 schema=pa.schema(fields))
+    table = tag_layer_fields(pa.table({"index": np.arange(32), "label": np.arange(32) % 3,
+                                       "bf": layer_array("bf", bfloat16_bits(maps), "bfloat16"),
+                                       "f32": layer_array("f32", maps, "float32")}),
+                             {"bf": "bfloat16", "f32": "float32"})
     size = write_part(_local_fs(), str(tmp_path), 0, table)
     plain = tmp_path / "plain.parquet"
     pq.write_table(table, plain, compression="zstd", use_dictionary=["label"])

@@ -55,11 +55,18 @@ def build_part_table(manifest: Any, shard: int, cols: dict[str, np.ndarray]):
         arrays[name] = layer_array(name, values, dtypes[name])
     for name, spec in manifest.kept.items():
         arrays[name] = extra_array(name, cols[name], spec)
-    table = pa.table(arrays)
+    meta = {SCHEMA_META_KEY: json.dumps(part_metadata(manifest, shard), sort_keys=True).encode()}
+    return tag_layer_fields(pa.table(arrays), dtypes, meta)
+
+
+def tag_layer_fields(table, dtypes: dict[str, str], metadata: dict[bytes, bytes] | None = None):
+    """``table`` with each layer's field tagged with its logical dtype (``DTYPE_FIELD_KEY``: the writer chooses
+    encodings by it, readers widen bfloat16's bits by it) and ``metadata`` as the schema's."""
+    import pyarrow as pa
+
     fields = [f.with_metadata({DTYPE_FIELD_KEY: dtypes[f.name].encode()}) if f.name in dtypes else f
               for f in table.schema]
-    meta = {SCHEMA_META_KEY: json.dumps(part_metadata(manifest, shard), sort_keys=True).encode()}
-    return pa.Table.from_arrays(table.columns, schema=pa.schema(fields, metadata=meta))
+    return pa.Table.from_arrays(table.columns, schema=pa.schema(fields, metadata=metadata))
 
 
 def layer_array(name: str, values: np.ndarray, dtype: str):

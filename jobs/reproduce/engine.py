@@ -44,6 +44,7 @@ import pkgutil
 import platform
 import shutil
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -141,6 +142,34 @@ def save_seed(out: Path, stage: str, seed: int, record: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+class StopWatch:
+    """Wall time less the time this process was stopped (SIGSTOP, a suspended shell job): a thread ticks every
+    ``tick`` s, and a gap between ticks longer than ``gap`` s is counted as stopped. A run paused so that a benchmark
+    or a test suite has the machine reports the time it ran, with the pauses beside it, not inflated by them."""
+
+    def __init__(self, tick: float = 0.5, gap: float = 5.0):
+        self.tick, self.gap = tick, gap
+        self.t0 = self.last = time.monotonic()
+        self._stopped = 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stopwatch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.wait(self.tick):
+            now = time.monotonic()
+            if now - self.last > self.gap:
+                self._stopped += now - self.last - self.tick
+            self.last = now
+
+    def stop(self) -> tuple[float, float]:
+        """(seconds running, seconds stopped) since the start."""
+        self._done.set()
+        self._thread.join()
+        wall = time.monotonic() - self.t0
+        return wall - self._stopped, self._stopped
+
+
 def run_stage_seeds(out: Path, name: str, module: ModuleType, section: dict[str, Any], seeds: Sequence[int], *,
                     fresh: bool) -> list[dict[str, Any]]:
     """Run every seed of one stage that has no current result; the failures (seed, error) it met."""
@@ -151,7 +180,7 @@ def run_stage_seeds(out: Path, name: str, module: ModuleType, section: dict[str,
             print(f"[reproduce] {name} seed {seed}: finished in an earlier run (key {key}), skipped", flush=True)
             continue
         workdir = workdir_for(out, name, seed)
-        t0 = time.perf_counter()
+        t0, watch = time.perf_counter(), StopWatch()
         print(f"[reproduce] {name} seed {seed} …", flush=True)
         try:
             workdir.mkdir(parents=True, exist_ok=True)
@@ -162,12 +191,14 @@ def run_stage_seeds(out: Path, name: str, module: ModuleType, section: dict[str,
             failures.append({"stage": name, "seed": seed, "error": f"{type(e).__name__}: {e}".splitlines()[0]})
             print(f"[reproduce] {name} seed {seed} FAILED after {time.perf_counter() - t0:.0f} s: "
                   f"{failures[-1]['error']}", flush=True)
+            watch.stop()
             continue
-        seconds = time.perf_counter() - t0
-        save_seed(out, name, seed, {"key": key, "stage": name, "seed": seed, "seconds": seconds,
+        seconds, stopped = watch.stop()
+        save_seed(out, name, seed, {"key": key, "stage": name, "seed": seed, "seconds": seconds, "stopped_s": stopped,
                                     "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                                     "result": result})
-        print(f"[reproduce] {name} seed {seed}: done in {seconds:.0f} s", flush=True)
+        print(f"[reproduce] {name} seed {seed}: done in {seconds:.0f} s"
+              + (f" (and {stopped:.0f} s stopped)" if stopped else ""), flush=True)
     return failures
 
 
@@ -243,6 +274,14 @@ def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def unpaused_note(header: dict[str, Any]) -> str:
+    untimed = header["unmeasured_stops"]
+    if not untimed:
+        return ""
+    return (f"; {', '.join(untimed)} finished before stops were measured, so {'its' if len(untimed) == 1 else 'their'}"
+            " time includes any")
+
+
 def markdown(table: list[dict[str, Any]], header: dict[str, Any]) -> str:
     m = header["machine"]
     counts = {v: sum(r["verdict"] == v for r in table) for v in VERDICTS}
@@ -254,7 +293,8 @@ def markdown(table: list[dict[str, Any]], header: dict[str, Any]) -> str:
              "",
              f"- Command: `{header['command']}`",
              f"- Wall time: {header['wall_s']:.0f} s in all (the finished stage-seeds' own times summed over every "
-             f"run that contributed; this run: {header['this_run_s']:.0f} s)",
+             f"run that contributed, not counting {header['stopped_s']:.0f} s when their processes were stopped; "
+             f"this run: {header['this_run_s']:.0f} s)" + unpaused_note(header),
              f"- Machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu']}; Python {m['python']}, torch {m['torch']}, "
              f"Ray {m['ray']}",
              f"- Seeds: {header['seeds']}; stages: {', '.join(header['stages']) or 'none'}",
@@ -282,19 +322,22 @@ def write_report(cfg: ReproduceConfig, out: Path, modules: dict[str, ModuleType]
     runs')."""
     rows: list[dict[str, Any]] = []
     per_stage: dict[str, Any] = {}
-    wall = 0.0
+    wall, stopped, unmeasured = 0.0, 0.0, []
     enabled = [s for s in cfg.stages if cfg.stages[s].get("enabled", True)]
     for name in enabled:
         section = cfg.stages[name]
         key = section_key(section)
         records = {s: r for s in cfg.seeds if (r := load_seed(out, name, s, key)) is not None}
         wall += sum(float(r["seconds"]) for r in records.values())
+        stopped += sum(float(r.get("stopped_s", 0.0)) for r in records.values())
+        unmeasured += [f"{name} seed {s}" for s, r in records.items() if "stopped_s" not in r]
         per_seed = {s: r["result"] for s, r in records.items()}
         per_stage[name] = {"seeds": sorted(per_seed), "key": key, "per_seed": per_seed,
                            "seconds": {s: r["seconds"] for s, r in records.items()}}
         rows += stage_rows(name, modules[name], section, per_seed, cfg.seeds, failures, name in ran)
     table = claim_table(rows)
-    header = {"command": command, "wall_s": wall, "this_run_s": this_run_s, "machine": machine(),
+    header = {"command": command, "wall_s": wall, "stopped_s": stopped, "unmeasured_stops": unmeasured,
+              "this_run_s": this_run_s, "machine": machine(),
               "seeds": list(cfg.seeds), "stages": enabled, "failures": failures}
     text = markdown(table, header)
     (out / "reproduction.md").write_text(text)

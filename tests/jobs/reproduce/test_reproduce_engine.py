@@ -92,6 +92,46 @@ def test_a_finished_seed_is_skipped_and_a_failing_one_leaves_the_others_intact(t
     assert json.loads((out / "toy" / "seed0.json").read_text())["result"] == {"value": 5}
 
 
+def test_the_report_counts_the_time_a_seed_ran_not_the_time_it_was_stopped(tmp_path, toy):
+    cfg = ReproduceConfig(output_dir=str(tmp_path), report=None, seeds=[0, 1], stages={"toy": {}})
+    engine.run(cfg)
+    for seed, record in [(0, {"seconds": 100.0, "stopped_s": 30.0}), (1, {"seconds": 50.0})]:
+        path = tmp_path / "toy" / f"seed{seed}.json"
+        saved = json.loads(path.read_text())
+        saved.pop("stopped_s")
+        path.write_text(json.dumps({**saved, **record}))
+    engine.run(cfg)   # both seeds finished: skipped, the report rewritten from their files
+    header = (tmp_path / "reproduction.md").read_text().split("| claim |")[0]
+    assert "Wall time: 150 s in all" in header and "not counting 30 s when their processes were stopped" in header
+    assert "toy seed 1 finished before stops were measured" in header
+
+
+def test_the_stopwatch_leaves_out_the_time_its_process_was_stopped(tmp_path):
+    """A real SIGSTOP of a process timing itself: the 1.5 s it was stopped are counted apart from the time it ran."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = ("import time; from jobs.reproduce.engine import StopWatch; w = StopWatch(tick=0.05, gap=0.5); "
+            "print('ready', flush=True); time.sleep(3); t = time.monotonic() - w.t0; r, s = w.stop(); print(r, s, t)")
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert child.stdout.readline().strip() == "ready"
+    time.sleep(0.5)
+    os.kill(child.pid, signal.SIGSTOP)
+    time.sleep(1.5)
+    os.kill(child.pid, signal.SIGCONT)
+    running, stopped, wall = map(float, child.communicate(timeout=60)[0].split())
+    assert 1.2 < stopped < 2.2 and abs(running + stopped - wall) < 0.2 and running < wall - 1.2
+    # not stopped: nothing is taken off
+    watch = engine.StopWatch(tick=0.01, gap=0.5)
+    time.sleep(0.3)
+    running, stopped = watch.stop()
+    assert stopped == 0 and running >= 0.3
+
+
 def test_a_stage_with_no_finished_seed_shows_its_claims_as_not_tested_with_the_reason(tmp_path, toy):
     cfg = ReproduceConfig(output_dir=str(tmp_path), report=None, seeds=[0], stages={"toy": {"fail": [0]}})
     _, failures = engine.run(cfg)

@@ -172,7 +172,7 @@ def killed_run(cfg: dict[str, Any], work: Path, env: dict[str, str], fraction: f
                 done = len(part_files(fs, directory))
                 if done >= fraction * parts_total:
                     break
-            time.sleep(0.5)
+            time.sleep(0.1)  # a small store's parts land a few per second: a slow poll can miss "partway" entirely
         else:
             raise RuntimeError(f"the extraction finished (exit {proc.returncode}) before {fraction:.0%} of its parts")
         seen.update(tree(proc.pid))

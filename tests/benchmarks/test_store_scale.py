@@ -9,7 +9,9 @@ from benchmarks.store_scale import main
 @pytest.mark.ray
 @pytest.mark.benchmark_run
 def test_tiny_sizes_and_kill_at_half(tmp_path, capsys, machine_lock):
-    got = main(["--sizes", "600,1200,2400", "--shard-rows", "200", "--batches", "1", "--kill-at", "0.5",
+    # The kill run is 48 parts, killed at a quarter: its tiny parts land a few a second, and a kill at half of 12
+    # parts once came after all 12 had landed (the poll and the process-tree walk take a while on a loaded machine).
+    got = main(["--sizes", "600,1200,9600", "--shard-rows", "200", "--batches", "1", "--kill-at", "0.25",
                 "--workdir", str(tmp_path)])
     small, large = got["sizes"][600], got["sizes"][1200]
     assert small["store_rows"] == 600 and large["store_rows"] == 1200
@@ -20,8 +22,8 @@ def test_tiny_sizes_and_kill_at_half(tmp_path, capsys, machine_lock):
     assert small["store_manifest_bytes"] > 0 and large["store_open_s"] > 0
     kill = got["kill"]
     # killed partway (some parts, not all), then the rerun computed only the rest and nothing is doubled or lost
-    assert 0 < kill["parts_at_kill"] < kill["parts_total"] == 12
-    assert kill["rerun_computed_rows"] == 2400 - 200 * kill["parts_at_kill"]
-    assert kill["every_row_once"] and kill["rows_read"] == kill["distinct_indices"] == 2400
+    assert 0 < kill["parts_at_kill"] < kill["parts_total"] == 48
+    assert kill["rerun_computed_rows"] == 9600 - 200 * kill["parts_at_kill"]
+    assert kill["every_row_once"] and kill["rows_read"] == kill["distinct_indices"] == 9600
     out = capsys.readouterr().out
     assert "ratio_extract_rows_per_s_largest_over_smallest:" in out and "kill.every_row_once: True" in out

@@ -118,3 +118,20 @@ def test_read_rows_of_pixels_keeps_going_past_an_unreadable_file(tmp_path):
     good, rows, bad = read_rows(ds, np.arange(4), pixels=True)
     assert list(good) == [0, 2, 3] and list(bad) == [1] and "not a decodable image" in bad[1]
     assert rows["image"].dtype == np.uint8 and rows["image"].shape == (3, 3, 8, 8)
+
+
+def test_a_device_whose_division_is_off_in_the_last_bit_scales_by_the_table(monkeypatch):
+    """The scaler divides only where division gives the table's values; else it looks them up (here: a table with
+    7/255 one bit off stands for a device whose division differs from numpy's)."""
+    import interp_ray.data.base as base
+    from interp_ray.data.images import unit_float_table
+
+    table = unit_float_table()
+    table[7] = np.nextafter(table[7], np.float32(1))
+    monkeypatch.setattr(base, "unit_float_table", lambda: table.copy())
+    base._pixel_scaler.cache_clear()
+    try:
+        got = base.image_tensor(np.array([[[[7, 8, 255]]]], np.uint8), "cpu").numpy().ravel()
+    finally:
+        base._pixel_scaler.cache_clear()
+    assert got.tolist() == [table[7], table[8], 1.0]

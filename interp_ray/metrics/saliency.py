@@ -236,15 +236,17 @@ def causal_curves(model: Callable[[torch.Tensor], torch.Tensor], images: np.ndar
     """Deletion and insertion curves (Petsiuk et al.): deletion replaces the most salient pixels by the deletion
     baseline (black, as in RISE), insertion starts from the insertion baseline (a blurred copy, as in RISE) and puts
     the most salient pixels back. ``model`` maps N×C×H×W to logits; evaluated in ``steps + 1`` points."""
-    x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images).float()
-    s = torch.as_tensor(np.asarray(saliency) if not isinstance(saliency, torch.Tensor) else saliency).float()
+    # numpy input is copied: a map read from a store is a read-only view, which torch must not share
+    x = images.float() if isinstance(images, torch.Tensor) else torch.from_numpy(np.array(images, dtype=np.float32))
+    s = (saliency.float() if isinstance(saliency, torch.Tensor)
+         else torch.from_numpy(np.array(saliency, dtype=np.float32)))
     if x.ndim != 4 or s.shape != (x.shape[0], *x.shape[2:]):
         raise UserError(f"need images N×C×H×W and maps N×H×W; got {tuple(x.shape)} and {tuple(s.shape)}")
     if steps < 1:
         raise UserError("steps must be >= 1")
     device = _device_of(model)
     x, s = x.to(device), s.to(device)
-    t = torch.as_tensor(np.asarray(targets), dtype=torch.long, device=device)
+    t = torch.from_numpy(np.array(targets, dtype=np.int64)).to(device)
     hw = x.shape[2] * x.shape[3]
     counts = [round(hw * i / steps) for i in range(steps + 1)]
     order = pixel_order(s)

@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,11 +20,14 @@ STEADY = {"extract | ratio_store_steady_over_loop_steady:", "extract | ratio_sto
 
 
 @pytest.mark.benchmark_run
-def test_dry_run_prints_every_ratio(tmp_path):
-    env = {**os.environ, "PYTHON": sys.executable, "RAY_TMPDIR": os.environ.get("RAY_TMPDIR", str(tmp_path)),
-           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "scripts"), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--device", "cpu"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900, check=False)
+def test_dry_run_prints_every_ratio():
+    # a short RAY_TMPDIR: Ray's socket paths under pytest's tmp_path (/tmp/pytest-of-root/pytest-434/test_dry_run_…)
+    # pass AF_UNIX's 107-byte limit once pytest's run counter reaches three digits
+    with tempfile.TemporaryDirectory(prefix="gpush-", dir="/tmp") as ray_tmp:
+        env = {**os.environ, "PYTHON": sys.executable, "RAY_TMPDIR": os.environ.get("RAY_TMPDIR", ray_tmp),
+               "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "scripts"), os.environ.get("PYTHONPATH", "")])}
+        proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--device", "cpu"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "ratios:" in out

@@ -175,15 +175,23 @@ class CubDataset(ImageDataset):
         rel_path = Path(rel)
         return Path(self.sentence_dir) / rel_path.parent / (rel_path.stem + ".txt")
 
+    pixel_dtype = "uint8"
+
     def get_batch(self, indices) -> dict[str, np.ndarray]:
+        return self._rows(indices, pixels=False)
+
+    def get_pixel_batch(self, indices) -> dict[str, np.ndarray]:
+        return self._rows(indices, pixels=True)
+
+    def _rows(self, indices, *, pixels: bool) -> dict[str, np.ndarray]:
         idx = np.asarray(indices, dtype=np.int64)
         rel = [self.paths[i] for i in idx]
         images, sizes = [], []
         for r in rel:
             img = open_image(self.image_path(r))
             sizes.append(img.size)  # (width, height) before the resize, to scale the box
-            images.append(image_to_array(img, self.image_size, "RGB"))
-        out = {"id": np.array(rel, dtype=str), "image": stack_images(images, rel, self.image_shape),
+            images.append(image_to_array(img, self.image_size, "RGB", pixels=pixels))
+        out = {"id": np.array(rel, dtype=str), "image": stack_images(images, rel, self.image_shape, pixels=pixels),
                "label": self.labels[idx],
                "boxes": scale_boxes(self.boxes_xywh[idx], np.array(sizes, dtype=np.int64).reshape(-1, 2),
                                     self.image_size)}

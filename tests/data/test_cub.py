@@ -150,3 +150,17 @@ def test_unreadable_image_names_the_file(cub):
     ds = load_dataset("cub", root=root, image_size=SIZE)
     with pytest.raises(UserError, match="Black_Footed_Albatross_0001_1.jpg: not a decodable image"):
         ds.get_batch([0])
+
+
+def test_pixels_for_the_loader_scale_to_get_batch_exactly(cub):
+    """What extraction's loader ships (uint8) comes back as get_batch's floats bit for bit, boxes and sentences
+    unchanged."""
+    from interp_ray.data.base import image_tensor
+
+    root, sentences_root, _ = cub
+    ds = load_dataset("cub", "train", root=str(root), sentences_root=str(sentences_root), image_size=SIZE)
+    pixels, floats = ds.get_pixel_batch([1, 0]), ds.get_batch([1, 0])
+    assert ds.pixel_dtype == "uint8" and pixels["image"].dtype == np.uint8
+    assert np.array_equal(image_tensor(pixels["image"], "cpu").numpy().view(np.uint32), floats["image"].view(np.uint32))
+    for key in ("id", "label", "boxes", "sentences"):
+        np.testing.assert_array_equal(pixels[key], floats[key])

@@ -248,10 +248,16 @@ def stage_rows(name: str, module: ModuleType, section: dict[str, Any], per_seed:
             if len(done) < len(seeds):
                 note = (f" Only seeds {done} of {list(seeds)} finished"
                         + (f" ({why_missing})" if failed else "") + ".")
-                rows = [{**r, "how": r["how"] + note} for r in rows]
+                rows = [{**r, "how": sentence(r["how"]) + note} for r in rows]
             return rows
     return [{"claim": c, "statement": "—", "paper": "—", "ours": "—", "verdict": "not tested",
              "how": f"stage {name}: {why_missing}", "stage": name} for c in getattr(module, "CLAIMS", ())]
+
+
+def sentence(text: str) -> str:
+    """``text`` ending as a sentence does, so a note appended after it reads as the next one."""
+    text = text.rstrip()
+    return text if not text or text[-1] in ".!?)" else text + "."
 
 
 def claim_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -81,7 +81,7 @@ def test_a_finished_seed_is_skipped_and_a_failing_one_leaves_the_others_intact(t
     assert not (out / "toy" / "seed1.json").exists()
     assert (out / "toy" / "seed0.json").read_bytes() == seed0   # skipped: byte for byte, time stamp included
     text = (out / "reproduction.md").read_text()
-    assert "toy seed 1: RuntimeError: seed 1 broke" in text and "Only seeds [0] of [0, 1] finished" in text
+    assert "toy seed 1: RuntimeError: seed 1 broke" in text and "| h. Only seeds [0] of [0, 1] finished" in text
     (out / "toy" / "seed1" / "block").unlink()
     _, failures = engine.run(cfg)
     assert failures == [] and (out / "toy" / "seed0.json").read_bytes() == seed0

@@ -77,3 +77,9 @@ def values(per_seed: dict[int, dict[str, Any]], *path: str) -> list[float]:
 def row(claim: str, statement: str, paper: str, ours: str, verdict: str, how: str, **extra: Any) -> dict[str, Any]:
     return {"claim": claim, "statement": statement, "paper": paper, "ours": ours, "verdict": verdict, "how": how,
             **extra}
+
+
+def seeds_phrase(per_seed: dict[int, Any]) -> str:
+    """"3 seeds (0, 1, 2)", "1 seed (0)": the seeds a row's figures come from."""
+    n = len(per_seed)
+    return f"{n} seed{'' if n == 1 else 's'} ({', '.join(map(str, per_seed))})"

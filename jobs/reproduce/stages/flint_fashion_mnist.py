@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from interp_ray.reproduction import beyond_spread, fmt_mean_std, mean_std, not_below
-from jobs.reproduce.stages._common import job_config, row, store_root, values
+from jobs.reproduce.stages._common import job_config, row, seeds_phrase, store_root, values
 from jobs.reproduce.stages._steps import cached
 
 NAME = "flint_fashion_mnist"
@@ -254,7 +254,7 @@ def _pct(values: list[float]) -> str:
 
 def _budget(per_seed: dict[int, dict], s: dict[str, Any]) -> str:
     b = next(iter(per_seed.values()))["budget"]
-    return (f"{len(per_seed)} seeds ({', '.join(map(str, per_seed))}); each model trained by jobs.train_flint on Ray "
+    return (seeds_phrase(per_seed) + f"; each model trained by jobs.train_flint on Ray "
             f"Train with the paper's FashionMNIST settings ({b['epochs']} epochs, batch 16, Adam 1e-4, the mnist "
             f"warm-up, J = 25) but on {b['train_rows']:,} of the 55,000 training images (cut for this 2-core CPU; "
             f"stage config `set`: {s['set']}); scored on {b['test_rows']:,} test images")

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from interp_ray.reproduction import beyond_spread, fmt_mean_std, not_below
-from jobs.reproduce.stages._common import classifier, job_config, row, values
+from jobs.reproduce.stages._common import classifier, job_config, row, seeds_phrase, values
 from jobs.reproduce.stages._steps import cached
 
 NAME = "gfi"
@@ -181,7 +181,7 @@ def rows(per_seed: dict[int, dict], section: dict) -> list[dict]:
     first = next(iter(per_seed.values()))
     b = first["budget"]
     acc = values(per_seed, "classifier", "test_accuracy")
-    setup = (f"{len(per_seed)} seeds ({', '.join(map(str, per_seed))}); per seed the scenes CNN trained by "
+    setup = (seeds_phrase(per_seed) + f"; per seed the scenes CNN trained by "
              f"jobs.train_classifier on Ray Train as the main job's ({s['classifier']['config']}, the seed as its "
              f"training seed; test accuracy {_f(acc)}); {b['n_test']} one-object test scenes, α tuned on "
              f"{b['n_tune']} val scenes; GFI at the paper's settings (10 + 70 iterations, blur background), Grad-CAM "

@@ -8,7 +8,7 @@ from benchmarks.store_scale import main
 
 @pytest.mark.ray
 @pytest.mark.benchmark_run
-def test_tiny_sizes_and_kill_at_half(tmp_path, capsys, machine_lock):
+def test_tiny_sizes_and_a_kill_partway(tmp_path, capsys, machine_lock):
     # The kill run is 48 parts, killed at a quarter: its tiny parts land a few a second, and a kill at half of 12
     # parts once came after all 12 had landed (the poll and the process-tree walk take a while on a loaded machine).
     got = main(["--sizes", "600,1200,9600", "--shard-rows", "200", "--batches", "1", "--kill-at", "0.25",

@@ -102,6 +102,22 @@ class ImageDataset(torch.utils.data.Dataset, abc.ABC):
                 "classes": list(self.class_names)}
 
 
+class DecodedImageDataset(ImageDataset):
+    """A dataset whose rows are decoded from encoded images (files, tar members, Parquet bytes): its pixels are uint8,
+    and one ``_rows(indices, pixels=…)`` gives both ``get_batch`` (float32) and ``get_pixel_batch`` (uint8)."""
+
+    pixel_dtype = "uint8"
+
+    @abc.abstractmethod
+    def _rows(self, indices, *, pixels: bool) -> dict[str, np.ndarray]: ...
+
+    def get_batch(self, indices) -> dict[str, np.ndarray]:
+        return self._rows(indices, pixels=False)
+
+    def get_pixel_batch(self, indices) -> dict[str, np.ndarray]:
+        return self._rows(indices, pixels=True)
+
+
 def read_rows(dataset: ImageDataset, indices: np.ndarray, *, pixels: bool = False
               ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[int, str]]:
     """``dataset.get_batch(indices)`` (``pixels``: ``get_pixel_batch``), keeping going past rows whose input cannot be

@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from interp_ray.data.base import ImageDataset
+from interp_ray.data.base import DecodedImageDataset
 from interp_ray.data.images import image_to_array, open_image, stack_images
 from interp_ray.errors import UserError
 
@@ -149,7 +149,7 @@ def scale_boxes(xywh: np.ndarray, sizes: np.ndarray, image_size: int) -> np.ndar
 
 
 @dataclass
-class CubDataset(ImageDataset):
+class CubDataset(DecodedImageDataset):
     name: str
     split: str
     root: str
@@ -174,14 +174,6 @@ class CubDataset(ImageDataset):
     def sentence_path(self, rel: str) -> Path:
         rel_path = Path(rel)
         return Path(self.sentence_dir) / rel_path.parent / (rel_path.stem + ".txt")
-
-    pixel_dtype = "uint8"
-
-    def get_batch(self, indices) -> dict[str, np.ndarray]:
-        return self._rows(indices, pixels=False)
-
-    def get_pixel_batch(self, indices) -> dict[str, np.ndarray]:
-        return self._rows(indices, pixels=True)
 
     def _rows(self, indices, *, pixels: bool) -> dict[str, np.ndarray]:
         idx = np.asarray(indices, dtype=np.int64)

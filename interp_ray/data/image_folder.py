@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from interp_ray.data.base import ImageDataset
+from interp_ray.data.base import DecodedImageDataset
 from interp_ray.data.captions import CAPTIONS_FILE, Captioned, CaptionsFile, parse_captions
 from interp_ray.data.images import (IMAGE_EXTENSIONS, as_hw, channels_for, decode_image, has_image_extension,
                                     read_image_file, stack_images)
@@ -110,7 +110,7 @@ def remote_layout(root: str, rels: list[str], split: str) -> tuple[str, list[str
 
 
 @dataclass
-class ImageFolderDataset(Captioned, ImageDataset):
+class ImageFolderDataset(Captioned, DecodedImageDataset):
     name: str
     split: str
     root: str  # an absolute local directory or a URI
@@ -142,14 +142,6 @@ class ImageFolderDataset(Captioned, ImageDataset):
         except OSError as exc:
             raise UserError(f"{rel}: cannot read it ({' '.join(str(exc).split())[:300]})") from None
         return decode_image(data, self.image_size, self.mode, name=rel, pixels=pixels)
-
-    pixel_dtype = "uint8"
-
-    def get_batch(self, indices) -> dict[str, np.ndarray]:
-        return self._rows(indices, pixels=False)
-
-    def get_pixel_batch(self, indices) -> dict[str, np.ndarray]:
-        return self._rows(indices, pixels=True)
 
     def _rows(self, indices, *, pixels: bool) -> dict[str, np.ndarray]:
         idx = np.asarray(indices, dtype=np.int64)

@@ -90,10 +90,6 @@ def image_to_array(img, size: Size | None = None, mode: str = "RGB", *, pixels: 
     return np.ascontiguousarray(arr) if pixels else to_unit_float(arr)
 
 
-# uint8 value → its float32 in [0, 1], computed once as image_to_array always has (float32 ÷ 255.0)
-_UNIT_FLOAT = np.arange(256, dtype=np.uint8).astype(np.float32) / 255.0
-
-
 def to_unit_float(pixels: np.ndarray) -> np.ndarray:
     """uint8 pixels → a new float32 array in [0, 1]: exactly the values ``image_to_array`` gives."""
     return pixels.astype(np.float32) / 255.0
@@ -102,7 +98,7 @@ def to_unit_float(pixels: np.ndarray) -> np.ndarray:
 def unit_float_table() -> np.ndarray:
     """The 256 float32 values of ``to_unit_float``: a lookup table, so a device scales uint8 pixels by indexing and
     gets the very same values (a GPU may divide by multiplying with 1/255, which differs in the last bit)."""
-    return _UNIT_FLOAT.copy()
+    return to_unit_float(np.arange(256, dtype=np.uint8))
 
 
 def decode_image(data: bytes, size: Size | None = None, mode: str = "RGB", *, name: str | None = None,

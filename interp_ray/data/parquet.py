@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from interp_ray.data.base import ImageDataset
+from interp_ray.data.base import DecodedImageDataset
 from interp_ray.data.captions import Captioned, caption_array, column_captions, is_caption_type
 from interp_ray.data.images import as_hw, channels_for, decode_image, stack_images
 from interp_ray.errors import UserError
@@ -196,7 +196,7 @@ def labels_to_indices(values: list, is_text: bool, class_names: Sequence[str] | 
 
 
 @dataclass
-class ParquetImageDataset(Captioned, ImageDataset):
+class ParquetImageDataset(Captioned, DecodedImageDataset):
     name: str
     split: str
     source: list[str]
@@ -273,14 +273,6 @@ class ParquetImageDataset(Captioned, ImageDataset):
         if pa.types.is_struct(values.type):  # flatten(), unlike field(), keeps a null struct null
             values = values.flatten()[values.type.get_field_index("bytes")]
         return values.to_pylist()
-
-    pixel_dtype = "uint8"
-
-    def get_batch(self, indices) -> dict[str, np.ndarray]:
-        return self._rows(indices, pixels=False)
-
-    def get_pixel_batch(self, indices) -> dict[str, np.ndarray]:
-        return self._rows(indices, pixels=True)
 
     def _rows(self, indices, *, pixels: bool) -> dict[str, np.ndarray]:
         n = len(self)

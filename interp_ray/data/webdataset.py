@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from interp_ray.data.base import ImageDataset
+from interp_ray.data.base import DecodedImageDataset
 from interp_ray.data.images import IMAGE_EXTENSIONS, as_hw, channels_for, decode_image, stack_images
 from interp_ray.data.parquet import select_split  # the same split rule as a directory of Parquet files
 from interp_ray.errors import UserError
@@ -189,7 +189,7 @@ def read_class_file(shards: list[str]) -> list[str] | None:
 
 
 @dataclass
-class WebDatasetImages(ImageDataset):
+class WebDatasetImages(DecodedImageDataset):
     name: str
     split: str
     shards: list[str]
@@ -226,14 +226,6 @@ class WebDatasetImages(ImageDataset):
 
     def row_id(self, sample: Sample) -> str:
         return f"{posixpath.basename(self.shards[sample.shard].partition('?')[0])}/{sample.key}"
-
-    pixel_dtype = "uint8"
-
-    def get_batch(self, indices) -> dict[str, np.ndarray]:
-        return self._rows(indices, pixels=False)
-
-    def get_pixel_batch(self, indices) -> dict[str, np.ndarray]:
-        return self._rows(indices, pixels=True)
 
     def _rows(self, indices, *, pixels: bool) -> dict[str, np.ndarray]:
         idx = np.asarray(indices, dtype=np.int64)

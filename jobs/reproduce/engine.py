@@ -180,7 +180,7 @@ def run_stage_seeds(out: Path, name: str, module: ModuleType, section: dict[str,
             print(f"[reproduce] {name} seed {seed}: finished in an earlier run (key {key}), skipped", flush=True)
             continue
         workdir = workdir_for(out, name, seed)
-        t0, watch = time.perf_counter(), StopWatch()
+        watch = StopWatch()
         print(f"[reproduce] {name} seed {seed} …", flush=True)
         try:
             workdir.mkdir(parents=True, exist_ok=True)
@@ -189,9 +189,8 @@ def run_stage_seeds(out: Path, name: str, module: ModuleType, section: dict[str,
         except Exception as e:   # noqa: BLE001 -- one seed's failure must not lose the other seeds and stages
             traceback.print_exc()
             failures.append({"stage": name, "seed": seed, "error": f"{type(e).__name__}: {e}".splitlines()[0]})
-            print(f"[reproduce] {name} seed {seed} FAILED after {time.perf_counter() - t0:.0f} s: "
+            print(f"[reproduce] {name} seed {seed} FAILED after {watch.stop()[0]:.0f} s: "
                   f"{failures[-1]['error']}", flush=True)
-            watch.stop()
             continue
         seconds, stopped = watch.stop()
         save_seed(out, name, seed, {"key": key, "stage": name, "seed": seed, "seconds": seconds, "stopped_s": stopped,

@@ -283,8 +283,9 @@ def unpaused_note(header: dict[str, Any]) -> str:
     untimed = header["unmeasured_stops"]
     if not untimed:
         return ""
-    return (f"; {', '.join(untimed)} finished before stops were measured, so {'its' if len(untimed) == 1 else 'their'}"
-            " time includes any")
+    its, they = ("its", "it was") if len(untimed) == 1 else ("their", "they were")
+    return (f"; {', '.join(untimed)} finished before stops were measured, so {its} time includes any time {they}"
+            " stopped")
 
 
 def markdown(table: list[dict[str, Any]], header: dict[str, Any]) -> str:

@@ -251,6 +251,10 @@ def test_a_stage_on_two_datasets_gets_a_row_per_dataset_where_the_claim_applies(
     run["fashion_mnist_flint"]["test"]["flint_fidelity_lime_images"] = 0.97
     assert rows_of(run, "FLINT 5") == [("fashion_mnist", "not met")]
     assert rows_of(run, "FLINT 2")[1] == ("fashion_mnist", "met")
+    # the two Fashion-MNIST conciseness rows say which FLINT each figure is
+    run["fashion_mnist_flint"]["test"]["cns_10"], run["fashion_mnist_flint_posthoc"]["test"]["cns_10"] = 2.2, 4.3
+    cns = [r.ours for r in evaluate_claims(run, KINDS) if r.claim == "FLINT 3" and r.dataset == "fashion_mnist"]
+    assert cns == ["CNS(τ = 10) 2.200", "CNS(τ = 10) 4.300 (post hoc)"]
     # without a post hoc entry the claim has one "not tested" row
     assert [r.verdict for r in evaluate_claims(RUN) if r.claim == "FLINT 5"] == ["not tested"]
 

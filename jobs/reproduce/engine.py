@@ -27,6 +27,10 @@ seed leaves the files already written intact, the other seeds and stages still r
 finished, and the job exits 1. A file with another key (the section changed) is left in place but not reported
 until the seed is rerun (``--fresh`` reruns everything).
 
+**Time.** A seed's time is the time its processes ran, not counting the time they were stopped (``StopWatch``), and
+summed over every run of it: the count is kept in ``<workdir>/time.json`` every 10 s, so a seed killed partway and
+resumed from its steps reports both runs (less at most 10 s per kill), not only the last.
+
 **Report.** ``<out>/reproduction.md`` and ``<out>/results.json``, copied to ``report`` (default
 ``docs/reproduction.md``) and beside it (``docs/reproduction.json``): the command, wall time and machine, then one
 table with a row for every claim ID (``interp_ray.reproduction.CLAIM_IDS``; an ID no stage answers shows as "not
@@ -145,15 +149,30 @@ def save_seed(out: Path, stage: str, seed: int, record: dict[str, Any]) -> None:
 class StopWatch:
     """Wall time less the time this process was stopped (SIGSTOP, a suspended shell job): a thread ticks every
     ``tick`` s, and a gap between ticks longer than ``gap`` s is counted as stopped. A run paused so that a benchmark
-    or a test suite has the machine reports the time it ran, with the pauses beside it, not inflated by them."""
+    or a test suite has the machine reports the time it ran, with the pauses beside it, not inflated by them.
 
-    def __init__(self, tick: float = 0.5, gap: float = 5.0):
-        self.tick, self.gap = tick, gap
-        self.t0 = self.last = time.monotonic()
+    With a ``ledger`` file, the times so far are written to it every ``save_every`` s and the count starts from what
+    an earlier, interrupted run of the same work left there (its ``key`` must match): a stage-seed that resumes its
+    steps after a kill reports the time all its runs took, short of at most ``save_every`` s per interruption."""
+
+    def __init__(self, tick: float = 0.5, gap: float = 5.0, ledger: Path | None = None, key: str = "",
+                 save_every: float = 10.0):
+        self.tick, self.gap, self.ledger, self.key, self.save_every = tick, gap, ledger, key, save_every
+        self.earlier_running, self.earlier_stopped = self._read_ledger()
+        self.t0 = self.last = self._saved = time.monotonic()
         self._stopped = 0.0
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stopwatch", daemon=True)
         self._thread.start()
+
+    def _read_ledger(self) -> tuple[float, float]:
+        try:
+            kept = json.loads(self.ledger.read_text()) if self.ledger else {}
+        except (OSError, ValueError):
+            return 0.0, 0.0
+        if kept.get("key") != self.key:
+            return 0.0, 0.0
+        return float(kept.get("running_s", 0.0)), float(kept.get("stopped_s", 0.0))
 
     def _run(self) -> None:
         while not self._done.wait(self.tick):
@@ -161,13 +180,32 @@ class StopWatch:
             if now - self.last > self.gap:
                 self._stopped += now - self.last - self.tick
             self.last = now
+            if self.ledger is not None and now - self._saved >= self.save_every:
+                self._save(*self._totals(now))
+                self._saved = now
+
+    def _totals(self, now: float) -> tuple[float, float]:
+        wall = now - self.t0
+        return self.earlier_running + wall - self._stopped, self.earlier_stopped + self._stopped
+
+    def _save(self, running: float, stopped: float) -> None:
+        try:
+            self.ledger.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.ledger.with_name(f".{self.ledger.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"key": self.key, "running_s": running, "stopped_s": stopped}))
+            tmp.replace(self.ledger)
+        except OSError:
+            pass   # the ledger only improves the reported time; a full disk must not fail the stage
 
     def stop(self) -> tuple[float, float]:
-        """(seconds running, seconds stopped) since the start."""
+        """(seconds running, seconds stopped), the earlier runs' in the ledger included; the ledger keeps them, so a
+        seed that fails and is rerun counts its failed run too."""
         self._done.set()
         self._thread.join()
-        wall = time.monotonic() - self.t0
-        return wall - self._stopped, self._stopped
+        running, stopped = self._totals(time.monotonic())
+        if self.ledger is not None:
+            self._save(running, stopped)
+        return running, stopped
 
 
 def run_stage_seeds(out: Path, name: str, module: ModuleType, section: dict[str, Any], seeds: Sequence[int], *,
@@ -180,8 +218,12 @@ def run_stage_seeds(out: Path, name: str, module: ModuleType, section: dict[str,
             print(f"[reproduce] {name} seed {seed}: finished in an earlier run (key {key}), skipped", flush=True)
             continue
         workdir = workdir_for(out, name, seed)
-        watch = StopWatch()
-        print(f"[reproduce] {name} seed {seed} …", flush=True)
+        ledger = workdir / "time.json"
+        if fresh:
+            ledger.unlink(missing_ok=True)
+        watch = StopWatch(ledger=ledger, key=key)
+        print(f"[reproduce] {name} seed {seed} …" + (f" (earlier runs of it: {watch.earlier_running:.0f} s)"
+                                                       if watch.earlier_running else ""), flush=True)
         try:
             workdir.mkdir(parents=True, exist_ok=True)
             result = module.run(dict(section), seed, workdir)

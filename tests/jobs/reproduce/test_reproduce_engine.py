@@ -133,6 +133,34 @@ def test_the_stopwatch_leaves_out_the_time_its_process_was_stopped(tmp_path):
     assert stopped == 0 and running >= 0.3
 
 
+def test_a_seed_killed_partway_and_resumed_counts_the_time_of_both_runs(tmp_path):
+    """A real kill -9 of a process timing itself into a ledger: the next run of the same work starts its count from
+    what the killed one had run; other work (another key) starts from zero."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    ledger = tmp_path / "seed0" / "time.json"
+    code = (f"import time; from pathlib import Path; from jobs.reproduce.engine import StopWatch; "
+            f"w = StopWatch(tick=0.05, ledger=Path({str(ledger)!r}), key='k1', save_every=0.1); "
+            f"print('ready', flush=True); time.sleep(60)")
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert child.stdout.readline().strip() == "ready"
+    time.sleep(1.5)
+    child.kill()
+    child.wait(timeout=30)
+    resumed = engine.StopWatch(tick=0.01, ledger=ledger, key="k1")
+    assert 1.2 < resumed.earlier_running < 1.6 and resumed.earlier_stopped == 0
+    time.sleep(0.2)
+    running, _ = resumed.stop()
+    assert resumed.earlier_running + 0.2 <= running < resumed.earlier_running + 1.0
+    assert json.loads(ledger.read_text())["running_s"] == running   # a later resume starts from both runs
+    other = engine.StopWatch(tick=0.01, ledger=ledger, key="k2")
+    assert other.earlier_running == 0 and other.stop()[0] < 1.0
+
+
 def test_a_stage_with_no_finished_seed_shows_its_claims_as_not_tested_with_the_reason(tmp_path, toy):
     cfg = ReproduceConfig(output_dir=str(tmp_path), report=None, seeds=[0], stages={"toy": {"fail": [0]}})
     _, failures = engine.run(cfg)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+import os
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -41,3 +43,15 @@ def finite(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [finite(v) for v in value]
     return value
+
+
+def write_json_atomic(path: str | os.PathLike, value: Any, *, indent: int | None = None,
+                      default: Callable[[Any], Any] | None = None) -> None:
+    """``value`` as JSON at ``path``, written beside it and renamed over it: a writer killed midway leaves the old file
+    or the whole new one, never half of one. The temporary name is hidden and per process, so two writers of one path
+    never share it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value, indent=indent, default=default))
+    tmp.replace(path)

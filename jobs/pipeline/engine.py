@@ -34,6 +34,7 @@ from interp_ray.config import (ClassifierJobConfig, Section, deep_merge, load_co
                                validate)
 from interp_ray.errors import UserError
 from interp_ray.goals import evaluate_goals, markdown_goals
+from interp_ray.jsonsafe import write_json_atomic
 from interp_ray.progress import Progress as Bar
 from interp_ray.progress import progress_mode
 from jobs.common import base_parser, check_storage_paths, init_ray
@@ -420,11 +421,7 @@ def load_stage(local: Path, name: str, key: str) -> dict[str, Any] | None:
 
 def save_stage(local: Path, name: str, key: str, result: dict[str, Any]) -> None:
     """Written only after the stage finished, atomically: a killed run leaves either nothing or the whole result."""
-    path = local / "stages" / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"key": key, "result": result}, indent=2, default=str))
-    tmp.replace(path)
+    write_json_atomic(local / "stages" / f"{name}.json", {"key": key, "result": result}, indent=2, default=str)
 
 
 def reusable_classifiers(result: dict[str, Any]) -> bool:

@@ -60,6 +60,7 @@ from pydantic import Field
 from interp_ray.claims import REPRODUCTION
 from interp_ray.config import Section, load_config
 from interp_ray.errors import UserError
+from interp_ray.jsonsafe import write_json_atomic
 from interp_ray.reproduction import CLAIM_IDS, VERDICTS
 from jobs.common import base_parser, check_storage_paths, init_ray
 
@@ -139,11 +140,7 @@ def load_seed(out: Path, stage: str, seed: int, key: str) -> dict[str, Any] | No
 
 def save_seed(out: Path, stage: str, seed: int, record: dict[str, Any]) -> None:
     """Atomically: a killed run leaves either the old file or the whole new one, never half of one."""
-    path = seed_path(out, stage, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    tmp.replace(path)
+    write_json_atomic(seed_path(out, stage, seed), record, indent=2, default=str)
 
 
 class StopWatch:
@@ -190,10 +187,7 @@ class StopWatch:
 
     def _save(self, running: float, stopped: float) -> None:
         try:
-            self.ledger.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.ledger.with_name(f".{self.ledger.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"key": self.key, "running_s": running, "stopped_s": stopped}))
-            tmp.replace(self.ledger)
+            write_json_atomic(self.ledger, {"key": self.key, "running_s": running, "stopped_s": stopped})
         except OSError:
             pass   # the ledger only improves the reported time; a full disk must not fail the stage
 

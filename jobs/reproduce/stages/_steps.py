@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from interp_ray.jsonsafe import json_safe
+from interp_ray.jsonsafe import json_safe, write_json_atomic
 
 
 def cached(workdir: Path, name: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -16,8 +16,5 @@ def cached(workdir: Path, name: str, compute: Callable[[], dict[str, Any]]) -> d
     if path.is_file():
         return json.loads(path.read_text())
     out = json_safe(compute())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out))
-    tmp.replace(path)   # atomic: a step killed mid-write is recomputed, never read half-written
+    write_json_atomic(path, out)   # a step killed mid-write is recomputed, never read half-written
     return out
